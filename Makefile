@@ -1,0 +1,43 @@
+# Every target sets up what it needs: a fresh clone needs nothing but python3, npm and make.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+VENV_STAMP := $(VENV)/.installed
+NODE_STAMP := medplum_local/node_modules/.installed
+
+.PHONY: setup test demo dev medplum bench lint clean
+
+setup: $(VENV_STAMP) $(NODE_STAMP)
+
+$(VENV_STAMP): pyproject.toml setup.py
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	touch $@
+
+$(NODE_STAMP): medplum_local/package.json medplum_local/package-lock.json
+	cd medplum_local && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+test: setup
+	$(VENV)/bin/pytest
+
+demo: setup
+	$(PY) -m migration_assets.demo
+
+dev: setup
+	$(PY) -m migration_assets.dev
+
+medplum: $(NODE_STAMP)
+	medplum_local/node_modules/.bin/node medplum_local/server.mjs
+
+bench: setup
+	$(PY) -m migration_assets.bench
+
+lint: $(VENV_STAMP)
+	$(VENV)/bin/ruff check migration_assets migration_assets_tests
+	$(VENV)/bin/mypy migration_assets
+
+clean:
+	rm -rf $(VENV) medplum_local/node_modules .dagster_home .demo
