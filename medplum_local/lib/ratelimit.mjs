@@ -1,0 +1,98 @@
+// Rate limits as a real Medplum server reports and enforces them.
+//  - "requests": every HTTP request, per client (or per IP before login), 60,000 a minute.
+//  - "fhirInteractions": an optional per-client FHIR interaction quota in points per minute
+//    (create/update/delete 100, search 20, read 1), charged by LocalRepository as it works.
+//    0 = off (the header then reports the full default budget, never decreasing).
+// Both use fixed one-minute windows. Every response carries
+//   RateLimit: "requests";r=<remaining>;t=<seconds to reset>, "fhirInteractions";r=<remaining>;t=<seconds>
+import { OperationOutcomeError, tooManyRequests } from '@medplum/core';
+
+const WINDOW_MS = 60_000;
+export const REQUESTS_PER_MINUTE = 60_000;
+export const AUTH_REQUESTS_PER_MINUTE = 160;
+const DEFAULT_FHIR_QUOTA = 50_000;
+
+/** A counter that resets one minute after its window opened. */
+class Window {
+  constructor(limit) {
+    this.limit = limit;
+    this.used = 0;
+    this.resetAt = 0;
+  }
+
+  roll(now = Date.now()) {
+    if (now >= this.resetAt) {
+      this.used = 0;
+      this.resetAt = now + WINDOW_MS;
+    }
+  }
+
+  remaining() {
+    this.roll();
+    return Math.max(0, this.limit - this.used);
+  }
+
+  secondsToReset() {
+    this.roll();
+    return Math.max(1, Math.ceil((this.resetAt - Date.now()) / 1000));
+  }
+
+  /** Consumes `amount`, or throws a 429 OperationOutcomeError if that would exceed the limit. */
+  consume(amount) {
+    this.roll();
+    if (this.used + amount > this.limit) {
+      throw new OperationOutcomeError(tooManyRequests);
+    }
+    this.used += amount;
+  }
+}
+
+export class RateLimiter {
+  /** @param {number} fhirQuota points per client per minute; 0 = no quota */
+  constructor(fhirQuota) {
+    this.fhirQuota = fhirQuota;
+    this.requestWindows = new Map();
+    this.authWindows = new Map();
+    this.quotaWindows = new Map();
+  }
+
+  static window(map, key, limit) {
+    let w = map.get(key);
+    if (!w) {
+      w = new Window(limit);
+      map.set(key, w);
+    }
+    return w;
+  }
+
+  /** Counts one HTTP request for `key`; throws 429 past the limit. */
+  countRequest(key) {
+    RateLimiter.window(this.requestWindows, key, REQUESTS_PER_MINUTE).consume(1);
+  }
+
+  /** Counts one /oauth2/token request for an IP; throws 429 past 160 a minute. */
+  countAuthRequest(ip) {
+    RateLimiter.window(this.authWindows, ip, AUTH_REQUESTS_PER_MINUTE).consume(1);
+  }
+
+  /** The budget LocalRepository charges while serving `clientId` (null when the quota is off). */
+  budgetFor(clientId) {
+    if (!this.fhirQuota) {
+      return null;
+    }
+    const w = RateLimiter.window(this.quotaWindows, clientId, this.fhirQuota);
+    return { charge: (points) => w.consume(points) };
+  }
+
+  header(requestKey, clientId) {
+    const requests = RateLimiter.window(this.requestWindows, requestKey, REQUESTS_PER_MINUTE);
+    let fhir = `"fhirInteractions";r=${DEFAULT_FHIR_QUOTA};t=60`;
+    if (this.fhirQuota && clientId) {
+      const w = RateLimiter.window(this.quotaWindows, clientId, this.fhirQuota);
+      fhir = `"fhirInteractions";r=${w.remaining()};t=${w.secondsToReset()}`;
+    } else if (this.fhirQuota) {
+      fhir = `"fhirInteractions";r=${this.fhirQuota};t=60`;
+    }
+    return `"requests";r=${requests.remaining()};t=${requests.secondsToReset()}, ${fhir}`;
+  }
+}

@@ -1,0 +1,289 @@
+// medplum-local: a small FHIR R4 server for the migration demo and tests, built on Medplum's own FHIR
+// engine (@medplum/fhir-router FhirRouter + an extended MemoryRepository). It mimics a real Medplum
+// server in what a migration loader touches: OAuth2 client credentials, /fhir/R4 REST, batch and
+// transaction bundles, conditional writes, rate-limit headers and quota, async batches.
+//
+// Run: node_modules/.bin/node server.mjs   (Node >= 22.18; `make medplum` from the repository root)
+// Settings (environment):
+//   MEDPLUM_LOCAL_PORT                  port on 127.0.0.1 (default 8103; 0 = any free port)
+//   MEDPLUM_CLIENT_ID / _SECRET         accepted client credentials (default local-migration-client / -secret)
+//   MEDPLUM_LOCAL_TOKEN_TTL             access token lifetime in seconds (default 3600)
+//   MEDPLUM_LOCAL_TRANSACTION_BUNDLES   true|false: the project feature `transaction-bundles` (default true)
+//   MEDPLUM_LOCAL_FHIR_QUOTA            FHIR interaction points per client per minute (default 0 = off)
+//   MEDPLUM_LOCAL_LOG                   1 = log each request to stderr
+import http from 'node:http';
+import { pathToFileURL } from 'node:url';
+import {
+  accepted,
+  badRequest,
+  getStatus,
+  normalizeOperationOutcome,
+  notFound,
+  OperationOutcomeError,
+  unauthorized,
+} from '@medplum/core';
+import { FhirRouter } from '@medplum/fhir-router';
+import { AsyncJobs } from './lib/async-jobs.mjs';
+import { TokenIssuer } from './lib/auth.mjs';
+import { loadDefinitions } from './lib/definitions.mjs';
+import { RateLimiter } from './lib/ratelimit.mjs';
+import { LocalRepository } from './lib/repository.mjs';
+
+const FHIR_PREFIX = '/fhir/R4';
+const MAX_BODY_BYTES = 50 * 1024 * 1024; // Medplum's default bundle size limit
+const DEFAULT_SEARCH_COUNT = 20;
+const MAX_SEARCH_COUNT = 1000;
+const FHIR_JSON = 'application/fhir+json; charset=utf-8';
+
+export function readConfig(env = process.env) {
+  const flag = (value, fallback) =>
+    value === undefined || value === '' ? fallback : !['false', '0', 'off', 'no'].includes(value.toLowerCase());
+  return {
+    port: Number.parseInt(env.MEDPLUM_LOCAL_PORT || '8103', 10),
+    clientId: env.MEDPLUM_CLIENT_ID || 'local-migration-client',
+    clientSecret: env.MEDPLUM_CLIENT_SECRET || 'local-migration-secret',
+    tokenTtl: Number.parseInt(env.MEDPLUM_LOCAL_TOKEN_TTL || '3600', 10),
+    transactionBundles: flag(env.MEDPLUM_LOCAL_TRANSACTION_BUNDLES, true),
+    fhirQuota: Number.parseInt(env.MEDPLUM_LOCAL_FHIR_QUOTA || '0', 10) || 0,
+    log: flag(env.MEDPLUM_LOCAL_LOG, false),
+  };
+}
+
+/** Runs async functions one at a time: the in-memory store then behaves like serializable transactions. */
+function createSerializer() {
+  let tail = Promise.resolve();
+  return (fn) => {
+    const result = tail.then(fn);
+    tail = result.catch(() => undefined);
+    return result;
+  };
+}
+
+export function createLocalMedplum(config) {
+  loadDefinitions();
+  const repo = new LocalRepository();
+  const router = new FhirRouter();
+  const tokens = new TokenIssuer({
+    clientId: config.clientId,
+    clientSecret: config.clientSecret,
+    ttlSeconds: config.tokenTtl,
+  });
+  const limiter = new RateLimiter(config.fhirQuota);
+  const serialize = createSerializer();
+  // `transactions: false` makes the stock BatchProcessor treat a transaction like a batch, as Medplum does
+  // for projects without the transaction-bundles feature; `true` enables atomicity and the size limits.
+  const requestConfig = { transactions: config.transactionBundles };
+  const fhirRequest = (method, url, body, headers) => ({
+    method,
+    url,
+    pathname: '',
+    params: {},
+    query: {},
+    body,
+    headers,
+    config: requestConfig,
+  });
+  const jobs = new AsyncJobs({
+    repo,
+    serialize,
+    processBundle: (bundle) => router.handleRequest(fhirRequest('POST', '', bundle, {}), repo),
+  });
+  let baseUrl = `http://127.0.0.1:${config.port}/`;
+
+  async function handle(req, res) {
+    const url = new URL(req.url, 'http://127.0.0.1');
+    const ip = req.socket.remoteAddress ?? 'unknown';
+    let rateKey = 'ip:' + ip;
+    let clientId;
+    const send = (status, body, headers = {}) => {
+      res.writeHead(status, { ...headers, RateLimit: limiter.header(rateKey, clientId) });
+      res.end(body);
+    };
+    const sendJson = (status, value, headers = {}) =>
+      send(status, JSON.stringify(value), { 'Content-Type': FHIR_JSON, ...headers });
+
+    try {
+      if (req.method === 'GET' && url.pathname === '/healthcheck') {
+        return sendJson(200, { ok: true });
+      }
+      if (req.method === 'POST' && url.pathname === '/oauth2/token') {
+        limiter.countAuthRequest(ip);
+        const form = new URLSearchParams((await readBody(req)).toString('utf8'));
+        const { status, body } = tokens.issue(form, req.headers.authorization);
+        return sendJson(status, body, { 'Content-Type': 'application/json', 'Cache-Control': 'no-store' });
+      }
+      if (url.pathname !== FHIR_PREFIX && !url.pathname.startsWith(FHIR_PREFIX + '/')) {
+        return sendJson(404, notFound);
+      }
+
+      clientId = tokens.verify(req.headers.authorization);
+      if (!clientId) {
+        return sendJson(401, unauthorized, { 'WWW-Authenticate': 'Bearer' });
+      }
+      rateKey = 'client:' + clientId;
+      limiter.countRequest(rateKey);
+
+      const path = url.pathname.slice(FHIR_PREFIX.length).replace(/^\/+|\/+$/g, '');
+      const body = parseBody(await readBody(req), req.headers['content-type']);
+
+      // Async job status: GET /fhir/R4/job/<id>/status
+      const jobMatch = /^job\/([^/]+)\/status$/.exec(path);
+      if (req.method === 'GET' && jobMatch) {
+        const job = await serialize(() => repo.readResource('AsyncJob', jobMatch[1]));
+        return sendJson(200, job);
+      }
+
+      // Async batch: 202 + Content-Location, processed in the background.
+      if (req.method === 'POST' && path === '' && /respond-async/.test(req.headers.prefer ?? '')) {
+        if (body?.resourceType !== 'Bundle') {
+          return sendJson(400, badRequest('Not a bundle'));
+        }
+        const jobId = await jobs.start(body, baseUrl + 'fhir/R4/');
+        return sendJson(202, accepted(`${baseUrl}fhir/R4/job/${jobId}/status`), {
+          'Content-Location': `${baseUrl}fhir/R4/job/${jobId}/status`,
+        });
+      }
+
+      const query = new URLSearchParams(url.search);
+      const isTypeSearch = req.method === 'GET' && /^[A-Z][A-Za-z]+$/.test(path);
+      if (isTypeSearch) {
+        // Medplum pages searches: 20 by default, at most 1000 per page.
+        const count = Number.parseInt(query.get('_count') ?? '', 10);
+        query.set('_count', String(Number.isNaN(count) ? DEFAULT_SEARCH_COUNT : Math.min(count, MAX_SEARCH_COUNT)));
+      }
+      const queryString = query.toString();
+      const routerUrl = path + (queryString ? '?' + queryString : '');
+
+      const [outcome, resource] = await serialize(async () => {
+        repo.budget = limiter.budgetFor(clientId);
+        try {
+          return await router.handleRequest(fhirRequest(req.method, routerUrl, body, req.headers), repo);
+        } finally {
+          repo.budget = null;
+        }
+      });
+      const status = getStatus(outcome);
+      if (!resource) {
+        return sendJson(status, outcome);
+      }
+      if (isTypeSearch && resource.type === 'searchset') {
+        addPagingLinks(resource, `${baseUrl}fhir/R4/${path}`, query);
+      }
+      // Binary read without asking for FHIR JSON returns the raw content, as Medplum does.
+      if (resource.resourceType === 'Binary' && req.method === 'GET' && !/fhir\+json/.test(req.headers.accept ?? '')) {
+        return send(status, Buffer.from(resource.data ?? '', 'base64'), {
+          'Content-Type': resource.contentType ?? 'application/octet-stream',
+        });
+      }
+      const headers = {};
+      if (resource.meta?.versionId) {
+        headers.ETag = `W/"${resource.meta.versionId}"`;
+        headers['Last-Modified'] = new Date(resource.meta.lastUpdated).toUTCString();
+        if (status === 201) {
+          headers.Location = `${baseUrl}fhir/R4/${resource.resourceType}/${resource.id}/_history/${resource.meta.versionId}`;
+        }
+      }
+      return sendJson(status, resource, headers);
+    } catch (err) {
+      const outcome = normalizeOperationOutcome(err);
+      const status = err instanceof OperationOutcomeError ? getStatus(outcome) : 500;
+      if (status >= 500) {
+        console.error('medplum-local: internal error', err);
+      }
+      return sendJson(status, outcome);
+    }
+  }
+
+  const server = http.createServer((req, res) => {
+    const started = Date.now();
+    if (config.log) {
+      res.on('finish', () =>
+        console.error(`${req.method} ${req.url} ${res.statusCode} ${Date.now() - started}ms`)
+      );
+    }
+    handle(req, res).catch((err) => {
+      console.error('medplum-local: unhandled', err);
+      if (!res.headersSent) {
+        res.writeHead(500);
+      }
+      res.end();
+    });
+  });
+
+  return {
+    server,
+    repo,
+    setBaseUrl(value) {
+      baseUrl = value;
+    },
+  };
+}
+
+async function readBody(req) {
+  const chunks = [];
+  let size = 0;
+  for await (const chunk of req) {
+    size += chunk.length;
+    if (size > MAX_BODY_BYTES) {
+      throw new OperationOutcomeError({
+        resourceType: 'OperationOutcome',
+        id: 'content-too-large',
+        issue: [{ severity: 'error', code: 'too-long', details: { text: 'Request body too large' } }],
+      });
+    }
+    chunks.push(chunk);
+  }
+  return Buffer.concat(chunks);
+}
+
+function parseBody(buffer, contentType = '') {
+  if (buffer.length === 0) {
+    return undefined;
+  }
+  const text = buffer.toString('utf8');
+  if (contentType.startsWith('application/x-www-form-urlencoded')) {
+    return Object.fromEntries(new URLSearchParams(text));
+  }
+  try {
+    return JSON.parse(text);
+  } catch {
+    throw new OperationOutcomeError(badRequest('Invalid JSON in request body'));
+  }
+}
+
+function addPagingLinks(bundle, searchUrl, query) {
+  const count = Number.parseInt(query.get('_count'), 10);
+  const offset = Number.parseInt(query.get('_offset') ?? '0', 10) || 0;
+  bundle.link = [{ relation: 'self', url: `${searchUrl}?${query}` }];
+  if (count > 0 && bundle.total !== undefined && offset + count < bundle.total) {
+    const next = new URLSearchParams(query);
+    next.set('_offset', String(offset + count));
+    bundle.link.push({ relation: 'next', url: `${searchUrl}?${next}` });
+  }
+}
+
+async function main() {
+  const config = readConfig();
+  const app = createLocalMedplum(config);
+  app.server.listen(config.port, '127.0.0.1', () => {
+    const { port } = app.server.address();
+    app.setBaseUrl(`http://127.0.0.1:${port}/`);
+    console.log(`medplum-local listening on http://127.0.0.1:${port}`);
+  });
+  app.server.on('error', (err) => {
+    console.error('medplum-local: cannot listen:', err.message);
+    process.exit(1);
+  });
+  const shutdown = (signal) => {
+    console.error(`medplum-local: ${signal}, shutting down`);
+    app.server.close(() => process.exit(0));
+    app.server.closeAllConnections();
+    setTimeout(() => process.exit(0), 2000).unref();
+  };
+  process.on('SIGINT', () => shutdown('SIGINT'));
+  process.on('SIGTERM', () => shutdown('SIGTERM'));
+}
+
+if (import.meta.url === pathToFileURL(process.argv[1] ?? '').href) {
+  main();
+}

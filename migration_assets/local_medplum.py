@@ -1,0 +1,170 @@
+"""Start and stop the local Medplum server (medplum_local/server.mjs) from Python.
+
+Used by the demo and the tests; no Dagster import. The server needs the Node 22 binary that
+`make setup` installs into medplum_local/node_modules/.bin/node.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO
+
+import httpx
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+SERVER_DIR = REPO_ROOT / "medplum_local"
+NODE_BINARY = SERVER_DIR / "node_modules" / ".bin" / "node"
+SERVER_SCRIPT = SERVER_DIR / "server.mjs"
+
+DEFAULT_CLIENT_ID = "local-migration-client"
+DEFAULT_CLIENT_SECRET = "local-migration-secret"
+STARTUP_TIMEOUT_S = 30.0
+
+
+class LocalMedplumError(RuntimeError):
+    """The local Medplum server could not be started."""
+
+
+@dataclass(frozen=True)
+class LocalMedplum:
+    base_url: str  # e.g. "http://127.0.0.1:8103/"; the FHIR base is base_url + "fhir/R4/"
+    client_id: str
+    client_secret: str
+
+    @property
+    def fhir_base_url(self) -> str:
+        return self.base_url + "fhir/R4/"
+
+    @property
+    def token_url(self) -> str:
+        return self.base_url + "oauth2/token"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that is free right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_local_medplum(
+    port: int | None = None,
+    *,
+    fhir_quota: int = 0,
+    transaction_bundles: bool = True,
+    token_ttl: int = 3600,
+    log_path: Path | None = None,
+) -> tuple[LocalMedplum, subprocess.Popen[bytes]]:
+    """Starts the server in its own process group and waits until /healthcheck answers."""
+    if not NODE_BINARY.exists():
+        raise LocalMedplumError(
+            f"Node 22 binary not found at {NODE_BINARY}: run `make setup` "
+            "(it runs `npm ci` in medplum_local/) before starting the local Medplum server."
+        )
+    port = port or free_port()
+    client_id = os.environ.get("MEDPLUM_CLIENT_ID") or DEFAULT_CLIENT_ID
+    client_secret = os.environ.get("MEDPLUM_CLIENT_SECRET") or DEFAULT_CLIENT_SECRET
+    env = {
+        **os.environ,
+        "MEDPLUM_LOCAL_PORT": str(port),
+        "MEDPLUM_CLIENT_ID": client_id,
+        "MEDPLUM_CLIENT_SECRET": client_secret,
+        "MEDPLUM_LOCAL_FHIR_QUOTA": str(fhir_quota),
+        "MEDPLUM_LOCAL_TRANSACTION_BUNDLES": "true" if transaction_bundles else "false",
+        "MEDPLUM_LOCAL_TOKEN_TTL": str(token_ttl),
+    }
+    # Server output goes to the log file, or to an anonymous temporary file that is only read
+    # when startup fails (a pipe nobody drains could block or break the server later).
+    if log_path is not None:
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        output: IO[bytes] = log_path.open("ab+")
+    else:
+        output = tempfile.TemporaryFile()
+    try:
+        process = subprocess.Popen(
+            [str(NODE_BINARY), str(SERVER_SCRIPT)],
+            cwd=SERVER_DIR,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # own process group: stop_local_medplum() signals the whole group
+        )
+        server = LocalMedplum(f"http://127.0.0.1:{port}/", client_id, client_secret)
+        try:
+            _wait_until_healthy(server, process, output)
+        except BaseException:
+            stop_local_medplum(process)
+            raise
+    finally:
+        output.close()  # the child keeps its own descriptor
+    return server, process
+
+
+def _wait_until_healthy(server: LocalMedplum, process: subprocess.Popen[bytes], output: IO[bytes]) -> None:
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            output.seek(0)
+            details = output.read().decode("utf-8", "replace")[-4000:] or "(no output)"
+            raise LocalMedplumError(
+                f"local Medplum server exited with code {process.returncode} during startup:\n{details}"
+            )
+        try:
+            if httpx.get(server.base_url + "healthcheck", timeout=1.0, trust_env=False).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise LocalMedplumError(
+        f"local Medplum server did not answer {server.base_url}healthcheck within {STARTUP_TIMEOUT_S:.0f} s"
+    )
+
+
+def stop_local_medplum(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    """SIGTERM to the server's process group, then SIGKILL if it does not exit in time."""
+    if process.poll() is None:
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            process.wait(timeout=timeout)
+
+
+@contextmanager
+def running_local_medplum(
+    port: int | None = None,
+    *,
+    fhir_quota: int = 0,
+    transaction_bundles: bool = True,
+    token_ttl: int = 3600,
+    log_path: Path | None = None,
+) -> Iterator[LocalMedplum]:
+    """Runs the local Medplum server for the duration of the `with` block."""
+    server, process = start_local_medplum(
+        port,
+        fhir_quota=fhir_quota,
+        transaction_bundles=transaction_bundles,
+        token_ttl=token_ttl,
+        log_path=log_path,
+    )
+    try:
+        yield server
+    finally:
+        stop_local_medplum(process)
