@@ -1,0 +1,251 @@
+"""What a data element is, and the steps every element shares: quarantine rules, pandera validation
+and content hashes. The element modules beside this one are the only code that knows FHIR shapes.
+
+A FHIR frame has one row per resource. Its common columns (FRAME_COLUMNS) say where the row came
+from, which identifier the resource is written under, what it references, its JSON, and whether it
+was quarantined and why. Element-specific columns (gender, dates, ...) stay beside them so that
+pandera can validate them.
+"""
+
+import datetime
+import hashlib
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+import pandera.polars as pa
+import polars as pl
+
+from migration_assets.elements.fhir_json import fhir_json
+
+REFERENCE_DTYPE = pl.Struct(
+    {"path": pl.String, "resource_type": pl.String, "identifier_system": pl.String, "identifier_value": pl.String}
+)
+
+FRAME_COLUMNS: dict[str, pl.DataType] = {
+    "source_table": pl.String(),
+    "source_key": pl.String(),
+    "resource_type": pl.String(),
+    "identifier_system": pl.String(),
+    "identifier_value": pl.String(),
+    # Rows sharing a bundle_group are written in one transaction (an Encounter and its note).
+    "bundle_group": pl.String(),
+    "full_url": pl.String(),
+    "references": pl.List(REFERENCE_DTYPE),
+    "resource": pl.String(),
+    "content_hash": pl.String(),
+    "quarantine_rule": pl.String(),
+    "quarantine_reason": pl.String(),
+}
+
+
+@dataclass(frozen=True)
+class SourceSystem:
+    """One legacy system: every identifier system and local code system is derived from its base URI."""
+
+    base_uri: str
+
+    def __post_init__(self) -> None:
+        if not self.base_uri.strip() or "://" not in self.base_uri and not self.base_uri.startswith("urn:"):
+            raise ValueError(f"identifier base URI must be an absolute URI, got {self.base_uri!r}")
+
+    def identifier_system(self, kind: str) -> str:
+        return f"{self.base_uri.rstrip('/')}/identifier/{kind}"
+
+    def code_system(self, name: str) -> str:
+        return f"{self.base_uri.rstrip('/')}/CodeSystem/{name}"
+
+
+@dataclass(frozen=True)
+class DataElement:
+    """A unit of phased adoption: one partition of every asset.
+
+    `extract` joins the source tables into one row per source unit; `transform` maps those rows to
+    FHIR frame rows with polars expressions, filling `quarantine_rule` where a mapping rule refuses a
+    row; `schemas` validates the rows of each resource type; `transactional` sends each bundle_group
+    as one transaction (inside a batch of transactions) instead of plain batch entries.
+    """
+
+    name: str
+    description: str
+    mapping_version: str
+    source_tables: tuple[str, ...]
+    requires: tuple[str, ...]
+    extract: Callable[[Mapping[str, pl.DataFrame]], pl.DataFrame]
+    transform: Callable[[pl.DataFrame, SourceSystem], pl.DataFrame]
+    schemas: Mapping[str, type[pa.DataFrameModel]]
+    transactional: bool = False
+
+
+class FrameModel(pa.DataFrameModel):
+    """Checks every resource row passes, whatever its type."""
+
+    source_key: str = pa.Field(str_length={"min_value": 1})
+    identifier_system: str = pa.Field(str_matches=r"^(https?://|urn:)\S+$")
+    identifier_value: str = pa.Field(str_matches=r"^\S(.*\S)?$")
+    resource: str = pa.Field(str_startswith="{")
+
+    class Config:
+        strict = False
+
+
+DATE = r"^\d{4}(-\d{2}(-\d{2})?)?$"
+CONDITIONAL_REFERENCE = r"^[A-Z][A-Za-z]+\?identifier=\S+\|\S+$"
+
+
+def quarantine(frame: pl.DataFrame, rule: str, condition: pl.Expr, reason: pl.Expr | str) -> pl.DataFrame:
+    """Mark rows matching `condition` with `rule` and `reason`, keeping the first rule a row broke."""
+    reason_expr = reason if isinstance(reason, pl.Expr) else pl.lit(reason)
+    hit = condition.fill_null(False) & pl.col("quarantine_rule").is_null()
+    return frame.with_columns(
+        quarantine_rule=pl.when(hit).then(pl.lit(rule)).otherwise(pl.col("quarantine_rule")),
+        quarantine_reason=pl.when(hit).then(reason_expr).otherwise(pl.col("quarantine_reason")),
+    )
+
+
+def build_frame(element: DataElement, source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
+    """The element's FHIR frame with every shared rule applied: keys present and unique, pandera
+    schema per resource type, content hashes. Nothing is dropped: refused rows are quarantined."""
+    frame = element.transform(source, system)
+    frame = quarantine(
+        frame,
+        "missing_key",
+        pl.col("identifier_value").is_null() | (pl.col("identifier_value").str.strip_chars() == ""),
+        pl.format("{} has no source key", pl.col("source_table")),
+    )
+    duplicated = pl.struct("resource_type", "identifier_value").is_duplicated() & pl.col("identifier_value").is_not_null()
+    frame = quarantine(
+        frame, "duplicate_key", duplicated, pl.format("source key {} appears more than once", pl.col("identifier_value"))
+    )
+    frame = _quarantine_schema_failures(frame, element.schemas)
+    if element.transactional:
+        frame = _quarantine_whole_groups(frame)
+    return frame.with_columns(content_hash=_sha256(frame["resource"])).select(
+        *FRAME_COLUMNS, *[name for name in frame.columns if name not in FRAME_COLUMNS]
+    )
+
+
+def schema_failures(frame: pl.DataFrame, schemas: Mapping[str, type[pa.DataFrameModel]]) -> pl.DataFrame:
+    """Pandera's failure cases for the rows not already quarantined, with the source key of each."""
+    failures = []
+    indexed = frame.with_row_index("_row")
+    for resource_type, model in schemas.items():
+        rows = indexed.filter((pl.col("resource_type") == resource_type) & pl.col("quarantine_rule").is_null())
+        try:
+            model.validate(rows, lazy=True)
+        except pa.errors.SchemaErrors as errors:
+            cases = errors.failure_cases.filter(pl.col("index").is_not_null())
+            failures.append(
+                cases.select(
+                    _row=rows["_row"].gather(cases["index"].cast(pl.UInt32)),
+                    resource_type=pl.lit(resource_type),
+                    column=pl.col("column"),
+                    check=pl.col("check"),
+                    failure_case=pl.col("failure_case").cast(pl.String),
+                )
+            )
+    if not failures:
+        return pl.DataFrame(schema={"_row": pl.UInt32, "resource_type": pl.String, "column": pl.String,
+                                    "check": pl.String, "failure_case": pl.String})
+    return pl.concat(failures)
+
+
+def _quarantine_schema_failures(frame: pl.DataFrame, schemas: Mapping[str, type[pa.DataFrameModel]]) -> pl.DataFrame:
+    failures = schema_failures(frame, schemas)
+    if failures.is_empty():
+        return frame
+    # One reason per row, naming every rule it broke; the failing value is left out on purpose (it
+    # may be patient data) and stays in the source table.
+    per_row = failures.group_by("_row").agg(
+        reason=pl.format("{} failed {}", pl.col("column"), pl.col("check")).unique().sort().str.join("; ")
+    )
+    marked = frame.with_row_index("_row").join(per_row, on="_row", how="left")
+    return quarantine(marked, "schema", pl.col("reason").is_not_null(), pl.col("reason")).drop("_row", "reason")
+
+
+def _quarantine_whole_groups(frame: pl.DataFrame) -> pl.DataFrame:
+    """A transaction is all or nothing: when one row of a bundle group is quarantined, so is the rest."""
+    first_problem = (
+        pl.format("{} {} was quarantined ({})", pl.col("resource_type"), pl.col("source_key"), pl.col("quarantine_rule"))
+        .filter(pl.col("quarantine_rule").is_not_null())
+        .first()
+        .over("bundle_group")
+    )
+    return quarantine(frame, "group_quarantined", first_problem.is_not_null(), first_problem)
+
+
+def _sha256(resources: pl.Series) -> pl.Series:
+    # polars has no stable cryptographic hash; its own hash may change between releases, and this
+    # one decides what is sent again, so it must not.
+    return pl.Series([hashlib.sha256(text.encode()).hexdigest() if text else None for text in resources], dtype=pl.String)
+
+
+def frame_columns(
+    resource_type: str,
+    identifier_system: str,
+    key: pl.Expr,
+    resource: pl.Expr,
+    *,
+    references: list[pl.Expr] | None = None,
+    bundle_group: pl.Expr | None = None,
+    full_url: pl.Expr | None = None,
+) -> list[pl.Expr]:
+    """The FRAME_COLUMNS of a resource row whose source key is also its identifier value."""
+    return [
+        pl.col("source_table"),
+        key.alias("source_key"),
+        pl.lit(resource_type).alias("resource_type"),
+        pl.lit(identifier_system).alias("identifier_system"),
+        key.alias("identifier_value"),
+        (bundle_group if bundle_group is not None else key).alias("bundle_group"),
+        (full_url if full_url is not None else pl.lit(None, pl.String)).alias("full_url"),
+        (pl.concat_list(references) if references else pl.lit([], dtype=pl.List(REFERENCE_DTYPE))).alias("references"),
+        fhir_json(resource).alias("resource"),
+        pl.lit(None, pl.String).alias("content_hash"),
+        pl.lit(None, pl.String).alias("quarantine_rule"),
+        pl.lit(None, pl.String).alias("quarantine_reason"),
+    ]
+
+
+def stable_urn_uuid(system: str, key: pl.Expr) -> pl.Expr:
+    """A `urn:uuid:` full URL derived from an identifier, the same on every run so the content hash of
+    the resources that point at it does not change."""
+    return key.map_batches(
+        lambda keys: pl.Series(
+            [f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{system}|{k}')}" if k is not None else None for k in keys],
+            dtype=pl.String,
+        ),
+        return_dtype=pl.String,
+    )
+
+
+def invalid_date(column: str) -> pl.Expr:
+    """True where a source date is present but not a real FHIR date (YYYY, YYYY-MM or YYYY-MM-DD).
+
+    Partial dates are kept with their precision; 1980-02-30 or 1980-13 are refused, never coerced.
+    """
+    text = pl.col(column).str.strip_chars()
+    padded = (
+        pl.when(text.str.len_chars() == 4)
+        .then(text + "-01-01")
+        .when(text.str.len_chars() == 7)
+        .then(text + "-01")
+        .otherwise(text)
+    )
+    well_formed = text.str.contains(DATE)
+    return text.is_not_null() & (~well_formed | padded.str.to_date("%Y-%m-%d", strict=False).is_null())
+
+
+def future_date(column: str, today: pl.Expr | None = None) -> pl.Expr:
+    """True where a (well-formed) source date lies after today."""
+    return pl.col(column).str.slice(0, 10) > (today if today is not None else pl.lit(datetime.date.today().isoformat()))
+
+
+def expected_reference(path: str, resource_type: str, system: str, key: pl.Expr) -> pl.Expr:
+    """Which resource a reference must resolve to, by identifier, for the integrity checks."""
+    return pl.struct(
+        pl.lit(path).alias("path"),
+        pl.lit(resource_type).alias("resource_type"),
+        pl.lit(system).alias("identifier_system"),
+        key.alias("identifier_value"),
+    )

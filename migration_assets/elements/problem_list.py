@@ -1,0 +1,106 @@
+"""The problem list: legacy `patient_conditions` (with the `conditions` catalogue) to FHIR Condition."""
+
+from collections.abc import Mapping
+
+import pandera.polars as pa
+import polars as pl
+
+from migration_assets.elements.base import (
+    CONDITIONAL_REFERENCE,
+    DATE,
+    DataElement,
+    FrameModel,
+    SourceSystem,
+    expected_reference,
+    frame_columns,
+    future_date,
+    invalid_date,
+    quarantine,
+)
+from migration_assets.elements.fhir_json import (
+    coding,
+    conditional_reference,
+    identifier,
+    reference,
+)
+from migration_assets.terminology import ICD10CM, read_map
+
+
+def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
+    known_patients = tables["patients"].select("patient_id", patient_in_source=pl.lit(True)).unique("patient_id")
+    catalogue = tables["conditions"].with_columns(condition_in_catalogue=pl.lit(True)).unique("condition_id")
+    return (
+        tables["patient_conditions"]
+        .join(catalogue, on="condition_id", how="left")
+        .join(known_patients, on="patient_id", how="left")
+        .with_columns(source_table=pl.lit("patient_conditions"))
+    )
+
+
+def transform(source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
+    icd10 = read_map("icd10cm").rename({"code": "icd10_code", "display": "icd10_display"})
+    patient_system = system.identifier_system("patient")
+    subject = conditional_reference("Patient", patient_system, pl.col("patient_id"))
+    resource = pl.struct(
+        pl.lit("Condition").alias("resourceType"),
+        identifier(system.identifier_system("patient-condition"), pl.col("patient_condition_id")).alias("identifier"),
+        reference(subject).alias("subject"),
+        pl.struct(
+            pl.concat_list(
+                coding(system.code_system("condition"), pl.col("condition_id"), pl.col("condition_name")),
+                coding(ICD10CM, pl.col("icd10_code"), pl.col("icd10_display")),
+            )
+            .list.drop_nulls()
+            .alias("coding"),
+            pl.col("condition_name").alias("text"),
+        ).alias("code"),
+        pl.col("onset_date").alias("onsetDateTime"),
+    )
+    frame = (
+        source.with_columns(onset_date=pl.col("onset_date").str.strip_chars())
+        .join(icd10, on="icd10_code", how="left")
+        .select(
+            frame_columns(
+                "Condition",
+                system.identifier_system("patient-condition"),
+                pl.col("patient_condition_id"),
+                resource,
+                references=[expected_reference("subject", "Patient", patient_system, pl.col("patient_id"))],
+            ),
+            patient_id=pl.col("patient_id"),
+            subject_reference=subject,
+            onset_date=pl.col("onset_date"),
+            icd10_mapped=pl.col("icd10_display").is_not_null(),
+            patient_in_source=pl.col("patient_in_source").fill_null(False),
+            condition_in_catalogue=pl.col("condition_in_catalogue").fill_null(False),
+        )
+    )
+    frame = quarantine(
+        frame,
+        "orphan_reference",
+        ~pl.col("patient_in_source"),
+        pl.format("patient_id {} is not in the patients table", pl.col("patient_id")),
+    )
+    frame = quarantine(
+        frame, "unknown_code", ~pl.col("condition_in_catalogue"), "condition_id is not in the conditions catalogue"
+    )
+    frame = quarantine(frame, "invalid_date", invalid_date("onset_date"), "onset_date is not a real date")
+    frame = quarantine(frame, "future_date", future_date("onset_date"), "onset_date lies in the future")
+    return frame.drop("patient_in_source", "condition_in_catalogue")
+
+
+class ConditionFrame(FrameModel):
+    subject_reference: str = pa.Field(str_matches=CONDITIONAL_REFERENCE)
+    onset_date: str = pa.Field(str_matches=DATE, nullable=True)
+
+
+ELEMENT = DataElement(
+    name="problem_list",
+    description="The problem list: patient_conditions with their local and ICD-10 codes to FHIR Condition.",
+    mapping_version="1.0.0",
+    source_tables=("patient_conditions", "conditions", "patients"),
+    requires=("patients",),
+    extract=extract,
+    transform=transform,
+    schemas={"Condition": ConditionFrame},
+)

@@ -1,0 +1,241 @@
+"""A small synchronous Medplum client for migrations: one keep-alive connection pool per run,
+cached client-credentials token, bounded retries with jitter, and batch bundles whose transient
+entry failures (429, 409, 5xx) are resent alone.
+
+No Dagster import: an application can reuse it for dual writes.
+"""
+
+import logging
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+
+from migration_assets.medplum.auth import ClientCredentialsToken
+from migration_assets.medplum.errors import MedplumError, MedplumResponseError
+from migration_assets.medplum.ratelimit import parse_rate_limit, seconds_until_reset
+from migration_assets.medplum.responses import EntryResponse, outcome_text, parse_entry_response
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+# Entry statuses worth resending: quota (429), serialization conflicts between concurrent
+# transactions (409, measured on a real server) and server-side failures.
+TRANSIENT_ENTRY_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    max_attempts: int = 6
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+    # No request, resends of its entries included, goes on longer than this.
+    max_total_seconds: float = 900.0
+
+    def backoff(self, attempt: int) -> float:
+        """Exponential backoff with jitter, so concurrent loaders do not retry in step."""
+        ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        return random.uniform(ceiling / 2, ceiling)
+
+
+@dataclass
+class RequestStats:
+    requests: int = 0
+    retries: int = 0
+    entries_resent: int = 0
+    rate_limited: int = 0
+
+
+class MedplumClient:
+    def __init__(
+        self,
+        base_url: str,
+        client_id: str,
+        client_secret: str,
+        *,
+        timeout_seconds: float = 120.0,
+        retry: RetryPolicy | None = None,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.base_url = base_url.rstrip("/") + "/"
+        self.fhir_base = self.base_url + "fhir/R4/"
+        self.retry = retry or RetryPolicy()
+        self.stats = RequestStats()
+        self._stats_lock = threading.Lock()
+        self._http = httpx.Client(
+            timeout=httpx.Timeout(timeout_seconds, connect=10.0),
+            limits=httpx.Limits(max_keepalive_connections=16, max_connections=32),
+            transport=transport,
+            headers={"Accept": "application/fhir+json"},
+        )
+        self._token = ClientCredentialsToken(self._http, self.base_url + "oauth2/token", client_id, client_secret)
+        self.last_rate_limit: str | None = None
+
+    def __enter__(self) -> "MedplumClient":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- plain requests -------------------------------------------------------------------------
+
+    def get_json(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
+        return self._send("GET", path, params=params, parse=_json_body)
+
+    def read(self, reference: str) -> dict[str, Any] | None:
+        """`Patient/<id>` or None when it does not exist."""
+        return self._send("GET", reference, parse=_json_or_none_if_missing)
+
+    def search(self, resource_type: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
+        """Every matching resource, following the bundle's `next` links."""
+        page: dict[str, Any] | None = self.get_json(resource_type, params)
+        while page is not None:
+            for entry in page.get("entry", []):
+                if entry.get("search", {}).get("mode", "match") == "match" and "resource" in entry:
+                    yield entry["resource"]
+            next_url = next((link["url"] for link in page.get("link", []) if link.get("relation") == "next"), None)
+            page = self.get_json(next_url) if next_url else None
+
+    def post_bundle(self, bundle: dict[str, Any]) -> list[EntryResponse]:
+        """POST a batch or transaction; one parsed response per entry, in the order sent."""
+        expected = len(bundle.get("entry", []))
+        return self._send("POST", "", json=bundle, parse=lambda response: _bundle_entries(response, expected))
+
+    # -- batches --------------------------------------------------------------------------------
+
+    def submit_batch(self, entries: Sequence[dict[str, Any]]) -> list[EntryResponse]:
+        """Send `entries` as one batch bundle and resend only the entries that failed transiently.
+
+        Inside a batch, the first 429 marks every later entry 429 while the bundle answers 200: those
+        are resent after the reset time of the `RateLimit` header.
+        """
+        results: list[EntryResponse | None] = [None] * len(entries)
+        pending = list(range(len(entries)))
+        started = time.monotonic()
+        for attempt in range(1, self.retry.max_attempts + 1):
+            responses = self.post_bundle({"resourceType": "Bundle", "type": "batch", "entry": [entries[i] for i in pending]})
+            retry_later = []
+            for index, response in zip(pending, responses):
+                results[index] = response
+                if response.status in TRANSIENT_ENTRY_STATUSES:
+                    retry_later.append(index)
+            if not retry_later or attempt == self.retry.max_attempts:
+                break
+            rate_limited = any(results[i].status == 429 for i in retry_later)  # type: ignore[union-attr]
+            delay = (
+                seconds_until_reset(self.last_rate_limit, self.retry.backoff(attempt))
+                if rate_limited
+                else self.retry.backoff(attempt)
+            )
+            if time.monotonic() - started + delay > self.retry.max_total_seconds:
+                break
+            self._count(entries_resent=len(retry_later), rate_limited=int(rate_limited))
+            log.info("resending %d of %d batch entries in %.1fs", len(retry_later), len(entries), delay)
+            time.sleep(delay)
+            pending = retry_later
+        return [result for result in results if result is not None]
+
+    def remaining_quota(self) -> dict[str, int]:
+        """What the last response's `RateLimit` header said is left, by limit name."""
+        return {name: limit.remaining for name, limit in parse_rate_limit(self.last_rate_limit).items()}
+
+    # -- the retry loop -------------------------------------------------------------------------
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        *,
+        parse: Callable[[httpx.Response], T],
+        json: Any = None,
+        params: dict[str, str] | None = None,
+    ) -> T:
+        url = path if path.startswith("http") else self.fhir_base + path
+        started = time.monotonic()
+        problem = ""
+        for attempt in range(1, self.retry.max_attempts + 1):
+            token = self._token.bearer()
+            self._count(requests=1)
+            try:
+                response = self._http.request(
+                    method, url, json=json, params=params, headers={"Authorization": f"Bearer {token}"}
+                )
+            except httpx.TransportError as exc:
+                problem, delay = f"{type(exc).__name__}: {exc}", self.retry.backoff(attempt)
+            else:
+                self.last_rate_limit = response.headers.get("ratelimit", self.last_rate_limit)
+                if response.status_code == 401:
+                    self._token.invalidate(token)
+                    problem, delay = "401: token refused", 0.0
+                elif response.status_code == 429:
+                    problem = "429: rate limited"
+                    delay = seconds_until_reset(response.headers.get("ratelimit"), self.retry.backoff(attempt))
+                    self._count(rate_limited=1)
+                elif response.status_code >= 500:
+                    problem, delay = f"{response.status_code}: {_short_body(response)}", self.retry.backoff(attempt)
+                elif response.status_code >= 400 and response.status_code != 404:
+                    raise MedplumError(f"{method} {_display(url)} answered {response.status_code}: {_short_body(response)}")
+                else:
+                    try:
+                        return parse(response)
+                    except MedplumResponseError as exc:
+                        problem, delay = str(exc), self.retry.backoff(attempt)
+            if attempt == self.retry.max_attempts or time.monotonic() - started + delay > self.retry.max_total_seconds:
+                break
+            self._count(retries=1)
+            log.warning("%s %s failed (%s); retry %d in %.1fs", method, _display(url), problem, attempt, delay)
+            time.sleep(delay)
+        raise MedplumError(f"{method} {_display(url)} gave up after {attempt} attempts: {problem}")
+
+    def _count(self, **increments: int) -> None:
+        with self._stats_lock:
+            for name, value in increments.items():
+                setattr(self.stats, name, getattr(self.stats, name) + value)
+
+
+def _json_body(response: httpx.Response) -> dict[str, Any]:
+    if response.status_code == 404:
+        raise MedplumError(f"{_display(str(response.url))} answered 404: {_short_body(response)}")
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise MedplumResponseError(f"answer is not JSON ({len(response.content)} bytes)") from exc
+    if not isinstance(body, dict):
+        raise MedplumResponseError("answer is not a JSON object")
+    return body
+
+
+def _json_or_none_if_missing(response: httpx.Response) -> dict[str, Any] | None:
+    return None if response.status_code in (404, 410) else _json_body(response)
+
+
+def _bundle_entries(response: httpx.Response, expected: int) -> list[EntryResponse]:
+    body = _json_body(response)
+    entries = body.get("entry", [])
+    if body.get("resourceType") != "Bundle" or len(entries) != expected:
+        # A short batch-response would leave entries without an outcome: resend the whole bundle,
+        # which is safe because every write is conditional.
+        raise MedplumResponseError(f"bundle response has {len(entries)} entries for {expected} sent")
+    return [parse_entry_response(entry) for entry in entries]
+
+
+def _short_body(response: httpx.Response) -> str:
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
+        return outcome_text(body)
+    return response.text[:200]
+
+
+def _display(url: str) -> str:
+    """A URL for messages: the query (which may hold identifiers) is kept, never credentials."""
+    return url.split("://", 1)[-1].split("@", 1)[-1]

@@ -1,0 +1,78 @@
+"""Reading Medplum's answers: bundle entry responses and OperationOutcomes.
+
+HTTP success is not migration success: a batch answers 200 while its entries fail, so every entry's
+own `response` is read.
+"""
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class EntryResponse:
+    status: int
+    location: str | None = None
+    outcome: dict[str, Any] | None = None
+    # For an entry that was itself a transaction: the transaction-response Bundle.
+    resource: dict[str, Any] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def resource_id(self) -> str | None:
+        parts = (self.location or "").split("/")
+        return parts[1] if len(parts) >= 2 else None
+
+    @property
+    def version_id(self) -> str | None:
+        parts = (self.location or "").split("/")
+        return parts[3] if len(parts) >= 4 and parts[2] == "_history" else None
+
+    @property
+    def diagnostics(self) -> str:
+        return outcome_text(self.outcome) if self.outcome else ""
+
+    def inner_responses(self) -> list["EntryResponse"]:
+        """The entry responses of a nested transaction, in the order its entries were sent."""
+        if not self.resource or self.resource.get("resourceType") != "Bundle":
+            return []
+        return [parse_entry_response(entry) for entry in self.resource.get("entry", [])]
+
+
+def parse_status(status: str | int) -> int:
+    """`"201 Created"` and `"201"` and `201` all give 201."""
+    return int(str(status).strip().split(" ", 1)[0])
+
+
+def parse_entry_response(entry: dict[str, Any]) -> EntryResponse:
+    response = entry.get("response") or {}
+    outcome = response.get("outcome")
+    resource = entry.get("resource")
+    if outcome is None and isinstance(resource, dict) and resource.get("resourceType") == "OperationOutcome":
+        outcome = resource
+    return EntryResponse(
+        status=parse_status(response.get("status", "0")),
+        location=_relative_location(response.get("location")),
+        outcome=outcome,
+        resource=resource if isinstance(resource, dict) and resource.get("resourceType") == "Bundle" else None,
+    )
+
+
+def outcome_text(outcome: dict[str, Any]) -> str:
+    """One line from an OperationOutcome: each issue's details text or diagnostics."""
+    texts = []
+    for issue in outcome.get("issue", []):
+        text = (issue.get("details") or {}).get("text") or issue.get("diagnostics") or issue.get("code", "")
+        expression = ",".join(issue.get("expression", []))
+        texts.append(f"{text} ({expression})" if expression else text)
+    return "; ".join(texts)
+
+
+def _relative_location(location: str | None) -> str | None:
+    """`https://host/fhir/R4/Patient/1/_history/2` and `Patient/1/_history/2` both give the latter."""
+    if not location:
+        return None
+    marker = "/fhir/R4/"
+    return location.split(marker, 1)[1] if marker in location else location.lstrip("/")
