@@ -1,0 +1,348 @@
+"""Read legacy EHR tables into polars from a source URL.
+
+URL forms (SQLAlchemy's convention for file paths: ``scheme:///rel/path`` is relative to the working
+directory, ``scheme:////abs/path`` -- i.e. ``f"sqlite:///{absolute_path}"`` -- is absolute):
+
+* ``sqlite:///path/to.db`` (also ``sqlite+pysqlite://``)
+* ``postgresql://user[:pw]@host:port/db[?options=-csearch_path%3Dschema]`` (also ``postgres://``,
+  ``postgresql+psycopg2://``, ``postgresql+psycopg://``): read with ADBC (Arrow, binary COPY).
+* ``csv:///dir`` / ``parquet:///dir``: one ``<table>.csv`` / ``<table>.parquet`` per table.
+* a plain folder path (no scheme): ``<table>.parquet`` if present, else ``<table>.csv``.
+
+Text columns always arrive as ``pl.String``; dates stay strings so the mapping step can parse them and
+quarantine bad values.
+"""
+
+from __future__ import annotations
+
+import re
+import sqlite3
+from collections.abc import Iterator
+from contextlib import closing
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import polars as pl
+import pyarrow as pa
+
+__all__ = [
+    "iter_table_batches",
+    "parse_source_url",
+    "read_query",
+    "read_table",
+    "redact_url",
+]
+
+_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)?$")
+_SECRET_PARAMS = {"password", "passwd", "pwd", "sslpassword", "secret", "token", "access_token", "api_key"}
+_PG_SCHEMES = {"postgresql", "postgres", "postgresql+psycopg2", "postgresql+psycopg", "postgresql+adbc"}
+_SQLITE_SCHEMES = {"sqlite", "sqlite+pysqlite"}
+
+
+def redact_url(url: str) -> str:
+    """Drop user info and password-like query parameters, for logs and run metadata."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable url>"
+    if not parts.scheme or len(parts.scheme) == 1:  # plain path (or a Windows drive letter)
+        return url
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    secret = any(k.lower() in _SECRET_PARAMS for k, _ in pairs)
+    if "@" not in parts.netloc and not secret:
+        return url  # nothing to hide; rebuilding would also turn sqlite://// into sqlite://
+    netloc = parts.netloc.rpartition("@")[2]
+    query = urlencode([(k, v) for k, v in pairs if k.lower() not in _SECRET_PARAMS]) if secret else parts.query
+    rebuilt = f"{parts.scheme}://{netloc}{parts.path}"
+    return rebuilt + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+
+
+def parse_source_url(url: str) -> tuple[str, str]:
+    """Return (kind, location): kind in sqlite|postgresql|csv|parquet|folder.
+
+    location is a file/folder path, or for postgresql the URL normalised to ``postgresql://``.
+    """
+    if "://" not in url:
+        return "folder", url
+    scheme, rest = url.split("://", 1)
+    scheme = scheme.lower()
+    if scheme in _PG_SCHEMES:
+        # libpq / ADBC only understand postgresql://; the +driver suffix is SQLAlchemy's.
+        return "postgresql", "postgresql://" + rest
+    if scheme in _SQLITE_SCHEMES | {"csv", "parquet", "file"}:
+        if not rest.startswith("/"):
+            raise ValueError(f"{redact_url(url)}: expected {scheme}:///relative/path or {scheme}:////absolute/path")
+        path = rest[1:].split("?", 1)[0]
+        if not path:
+            raise ValueError(f"{redact_url(url)}: no path given (in-memory databases are not supported)")
+        kind = {"sqlite+pysqlite": "sqlite", "file": "folder"}.get(scheme, scheme)
+        return kind, path
+    raise ValueError(
+        f"unsupported source URL scheme {scheme!r} in {redact_url(url)} "
+        "(expected sqlite:///, postgresql://, csv:///, parquet:/// or a folder path)"
+    )
+
+
+def _check_ident(table: str, url: str) -> str:
+    if not _IDENT.match(table):
+        raise ValueError(f"invalid table name {table!r} for {redact_url(url)}")
+    return ".".join(f'"{p}"' for p in table.split("."))
+
+
+# ---------------------------------------------------------------------------------------------------
+# SQL helpers
+
+
+def _sqlite_path(location: str, url: str) -> str:
+    # Connecting to a missing file would silently create an empty database.
+    if not Path(location).is_file():
+        raise FileNotFoundError(f"SQLite database not found: {location} (from {redact_url(url)})")
+    return location
+
+
+def _pg_connect(location: str, url: str) -> Any:
+    import adbc_driver_postgresql.dbapi as pg_adbc
+
+    try:
+        return pg_adbc.connect(location)
+    except pg_adbc.Error as exc:  # connection errors may echo the URI; re-raise with the redacted one
+        raise ConnectionError(f"cannot connect to {redact_url(url)}: {type(exc).__name__}") from None
+
+
+def _sqlite_text_columns(conn: sqlite3.Connection, table: str) -> tuple[list[str], list[str]]:
+    """(all columns, primary-key columns in key order) of a SQLite table."""
+    schema, _, name = table.rpartition(".")
+    pragma = f'PRAGMA "{schema}".table_info("{name}")' if schema else f'PRAGMA table_info("{name}")'
+    rows = conn.execute(pragma).fetchall()
+    cols = [r[1] for r in rows]
+    pk = [r[1] for r in sorted((r for r in rows if r[5]), key=lambda r: r[5])]
+    return cols, pk
+
+
+def _sqlite_table_info(location: str, url: str, table: str) -> tuple[list[str], list[str], dict[str, str]]:
+    with closing(sqlite3.connect(f"file:{location}?mode=ro", uri=True)) as conn:
+        cols, pk = _sqlite_text_columns(conn, table)
+        if not cols:
+            raise ValueError(f"table {table!r} not found in {redact_url(url)}")
+        schema, _, name = table.rpartition(".")
+        pragma = f'PRAGMA "{schema}".table_info("{name}")' if schema else f'PRAGMA table_info("{name}")'
+        decl = {r[1]: (r[2] or "").upper() for r in conn.execute(pragma).fetchall()}
+    return cols, pk, decl
+
+
+def _sqlite_schema(cols: list[str], decl: dict[str, str]) -> dict[str, pl.DataType]:
+    """Polars dtypes from SQLite declared types (type affinity rules, section 3.1 of the SQLite docs)."""
+    out: dict[str, pl.DataType] = {}
+    for c in cols:
+        d = decl.get(c, "")
+        if "INT" in d:
+            out[c] = pl.Int64()
+        elif any(t in d for t in ("CHAR", "CLOB", "TEXT")) or d == "":
+            out[c] = pl.String()
+        elif "BLOB" in d:
+            out[c] = pl.Binary()
+        elif any(t in d for t in ("REAL", "FLOA", "DOUB")):
+            out[c] = pl.Float64()
+        else:  # NUMERIC affinity: keep as text rather than guess
+            out[c] = pl.String()
+    return out
+
+
+def _read_sqlite(location: str, query: str, schema: dict[str, pl.DataType] | None) -> pl.DataFrame:
+    """ADBC (Arrow) read; falls back to the stdlib driver when ADBC's type inference trips.
+
+    ADBC SQLite infers column types from the first batch of values, so a TEXT column that starts with
+    NULLs comes back as Int64 (or fails). Declared types, when known, fix the result.
+    """
+    import adbc_driver_sqlite.dbapi as sqlite_adbc
+
+    try:
+        with sqlite_adbc.connect(location) as conn, conn.cursor() as cur:
+            cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": "65536"})
+            cur.execute(query)
+            df = pl.from_arrow(cur.fetch_arrow_table())
+            assert isinstance(df, pl.DataFrame)
+    except OSError as exc:
+        if "Type mismatch" not in str(exc):
+            raise
+        with closing(sqlite3.connect(f"file:{location}?mode=ro", uri=True)) as lite:
+            lite_cur = lite.execute(query)
+            names = [d[0] for d in lite_cur.description]
+            df = pl.DataFrame(
+                lite_cur.fetchall(),
+                schema={n: schema[n] for n in names} if schema and set(names) <= set(schema) else names,
+                orient="row",
+                infer_schema_length=None,
+            )
+    if schema:
+        df = df.with_columns(pl.col(c).cast(t) for c, t in schema.items() if c in df.columns and df.schema[c] != t)
+    return df
+
+
+def _read_pg(location: str, url: str, query: str) -> pl.DataFrame:
+    with _pg_connect(location, url) as conn, conn.cursor() as cur:
+        cur.execute(query)
+        df = pl.from_arrow(cur.fetch_arrow_table())
+    assert isinstance(df, pl.DataFrame)
+    return df
+
+
+def _pg_table_info(location: str, url: str, table: str) -> list[str]:
+    """Primary-key columns of a PostgreSQL table (raises ValueError when the table is missing)."""
+    quoted = ".".join(f'"{p}"' for p in table.split("."))
+    with _pg_connect(location, url) as conn, conn.cursor() as cur:
+        cur.execute(f"SELECT to_regclass('{quoted}')::oid")
+        row = cur.fetchone()
+        if row is None or row[0] is None:
+            raise ValueError(f"table {table!r} not found in {redact_url(url)}")
+        cur.execute(
+            "SELECT a.attname FROM pg_index i "
+            "JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = ANY(i.indkey) "
+            f"WHERE i.indrelid = {int(row[0])} AND i.indisprimary ORDER BY array_position(i.indkey, a.attnum)"
+        )
+        return [r[0] for r in cur.fetchall()]
+
+
+# ---------------------------------------------------------------------------------------------------
+# Files
+
+
+def _table_file(kind: str, location: str, url: str, table: str) -> tuple[str, Path]:
+    folder = Path(location)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"source folder not found: {folder} (from {redact_url(url)}, table {table!r})")
+    candidates = {"csv": ["csv"], "parquet": ["parquet"], "folder": ["parquet", "csv"]}[kind]
+    for ext in candidates:
+        path = folder / f"{table}.{ext}"
+        if path.is_file():
+            return ext, path
+    names = " or ".join(f"{table}.{e}" for e in candidates)
+    raise FileNotFoundError(f"table {table!r} not found in {redact_url(url)}: no {names} in {folder}")
+
+
+def _read_csv(path: Path) -> pl.DataFrame:
+    # Every CSV column is text: no inference, so ids like "007" and dates stay exactly as written.
+    return pl.read_csv(path, infer_schema=False)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Public API
+
+
+def read_query(url: str, query: str) -> pl.DataFrame:
+    """Run a SQL query against a sqlite:/// or postgresql:// source and return a DataFrame."""
+    kind, location = parse_source_url(url)
+    if kind == "sqlite":
+        return _read_sqlite(_sqlite_path(location, url), query, None)
+    if kind == "postgresql":
+        return _read_pg(location, url, query)
+    raise ValueError(f"read_query needs a SQL source (sqlite:/// or postgresql://), got {redact_url(url)}")
+
+
+def read_table(url: str, table: str) -> pl.DataFrame:
+    """Read a whole table (SQL table, or <table>.csv / <table>.parquet in a folder)."""
+    kind, location = parse_source_url(url)
+    if kind == "sqlite":
+        path = _sqlite_path(location, url)
+        quoted = _check_ident(table, url)
+        cols, _pk, decl = _sqlite_table_info(path, url, table)
+        return _read_sqlite(path, f"SELECT * FROM {quoted}", _sqlite_schema(cols, decl))
+    if kind == "postgresql":
+        quoted = _check_ident(table, url)
+        _pg_table_info(location, url, table)  # clear error for a missing table
+        return _read_pg(location, url, f"SELECT * FROM {quoted}")
+    ext, file = _table_file(kind, location, url, table)
+    return _read_csv(file) if ext == "csv" else pl.read_parquet(file)
+
+
+def _rebatch(frames: Iterator[pl.DataFrame], batch_rows: int) -> Iterator[pl.DataFrame]:
+    """Re-cut a stream of frames into frames of exactly batch_rows rows (the last may be shorter)."""
+    pending: list[pl.DataFrame] = []
+    pending_rows = 0
+    for frame in frames:
+        if frame.height == 0:
+            continue
+        pending.append(frame)
+        pending_rows += frame.height
+        while pending_rows >= batch_rows:
+            buf = pl.concat(pending, how="vertical") if len(pending) > 1 else pending[0]
+            yield buf.slice(0, batch_rows)
+            rest = buf.slice(batch_rows)
+            pending = [rest] if rest.height else []
+            pending_rows = rest.height
+    if pending_rows:
+        yield pl.concat(pending, how="vertical") if len(pending) > 1 else pending[0]
+
+
+def _arrow_frames(reader: pa.RecordBatchReader, schema: dict[str, pl.DataType] | None) -> Iterator[pl.DataFrame]:
+    for batch in reader:
+        df = pl.from_arrow(batch)
+        assert isinstance(df, pl.DataFrame)
+        if schema:
+            df = df.with_columns(pl.col(c).cast(t) for c, t in schema.items() if c in df.columns and df.schema[c] != t)
+        yield df
+
+
+def iter_table_batches(url: str, table: str, batch_rows: int = 100_000) -> Iterator[pl.DataFrame]:
+    """Yield a table in frames of ``batch_rows`` rows (last one shorter), memory bounded.
+
+    SQL sources stream one ``SELECT ... ORDER BY <primary key>`` through an Arrow cursor (one
+    consistent snapshot, stable order); Parquet streams record batches; CSV streams via polars'
+    streaming engine. An empty table yields nothing.
+    """
+    if batch_rows < 1:
+        raise ValueError(f"batch_rows must be >= 1, got {batch_rows}")
+    kind, location = parse_source_url(url)
+    if kind == "sqlite":
+        path = _sqlite_path(location, url)
+        quoted = _check_ident(table, url)
+        cols, pk, decl = _sqlite_table_info(path, url, table)
+        schema = _sqlite_schema(cols, decl)
+        order = f" ORDER BY {', '.join(f'{chr(34)}{c}{chr(34)}' for c in pk)}" if pk else ""
+        yield from _rebatch(_iter_sqlite(path, f"SELECT * FROM {quoted}{order}", schema, batch_rows), batch_rows)
+        return
+    if kind == "postgresql":
+        quoted = _check_ident(table, url)
+        pk = _pg_table_info(location, url, table)
+        order = f" ORDER BY {', '.join(f'{chr(34)}{c}{chr(34)}' for c in pk)}" if pk else ""
+        yield from _rebatch(_iter_pg(location, url, f"SELECT * FROM {quoted}{order}"), batch_rows)
+        return
+    ext, file = _table_file(kind, location, url, table)
+    if ext == "parquet":
+        import pyarrow.parquet as pq
+
+        with pq.ParquetFile(file) as pf:
+            yield from _rebatch(_arrow_frames(pf.iter_batches(batch_size=batch_rows), None), batch_rows)  # type: ignore[arg-type]
+    else:
+        lf = pl.scan_csv(file, infer_schema=False)
+        yield from _rebatch(iter(lf.collect_batches(chunk_size=batch_rows)), batch_rows)
+
+
+def _iter_sqlite(location: str, query: str, schema: dict[str, pl.DataType], batch_rows: int) -> Iterator[pl.DataFrame]:
+    import adbc_driver_sqlite.dbapi as sqlite_adbc
+
+    emitted = 0
+    try:
+        with sqlite_adbc.connect(location) as conn, conn.cursor() as cur:
+            cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(min(batch_rows, 65536))})
+            cur.execute(query)
+            for df in _arrow_frames(cur.fetch_record_batch(), schema):
+                emitted += df.height
+                yield df
+        return
+    except OSError as exc:
+        if "Type mismatch" not in str(exc):
+            raise
+    # ADBC's per-batch type inference failed mid-stream: resume with the stdlib driver.
+    with closing(sqlite3.connect(f"file:{location}?mode=ro", uri=True)) as lite:
+        lite_cur = lite.execute(f"{query} LIMIT -1 OFFSET {emitted}")
+        names = [d[0] for d in lite_cur.description]
+        while rows := lite_cur.fetchmany(batch_rows):
+            yield pl.DataFrame(rows, schema={n: schema.get(n, pl.String()) for n in names}, orient="row")
+
+
+def _iter_pg(location: str, url: str, query: str) -> Iterator[pl.DataFrame]:
+    with _pg_connect(location, url) as conn, conn.cursor() as cur:
+        cur.execute(query)
+        yield from _arrow_frames(cur.fetch_record_batch(), None)
