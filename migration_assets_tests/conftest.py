@@ -1,0 +1,1 @@
+pytest_plugins = ["migration_assets_tests.fixtures_local_medplum"]
