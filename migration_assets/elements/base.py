@@ -25,6 +25,9 @@ REFERENCE_DTYPE = pl.Struct(
 FRAME_COLUMNS: dict[str, pl.DataType] = {
     "source_table": pl.String(),
     "source_key": pl.String(),
+    # The manifest's key for the row: the source key, made unique when the source key is missing or
+    # repeated (such rows are quarantined, and still each accounted for).
+    "unit_key": pl.String(),
     "resource_type": pl.String(),
     "identifier_system": pl.String(),
     "identifier_value": pl.String(),
@@ -120,7 +123,14 @@ def build_frame(element: DataElement, source: pl.DataFrame, system: SourceSystem
     frame = _quarantine_schema_failures(frame, element.schemas)
     if element.transactional:
         frame = _quarantine_whole_groups(frame)
-    return frame.with_columns(content_hash=_sha256(frame["resource"])).select(
+    position = pl.int_range(pl.len()).over("source_table") + 1
+    unit_key = (
+        pl.when(pl.col("source_key").is_null() | pl.col("source_key").is_duplicated().over("source_table"))
+        .then(pl.format("{}#row{}", pl.col("source_key").fill_null("<missing>"), position))
+        .otherwise(pl.col("source_key"))
+    )
+    frame = frame.with_columns(unit_key=unit_key, content_hash=_sha256(frame["resource"]))
+    return frame.select(
         *FRAME_COLUMNS, *[name for name in frame.columns if name not in FRAME_COLUMNS]
     )
 

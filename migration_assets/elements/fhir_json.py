@@ -8,7 +8,7 @@ can only be a member of an object, never text inside a value.
 
 import polars as pl
 
-from migration_assets.medplum.search import SEARCH_ESCAPES, URL_ESCAPES, escape_search_value
+from migration_assets.medplum.search import SEARCH_ESCAPES, URL_ESCAPES
 
 _EMPTY = r'(?:null|\[\]|\{\}|\[\{\}\])'
 # `,"key":empty` goes entirely; `{"key":empty,` keeps its brace (captured as $1).
@@ -60,13 +60,14 @@ def _expr(value: pl.Expr | str) -> pl.Expr:
     return value if isinstance(value, pl.Expr) else pl.lit(value, dtype=pl.String)
 
 
-def conditional_reference(resource_type: str, system: str, value: pl.Expr) -> pl.Expr:
+def conditional_reference(resource_type: str | pl.Expr, system: str | pl.Expr, value: pl.Expr) -> pl.Expr:
     """`Patient?identifier=SYS|VALUE` for a whole column, escaped by the same rules as
     `medplum.search.conditional_url` (a test holds the two together)."""
-    escaped = value
-    for special, replacement in SEARCH_ESCAPES:
-        escaped = escaped.str.replace_all(special, replacement, literal=True)
-    token = pl.concat_str(pl.lit(escape_search_value(system) + "|"), escaped)
-    for special, replacement in URL_ESCAPES:
-        token = token.str.replace_all(special, replacement, literal=True)
-    return pl.concat_str(pl.lit(f"{resource_type}?identifier="), token)
+    token = pl.concat_str(_escaped(_expr(system), SEARCH_ESCAPES), pl.lit("|"), _escaped(value, SEARCH_ESCAPES))
+    return pl.concat_str(_expr(resource_type), pl.lit("?identifier="), _escaped(token, URL_ESCAPES))
+
+
+def _escaped(text: pl.Expr, escapes: tuple[tuple[str, str], ...]) -> pl.Expr:
+    for special, replacement in escapes:
+        text = text.str.replace_all(special, replacement, literal=True)
+    return text

@@ -5,13 +5,15 @@ entry failures (429, 409, 5xx) are resent alone.
 No Dagster import: an application can reuse it for dual writes.
 """
 
+import json
 import logging
 import random
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from functools import partial
+from typing import Any, Self, TypeVar
 
 import httpx
 
@@ -75,7 +77,7 @@ class MedplumClient:
         self._token = ClientCredentialsToken(self._http, self.base_url + "oauth2/token", client_id, client_secret)
         self.last_rate_limit: str | None = None
 
-    def __enter__(self) -> "MedplumClient":
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -106,12 +108,14 @@ class MedplumClient:
     def post_bundle(self, bundle: dict[str, Any]) -> list[EntryResponse]:
         """POST a batch or transaction; one parsed response per entry, in the order sent."""
         expected = len(bundle.get("entry", []))
-        return self._send("POST", "", json=bundle, parse=lambda response: _bundle_entries(response, expected))
+        body = json.dumps(bundle).encode()
+        return self._send("POST", "", content=body, parse=partial(_bundle_entries, expected=expected))
 
     # -- batches --------------------------------------------------------------------------------
 
-    def submit_batch(self, entries: Sequence[dict[str, Any]]) -> list[EntryResponse]:
-        """Send `entries` as one batch bundle and resend only the entries that failed transiently.
+    def submit_batch(self, entries: Sequence[str]) -> list[EntryResponse]:
+        """Send `entries` (each a bundle entry as JSON text, so large loads never build Python dicts)
+        as one batch bundle and resend only the entries that failed transiently.
 
         Inside a batch, the first 429 marks every later entry 429 while the bundle answers 200: those
         are resent after the reset time of the `RateLimit` header.
@@ -120,7 +124,8 @@ class MedplumClient:
         pending = list(range(len(entries)))
         started = time.monotonic()
         for attempt in range(1, self.retry.max_attempts + 1):
-            responses = self.post_bundle({"resourceType": "Bundle", "type": "batch", "entry": [entries[i] for i in pending]})
+            body = ('{"resourceType":"Bundle","type":"batch","entry":[' + ",".join(entries[i] for i in pending) + "]}").encode()
+            responses = self._send("POST", "", content=body, parse=partial(_bundle_entries, expected=len(pending)))
             retry_later = []
             for index, response in zip(pending, responses):
                 results[index] = response
@@ -154,7 +159,7 @@ class MedplumClient:
         path: str,
         *,
         parse: Callable[[httpx.Response], T],
-        json: Any = None,
+        content: bytes | None = None,
         params: dict[str, str] | None = None,
     ) -> T:
         url = path if path.startswith("http") else self.fhir_base + path
@@ -164,9 +169,10 @@ class MedplumClient:
             token = self._token.bearer()
             self._count(requests=1)
             try:
-                response = self._http.request(
-                    method, url, json=json, params=params, headers={"Authorization": f"Bearer {token}"}
-                )
+                headers = {"Authorization": f"Bearer {token}"}
+                if content is not None:
+                    headers["Content-Type"] = "application/fhir+json"
+                response = self._http.request(method, url, content=content, params=params, headers=headers)
             except httpx.TransportError as exc:
                 problem, delay = f"{type(exc).__name__}: {exc}", self.retry.backoff(attempt)
             else:

@@ -15,20 +15,12 @@ class EntryResponse:
     outcome: dict[str, Any] | None = None
     # For an entry that was itself a transaction: the transaction-response Bundle.
     resource: dict[str, Any] | None = None
+    resource_id: str | None = None
+    version_id: str | None = None
 
     @property
     def ok(self) -> bool:
         return 200 <= self.status < 300
-
-    @property
-    def resource_id(self) -> str | None:
-        parts = (self.location or "").split("/")
-        return parts[1] if len(parts) >= 2 else None
-
-    @property
-    def version_id(self) -> str | None:
-        parts = (self.location or "").split("/")
-        return parts[3] if len(parts) >= 4 and parts[2] == "_history" else None
 
     @property
     def diagnostics(self) -> str:
@@ -49,14 +41,23 @@ def parse_status(status: str | int) -> int:
 def parse_entry_response(entry: dict[str, Any]) -> EntryResponse:
     response = entry.get("response") or {}
     outcome = response.get("outcome")
-    resource = entry.get("resource")
-    if outcome is None and isinstance(resource, dict) and resource.get("resourceType") == "OperationOutcome":
+    resource = entry.get("resource") if isinstance(entry.get("resource"), dict) else {}
+    if outcome is None and resource.get("resourceType") == "OperationOutcome":
         outcome = resource
+    location = _relative_location(response.get("location"))
+    # Medplum gives a location only on create; the written resource (with its id and version) is in
+    # the entry either way.
+    parts = (location or "").split("/")
+    is_written = resource.get("resourceType") not in (None, "OperationOutcome", "Bundle")
     return EntryResponse(
         status=parse_status(response.get("status", "0")),
-        location=_relative_location(response.get("location")),
+        location=location,
         outcome=outcome,
-        resource=resource if isinstance(resource, dict) and resource.get("resourceType") == "Bundle" else None,
+        resource=resource if resource.get("resourceType") == "Bundle" else None,
+        resource_id=resource.get("id") if is_written else (parts[1] if len(parts) >= 2 else None),
+        version_id=(resource.get("meta") or {}).get("versionId") if is_written else (
+            parts[3] if len(parts) >= 4 and parts[2] == "_history" else None
+        ),
     )
 
 

@@ -1,0 +1,178 @@
+"""Writing a FHIR frame to Medplum: conditional PUTs in batch bundles (or batches of transactions),
+every entry response read, every attempt and disposition written to the manifest.
+
+Unchanged rows (same content hash as their last successful write) are not sent at all.
+"""
+
+import logging
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import polars as pl
+
+from migration_assets.elements.fhir_json import conditional_reference
+from migration_assets.manifest import Attempt, Manifest
+from migration_assets.medplum import EntryResponse, MedplumClient
+
+log = logging.getLogger(__name__)
+
+COUNT_NAMES = ("source_rows", "quarantined", "not_sent_unchanged", "sent", "created", "updated", "unchanged", "failed")
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    batch_size: int = 100
+    # Send rows even when their content hash matches their last successful write (the idempotency
+    # check uses this to prove that a resubmission changes nothing).
+    resend_unchanged: bool = False
+
+
+@dataclass
+class LoadResult:
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNT_NAMES, 0))
+    failures: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, name: str, amount: int = 1) -> None:
+        self.counts[name] += amount
+
+
+def entry_texts(frame: pl.DataFrame) -> pl.Series:
+    """One bundle entry (JSON text) per row: a conditional PUT on the row's identifier."""
+    url = conditional_reference(pl.col("resource_type"), pl.col("identifier_system"), pl.col("identifier_value"))
+    request = pl.struct(pl.lit("PUT").alias("method"), url.alias("url")).struct.json_encode()
+    opening = pl.when(pl.col("full_url").is_not_null()).then(
+        pl.concat_str(pl.lit('{"fullUrl":"'), pl.col("full_url"), pl.lit('",'))
+    )
+    return frame.select(
+        pl.concat_str(
+            opening.otherwise(pl.lit("{")), pl.lit('"request":'), request, pl.lit(',"resource":'), pl.col("resource"),
+            pl.lit("}"),
+        )
+    ).to_series()
+
+
+def transaction_entry(inner_entries: list[str]) -> str:
+    """A batch entry holding one transaction: Medplum processes it atomically."""
+    return (
+        '{"request":{"method":"POST","url":"/"},"resource":{"resourceType":"Bundle","type":"transaction","entry":['
+        + ",".join(inner_entries)
+        + "]}}"
+    )
+
+
+def rows_to_send(frame: pl.DataFrame, known: pl.DataFrame, settings: LoadSettings) -> pl.Series:
+    """True for the rows to send: not quarantined and, unless resending, changed since their last
+    successful write. In a transactional element a group goes whole or not at all."""
+    last_success = known.filter(pl.col("disposition") == "successful").select(
+        "source_table", "unit_key", last_hash=pl.col("content_hash")
+    )
+    marked = frame.join(last_success, on=["source_table", "unit_key"], how="left", maintain_order="left")
+    changed = settings.resend_unchanged | (marked["last_hash"] != marked["content_hash"]).fill_null(True)
+    eligible = marked["quarantine_rule"].is_null()
+    send = (eligible & changed).alias("send")
+    group_changes = pl.DataFrame({"g": frame["bundle_group"], "send": send}).select(
+        pl.col("send").any().over("g")
+    ).to_series()
+    return eligible & group_changes
+
+
+def load_frame(
+    client: MedplumClient,
+    manifest: Manifest,
+    run_id: str,
+    element_name: str,
+    transactional: bool,
+    frame: pl.DataFrame,
+    settings: LoadSettings,
+    on_progress: Callable[[int, int], None] | None = None,
+) -> LoadResult:
+    """Send every eligible row of `frame`, record each outcome, and count what happened."""
+    result = LoadResult()
+    result.add("source_rows", frame.height)
+    result.add("quarantined", int(frame["quarantine_rule"].is_not_null().sum()))
+    known = manifest.units(element_name)
+    send = rows_to_send(frame, known, settings)
+    result.add("not_sent_unchanged", int((~send & frame["quarantine_rule"].is_null()).sum()))
+    manifest.register_units(run_id, element_name, frame, send)
+
+    previous_versions = known.select("source_table", "unit_key", previous_version=pl.col("version_id"))
+    outgoing = (
+        frame.filter(send)
+        .with_columns(entry=entry_texts(frame.filter(send)))
+        .join(previous_versions, on=["source_table", "unit_key"], how="left", maintain_order="left")
+    )
+    batches = list(_batches(outgoing, transactional, settings.batch_size))
+    for number, (rows, entries) in enumerate(batches, start=1):
+        responses = client.submit_batch(entries)
+        per_row = _row_responses(rows, responses, transactional)
+        _record(manifest, run_id, element_name, number, rows, per_row, result)
+        if on_progress:
+            on_progress(number, len(batches))
+    return result
+
+
+def _batches(outgoing: pl.DataFrame, transactional: bool, batch_size: int) -> Iterator[tuple[pl.DataFrame, list[str]]]:
+    """(rows, batch entries) per bundle. A transaction entry carries all rows of its bundle group."""
+    if not transactional:
+        for start in range(0, outgoing.height, batch_size):
+            rows = outgoing.slice(start, batch_size)
+            yield rows, rows["entry"].to_list()
+        return
+    groups = outgoing.with_columns(group_number=pl.col("bundle_group").rank("dense") - 1).sort(
+        "group_number", maintain_order=True
+    )
+    group_entries = groups.group_by("group_number", maintain_order=True).agg(pl.col("entry"))
+    for start in range(0, group_entries.height, batch_size):
+        chunk = group_entries.slice(start, batch_size)
+        first, last = chunk["group_number"][0], chunk["group_number"][-1]
+        rows = groups.filter(pl.col("group_number").is_between(first, last))
+        yield rows, [transaction_entry(inner) for inner in chunk["entry"].to_list()]
+
+
+def _row_responses(rows: pl.DataFrame, responses: list[EntryResponse], transactional: bool) -> list[EntryResponse]:
+    """The response of each row: its own entry's, or for a transaction its inner entry's (or the
+    transaction's own when the whole transaction failed)."""
+    if not transactional:
+        return responses
+    per_row: list[EntryResponse] = []
+    group_sizes = rows.group_by("bundle_group", maintain_order=True).len()["len"].to_list()
+    for size, response in zip(group_sizes, responses):
+        inner = response.inner_responses() if response.ok else []
+        per_row.extend(inner if len(inner) == size else [response] * size)
+    return per_row
+
+
+def _record(
+    manifest: Manifest,
+    run_id: str,
+    element_name: str,
+    bundle_number: int,
+    rows: pl.DataFrame,
+    responses: list[EntryResponse],
+    result: LoadResult,
+) -> None:
+    attempts, successes, resource_ids, version_ids, reasons = [], [], [], [], []
+    for entry_number, (row, response) in enumerate(zip(rows.iter_rows(named=True), responses), start=1):
+        attempts.append(
+            Attempt(row["source_table"], row["unit_key"], bundle_number, entry_number, response.status,
+                    response.location, response.outcome, row["content_hash"])
+        )
+        successes.append(response.ok)
+        resource_ids.append(response.resource_id)
+        version_ids.append(response.version_id)
+        reasons.append(None if response.ok else f"{response.status}: {response.diagnostics}")
+        result.add("sent")
+        if not response.ok:
+            result.add("failed")
+            result.failures.append(
+                {"source_table": row["source_table"], "unit_key": row["unit_key"], "resource_type": row["resource_type"],
+                 "status": response.status, "outcome": response.diagnostics}
+            )
+        elif response.status == 201:
+            result.add("created")
+        elif response.version_id is not None and response.version_id == row["previous_version"]:
+            result.add("unchanged")
+        else:
+            result.add("updated")
+    manifest.record_results(run_id, element_name, attempts, successes, resource_ids, version_ids, reasons)

@@ -1,0 +1,319 @@
+"""The run ledger: every source unit, every submission attempt and exactly one disposition each.
+
+A source unit is one row of a legacy table (data element, source table, unit key). Its disposition
+is one of DISPOSITIONS; `pending` means "to be sent" and must not survive a finished run. The store
+is a plain SQL database (SQLite by default, PostgreSQL in production), created by the platform.
+"""
+
+import json
+import subprocess
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import sqlalchemy as sa
+
+DISPOSITIONS = ("successful", "rejected", "skipped", "quarantined", "pending")
+
+metadata = sa.MetaData()
+
+runs = sa.Table(
+    "manifest_runs",
+    metadata,
+    sa.Column("run_id", sa.String(64), primary_key=True),
+    sa.Column("element", sa.String(64), primary_key=True),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("finished_at", sa.DateTime(timezone=True)),
+    sa.Column("status", sa.String(16), nullable=False),  # running, finished, failed
+    sa.Column("mapping_version", sa.String(32), nullable=False),
+    sa.Column("pipeline_version", sa.String(64), nullable=False),
+    sa.Column("source_url", sa.Text, nullable=False),  # always without credentials
+    sa.Column("source_rows", sa.Text, nullable=False),  # JSON: table -> rows extracted
+    sa.Column("counts", sa.Text),  # JSON: the load's summary counts
+)
+
+units = sa.Table(
+    "manifest_units",
+    metadata,
+    sa.Column("element", sa.String(64), primary_key=True),
+    sa.Column("source_table", sa.String(128), primary_key=True),
+    sa.Column("unit_key", sa.String(512), primary_key=True),
+    sa.Column("resource_type", sa.String(64), nullable=False),
+    sa.Column("identifier_system", sa.Text, nullable=False),
+    sa.Column("identifier_value", sa.Text),
+    sa.Column("disposition", sa.String(16), nullable=False),
+    sa.Column("rule", sa.String(64)),  # the quarantine or skip rule
+    sa.Column("reason", sa.Text),
+    sa.Column("content_hash", sa.String(64)),  # of the last content sent successfully
+    sa.Column("resource_id", sa.String(128)),
+    sa.Column("version_id", sa.String(128)),
+    sa.Column("last_run_id", sa.String(64), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+attempts = sa.Table(
+    "manifest_attempts",
+    metadata,
+    sa.Column("attempt_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("element", sa.String(64), nullable=False),
+    sa.Column("source_table", sa.String(128), nullable=False),
+    sa.Column("unit_key", sa.String(512), nullable=False),
+    sa.Column("bundle_number", sa.Integer, nullable=False),
+    sa.Column("entry_number", sa.Integer, nullable=False),
+    sa.Column("http_status", sa.Integer, nullable=False),
+    sa.Column("location", sa.Text),
+    sa.Column("outcome", sa.Text),  # the OperationOutcome, JSON
+    sa.Column("content_hash", sa.String(64)),
+    sa.Column("attempted_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("ix_manifest_attempts_unit", "element", "source_table", "unit_key"),
+)
+
+_UNIT_KEY = ("element", "source_table", "unit_key")
+
+
+def engine_for(url: str) -> sa.Engine:
+    """An engine for `sqlite:///path` or `postgresql://...` (psycopg2, which dagster-postgres brings)."""
+    if url.startswith(("postgresql://", "postgres://")):
+        url = "postgresql+psycopg2://" + url.split("://", 1)[1]
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    return sa.create_engine(url, future=True)
+
+
+def pipeline_version() -> str:
+    """The package version and, in a git checkout, the commit."""
+    package = version("migration_assets")
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"],
+            cwd=Path(__file__).parent,
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=True,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return package
+    return f"{package}+{commit}"
+
+
+@dataclass(frozen=True)
+class Attempt:
+    source_table: str
+    unit_key: str
+    bundle_number: int
+    entry_number: int
+    http_status: int
+    location: str | None
+    outcome: Mapping[str, Any] | None
+    content_hash: str | None
+
+
+class Manifest:
+    def __init__(self, url: str) -> None:
+        self.engine = engine_for(url)
+        # Created by the platform itself; new tables are added the same way as the schema grows.
+        metadata.create_all(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # -- runs -----------------------------------------------------------------------------------
+
+    def start_run(
+        self, run_id: str, element: str, mapping_version: str, source_url: str, source_rows: Mapping[str, int]
+    ) -> None:
+        with self.engine.begin() as db:
+            db.execute(sa.delete(runs).where(runs.c.run_id == run_id, runs.c.element == element))
+            db.execute(
+                sa.insert(runs).values(
+                    run_id=run_id,
+                    element=element,
+                    started_at=_now(),
+                    status="running",
+                    mapping_version=mapping_version,
+                    pipeline_version=pipeline_version(),
+                    source_url=source_url,
+                    source_rows=json.dumps(dict(source_rows)),
+                )
+            )
+
+    def finish_run(self, run_id: str, element: str, status: str, counts: Mapping[str, int]) -> None:
+        with self.engine.begin() as db:
+            db.execute(
+                sa.update(runs)
+                .where(runs.c.run_id == run_id, runs.c.element == element)
+                .values(finished_at=_now(), status=status, counts=json.dumps(dict(counts)))
+            )
+
+    def last_run(self, element: str) -> dict[str, Any] | None:
+        with self.engine.connect() as db:
+            row = db.execute(
+                sa.select(runs).where(runs.c.element == element).order_by(runs.c.started_at.desc()).limit(1)
+            ).first()
+        return dict(row._mapping) if row else None
+
+    # -- units ----------------------------------------------------------------------------------
+
+    def units(self, element: str) -> pl.DataFrame:
+        """Every unit of `element` as it stands."""
+        with self.engine.connect() as db:
+            result = db.execute(sa.select(units).where(units.c.element == element))
+            rows = [dict(row._mapping) for row in result]
+        schema = {column.name: _polars_type(column) for column in units.columns}
+        return pl.DataFrame(rows, schema=schema, orient="row")
+
+    def register_units(self, run_id: str, element: str, frame: pl.DataFrame, to_send: pl.Series) -> None:
+        """Record this run's view of every unit before anything is sent.
+
+        Quarantined rows become `quarantined`; rows about to be sent become `pending` (keeping the
+        resource id and hash of their last success); the rest stay as they are. Units the source no
+        longer has keep their last disposition: nothing in the ledger is ever deleted.
+        """
+        now = _now()
+        rows = frame.with_columns(send=to_send).select(
+            "source_table", "unit_key", "resource_type", "identifier_system", "identifier_value",
+            "quarantine_rule", "quarantine_reason", "send",
+        )
+        records = [
+            {
+                "element": element,
+                "source_table": row["source_table"],
+                "unit_key": row["unit_key"],
+                "resource_type": row["resource_type"],
+                "identifier_system": row["identifier_system"],
+                "identifier_value": row["identifier_value"],
+                "disposition": "quarantined" if row["quarantine_rule"] else "pending",
+                "rule": row["quarantine_rule"],
+                "reason": row["quarantine_reason"],
+                "last_run_id": run_id,
+                "updated_at": now,
+            }
+            for row in rows.iter_rows(named=True)
+            if row["quarantine_rule"] or row["send"]
+        ]
+        self._upsert(records, update=("resource_type", "identifier_system", "identifier_value", "disposition",
+                                      "rule", "reason", "last_run_id", "updated_at"))
+
+    def record_results(self, run_id: str, element: str, results: Sequence[Attempt], successful: Sequence[bool],
+                       resource_ids: Sequence[str | None], version_ids: Sequence[str | None],
+                       reasons: Sequence[str | None]) -> None:
+        """Store the attempts of one bundle and the dispositions they settle."""
+        now = _now()
+        with self.engine.begin() as db:
+            db.execute(
+                sa.insert(attempts),
+                [
+                    {
+                        "run_id": run_id,
+                        "element": element,
+                        "source_table": attempt.source_table,
+                        "unit_key": attempt.unit_key,
+                        "bundle_number": attempt.bundle_number,
+                        "entry_number": attempt.entry_number,
+                        "http_status": attempt.http_status,
+                        "location": attempt.location,
+                        "outcome": json.dumps(attempt.outcome) if attempt.outcome else None,
+                        "content_hash": attempt.content_hash,
+                        "attempted_at": now,
+                    }
+                    for attempt in results
+                ],
+            )
+            for ok in (True, False):
+                settled = [
+                    {
+                        "k_table": attempt.source_table,
+                        "k_unit": attempt.unit_key,
+                        "disposition": "successful" if ok else "rejected",
+                        "rule": None if ok else "server_rejected",
+                        "reason": reason,
+                        "last_run_id": run_id,
+                        "updated_at": now,
+                        **({"content_hash": attempt.content_hash, "resource_id": rid, "version_id": vid} if ok else {}),
+                    }
+                    for attempt, success, rid, vid, reason in zip(results, successful, resource_ids, version_ids, reasons)
+                    if success == ok
+                ]
+                if settled:
+                    # A rejection keeps the hash, id and version of the unit's last success.
+                    db.execute(
+                        sa.update(units)
+                        .where(
+                            units.c.element == element,
+                            units.c.source_table == sa.bindparam("k_table"),
+                            units.c.unit_key == sa.bindparam("k_unit"),
+                        )
+                        .values({name: sa.bindparam(name) for name in settled[0] if not name.startswith("k_")}),
+                        settled,
+                    )
+
+    def history(self, element: str | None, unit_key: str) -> dict[str, Any]:
+        """Everything the ledger knows of one source key: its unit rows and every attempt."""
+        with self.engine.connect() as db:
+            unit_filter = [units.c.unit_key == unit_key] + ([units.c.element == element] if element else [])
+            attempt_filter = [attempts.c.unit_key == unit_key] + ([attempts.c.element == element] if element else [])
+            found_units = [dict(r._mapping) for r in db.execute(sa.select(units).where(*unit_filter))]
+            found_attempts = [
+                dict(r._mapping)
+                for r in db.execute(sa.select(attempts).where(*attempt_filter).order_by(attempts.c.attempt_id))
+            ]
+        return {"units": found_units, "attempts": found_attempts}
+
+    def attempt_counts(self, run_id: str, element: str) -> dict[str, int]:
+        """Attempts of this run by HTTP status class, and how many units needed more than one."""
+        with self.engine.connect() as db:
+            per_unit = (
+                sa.select(attempts.c.source_table, attempts.c.unit_key, sa.func.count().label("n"))
+                .where(attempts.c.run_id == run_id, attempts.c.element == element)
+                .group_by(attempts.c.source_table, attempts.c.unit_key)
+                .subquery()
+            )
+            total, retried = db.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(per_unit.c.n), 0), sa.func.count().filter(per_unit.c.n > 1))
+            ).one()
+        return {"attempts": int(total), "units_retried": int(retried)}
+
+    def _upsert(self, records: Iterable[dict[str, Any]], update: Sequence[str]) -> None:
+        """Insert units, or update the given columns of the ones already there."""
+        batch = list(records)
+        if not batch:
+            return
+        dialect = self.engine.dialect.name
+        if dialect == "postgresql":
+            from sqlalchemy.dialects.postgresql import insert
+        else:
+            from sqlalchemy.dialects.sqlite import insert  # type: ignore[assignment]
+        with self.engine.begin() as db:
+            statement = insert(units)
+            statement = statement.on_conflict_do_update(
+                index_elements=list(_UNIT_KEY), set_={column: statement.excluded[column] for column in update}
+            )
+            db.execute(statement, batch)
+
+
+@contextmanager
+def open_manifest(url: str) -> Iterator[Manifest]:
+    manifest = Manifest(url)
+    try:
+        yield manifest
+    finally:
+        manifest.close()
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _polars_type(column: sa.Column) -> pl.DataType:
+    if isinstance(column.type, sa.Integer):
+        return pl.Int64()
+    if isinstance(column.type, sa.DateTime):
+        return pl.Datetime(time_zone="UTC")
+    return pl.String()
