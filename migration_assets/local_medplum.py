@@ -86,10 +86,9 @@ def start_local_medplum(
     # when startup fails (a pipe nobody drains could block or break the server later).
     if log_path is not None:
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        output: IO[bytes] = log_path.open("ab+")
-    else:
-        output = tempfile.TemporaryFile()
-    try:
+    server = LocalMedplum(f"http://127.0.0.1:{port}/", client_id, client_secret)
+    # The parent closes its handle once the server is up; the child keeps its own descriptor.
+    with log_path.open("ab+") if log_path is not None else tempfile.TemporaryFile() as output:
         process = subprocess.Popen(
             [str(NODE_BINARY), str(SERVER_SCRIPT)],
             cwd=SERVER_DIR,
@@ -99,14 +98,11 @@ def start_local_medplum(
             stderr=subprocess.STDOUT,
             start_new_session=True,  # own process group: stop_local_medplum() signals the whole group
         )
-        server = LocalMedplum(f"http://127.0.0.1:{port}/", client_id, client_secret)
         try:
             _wait_until_healthy(server, process, output)
         except BaseException:
             stop_local_medplum(process)
             raise
-    finally:
-        output.close()  # the child keeps its own descriptor
     return server, process
 
 

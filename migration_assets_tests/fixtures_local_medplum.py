@@ -31,7 +31,7 @@ def get_token(server: LocalMedplum) -> str:
 
 
 def fhir_client(server: LocalMedplum, token: str | None = None, timeout: float = 60.0) -> httpx.Client:
-    """An httpx.Client with base_url = the FHIR base and a bearer token (fetched if not given)."""
+    """An httpx.Client with base_url = the FHIR base and a bearer token (a new one if not given)."""
     return httpx.Client(
         base_url=server.fhir_base_url,
         headers={
@@ -50,8 +50,14 @@ def local_medplum() -> Iterator[LocalMedplum]:
         yield server
 
 
+@pytest.fixture(scope="session")
+def local_medplum_token(local_medplum: LocalMedplum) -> str:
+    """One token for the whole session: /oauth2/token allows only 160 requests a minute, as on Medplum."""
+    return get_token(local_medplum)
+
+
 @pytest.fixture
-def fhir(local_medplum: LocalMedplum) -> Iterator[httpx.Client]:
+def fhir(local_medplum: LocalMedplum, local_medplum_token: str) -> Iterator[httpx.Client]:
     """An authorized client for the session's local Medplum server."""
-    with fhir_client(local_medplum) as client:
+    with fhir_client(local_medplum, local_medplum_token) as client:
         yield client

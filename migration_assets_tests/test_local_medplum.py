@@ -154,6 +154,13 @@ def test_conditional_update_semantics(fhir: httpx.Client) -> None:
     assert history["type"] == "history"
     assert [e["resource"]["name"][0]["family"] for e in history["entry"]] == ["Changed", "Doe"]
 
+    # Conditional create (If-None-Exist): 201 once, then 200 with the existing resource
+    header = {"If-None-Exist": f"identifier={system}|p9"}
+    made = fhir.post("Patient", json=patient(system, "p9"), headers=header)
+    again = fhir.post("Patient", json=patient(system, "p9"), headers=header)
+    assert (made.status_code, again.status_code) == (201, 200)
+    assert again.json()["id"] == made.json()["id"]
+
     # A plain POST does not check identifiers: now two resources share it, and conditional PUT fails.
     duplicate = fhir.post("Patient", json=patient(system, "p1"))
     assert duplicate.status_code == 201
@@ -194,7 +201,8 @@ def test_search_parameters_are_loaded(fhir: httpx.Client) -> None:
     family = f"Fam{uuid.uuid4().hex[:8]}"
     for _ in range(3):
         response = fhir.put(
-            f"Patient?identifier={system}|s1", json=patient(system, "s1", family=family, birthDate="1980-02-03")
+            f"Patient?identifier={system}|s1",
+            json=patient(system, "s1", family=family, birthDate="1980-02-03"),
         )
         assert response.status_code in (200, 201)
     # Three conditional PUTs made exactly one resource
@@ -235,7 +243,9 @@ def test_conditional_references_resolved_everywhere(fhir: httpx.Client) -> None:
 
     # Batch and transaction
     for kind in ("batch", "transaction"):
-        response = fhir.post("", json=bundle(kind, [conditional_put(system, f"{kind}-1", condition(f"{kind}-1"))]))
+        response = fhir.post(
+            "", json=bundle(kind, [conditional_put(system, f"{kind}-1", condition(f"{kind}-1"))])
+        )
         assert response.status_code == 200, response.text
         entry = response.json()["entry"][0]
         assert entry["response"]["status"].startswith("201")
@@ -362,7 +372,10 @@ def test_transaction_is_atomic(fhir: httpx.Client) -> None:
             [
                 {"resource": patient(system, "t1"), "request": {"method": "POST", "url": "Patient"}},
                 conditional_put(system, "t0", patient(system, "t0", family="Changed")),
-                {"resource": patient(system, "t2", birthDate="not-a-date"), "request": {"method": "POST", "url": "Patient"}},
+                {
+                    "resource": patient(system, "t2", birthDate="not-a-date"),
+                    "request": {"method": "POST", "url": "Patient"},
+                },
             ],
         ),
     )
@@ -404,7 +417,10 @@ def test_transaction_without_feature_is_processed_like_a_batch() -> None:
         system = new_system()
         entries = [
             {"resource": patient(system, "b1"), "request": {"method": "POST", "url": "Patient"}},
-            {"resource": patient(system, "b2", birthDate="bad"), "request": {"method": "POST", "url": "Patient"}},
+            {
+                "resource": patient(system, "b2", birthDate="bad"),
+                "request": {"method": "POST", "url": "Patient"},
+            },
         ] + [conditional_put(system, f"x{i}", patient(system, f"x{i}")) for i in range(10)]  # no limits
         response = fhir.post("", json=bundle("transaction", entries))
         assert response.status_code == 200
@@ -521,7 +537,9 @@ def test_fhir_quota_answers_429() -> None:
     with running_local_medplum(fhir_quota=250) as server, fhir_client(server) as fhir:
         # A conditional PUT costs a search (20) and an update (100): two fit in 250, the third does not.
         system = new_system()
-        responses = [fhir.put(f"Patient?identifier={system}|c{i}", json=patient(system, f"c{i}")) for i in range(3)]
+        responses = [
+            fhir.put(f"Patient?identifier={system}|c{i}", json=patient(system, f"c{i}")) for i in range(3)
+        ]
         assert [r.status_code for r in responses] == [201, 201, 429]
         assert '"fhirInteractions";r=130;t=' in responses[0].headers["RateLimit"]
         assert '"fhirInteractions";r=10;t=' in responses[2].headers["RateLimit"]
@@ -561,4 +579,3 @@ def test_async_batch(local_medplum: LocalMedplum, fhir: httpx.Client) -> None:
     as_fhir = fhir.get(binary_ref).json()  # asking for FHIR JSON gives the Binary resource
     assert json.loads(base64.b64decode(as_fhir["data"])) == batch_response
     assert len(search_ids(fhir, "Patient", identifier=f"{system}|a0")) == 1
-
