@@ -32,7 +32,8 @@ function getIdentifierExtractor(resourceType) {
       .map((p) => p.trim())
       .filter((p) => p.startsWith(resourceType + '.'));
     if (parts.length === 1 && parts[0] === resourceType + '.identifier') {
-      extractor = (resource) => (Array.isArray(resource.identifier) ? resource.identifier : []);
+      // Most types hold an array; a few (Bundle, Composition, QuestionnaireResponse...) a single Identifier.
+      extractor = (resource) => [resource.identifier].flat().filter((v) => v && typeof v === 'object');
     } else if (parts.length > 0) {
       const expr = parts.join(' | ');
       extractor = (resource) => evalFhirPath(expr, resource).filter((v) => v && typeof v === 'object');
