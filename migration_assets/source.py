@@ -107,28 +107,29 @@ def _pg_connect(location: str, url: str) -> Any:
     try:
         return pg_adbc.connect(location)
     except pg_adbc.Error as exc:  # connection errors may echo the URI; re-raise with the redacted one
-        raise ConnectionError(f"cannot connect to {redact_url(url)}: {type(exc).__name__}") from None
+        detail = str(exc).replace(location, redact_url(url))
+        password = urlsplit(location).password
+        if password:
+            detail = detail.replace(password, "***")
+        raise ConnectionError(f"cannot connect to {redact_url(url)}: {detail}") from None
 
 
-def _sqlite_text_columns(conn: sqlite3.Connection, table: str) -> tuple[list[str], list[str]]:
-    """(all columns, primary-key columns in key order) of a SQLite table."""
-    schema, _, name = table.rpartition(".")
-    pragma = f'PRAGMA "{schema}".table_info("{name}")' if schema else f'PRAGMA table_info("{name}")'
-    rows = conn.execute(pragma).fetchall()
-    cols = [r[1] for r in rows]
-    pk = [r[1] for r in sorted((r for r in rows if r[5]), key=lambda r: r[5])]
-    return cols, pk
+def _ro_uri(location: str) -> str:
+    # Read-only URI (as_uri percent-escapes '?' and '#' in file names).
+    return Path(location).resolve().as_uri() + "?mode=ro"
 
 
 def _sqlite_table_info(location: str, url: str, table: str) -> tuple[list[str], list[str], dict[str, str]]:
-    with closing(sqlite3.connect(f"file:{location}?mode=ro", uri=True)) as conn:
-        cols, pk = _sqlite_text_columns(conn, table)
-        if not cols:
-            raise ValueError(f"table {table!r} not found in {redact_url(url)}")
-        schema, _, name = table.rpartition(".")
-        pragma = f'PRAGMA "{schema}".table_info("{name}")' if schema else f'PRAGMA table_info("{name}")'
-        decl = {r[1]: (r[2] or "").upper() for r in conn.execute(pragma).fetchall()}
-    return cols, pk, decl
+    """(columns, primary-key columns in key order, declared type per column) of a SQLite table."""
+    schema, _, name = table.rpartition(".")
+    pragma = f'PRAGMA "{schema}".table_info("{name}")' if schema else f'PRAGMA table_info("{name}")'
+    with closing(sqlite3.connect(_ro_uri(location), uri=True)) as conn:
+        rows = conn.execute(pragma).fetchall()
+    if not rows:
+        raise ValueError(f"table {table!r} not found in {redact_url(url)}")
+    cols = [r[1] for r in rows]
+    pk = [r[1] for r in sorted((r for r in rows if r[5]), key=lambda r: r[5])]
+    return cols, pk, {r[1]: (r[2] or "").upper() for r in rows}
 
 
 def _sqlite_schema(cols: list[str], decl: dict[str, str]) -> dict[str, pl.DataType]:
@@ -166,7 +167,7 @@ def _read_sqlite(location: str, query: str, schema: dict[str, pl.DataType] | Non
     except OSError as exc:
         if "Type mismatch" not in str(exc):
             raise
-        with closing(sqlite3.connect(f"file:{location}?mode=ro", uri=True)) as lite:
+        with closing(sqlite3.connect(_ro_uri(location), uri=True)) as lite:
             lite_cur = lite.execute(query)
             names = [d[0] for d in lite_cur.description]
             df = pl.DataFrame(
@@ -335,7 +336,7 @@ def _iter_sqlite(location: str, query: str, schema: dict[str, pl.DataType], batc
         if "Type mismatch" not in str(exc):
             raise
     # ADBC's per-batch type inference failed mid-stream: resume with the stdlib driver.
-    with closing(sqlite3.connect(f"file:{location}?mode=ro", uri=True)) as lite:
+    with closing(sqlite3.connect(_ro_uri(location), uri=True)) as lite:
         lite_cur = lite.execute(f"{query} LIMIT -1 OFFSET {emitted}")
         names = [d[0] for d in lite_cur.description]
         while rows := lite_cur.fetchmany(batch_rows):
