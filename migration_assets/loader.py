@@ -11,9 +11,11 @@ from typing import Any
 
 import polars as pl
 
+from migration_assets.elements.base import DataElement
 from migration_assets.elements.fhir_json import conditional_reference
 from migration_assets.manifest import Attempt, Manifest
 from migration_assets.medplum import EntryResponse, MedplumClient
+from migration_assets.verification import check_prerequisites, quarantine_unloadable
 
 log = logging.getLogger(__name__)
 
@@ -176,3 +178,33 @@ def _record(
         else:
             result.add("updated")
     manifest.record_results(run_id, element_name, attempts, successes, resource_ids, version_ids, reasons)
+
+
+class PrerequisitesMissing(RuntimeError):
+    """An earlier data element is not (fully) in Medplum; the message names it."""
+
+
+def migrate(
+    client: MedplumClient,
+    manifest: Manifest,
+    run_id: str,
+    element: DataElement,
+    frame: pl.DataFrame,
+    source_url: str,
+    settings: LoadSettings,
+) -> tuple[LoadResult, pl.DataFrame]:
+    """One data element into Medplum, recorded in the ledger as one run. Returns the result and the
+    frame as loaded (with rows whose prerequisites were refused now quarantined)."""
+    report = check_prerequisites(client, manifest, element.name, frame)
+    if report.blocking_elements:
+        raise PrerequisitesMissing(report.message())
+    frame = quarantine_unloadable(frame, report)
+    source_rows = dict(frame.group_by("source_table").len().iter_rows())
+    manifest.start_run(run_id, element.name, element.mapping_version, source_url, source_rows)
+    try:
+        result = load_frame(client, manifest, run_id, element.name, element.transactional, frame, settings)
+    except Exception:
+        manifest.finish_run(run_id, element.name, "failed", {})
+        raise
+    manifest.finish_run(run_id, element.name, "finished", result.counts)
+    return result, frame

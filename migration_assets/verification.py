@@ -173,9 +173,14 @@ def reconcile(frame: pl.DataFrame, units: pl.DataFrame, censuses: dict[tuple[str
                                  "identifier_system": pl.String})]
     )
     keys = ["resource_type", "identifier_system", "identifier_value"]
-    expected = frame.filter(pl.col("quarantine_rule").is_null()).select(*keys, "source_table", "unit_key")
-    in_source = frame.select(keys).unique()
     dispositions = units.select("source_table", "unit_key", "disposition")
+    # Rows quarantined at load time (their prerequisite was refused) are not expected either.
+    expected = (
+        frame.filter(pl.col("quarantine_rule").is_null())
+        .join(dispositions.filter(pl.col("disposition") == "quarantined"), on=["source_table", "unit_key"], how="anti")
+        .select(*keys, "source_table", "unit_key")
+    )
+    in_source = frame.select(keys).unique()
     missing = (
         expected.join(found, on=keys, how="anti")
         .join(dispositions, on=["source_table", "unit_key"], how="left")

@@ -1,0 +1,101 @@
+"""The three assets of every data element: source rows, FHIR frame, Medplum resources.
+
+Thin wrappers: the work is in elements/, loader.py and verification.py."""
+
+import polars as pl
+from dagster import AssetExecutionContext, AssetIn, MaterializeResult, MetadataValue, Output, asset
+
+from migration_assets.elements import get_element, prerequisites
+from migration_assets.elements.base import build_frame
+from migration_assets.loader import LoadSettings, migrate
+from migration_assets.partitions import DATA_ELEMENTS
+from migration_assets.reporting import counts, quarantine_summary, table
+from migration_assets.resources import LegacySource, ManifestStore, MedplumResource, MigrationSettings
+
+FRAMES_IO = "frames_io_manager"
+
+
+@asset(
+    partitions_def=DATA_ELEMENTS,
+    io_manager_key=FRAMES_IO,
+    group_name="migration",
+    kinds={"polars", "sql"},
+    description="Legacy EHR rows of one data element, one row per source unit (joined with what its mapping needs).",
+)
+def legacy_source(context: AssetExecutionContext, legacy_db: LegacySource) -> Output[pl.DataFrame]:
+    element = get_element(context.partition_key)
+    tables = legacy_db.read_tables(element.source_tables)
+    rows = element.extract(tables)
+    return Output(
+        rows,
+        metadata={
+            "source_url": legacy_db.display_url,
+            "source_tables": ", ".join(element.source_tables),
+            "rows": MetadataValue.int(rows.height),
+            **counts({f"table_rows/{name}": frame.height for name, frame in tables.items()}),
+        },
+    )
+
+
+@asset(
+    partitions_def=DATA_ELEMENTS,
+    io_manager_key=FRAMES_IO,
+    group_name="migration",
+    kinds={"polars", "pandera"},
+    description="FHIR resources of one data element, one row per resource with its identifier and JSON; "
+    "rows that break a mapping or schema rule are quarantined with the rule and reason.",
+)
+def fhir_frames(
+    context: AssetExecutionContext, legacy_source: pl.DataFrame, migration_settings: MigrationSettings
+) -> Output[pl.DataFrame]:
+    element = get_element(context.partition_key)
+    frame = build_frame(element, legacy_source, migration_settings.source_system)
+    quarantined = int(frame["quarantine_rule"].is_not_null().sum())
+    return Output(
+        frame,
+        metadata={
+            "mapping_version": element.mapping_version,
+            "requires": ", ".join(prerequisites(element.name)) or "nothing",
+            **counts({"resources": frame.height, "quarantined": quarantined, "eligible": frame.height - quarantined}),
+            "quarantine": table(quarantine_summary(frame)),
+            "resources_by_type": table(frame.group_by("resource_type").len().sort("resource_type")),
+        },
+    )
+
+
+@asset(
+    partitions_def=DATA_ELEMENTS,
+    ins={"fhir_frames": AssetIn()},
+    group_name="migration",
+    kinds={"medplum"},
+    description="The data element's resources in Medplum, written by conditional PUT on their source identifiers "
+    "in batches (or batches of transactions); each entry's outcome is in the manifest.",
+)
+def medplum_resources(
+    context: AssetExecutionContext,
+    fhir_frames: pl.DataFrame,
+    medplum: MedplumResource,
+    manifest: ManifestStore,
+    legacy_db: LegacySource,
+    migration_settings: MigrationSettings,
+) -> MaterializeResult:
+    element = get_element(context.partition_key)
+    settings = LoadSettings(batch_size=migration_settings.batch_size)
+    with medplum.open_client() as client, manifest.open() as ledger:
+        result, _ = migrate(client, ledger, context.run_id, element, fhir_frames, legacy_db.display_url, settings)
+        requests = client.stats
+    context.log.info(f"{element.name}: {result.counts}")
+    return MaterializeResult(
+        metadata={
+            "medplum_base_url": medplum.base_url,
+            "mapping_version": element.mapping_version,
+            **counts(result.counts),
+            **counts({"http_requests": requests.requests, "http_retries": requests.retries,
+                      "entries_resent": requests.entries_resent}),
+            "failures": table(pl.DataFrame(result.failures, schema=_FAILURE_SCHEMA)),
+        }
+    )
+
+
+_FAILURE_SCHEMA = {"source_table": pl.String, "unit_key": pl.String, "resource_type": pl.String,
+                   "status": pl.Int64, "outcome": pl.String}

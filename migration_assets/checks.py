@@ -1,0 +1,162 @@
+"""Asset checks per data element: the validation report a migration lead reads before trusting the
+data in Medplum. Each check calls verification.py and turns its answer into a readable result."""
+
+import polars as pl
+from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, AssetIn, asset_check
+
+from migration_assets.assets import fhir_frames, medplum_resources
+from migration_assets.elements import get_element
+from migration_assets.elements.base import schema_failures
+from migration_assets.loader import LoadSettings, load_frame
+from migration_assets.partitions import DATA_ELEMENTS
+from migration_assets.reporting import counts, quarantine_summary, table
+from migration_assets.resources import ManifestStore, MedplumResource, MigrationSettings
+from migration_assets.verification import (
+    accounting,
+    check_prerequisites,
+    reconcile,
+    reference_problems,
+    take_census,
+)
+
+_FRAME = {"fhir_frames": AssetIn("fhir_frames")}
+
+
+def _element_name(context: AssetCheckExecutionContext) -> str:
+    return context.partition_key
+
+
+@asset_check(
+    asset=fhir_frames,
+    partitions_def=DATA_ELEMENTS,
+    blocking=True,
+    description="Pandera validation of the FHIR frame. Rows breaking a rule are quarantined; the check warns "
+    "while the quarantined share stays under the threshold and fails (blocking the load) above it.",
+)
+def schema(
+    context: AssetCheckExecutionContext, fhir_frames: pl.DataFrame, migration_settings: MigrationSettings
+) -> AssetCheckResult:
+    element = get_element(_element_name(context))
+    still_failing = schema_failures(fhir_frames, element.schemas)
+    quarantined = int(fhir_frames["quarantine_rule"].is_not_null().sum())
+    share = quarantined / fhir_frames.height if fhir_frames.height else 0.0
+    passed = still_failing.is_empty() and share <= migration_settings.quarantine_threshold
+    return AssetCheckResult(
+        passed=passed,
+        severity=AssetCheckSeverity.ERROR if not passed else AssetCheckSeverity.WARN,
+        description=f"{quarantined} of {fhir_frames.height} rows quarantined ({share:.1%}; threshold "
+        f"{migration_settings.quarantine_threshold:.0%})",
+        metadata={
+            **counts({"rows": fhir_frames.height, "quarantined": quarantined, "failing_after_quarantine": still_failing.height}),
+            "quarantined_share": share,
+            "quarantine": table(quarantine_summary(fhir_frames)),
+            "failing_rules": table(still_failing.drop("_row", "failure_case")),
+        },
+    )
+
+
+@asset_check(
+    asset=fhir_frames,
+    partitions_def=DATA_ELEMENTS,
+    blocking=True,
+    description="Every resource of an earlier data element that this one references is in Medplum "
+    "(or explained in the manifest); otherwise the load is refused, naming the missing elements.",
+)
+def prerequisites_loaded(
+    context: AssetCheckExecutionContext, fhir_frames: pl.DataFrame, medplum: MedplumResource, manifest: ManifestStore
+) -> AssetCheckResult:
+    with medplum.open_client() as client, manifest.open() as ledger:
+        report = check_prerequisites(client, ledger, _element_name(context), fhir_frames)
+    return AssetCheckResult(
+        passed=not report.blocking_elements,
+        description=report.message(),
+        metadata={
+            **counts({"referenced": report.checked, "missing": report.unexplained.height,
+                      "explained_missing": report.explained.height}),
+            "missing_targets": table(report.unexplained),
+        },
+    )
+
+
+@asset_check(
+    asset=medplum_resources,
+    partitions_def=DATA_ELEMENTS,
+    additional_ins=_FRAME,
+    description="Every reference in the loaded resources resolves to an existing resource of the expected type, "
+    "and to the right one (the referenced Patient carries the source row's patient_id).",
+)
+def reference_integrity(
+    context: AssetCheckExecutionContext, fhir_frames: pl.DataFrame, medplum: MedplumResource
+) -> AssetCheckResult:
+    with medplum.open_client() as client:
+        checked, problems = reference_problems(client, fhir_frames, take_census(client, fhir_frames))
+    return AssetCheckResult(
+        passed=problems.is_empty(),
+        description=f"{checked - problems.height} of {checked} references resolve to the expected resource",
+        metadata={**counts({"references_checked": checked, "problems": problems.height}), "problems": table(problems)},
+    )
+
+
+@asset_check(
+    asset=medplum_resources,
+    partitions_def=DATA_ELEMENTS,
+    additional_ins=_FRAME,
+    description="Resubmitting the partition creates nothing and changes nothing, and each source identifier "
+    "matches exactly one resource in Medplum.",
+)
+def idempotent_reload(
+    context: AssetCheckExecutionContext,
+    fhir_frames: pl.DataFrame,
+    medplum: MedplumResource,
+    manifest: ManifestStore,
+    migration_settings: MigrationSettings,
+) -> AssetCheckResult:
+    element = get_element(_element_name(context))
+    settings = LoadSettings(batch_size=migration_settings.batch_size, resend_unchanged=True)
+    with medplum.open_client() as client, manifest.open() as ledger:
+        result = load_frame(client, ledger, f"{context.run.run_id}-reload", element.name, element.transactional,
+                            fhir_frames, settings)
+        duplicates = reconcile(fhir_frames, ledger.units(element.name), take_census(client, fhir_frames)).duplicates
+    changed = result.counts["created"] + result.counts["updated"]
+    passed = changed == 0 and result.counts["failed"] == 0 and duplicates.is_empty()
+    return AssetCheckResult(
+        passed=passed,
+        description=f"resubmitted {result.counts['sent']}: {result.counts['created']} created, "
+        f"{result.counts['updated']} updated, {result.counts['failed']} failed; {duplicates.height} duplicated identifiers",
+        metadata={**counts({k: result.counts[k] for k in ("sent", "created", "updated", "unchanged", "failed")}),
+                  "duplicates": table(duplicates)},
+    )
+
+
+@asset_check(
+    asset=medplum_resources,
+    partitions_def=DATA_ELEMENTS,
+    additional_ins=_FRAME,
+    description="Source rows against resources found in Medplum by identifier: missing, unexpected and "
+    "duplicate identifiers listed; and the books: eligible = successful + rejected + skipped + quarantined.",
+)
+def reconciliation(
+    context: AssetCheckExecutionContext, fhir_frames: pl.DataFrame, medplum: MedplumResource, manifest: ManifestStore
+) -> AssetCheckResult:
+    with medplum.open_client() as client, manifest.open() as ledger:
+        units = ledger.units(_element_name(context))
+        report = reconcile(fhir_frames, units, take_census(client, fhir_frames))
+    books = accounting(fhir_frames, units)
+    balanced = books["accounted"] == books["source_units"] and books["pending"] == 0
+    return AssetCheckResult(
+        passed=report.passed and balanced,
+        description=f"{report.found} of {report.expected} expected resources found; {report.missing.height} missing, "
+        f"{report.unexpected.height} unexpected, {report.duplicates.height} duplicated; books "
+        f"{'balance' if balanced else 'do not balance'} ({books['accounted']} of {books['source_units']} units accounted)",
+        metadata={
+            **counts({"expected": report.expected, "found": report.found, "missing": report.missing.height,
+                      "unexpected": report.unexpected.height, "duplicated": report.duplicates.height}),
+            **counts({f"units/{name}": value for name, value in books.items()}),
+            "missing_identifiers": table(report.missing),
+            "unexpected_identifiers": table(report.unexpected),
+            "duplicate_identifiers": table(report.duplicates),
+        },
+    )
+
+
+ALL_CHECKS = [schema, prerequisites_loaded, reference_integrity, idempotent_reload, reconciliation]

@@ -1,0 +1,55 @@
+"""Setting up what `make demo` and `make dev` need: the Dagster home, the legacy source and a Medplum
+server (the local one unless MEDPLUM_BASE_URL points at another)."""
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from migration_assets.local_medplum import running_local_medplum
+from migration_assets.paths import DEFAULT_LEGACY_DB_URL, REPO_ROOT, WORK_DIR
+from migration_assets.sample_data import generate_sample_ehr
+from migration_assets.source import redact_url
+
+MEDPLUM_ENV = ("MEDPLUM_BASE_URL", "MEDPLUM_CLIENT_ID", "MEDPLUM_CLIENT_SECRET")
+
+
+def ensure_dagster_home() -> str:
+    """DAGSTER_HOME (default: .dagster_home in the repository, a SQLite instance)."""
+    home = os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".dagster_home"))
+    os.makedirs(home, exist_ok=True)
+    return home
+
+
+def ensure_legacy_source(patients: int) -> str:
+    """LEGACY_DB_URL when set; otherwise a freshly generated sample legacy database."""
+    if "LEGACY_DB_URL" in os.environ:
+        return os.environ["LEGACY_DB_URL"]
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    rows = generate_sample_ehr(DEFAULT_LEGACY_DB_URL, patients=patients)
+    print(f"sample legacy EHR at {redact_url(DEFAULT_LEGACY_DB_URL)}: {rows}")
+    os.environ["LEGACY_DB_URL"] = DEFAULT_LEGACY_DB_URL
+    return DEFAULT_LEGACY_DB_URL
+
+
+@contextmanager
+def medplum_server(port: int | None = None) -> Iterator[str]:
+    """The Medplum base URL to migrate into; starts (and later stops) the local server when
+    MEDPLUM_BASE_URL is not set, and exports its settings for the resources' EnvVars."""
+    if os.environ.get("MEDPLUM_BASE_URL"):
+        missing = [name for name in MEDPLUM_ENV if not os.environ.get(name)]
+        if missing:
+            raise SystemExit(f"MEDPLUM_BASE_URL is set but {', '.join(missing)} is not")
+        yield os.environ["MEDPLUM_BASE_URL"]
+        return
+    WORK_DIR.mkdir(parents=True, exist_ok=True)
+    with running_local_medplum(port, log_path=WORK_DIR / "medplum_local.log") as server:
+        os.environ.update(
+            MEDPLUM_BASE_URL=server.base_url,
+            MEDPLUM_CLIENT_ID=server.client_id,
+            MEDPLUM_CLIENT_SECRET=server.client_secret,
+        )
+        try:
+            yield server.base_url
+        finally:
+            for name in MEDPLUM_ENV:
+                os.environ.pop(name, None)

@@ -1,0 +1,7 @@
+"""One partition per data element, in load order (declared by each element's `requires`)."""
+
+from dagster import StaticPartitionsDefinition
+
+from migration_assets.elements import LOAD_ORDER
+
+DATA_ELEMENTS = StaticPartitionsDefinition(list(LOAD_ORDER))

@@ -1,0 +1,100 @@
+"""Dagster resources: thin configuration wrappers around the plain libraries."""
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import polars as pl
+from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
+from pydantic import Field
+
+from migration_assets.elements.base import SourceSystem
+from migration_assets.manifest import Manifest
+from migration_assets.medplum import MedplumClient, RetryPolicy
+from migration_assets.source import read_table, redact_url
+
+
+class MedplumResource(ConfigurableResource):
+    """A Medplum server; the client secret comes from the environment (EnvVar) and is never logged."""
+
+    base_url: str = Field(description="Medplum base URL, e.g. https://api.medplum.com/")
+    client_id: str
+    client_secret: str
+    timeout_seconds: float = 120.0
+    max_attempts: int = 6
+
+    @contextmanager
+    def open_client(self) -> Iterator[MedplumClient]:
+        client = MedplumClient(
+            self.base_url,
+            self.client_id,
+            self.client_secret,
+            timeout_seconds=self.timeout_seconds,
+            retry=RetryPolicy(max_attempts=self.max_attempts),
+        )
+        try:
+            yield client
+        finally:
+            client.close()
+
+
+class LegacySource(ConfigurableResource):
+    """The legacy EHR database (sqlite:///, postgresql://, csv:/// or parquet:/// folder)."""
+
+    url: str
+
+    @property
+    def display_url(self) -> str:
+        return redact_url(self.url)
+
+    def read_tables(self, tables: tuple[str, ...]) -> dict[str, pl.DataFrame]:
+        return {table: read_table(self.url, table) for table in tables}
+
+
+class ManifestStore(ConfigurableResource):
+    """The run ledger's database (sqlite:/// by default, postgresql:// in production)."""
+
+    url: str
+
+    @contextmanager
+    def open(self) -> Iterator[Manifest]:
+        manifest = Manifest(self.url)
+        try:
+            yield manifest
+        finally:
+            manifest.close()
+
+
+class MigrationSettings(ConfigurableResource):
+    identifier_base_uri: str = Field(
+        default="https://ehr.example-clinic.org/fhir",
+        description="Base URI of the legacy system: identifier and local code systems derive from it.",
+    )
+    batch_size: int = Field(default=100, description="Entries per batch bundle (transactions per batch).")
+    quarantine_threshold: float = Field(
+        default=0.05, description="Share of quarantined rows above which the schema check fails and blocks."
+    )
+
+    @property
+    def source_system(self) -> SourceSystem:
+        return SourceSystem(self.identifier_base_uri)
+
+
+class PolarsParquetIOManager(ConfigurableIOManager):
+    """Frames as Parquet files, one per asset and partition (dagster-polars is broken on polars 2)."""
+
+    base_dir: str
+
+    def _path(self, context: OutputContext | InputContext) -> str:
+        key = "/".join(context.asset_key.path)
+        partition = context.asset_partition_key if context.has_asset_partitions else "all"
+        return f"{self.base_dir}/{key}/{partition}.parquet"
+
+    def handle_output(self, context: OutputContext, obj: pl.DataFrame) -> None:
+        path = Path(self._path(context))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        obj.write_parquet(path)
+        context.add_output_metadata({"path": str(path), "rows": obj.height})
+
+    def load_input(self, context: InputContext) -> pl.DataFrame:
+        return pl.read_parquet(self._path(context))
