@@ -82,7 +82,7 @@ def medplum_resources(
     element = get_element(context.partition_key)
     settings = LoadSettings(batch_size=migration_settings.batch_size)
     with medplum.open_client() as client, manifest.open() as ledger:
-        result, _ = migrate(client, ledger, context.run_id, element, fhir_frames, legacy_db.display_url, settings)
+        result, _ = migrate(client, ledger, context.run.run_id, element, fhir_frames, legacy_db.display_url, settings)
         requests = client.stats
     context.log.info(f"{element.name}: {result.counts}")
     return MaterializeResult(

@@ -45,11 +45,15 @@ def resources_from_environment() -> dict[str, object]:
     }
 
 
-defs = Definitions(
-    assets=ASSETS,
-    asset_checks=ALL_CHECKS,
-    jobs=[migrate_element_job],
-    resources=resources_from_environment(),
-    # Each step in a subprocess costs 20-45 s a run here; in process it is about 5 s.
-    executor=in_process_executor,
-)
+def make_definitions(resources: dict[str, object]) -> Definitions:
+    return Definitions(
+        assets=ASSETS,
+        asset_checks=ALL_CHECKS,
+        jobs=[migrate_element_job],
+        resources=resources,
+        # Each step in a subprocess costs 20-45 s a run here; in process it is about 5 s.
+        executor=in_process_executor,
+    )
+
+
+defs = make_definitions(resources_from_environment())

@@ -5,11 +5,13 @@ import argparse
 import sys
 from dataclasses import dataclass, field
 
-from dagster import DagsterInstance
+from dagster import DagsterInstance, Definitions
 
 from migration_assets.elements import LOAD_ORDER
 from migration_assets.environment import ensure_dagster_home, ensure_legacy_source, medplum_server
 
+# Step-by-step events stay in the instance (and the UI); the console gets the element's own lines.
+QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 SUMMARY_COUNTS = ("source_rows", "quarantined", "created", "updated", "unchanged", "not_sent_unchanged", "failed")
 
 
@@ -20,6 +22,8 @@ class ElementSummary:
     counts: dict[str, int] = field(default_factory=dict)
     checks_passed: list[str] = field(default_factory=list)
     checks_failed: list[str] = field(default_factory=list)
+    # What each failed check said: it names what is wrong (and, for prerequisites, what to load first).
+    failure_messages: dict[str, str] = field(default_factory=dict)
     error: str = ""
 
     @property
@@ -27,13 +31,13 @@ class ElementSummary:
         return self.run_ok and not self.checks_failed
 
 
-def migrate_element(element: str, instance: DagsterInstance) -> ElementSummary:
+def migrate_element(element: str, instance: DagsterInstance, defs: Definitions) -> ElementSummary:
     """One run of the migration job for one partition, on the real Dagster instance."""
-    from migration_assets.definitions import defs, migrate_element_job
-
     summary = ElementSummary(element)
-    job = defs.resolve_job_def(migrate_element_job.name)
-    result = job.execute_in_process(partition_key=element, instance=instance, raise_on_error=False)
+    job = defs.resolve_job_def("migrate_data_element")
+    result = job.execute_in_process(
+        partition_key=element, instance=instance, raise_on_error=False, run_config=QUIET_CONSOLE
+    )
     summary.run_ok = result.success
     for materialization in result.asset_materializations_for_node("medplum_resources"):
         summary.counts = {
@@ -41,6 +45,8 @@ def migrate_element(element: str, instance: DagsterInstance) -> ElementSummary:
         }
     for evaluation in result.get_asset_check_evaluations():
         (summary.checks_passed if evaluation.passed else summary.checks_failed).append(evaluation.check_name)
+        if not evaluation.passed:
+            summary.failure_messages[evaluation.check_name] = evaluation.description or ""
     if not result.success:
         failure = next((event for event in result.all_events if event.is_step_failure), None)
         summary.error = failure.step_failure_data.error.message.strip() if failure and failure.step_failure_data.error else "run failed"
@@ -59,7 +65,9 @@ def print_summary(summaries: list[ElementSummary]) -> None:
     for line in (headers, tuple("-" * w for w in widths), *rows):
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
     for s in summaries:
-        if s.error:
+        for check, message in s.failure_messages.items():
+            print(f"\n{s.element}: check {check} failed: {message}")
+        if s.error and not s.failure_messages:
             print(f"\n{s.element}: {s.error}")
 
 
@@ -72,8 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     summaries = []
     with medplum_server() as base_url, DagsterInstance.get() as instance:
         print(f"migrating into {base_url} in order: {', '.join(LOAD_ORDER)}")
+        # Imported once the environment is set: the resources read it.
+        from migration_assets.definitions import defs
+
         for element in LOAD_ORDER:
-            summaries.append(migrate_element(element, instance))
+            summaries.append(migrate_element(element, instance, defs))
             print(f"{element}: {'ok' if summaries[-1].ok else 'FAILED'}", flush=True)
     print_summary(summaries)
     return 0 if all(s.ok for s in summaries) else 1

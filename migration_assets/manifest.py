@@ -7,13 +7,12 @@ is a plain SQL database (SQLite by default, PostgreSQL in production), created b
 
 import json
 import subprocess
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import polars as pl
 import sqlalchemy as sa
@@ -120,6 +119,12 @@ class Manifest:
         self.engine = engine_for(url)
         # Created by the platform itself; new tables are added the same way as the schema grows.
         metadata.create_all(self.engine)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def close(self) -> None:
         self.engine.dispose()
@@ -296,15 +301,6 @@ class Manifest:
                 index_elements=list(_UNIT_KEY), set_={column: statement.excluded[column] for column in update}
             )
             db.execute(statement, batch)
-
-
-@contextmanager
-def open_manifest(url: str) -> Iterator[Manifest]:
-    manifest = Manifest(url)
-    try:
-        yield manifest
-    finally:
-        manifest.close()
 
 
 def _now() -> datetime:

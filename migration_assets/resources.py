@@ -56,13 +56,9 @@ class ManifestStore(ConfigurableResource):
 
     url: str
 
-    @contextmanager
-    def open(self) -> Iterator[Manifest]:
-        manifest = Manifest(self.url)
-        try:
-            yield manifest
-        finally:
-            manifest.close()
+    def open(self) -> Manifest:
+        """The ledger, to use in a `with` block."""
+        return Manifest(self.url)
 
 
 class MigrationSettings(ConfigurableResource):

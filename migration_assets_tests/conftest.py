@@ -1,1 +1,1 @@
-pytest_plugins = ["migration_assets_tests.fixtures_local_medplum"]
+pytest_plugins = ["migration_assets_tests.fixtures_local_medplum", "migration_assets_tests.fixtures_platform"]

@@ -1,0 +1,91 @@
+"""A whole migration platform for a test: a fresh local Medplum server, a generated legacy source, a
+manifest and a real (temporary, SQLite) Dagster instance, wired exactly as definitions.py wires them."""
+
+from collections.abc import Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from dagster import DagsterInstance, Definitions
+
+from migration_assets.definitions import make_definitions
+from migration_assets.demo import ElementSummary, migrate_element
+from migration_assets.elements import LOAD_ORDER
+from migration_assets.local_medplum import LocalMedplum, running_local_medplum
+from migration_assets.manifest import Manifest
+from migration_assets.medplum import MedplumClient
+from migration_assets.resources import (
+    LegacySource,
+    ManifestStore,
+    MedplumResource,
+    MigrationSettings,
+    PolarsParquetIOManager,
+)
+from migration_assets.sample_data import generate_sample_ehr
+
+
+@dataclass
+class Platform:
+    server: LocalMedplum
+    source_url: str
+    manifest_url: str
+    instance: DagsterInstance
+    defs: Definitions
+
+    def run(self, element: str) -> ElementSummary:
+        return migrate_element(element, self.instance, self.defs)
+
+    def run_all(self) -> list[ElementSummary]:
+        return [self.run(element) for element in LOAD_ORDER]
+
+    def client(self) -> MedplumClient:
+        return MedplumClient(self.server.base_url, self.server.client_id, self.server.client_secret)
+
+    def manifest(self) -> Manifest:
+        return Manifest(self.manifest_url)
+
+
+def build_platform(work: Path, server: LocalMedplum, source_url: str, instance: DagsterInstance) -> Platform:
+    manifest_url = f"sqlite:///{work / 'manifest.db'}"
+    resources = {
+        "medplum": MedplumResource(
+            base_url=server.base_url, client_id=server.client_id, client_secret=server.client_secret
+        ),
+        "legacy_db": LegacySource(url=source_url),
+        "manifest": ManifestStore(url=manifest_url),
+        "migration_settings": MigrationSettings(),
+        "frames_io_manager": PolarsParquetIOManager(base_dir=str(work / "frames")),
+    }
+    return Platform(server, source_url, manifest_url, instance, make_definitions(resources))
+
+
+@pytest.fixture
+def platform_factory(tmp_path: Path) -> Iterator["PlatformFactory"]:
+    """Builds platforms on fresh servers; everything it started is stopped at the end of the test."""
+    factory = PlatformFactory(tmp_path)
+    try:
+        yield factory
+    finally:
+        factory.close()
+
+
+class PlatformFactory:
+    def __init__(self, work: Path) -> None:
+        self.work = work
+        self._stack = ExitStack()
+
+    def new(self, patients: int = 60, source_url: str | None = None, name: str = "p") -> Platform:
+        work = self.work / name
+        work.mkdir(parents=True)
+        if source_url is None:
+            source_url = f"sqlite:///{work / 'legacy.db'}"
+            generate_sample_ehr(source_url, patients=patients)
+        server = self._stack.enter_context(running_local_medplum(log_path=work / "medplum.log"))
+        (work / "dagster_home").mkdir()
+        instance = DagsterInstance.local_temp(tempdir=str(work / "dagster_home"))
+        self._stack.callback(instance.dispose)
+        return build_platform(work, server, source_url, instance)
+
+    def close(self) -> None:
+        self._stack.close()
