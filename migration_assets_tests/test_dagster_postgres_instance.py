@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
-from dagster import AssetKey, DagsterInstance, DagsterRunStatus, Definitions, in_process_executor
+from dagster import AssetKey, DagsterInstance, DagsterRunStatus
 from dagster_postgres.event_log import PostgresEventLogStorage
 from dagster_postgres.run_storage import PostgresRunStorage
 from dagster_postgres.schedule_storage import PostgresScheduleStorage
@@ -90,24 +90,16 @@ def test_example_instance_config_runs_a_migration_on_postgres(
     }.items():
         monkeypatch.setenv(name, value)
 
-    # definitions.py binds LEGACY_DB_URL, MANIFEST_DB_URL and the frames folder when it is first
-    # imported, so the job is rebuilt here from the same parts with resources read from the
-    # environment set above (and frames under tmp_path, not .demo/).
-    from migration_assets.checks import ALL_CHECKS
-    from migration_assets.definitions import ASSETS, migrate_element_job, resources_from_environment
+    # The definitions are built with resources read from the environment set above (and frames
+    # under tmp_path, not .demo/), exactly as definitions.py builds its own.
+    from migration_assets.definitions import make_definitions, migrate_element_job, resources_from_environment
     from migration_assets.resources import PolarsParquetIOManager
 
     resources = {
         **resources_from_environment(),
         "frames_io_manager": PolarsParquetIOManager(base_dir=str(tmp_path / "frames")),
     }
-    job = Definitions(
-        assets=ASSETS,
-        asset_checks=ALL_CHECKS,
-        jobs=[migrate_element_job],
-        resources=resources,
-        executor=in_process_executor,
-    ).resolve_job_def(migrate_element_job.name)
+    job = make_definitions(resources).resolve_job_def(migrate_element_job.name)
 
     with DagsterInstance.from_config(str(home)) as instance:
         assert isinstance(instance.run_storage, PostgresRunStorage)
