@@ -5,6 +5,7 @@ import sqlite3
 import polars as pl
 
 from migration_assets.elements import LOAD_ORDER
+from migration_assets.sample_data import generate_sample_ehr
 from migration_assets.verification import census
 
 PATIENT_SYSTEM = "https://ehr.example-clinic.org/fhir/identifier/patient"
@@ -102,3 +103,14 @@ def test_too_many_quarantined_rows_fail_the_schema_check_and_block_the_load(plat
     assert "2 of 10 rows quarantined" in summary.failure_messages["schema"]
     with platform.client() as client:
         assert list(client.search("Patient", {"_count": "10"})) == []
+
+
+def test_postgresql_as_the_legacy_source(platform_factory, postgres_schema_url):
+    generate_sample_ehr(postgres_schema_url, patients=30)
+    platform = platform_factory.new(source_url=postgres_schema_url)
+
+    summaries = platform.run_all()
+
+    for summary in summaries:
+        assert summary.ok, (summary.element, summary.failure_messages, summary.error)
+    assert summaries[0].counts["created"] == 30

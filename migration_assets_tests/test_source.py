@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sqlite3
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,8 +11,8 @@ import pytest
 
 from migration_assets.sample_data import TABLE_PRIMARY_KEYS, TABLES, build_sample_tables, generate_sample_ehr
 from migration_assets.source import iter_table_batches, parse_source_url, read_query, read_table, redact_url
+from migration_assets_tests.fixtures_postgres import throwaway_schema_url
 
-PG_ADMIN_URL = "postgresql://postgres@127.0.0.1:5432/test"
 PATIENTS, SEED = 300, 5
 
 
@@ -24,22 +23,8 @@ def expected() -> dict[str, pl.DataFrame]:
 
 @pytest.fixture(scope="module")
 def pg_url() -> Iterator[str]:
-    """A throw-away schema on the real server; the URL pins search_path to it (libpq `options`)."""
-    import adbc_driver_postgresql.dbapi as pg
-
-    schema = f"src_test_{uuid.uuid4().hex[:12]}"
-    try:
-        conn = pg.connect(PG_ADMIN_URL)
-    except pg.Error as exc:  # never skip: the platform depends on PostgreSQL
-        pytest.fail(f"PostgreSQL unreachable at {PG_ADMIN_URL} ({exc}); start it (trust auth, database 'test')")
-    with conn, conn.cursor() as cur:
-        cur.execute(f'CREATE SCHEMA "{schema}"')
-        conn.commit()
-        try:
-            yield f"postgresql://postgres@127.0.0.1:5432/test?options=-csearch_path%3D{schema}"
-        finally:
-            cur.execute(f'DROP SCHEMA "{schema}" CASCADE')
-            conn.commit()
+    with throwaway_schema_url("src_test") as url:
+        yield url
 
 
 @pytest.fixture(scope="module")

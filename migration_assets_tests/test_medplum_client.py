@@ -1,0 +1,109 @@
+"""The Medplum client against the local server over real HTTP, and against a fake transport only for
+the faults the server cannot be made to produce (a short batch-response, a non-JSON body)."""
+
+import json
+
+import httpx
+import pytest
+
+from migration_assets.local_medplum import running_local_medplum
+from migration_assets.medplum import MedplumClient, MedplumError, RetryPolicy, conditional_url
+
+SYSTEM = "https://ehr.example-clinic.org/fhir/identifier/patient"
+FAST_RETRY = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05)
+
+
+def put_patient(value: str, family: str = "Doe") -> str:
+    return json.dumps(
+        {
+            "request": {"method": "PUT", "url": conditional_url("Patient", SYSTEM, value)},
+            "resource": {"resourceType": "Patient", "identifier": [{"system": SYSTEM, "value": value}],
+                         "name": [{"family": family}]},
+        }
+    )
+
+
+def client_for(server, **kwargs) -> MedplumClient:
+    return MedplumClient(server.base_url, server.client_id, server.client_secret, **kwargs)
+
+
+@pytest.mark.parametrize("value", ["A,B", "Q|101", "cost$5", "back\\slash", "a&b=c", "50%+1#x", "spaced out", "é😀"])
+def test_identifiers_with_search_specials_round_trip_to_exactly_one_resource(local_medplum, value):
+    with client_for(local_medplum) as client:
+        first, second = client.submit_batch([put_patient(value)]), client.submit_batch([put_patient(value, "Roe")])
+        found = list(client.search("Patient", {"identifier": f"{SYSTEM}|{value.replace(chr(92), chr(92) * 2).replace(',', chr(92) + ',').replace('|', chr(92) + '|').replace('$', chr(92) + '$')}"}))
+    assert first[0].status == 201
+    assert second[0].status == 200 and second[0].resource_id == first[0].resource_id
+    assert [p["name"][0]["family"] for p in found] == ["Roe"]
+
+
+def test_an_identical_resubmission_keeps_the_version(local_medplum):
+    with client_for(local_medplum) as client:
+        created = client.submit_batch([put_patient("SAME-1")])[0]
+        again = client.submit_batch([put_patient("SAME-1")])[0]
+    assert (created.status, again.status) == (201, 200)
+    assert again.version_id == created.version_id
+
+
+def test_the_token_is_fetched_once_and_renewed_after_expiry():
+    with running_local_medplum(token_ttl=2) as server, client_for(server) as client:
+        client.submit_batch([put_patient("TOK-1")])
+        first_token = client._token.bearer()
+        client.submit_batch([put_patient("TOK-2")])
+        assert client._token.bearer() == first_token
+        import time
+
+        time.sleep(2.5)
+        results = client.submit_batch([put_patient("TOK-3")])
+    assert results[0].status == 201
+
+
+def test_entries_refused_by_the_quota_are_resent_alone_after_the_reset():
+    # 15 creates at 140 points each against a 1,000-point minute: the server marks the tail 429.
+    with running_local_medplum(fhir_quota=1000) as server, client_for(server, retry=FAST_RETRY) as client:
+        entries = [put_patient(f"Q-{n}") for n in range(8)]
+        results = client.submit_batch(entries)
+        assert any(r.status == 429 for r in results)  # the quota resets after 60 s: longer than our budget
+    assert client.stats.entries_resent > 0
+    assert all(r.status in (201, 429) for r in results)
+
+
+def test_a_short_batch_response_is_resent_then_reported():
+    # Fault the local server cannot produce: answers with fewer entries than were sent.
+    calls = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/oauth2/token"):
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 3600, "token_type": "Bearer"})
+        calls.append(request)
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "batch-response", "entry": []})
+
+    client = MedplumClient("http://fake/", "id", "secret", retry=FAST_RETRY, transport=httpx.MockTransport(handler))
+    with client, pytest.raises(MedplumError, match="0 entries for 1 sent"):
+        client.submit_batch([put_patient("SHORT")])
+    assert len(calls) == FAST_RETRY.max_attempts
+
+
+def test_a_non_json_answer_is_retried_and_then_succeeds():
+    answers = iter([httpx.Response(200, content=b"<html>proxy error"), None])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/oauth2/token"):
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 3600, "token_type": "Bearer"})
+        answer = next(answers)
+        return answer or httpx.Response(
+            200, json={"resourceType": "Bundle", "entry": [{"response": {"status": "201 Created"}}]}
+        )
+
+    client = MedplumClient("http://fake/", "id", "secret", retry=FAST_RETRY, transport=httpx.MockTransport(handler))
+    with client:
+        assert client.submit_batch([put_patient("HTML")])[0].status == 201
+    assert client.stats.retries == 1
+
+
+def test_wrong_credentials_fail_clearly_without_the_secret(local_medplum):
+    client = MedplumClient(local_medplum.base_url, local_medplum.client_id, "not-the-secret", retry=FAST_RETRY)
+    with client, pytest.raises(MedplumError) as error:
+        client.submit_batch([put_patient("NOPE")])
+    assert "MEDPLUM_CLIENT_SECRET" in str(error.value)
+    assert "not-the-secret" not in str(error.value)
