@@ -2,11 +2,15 @@
 
 Thin wrappers: the work is in elements/, loader.py and verification.py."""
 
+from pathlib import Path
+
 import polars as pl
 from dagster import AssetExecutionContext, AssetIn, MaterializeResult, MetadataValue, Output, asset
 
 from migration_assets.elements import get_element, prerequisites
 from migration_assets.elements.base import build_frame
+from migration_assets.evidence import reconciliation_report as build_reconciliation_report
+from migration_assets.evidence import write_evidence
 from migration_assets.loader import LoadSettings, migrate
 from migration_assets.partitions import DATA_ELEMENTS
 from migration_assets.reporting import counts, quarantine_summary, table
@@ -99,3 +103,38 @@ def medplum_resources(
 
 _FAILURE_SCHEMA = {"source_table": pl.String, "unit_key": pl.String, "resource_type": pl.String,
                    "status": pl.Int64, "outcome": pl.String}
+
+
+@asset(
+    partitions_def=DATA_ELEMENTS,
+    deps=[medplum_resources],
+    ins={"fhir_frames": AssetIn()},
+    group_name="migration",
+    kinds={"json", "csv"},
+    description="Reconciliation report of the data element: source rows and eligible units, dispositions, retry "
+    "attempts, resources expected and found in Medplum, missing, unexpected and duplicate identifiers; with the "
+    "source, mapping version and time as evidence, written as JSON and CSV files.",
+)
+def reconciliation_report(
+    context: AssetExecutionContext,
+    fhir_frames: pl.DataFrame,
+    medplum: MedplumResource,
+    manifest: ManifestStore,
+    legacy_db: LegacySource,
+    migration_settings: MigrationSettings,
+) -> MaterializeResult:
+    element = get_element(context.partition_key)
+    with medplum.open_client() as client, manifest.open() as ledger:
+        report = build_reconciliation_report(client, ledger, element, fhir_frames, legacy_db.display_url)
+    json_path, csv_path = write_evidence(report, Path(migration_settings.evidence_dir) / element.name)
+    figures = pl.DataFrame({"figure": list(report["figures"]), "value": list(report["figures"].values())})
+    return MaterializeResult(
+        metadata={
+            "passed": report["passed"],
+            **counts({name: value for name, value in report["figures"].items() if "/" not in name}),
+            "figures": table(figures, limit=100),
+            "evidence_json": MetadataValue.path(str(json_path)),
+            "evidence_csv": MetadataValue.path(str(csv_path)),
+            "mapping_version": element.mapping_version,
+        }
+    )

@@ -9,7 +9,7 @@ import os
 
 from dagster import AssetSelection, Definitions, EnvVar, define_asset_job, in_process_executor
 
-from migration_assets.assets import fhir_frames, legacy_source, medplum_resources
+from migration_assets.assets import fhir_frames, legacy_source, medplum_resources, reconciliation_report
 from migration_assets.checks import ALL_CHECKS
 from migration_assets.paths import DEFAULT_LEGACY_DB_URL, DEFAULT_MANIFEST_URL, FRAMES_DIR
 from migration_assets.resources import (
@@ -20,7 +20,7 @@ from migration_assets.resources import (
     PolarsParquetIOManager,
 )
 
-ASSETS = [legacy_source, fhir_frames, medplum_resources]
+ASSETS = [legacy_source, fhir_frames, medplum_resources, reconciliation_report]
 
 migrate_element_job = define_asset_job(
     "migrate_data_element",

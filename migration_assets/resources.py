@@ -11,6 +11,7 @@ from pydantic import Field
 from migration_assets.elements.base import SourceSystem
 from migration_assets.manifest import Manifest
 from migration_assets.medplum import MedplumClient, RetryPolicy
+from migration_assets.paths import EVIDENCE_DIR
 from migration_assets.source import read_table, redact_url
 
 
@@ -70,6 +71,7 @@ class MigrationSettings(ConfigurableResource):
     quarantine_threshold: float = Field(
         default=0.05, description="Share of quarantined rows above which the schema check fails and blocks."
     )
+    evidence_dir: str = Field(default=str(EVIDENCE_DIR), description="Where reconciliation evidence files go.")
 
     @property
     def source_system(self) -> SourceSystem:

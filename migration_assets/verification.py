@@ -9,7 +9,7 @@ import polars as pl
 
 from migration_assets.elements import ELEMENTS, get_element, prerequisites
 from migration_assets.elements.base import quarantine
-from migration_assets.manifest import Manifest
+from migration_assets.manifest import DISPOSITIONS, Manifest
 from migration_assets.medplum import MedplumClient, identifier_token
 
 CENSUS_PAGE_SIZE = 1000
@@ -270,11 +270,26 @@ def _reference_at(resource: dict[str, Any], path: str) -> str | None:
 # -- the books -------------------------------------------------------------------------------------
 
 
-def accounting(frame: pl.DataFrame, units: pl.DataFrame) -> dict[str, int]:
-    """eligible = successful + rejected + skipped + quarantined, over this frame's source units."""
+@dataclass(frozen=True)
+class Books:
+    """Every source unit of the frame and its one disposition in the ledger."""
+
+    source_units: int
+    dispositions: dict[str, int]  # every DISPOSITIONS name, and "none" for units the ledger lacks
+
+    @property
+    def accounted(self) -> int:
+        return sum(self.dispositions[name] for name in ("successful", "rejected", "skipped", "quarantined"))
+
+    @property
+    def balanced(self) -> bool:
+        return self.accounted == self.source_units and self.dispositions["pending"] == 0
+
+
+def accounting(frame: pl.DataFrame, units: pl.DataFrame) -> Books:
+    """source units = successful + rejected + skipped + quarantined, with nothing pending or missing.
+    (The ledger's primary key makes two dispositions for one unit impossible.)"""
     mine = frame.select("source_table", "unit_key").join(units, on=["source_table", "unit_key"], how="left")
-    counts = {d: int((mine["disposition"] == d).sum()) for d in ("successful", "rejected", "skipped", "quarantined", "pending")}
-    counts["source_units"] = frame.height
-    counts["without_disposition"] = int(mine["disposition"].is_null().sum())
-    counts["accounted"] = counts["successful"] + counts["rejected"] + counts["skipped"] + counts["quarantined"]
-    return counts
+    dispositions = {name: int((mine["disposition"] == name).sum()) for name in DISPOSITIONS}
+    dispositions["none"] = int(mine["disposition"].is_null().sum())
+    return Books(source_units=frame.height, dispositions=dispositions)

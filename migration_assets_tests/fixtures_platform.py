@@ -32,6 +32,7 @@ class Platform:
     manifest_url: str
     instance: DagsterInstance
     defs: Definitions
+    work: Path
 
     def run(self, element: str) -> ElementSummary:
         return migrate_element(element, self.instance, self.defs)
@@ -54,10 +55,10 @@ def build_platform(work: Path, server: LocalMedplum, source_url: str, instance: 
         ),
         "legacy_db": LegacySource(url=source_url),
         "manifest": ManifestStore(url=manifest_url),
-        "migration_settings": MigrationSettings(),
+        "migration_settings": MigrationSettings(evidence_dir=str(work / "evidence")),
         "frames_io_manager": PolarsParquetIOManager(base_dir=str(work / "frames")),
     }
-    return Platform(server, source_url, manifest_url, instance, make_definitions(resources))
+    return Platform(server, source_url, manifest_url, instance, make_definitions(resources), work)
 
 
 @pytest.fixture

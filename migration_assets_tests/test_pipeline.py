@@ -1,5 +1,6 @@
 """The platform end to end against the local Medplum server, on a real Dagster instance."""
 
+import json
 import sqlite3
 
 import polars as pl
@@ -9,7 +10,9 @@ from migration_assets.sample_data import generate_sample_ehr
 from migration_assets.verification import census
 
 PATIENT_SYSTEM = "https://ehr.example-clinic.org/fhir/identifier/patient"
-ALL_CHECKS = {"schema", "prerequisites_loaded", "reference_integrity", "idempotent_reload", "reconciliation"}
+ALL_CHECKS = {
+    "schema", "prerequisites_loaded", "reference_integrity", "idempotent_reload", "reconciliation", "accounting_balanced"
+}
 
 
 def test_every_element_migrates_with_every_check_green_and_a_rerun_creates_nothing(platform_factory):
@@ -32,6 +35,11 @@ def test_every_element_migrates_with_every_check_green_and_a_rerun_creates_nothi
         patients = census(client, "Patient", PATIENT_SYSTEM)
     assert patients.height == 60
     assert patients["identifier_value"].n_unique() == 60
+    evidence = json.loads((platform.work / "evidence" / "patients" / "reconciliation.json").read_text())
+    assert evidence["passed"] is True
+    assert evidence["figures"]["target_found"] == evidence["figures"]["target_expected"] == 60
+    assert evidence["evidence"]["mapping_version"] == "1.0.0"
+    assert (platform.work / "evidence" / "patients" / "reconciliation.csv").read_text().startswith("figure,value")
 
 
 def test_a_changed_source_row_is_sent_again(platform_factory):
