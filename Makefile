@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 NODE_STAMP := medplum_local/node_modules/.installed
 
-.PHONY: setup test demo dev medplum bench lint clean
+.PHONY: setup test demo dev medplum bench lint clean history
 
 setup: $(VENV_STAMP) $(NODE_STAMP)
 
@@ -31,6 +31,10 @@ dev: setup
 
 medplum: $(NODE_STAMP)
 	medplum_local/node_modules/.bin/node medplum_local/server.mjs
+
+# What happened to one source key: make history KEY=P0123 [ELEMENT=patients]
+history: $(VENV_STAMP)
+	$(PY) -m migration_assets.history "$(KEY)" $(if $(ELEMENT),--element "$(ELEMENT)")
 
 bench: setup
 	$(PY) -m migration_assets.bench

@@ -1,0 +1,49 @@
+"""What happened to one source key? `python -m migration_assets.history P0123 [--element patients]`
+prints its units in the manifest (disposition, rule, reason, resource) and every submission attempt."""
+
+import argparse
+import json
+import os
+import sys
+
+from migration_assets.manifest import Manifest
+from migration_assets.paths import DEFAULT_MANIFEST_URL
+
+UNIT_FIELDS = ("element", "source_table", "unit_key", "resource_type", "identifier_value", "disposition", "rule",
+               "reason", "resource_id", "version_id", "content_hash", "last_run_id", "updated_at")
+
+
+def describe(manifest: Manifest, key: str, element: str | None) -> str:
+    found = manifest.history(element, key)
+    if not found["units"]:
+        return f"{key}: no unit with this key in the manifest" + (f" for {element}" if element else "")
+    lines = []
+    for unit in found["units"]:
+        lines.append(f"{unit['element']} / {unit['source_table']} / {unit['unit_key']}")
+        lines.extend(f"  {name}: {unit[name]}" for name in UNIT_FIELDS[3:] if unit[name] is not None)
+    lines.append(f"attempts ({len(found['attempts'])}):")
+    for attempt in found["attempts"]:
+        outcome = json.loads(attempt["outcome"]) if attempt["outcome"] else None
+        diagnostics = "; ".join(
+            (issue.get("details") or {}).get("text") or issue.get("diagnostics", "") for issue in (outcome or {}).get("issue", [])
+        )
+        lines.append(
+            f"  {attempt['attempted_at']}  {attempt['element']}  run {attempt['run_id']}  bundle {attempt['bundle_number']} "
+            f"entry {attempt['entry_number']}  HTTP {attempt['http_status']}  {attempt['location'] or ''}  {diagnostics}"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("key", help="the source key (unit key), e.g. P0123")
+    parser.add_argument("--element", help="limit to one data element")
+    parser.add_argument("--manifest", default=os.environ.get("MANIFEST_DB_URL", DEFAULT_MANIFEST_URL))
+    args = parser.parse_args(argv)
+    with Manifest(args.manifest) as manifest:
+        print(describe(manifest, args.key, args.element))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
