@@ -86,7 +86,10 @@ def medplum_resources(
     element = get_element(context.partition_key)
     settings = LoadSettings(batch_size=migration_settings.batch_size)
     with medplum.open_client() as client, manifest.open() as ledger:
-        result, _ = migrate(client, ledger, context.run.run_id, element, fhir_frames, legacy_db.display_url, settings)
+        result, _ = migrate(
+            client, ledger, context.run.run_id, element, fhir_frames, legacy_db.display_url, settings,
+            on_progress=lambda done, total: _log_progress(context, done, total),
+        )
         requests = client.stats
     context.log.info(f"{element.name}: {result.counts}")
     return MaterializeResult(
@@ -99,6 +102,12 @@ def medplum_resources(
             "failures": table(pl.DataFrame(result.failures, schema=_FAILURE_SCHEMA)),
         }
     )
+
+
+def _log_progress(context: AssetExecutionContext, done: int, total: int) -> None:
+    # About twenty lines a load, whatever its size.
+    if done == total or done % max(1, total // 20) == 0:
+        context.log.info(f"bundle {done} of {total} sent")
 
 
 _FAILURE_SCHEMA = {"source_table": pl.String, "unit_key": pl.String, "resource_type": pl.String,

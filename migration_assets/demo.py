@@ -12,7 +12,7 @@ from migration_assets.environment import ensure_dagster_home, ensure_legacy_sour
 
 # Step-by-step events stay in the instance (and the UI); the console gets the element's own lines.
 QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
-SUMMARY_COUNTS = ("source_rows", "quarantined", "created", "updated", "unchanged", "not_sent_unchanged", "failed")
+SUMMARY_COUNTS = ("source_rows", "quarantined", "sent", "created", "updated", "unchanged", "not_sent_unchanged", "failed")
 
 
 @dataclass

@@ -192,6 +192,7 @@ def migrate(
     frame: pl.DataFrame,
     source_url: str,
     settings: LoadSettings,
+    on_progress: Callable[[int, int], None] | None = None,
 ) -> tuple[LoadResult, pl.DataFrame]:
     """One data element into Medplum, recorded in the ledger as one run. Returns the result and the
     frame as loaded (with rows whose prerequisites were refused now quarantined)."""
@@ -202,7 +203,7 @@ def migrate(
     source_rows = dict(frame.group_by("source_table").len().iter_rows())
     manifest.start_run(run_id, element.name, element.mapping_version, source_url, source_rows)
     try:
-        result = load_frame(client, manifest, run_id, element.name, element.transactional, frame, settings)
+        result = load_frame(client, manifest, run_id, element.name, element.transactional, frame, settings, on_progress)
     except Exception:
         manifest.finish_run(run_id, element.name, "failed", {})
         raise

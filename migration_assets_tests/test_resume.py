@@ -1,0 +1,71 @@
+"""A load killed halfway is picked up by the next run from the manifest: nothing duplicated, nothing
+left pending, units already loaded with unchanged content not sent again."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import polars as pl
+
+from migration_assets.verification import census
+
+# Loads the patients element bundle by bundle, slowly, printing its progress; the test kills it.
+LOADER = """
+import sys, time
+from migration_assets.elements import get_element
+from migration_assets.elements.base import SourceSystem, build_frame
+from migration_assets.loader import LoadSettings, migrate
+from migration_assets.manifest import Manifest
+from migration_assets.medplum import MedplumClient
+from migration_assets.source import read_table
+
+base_url, client_id, secret, source_url, manifest_url = sys.argv[1:6]
+element = get_element("patients")
+frame = build_frame(element, element.extract({"patients": read_table(source_url, "patients")}),
+                    SourceSystem("https://ehr.example-clinic.org/fhir"))
+
+def progress(done, total):
+    print(f"bundle {done} of {total}", flush=True)
+    time.sleep(0.2)
+
+with MedplumClient(base_url, client_id, secret) as client, Manifest(manifest_url) as manifest:
+    migrate(client, manifest, "killed-run", element, frame, source_url, LoadSettings(batch_size=10), progress)
+"""
+
+
+def test_a_killed_load_resumes_without_duplicates_or_pending_units(platform_factory):
+    platform = platform_factory.new(patients=200)
+    server = platform.server
+    process = subprocess.Popen(
+        [sys.executable, "-c", LOADER, server.base_url, server.client_id, server.client_secret,
+         platform.source_url, platform.manifest_url],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ},
+    )
+    assert process.stdout is not None
+    for line in process.stdout:
+        if line.startswith("bundle 6 of"):
+            process.send_signal(signal.SIGKILL)
+            break
+    process.wait(timeout=30)
+    assert process.returncode == -signal.SIGKILL
+
+    with platform.manifest() as manifest:
+        before = manifest.units("patients")["disposition"].value_counts()
+    dispositions = dict(before.iter_rows())
+    assert dispositions.get("pending", 0) > 0 and dispositions.get("successful", 0) >= 60
+
+    rerun = platform.run("patients")
+
+    assert rerun.ok, (rerun.failure_messages, rerun.error)
+    assert rerun.counts["not_sent_unchanged"] == dispositions["successful"]
+    assert rerun.counts["not_sent_unchanged"] + rerun.counts["sent"] == 200
+    with platform.manifest() as manifest:
+        after = manifest.units("patients")
+    assert after["disposition"].to_list() == ["successful"] * 200
+    with platform.client() as client:
+        patients = census(client, "Patient", "https://ehr.example-clinic.org/fhir/identifier/patient")
+    assert patients.height == 200
+    assert patients.group_by("identifier_value").len().filter(pl.col("len") > 1).is_empty()
