@@ -1,8 +1,14 @@
 """Sample legacy EHR generator.
 
 Produces the tables of Medplum's "Building Migration Pipelines" guide (patients, conditions,
-patient_conditions, encounters, encounter_notes) at any size, deterministically for a seed, and
+patient_conditions, encounters, encounter_notes) and the rest of a clinic's chart (practitioners,
+patient_medications, patient_allergies, observations) at any size, deterministically for a seed, and
 writes them to SQLite, PostgreSQL, or a folder of CSV / Parquet files.
+
+Like real legacy data, a small share of values is odd: invalid NPIs, local codes with no approved
+terminology mapping, partial dates, units that are not UCUM codes, the occasional unknown status,
+non-numeric lab value or time without a UTC offset. The share stays far below the 5 % quarantine
+threshold so the default sample loads with every check green.
 
 Randomness is a counter-based splitmix64 written as polars expressions: every random value is a
 pure function of (seed, stream, row key), so generation is vectorised, needs no numpy, and the same
@@ -15,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import math
 import sys
 from pathlib import Path
 
@@ -23,32 +30,72 @@ import polars as pl
 from migration_assets.source import parse_source_url, redact_url
 
 __all__ = [
+    "ALLERGEN_CATALOGUE",
     "CONDITION_CATALOGUE",
     "ENCOUNTER_TYPES",
+    "LAB_TESTS",
+    "MEDICATION_CATALOGUE",
     "TABLES",
     "TABLE_PRIMARY_KEYS",
+    "VITAL_SIGNS",
     "build_sample_tables",
     "generate_sample_ehr",
     "write_tables",
 ]
 
 # Parents first: the order in which tables are written and (in reverse) dropped.
-TABLES: tuple[str, ...] = ("patients", "conditions", "patient_conditions", "encounters", "encounter_notes")
+TABLES: tuple[str, ...] = (
+    "patients",
+    "conditions",
+    "patient_conditions",
+    "practitioners",
+    "encounters",
+    "encounter_notes",
+    "patient_medications",
+    "patient_allergies",
+    "observations",
+)
 
 TABLE_PRIMARY_KEYS: dict[str, str] = {
     "patients": "patient_id",
     "conditions": "condition_id",
     "patient_conditions": "patient_condition_id",
+    "practitioners": "practitioner_id",
     "encounters": "encounter_id",
     "encounter_notes": "note_id",
+    "patient_medications": "patient_medication_id",
+    "patient_allergies": "patient_allergy_id",
+    "observations": "observation_id",
 }
 
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "patients": ("patient_id", "first_name", "last_name", "birth_date", "gender"),
     "conditions": ("condition_id", "condition_name", "icd10_code"),
     "patient_conditions": ("patient_condition_id", "patient_id", "condition_id", "onset_date"),
-    "encounters": ("encounter_id", "patient_id", "date", "type"),
+    "practitioners": ("practitioner_id", "first_name", "last_name", "npi", "specialty"),
+    "encounters": ("encounter_id", "patient_id", "date", "type", "practitioner_id"),
     "encounter_notes": ("note_id", "encounter_id", "note_text"),
+    "patient_medications": (
+        "patient_medication_id", "patient_id", "drug_code", "drug_name", "dosage_text", "status", "start_date",
+        "end_date",
+    ),
+    "patient_allergies": (
+        "patient_allergy_id", "patient_id", "allergen_code", "allergen_name", "reaction", "severity",
+        "clinical_status", "verification_status", "recorded_date",
+    ),
+    "observations": (
+        "observation_id", "patient_id", "encounter_id", "category", "test_code", "test_name", "value", "unit",
+        "reference_low", "reference_high", "observed_at",
+    ),
+}
+
+# Columns that may be empty (NULL) in the legacy tables; every other column is always filled.
+NULLABLE_COLUMNS: dict[str, tuple[str, ...]] = {
+    "practitioners": ("npi",),
+    "encounters": ("practitioner_id",),
+    "patient_medications": ("end_date",),
+    "patient_allergies": ("reaction", "severity", "verification_status", "recorded_date"),
+    "observations": ("encounter_id", "unit", "reference_low", "reference_high"),
 }
 
 # (local code, name, ICD-10-CM code, relative prevalence weight). HT001 / DM002 are the guide's.
@@ -82,6 +129,93 @@ ENCOUNTER_TYPES: tuple[tuple[str, float], ...] = (
     ("emergency", 0.15),
     ("telehealth", 0.15),
 )
+
+_SPECIALTIES = (
+    "Family Medicine", "Internal Medicine", "Pediatrics", "Cardiology", "Endocrinology", "Pulmonology",
+    "Psychiatry", "Orthopedic Surgery", "Emergency Medicine", "Geriatrics",
+)
+
+# (local drug code, name on the legacy medication list, sig, weight). Which codes have an RxNorm
+# mapping is decided by terminology/rxnorm.csv, not here: several deliberately have none.
+MEDICATION_CATALOGUE: tuple[tuple[str, str, str, float], ...] = (
+    ("LIS10", "Lisinopril 10 mg tablet", "Take 1 tablet by mouth once daily", 14.0),
+    ("MET500", "Metformin 500 mg tablet", "Take 1 tablet by mouth twice daily with meals", 12.0),
+    ("AML5", "Amlodipine 5 mg tablet", "Take 1 tablet by mouth once daily", 10.0),
+    ("ATV20", "Atorvastatin 20 mg tablet", "Take 1 tablet by mouth at bedtime", 10.0),
+    ("ASA81", "Aspirin 81 mg tablet", "Take 1 tablet by mouth once daily", 9.0),
+    ("HCT25", "Hydrochlorothiazide 25 mg tablet", "Take 1 tablet by mouth every morning", 6.0),
+    ("ATV80", "Atorvastatin 80 mg tablet", "Take 1 tablet by mouth at bedtime", 4.0),
+    ("LEV50", "Levothyroxine 50 mcg tablet", "Take 1 tablet by mouth every morning on an empty stomach", 6.0),
+    ("OME20", "Omeprazole 20 mg capsule", "Take 1 capsule by mouth daily before breakfast", 6.0),
+    ("SER50", "Sertraline 50 mg tablet", "Take 1 tablet by mouth once daily", 4.0),
+    ("ALB90", "Albuterol 90 mcg/actuation inhaler", "Inhale 2 puffs every 4 to 6 hours as needed", 4.0),
+    ("FUR20", "Furosemide 20 mg tablet", "Take 1 tablet by mouth once daily", 3.0),
+    ("APAP500", "Acetaminophen 500 mg tablet", "Take 1 to 2 tablets by mouth every 6 hours as needed for pain", 6.0),
+    ("IBU200", "Ibuprofen 200 mg tablet", "Take 2 tablets by mouth every 8 hours as needed with food", 5.0),
+    ("MISC-CREAM", "Compounded hydrocortisone cream (pharmacy mix)", "Apply thinly twice daily", 1.0),
+)
+# Legacy medication statuses and their weights; the last is an odd value with no FHIR mapping.
+_MEDICATION_STATUSES = (("Active", 0.60), ("Discontinued", 0.24), ("Completed", 0.12), ("On Hold", 0.035),
+                        ("Pending review", 0.005))
+
+# (local allergen code, name, weight). terminology/allergy_snomed.csv maps some of them.
+ALLERGEN_CATALOGUE: tuple[tuple[str, str, float], ...] = (
+    ("ALG-PCN", "Penicillin", 20.0),
+    ("ALG-SULFA", "Sulfonamide antibiotics", 8.0),
+    ("ALG-AMOX", "Amoxicillin", 6.0),
+    ("ALG-ASA", "Aspirin", 5.0),
+    ("ALG-IBU", "Ibuprofen", 4.0),
+    ("ALG-COD", "Codeine", 5.0),
+    ("ALG-LATEX", "Latex", 5.0),
+    ("ALG-PEANUT", "Peanuts", 8.0),
+    ("ALG-EGG", "Eggs", 4.0),
+    ("ALG-BEE", "Bee stings", 4.0),
+    ("ALG-SHELL", "Shellfish", 8.0),
+    ("ALG-CONTRAST", "Iodinated contrast dye", 4.0),
+    ("ALG-ADHESIVE", "Adhesive tape", 3.0),
+)
+# Severity as the legacy system spells it (mixed case), with the reactions that go with it.
+_SEVERITIES = (("mild", 0.42), ("moderate", 0.36), ("Moderate", 0.05), ("severe", 0.165), ("high", 0.005))
+_REACTIONS = {
+    "mild": ("Rash", "Itching", "Nausea"),
+    "moderate": ("Hives", "Swelling of lips", "Vomiting"),
+    "severe": ("Anaphylaxis", "Shortness of breath", "Angioedema"),
+}
+
+# Vital signs: (local code, name, [(unit, weight, low, high)], decimals, weight). Units are what the
+# legacy system wrote: mostly UCUM codes, sometimes not (mmHg, bpm, F, lbs): kept as given.
+VITAL_SIGNS: tuple[tuple[str, str, tuple[tuple[str, float, float, float], ...], int, float], ...] = (
+    ("BP-SYS", "Systolic blood pressure", (("mm[Hg]", 0.85, 95, 165), ("mmHg", 0.15, 95, 165)), 0, 3.0),
+    ("BP-DIA", "Diastolic blood pressure", (("mm[Hg]", 0.85, 55, 100), ("mmHg", 0.15, 55, 100)), 0, 3.0),
+    ("HR", "Heart rate", (("/min", 0.85, 50, 110), ("bpm", 0.15, 50, 110)), 0, 2.0),
+    ("TEMP", "Body temperature", (("Cel", 0.80, 36.0, 38.5), ("[degF]", 0.15, 96.8, 101.3), ("F", 0.05, 96.8, 101.3)),
+     1, 1.0),
+    ("WT", "Body weight", (("kg", 0.80, 45, 130), ("[lb_av]", 0.10, 100, 285), ("lbs", 0.10, 100, 285)), 1, 1.5),
+    ("HT", "Body height", (("cm", 0.90, 150, 195), ("[in_i]", 0.10, 59, 77)), 0, 0.5),
+    ("SPO2", "Oxygen saturation", (("%", 1.0, 90, 100),), 0, 1.0),
+    ("RR", "Respiratory rate", (("/min", 1.0, 12, 22),), 0, 0.5),
+)
+# Labs: (local code, name, [(unit, weight, low, high, reference low, reference high)], decimals, weight).
+LAB_TESTS: tuple[tuple[str, str, tuple[tuple[str, float, float, float, str | None, str | None], ...], int, float], ...] = (
+    ("HBA1C", "Hemoglobin A1c", (("%", 1.0, 4.8, 10.5, "4.0", "5.6"),), 1, 2.0),
+    ("GLU", "Glucose", (("mg/dL", 0.95, 70, 220, "70", "99"), ("mmol/L", 0.05, 3.9, 12.2, "3.9", "5.5")), 0, 2.0),
+    ("CHOL", "Cholesterol, total", (("mg/dL", 1.0, 140, 280, None, "200"),), 0, 1.5),
+    ("HDL", "HDL cholesterol", (("mg/dL", 1.0, 30, 90, "40", None),), 0, 1.5),
+    ("LDL", "LDL cholesterol, calculated", (("mg/dL", 1.0, 60, 190, None, "100"),), 0, 1.5),
+    ("TRIG", "Triglycerides", (("mg/dL", 1.0, 50, 400, None, "150"),), 0, 1.5),
+    ("CREAT", "Creatinine", (("mg/dL", 1.0, 0.6, 1.8, "0.60", "1.30"),), 2, 1.5),
+    ("HGB", "Hemoglobin", (("g/dL", 1.0, 10.5, 17.5, "12.0", "17.5"),), 1, 1.0),
+    ("WBC", "White blood cell count", (("10*3/uL", 1.0, 3.5, 12.0, "4.0", "11.0"),), 1, 1.0),
+    ("TSH", "Thyrotropin", (("m[IU]/L", 0.7, 0.3, 6.0, "0.40", "4.00"), ("uIU/mL", 0.3, 0.3, 6.0, "0.40", "4.00")),
+     2, 1.0),
+    ("K", "Potassium", (("mmol/L", 1.0, 3.3, 5.4, "3.5", "5.1"),), 1, 1.0),
+    ("NA", "Sodium", (("mmol/L", 1.0, 133, 146, "135", "145"),), 0, 1.0),
+    ("VITD", "Vitamin D, 25-hydroxy", (("ng/mL", 1.0, 12, 60, "30", "100"),), 0, 0.7),
+    ("PSA", "Prostate specific antigen", (("ng/mL", 1.0, 0.1, 6.0, None, "4.0"),), 1, 0.5),
+    ("CRP", "C-reactive protein", (("mg/L", 1.0, 0.5, 30.0, None, "5.0"),), 1, 0.5),
+)
+# What a lab system writes instead of a number now and then (quarantined: not a result).
+_NON_NUMERIC_RESULTS = ("hemolyzed", "QNS", "see comment")
 
 _MALE_FIRST = (
     "John", "Michael", "David", "James", "Robert", "William", "Daniel", "Thomas", "Christopher", "Matthew",
@@ -156,6 +290,10 @@ _EPOCH = dt.date(1970, 1, 1)
 
 # Poisson(2) CDF: counts of conditions / encounters per generated patient (mean ~2, capped at 8).
 _POISSON2_CDF = (0.1353, 0.4060, 0.6767, 0.8571, 0.9473, 0.9834, 0.9955, 0.9989)
+_MEDICATIONS_START = dt.date(2010, 1, 1)
+# The clinic's time zone: vital signs carry a local time with its UTC offset.
+_CLINIC_TIME_ZONE = "America/New_York"
+_NPI_PREFIX = "80840"
 
 _M64 = (1 << 64) - 1
 
@@ -207,6 +345,39 @@ def _poisson2(u: pl.Expr) -> pl.Expr:
     return pl.lit(pl.Series(_POISSON2_CDF, dtype=pl.Float64)).search_sorted(u, side="right").cast(pl.UInt32)
 
 
+def _poisson(mean: float, u: pl.Expr, cap: int = 8) -> pl.Expr:
+    """A Poisson(mean) count (capped) for u uniform in [0, 1)."""
+    cdf, term, total = [], math.exp(-mean), 0.0
+    for k in range(cap):
+        total += term
+        cdf.append(total)
+        term *= mean / (k + 1)
+    return pl.lit(pl.Series(cdf, dtype=pl.Float64)).search_sorted(u, side="right").cast(pl.UInt32)
+
+
+def _decimal_text(low: pl.Expr, high: pl.Expr, decimals: pl.Expr, u: pl.Expr) -> pl.Expr:
+    """A value between low and high written with exactly `decimals` decimals ("7.20", not 7.2)."""
+    scale = pl.lit(pl.Series([1, 10, 100, 1000], dtype=pl.Int64)).gather(decimals)
+    scaled = (low * scale).round(0).cast(pl.Int64) + (u * (high - low) * scale).floor().cast(pl.Int64)
+    whole = (scaled // scale).cast(pl.String)
+    fraction = (scaled % scale).cast(pl.String).str.zfill(decimals.cast(pl.Int64))
+    return pl.when(decimals == 0).then(whole).otherwise(whole + "." + fraction)
+
+
+def _npi_check_digit(nine_digits: pl.Expr) -> pl.Expr:
+    """The Luhn check digit of an NPI: computed over the prefix 80840 and the first nine digits."""
+    body = pl.lit(_NPI_PREFIX) + nine_digits
+    total = pl.lit(0, dtype=pl.Int64)
+    for position in range(14):
+        digit = body.str.slice(position, 1).cast(pl.Int64)
+        # The check digit will sit right of position 13, so positions 13, 11, ... are doubled.
+        if (13 - position) % 2 == 0:
+            digit = digit * 2
+            digit = pl.when(digit > 9).then(digit - 9).otherwise(digit)
+        total = total + digit
+    return ((10 - total % 10) % 10).cast(pl.String)
+
+
 def _days(d: dt.date) -> int:
     return (d - _EPOCH).days
 
@@ -252,8 +423,46 @@ def _guide_tables() -> dict[str, pl.DataFrame]:
                 "patient_id": ["P001", "P002"],
                 "date": ["2023-06-15", "2023-06-16"],
                 "type": ["checkup", "emergency"],
+                # The guide has no practitioners: the check-up gets the clinic's first one, the
+                # emergency visit records none (a nullable column, as in most legacy systems).
+                "practitioner_id": ["DR001", None],
             },
             schema=dict.fromkeys(TABLE_COLUMNS["encounters"], s),
+        ),
+        "practitioners": pl.DataFrame(
+            [("DR001", "Maria", "Alvarez", "1234567893", "Family Medicine")],
+            schema=dict.fromkeys(TABLE_COLUMNS["practitioners"], s),
+            orient="row",
+        ),
+        "patient_medications": pl.DataFrame(
+            [
+                ("PM001", "P001", "LIS10", "Lisinopril 10 mg tablet", "Take 1 tablet by mouth once daily", "Active",
+                 "2022-03-20", None),
+                ("PM002", "P001", "MET500", "Metformin 500 mg tablet", "Take 1 tablet by mouth twice daily with meals",
+                 "Active", "2023-01", None),
+                ("PM003", "P002", "IBU200", "Ibuprofen 200 mg tablet",
+                 "Take 2 tablets by mouth every 8 hours as needed with food", "Completed", "2023-06-16", "2023-06-23"),
+            ],
+            schema=dict.fromkeys(TABLE_COLUMNS["patient_medications"], s),
+            orient="row",
+        ),
+        "patient_allergies": pl.DataFrame(
+            [("AL001", "P002", "ALG-PCN", "Penicillin", "Hives", "moderate", "Active", "Confirmed", "2015-04-02")],
+            schema=dict.fromkeys(TABLE_COLUMNS["patient_allergies"], s),
+            orient="row",
+        ),
+        "observations": pl.DataFrame(
+            [
+                ("OB001", "P001", "E001", "vital", "BP-SYS", "Systolic blood pressure", "128", "mm[Hg]", None, None,
+                 "2023-06-15T09:30:00-04:00"),
+                ("OB002", "P001", "E001", "vital", "BP-DIA", "Diastolic blood pressure", "82", "mm[Hg]", None, None,
+                 "2023-06-15T09:30:00-04:00"),
+                ("OB003", "P001", None, "lab", "HBA1C", "Hemoglobin A1c", "7.2", "%", "4.0", "5.6", "2023-06-10"),
+                ("OB004", "P002", "E002", "vital", "HR", "Heart rate", "96", "/min", None, None,
+                 "2023-06-16T22:15:00-04:00"),
+            ],
+            schema=dict.fromkeys(TABLE_COLUMNS["observations"], s),
+            orient="row",
         ),
         "encounter_notes": pl.DataFrame(
             {
@@ -379,11 +588,18 @@ def build_sample_tables(patients: int = 1000, seed: int = 7) -> dict[str, pl.Dat
         .sort("n", "days", "k")
     )
     enc_width = _width(enc.height + 2)
-    enc = enc.with_columns(encounter_id=_key("E", pl.int_range(3, pl.len() + 3, dtype=pl.UInt64), enc_width))
+    practitioner_count = _practitioner_count(patients)
+    practitioner = (pl.lit(1, dtype=pl.UInt64) + (_uniform(rowkey, seed, 15) * practitioner_count).floor().cast(pl.UInt64))
+    enc = enc.with_columns(
+        encounter_id=_key("E", pl.int_range(3, pl.len() + 3, dtype=pl.UInt64), enc_width),
+        # Most visits name their practitioner; some legacy rows do not.
+        practitioner_id=pl.when(_uniform(rowkey, seed, 16) >= 0.08).then(_practitioner_id(practitioner, practitioner_count)),
+    )
     encounters_df = pl.concat(
         [
             guide["encounters"],
-            enc.select("encounter_id", "patient_id", date=_iso(pl.col("days")), type="type"),
+            enc.select("encounter_id", "patient_id", date=_iso(pl.col("days")), type="type",
+                       practitioner_id="practitioner_id"),
         ]
     )
 
@@ -411,13 +627,256 @@ def build_sample_tables(patients: int = 1000, seed: int = 7) -> dict[str, pl.Dat
         note_text="note_text",
     )
 
+    practitioners = _practitioners(patients, seed, guide["practitioners"])
+    medications = _medications(gen, seed, guide["patient_medications"])
+    allergies = _allergies(gen, seed, guide["patient_allergies"])
+    observations = _observations(gen, enc, seed, guide["observations"])
+
     return {
         "patients": patients_df,
         "conditions": conditions,
         "patient_conditions": pl.concat([guide["patient_conditions"], pc]),
+        "practitioners": practitioners,
         "encounters": encounters_df,
         "encounter_notes": pl.concat([guide["encounter_notes"], notes]),
+        "patient_medications": medications,
+        "patient_allergies": allergies,
+        "observations": observations,
     }
+
+
+def _practitioner_count(patients: int) -> int:
+    return max(3, patients // 50)
+
+
+def _practitioner_id(number: pl.Expr, count: int) -> pl.Expr:
+    """DR001 is the guide's practitioner; the generated ones follow as DR000002, DR000003, ..."""
+    return pl.when(number == 1).then(pl.lit("DR001")).otherwise(_key("DR", number, _width(count)))
+
+
+def _practitioners(patients: int, seed: int, guide: pl.DataFrame) -> pl.DataFrame:
+    count = _practitioner_count(patients)
+    n = pl.col("n")
+    nine = (pl.lit(1) + (_uniform(n, seed, 33) * 2).floor().cast(pl.Int64)).cast(pl.String) + (
+        (_uniform(n, seed, 34) * 1e8).floor().cast(pl.Int64).cast(pl.String).str.zfill(8)
+    )
+    check = _npi_check_digit(pl.col("nine"))
+    u_npi = _uniform(n, seed, 35)
+    npi = (
+        pl.when(u_npi < 0.03).then(pl.lit(None, pl.String))  # no NPI recorded
+        .when(u_npi < 0.06).then(pl.col("nine") + ((check.cast(pl.Int64) + 1) % 10).cast(pl.String))  # typo
+        .when(u_npi < 0.08).then(pl.col("nine"))  # a digit short
+        .otherwise(pl.col("nine") + check)
+    )
+    generated = (
+        pl.DataFrame({"n": pl.int_range(2, count + 1, dtype=pl.UInt64, eager=True)})
+        .with_columns(nine=nine)
+        .select(
+            practitioner_id=_practitioner_id(n, count),
+            first_name=_pick(_MALE_FIRST + _FEMALE_FIRST, _uniform(n, seed, 30)),
+            last_name=_pick(_LAST, _uniform(n, seed, 31)),
+            npi=npi,
+            specialty=_pick(_SPECIALTIES, _uniform(n, seed, 32)),
+        )
+    )
+    return pl.concat([guide, generated])
+
+
+def _partial_date(days: pl.Expr, u: pl.Expr, month_share: float, year_share: float) -> pl.Expr:
+    """An ISO date, cut to YYYY-MM or YYYY for a share of rows (legacy systems allowed partial dates)."""
+    text = _iso(days)
+    return (
+        pl.when(u < year_share).then(text.str.slice(0, 4))
+        .when(u < year_share + month_share).then(text.str.slice(0, 7))
+        .otherwise(text)
+    )
+
+
+def _medications(gen: pl.DataFrame, seed: int, guide: pl.DataFrame) -> pl.DataFrame:
+    end = _days(_DATA_END)
+    rowkey = pl.col("n") * 16 + pl.col("k").cast(pl.UInt64)
+    drug = _weighted_index(tuple(m[3] for m in MEDICATION_CATALOGUE), _uniform(rowkey, seed, 21))
+    status = _pick_weighted(tuple(s for s, _ in _MEDICATION_STATUSES), tuple(w for _, w in _MEDICATION_STATUSES),
+                            _uniform(rowkey, seed, 22))
+    meds = (
+        gen.select("n", "patient_id", "birth_days", k=pl.int_ranges(0, _poisson(1.5, _uniform(pl.col("n"), seed, 20)),
+                                                                      dtype=pl.UInt32))
+        .explode("k")
+        .drop_nulls("k")
+        .with_columns(
+            drug=drug,
+            status=status,
+            lo=pl.max_horizontal(pl.col("birth_days") + 1, pl.lit(_days(_MEDICATIONS_START))),
+            u_prec=_uniform(rowkey, seed, 25),
+            u_odd=_uniform(rowkey, seed, 26),
+        )
+        .with_columns(start_days=pl.col("lo") + (_uniform(rowkey, seed, 23) * (end - pl.col("lo") + 1)).floor().cast(pl.Int64))
+        .with_columns(
+            end_days=pl.when(pl.col("status").is_in(["Discontinued", "Completed"])).then(
+                pl.min_horizontal(pl.col("start_days") + 7 + (_uniform(rowkey, seed, 24) * 1100).floor().cast(pl.Int64),
+                                  pl.lit(end))
+            )
+        )
+        .sort("n", "start_days", "k")
+    )
+    start = _partial_date(pl.col("start_days"), pl.col("u_prec"), 0.05, 0.02)
+    # A few impossible dates, as typed into a free-text date field.
+    start = pl.when(pl.col("u_odd") < 0.003).then(_iso(pl.col("start_days")).str.slice(0, 4) + "-02-30").otherwise(start)
+    width = _width(meds.height + 3)
+    generated = meds.select(
+        patient_medication_id=_key("PM", pl.int_range(4, pl.len() + 4, dtype=pl.UInt64), width),
+        patient_id="patient_id",
+        drug_code=pl.lit(pl.Series([m[0] for m in MEDICATION_CATALOGUE], dtype=pl.String)).gather(pl.col("drug")),
+        drug_name=pl.lit(pl.Series([m[1] for m in MEDICATION_CATALOGUE], dtype=pl.String)).gather(pl.col("drug")),
+        dosage_text=pl.lit(pl.Series([m[2] for m in MEDICATION_CATALOGUE], dtype=pl.String)).gather(pl.col("drug")),
+        status="status",
+        start_date=start,
+        end_date=_iso(pl.col("end_days")),
+    )
+    return pl.concat([guide, generated])
+
+
+def _allergies(gen: pl.DataFrame, seed: int, guide: pl.DataFrame) -> pl.DataFrame:
+    end = _days(_DATA_END)
+    rowkey = pl.col("n") * 16 + pl.col("k").cast(pl.UInt64)
+    allergen = _weighted_index(tuple(a[2] for a in ALLERGEN_CATALOGUE), _uniform(rowkey, seed, 41))
+    severity = _weighted_index(tuple(w for _, w in _SEVERITIES), _uniform(rowkey, seed, 42))
+    # Reactions in one flat list, three per severity group (mild, moderate, severe).
+    reactions = tuple(r for group in ("mild", "moderate", "severe") for r in _REACTIONS[group])
+    group = pl.lit(pl.Series([0, 1, 1, 2, 2], dtype=pl.UInt32)).gather(pl.col("severity"))
+    no_reaction = _uniform(rowkey, seed, 44) < 0.08
+    allergies = (
+        gen.select("n", "patient_id", "birth_days", k=pl.int_ranges(0, _poisson(0.5, _uniform(pl.col("n"), seed, 40)),
+                                                                      dtype=pl.UInt32))
+        .explode("k")
+        .drop_nulls("k")
+        .with_columns(allergen=allergen, severity=severity,
+                      lo=pl.max_horizontal(pl.col("birth_days") + 1, pl.lit(_days(_MEDICATIONS_START))))
+        .with_columns(recorded_days=pl.col("lo") + (_uniform(rowkey, seed, 45) * (end - pl.col("lo") + 1)).floor().cast(pl.Int64))
+        # A patient has each allergen once on the list.
+        .unique(subset=["n", "allergen"], keep="first", maintain_order=True)
+        .sort("n", "recorded_days", "k")
+    )
+    u_recorded = _uniform(rowkey, seed, 46)
+    verification = _pick_weighted(("Confirmed", "Unconfirmed", ""), (0.68, 0.28, 0.04), _uniform(rowkey, seed, 47))
+    width = _width(allergies.height + 1)
+    generated = allergies.select(
+        patient_allergy_id=_key("AL", pl.int_range(2, pl.len() + 2, dtype=pl.UInt64), width),
+        patient_id="patient_id",
+        allergen_code=pl.lit(pl.Series([a[0] for a in ALLERGEN_CATALOGUE], dtype=pl.String)).gather(pl.col("allergen")),
+        allergen_name=pl.lit(pl.Series([a[1] for a in ALLERGEN_CATALOGUE], dtype=pl.String)).gather(pl.col("allergen")),
+        reaction=pl.when(~no_reaction).then(
+            pl.lit(pl.Series(reactions, dtype=pl.String)).gather(
+                group * 3 + (_uniform(rowkey, seed, 43) * 3).floor().cast(pl.UInt32)
+            )
+        ),
+        severity=pl.when(~no_reaction).then(
+            pl.lit(pl.Series([s for s, _ in _SEVERITIES], dtype=pl.String)).gather(pl.col("severity"))
+        ),
+        clinical_status=_pick_weighted(("Active", "Inactive", "Resolved"), (0.9, 0.06, 0.04), _uniform(rowkey, seed, 48)),
+        verification_status=pl.when(verification != "").then(verification),
+        recorded_date=pl.when(u_recorded >= 0.03).then(
+            _partial_date(pl.col("recorded_days"), u_recorded - 0.03, 0.04, 0.0)
+        ),
+    )
+    return pl.concat([guide, generated])
+
+
+def _variants(tests: tuple, with_reference: bool) -> pl.DataFrame:
+    """One row per (test, unit) with the probability of drawing it."""
+    rows = []
+    total = sum(test[4] for test in tests)
+    for code, name, units, decimals, weight in tests:
+        unit_total = sum(unit[1] for unit in units)
+        for unit in units:
+            low_ref, high_ref = (unit[4], unit[5]) if with_reference else (None, None)
+            rows.append((code, name, unit[0], float(unit[2]), float(unit[3]), low_ref, high_ref, decimals,
+                         weight / total * unit[1] / unit_total))
+    return pl.DataFrame(
+        rows,
+        schema={"code": pl.String, "name": pl.String, "unit": pl.String, "low": pl.Float64, "high": pl.Float64,
+                "reference_low": pl.String, "reference_high": pl.String, "decimals": pl.UInt32, "weight": pl.Float64},
+        orient="row",
+    )
+
+
+def _draw_test(variants: pl.DataFrame, u: pl.Expr) -> list[pl.Expr]:
+    index = _weighted_index(tuple(variants["weight"].to_list()), u)
+    return [pl.lit(variants[name]).gather(index).alias(name) for name in variants.columns if name != "weight"]
+
+
+def _observations(gen: pl.DataFrame, enc: pl.DataFrame, seed: int, guide: pl.DataFrame) -> pl.DataFrame:
+    end = _days(_DATA_END)
+    # Vital signs: taken at encounters (0 to 4 per visit), at a local time with its UTC offset.
+    vkey = (pl.col("n") * 16 + pl.col("k").cast(pl.UInt64)) * 8 + pl.col("j").cast(pl.UInt64)
+    vitals = (
+        enc.select("n", "k", "patient_id", "encounter_id", "days",
+                   j=pl.int_ranges(0, _weighted_index((0.2, 0.15, 0.25, 0.2, 0.2),
+                                                      _uniform(pl.col("n") * 16 + pl.col("k").cast(pl.UInt64), seed, 50)),
+                                   dtype=pl.UInt32))
+        .explode("j")
+        .drop_nulls("j")
+        .with_columns(_draw_test(_variants(VITAL_SIGNS, with_reference=False), _uniform(vkey, seed, 51)))
+        .unique(subset=["encounter_id", "code"], keep="first", maintain_order=True)
+        .with_columns(
+            value=_decimal_text(pl.col("low"), pl.col("high"), pl.col("decimals"), _uniform(vkey, seed, 52)),
+            local_time=pl.col("days").cast(pl.Int32).cast(pl.Date).cast(pl.Datetime("us"))
+            + pl.duration(minutes=480 + (_uniform(pl.col("n") * 16 + pl.col("k").cast(pl.UInt64), seed, 53) * 600)
+                          .floor().cast(pl.Int64)),
+            u_odd=_uniform(vkey, seed, 54),
+        )
+        .with_columns(
+            observed_at=pl.when(pl.col("u_odd") < 0.004)
+            # Now and then a time without its UTC offset (quarantined: FHIR requires one).
+            .then(pl.col("local_time").dt.strftime("%Y-%m-%d %H:%M"))
+            .otherwise(pl.col("local_time").dt.replace_time_zone(_CLINIC_TIME_ZONE).dt.strftime("%Y-%m-%dT%H:%M:%S%:z")),
+            category=pl.lit("vital"),
+        )
+    )
+    # Labs: drawn outside visits (no encounter), reported with the collection date only.
+    lkey = pl.col("n") * 16 + pl.col("k").cast(pl.UInt64)
+    u_value = _uniform(lkey, seed, 62)
+    labs = (
+        gen.select("n", "patient_id", "birth_days", k=pl.int_ranges(0, _poisson(1.5, _uniform(pl.col("n"), seed, 60)),
+                                                                      dtype=pl.UInt32))
+        .explode("k")
+        .drop_nulls("k")
+        .with_columns(_draw_test(_variants(LAB_TESTS, with_reference=True), _uniform(lkey, seed, 61)))
+        .with_columns(
+            lo=pl.max_horizontal(pl.col("birth_days") + 1, pl.lit(_days(_ENCOUNTERS_START))),
+            u_odd=_uniform(lkey, seed, 63),
+        )
+        .with_columns(days=pl.col("lo") + (_uniform(lkey, seed, 64) * (end - pl.col("lo") + 1)).floor().cast(pl.Int64))
+        .with_columns(
+            value=pl.when(pl.col("u_odd") < 0.008)
+            .then(_pick(_NON_NUMERIC_RESULTS, _uniform(lkey, seed, 65)))
+            # Below the assay's detection limit, reported with a comparator.
+            .when((pl.col("code") == "CRP") & (u_value < 0.3)).then(pl.lit("<0.5"))
+            .otherwise(_decimal_text(pl.col("low"), pl.col("high"), pl.col("decimals"), u_value)),
+            observed_at=_partial_date(pl.col("days"), _uniform(lkey, seed, 66), 0.02, 0.0),
+            encounter_id=pl.lit(None, pl.String),
+            category=pl.lit("lab"),
+        )
+    )
+    columns = ["n", "days", "patient_id", "encounter_id", "category", "code", "name", "value", "unit", "reference_low",
+               "reference_high", "observed_at"]
+    both = pl.concat([vitals.select(columns), labs.select(columns)]).sort("n", "days", "category", "code",
+                                                                         maintain_order=True)
+    width = _width(both.height + 4)
+    generated = both.select(
+        observation_id=_key("OB", pl.int_range(5, pl.len() + 5, dtype=pl.UInt64), width),
+        patient_id="patient_id",
+        encounter_id="encounter_id",
+        category="category",
+        test_code="code",
+        test_name="name",
+        value="value",
+        unit="unit",
+        reference_low="reference_low",
+        reference_high="reference_high",
+        observed_at="observed_at",
+    )
+    return pl.concat([guide, generated])
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -261,9 +261,13 @@ def _target_identifiers(client: MedplumClient, expectations: pl.DataFrame) -> di
 
 
 def _reference_at(resource: dict[str, Any], path: str) -> str | None:
+    """The reference at a dotted path; a number steps into a list (`participant.0.individual`)."""
     value: Any = resource
     for part in path.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
+        if isinstance(value, list):
+            value = value[int(part)] if part.isdigit() and int(part) < len(value) else None
+        else:
+            value = value.get(part) if isinstance(value, dict) else None
     return value.get("reference") if isinstance(value, dict) else None
 
 

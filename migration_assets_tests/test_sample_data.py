@@ -9,9 +9,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from migration_assets.elements.practitioners import valid_npi
 from migration_assets.sample_data import (
     CONDITION_CATALOGUE,
     ENCOUNTER_TYPES,
+    NULLABLE_COLUMNS,
+    TABLE_COLUMNS,
+    TABLE_PRIMARY_KEYS,
     TABLES,
     _width,
     build_sample_tables,
@@ -28,7 +32,10 @@ GUIDE_PATIENT_CONDITIONS = [
     ("PC002", "P001", "DM002", "2023-01-10"),
     ("PC003", "P002", "HT001", "2023-02-22"),
 ]
-GUIDE_ENCOUNTERS = [("E001", "P001", "2023-06-15", "checkup"), ("E002", "P002", "2023-06-16", "emergency")]
+GUIDE_ENCOUNTERS = [
+    ("E001", "P001", "2023-06-15", "checkup", "DR001"),
+    ("E002", "P002", "2023-06-16", "emergency", None),
+]
 GUIDE_NOTES = [
     (
         "N001",
@@ -56,11 +63,15 @@ def test_tables_and_columns(tables: dict[str, pl.DataFrame]) -> None:
     assert tables["patients"].columns == ["patient_id", "first_name", "last_name", "birth_date", "gender"]
     assert tables["conditions"].columns == ["condition_id", "condition_name", "icd10_code"]
     assert tables["patient_conditions"].columns == ["patient_condition_id", "patient_id", "condition_id", "onset_date"]
-    assert tables["encounters"].columns == ["encounter_id", "patient_id", "date", "type"]
+    assert tables["encounters"].columns == ["encounter_id", "patient_id", "date", "type", "practitioner_id"]
     assert tables["encounter_notes"].columns == ["note_id", "encounter_id", "note_text"]
-    for df in tables.values():
+    assert set(TABLE_COLUMNS) == set(TABLES) == set(TABLE_PRIMARY_KEYS)
+    for name, df in tables.items():
+        assert tuple(df.columns) == TABLE_COLUMNS[name]
+        assert TABLE_PRIMARY_KEYS[name] in df.columns
         assert set(df.schema.values()) == {pl.String}
-        assert df.null_count().sum_horizontal().item() == 0
+        filled = [c for c in df.columns if c not in NULLABLE_COLUMNS.get(name, ())]
+        assert df.select(filled).null_count().sum_horizontal().item() == 0, name
 
 
 def test_guide_rows_come_first_and_exact(tables: dict[str, pl.DataFrame]) -> None:
@@ -79,6 +90,12 @@ def test_two_patients_is_exactly_the_guide() -> None:
     assert t["patient_conditions"].rows() == GUIDE_PATIENT_CONDITIONS
     assert t["encounters"].rows() == GUIDE_ENCOUNTERS
     assert t["encounter_notes"].rows() == GUIDE_NOTES
+    # The rest of the chart: the guide's patients get a few rows of each, and the clinic at least
+    # three practitioners.
+    assert t["practitioners"].height == 3 and t["practitioners"]["practitioner_id"][0] == "DR001"
+    assert t["patient_medications"]["patient_medication_id"].to_list() == ["PM001", "PM002", "PM003"]
+    assert t["patient_allergies"]["patient_allergy_id"].to_list() == ["AL001"]
+    assert t["observations"]["observation_id"].to_list() == ["OB001", "OB002", "OB003", "OB004"]
     with pytest.raises(ValueError, match="patients must be >= 2"):
         build_sample_tables(1)
 
@@ -101,6 +118,10 @@ def test_keys_unique_and_styled(tables: dict[str, pl.DataFrame]) -> None:
         ("patient_conditions", "patient_condition_id", r"^PC\d{3,}$"),
         ("encounters", "encounter_id", r"^E\d{3,}$"),
         ("encounter_notes", "note_id", r"^N\d{3,}$"),
+        ("practitioners", "practitioner_id", r"^DR\d{3,}$"),
+        ("patient_medications", "patient_medication_id", r"^PM\d{3,}$"),
+        ("patient_allergies", "patient_allergy_id", r"^AL\d{3,}$"),
+        ("observations", "observation_id", r"^OB\d{3,}$"),
         ("patients", "patient_id", r"^P\d{3,}$"),
     ]:
         assert tables[table][key].is_unique().all(), table
@@ -121,6 +142,39 @@ def test_referential_integrity(tables: dict[str, pl.DataFrame]) -> None:
     assert notes.join(enc, on="encounter_id", how="anti").height == 0
     assert notes["encounter_id"].is_unique().all()  # at most one note per encounter
     assert pc.select("patient_id", "condition_id").is_unique().all()
+    pract = tables["practitioners"]
+    assert enc.drop_nulls("practitioner_id").join(pract, on="practitioner_id", how="anti").height == 0
+    for table in ("patient_medications", "patient_allergies", "observations"):
+        assert tables[table].join(pats, on="patient_id", how="anti").height == 0, table
+    obs = tables["observations"].drop_nulls("encounter_id")
+    # An observation taken at an encounter belongs to that encounter's patient.
+    assert obs.join(enc, on=["encounter_id", "patient_id"], how="anti").height == 0
+
+
+def test_the_rest_of_the_chart_at_scale_and_with_a_few_odd_values(tables: dict[str, pl.DataFrame]) -> None:
+    n = tables["patients"].height
+    pract, meds, allergies, obs = (
+        tables[t] for t in ("practitioners", "patient_medications", "patient_allergies", "observations")
+    )
+    assert pract.height == n // 50
+    assert 1.3 < meds.height / n < 1.7
+    assert 0.4 < allergies.height / n < 0.6
+    assert 4.5 < obs.height / n < 5.5
+    assert 0.85 < tables["encounters"]["practitioner_id"].is_not_null().mean() < 0.97  # type: ignore[operator]
+    # Odd values, each a small share: invalid or missing NPIs, partial and impossible dates,
+    # non-UCUM units, non-numeric results, unknown statuses and severities, times without offset.
+    npi_ok = pract.select(valid_npi(pl.col("npi"))).to_series()
+    assert 0.85 < npi_ok.mean() < 0.99  # type: ignore[operator]
+    assert 0 < meds["start_date"].str.len_chars().is_in([4, 7]).mean() < 0.1  # type: ignore[operator]
+    assert 0 < meds["start_date"].str.contains("-02-30").sum() < n * 0.01
+    assert 0 < (meds["status"] == "Pending review").sum() < n * 0.02
+    assert 0 < (allergies["severity"] == "high").sum() < allergies.height * 0.02
+    assert obs["unit"].is_in(["mmHg", "bpm", "F", "lbs", "uIU/mL"]).any()
+    assert 0 < obs["value"].is_in(["hemolyzed", "QNS", "see comment"]).sum() < obs.height * 0.01
+    with_offset = obs["observed_at"].str.contains(r"T\d{2}:\d{2}:\d{2}[+-]\d{2}:\d{2}$")
+    date_only = obs["observed_at"].str.contains(r"^\d{4}-\d{2}(-\d{2})?$")
+    assert (with_offset | date_only).mean() > 0.99  # type: ignore[operator]
+    assert with_offset.any() and date_only.any()
 
 
 def test_plausible_distributions(tables: dict[str, pl.DataFrame]) -> None:

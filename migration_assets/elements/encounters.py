@@ -1,5 +1,7 @@
 """Encounters and their notes: legacy `encounters` to FHIR Encounter, `encounter_notes` to
-ClinicalImpression. An Encounter and its notes are written in one transaction (urn:uuid link)."""
+ClinicalImpression. An Encounter and its notes are written in one transaction (urn:uuid link).
+An encounter's practitioner (nullable `practitioner_id`) becomes its participant; one that is not in
+the practitioners table is an orphan reference and quarantines the encounter."""
 
 from collections.abc import Mapping
 
@@ -25,7 +27,14 @@ from migration_assets.terminology import V3_ACT_CODE, read_map
 
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
     known_patients = tables["patients"].select("patient_id", patient_in_source=pl.lit(True)).unique("patient_id")
-    encounters = tables["encounters"].join(known_patients, on="patient_id", how="left")
+    known_practitioners = (
+        tables["practitioners"].select("practitioner_id", practitioner_in_source=pl.lit(True)).unique("practitioner_id")
+    )
+    encounters = (
+        tables["encounters"]
+        .join(known_patients, on="patient_id", how="left", maintain_order="left")
+        .join(known_practitioners, on="practitioner_id", how="left", maintain_order="left")
+    )
     # A note takes its patient and date from its encounter; duplicated encounter keys must not
     # multiply notes (the duplicates themselves are quarantined with the encounters).
     parents = encounters.unique("encounter_id", keep="first").select(
@@ -65,7 +74,15 @@ def transform(source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
     )
     frame = quarantine(frame, "invalid_date", invalid_date("date"), "date is not a real date")
     frame = quarantine(frame, "future_date", future_date("date"), "date lies in the future")
-    return frame.drop("patient_in_source", "encounter_in_source", "type_known")
+    frame = quarantine(
+        frame,
+        "orphan_reference",
+        pl.col("practitioner_id").is_not_null() & ~pl.col("practitioner_in_source").fill_null(False),
+        pl.format("practitioner_id {} is not in the practitioners table", pl.col("practitioner_id")),
+    )
+    # An encounter without a practitioner expects no participant reference.
+    frame = frame.with_columns(pl.col("references").list.drop_nulls())
+    return frame.drop("patient_in_source", "encounter_in_source", "type_known", "practitioner_in_source")
 
 
 def _encounters(rows: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
@@ -84,19 +101,31 @@ def _encounters(rows: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
             )
         ).alias("type"),
         reference(pl.col("subject_reference")).alias("subject"),
+        pl.concat_list(pl.struct(reference(pl.col("practitioner_reference")).alias("individual"))).alias("participant"),
         # The legacy date has day precision; it is kept so, not stretched to a midnight time.
         pl.struct(pl.col("date").alias("start")).alias("period"),
     )
+    practitioner_system = system.identifier_system("practitioner")
     frame = (
-        rows.join(types, on="type", how="left")
-        .with_columns(type_known=pl.col("type_known").fill_null(False))
+        rows.join(types, on="type", how="left", maintain_order="left")
+        .with_columns(
+            type_known=pl.col("type_known").fill_null(False),
+            practitioner_reference=conditional_reference("Practitioner", practitioner_system, pl.col("practitioner_id")),
+        )
         .select(
             frame_columns(
                 "Encounter",
                 system.identifier_system("encounter"),
                 pl.col("encounter_id"),
                 resource,
-                references=[_subject(system)],
+                references=[
+                    _subject(system),
+                    pl.when(pl.col("practitioner_id").is_not_null()).then(
+                        expected_reference(
+                            "participant.0.individual", "Practitioner", practitioner_system, pl.col("practitioner_id")
+                        )
+                    ),
+                ],
                 full_url=pl.col("encounter_url"),
             ),
             patient_id=pl.col("patient_id"),
@@ -104,6 +133,9 @@ def _encounters(rows: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
             subject_reference=pl.col("subject_reference"),
             date=pl.col("date"),
             class_code=pl.col("class_code"),
+            practitioner_id=pl.col("practitioner_id"),
+            practitioner_reference=pl.col("practitioner_reference"),
+            practitioner_in_source=pl.col("practitioner_in_source"),
             patient_in_source=pl.col("patient_in_source"),
             encounter_in_source=pl.lit(True),
             type_known=pl.col("type_known"),
@@ -162,6 +194,7 @@ def _subject(system: SourceSystem) -> pl.Expr:
 
 class EncounterFrame(FrameModel):
     subject_reference: str = pa.Field(str_matches=CONDITIONAL_REFERENCE)
+    practitioner_reference: str = pa.Field(str_matches=CONDITIONAL_REFERENCE, nullable=True)
     date: str = pa.Field(str_matches=DATE)
     class_code: str = pa.Field(isin=["AMB", "EMER", "IMP", "VR", "HH"])
 
@@ -175,8 +208,8 @@ ELEMENT = DataElement(
     name="encounters",
     description="Encounters to FHIR Encounter, each with its notes as ClinicalImpression in one transaction.",
     mapping_version="1.0.0",
-    source_tables=("encounters", "encounter_notes", "patients"),
-    requires=("patients",),
+    source_tables=("encounters", "encounter_notes", "patients", "practitioners"),
+    requires=("patients", "practitioners"),
     extract=extract,
     transform=transform,
     schemas={"Encounter": EncounterFrame, "ClinicalImpression": ClinicalImpressionFrame},

@@ -1,0 +1,94 @@
+"""Practitioners: legacy `practitioners` rows to FHIR Practitioner, keyed by practitioner_id.
+
+The NPI becomes a second identifier (http://hl7.org/fhir/sid/us-npi) only when it is a real NPI: ten
+digits whose Luhn check digit, computed with the 80840 prefix, is right. An invalid NPI is not a
+reason to leave the practitioner out (encounters point at them): the practitioner is written without
+the NPI identifier, the frame's `npi_dropped` column marks the row, and the `fhir_frames` asset
+reports how many were dropped. The legacy value stays in the source table for correction.
+"""
+
+from collections.abc import Mapping
+
+import pandera.polars as pa
+import polars as pl
+
+from migration_assets.elements.base import DataElement, FrameModel, SourceSystem, frame_columns
+from migration_assets.terminology import NPI
+
+NPI_PREFIX = "80840"
+
+# For the mapping register: what each column's rule is, in a few words.
+REGISTER_NOTES = {
+    "practitioner_id": "source identifier (system .../identifier/practitioner)",
+    "npi": "second identifier (us-npi) only when 10 digits and the Luhn check with prefix 80840 passes; "
+    "an invalid NPI is dropped (counted in npi_dropped), the practitioner kept",
+}
+# Source columns this element cannot map yet, and why.
+UNSUPPORTED = {
+    "specialty": "FHIR R4 puts a specialty on PractitionerRole, which this element does not write yet; "
+    "the value stays in the legacy table",
+}
+
+
+def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
+    return tables["practitioners"].with_columns(source_table=pl.lit("practitioners"))
+
+
+def valid_npi(npi: pl.Expr) -> pl.Expr:
+    """True for a ten-digit NPI whose check digit passes Luhn over 80840 + the NPI (CMS' rule)."""
+    digits = pl.lit(NPI_PREFIX) + npi
+    total = pl.lit(0, dtype=pl.Int64)
+    for position in range(15):
+        digit = digits.str.slice(position, 1).cast(pl.Int64, strict=False)
+        if (14 - position) % 2 == 1:  # every second digit from the right, check digit excluded
+            digit = digit * 2
+            digit = pl.when(digit > 9).then(digit - 9).otherwise(digit)
+        total = total + digit
+    return (npi.str.contains(r"^\d{10}$") & (total % 10 == 0)).fill_null(False)
+
+
+def transform(source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
+    practitioner_system = system.identifier_system("practitioner")
+    raw_npi = pl.col("npi").str.strip_chars()
+    frame = source.with_columns(
+        written_npi=pl.when(valid_npi(raw_npi)).then(raw_npi),
+        npi_dropped=raw_npi.is_not_null() & (raw_npi != "") & ~valid_npi(raw_npi),
+    )
+    resource = pl.struct(
+        pl.lit("Practitioner").alias("resourceType"),
+        pl.concat_list(
+            pl.struct(pl.lit(practitioner_system).alias("system"), pl.col("practitioner_id").alias("value")),
+            pl.when(pl.col("written_npi").is_not_null()).then(
+                pl.struct(pl.lit(NPI).alias("system"), pl.col("written_npi").alias("value"))
+            ),
+        )
+        .list.drop_nulls()
+        .alias("identifier"),
+        pl.concat_list(
+            pl.struct(
+                pl.concat_list(pl.col("first_name")).list.drop_nulls().alias("given"),
+                pl.col("last_name").alias("family"),
+            )
+        ).alias("name"),
+    )
+    return frame.select(
+        frame_columns("Practitioner", practitioner_system, pl.col("practitioner_id"), resource),
+        npi=pl.col("written_npi"),
+        npi_dropped=pl.col("npi_dropped"),
+    )
+
+
+class PractitionerFrame(FrameModel):
+    npi: str = pa.Field(str_matches=r"^\d{10}$", nullable=True)
+
+
+ELEMENT = DataElement(
+    name="practitioners",
+    description="Practitioners to FHIR Practitioner with their NPI (where valid) as a second identifier.",
+    mapping_version="1.0.0",
+    source_tables=("practitioners",),
+    requires=(),
+    extract=extract,
+    transform=transform,
+    schemas={"Practitioner": PractitionerFrame},
+)
