@@ -63,6 +63,10 @@ def fhir_frames(
             **counts({"resources": frame.height, "quarantined": quarantined, "eligible": frame.height - quarantined}),
             "quarantine": table(quarantine_summary(frame)),
             "resources_by_type": table(frame.group_by("resource_type").len().sort("resource_type")),
+            # Local codes with no approved standard mapping (kept local, never guessed), and values an
+            # element dropped rather than write invalid (e.g. invalid NPIs), where the frame says so.
+            **counts({"unmapped_codes": int((~frame["code_mapped"]).sum())} if "code_mapped" in frame.columns else {}),
+            **counts({name: int(frame[name].sum()) for name in frame.columns if name.endswith("_dropped")}),
         },
     )
 
