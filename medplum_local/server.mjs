@@ -11,7 +11,11 @@
 //   MEDPLUM_LOCAL_TRANSACTION_BUNDLES   true|false: the project feature `transaction-bundles` (default true)
 //   MEDPLUM_LOCAL_FHIR_QUOTA            FHIR interaction points per client per minute (default 0 = off)
 //   MEDPLUM_LOCAL_LOG                   1 = log each request to stderr
+//   MEDPLUM_LOCAL_DATA_FILE             NDJSON file the store persists to (default unset = memory only)
+//   MEDPLUM_LOCAL_SAVE_IDLE_SECONDS     save this long after the last write (default 2; at most 30 s of writes)
+import fs from 'node:fs';
 import http from 'node:http';
+import nodePath from 'node:path';
 import { pathToFileURL } from 'node:url';
 import {
   accepted,
@@ -34,6 +38,9 @@ const MAX_BODY_BYTES = 50 * 1024 * 1024; // Medplum's default bundle size limit
 const DEFAULT_SEARCH_COUNT = 20;
 const MAX_SEARCH_COUNT = 1000;
 const FHIR_JSON = 'application/fhir+json; charset=utf-8';
+const STORE_FORMAT = 'medplum-local-store';
+const STORE_VERSION = 1;
+const SAVE_MAX_DELAY_MS = 30_000; // while writes go on without a pause, save at least this often
 
 export function readConfig(env = process.env) {
   const flag = (value, fallback) =>
@@ -46,7 +53,13 @@ export function readConfig(env = process.env) {
     transactionBundles: flag(env.MEDPLUM_LOCAL_TRANSACTION_BUNDLES, true),
     fhirQuota: Number.parseInt(env.MEDPLUM_LOCAL_FHIR_QUOTA || '0', 10) || 0,
     log: flag(env.MEDPLUM_LOCAL_LOG, false),
+    dataFile: env.MEDPLUM_LOCAL_DATA_FILE ? nodePath.resolve(env.MEDPLUM_LOCAL_DATA_FILE) : null,
+    saveIdleSeconds: nonNegative(Number.parseFloat(env.MEDPLUM_LOCAL_SAVE_IDLE_SECONDS ?? ''), 2),
   };
+}
+
+function nonNegative(value, fallback) {
+  return Number.isFinite(value) && value >= 0 ? value : fallback;
 }
 
 /** Runs async functions one at a time: the in-memory store then behaves like serializable transactions. */
@@ -70,6 +83,10 @@ export function createLocalMedplum(config) {
   });
   const limiter = new RateLimiter(config.fhirQuota);
   const serialize = createSerializer();
+  // Throws a DataFileError (the server must not start) if the data file exists but cannot be loaded.
+  const persistence = config.dataFile
+    ? createPersistence({ repo, file: config.dataFile, serialize, idleMs: config.saveIdleSeconds * 1000 })
+    : null;
   // `transactions: false` makes the stock BatchProcessor treat a transaction like a batch, as Medplum does
   // for projects without the transaction-bundles feature; `true` enables atomicity and the size limits.
   const requestConfig = { transactions: config.transactionBundles };
@@ -213,8 +230,232 @@ export function createLocalMedplum(config) {
   return {
     server,
     repo,
+    persistence,
     setBaseUrl(value) {
       baseUrl = value;
+    },
+  };
+}
+
+// ---- persistence (MEDPLUM_LOCAL_DATA_FILE) ---------------------------------------------------------
+//
+// File format (NDJSON, one JSON value per line):
+//   {"format":"medplum-local-store","version":1,"savedAt":"..."}
+//   {"resourceType":"Patient","id":"...","current":1,"versions":[<oldest>, ..., <newest>]}   (one per id)
+//   {"end":"medplum-local-store","resources":<number of id lines>}
+// `current` is the index of the current version in `versions`, -1 for a deleted resource (history kept).
+// The end line detects a truncated file. Writes go to a temporary file in the same folder, fsync, rename.
+
+/** The data file exists but cannot be read or loaded, or its folder is not writable. */
+export class DataFileError extends Error {}
+
+/**
+ * Loads the data file into `repo` (no validation, no conditional references, no quota).
+ * @returns {{resources: number, versions: number} | null} null if the file does not exist
+ */
+export function loadStore(repo, file) {
+  let buffer;
+  try {
+    buffer = fs.readFileSync(file);
+  } catch (err) {
+    if (err.code === 'ENOENT') {
+      return null;
+    }
+    throw new DataFileError(`cannot read data file ${file}: ${err.message}`);
+  }
+  const fail = (lineNumber, message) => new DataFileError(`data file ${file} is corrupt: line ${lineNumber}: ${message}`);
+  let header;
+  let end;
+  let resources = 0;
+  let versions = 0;
+  let lineNumber = 0;
+  for (let start = 0; start < buffer.length; ) {
+    let stop = buffer.indexOf(10, start);
+    if (stop < 0) {
+      stop = buffer.length;
+    }
+    lineNumber++;
+    if (stop > start) {
+      if (end) {
+        throw fail(lineNumber, 'data after the end line');
+      }
+      let value;
+      try {
+        value = JSON.parse(buffer.toString('utf8', start, stop));
+      } catch (err) {
+        throw fail(lineNumber, `invalid JSON (${err.message})`);
+      }
+      if (!header) {
+        if (value?.format !== STORE_FORMAT) {
+          throw fail(lineNumber, `not a ${STORE_FORMAT} file (no header line {"format":"${STORE_FORMAT}",...})`);
+        }
+        if (value.version !== STORE_VERSION) {
+          throw fail(lineNumber, `unsupported ${STORE_FORMAT} version ${JSON.stringify(value.version)}`);
+        }
+        header = value;
+      } else if (value?.end === STORE_FORMAT) {
+        end = value;
+      } else {
+        try {
+          repo.loadStoredRecord(value);
+        } catch (err) {
+          throw fail(lineNumber, err.message);
+        }
+        resources++;
+        versions += value.versions.length;
+      }
+    }
+    start = stop + 1;
+  }
+  if (!header) {
+    throw new DataFileError(`data file ${file} is corrupt: it is empty (no ${STORE_FORMAT} header line)`);
+  }
+  if (!end) {
+    throw new DataFileError(`data file ${file} is corrupt: truncated after ${resources} resources (no end line)`);
+  }
+  if (end.resources !== resources) {
+    throw new DataFileError(
+      `data file ${file} is corrupt: the end line counts ${end.resources} resources, the file holds ${resources}`
+    );
+  }
+  return { resources, versions };
+}
+
+/** Writes the whole store to `file` atomically (temporary file in the same folder, fsync, rename). */
+export function saveStore(repo, file) {
+  const folder = nodePath.dirname(file);
+  const temporary = nodePath.join(folder, `.${nodePath.basename(file)}.${process.pid}.tmp`);
+  const fd = fs.openSync(temporary, 'w');
+  let resources = 0;
+  let written = false;
+  try {
+    const parts = [];
+    let size = 0;
+    const flush = () => {
+      const data = Buffer.from(parts.join(''), 'utf8');
+      for (let offset = 0; offset < data.length; ) {
+        offset += fs.writeSync(fd, data, offset);
+      }
+      parts.length = 0;
+      size = 0;
+    };
+    const line = (value) => {
+      const text = JSON.stringify(value);
+      parts.push(text, '\n');
+      size += text.length;
+      if (size > 4 * 1024 * 1024) {
+        flush();
+      }
+    };
+    line({ format: STORE_FORMAT, version: STORE_VERSION, savedAt: new Date().toISOString() });
+    for (const record of repo.storedRecords()) {
+      line(record);
+      resources++;
+    }
+    line({ end: STORE_FORMAT, resources });
+    flush();
+    fs.fsyncSync(fd);
+    written = true;
+  } finally {
+    fs.closeSync(fd);
+    if (!written) {
+      fs.rmSync(temporary, { force: true });
+    }
+  }
+  fs.renameSync(temporary, file);
+  try {
+    // Make the rename itself durable (not supported everywhere; the data is already synced).
+    const folderFd = fs.openSync(folder, 'r');
+    try {
+      fs.fsyncSync(folderFd);
+    } finally {
+      fs.closeSync(folderFd);
+    }
+  } catch {
+    // ignore
+  }
+  return resources;
+}
+
+/**
+ * Loads `file` (if it exists) into `repo`, then saves the store `idleMs` after the last write (debounced,
+ * but at least every SAVE_MAX_DELAY_MS while writes continue) and on flush() (clean shutdown). Saves run
+ * through `serialize`, so never in the middle of a request (a half-done transaction is never written).
+ */
+function createPersistence({ repo, file, serialize, idleMs }) {
+  const folder = nodePath.dirname(file);
+  try {
+    fs.mkdirSync(folder, { recursive: true });
+    fs.accessSync(folder, fs.constants.W_OK);
+  } catch (err) {
+    throw new DataFileError(`cannot write data file ${file}: ${err.message}`);
+  }
+  const started = performance.now();
+  const loaded = loadStore(repo, file);
+  const seconds = ((performance.now() - started) / 1000).toFixed(2);
+  console.error(
+    loaded
+      ? `medplum-local: loaded ${loaded.resources} resources (${loaded.versions} versions) from ${file} in ${seconds} s`
+      : `medplum-local: data file ${file} does not exist yet; starting empty`
+  );
+
+  let dirty = false;
+  let firstChangeAt = 0;
+  let lastChangeAt = 0;
+  let timer = null;
+
+  const save = () =>
+    serialize(() => {
+      if (!dirty) {
+        return null;
+      }
+      dirty = false;
+      try {
+        return saveStore(repo, file);
+      } catch (err) {
+        dirty = true;
+        throw err;
+      }
+    });
+
+  const arm = (delay) => {
+    timer = setTimeout(onTimer, Math.max(0, delay));
+    timer.unref();
+  };
+  function onTimer() {
+    timer = null;
+    const wait = Math.min(lastChangeAt + idleMs, firstChangeAt + SAVE_MAX_DELAY_MS) - Date.now();
+    if (wait > 0) {
+      arm(wait);
+      return;
+    }
+    firstChangeAt = 0;
+    save().catch((err) => {
+      console.error(`medplum-local: could not save the store to ${file}: ${err.message}`);
+      repo.onChange(); // retry later
+    });
+  }
+  repo.onChange = () => {
+    dirty = true;
+    lastChangeAt = Date.now();
+    if (!firstChangeAt) {
+      firstChangeAt = lastChangeAt;
+    }
+    if (!timer) {
+      arm(idleMs);
+    }
+  };
+
+  return {
+    file,
+    /** Saves now if anything changed (waits for the request in progress); resolves to the count or null. */
+    flush() {
+      if (timer) {
+        clearTimeout(timer);
+        timer = null;
+      }
+      firstChangeAt = 0;
+      return save();
     },
   };
 }
@@ -264,7 +505,19 @@ function addPagingLinks(bundle, searchUrl, query) {
 
 async function main() {
   const config = readConfig();
-  const app = createLocalMedplum(config);
+  let app;
+  try {
+    app = createLocalMedplum(config);
+  } catch (err) {
+    if (err instanceof DataFileError) {
+      console.error(
+        `medplum-local: cannot start: ${err.message}. Fix or remove the file (MEDPLUM_LOCAL_DATA_FILE); ` +
+          'the server does not start with an empty store in its place.'
+      );
+      process.exit(1);
+    }
+    throw err;
+  }
   app.server.listen(config.port, '127.0.0.1', () => {
     const { port } = app.server.address();
     app.setBaseUrl(`http://127.0.0.1:${port}/`);
@@ -274,11 +527,40 @@ async function main() {
     console.error('medplum-local: cannot listen:', err.message);
     process.exit(1);
   });
+  let stopping = false;
   const shutdown = (signal) => {
+    if (stopping) {
+      if (app.persistence) {
+        console.error(`medplum-local: ${signal} again, exiting without saving`);
+        process.exit(1);
+      }
+      return;
+    }
+    stopping = true;
     console.error(`medplum-local: ${signal}, shutting down`);
-    app.server.close(() => process.exit(0));
+    if (!app.persistence) {
+      app.server.close(() => process.exit(0));
+      app.server.closeAllConnections();
+      setTimeout(() => process.exit(0), 2000).unref();
+      return;
+    }
+    app.server.close();
     app.server.closeAllConnections();
-    setTimeout(() => process.exit(0), 2000).unref();
+    // Waits for the request in progress (the serializer), then writes the store.
+    app.persistence.flush().then(
+      (saved) => {
+        console.error(
+          saved === null
+            ? `medplum-local: no changes to save to ${app.persistence.file}`
+            : `medplum-local: saved ${saved} resources to ${app.persistence.file}`
+        );
+        process.exit(0);
+      },
+      (err) => {
+        console.error(`medplum-local: could not save the store to ${app.persistence.file}: ${err.message}`);
+        process.exit(1);
+      }
+    );
   };
   process.on('SIGINT', () => shutdown('SIGINT'));
   process.on('SIGTERM', () => shutdown('SIGTERM'));

@@ -2,6 +2,10 @@
 
 Used by the demo and the tests; no Dagster import. The server needs the Node 22 binary that
 `make setup` installs into medplum_local/node_modules/.bin/node.
+
+With `data_file`, the server keeps its store in that NDJSON file (MEDPLUM_LOCAL_DATA_FILE): loaded at
+start, saved 2 s after the last write and on stop, like a real Medplum server's database. Without it,
+the store is in memory only (and a MEDPLUM_LOCAL_DATA_FILE in the environment is ignored).
 """
 
 from __future__ import annotations
@@ -63,8 +67,13 @@ def start_local_medplum(
     transaction_bundles: bool = True,
     token_ttl: int = 3600,
     log_path: Path | None = None,
+    data_file: Path | None = None,
 ) -> tuple[LocalMedplum, subprocess.Popen[bytes]]:
-    """Starts the server in its own process group and waits until /healthcheck answers."""
+    """Starts the server in its own process group and waits until /healthcheck answers.
+
+    `data_file`: persist the store there (loaded now if it exists; a corrupt or unreadable file makes
+    this raise LocalMedplumError with the server's message). None: memory only.
+    """
     if not NODE_BINARY.exists():
         raise LocalMedplumError(
             f"Node 22 binary not found at {NODE_BINARY}: run `make setup` "
@@ -82,6 +91,10 @@ def start_local_medplum(
         "MEDPLUM_LOCAL_TRANSACTION_BUNDLES": "true" if transaction_bundles else "false",
         "MEDPLUM_LOCAL_TOKEN_TTL": str(token_ttl),
     }
+    env.pop("MEDPLUM_LOCAL_DATA_FILE", None)
+    if data_file is not None:
+        # Absolute: the server runs with cwd=medplum_local/.
+        env["MEDPLUM_LOCAL_DATA_FILE"] = str(Path(data_file).resolve())
     # Server output goes to the log file, or to an anonymous temporary file that is only read
     # when startup fails (a pipe nobody drains could block or break the server later).
     if log_path is not None:
@@ -151,6 +164,7 @@ def running_local_medplum(
     transaction_bundles: bool = True,
     token_ttl: int = 3600,
     log_path: Path | None = None,
+    data_file: Path | None = None,
 ) -> Iterator[LocalMedplum]:
     """Runs the local Medplum server for the duration of the `with` block."""
     server, process = start_local_medplum(
@@ -159,6 +173,7 @@ def running_local_medplum(
         transaction_bundles=transaction_bundles,
         token_ttl=token_ttl,
         log_path=log_path,
+        data_file=data_file,
     )
     try:
         yield server

@@ -8,13 +8,22 @@ from __future__ import annotations
 
 import base64
 import json
+import os
+import signal
 import time
 import uuid
+from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 
-from migration_assets.local_medplum import LocalMedplum, running_local_medplum
+from migration_assets.local_medplum import (
+    LocalMedplum,
+    LocalMedplumError,
+    running_local_medplum,
+    start_local_medplum,
+)
 from migration_assets_tests.fixtures_local_medplum import fhir_client
 
 
@@ -579,3 +588,137 @@ def test_async_batch(local_medplum: LocalMedplum, fhir: httpx.Client) -> None:
     as_fhir = fhir.get(binary_ref).json()  # asking for FHIR JSON gives the Binary resource
     assert json.loads(base64.b64decode(as_fhir["data"])) == batch_response
     assert len(search_ids(fhir, "Patient", identifier=f"{system}|a0")) == 1
+
+
+# --- persistence: MEDPLUM_LOCAL_DATA_FILE -------------------------------------------------------
+
+
+def resource_state(fhir: httpx.Client, reference: str) -> tuple[str, str, str]:
+    response = fhir.get(reference)
+    assert response.status_code == 200, (reference, response.text)
+    body = response.json()
+    return body["id"], body["meta"]["versionId"], body["meta"]["lastUpdated"]
+
+
+def test_data_file_persists_the_store_across_restarts(tmp_path: Path) -> None:
+    data_file = tmp_path / "store" / "medplum.ndjson"  # the folder is created by the server
+    system = new_system()
+    with running_local_medplum(data_file=data_file) as server, fhir_client(server) as fhir:
+        first = fhir.put(f"Patient?identifier={system}|p1", json=patient(system, "p1"))
+        assert first.status_code == 201
+        second = fhir.put(f"Patient?identifier={system}|p1", json=patient(system, "p1", family="Two"))
+        assert second.status_code == 200 and second.json()["id"] == first.json()["id"]
+        p1 = second.json()["id"]
+        batch = fhir.post(
+            "",
+            json=bundle("batch", [conditional_put(system, v, patient(system, v)) for v in ("p2", "p3")]),
+        )
+        assert [e["response"]["status"][:3] for e in batch.json()["entry"]] == ["201", "201"]
+        p2, p3 = (e["resource"]["id"] for e in batch.json()["entry"])
+        observation = fhir.post(
+            "",
+            json=bundle(
+                "transaction",
+                [
+                    {
+                        "resource": {
+                            "resourceType": "Observation",
+                            "identifier": [{"system": system, "value": "o1"}],
+                            "status": "final",
+                            "code": {"text": "weight"},
+                            "subject": {"reference": f"Patient?identifier={system}|p2"},
+                        },
+                        "request": {"method": "POST", "url": "Observation"},
+                    }
+                ],
+            ),
+        )
+        assert observation.status_code == 200, observation.text
+        o1 = observation.json()["entry"][0]["resource"]["id"]
+        assert fhir.delete(f"Patient/{p3}").status_code == 200
+        before = {
+            ref: resource_state(fhir, ref) for ref in (f"Patient/{p1}", f"Patient/{p2}", f"Observation/{o1}")
+        }
+    assert data_file.is_file()
+
+    with running_local_medplum(data_file=data_file) as server, fhir_client(server) as fhir:
+        # Same ids, versionIds and lastUpdated; history and deletes survive.
+        assert {ref: resource_state(fhir, ref) for ref in before} == before
+        history = fhir.get(f"Patient/{p1}/_history").json()
+        assert [e["resource"]["name"][0]["family"] for e in history["entry"]] == ["Two", "Doe"]
+        assert fhir.get(f"Patient/{p3}").status_code == 404
+        assert fhir.get(f"Observation/{o1}").json()["subject"]["reference"] == f"Patient/{p2}"
+
+        # The identifier index is rebuilt: searches find the loaded resources ...
+        assert set(search_ids(fhir, "Patient", identifier=f"{system}|")) == {p1, p2}
+        assert search_ids(fhir, "Observation", identifier=f"{system}|o1") == [o1]
+        # ... a conditional PUT with identical content answers 200 without a new version ...
+        same = fhir.put(f"Patient?identifier={system}|p1", json=patient(system, "p1", family="Two"))
+        assert same.status_code == 200
+        assert (same.json()["id"], same.json()["meta"]["versionId"]) == before[f"Patient/{p1}"][:2]
+        # ... and one with new content updates the stored resource instead of creating another.
+        changed = fhir.put(f"Patient?identifier={system}|p2", json=patient(system, "p2", family="Changed"))
+        assert changed.status_code == 200
+        assert changed.json()["id"] == p2
+        assert changed.json()["meta"]["versionId"] != before[f"Patient/{p2}"][1]
+        assert search_ids(fhir, "Patient", identifier=f"{system}|p2") == [p2]
+        after_change = resource_state(fhir, f"Patient/{p2}")
+
+    # Writes made after a load are saved too.
+    with running_local_medplum(data_file=data_file) as server, fhir_client(server) as fhir:
+        assert resource_state(fhir, f"Patient/{p2}") == after_change
+        assert len(fhir.get(f"Patient/{p2}/_history").json()["entry"]) == 2
+
+
+def test_data_file_is_saved_after_idle_time_without_clean_shutdown(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MEDPLUM_LOCAL_SAVE_IDLE_SECONDS", "0.2")
+    data_file = tmp_path / "medplum.ndjson"
+    system = new_system()
+    server, process = start_local_medplum(data_file=data_file)
+    try:
+        with fhir_client(server) as fhir:
+            created = fhir.put(f"Patient?identifier={system}|k1", json=patient(system, "k1")).json()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and created["id"] not in (
+            data_file.read_text() if data_file.exists() else ""
+        ):
+            time.sleep(0.05)
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # no clean shutdown: only the idle save can have run
+        process.wait(timeout=10)
+    with running_local_medplum(data_file=data_file) as server, fhir_client(server) as fhir:
+        assert resource_state(fhir, f"Patient/{created['id']}")[:2] == (
+            created["id"],
+            created["meta"]["versionId"],
+        )
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ("this is not json\n", "line 1: invalid JSON"),
+        ('{"resourceType":"Patient","id":"x"}\n', "not a medplum-local-store file"),
+        ("", "it is empty"),
+        ('{"format":"medplum-local-store","version":1}\n{"resourceType":"Patient","id":"x"', "invalid JSON"),
+        (
+            '{"format":"medplum-local-store","version":1}\n{"resourceType":"Patient"}\n',
+            "not a stored resource",
+        ),
+        ('{"format":"medplum-local-store","version":1}\n', "truncated"),
+        (None, "cannot read data file"),  # a folder where the file should be
+    ],
+)
+def test_unreadable_data_file_fails_the_start(tmp_path: Path, content: str | None, expected: str) -> None:
+    data_file = tmp_path / "medplum.ndjson"
+    if content is None:
+        data_file.mkdir()
+    else:
+        data_file.write_text(content)
+    with pytest.raises(LocalMedplumError) as failure, running_local_medplum(data_file=data_file):
+        pass
+    message = str(failure.value)
+    assert expected in message and str(data_file) in message and "cannot start" in message
+    if content is not None:
+        assert data_file.read_text() == content  # left as it was, not replaced by an empty store

@@ -6,7 +6,9 @@
 //  - an update whose content equals the stored version creates no new version;
 //  - update by id of an unknown resource is 404 (no create-on-update), client ids on POST are ignored;
 //  - withTransaction() really rolls back (an undo journal), so transaction bundles are atomic;
-//  - every interaction is charged against an optional per-client FHIR quota (see ratelimit.mjs).
+//  - every interaction is charged against an optional per-client FHIR quota (see ratelimit.mjs);
+//  - the store (every version of every resource) can be dumped and loaded back (storedRecords(),
+//    loadStoredRecord()); server.mjs writes it to MEDPLUM_LOCAL_DATA_FILE.
 import {
   badRequest,
   deepClone,
@@ -38,6 +40,12 @@ export class LocalRepository extends MemoryRepository {
     this.transactionDepth = 0;
     /** The quota budget of the client being served ({charge(points)}), or null for uncharged work. */
     this.budget = null;
+    /** Called after every change of the store (write, delete, rollback); server.mjs schedules a save. */
+    this.onChange = null;
+  }
+
+  changed() {
+    this.onChange?.();
   }
 
   charge(points) {
@@ -75,6 +83,7 @@ export class LocalRepository extends MemoryRepository {
     const result = await super.createResource(resource, options, update);
     this.recordWrite(result.resourceType, result.id, previous, historyLength);
     this.identifierIndex.replace(previous, this.getStored(result.resourceType, result.id));
+    this.changed();
     return result;
   }
 
@@ -96,6 +105,15 @@ export class LocalRepository extends MemoryRepository {
     await super.deleteResource(resourceType, id, options);
     this.recordWrite(resourceType, id, previous, historyLength);
     this.identifierIndex.remove(previous);
+    this.changed();
+  }
+
+  async expungeResources(resourceType, ids) {
+    for (const id of ids) {
+      this.identifierIndex.replace(this.getStored(resourceType, id), undefined);
+    }
+    await super.expungeResources(resourceType, ids);
+    this.changed();
   }
 
   // MemoryRepository overrides conditionalCreate() with a version that writes through a private method,
@@ -160,6 +178,9 @@ export class LocalRepository extends MemoryRepository {
   }
 
   rollbackTo(mark) {
+    if (this.journal.length > mark) {
+      this.changed();
+    }
     while (this.journal.length > mark) {
       const { resourceType, id, previous, historyLength } = this.journal.pop();
       const current = this.getStored(resourceType, id);
@@ -177,6 +198,70 @@ export class LocalRepository extends MemoryRepository {
         }
       }
       this.identifierIndex.replace(current, previous);
+    }
+  }
+
+  // ---- persistence ------------------------------------------------------------------------------
+
+  /**
+   * Every stored resource id as {resourceType, id, current, versions}: `versions` is its whole history,
+   * oldest first (as MemoryRepository keeps it), `current` the index of the current version, -1 if deleted.
+   */
+  *storedRecords() {
+    for (const [resourceType, histories] of this.history) {
+      const byId = this.resources.get(resourceType);
+      for (const [id, versions] of histories) {
+        if (versions.length > 0) {
+          yield storedRecord(resourceType, id, versions, byId?.get(id));
+        }
+      }
+    }
+    // Current resources without a history entry (not produced by MemoryRepository, kept for safety).
+    for (const [resourceType, byId] of this.resources) {
+      const histories = this.history.get(resourceType);
+      for (const [id, current] of byId) {
+        if (!histories?.get(id)?.length) {
+          yield storedRecord(resourceType, id, [], current);
+        }
+      }
+    }
+  }
+
+  /**
+   * Puts a record of storedRecords() back as it was: same ids, versionIds, lastUpdated and history.
+   * No validation, no conditional-reference resolution, no quota; the identifier index is updated.
+   * Throws an Error describing what is wrong with a malformed record.
+   */
+  loadStoredRecord(record) {
+    const { resourceType, id, current, versions } = record ?? {};
+    if (typeof resourceType !== 'string' || typeof id !== 'string' || !Array.isArray(versions) || !versions.length) {
+      throw new Error('not a stored resource record (needs resourceType, id and a non-empty versions array)');
+    }
+    if (!Number.isInteger(current) || current < -1 || current >= versions.length) {
+      throw new Error(`${resourceType}/${id}: invalid current version index ${JSON.stringify(current)}`);
+    }
+    for (const version of versions) {
+      if (version?.resourceType !== resourceType || version.id !== id || typeof version.meta?.versionId !== 'string') {
+        throw new Error(`${resourceType}/${id}: a version is not a ${resourceType} with that id and a meta.versionId`);
+      }
+    }
+    let histories = this.history.get(resourceType);
+    if (!histories) {
+      histories = new Map();
+      this.history.set(resourceType, histories);
+    }
+    if (histories.has(id)) {
+      throw new Error(`${resourceType}/${id} is stored twice`);
+    }
+    histories.set(id, versions);
+    if (current >= 0) {
+      let byId = this.resources.get(resourceType);
+      if (!byId) {
+        byId = new Map();
+        this.resources.set(resourceType, byId);
+      }
+      byId.set(id, versions[current]);
+      this.identifierIndex.add(versions[current]);
     }
   }
 
@@ -247,6 +332,21 @@ export class LocalRepository extends MemoryRepository {
     }
     return { resourceType: 'Bundle', type: 'searchset', entry: entries.length ? entries : undefined, total };
   }
+}
+
+function storedRecord(resourceType, id, versions, current) {
+  if (!current) {
+    return { resourceType, id, current: -1, versions };
+  }
+  // The current version is normally the last history entry (the same object).
+  let index = versions.lastIndexOf(current);
+  if (index < 0) {
+    index = versions.findLastIndex((v) => v.meta?.versionId === current.meta?.versionId);
+  }
+  if (index < 0) {
+    return { resourceType, id, current: versions.length, versions: [...versions, current] };
+  }
+  return { resourceType, id, current: index, versions };
 }
 
 function collectConditionalReferences(value, holders) {
