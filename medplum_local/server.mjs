@@ -10,6 +10,7 @@
 //   MEDPLUM_LOCAL_TOKEN_TTL             access token lifetime in seconds (default 3600)
 //   MEDPLUM_LOCAL_TRANSACTION_BUNDLES   true|false: the project feature `transaction-bundles` (default true)
 //   MEDPLUM_LOCAL_FHIR_QUOTA            FHIR interaction points per client per minute (default 0 = off)
+//   MEDPLUM_LOCAL_QUOTA_WINDOW_SECONDS  length of the quota window (default 60, as Medplum)
 //   MEDPLUM_LOCAL_LOG                   1 = log each request to stderr
 //   MEDPLUM_LOCAL_DATA_FILE             NDJSON file the store persists to (default unset = memory only)
 //   MEDPLUM_LOCAL_SAVE_IDLE_SECONDS     save this long after the last write (default 2; at most 30 s of writes)
@@ -52,6 +53,7 @@ export function readConfig(env = process.env) {
     tokenTtl: Number.parseInt(env.MEDPLUM_LOCAL_TOKEN_TTL || '3600', 10),
     transactionBundles: flag(env.MEDPLUM_LOCAL_TRANSACTION_BUNDLES, true),
     fhirQuota: Number.parseInt(env.MEDPLUM_LOCAL_FHIR_QUOTA || '0', 10) || 0,
+    quotaWindowSeconds: Number.parseInt(env.MEDPLUM_LOCAL_QUOTA_WINDOW_SECONDS || '60', 10) || 60,
     log: flag(env.MEDPLUM_LOCAL_LOG, false),
     dataFile: env.MEDPLUM_LOCAL_DATA_FILE ? nodePath.resolve(env.MEDPLUM_LOCAL_DATA_FILE) : null,
     saveIdleSeconds: nonNegative(Number.parseFloat(env.MEDPLUM_LOCAL_SAVE_IDLE_SECONDS ?? ''), 2),
@@ -81,7 +83,7 @@ export function createLocalMedplum(config) {
     clientSecret: config.clientSecret,
     ttlSeconds: config.tokenTtl,
   });
-  const limiter = new RateLimiter(config.fhirQuota);
+  const limiter = new RateLimiter(config.fhirQuota, config.quotaWindowSeconds);
   const serialize = createSerializer();
   // Throws a DataFileError (the server must not start) if the data file exists but cannot be loaded.
   const persistence = config.dataFile

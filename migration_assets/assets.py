@@ -11,7 +11,7 @@ from migration_assets.elements import get_element, prerequisites
 from migration_assets.elements.base import build_frame
 from migration_assets.evidence import reconciliation_report as build_reconciliation_report
 from migration_assets.evidence import write_evidence
-from migration_assets.loader import LoadSettings, migrate
+from migration_assets.loader import migrate
 from migration_assets.partitions import DATA_ELEMENTS
 from migration_assets.reporting import counts, quarantine_summary, table
 from migration_assets.resources import LegacySource, ManifestStore, MedplumResource, MigrationSettings
@@ -88,7 +88,7 @@ def medplum_resources(
     migration_settings: MigrationSettings,
 ) -> MaterializeResult:
     element = get_element(context.partition_key)
-    settings = LoadSettings(batch_size=migration_settings.batch_size)
+    settings = migration_settings.load_settings(element)
     with medplum.open_client() as client, manifest.open() as ledger:
         result, _ = migrate(
             client, ledger, context.run.run_id, element, fhir_frames, legacy_db.display_url, settings,

@@ -7,7 +7,7 @@ from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeve
 from migration_assets.assets import fhir_frames, medplum_resources
 from migration_assets.elements import get_element
 from migration_assets.elements.base import schema_failures
-from migration_assets.loader import LoadSettings, load_frame
+from migration_assets.loader import load_frame
 from migration_assets.partitions import DATA_ELEMENTS
 from migration_assets.reporting import counts, quarantine_summary, table
 from migration_assets.resources import ManifestStore, MedplumResource, MigrationSettings
@@ -112,7 +112,7 @@ def idempotent_reload(
     migration_settings: MigrationSettings,
 ) -> AssetCheckResult:
     element = get_element(_element_name(context))
-    settings = LoadSettings(batch_size=migration_settings.batch_size, resend_unchanged=True)
+    settings = migration_settings.load_settings(element, resend_unchanged=True)
     with medplum.open_client() as client, manifest.open() as ledger:
         result = load_frame(client, ledger, f"{context.run.run_id}-reload", element.name, element.transactional,
                             fhir_frames, settings)

@@ -42,7 +42,10 @@ def medplum_server(port: int | None = None) -> Iterator[str]:
         yield os.environ["MEDPLUM_BASE_URL"]
         return
     WORK_DIR.mkdir(parents=True, exist_ok=True)
-    with running_local_medplum(port, log_path=WORK_DIR / "medplum_local.log") as server:
+    # The store is kept in a file so that, like a real server, it outlives the process.
+    with running_local_medplum(
+        port, log_path=WORK_DIR / "medplum_local.log", data_file=WORK_DIR / "medplum_local.json"
+    ) as server:
         os.environ.update(
             MEDPLUM_BASE_URL=server.base_url,
             MEDPLUM_CLIENT_ID=server.client_id,

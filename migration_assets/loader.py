@@ -5,8 +5,12 @@ Unchanged rows (same content hash as their last successful write) are not sent a
 """
 
 import logging
+import math
+from collections import deque
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import accumulate, pairwise
 from typing import Any
 
 import polars as pl
@@ -25,6 +29,9 @@ COUNT_NAMES = ("source_rows", "quarantined", "not_sent_unchanged", "sent", "crea
 @dataclass(frozen=True)
 class LoadSettings:
     batch_size: int = 100
+    # Bundles in flight at once. A real server answers concurrent batches with 409 serialization
+    # conflicts (resent, but they cost time): measure before raising it.
+    concurrency: int = 1
     # Send rows even when their content hash matches their last successful write (the idempotency
     # check uses this to prove that a resubmission changes nothing).
     resend_unchanged: bool = False
@@ -89,7 +96,8 @@ def load_frame(
     settings: LoadSettings,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> LoadResult:
-    """Send every eligible row of `frame`, record each outcome, and count what happened."""
+    """Send every eligible row of `frame` with at most `settings.concurrency` bundles in flight,
+    record each outcome in submission order, and count what happened."""
     result = LoadResult()
     result.add("source_rows", frame.height)
     result.add("quarantined", int(frame["quarantine_rule"].is_not_null().sum()))
@@ -99,37 +107,65 @@ def load_frame(
     manifest.register_units(run_id, element_name, frame, send)
 
     previous_versions = known.select("source_table", "unit_key", previous_version=pl.col("version_id"))
-    outgoing = (
-        frame.filter(send)
-        .with_columns(entry=entry_texts(frame.filter(send)))
-        .join(previous_versions, on=["source_table", "unit_key"], how="left", maintain_order="left")
+    outgoing = frame.filter(send).join(
+        previous_versions, on=["source_table", "unit_key"], how="left", maintain_order="left"
     )
-    batches = list(_batches(outgoing, transactional, settings.batch_size))
-    for number, (rows, entries) in enumerate(batches, start=1):
-        responses = client.submit_batch(entries)
-        per_row = _row_responses(rows, responses, transactional)
-        _record(manifest, run_id, element_name, number, rows, per_row, result)
+    bundles = Bundles(outgoing, transactional, settings.batch_size)
+    in_flight: deque[tuple[int, pl.DataFrame, Future[list[EntryResponse]]]] = deque()
+
+    def settle_oldest() -> None:
+        number, rows, responses = in_flight.popleft()
+        _record(manifest, run_id, element_name, number, rows, _row_responses(rows, responses.result(), transactional),
+                result)
         if on_progress:
-            on_progress(number, len(batches))
+            on_progress(number, len(bundles))
+
+    with ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="bundle") as pool:
+        for number, (rows, entries) in enumerate(bundles, start=1):
+            client.pace(cost=len(rows) * POINTS_PER_CONDITIONAL_WRITE)
+            in_flight.append((number, rows, pool.submit(client.submit_batch, entries)))
+            if len(in_flight) >= settings.concurrency:
+                settle_oldest()
+        while in_flight:
+            settle_oldest()
     return result
 
 
-def _batches(outgoing: pl.DataFrame, transactional: bool, batch_size: int) -> Iterator[tuple[pl.DataFrame, list[str]]]:
-    """(rows, batch entries) per bundle. A transaction entry carries all rows of its bundle group."""
-    if not transactional:
-        for start in range(0, outgoing.height, batch_size):
-            rows = outgoing.slice(start, batch_size)
-            yield rows, rows["entry"].to_list()
-        return
-    groups = outgoing.with_columns(group_number=pl.col("bundle_group").rank("dense") - 1).sort(
-        "group_number", maintain_order=True
-    )
-    group_entries = groups.group_by("group_number", maintain_order=True).agg(pl.col("entry"))
-    for start in range(0, group_entries.height, batch_size):
-        chunk = group_entries.slice(start, batch_size)
-        first, last = chunk["group_number"][0], chunk["group_number"][-1]
-        rows = groups.filter(pl.col("group_number").is_between(first, last))
-        yield rows, [transaction_entry(inner) for inner in chunk["entry"].to_list()]
+# A conditional PUT costs a search (20 points) and a write (100) of Medplum's FHIR quota.
+POINTS_PER_CONDITIONAL_WRITE = 120
+
+
+class Bundles:
+    """The bundles to send, built one at a time so a large element never holds all its JSON at once:
+    (rows, batch entries) per bundle; for a transactional element each entry is one bundle group's
+    transaction and carries all rows of that group."""
+
+    def __init__(self, outgoing: pl.DataFrame, transactional: bool, batch_size: int) -> None:
+        self.transactional = transactional
+        self.batch_size = batch_size
+        if transactional:
+            # Groups made contiguous; within a group the element's own row order is kept.
+            self.rows = outgoing.sort("bundle_group", maintain_order=True)
+            self.group_sizes = self.rows.group_by("bundle_group", maintain_order=True).len()["len"]
+        else:
+            self.rows = outgoing
+            self.group_sizes = pl.Series("len", [1] * outgoing.height, dtype=pl.UInt32)
+
+    def __len__(self) -> int:
+        return math.ceil(len(self.group_sizes) / self.batch_size)
+
+    def __iter__(self) -> Iterator[tuple[pl.DataFrame, list[str]]]:
+        first_row = 0
+        for start in range(0, len(self.group_sizes), self.batch_size):
+            sizes = self.group_sizes.slice(start, self.batch_size).to_list()
+            rows = self.rows.slice(first_row, sum(sizes))
+            first_row += sum(sizes)
+            texts = entry_texts(rows).to_list()
+            if not self.transactional:
+                yield rows, texts
+                continue
+            offsets = [0, *accumulate(sizes)]
+            yield rows, [transaction_entry(texts[a:b]) for a, b in pairwise(offsets)]
 
 
 def _row_responses(rows: pl.DataFrame, responses: list[EntryResponse], transactional: bool) -> list[EntryResponse]:

@@ -64,6 +64,7 @@ def start_local_medplum(
     port: int | None = None,
     *,
     fhir_quota: int = 0,
+    quota_window_seconds: int = 60,
     transaction_bundles: bool = True,
     token_ttl: int = 3600,
     log_path: Path | None = None,
@@ -88,6 +89,7 @@ def start_local_medplum(
         "MEDPLUM_CLIENT_ID": client_id,
         "MEDPLUM_CLIENT_SECRET": client_secret,
         "MEDPLUM_LOCAL_FHIR_QUOTA": str(fhir_quota),
+        "MEDPLUM_LOCAL_QUOTA_WINDOW_SECONDS": str(quota_window_seconds),
         "MEDPLUM_LOCAL_TRANSACTION_BUNDLES": "true" if transaction_bundles else "false",
         "MEDPLUM_LOCAL_TOKEN_TTL": str(token_ttl),
     }
@@ -161,6 +163,7 @@ def running_local_medplum(
     port: int | None = None,
     *,
     fhir_quota: int = 0,
+    quota_window_seconds: int = 60,
     transaction_bundles: bool = True,
     token_ttl: int = 3600,
     log_path: Path | None = None,
@@ -170,6 +173,7 @@ def running_local_medplum(
     server, process = start_local_medplum(
         port,
         fhir_quota=fhir_quota,
+        quota_window_seconds=quota_window_seconds,
         transaction_bundles=transaction_bundles,
         token_ttl=token_ttl,
         log_path=log_path,

@@ -8,7 +8,8 @@ import polars as pl
 from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
 from pydantic import Field
 
-from migration_assets.elements.base import SourceSystem
+from migration_assets.elements.base import DataElement, SourceSystem
+from migration_assets.loader import LoadSettings
 from migration_assets.manifest import Manifest
 from migration_assets.medplum import MedplumClient, RetryPolicy
 from migration_assets.paths import EVIDENCE_DIR
@@ -67,7 +68,12 @@ class MigrationSettings(ConfigurableResource):
         default="https://ehr.example-clinic.org/fhir",
         description="Base URI of the legacy system: identifier and local code systems derive from it.",
     )
-    batch_size: int = Field(default=100, description="Entries per batch bundle (transactions per batch).")
+    batch_size: int | None = Field(
+        default=None, description="Entries (or transactions) per batch bundle for every element; unset: each element's own."
+    )
+    concurrency: int | None = Field(
+        default=None, description="Bundles in flight at once for every element; unset: each element's own."
+    )
     quarantine_threshold: float = Field(
         default=0.05, description="Share of quarantined rows above which the schema check fails and blocks."
     )
@@ -76,6 +82,13 @@ class MigrationSettings(ConfigurableResource):
     @property
     def source_system(self) -> SourceSystem:
         return SourceSystem(self.identifier_base_uri)
+
+    def load_settings(self, element: DataElement, resend_unchanged: bool = False) -> LoadSettings:
+        return LoadSettings(
+            batch_size=self.batch_size or element.batch_size,
+            concurrency=self.concurrency or element.concurrency,
+            resend_unchanged=resend_unchanged,
+        )
 
 
 class PolarsParquetIOManager(ConfigurableIOManager):

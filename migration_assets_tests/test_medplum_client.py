@@ -2,6 +2,7 @@
 the faults the server cannot be made to produce (a short batch-response, a non-JSON body)."""
 
 import json
+import time
 
 import httpx
 import pytest
@@ -51,21 +52,29 @@ def test_the_token_is_fetched_once_and_renewed_after_expiry():
         first_token = client._token.bearer()
         client.submit_batch([put_patient("TOK-2")])
         assert client._token.bearer() == first_token
-        import time
-
         time.sleep(2.5)
         results = client.submit_batch([put_patient("TOK-3")])
     assert results[0].status == 201
 
 
 def test_entries_refused_by_the_quota_are_resent_alone_after_the_reset():
-    # 15 creates at 140 points each against a 1,000-point minute: the server marks the tail 429.
-    with running_local_medplum(fhir_quota=1000) as server, client_for(server, retry=FAST_RETRY) as client:
-        entries = [put_patient(f"Q-{n}") for n in range(8)]
-        results = client.submit_batch(entries)
-        assert any(r.status == 429 for r in results)  # the quota resets after 60 s: longer than our budget
+    # A 2,000-point window of 2 s: 20 creates (140 points each inside a batch) overrun it, the server
+    # marks the tail of the batch 429, and only those entries go again once the window resets.
+    with running_local_medplum(fhir_quota=2000, quota_window_seconds=2) as server, client_for(server) as client:
+        results = client.submit_batch([put_patient(f"Q-{n}") for n in range(20)])
+        found = list(client.search("Patient", {"identifier": f"{SYSTEM}|", "_count": "100"}))
+    assert [r.status for r in results] == [201] * 20
     assert client.stats.entries_resent > 0
-    assert all(r.status in (201, 429) for r in results)
+    assert len(found) == 20
+
+
+def test_pacing_waits_for_the_reset_instead_of_running_into_429():
+    with running_local_medplum(fhir_quota=1500, quota_window_seconds=2) as server, client_for(server) as client:
+        client.submit_batch([put_patient(f"P-{n}") for n in range(5)])
+        client.pace(cost=1000)
+        results = client.submit_batch([put_patient(f"P-{n}") for n in range(5, 10)])
+    assert [r.status for r in results] == [201] * 5
+    assert client.stats.entries_resent == 0 and client.stats.rate_limited == 0
 
 
 def test_a_short_batch_response_is_resent_then_reported():

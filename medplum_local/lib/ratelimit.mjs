@@ -14,8 +14,9 @@ const DEFAULT_FHIR_QUOTA = 50_000;
 
 /** A counter that resets one minute after its window opened. */
 class Window {
-  constructor(limit) {
+  constructor(limit, windowMs = WINDOW_MS) {
     this.limit = limit;
+    this.windowMs = windowMs;
     this.used = 0;
     this.resetAt = 0;
   }
@@ -23,7 +24,7 @@ class Window {
   roll(now = Date.now()) {
     if (now >= this.resetAt) {
       this.used = 0;
-      this.resetAt = now + WINDOW_MS;
+      this.resetAt = now + this.windowMs;
     }
   }
 
@@ -48,18 +49,22 @@ class Window {
 }
 
 export class RateLimiter {
-  /** @param {number} fhirQuota points per client per minute; 0 = no quota */
-  constructor(fhirQuota) {
+  /**
+   * @param {number} fhirQuota points per client and window; 0 = no quota
+   * @param {number} quotaWindowSeconds the quota window (Medplum's is a minute; tests shorten it)
+   */
+  constructor(fhirQuota, quotaWindowSeconds = 60) {
     this.fhirQuota = fhirQuota;
+    this.quotaWindowMs = quotaWindowSeconds * 1000;
     this.requestWindows = new Map();
     this.authWindows = new Map();
     this.quotaWindows = new Map();
   }
 
-  static window(map, key, limit) {
+  static window(map, key, limit, windowMs = WINDOW_MS) {
     let w = map.get(key);
     if (!w) {
-      w = new Window(limit);
+      w = new Window(limit, windowMs);
       map.set(key, w);
     }
     return w;
@@ -80,7 +85,7 @@ export class RateLimiter {
     if (!this.fhirQuota) {
       return null;
     }
-    const w = RateLimiter.window(this.quotaWindows, clientId, this.fhirQuota);
+    const w = RateLimiter.window(this.quotaWindows, clientId, this.fhirQuota, this.quotaWindowMs);
     return { charge: (points) => w.consume(points) };
   }
 
@@ -88,10 +93,10 @@ export class RateLimiter {
     const requests = RateLimiter.window(this.requestWindows, requestKey, REQUESTS_PER_MINUTE);
     let fhir = `"fhirInteractions";r=${DEFAULT_FHIR_QUOTA};t=60`;
     if (this.fhirQuota && clientId) {
-      const w = RateLimiter.window(this.quotaWindows, clientId, this.fhirQuota);
+      const w = RateLimiter.window(this.quotaWindows, clientId, this.fhirQuota, this.quotaWindowMs);
       fhir = `"fhirInteractions";r=${w.remaining()};t=${w.secondsToReset()}`;
     } else if (this.fhirQuota) {
-      fhir = `"fhirInteractions";r=${this.fhirQuota};t=60`;
+      fhir = `"fhirInteractions";r=${this.fhirQuota};t=${this.quotaWindowMs / 1000}`;
     }
     return `"requests";r=${requests.remaining()};t=${requests.secondsToReset()}, ${fhir}`;
   }

@@ -78,6 +78,9 @@ class DataElement:
     transform: Callable[[pl.DataFrame, SourceSystem], pl.DataFrame]
     schemas: Mapping[str, type[pa.DataFrameModel]]
     transactional: bool = False
+    # Load tuning: entries (or transactions) per batch bundle, and bundles in flight at once.
+    batch_size: int = 100
+    concurrency: int = 1
 
 
 class FrameModel(pa.DataFrameModel):

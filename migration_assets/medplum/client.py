@@ -68,6 +68,7 @@ class MedplumClient:
         self.retry = retry or RetryPolicy()
         self.stats = RequestStats()
         self._stats_lock = threading.Lock()
+        self._pace_lock = threading.Lock()
         self._http = httpx.Client(
             timeout=httpx.Timeout(timeout_seconds, connect=10.0),
             limits=httpx.Limits(max_keepalive_connections=16, max_connections=32),
@@ -146,6 +147,19 @@ class MedplumClient:
             time.sleep(delay)
             pending = retry_later
         return [result for result in results if result is not None]
+
+    def pace(self, cost: int) -> None:
+        """Wait for the FHIR quota to reset when the last `RateLimit` header says fewer than `cost`
+        points are left, instead of running into 429s."""
+        with self._pace_lock:
+            limit = parse_rate_limit(self.last_rate_limit).get("fhirInteractions")
+            if limit is None or limit.remaining >= cost:
+                return
+            log.info("FHIR quota nearly spent (%d points left); waiting %.0fs for its reset", limit.remaining,
+                     limit.reset_seconds)
+            time.sleep(limit.reset_seconds)
+            # The header is stale now; the next answer brings the new remaining quota.
+            self.last_rate_limit = None
 
     def remaining_quota(self) -> dict[str, int]:
         """What the last response's `RateLimit` header said is left, by limit name."""

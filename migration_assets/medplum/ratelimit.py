@@ -25,7 +25,12 @@ def parse_rate_limit(header: str | None) -> dict[str, RateLimit]:
 
 
 def seconds_until_reset(header: str | None, default: float) -> float:
-    """How long to wait after a 429: the longest reset among exhausted limits, else `default`."""
-    limits = parse_rate_limit(header).values()
-    exhausted = [limit.reset_seconds for limit in limits if limit.remaining <= 0]
-    return max(exhausted or [limit.reset_seconds for limit in limits] or [default])
+    """How long to wait after a 429: the longest reset among exhausted limits; else the FHIR quota's
+    (a batch entry is refused when fewer points are left than it costs, not only at zero); else
+    `default`."""
+    limits = parse_rate_limit(header)
+    exhausted = [limit.reset_seconds for limit in limits.values() if limit.remaining <= 0]
+    if exhausted:
+        return max(exhausted)
+    quota = limits.get("fhirInteractions")
+    return quota.reset_seconds if quota else default
