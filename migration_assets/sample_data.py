@@ -37,9 +37,12 @@ __all__ = [
     "MEDICATION_CATALOGUE",
     "TABLES",
     "TABLE_PRIMARY_KEYS",
+    "UPDATED_AT",
+    "UPDATED_AT_FORMAT",
     "VITAL_SIGNS",
     "build_sample_tables",
     "generate_sample_ehr",
+    "with_updated_at",
     "write_tables",
 ]
 
@@ -484,12 +487,38 @@ def _guide_tables() -> dict[str, pl.DataFrame]:
     }
 
 
-def build_sample_tables(patients: int = 1000, seed: int = 7) -> dict[str, pl.DataFrame]:
+def build_sample_tables(patients: int = 1000, seed: int = 7, updated_at: bool = False) -> dict[str, pl.DataFrame]:
     """Build the legacy tables in memory (all columns pl.String).
 
     ``patients`` is the total patient count including the guide's P001 and P002, so ``patients=2``
     yields exactly the guide's dataset. Same (patients, seed) -> identical frames.
+
+    ``updated_at``: every table gets a last column UPDATED_AT (ISO timestamp text, UTC, fixed width,
+    see UPDATED_AT_FORMAT), as an application that tracks changes keeps it; the sync's watermark reads it.
     """
+    tables = _build_sample_tables(patients, seed)
+    return with_updated_at(tables, seed) if updated_at else tables
+
+
+# The change-tracking column of the legacy tables (opt-in: TABLE_COLUMNS stays the guide's schema).
+UPDATED_AT = "updated_at"
+# Fixed width and UTC so that timestamps compare correctly as text, in SQL and in polars (Python strftime).
+UPDATED_AT_FORMAT = "%Y-%m-%dT%H:%M:%S.%fZ"
+
+
+def with_updated_at(tables: dict[str, pl.DataFrame], seed: int = 7) -> dict[str, pl.DataFrame]:
+    """Each table with an UPDATED_AT column: a time in the year before the data end, per row and seed."""
+    start = dt.datetime.combine(_DATA_END, dt.time(), tzinfo=dt.UTC) - dt.timedelta(days=365)
+    out = {}
+    for stream, (name, frame) in enumerate(tables.items(), start=90):
+        seconds = (_uniform(pl.int_range(pl.len(), dtype=pl.UInt64), seed, stream) * 365 * 86400).floor().cast(pl.Int64)
+        # chrono's spelling of UPDATED_AT_FORMAT (microseconds: %.6f, not %f, which gives nanoseconds)
+        stamps = (pl.lit(start) + pl.duration(seconds=seconds)).dt.strftime("%Y-%m-%dT%H:%M:%S%.6fZ")
+        out[name] = frame.with_columns(stamps.alias(UPDATED_AT))
+    return out
+
+
+def _build_sample_tables(patients: int, seed: int) -> dict[str, pl.DataFrame]:
     if patients < 2:
         raise ValueError(f"patients must be >= 2 (the guide's P001 and P002 are always included), got {patients}")
     guide = _guide_tables()
@@ -883,8 +912,9 @@ def _observations(gen: pl.DataFrame, enc: pl.DataFrame, seed: int, guide: pl.Dat
 # Writers
 
 
-def _create_table_sql(table: str, primary_key: bool = True) -> str:
-    cols = [f'"{c}" TEXT' + (" NOT NULL" if c == TABLE_PRIMARY_KEYS[table] else "") for c in TABLE_COLUMNS[table]]
+def _create_table_sql(table: str, primary_key: bool = True, columns: list[str] | None = None) -> str:
+    names = columns if columns is not None else TABLE_COLUMNS[table]
+    cols = [f'"{c}" TEXT' + (" NOT NULL" if c == TABLE_PRIMARY_KEYS[table] else "") for c in names]
     if primary_key:
         cols.append(f'PRIMARY KEY ("{TABLE_PRIMARY_KEYS[table]}")')
     return f'CREATE TABLE "{table}" ({", ".join(cols)})'
@@ -899,7 +929,7 @@ def _write_sqlite(path: Path, tables: dict[str, pl.DataFrame]) -> None:
         for table in reversed(TABLES):
             cur.execute(f'DROP TABLE IF EXISTS "{table}"')
         for table in TABLES:
-            cur.execute(_create_table_sql(table))
+            cur.execute(_create_table_sql(table, columns=tables[table].columns))
             # Arrow ingest is a prepared bulk insert: ~1M rows/s, vs far slower executemany.
             cur.adbc_ingest(table, tables[table].to_arrow(), mode="append")
         conn.commit()
@@ -916,7 +946,7 @@ def _write_postgres(url: str, tables: dict[str, pl.DataFrame]) -> None:
         for table in TABLES:
             # ADBC ingest uses COPY; the primary key is added afterwards because building the index
             # once is cheaper than maintaining it row by row.
-            cur.execute(_create_table_sql(table, primary_key=False))
+            cur.execute(_create_table_sql(table, primary_key=False, columns=tables[table].columns))
             cur.adbc_ingest(table, tables[table].to_arrow(), mode="append")
             cur.execute(f'ALTER TABLE "{table}" ADD PRIMARY KEY ("{TABLE_PRIMARY_KEYS[table]}")')
         conn.commit()
@@ -943,9 +973,9 @@ def write_tables(url: str, tables: dict[str, pl.DataFrame]) -> dict[str, int]:
     return {table: df.height for table, df in tables.items()}
 
 
-def generate_sample_ehr(url: str, patients: int = 1000, seed: int = 7) -> dict[str, int]:
-    """(Re)create the legacy EHR tables at ``url``; returns table -> row count."""
-    return write_tables(url, build_sample_tables(patients, seed))
+def generate_sample_ehr(url: str, patients: int = 1000, seed: int = 7, updated_at: bool = False) -> dict[str, int]:
+    """(Re)create the legacy EHR tables at ``url`` (with UPDATED_AT columns if asked); returns table -> row count."""
+    return write_tables(url, build_sample_tables(patients, seed, updated_at=updated_at))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -953,8 +983,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--url", required=True, help="sqlite:///x.db | postgresql://user@host:port/db | csv:///dir | parquet:///dir")
     parser.add_argument("--patients", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--updated-at", action="store_true", help=f"add an {UPDATED_AT} column to every table (for the sync)")
     args = parser.parse_args(argv)
-    counts = generate_sample_ehr(args.url, patients=args.patients, seed=args.seed)
+    counts = generate_sample_ehr(args.url, patients=args.patients, seed=args.seed, updated_at=args.updated_at)
     print(f"wrote {redact_url(args.url)}")
     for table, count in counts.items():
         print(f"{table}\t{count}")

@@ -27,6 +27,7 @@ import polars as pl
 import pyarrow as pa
 
 __all__ = [
+    "column_max",
     "iter_table_batches",
     "parse_source_url",
     "read_query",
@@ -347,3 +348,24 @@ def _iter_pg(location: str, url: str, query: str) -> Iterator[pl.DataFrame]:
     with _pg_connect(location, url) as conn, conn.cursor() as cur:
         cur.execute(query)
         yield from _arrow_frames(cur.fetch_record_batch(), None)
+
+
+def column_max(url: str, table: str, column: str) -> str | None:
+    """The largest value of a text column (e.g. the legacy ``updated_at``), None for an empty table.
+
+    Cheap for SQL sources (one ``MAX`` query, no rows read); raises KeyError naming the table when it
+    has no such column, so a caller can tell "nothing changed" from "changes are not tracked"."""
+    kind, _location = parse_source_url(url)
+    if kind in ("sqlite", "postgresql"):
+        quoted = _check_ident(table, url)
+        columns = read_query(url, f"SELECT * FROM {quoted} LIMIT 0").columns
+        if column not in columns:
+            raise KeyError(f"table {table!r} of {redact_url(url)} has no column {column!r}")
+        found = read_query(url, f'SELECT CAST(MAX("{column}") AS TEXT) AS m FROM {quoted}')
+        value = found["m"][0] if found.height else None
+        return None if value is None else str(value)
+    frame = read_table(url, table)
+    if column not in frame.columns:
+        raise KeyError(f"table {table!r} of {redact_url(url)} has no column {column!r}")
+    value = frame[column].cast(pl.String).max()
+    return None if value is None else str(value)
