@@ -47,8 +47,10 @@ class Platform:
         return Manifest(self.manifest_url)
 
 
-def build_platform(work: Path, server: LocalMedplum, source_url: str, instance: DagsterInstance) -> Platform:
-    manifest_url = f"sqlite:///{work / 'manifest.db'}"
+def build_platform(
+    work: Path, server: LocalMedplum, source_url: str, instance: DagsterInstance, manifest_url: str | None = None
+) -> Platform:
+    manifest_url = manifest_url or f"sqlite:///{work / 'manifest.db'}"
     resources = {
         "medplum": MedplumResource(
             base_url=server.base_url, client_id=server.client_id, client_secret=server.client_secret
@@ -76,7 +78,9 @@ class PlatformFactory:
         self.work = work
         self._stack = ExitStack()
 
-    def new(self, patients: int = 60, source_url: str | None = None, name: str = "p") -> Platform:
+    def new(
+        self, patients: int = 60, source_url: str | None = None, name: str = "p", manifest_url: str | None = None
+    ) -> Platform:
         work = self.work / name
         work.mkdir(parents=True)
         if source_url is None:
@@ -86,7 +90,7 @@ class PlatformFactory:
         (work / "dagster_home").mkdir()
         instance = DagsterInstance.local_temp(tempdir=str(work / "dagster_home"))
         self._stack.callback(instance.dispose)
-        return build_platform(work, server, source_url, instance)
+        return build_platform(work, server, source_url, instance, manifest_url)
 
     def close(self) -> None:
         self._stack.close()

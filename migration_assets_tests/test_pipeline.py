@@ -4,6 +4,7 @@ import json
 import sqlite3
 
 import polars as pl
+import pytest
 
 from migration_assets.elements import LOAD_ORDER
 from migration_assets.sample_data import generate_sample_ehr
@@ -72,8 +73,10 @@ def test_a_missing_prerequisite_blocks_the_load_and_names_it(platform_factory):
     assert "Materialize the partition(s) 'patients' first" in summary.failure_messages["prerequisites_loaded"]
 
 
-def test_bad_rows_are_quarantined_with_their_reason_and_the_rest_loads(platform_factory):
-    platform = platform_factory.new(patients=60)
+@pytest.mark.parametrize("ledger", ["sqlite", "postgresql"])
+def test_bad_rows_are_quarantined_with_their_reason_and_the_rest_loads(platform_factory, ledger, request):
+    manifest_url = request.getfixturevalue("postgres_schema_url") if ledger == "postgresql" else None
+    platform = platform_factory.new(patients=60, manifest_url=manifest_url)
     with sqlite3.connect(platform.source_url.removeprefix("sqlite:///")) as db:
         db.executemany(
             "INSERT INTO patients VALUES (?, ?, ?, ?, ?)",
