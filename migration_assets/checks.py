@@ -16,6 +16,7 @@ from migration_assets.verification import (
     check_prerequisites,
     reconcile,
     reference_problems,
+    sample_groups,
     take_census,
 )
 
@@ -113,9 +114,12 @@ def idempotent_reload(
 ) -> AssetCheckResult:
     element = get_element(_element_name(context))
     settings = migration_settings.load_settings(element, resend_unchanged=True)
+    resubmitted = sample_groups(
+        fhir_frames, migration_settings.idempotency_sample_size, migration_settings.idempotency_sample_seed
+    )
     with medplum.open_client() as client, manifest.open() as ledger:
         result = load_frame(client, ledger, f"{context.run.run_id}-reload", element.name, element.transactional,
-                            fhir_frames, settings)
+                            resubmitted, settings)
         duplicates = reconcile(fhir_frames, ledger.units(element.name), take_census(client, fhir_frames)).duplicates
     changed = result.counts["created"] + result.counts["updated"]
     passed = changed == 0 and result.counts["failed"] == 0 and duplicates.is_empty()
@@ -124,6 +128,8 @@ def idempotent_reload(
         description=f"resubmitted {result.counts['sent']}: {result.counts['created']} created, "
         f"{result.counts['updated']} updated, {result.counts['failed']} failed; {duplicates.height} duplicated identifiers",
         metadata={**counts({k: result.counts[k] for k in ("sent", "created", "updated", "unchanged", "failed")}),
+                  "sample": "whole partition" if resubmitted.height == fhir_frames.height
+                  else f"{resubmitted.height} rows, seed {migration_settings.idempotency_sample_seed}",
                   "duplicates": table(duplicates)},
     )
 

@@ -297,3 +297,13 @@ def accounting(frame: pl.DataFrame, units: pl.DataFrame) -> Books:
     dispositions = {name: int((mine["disposition"] == name).sum()) for name in DISPOSITIONS}
     dispositions["none"] = int(mine["disposition"].is_null().sum())
     return Books(source_units=frame.height, dispositions=dispositions)
+
+
+def sample_groups(frame: pl.DataFrame, size: int, seed: int) -> pl.DataFrame:
+    """`size` bundle groups of the frame chosen at random with a recorded seed (all when size is 0 or
+    at least the number of groups): whole groups, since a transaction goes whole or not at all."""
+    groups = frame["bundle_group"].unique().sort()
+    if size <= 0 or size >= len(groups):
+        return frame
+    chosen = groups.sample(size, seed=seed)
+    return frame.filter(pl.col("bundle_group").is_in(chosen.implode()))
