@@ -76,6 +76,9 @@ def fhir_frames(
     ins={"fhir_frames": AssetIn()},
     group_name="migration",
     kinds={"medplum"},
+    # Caps the steps writing to Medplum at once across all runs (shards included): set the pool's
+    # limit on the instance (`concurrency: pools: ...` or `dagster instance concurrency set`).
+    pool="medplum_writes",
     description="The data element's resources in Medplum, written by conditional PUT on their source identifiers "
     "in batches (or batches of transactions); each entry's outcome is in the manifest.",
 )
@@ -100,6 +103,8 @@ def medplum_resources(
         metadata={
             "medplum_base_url": medplum.base_url,
             "mapping_version": element.mapping_version,
+            "load_mode": settings.mode,
+            "shard": f"{settings.shard_index} of {settings.shard_count}",
             **counts(result.counts),
             **counts({"http_requests": requests.requests, "http_retries": requests.retries,
                       "entries_resent": requests.entries_resent}),

@@ -1,5 +1,6 @@
 """Dagster resources: thin configuration wrappers around the plain libraries."""
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -74,6 +75,16 @@ class MigrationSettings(ConfigurableResource):
     concurrency: int | None = Field(
         default=None, description="Bundles in flight at once for every element; unset: each element's own."
     )
+    load_mode: str | None = Field(
+        default=None,
+        description="'sync' (batch bundles) or 'async' (Prefer: respond-async jobs, not charged to hosted Medplum's "
+        "FHIR quota); unset: the LOAD_MODE environment variable, else 'sync'.",
+    )
+    shard_count: int = Field(
+        default=1, description="Key-hash shards of every element: run shard_count runs, each with its shard_index."
+    )
+    shard_index: int = Field(default=0, description="Which shard this run loads: rows with crc32(bundle_group) % "
+                             "shard_count == shard_index.")
     quarantine_threshold: float = Field(
         default=0.05, description="Share of quarantined rows above which the schema check fails and blocks."
     )
@@ -94,6 +105,9 @@ class MigrationSettings(ConfigurableResource):
             batch_size=self.batch_size or element.batch_size,
             concurrency=self.concurrency or element.concurrency,
             resend_unchanged=resend_unchanged,
+            mode=self.load_mode or os.environ.get("LOAD_MODE") or "sync",
+            shard_count=self.shard_count,
+            shard_index=self.shard_index,
         )
 
 
