@@ -7,6 +7,7 @@ that does *not* touch `updated_at` (`silent_update`): the kind of bug in an old 
 that only the dual-write reconciliation check catches.
 
 What it did is returned as (table, key, kind) triples: identifiers only, never the values.
+`RunningApp` runs it in its own process while a test or the demo migrates.
 
 CLI (the demo): ``python -m migration_assets.legacy_app --url sqlite:///.demo/legacy_ehr.db --seconds 60``
 """
@@ -15,12 +16,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import json
 import random
+import signal
+import subprocess
 import sys
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import sqlalchemy as sa
@@ -51,7 +54,8 @@ def legacy_engine(url: str) -> sa.Engine:
     """A writable engine on the legacy database (the platform itself only ever reads it)."""
     kind, location = parse_source_url(url)
     if kind == "sqlite":
-        return sa.create_engine(f"sqlite:///{location}", connect_args={"timeout": 30})
+        # No pooled connection keeps the file open between writes.
+        return sa.create_engine(f"sqlite:///{location}", connect_args={"timeout": 30}, poolclass=sa.NullPool)
     if kind == "postgresql":
         return sa.create_engine("postgresql+psycopg2://" + location.split("://", 1)[1])
     raise ValueError(f"the simulated application writes to SQL databases only, not {redact_url(url)}")
@@ -83,13 +87,11 @@ class LegacyApp:
 
     def ensure_updated_at(self) -> list[str]:
         """Add the `updated_at` column to every legacy table that lacks it (existing rows get
-        BASELINE_STAMP), as an application starts tracking changes for the sync; in SQLite also turn
-        on WAL so that the migration's reads never wait for the application's writes. Returns the
-        tables that got the column."""
+        BASELINE_STAMP), as an application starts tracking changes for the sync. Returns the tables
+        that got the column. (No WAL journal for SQLite: the readers' ADBC driver bundles another
+        SQLite version, and the two corrupt each other's view of a shared WAL index.)"""
         added = []
         with self.engine.begin() as db:
-            if self.engine.dialect.name == "sqlite":
-                db.exec_driver_sql("PRAGMA journal_mode=WAL")
             inspector = sa.inspect(db)
             for table in TABLES:
                 if not inspector.has_table(table):
@@ -182,20 +184,6 @@ class LegacyApp:
             stop.wait(interval)
         return done
 
-    @contextmanager
-    def running(self, interval: float = 0.02) -> Iterator[list[Change]]:
-        """Writes in a background thread for the duration of the `with` block; the list fills as it goes."""
-        stop = threading.Event()
-        start = len(self.changes)
-        result: list[Change] = []
-        thread = threading.Thread(target=self.run, args=(stop, interval), name="legacy-app", daemon=True)
-        thread.start()
-        try:
-            yield result
-        finally:
-            stop.set()
-            thread.join(timeout=30)
-            result.extend(self.changes[start:])
 
     # -- SQL ------------------------------------------------------------------------------------
 
@@ -230,28 +218,70 @@ class LegacyApp:
             ).scalar_one())
 
 
+class RunningApp:
+    """The simulated application running in its own process (as the real one does: the platform's
+    readers and this writer must not share a process, since SQLite's POSIX locks are per process and
+    the ADBC driver brings a second SQLite library into it)."""
+
+    def __init__(self, url: str, seed: int = 0, interval: float = 0.02, seconds: float = 3600.0) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "migration_assets.legacy_app", "--url", url, "--seed", str(seed),
+             "--interval", str(interval), "--seconds", str(seconds), "--jsonl"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        assert self.process.stdout is not None
+        # The first line says the application is up (columns added): wait for it.
+        ready = self.process.stdout.readline()
+        if not ready.startswith('{"ready"'):
+            self.process.kill()
+            raise RuntimeError(f"simulated application did not start: {ready}{self.process.stderr.read() if self.process.stderr else ''}")
+
+    def stop(self, timeout: float = 30.0) -> list[Change]:
+        """Ask it to stop (SIGTERM ends its loop after the current write) and return what it wrote."""
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        out, err = self.process.communicate(timeout=timeout)
+        if self.process.returncode != 0:
+            raise RuntimeError(f"simulated application failed ({self.process.returncode}): {err[-2000:]}")
+        return [Change(**json.loads(line)) for line in out.splitlines() if line.startswith('{"table"')]
+
+    def wait(self, timeout: float = 60.0) -> list[Change]:
+        self.process.wait(timeout=timeout)
+        return self.stop(timeout)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Simulate the old application writing to the legacy database.")
     parser.add_argument("--url", required=True, help="sqlite:///legacy.db | postgresql://user@host:port/db")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--interval", type=float, default=0.5, help="seconds between writes")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--jsonl", action="store_true", help="print each write as a JSON line (table, key, kind)")
     args = parser.parse_args(argv)
     app = LegacyApp(args.url, seed=args.seed)
     stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
     timer = threading.Timer(args.seconds, stop.set)
     timer.start()
+    if args.jsonl:
+        print(json.dumps({"ready": True}), flush=True)
+    done = 0
     try:
-        changes = app.run(stop, args.interval)
+        while not stop.is_set():
+            change = app.step()
+            done += 1
+            if args.jsonl:
+                print(json.dumps(asdict(change)), flush=True)
+            stop.wait(args.interval)
     except KeyboardInterrupt:
-        changes = app.changes
+        pass
     finally:
         timer.cancel()
         app.close()
     kinds: dict[str, int] = {}
-    for change in changes:
+    for change in app.changes:
         kinds[f"{change.table}/{change.kind}"] = kinds.get(f"{change.table}/{change.kind}", 0) + 1
-    print(f"wrote to {redact_url(args.url)}: {kinds}")
+    print(f"wrote to {redact_url(args.url)}: {kinds}", file=sys.stderr)
     return 0
 
 

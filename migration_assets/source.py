@@ -151,6 +151,16 @@ def _sqlite_schema(cols: list[str], decl: dict[str, str]) -> dict[str, pl.DataTy
     return out
 
 
+# A legacy database still written by its application is locked for a moment at each commit; readers
+# wait that long rather than fail with "database is locked" (ADBC sets no busy timeout of its own).
+SQLITE_BUSY_TIMEOUT_MS = 10_000
+
+
+def _wait_for_writers(cur: Any) -> None:
+    cur.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+    cur.fetchall()
+
+
 def _read_sqlite(location: str, query: str, schema: dict[str, pl.DataType] | None) -> pl.DataFrame:
     """ADBC (Arrow) read; falls back to the stdlib driver when ADBC's type inference trips.
 
@@ -161,6 +171,7 @@ def _read_sqlite(location: str, query: str, schema: dict[str, pl.DataType] | Non
 
     try:
         with sqlite_adbc.connect(location) as conn, conn.cursor() as cur:
+            _wait_for_writers(cur)
             cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": "65536"})
             cur.execute(query)
             df = pl.from_arrow(cur.fetch_arrow_table())
@@ -327,6 +338,7 @@ def _iter_sqlite(location: str, query: str, schema: dict[str, pl.DataType], batc
     emitted = 0
     try:
         with sqlite_adbc.connect(location) as conn, conn.cursor() as cur:
+            _wait_for_writers(cur)
             cur.adbc_statement.set_options(**{"adbc.sqlite.query.batch_rows": str(min(batch_rows, 65536))})
             cur.execute(query)
             for df in _arrow_frames(cur.fetch_record_batch(), schema):
