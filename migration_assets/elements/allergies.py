@@ -24,9 +24,17 @@ from migration_assets.elements.base import (
     frame_columns,
     future_date,
     invalid_date,
+    key_flags,
     quarantine,
+    quarantine_orphans,
 )
-from migration_assets.elements.fhir_json import coding, conditional_reference, identifier, reference
+from migration_assets.elements.fhir_json import (
+    codeable_concept,
+    coding,
+    conditional_reference,
+    identifier,
+    reference,
+)
 from migration_assets.terminology import SNOMED_CT, read_map
 
 CLINICAL_STATUS_SYSTEM = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
@@ -48,7 +56,7 @@ REGISTER_NOTES = {
 
 
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
-    known_patients = tables["patients"].select("patient_id", patient_in_source=pl.lit(True)).unique("patient_id")
+    known_patients = key_flags(tables["patients"], "patient_id", "patient_in_source")
     return (
         tables["patient_allergies"]
         .join(known_patients, on="patient_id", how="left", maintain_order="left")
@@ -77,22 +85,12 @@ def transform(source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
     resource = pl.struct(
         pl.lit("AllergyIntolerance").alias("resourceType"),
         identifier(allergy_system, pl.col("patient_allergy_id")).alias("identifier"),
-        pl.struct(
-            pl.concat_list(coding(CLINICAL_STATUS_SYSTEM, pl.col("fhir_clinical_status"))).list.drop_nulls().alias("coding")
-        ).alias("clinicalStatus"),
-        pl.struct(
-            pl.concat_list(coding(VERIFICATION_STATUS_SYSTEM, pl.col("fhir_verification_status")))
-            .list.drop_nulls()
-            .alias("coding")
-        ).alias("verificationStatus"),
-        pl.struct(
-            pl.concat_list(
-                coding(system.code_system("allergen"), pl.col("allergen_code"), pl.col("allergen_name")),
-                coding(SNOMED_CT, pl.col("snomed_code"), pl.col("snomed_display")),
-            )
-            .list.drop_nulls()
-            .alias("coding"),
-            pl.col("allergen_name").alias("text"),
+        codeable_concept(coding(CLINICAL_STATUS_SYSTEM, pl.col("fhir_clinical_status"))).alias("clinicalStatus"),
+        codeable_concept(coding(VERIFICATION_STATUS_SYSTEM, pl.col("fhir_verification_status"))).alias("verificationStatus"),
+        codeable_concept(
+            coding(system.code_system("allergen"), pl.col("allergen_code"), pl.col("allergen_name")),
+            coding(SNOMED_CT, pl.col("snomed_code"), pl.col("snomed_display")),
+            text=pl.col("allergen_name"),
         ).alias("code"),
         reference(patient).alias("patient"),
         pl.col("recorded_date").alias("recordedDate"),
@@ -126,12 +124,7 @@ def transform(source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
         patient_in_source=pl.col("patient_in_source").fill_null(False),
     )
     legacy = pl.col("legacy").struct
-    frame = quarantine(
-        frame,
-        "orphan_reference",
-        ~pl.col("patient_in_source"),
-        pl.format("patient_id {} is not in the patients table", pl.col("patient_id")),
-    )
+    frame = quarantine_orphans(frame, "patient_id", "patients", "patient_in_source")
     frame = quarantine(frame, "missing_value", legacy.field("clinical_status").is_null(), "clinical_status is empty")
     frame = quarantine(
         frame,

@@ -262,3 +262,19 @@ def expected_reference(path: str, resource_type: str, system: str, key: pl.Expr)
         pl.lit(system).alias("identifier_system"),
         key.alias("identifier_value"),
     )
+
+
+def key_flags(parent: pl.DataFrame, key: str, flag: str) -> pl.DataFrame:
+    """The distinct keys of a parent table, each with `flag` = True, to left-join onto child rows."""
+    return parent.select(key).unique().with_columns(pl.lit(True).alias(flag))
+
+
+def quarantine_orphans(frame: pl.DataFrame, key: str, table: str, flag: str, required: bool = True) -> pl.DataFrame:
+    """Quarantine rows whose `key` names no row of `table` in the source (`flag` false or null); a
+    missing key is an orphan too when the reference is required."""
+    missing = pl.col(key).is_null()
+    orphan = ~pl.col(flag).fill_null(False) & (~missing | pl.lit(required))
+    reason = pl.when(missing).then(pl.lit(f"{key} is missing")).otherwise(
+        pl.format(f"{key} {{}} is not in the {table} table", pl.col(key))
+    )
+    return quarantine(frame, "orphan_reference", orphan, reason)

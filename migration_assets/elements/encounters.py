@@ -18,18 +18,24 @@ from migration_assets.elements.base import (
     frame_columns,
     future_date,
     invalid_date,
+    key_flags,
     quarantine,
+    quarantine_orphans,
     stable_urn_uuid,
 )
-from migration_assets.elements.fhir_json import coding, conditional_reference, identifier, reference
+from migration_assets.elements.fhir_json import (
+    codeable_concept,
+    coding,
+    conditional_reference,
+    identifier,
+    reference,
+)
 from migration_assets.terminology import V3_ACT_CODE, read_map
 
 
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
-    known_patients = tables["patients"].select("patient_id", patient_in_source=pl.lit(True)).unique("patient_id")
-    known_practitioners = (
-        tables["practitioners"].select("practitioner_id", practitioner_in_source=pl.lit(True)).unique("practitioner_id")
-    )
+    known_patients = key_flags(tables["patients"], "patient_id", "patient_in_source")
+    known_practitioners = key_flags(tables["practitioners"], "practitioner_id", "practitioner_in_source")
     encounters = (
         tables["encounters"]
         .join(known_patients, on="patient_id", how="left", maintain_order="left")
@@ -66,20 +72,10 @@ def transform(source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
         ],
         how="diagonal_relaxed",
     )
-    frame = quarantine(
-        frame,
-        "orphan_reference",
-        ~pl.col("patient_in_source"),
-        pl.format("patient_id {} is not in the patients table", pl.col("patient_id")),
-    )
+    frame = quarantine_orphans(frame, "patient_id", "patients", "patient_in_source")
     frame = quarantine(frame, "invalid_date", invalid_date("date"), "date is not a real date")
     frame = quarantine(frame, "future_date", future_date("date"), "date lies in the future")
-    frame = quarantine(
-        frame,
-        "orphan_reference",
-        pl.col("practitioner_id").is_not_null() & ~pl.col("practitioner_in_source").fill_null(False),
-        pl.format("practitioner_id {} is not in the practitioners table", pl.col("practitioner_id")),
-    )
+    frame = quarantine_orphans(frame, "practitioner_id", "practitioners", "practitioner_in_source", required=False)
     # An encounter without a practitioner expects no participant reference.
     frame = frame.with_columns(pl.col("references").list.drop_nulls())
     return frame.drop("patient_in_source", "encounter_in_source", "type_known", "practitioner_in_source")
@@ -94,11 +90,7 @@ def _encounters(rows: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
         pl.lit("finished").alias("status"),
         coding(V3_ACT_CODE, pl.col("class_code"), pl.col("class_display")).alias("class"),
         pl.concat_list(
-            pl.struct(
-                pl.concat_list(coding(system.code_system("encounter-type"), pl.col("type"), pl.col("display")))
-                .list.drop_nulls()
-                .alias("coding")
-            )
+            codeable_concept(coding(system.code_system("encounter-type"), pl.col("type"), pl.col("display")))
         ).alias("type"),
         reference(pl.col("subject_reference")).alias("subject"),
         pl.concat_list(pl.struct(reference(pl.col("practitioner_reference")).alias("individual"))).alias("participant"),
@@ -178,12 +170,7 @@ def _notes(rows: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
         encounter_in_source=pl.col("encounter_in_source").fill_null(False),
         type_known=pl.lit(True),
     )
-    frame = quarantine(
-        frame,
-        "orphan_reference",
-        ~pl.col("encounter_in_source"),
-        pl.format("encounter_id {} is not in the encounters table", pl.col("encounter_id")),
-    )
+    frame = quarantine_orphans(frame, "encounter_id", "encounters", "encounter_in_source")
     return quarantine(frame, "missing_value", pl.col("note_empty"), "note has no text").drop("note_empty")
 
 

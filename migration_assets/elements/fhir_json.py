@@ -51,6 +51,15 @@ def coding(system: pl.Expr | str, code: pl.Expr | str, display: pl.Expr | str | 
     return pl.when(code_expr.is_not_null()).then(pl.struct(fields))
 
 
+def codeable_concept(*codings: pl.Expr, text: pl.Expr | None = None) -> pl.Expr:
+    """A CodeableConcept of the codings that are present (a local code first, then its mapped
+    standard codes) and an optional text."""
+    fields = [pl.concat_list(*codings).list.drop_nulls().alias("coding")]
+    if text is not None:
+        fields.append(text.alias("text"))
+    return pl.struct(fields)
+
+
 def reference(target: pl.Expr) -> pl.Expr:
     """`{"reference": target}`, null when the target is null."""
     return pl.when(target.is_not_null()).then(pl.struct(target.alias("reference")))

@@ -30,9 +30,17 @@ from migration_assets.elements.base import (
     frame_columns,
     future_date,
     invalid_date,
+    key_flags,
     quarantine,
+    quarantine_orphans,
 )
-from migration_assets.elements.fhir_json import coding, conditional_reference, identifier, reference
+from migration_assets.elements.fhir_json import (
+    codeable_concept,
+    coding,
+    conditional_reference,
+    identifier,
+    reference,
+)
 from migration_assets.terminology import RXNORM, read_map
 
 STATUSES = ("active", "completed", "entered-in-error", "intended", "stopped", "on-hold", "unknown", "not-taken")
@@ -46,7 +54,7 @@ REGISTER_NOTES = {
 
 
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
-    known_patients = tables["patients"].select("patient_id", patient_in_source=pl.lit(True)).unique("patient_id")
+    known_patients = key_flags(tables["patients"], "patient_id", "patient_in_source")
     return (
         tables["patient_medications"]
         .join(known_patients, on="patient_id", how="left", maintain_order="left")
@@ -72,14 +80,10 @@ def transform(source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
         pl.lit("MedicationStatement").alias("resourceType"),
         identifier(medication_system, pl.col("patient_medication_id")).alias("identifier"),
         pl.col("fhir_status").alias("status"),
-        pl.struct(
-            pl.concat_list(
-                coding(system.code_system("drug"), pl.col("drug_code"), pl.col("drug_name")),
-                coding(RXNORM, pl.col("rxnorm_code"), pl.col("rxnorm_display")),
-            )
-            .list.drop_nulls()
-            .alias("coding"),
-            pl.col("drug_name").alias("text"),
+        codeable_concept(
+            coding(system.code_system("drug"), pl.col("drug_code"), pl.col("drug_name")),
+            coding(RXNORM, pl.col("rxnorm_code"), pl.col("rxnorm_display")),
+            text=pl.col("drug_name"),
         ).alias("medicationCodeableConcept"),
         reference(subject).alias("subject"),
         pl.struct(pl.col("start_date").alias("start"), pl.col("end_date").alias("end")).alias("effectivePeriod"),
@@ -102,12 +106,7 @@ def transform(source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
         legacy_status=pl.col("legacy_status"),
         patient_in_source=pl.col("patient_in_source").fill_null(False),
     )
-    frame = quarantine(
-        frame,
-        "orphan_reference",
-        ~pl.col("patient_in_source"),
-        pl.format("patient_id {} is not in the patients table", pl.col("patient_id")),
-    )
+    frame = quarantine_orphans(frame, "patient_id", "patients", "patient_in_source")
     frame = quarantine(
         frame,
         "unknown_code",

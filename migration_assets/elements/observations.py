@@ -35,9 +35,17 @@ from migration_assets.elements.base import (
     frame_columns,
     future_date,
     invalid_date,
+    key_flags,
     quarantine,
+    quarantine_orphans,
 )
-from migration_assets.elements.fhir_json import coding, conditional_reference, identifier, reference
+from migration_assets.elements.fhir_json import (
+    codeable_concept,
+    coding,
+    conditional_reference,
+    identifier,
+    reference,
+)
 from migration_assets.terminology import LOINC, UCUM, read_map
 
 CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/observation-category"
@@ -61,7 +69,7 @@ REGISTER_NOTES = {
 
 
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
-    known_patients = tables["patients"].select("patient_id", patient_in_source=pl.lit(True)).unique("patient_id")
+    known_patients = key_flags(tables["patients"], "patient_id", "patient_in_source")
     encounters = tables["encounters"].select("encounter_id", encounter_patient_id=pl.col("patient_id")).unique(
         "encounter_id", keep="first"
     )
@@ -123,20 +131,12 @@ def transform(source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
         identifier(observation_system, pl.col("observation_id")).alias("identifier"),
         pl.lit("final").alias("status"),
         pl.concat_list(
-            pl.struct(
-                pl.concat_list(coding(CATEGORY_SYSTEM, pl.col("category_code"), pl.col("category_display")))
-                .list.drop_nulls()
-                .alias("coding")
-            )
+            codeable_concept(coding(CATEGORY_SYSTEM, pl.col("category_code"), pl.col("category_display")))
         ).alias("category"),
-        pl.struct(
-            pl.concat_list(
-                coding(system.code_system("observation-test"), pl.col("test_code"), pl.col("test_name")),
-                coding(LOINC, pl.col("loinc_code"), pl.col("loinc_display")),
-            )
-            .list.drop_nulls()
-            .alias("coding"),
-            pl.col("test_name").alias("text"),
+        codeable_concept(
+            coding(system.code_system("observation-test"), pl.col("test_code"), pl.col("test_name")),
+            coding(LOINC, pl.col("loinc_code"), pl.col("loinc_display")),
+            text=pl.col("test_name"),
         ).alias("code"),
         reference(pl.col("subject_reference")).alias("subject"),
         reference(pl.col("encounter_reference")).alias("encounter"),
@@ -176,12 +176,7 @@ def transform(source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
         pl.col("resource").str.replace_all(r'"\\u0001(' + NUMBER + ')"', "$1"),
     )
     legacy = pl.col("legacy").struct
-    frame = quarantine(
-        frame,
-        "orphan_reference",
-        ~pl.col("patient_in_source"),
-        pl.format("patient_id {} is not in the patients table", pl.col("patient_id")),
-    )
+    frame = quarantine_orphans(frame, "patient_id", "patients", "patient_in_source")
     frame = quarantine(
         frame,
         "orphan_reference",

@@ -15,9 +15,12 @@ from migration_assets.elements.base import (
     frame_columns,
     future_date,
     invalid_date,
+    key_flags,
     quarantine,
+    quarantine_orphans,
 )
 from migration_assets.elements.fhir_json import (
+    codeable_concept,
     coding,
     conditional_reference,
     identifier,
@@ -27,7 +30,7 @@ from migration_assets.terminology import ICD10CM, read_map
 
 
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
-    known_patients = tables["patients"].select("patient_id", patient_in_source=pl.lit(True)).unique("patient_id")
+    known_patients = key_flags(tables["patients"], "patient_id", "patient_in_source")
     catalogue = tables["conditions"].with_columns(condition_in_catalogue=pl.lit(True)).unique("condition_id")
     return (
         tables["patient_conditions"]
@@ -45,14 +48,10 @@ def transform(source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
         pl.lit("Condition").alias("resourceType"),
         identifier(system.identifier_system("patient-condition"), pl.col("patient_condition_id")).alias("identifier"),
         reference(subject).alias("subject"),
-        pl.struct(
-            pl.concat_list(
-                coding(system.code_system("condition"), pl.col("condition_id"), pl.col("condition_name")),
-                coding(ICD10CM, pl.col("icd10_code"), pl.col("icd10_display")),
-            )
-            .list.drop_nulls()
-            .alias("coding"),
-            pl.col("condition_name").alias("text"),
+        codeable_concept(
+            coding(system.code_system("condition"), pl.col("condition_id"), pl.col("condition_name")),
+            coding(ICD10CM, pl.col("icd10_code"), pl.col("icd10_display")),
+            text=pl.col("condition_name"),
         ).alias("code"),
         pl.col("onset_date").alias("onsetDateTime"),
     )
@@ -75,12 +74,7 @@ def transform(source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
             condition_in_catalogue=pl.col("condition_in_catalogue").fill_null(False),
         )
     )
-    frame = quarantine(
-        frame,
-        "orphan_reference",
-        ~pl.col("patient_in_source"),
-        pl.format("patient_id {} is not in the patients table", pl.col("patient_id")),
-    )
+    frame = quarantine_orphans(frame, "patient_id", "patients", "patient_in_source")
     frame = quarantine(
         frame, "unknown_code", ~pl.col("condition_in_catalogue"), "condition_id is not in the conditions catalogue"
     )
