@@ -9,6 +9,13 @@ import os
 
 from dagster import AssetSelection, Definitions, EnvVar, define_asset_job, in_process_executor
 
+from migration_assets.adoption_assets import (
+    ADOPTION_ASSETS,
+    ADOPTION_CHECKS,
+    ADOPTION_JOBS,
+    ADOPTION_SCHEDULES,
+    ADOPTION_SENSORS,
+)
 from migration_assets.assets import fhir_frames, legacy_source, medplum_resources, reconciliation_report
 from migration_assets.checks import ALL_CHECKS
 from migration_assets.paths import DEFAULT_LEGACY_DB_URL, DEFAULT_MANIFEST_URL, FRAMES_DIR
@@ -21,7 +28,7 @@ from migration_assets.resources import (
     PolarsParquetIOManager,
 )
 
-ASSETS = [legacy_source, fhir_frames, medplum_resources, reconciliation_report, mapping_register_asset]
+ASSETS = [legacy_source, fhir_frames, medplum_resources, reconciliation_report, mapping_register_asset, *ADOPTION_ASSETS]
 
 migrate_element_job = define_asset_job(
     "migrate_data_element",
@@ -49,8 +56,10 @@ def resources_from_environment() -> dict[str, object]:
 def make_definitions(resources: dict[str, object]) -> Definitions:
     return Definitions(
         assets=ASSETS,
-        asset_checks=ALL_CHECKS,
-        jobs=[migrate_element_job],
+        asset_checks=[*ALL_CHECKS, *ADOPTION_CHECKS],
+        jobs=[migrate_element_job, *ADOPTION_JOBS],
+        schedules=ADOPTION_SCHEDULES,
+        sensors=ADOPTION_SENSORS,
         resources=resources,
         # Each step in a subprocess costs 20-45 s a run here; in process it is about 5 s.
         executor=in_process_executor,

@@ -151,6 +151,8 @@ def load_phases(path: Path | str | None = None) -> PhasesConfig:
         raise PhaseConfigError(f"phases file not found: {file} (set {PHASES_FILE_ENV} or create it)") from None
     except yaml.YAMLError as exc:
         raise PhaseConfigError(f"{file}: not valid YAML: {exc}") from None
+    except ValueError as exc:  # YAML's own date parsing (since: 2025-13-01)
+        raise PhaseConfigError(f"{file}: a value is not a date (YYYY-MM-DD): {exc}") from None
     return parse_phases(raw, file)
 
 

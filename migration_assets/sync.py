@@ -356,11 +356,13 @@ def compare_stores(
     frame: pl.DataFrame,
     units: pl.DataFrame,
     sample: DualWriteSample | None = None,
+    look_for_extras: bool = True,
 ) -> DualWriteReport:
     """The legacy store (as FHIR built from its rows) against Medplum, record by record and field by
     field on the fields the mapping writes (ignoring id and meta; references compared by the resource
     they point at). With `sample.size`, only that many legacy units, drawn with `sample.seed`, are
-    compared and resources only in Medplum are not looked for."""
+    compared and resources only in Medplum are not looked for (nor when `look_for_extras` is False:
+    `frame` is then a part of the element, e.g. one patient's units)."""
     sample = sample or DualWriteSample()
     load_quarantined = units.filter(pl.col("disposition") == "quarantined").select("source_table", "unit_key")
     in_frame = frame.filter(pl.col("quarantine_rule").is_null())
@@ -371,7 +373,7 @@ def compare_stores(
         keys = sorted(eligible.select(pl.format("{}|{}", "resource_type", "identifier_value")).to_series().to_list())
         picked = set(random.Random(sample.seed).sample(keys, sample.size))
         chosen = eligible.filter(pl.format("{}|{}", "resource_type", "identifier_value").is_in(list(picked)))
-    whole = chosen.height == eligible.height
+    whole = chosen.height == eligible.height and look_for_extras
     censuses = take_census(client, frame) if whole else None
     found = _found_resources(client, chosen, censuses)
     target_ids = _target_identifiers(client, _expectations(chosen))
