@@ -5,7 +5,7 @@ Thin wrappers: the work is in elements/, loader.py and verification.py."""
 from pathlib import Path
 
 import polars as pl
-from dagster import AssetExecutionContext, AssetIn, MaterializeResult, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, AssetIn, Failure, MaterializeResult, MetadataValue, Output, asset
 
 from migration_assets.elements import get_element, prerequisites
 from migration_assets.elements.base import build_frame
@@ -13,6 +13,7 @@ from migration_assets.evidence import reconciliation_report as build_reconciliat
 from migration_assets.evidence import write_evidence
 from migration_assets.loader import migrate
 from migration_assets.partitions import DATA_ELEMENTS
+from migration_assets.phases import load_phases
 from migration_assets.reporting import counts, quarantine_summary, table
 from migration_assets.resources import LegacySource, ManifestStore, MedplumResource, MigrationSettings
 
@@ -91,6 +92,11 @@ def medplum_resources(
     migration_settings: MigrationSettings,
 ) -> MaterializeResult:
     element = get_element(context.partition_key)
+    phase = load_phases().of(element.name)
+    if phase.behaviour.sync != "write":
+        # Past this phase Medplum is the system of record: legacy rows must not overwrite it.
+        raise Failure(f"{element.name} is in phase {phase.phase} (phases.yaml): nothing is loaded from the legacy "
+                      f"store any more. {phase.behaviour.summary}")
     settings = migration_settings.load_settings(element)
     with medplum.open_client() as client, manifest.open() as ledger:
         result, _ = migrate(
@@ -103,6 +109,7 @@ def medplum_resources(
         metadata={
             "medplum_base_url": medplum.base_url,
             "mapping_version": element.mapping_version,
+            "adoption_phase": phase.phase,
             "load_mode": settings.mode,
             "shard": f"{settings.shard_index} of {settings.shard_count}",
             **counts(result.counts),

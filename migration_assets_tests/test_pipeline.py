@@ -125,3 +125,19 @@ def test_postgresql_as_the_legacy_source(platform_factory, postgres_schema_url):
     for summary in summaries:
         assert summary.ok, (summary.element, summary.failure_messages, summary.error)
     assert summaries[0].counts["created"] == 30
+
+
+def test_the_backfill_refuses_an_element_past_its_write_phases(platform_factory, tmp_path, monkeypatch):
+    phases = tmp_path / "phases.yaml"
+    phases.write_text(
+        "version: 1\ndefault_phase: backfill\nelements:\n  patients:\n    phase: front_end_write\n    since: 2025-06-01\n"
+    )
+    monkeypatch.setenv("ADOPTION_PHASES_FILE", str(phases))
+    platform = platform_factory.new(patients=10)
+
+    summary = platform.run("patients")
+
+    assert not summary.ok
+    assert "phase front_end_write" in summary.error
+    with platform.client() as client:
+        assert list(client.search("Patient", {"_count": "10"})) == []
