@@ -181,8 +181,12 @@ def load_frame(
         for number, (rows, entries) in enumerate(bundles, start=1):
             cost = len(rows) * POINTS_PER_CONDITIONAL_WRITE
             if not respond_async:
-                # The bundles still in flight will be charged too: the header does not show them yet.
-                client.pace(cost=cost, in_flight=sum(item[3] for item in in_flight))
+                # The bundles in flight will be charged too, and the header does not show them yet:
+                # while the quota has no room for them and this one, wait for answers; then for the
+                # quota's reset if even this bundle alone does not fit.
+                while in_flight and not client.quota_allows(cost + sum(item[3] for item in in_flight)):
+                    settle_oldest()
+                client.pace(cost=cost)
             future = pool.submit(client.submit_batch, entries, respond_async=respond_async)
             in_flight.append((number, rows, future, cost))
             if len(in_flight) >= settings.concurrency:

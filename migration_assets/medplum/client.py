@@ -80,6 +80,7 @@ class MedplumClient:
         )
         self._token = ClientCredentialsToken(self._http, self.base_url + "oauth2/token", client_id, client_secret)
         self.last_rate_limit: str | None = None
+        self._quota_seen = 0
 
     def __enter__(self) -> Self:
         return self
@@ -157,13 +158,22 @@ class MedplumClient:
             pending = retry_later
         return [result for result in results if result is not None]
 
-    def pace(self, cost: int, in_flight: int = 0) -> None:
+    def quota_allows(self, cost: int) -> bool:
+        """True when the last `RateLimit` header leaves `cost` points of the FHIR quota, or as many as
+        were ever seen left (a request larger than the whole quota cannot wait its way in: the server
+        refuses its tail with 429 and those entries are resent)."""
+        limit = parse_rate_limit(self.last_rate_limit).get("fhirInteractions")
+        if limit is None:
+            return True
+        self._quota_seen = max(self._quota_seen, limit.remaining)
+        return limit.remaining >= min(cost, self._quota_seen)
+
+    def pace(self, cost: int) -> None:
         """Wait for the FHIR quota to reset when the last `RateLimit` header says fewer than `cost`
-        points are left, instead of running into 429s. `in_flight`: points of requests already sent
-        whose answers (and so whose charge) the header does not show yet."""
+        points are left, instead of running into 429s."""
         with self._pace_lock:
             limit = parse_rate_limit(self.last_rate_limit).get("fhirInteractions")
-            if limit is None or limit.remaining >= cost + in_flight:
+            if limit is None or self.quota_allows(cost):
                 return
             log.info("FHIR quota nearly spent (%d points left); waiting %.0fs for its reset", limit.remaining,
                      limit.reset_seconds)
@@ -191,9 +201,12 @@ class MedplumClient:
         started = time.monotonic()
         problem = ""
         for attempt in range(1, self.retry.max_attempts + 1):
-            token = self._token.bearer()
             self._count(requests=1)
             try:
+                # Fault tests: the token request is inside the retry loop. A refused or reset
+                # connection while fetching a token (first request, after a 401, after a server
+                # restart, which forgets every token) escaped as a raw httpx error, never retried.
+                token = self._token.bearer()
                 request_headers = {"Authorization": f"Bearer {token}", **(headers or {})}
                 if content is not None:
                     request_headers["Content-Type"] = "application/fhir+json"

@@ -1,0 +1,598 @@
+"""`make bench`: how fast the platform loads, against what the server can take, on one data set.
+
+Generates the sample source (BENCH_PATIENTS patients, default 2,000, with their conditions), then
+runs, each against a fresh local Medplum server:
+
+- ceiling: pre-built batch bundles of conditional PUTs, nothing else, for a grid of batch sizes and
+  concurrencies (the best is "what the server can take");
+- naive: one conditional PUT per request, in sequence, on a subset;
+- `medplum bulk import` (@medplum/cli, POSTs in transactions of 25: not idempotent; run twice to show it);
+- the platform's loader alone (load_frame) on the same grid, and its unchanged reload;
+- the platform end to end through Dagster (read, transform, validate, load, checks), first load and
+  unchanged reload;
+- transform alone (patients: source rows a second);
+- peak memory of the transform step and of the load step, each in its own process (as Dagster's
+  multiprocess executor or a Kubernetes step runs them), for BENCH_MEMORY_PATIENTS patients with
+  their conditions and encounters; the load step writes to an in-process stub Medplum, so what is
+  measured is the loader's memory, not the server's.
+
+Prints a table, writes .artifacts/bench/bench.json and .artifacts/bench/throughput.png.
+
+Stages can be picked: `python -m migration_assets.bench --stages transform,memory --patients 1000000`.
+"""
+
+import argparse
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import polars as pl
+
+from migration_assets.elements import get_element
+from migration_assets.elements.base import SourceSystem, build_frame
+from migration_assets.loader import LoadSettings, entry_texts, load_frame
+from migration_assets.local_medplum import REPO_ROOT, SERVER_DIR, LocalMedplum, running_local_medplum
+from migration_assets.manifest import Manifest
+from migration_assets.medplum import MedplumClient
+from migration_assets.sample_data import build_sample_tables, write_tables
+from migration_assets.source import read_table
+
+OUT_DIR = REPO_ROOT / ".artifacts" / "bench"
+SYSTEM = SourceSystem("https://ehr.example-clinic.org/fhir")
+ELEMENTS = ("patients", "problem_list")  # the benchmark's data: Patients and their Conditions
+MEMORY_ELEMENTS = ("patients", "problem_list", "encounters")
+BATCH_SIZES = (25, 100, 400)
+CONCURRENCIES = (1, 2, 4)
+NAIVE_SUBSET = 300  # patients (with their conditions) for the one-request-per-resource run
+STAGES = ("transform", "ceiling", "naive", "cli", "loader", "e2e", "memory")
+MEDPLUM_CLI = SERVER_DIR / "node_modules" / ".bin" / "medplum"
+
+TARGETS = {
+    "e2e_vs_ceiling": "end-to-end first load >= 90% of the ceiling",
+    "unchanged_reload": "unchanged reload of 100,000 resources < 10 s with zero writes",
+    "transform_rate": "transform >= 1,000,000 patient rows/s",
+    "peak_memory": "peak memory < 2 GB for 1,000,000 patients with conditions and encounters",
+}
+
+
+def rss_mb() -> float:
+    """Peak resident memory of this process so far (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+# -- data --------------------------------------------------------------------------------------------
+
+
+def write_source(patients: int, folder: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    tables = build_sample_tables(patients=patients)
+    generated = time.perf_counter() - started
+    write_tables(f"parquet:///{folder}", tables)
+    return {"patients": patients, "rows": {name: frame.height for name, frame in tables.items()},
+            "generate_seconds": round(generated, 2), "seconds": round(time.perf_counter() - started, 2)}
+
+
+def element_frame(source_url: str, name: str) -> pl.DataFrame:
+    element = get_element(name)
+    tables = {table: read_table(source_url, table) for table in element.source_tables}
+    return build_frame(element, element.extract(tables), SYSTEM)
+
+
+def eligible(frame: pl.DataFrame) -> pl.DataFrame:
+    return frame.filter(pl.col("quarantine_rule").is_null())
+
+
+# -- transform alone ---------------------------------------------------------------------------------
+
+
+def bench_transform(source_url: str) -> dict[str, Any]:
+    element = get_element("patients")
+    started = time.perf_counter()
+    source = element.extract({"patients": read_table(source_url, "patients")})
+    read = time.perf_counter() - started
+    started = time.perf_counter()
+    element.transform(source, SYSTEM)
+    mapping = time.perf_counter() - started
+    started = time.perf_counter()
+    frame = build_frame(element, source, SYSTEM)
+    full = time.perf_counter() - started
+    return {
+        "source_rows": source.height,
+        "read_seconds": round(read, 3),
+        "mapping_seconds": round(mapping, 3),
+        "mapping_rows_per_s": round(source.height / mapping),
+        "transform_validate_hash_seconds": round(full, 3),
+        "transform_rows_per_s": round(source.height / full),
+        "quarantined": int(frame["quarantine_rule"].is_not_null().sum()),
+    }
+
+
+# -- ceiling: pre-built bundles, nothing else ------------------------------------------------------------
+
+
+def token(server: LocalMedplum) -> str:
+    answer = httpx.post(server.token_url, data={"grant_type": "client_credentials", "client_id": server.client_id,
+                                                "client_secret": server.client_secret}, trust_env=False)
+    answer.raise_for_status()
+    return str(answer.json()["access_token"])
+
+
+def bundles(texts: list[str], batch_size: int) -> list[bytes]:
+    return [('{"resourceType":"Bundle","type":"batch","entry":[' + ",".join(texts[i:i + batch_size]) + "]}").encode()
+            for i in range(0, len(texts), batch_size)]
+
+
+def send_bundles(server: LocalMedplum, phases: list[list[bytes]], concurrency: int) -> tuple[float, int, int]:
+    """Send each phase's bundles `concurrency` at a time (a phase ends before the next starts:
+    Conditions reference Patients); seconds, entries ok, entries failed."""
+    headers = {"Authorization": f"Bearer {token(server)}", "Content-Type": "application/fhir+json"}
+    ok = failed = 0
+    with httpx.Client(base_url=server.fhir_base_url, headers=headers, timeout=300, trust_env=False) as http:
+        def post(body: bytes) -> list[int]:
+            answer = http.post("", content=body)
+            answer.raise_for_status()
+            return [int(str(e["response"]["status"]).split()[0]) for e in answer.json()["entry"]]
+
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=concurrency) as pool:
+            for phase in phases:
+                for statuses in pool.map(post, phase):
+                    ok += sum(200 <= s < 300 for s in statuses)
+                    failed += sum(not 200 <= s < 300 for s in statuses)
+        return time.perf_counter() - started, ok, failed
+
+
+def bench_ceiling(texts: dict[str, list[str]]) -> list[dict[str, Any]]:
+    points = []
+    total = sum(len(t) for t in texts.values())
+    for batch_size in BATCH_SIZES:
+        phases = [bundles(texts[name], batch_size) for name in ELEMENTS]
+        for concurrency in CONCURRENCIES:
+            with running_local_medplum() as server:
+                seconds, ok, failed = send_bundles(server, phases, concurrency)
+            points.append({"batch_size": batch_size, "concurrency": concurrency, "resources": total, "ok": ok,
+                           "failed": failed, "seconds": round(seconds, 3), "resources_per_s": round(ok / seconds, 1)})
+            log(f"ceiling batch {batch_size:>4} x {concurrency}: {ok / seconds:8.1f} resources/s ({failed} failed)")
+    return points
+
+
+# -- naive: one conditional PUT per request ----------------------------------------------------------
+
+
+def bench_naive(frames: dict[str, pl.DataFrame], subset_patients: int) -> dict[str, Any]:
+    patients = eligible(frames["patients"]).head(subset_patients)
+    keys = patients["identifier_value"].to_list()
+    conditions = eligible(frames["problem_list"]).filter(pl.col("patient_id").is_in(keys))
+    rows = [row for frame in (patients, conditions) for row in frame.select(
+        "resource_type", "identifier_system", "identifier_value", "resource").iter_rows()]
+    with running_local_medplum() as server:
+        headers = {"Authorization": f"Bearer {token(server)}", "Content-Type": "application/fhir+json"}
+        ok = 0
+        with httpx.Client(base_url=server.fhir_base_url, headers=headers, timeout=60, trust_env=False) as http:
+            started = time.perf_counter()
+            for resource_type, system, value, body in rows:
+                answer = http.put(resource_type, params={"identifier": f"{system}|{value}"}, content=body.encode())
+                ok += answer.status_code in (200, 201)
+            seconds = time.perf_counter() - started
+    log(f"naive: {ok / seconds:.1f} resources/s")
+    return {"resources": len(rows), "ok": ok, "seconds": round(seconds, 3), "resources_per_s": round(ok / seconds, 1)}
+
+
+# -- medplum bulk import -----------------------------------------------------------------------------
+
+
+def bench_cli(frames: dict[str, pl.DataFrame], work: Path) -> dict[str, Any]:
+    if not MEDPLUM_CLI.exists():
+        return {"ran": False, "why": f"{MEDPLUM_CLI} not installed (make setup installs @medplum/cli as a devDependency)"}
+    files = []
+    for name in ELEMENTS:
+        frame = eligible(frames[name])
+        path = work / f"{frame['resource_type'][0]}.ndjson"
+        path.write_text("\n".join(frame["resource"].to_list()) + "\n")
+        files.append((path, frame.height))
+    total = sum(n for _, n in files)
+    with running_local_medplum() as server:
+        home = work / "cli_home"
+        home.mkdir(exist_ok=True)
+        env = {**os.environ, "HOME": str(home), "MEDPLUM_BASE_URL": server.base_url,
+               "MEDPLUM_CLIENT_ID": server.client_id, "MEDPLUM_CLIENT_SECRET": server.client_secret}
+        node = SERVER_DIR / "node_modules" / ".bin" / "node"
+        runs = []
+        for attempt in (1, 2):
+            started = time.perf_counter()
+            errors = []
+            for path, _ in files:
+                done = subprocess.run([str(node), str(MEDPLUM_CLI), "bulk", "import", str(path),
+                                       "--num-resources-per-request", "25"], check=False, env=env, capture_output=True,
+                                      text=True, timeout=3600)
+                if done.returncode != 0:
+                    errors.append(f"{path.name}: exit {done.returncode}: {last_error_line(done.stderr or done.stdout)}")
+            seconds = time.perf_counter() - started
+            with MedplumClient(server.base_url, server.client_id, server.client_secret) as client:
+                stored = {rt: int(client.get_json(rt, {"_summary": "count", "_total": "accurate"}).get("total", -1))
+                          for rt in ("Patient", "Condition")}
+            runs.append({"seconds": round(seconds, 3), "resources_per_s": round(total / seconds, 1),
+                         "stored_after": stored, "errors": errors})
+            log(f"medplum bulk import run {attempt}: {seconds:.1f} s, stored {stored}, errors {errors}")
+            if attempt == 1 and errors:
+                return {"ran": False, "why": "; ".join(errors)}
+    return {"ran": True, "resources": total, "first": runs[0], "second": runs[1],
+            "note": "POSTs in transactions of 25: not idempotent, a second run stores every resource again"}
+
+
+def last_error_line(output: str) -> str:
+    lines = [line for line in output.splitlines() if "Error" in line] or output.splitlines() or [""]
+    return lines[0].strip()[:300]
+
+
+# -- the platform's loader alone -------------------------------------------------------------------------
+
+
+def bench_loader(frames: dict[str, pl.DataFrame], work: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    points = []
+    reload: dict[str, Any] = {}
+    total = sum(eligible(frames[name]).height for name in ELEMENTS)
+    for batch_size in BATCH_SIZES:
+        for concurrency in CONCURRENCIES:
+            settings = LoadSettings(batch_size=batch_size, concurrency=concurrency)
+            manifest_url = f"sqlite:///{work / f'loader-{batch_size}-{concurrency}.db'}"
+            with running_local_medplum() as server:
+                seconds, counts, _ = run_loader(server, manifest_url, frames, settings)
+                point = {"batch_size": batch_size, "concurrency": concurrency, "resources": total,
+                         "created": counts["created"], "failed": counts["failed"], "seconds": round(seconds, 3),
+                         "resources_per_s": round(counts["created"] / seconds, 1)}
+                if not reload:
+                    again, counts, requests = run_loader(server, manifest_url, frames, settings, run_id="reload")
+                    reload = {"resources": total, "seconds": round(again, 3), "requests": requests,
+                              "sent": counts["sent"], "not_sent_unchanged": counts["not_sent_unchanged"]}
+            points.append(point)
+            log(f"loader  batch {batch_size:>4} x {concurrency}: {point['resources_per_s']:8.1f} resources/s")
+    return points, reload
+
+
+def run_loader(server: LocalMedplum, manifest_url: str, frames: dict[str, pl.DataFrame], settings: LoadSettings,
+               run_id: str = "bench") -> tuple[float, dict[str, int], int]:
+    totals: dict[str, int] = {}
+    with MedplumClient(server.base_url, server.client_id, server.client_secret) as client, \
+            Manifest(manifest_url) as manifest:
+        started = time.perf_counter()
+        for name in ELEMENTS:
+            result = load_frame(client, manifest, run_id, name, get_element(name).transactional, frames[name], settings)
+            for key, value in result.counts.items():
+                totals[key] = totals.get(key, 0) + value
+        return time.perf_counter() - started, totals, client.stats.requests
+
+
+# -- end to end through Dagster --------------------------------------------------------------------------
+
+
+def bench_e2e(source_url: str, work: Path, batch_size: int, concurrency: int) -> dict[str, Any]:
+    from dagster import DagsterInstance
+
+    from migration_assets.definitions import make_definitions
+    from migration_assets.resources import (
+        LegacySource,
+        ManifestStore,
+        MedplumResource,
+        MigrationSettings,
+        PolarsParquetIOManager,
+    )
+
+    report: dict[str, Any] = {"batch_size": batch_size, "concurrency": concurrency}
+    with running_local_medplum() as server, tempfile.TemporaryDirectory(dir=work) as home:
+        resources = {
+            "medplum": MedplumResource(base_url=server.base_url, client_id=server.client_id,
+                                       client_secret=server.client_secret),
+            "legacy_db": LegacySource(url=source_url),
+            "manifest": ManifestStore(url=f"sqlite:///{work / 'e2e-manifest.db'}"),
+            "migration_settings": MigrationSettings(batch_size=batch_size, concurrency=concurrency,
+                                                    evidence_dir=str(work / "evidence")),
+            "frames_io_manager": PolarsParquetIOManager(base_dir=str(work / "frames")),
+        }
+        job = make_definitions(resources).resolve_job_def("migrate_data_element")
+        with DagsterInstance.local_temp(tempdir=home) as instance:
+            for label in ("first", "reload"):
+                phase: dict[str, Any] = {"elements": {}}
+                started = time.perf_counter()
+                for name in ELEMENTS:
+                    phase["elements"][name] = run_element(job, instance, name)
+                phase["seconds"] = round(time.perf_counter() - started, 3)
+                for key in ("load_step_seconds", "loaded", "sent"):
+                    phase[key] = round(sum(e[key] for e in phase["elements"].values()), 3)
+                phase["ok"] = all(e["ok"] for e in phase["elements"].values())
+                report[label] = phase
+                log(f"e2e {label}: {phase['seconds']:.1f} s, load steps {phase['load_step_seconds']:.1f} s, "
+                    f"sent {phase['sent']}, ok={phase['ok']}")
+    first = report["first"]
+    report["first"]["resources_per_s"] = round(first["loaded"] / first["seconds"], 1)
+    report["first"]["load_step_resources_per_s"] = round(first["loaded"] / first["load_step_seconds"], 1)
+    return report
+
+
+def run_element(job: Any, instance: Any, name: str) -> dict[str, Any]:
+    from dagster import DagsterEventType
+
+    started = time.perf_counter()
+    result = job.execute_in_process(partition_key=name, instance=instance, raise_on_error=False,
+                                    run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+    seconds = time.perf_counter() - started
+    steps: dict[str, float] = {}
+    starts: dict[str, float] = {}
+    kinds = {DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE}
+    for record in instance.all_logs(result.run_id, of_type=kinds):
+        event = record.dagster_event
+        if event.event_type == DagsterEventType.STEP_START:
+            starts[event.step_key] = record.timestamp
+        else:
+            steps[event.step_key] = round(record.timestamp - starts.get(event.step_key, record.timestamp), 3)
+    counts = {}
+    for materialization in result.asset_materializations_for_node("medplum_resources"):
+        counts = {k: v.value for k, v in materialization.metadata.items() if isinstance(v.value, int)}
+    checks = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    return {"ok": result.success and all(checks.values()), "seconds": round(seconds, 3), "steps": steps,
+            "load_step_seconds": steps.get("medplum_resources", 0.0),
+            "loaded": int(counts.get("created", 0)) + int(counts.get("updated", 0)) + int(counts.get("unchanged", 0)),
+            "sent": int(counts.get("sent", 0)), "checks": checks}
+
+
+# -- memory: each step in its own process ----------------------------------------------------------------
+
+
+class StubMedplum:
+    """An in-process Medplum that answers every batch entry 201: the load step's own memory and CPU,
+    without a server."""
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/oauth2/token"):
+            return httpx.Response(200, json={"access_token": "stub", "expires_in": 3600})
+        count = len(json.loads(request.content)["entry"])
+        entries = [{"response": {"status": "201 Created", "location": f"X/{uuid.uuid4()}/_history/1"}}
+                   for _ in range(count)]
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "batch-response", "entry": entries},
+                              headers={"RateLimit": '"fhirInteractions";r=50000;t=60'})
+
+
+def probe_transform(source_url: str, element_name: str, out: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    frame = element_frame(source_url, element_name)
+    frame.write_parquet(out)  # what the IO manager does with the fhir_frames output
+    return {"rows": frame.height, "seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(rss_mb())}
+
+
+def probe_load(frame_path: Path, element_name: str, manifest_url: str) -> dict[str, Any]:
+    started = time.perf_counter()
+    frame = pl.read_parquet(frame_path)
+    element = get_element(element_name)
+    client = MedplumClient("http://stub/", "stub", "stub", transport=httpx.MockTransport(StubMedplum()))
+    with client, Manifest(manifest_url) as manifest:
+        result = load_frame(client, manifest, f"probe-{element_name}", element_name, element.transactional, frame,
+                            LoadSettings(batch_size=element.batch_size, concurrency=element.concurrency))
+    return {"rows": frame.height, "sent": result.counts["sent"], "seconds": round(time.perf_counter() - started, 2),
+            "peak_rss_mb": round(rss_mb())}
+
+
+def bench_memory(patients: int, work: Path) -> dict[str, Any]:
+    folder = work / f"memory-source-{patients}"
+    generated = run_probe(["generate", str(patients), str(folder)])
+    steps = {}
+    manifest_url = f"sqlite:///{work / f'memory-manifest-{patients}.db'}"
+    for name in MEMORY_ELEMENTS:
+        frame_path = work / f"memory-{name}.parquet"
+        transform = run_probe(["transform", f"parquet:///{folder}", name, str(frame_path)])
+        load = run_probe(["load", str(frame_path), name, manifest_url])
+        steps[name] = {"transform": transform, "load": load}
+        log(f"memory {name}: transform {transform['rows']} rows {transform['peak_rss_mb']} MB, "
+            f"load {load['peak_rss_mb']} MB in {load['seconds']} s")
+    shutil.rmtree(folder, ignore_errors=True)
+    return {"patients": patients, "source": generated, "steps": steps,
+            "peak_transform_mb": max(s["transform"]["peak_rss_mb"] for s in steps.values()),
+            "peak_load_mb": max(s["load"]["peak_rss_mb"] for s in steps.values())}
+
+
+def run_probe(args: list[str]) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-m", "migration_assets.bench", "--probe", *args], check=False, capture_output=True,
+                          text=True, timeout=7200)
+    if done.returncode != 0:
+        raise RuntimeError(f"probe {args} failed: {done.stderr[-2000:]}")
+    return dict(json.loads(done.stdout.strip().splitlines()[-1]))
+
+
+def probe_main(args: list[str]) -> int:
+    kind, *rest = args
+    if kind == "generate":
+        answer = write_source(int(rest[0]), Path(rest[1]))
+        answer["peak_rss_mb"] = round(rss_mb())
+    elif kind == "transform":
+        answer = probe_transform(rest[0], rest[1], Path(rest[2]))
+    else:
+        answer = probe_load(Path(rest[0]), rest[1], rest[2])
+    print(json.dumps(answer))
+    return 0
+
+
+# -- report ------------------------------------------------------------------------------------------
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def best(points: list[dict[str, Any]]) -> dict[str, Any]:
+    return max(points, key=lambda p: p["resources_per_s"])
+
+
+def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(what, figure, note) rows for the printed table."""
+    rows: list[tuple[str, str, str]] = []
+    ceiling = best(report["ceiling"]) if report.get("ceiling") else None
+    if ceiling:
+        rows.append(("ceiling (pre-built batches of conditional PUTs)", f"{ceiling['resources_per_s']:,.0f} res/s",
+                     f"batch {ceiling['batch_size']} x {ceiling['concurrency']} in flight"))
+    if "naive" in report:
+        n = report["naive"]
+        rows.append(("naive: one conditional PUT per request", f"{n['resources_per_s']:,.0f} res/s",
+                     f"{n['resources']} resources in sequence"))
+    if "cli" in report:
+        c = report["cli"]
+        if c["ran"]:
+            rows.append(("medplum bulk import (@medplum/cli)", f"{c['first']['resources_per_s']:,.0f} res/s",
+                         f"POSTs; rerun left {c['second']['stored_after']}"
+                         + (f", failed: {c['second']['errors'][0][:70]}" if c["second"]["errors"] else "")))
+        else:
+            rows.append(("medplum bulk import (@medplum/cli)", "did not run", c["why"][:100]))
+    if report.get("loader"):
+        b = best(report["loader"])
+        rows.append(("platform loader alone (load_frame)", f"{b['resources_per_s']:,.0f} res/s",
+                     f"batch {b['batch_size']} x {b['concurrency']}"
+                     + (f"; {b['resources_per_s'] / ceiling['resources_per_s']:.0%} of ceiling" if ceiling else "")))
+        r = report["loader_reload"]
+        rows.append(("platform loader, unchanged reload", f"{r['seconds']:.2f} s",
+                     f"{r['resources']} resources, {r['requests']} requests"))
+    if "e2e" in report:
+        e = report["e2e"]
+        rows.append(("platform end to end, first load (with checks)", f"{e['first']['resources_per_s']:,.0f} res/s",
+                     f"{e['first']['seconds']:.1f} s; load steps alone {e['first']['load_step_resources_per_s']:,.0f} res/s"
+                     + (f" = {e['first']['load_step_resources_per_s'] / ceiling['resources_per_s']:.0%} of ceiling"
+                        if ceiling else "")))
+        rows.append(("platform end to end, unchanged reload", f"{e['reload']['seconds']:.1f} s",
+                     f"sent {e['reload']['sent']}; load steps {e['reload']['load_step_seconds']:.2f} s"))
+    if "transform" in report:
+        t = report["transform"]
+        rows.append(("transform alone, patients", f"{t['transform_rows_per_s']:,.0f} rows/s",
+                     f"{t['source_rows']} rows; mapping only {t['mapping_rows_per_s']:,.0f} rows/s"))
+    if "memory" in report:
+        m = report["memory"]
+        rows.append((f"peak memory, {m['patients']:,} patients + conditions + encounters",
+                     f"{max(m['peak_transform_mb'], m['peak_load_mb']):,} MB",
+                     f"transform step {m['peak_transform_mb']} MB, load step {m['peak_load_mb']} MB"))
+    rows.append(("peak memory of this bench process", f"{rss_mb():,.0f} MB", "ru_maxrss"))
+    return rows
+
+
+def print_table(rows: list[tuple[str, str, str]]) -> None:
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    for row in rows:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+
+
+def plot(report: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(8, 5))
+    for key, style, label in (("ceiling", "-", "ceiling"), ("loader", "--", "platform loader")):
+        for concurrency in CONCURRENCIES:
+            points = sorted((p for p in report.get(key, []) if p["concurrency"] == concurrency),
+                            key=lambda p: p["batch_size"])
+            if points:
+                axis.plot([p["batch_size"] for p in points], [p["resources_per_s"] for p in points], style,
+                          marker="o", label=f"{label}, {concurrency} in flight")
+    if "naive" in report:
+        axis.axhline(report["naive"]["resources_per_s"], color="grey", linestyle=":", label="naive (1 PUT/request)")
+    axis.set_xscale("log")
+    axis.set_xlabel("batch size (entries per bundle)")
+    axis.set_ylabel("resources / s")
+    axis.set_title(f"Load throughput on the local Medplum server, {report['patients']:,} patients")
+    axis.legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--probe"]:
+        return probe_main(argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--patients", type=int, default=int(os.environ.get("BENCH_PATIENTS", "2000")))
+    parser.add_argument("--memory-patients", type=int, default=int(os.environ.get("BENCH_MEMORY_PATIENTS", "0")),
+                        help="patients for the memory probe (default: --patients)")
+    parser.add_argument("--stages", default=os.environ.get("BENCH_STAGES", ",".join(STAGES)))
+    parser.add_argument("--out", type=Path, default=OUT_DIR)
+    args = parser.parse_args(argv)
+    stages = [s.strip() for s in args.stages.split(",") if s.strip()]
+    unknown = set(stages) - set(STAGES)
+    if unknown:
+        parser.error(f"unknown stages {sorted(unknown)}; known: {', '.join(STAGES)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {"patients": args.patients, "stages": stages, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+                              "cpus": os.cpu_count(), "targets": TARGETS}
+    with work_dir(args.out) as work:
+        if set(stages) - {"memory"}:
+            source = work / "source"
+            report["source"] = write_source(args.patients, source)
+            source_url = f"parquet:///{source}"
+            log(f"source: {report['source']['rows']}")
+            frames = {name: element_frame(source_url, name) for name in ELEMENTS}
+            texts = {name: entry_texts(eligible(frames[name])).to_list() for name in ELEMENTS}
+            report["resources"] = {name: len(t) for name, t in texts.items()}
+        for stage, run in stage_runners(locals()).items():
+            if stage in stages:
+                run(report)
+    rows = summary_rows(report)
+    report["table"] = [list(row) for row in rows]
+    report["peak_rss_mb"] = round(rss_mb())
+    (args.out / "bench.json").write_text(json.dumps(report, indent=2))
+    if report.get("ceiling") or report.get("loader"):
+        plot(report, args.out / "throughput.png")
+    print()
+    print_table(rows)
+    print(f"\nwrote {args.out / 'bench.json'}" + (f" and {args.out / 'throughput.png'}"
+                                                  if report.get("ceiling") or report.get("loader") else ""))
+    return 0
+
+
+def stage_runners(scope: dict[str, Any]) -> dict[str, Callable[[dict[str, Any]], None]]:
+    args, work = scope["args"], scope["work"]
+
+    def transform(report: dict[str, Any]) -> None:
+        report["transform"] = bench_transform(scope["source_url"])
+        log(f"transform: {report['transform']}")
+
+    def ceiling(report: dict[str, Any]) -> None:
+        report["ceiling"] = bench_ceiling(scope["texts"])
+
+    def naive(report: dict[str, Any]) -> None:
+        report["naive"] = bench_naive(scope["frames"], NAIVE_SUBSET)
+
+    def cli(report: dict[str, Any]) -> None:
+        report["cli"] = bench_cli(scope["frames"], work)
+
+    def loader(report: dict[str, Any]) -> None:
+        report["loader"], report["loader_reload"] = bench_loader(scope["frames"], work)
+
+    def e2e(report: dict[str, Any]) -> None:
+        tuned = best(report["ceiling"]) if report.get("ceiling") else {"batch_size": 100, "concurrency": 2}
+        report["e2e"] = bench_e2e(scope["source_url"], work, tuned["batch_size"], tuned["concurrency"])
+
+    def memory(report: dict[str, Any]) -> None:
+        report["memory"] = bench_memory(args.memory_patients or args.patients, work)
+
+    return {"transform": transform, "ceiling": ceiling, "naive": naive, "cli": cli, "loader": loader, "e2e": e2e,
+            "memory": memory}
+
+
+@contextmanager
+def work_dir(out: Path) -> Iterator[Path]:
+    work = Path(tempfile.mkdtemp(prefix="work-", dir=out))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
