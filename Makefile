@@ -36,8 +36,10 @@ medplum: $(NODE_STAMP)
 history: $(VENV_STAMP)
 	$(PY) -m migration_assets.history "$(KEY)" $(if $(ELEMENT),--element "$(ELEMENT)")
 
+# Throughput benchmark: make bench [BENCH_PATIENTS=2000] [BENCH_STAGES=transform,ceiling,...]
+BENCH_PATIENTS ?= 2000
 bench: setup
-	$(PY) -m migration_assets.bench
+	BENCH_PATIENTS=$(BENCH_PATIENTS) $(PY) -m migration_assets.bench
 
 lint: $(VENV_STAMP)
 	$(VENV)/bin/ruff check migration_assets migration_assets_tests
