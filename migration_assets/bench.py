@@ -53,8 +53,16 @@ OUT_DIR = REPO_ROOT / ".artifacts" / "bench"
 SYSTEM = SourceSystem("https://ehr.example-clinic.org/fhir")
 ELEMENTS = ("patients", "problem_list")  # the benchmark's data: Patients and their Conditions
 MEMORY_ELEMENTS = ("patients", "problem_list", "encounters")
+# The grid of the ceiling and loader stages; BENCH_GRID="100x2,400x4" picks points instead.
 BATCH_SIZES = (25, 100, 400)
 CONCURRENCIES = (1, 2, 4)
+
+
+def grid() -> list[tuple[int, int]]:
+    chosen = os.environ.get("BENCH_GRID", "")
+    if chosen:
+        return [(int(b), int(c)) for b, c in (point.split("x") for point in chosen.split(","))]
+    return [(batch_size, concurrency) for batch_size in BATCH_SIZES for concurrency in CONCURRENCIES]
 NAIVE_SUBSET = 300  # patients (with their conditions) for the one-request-per-resource run
 STAGES = ("transform", "ceiling", "naive", "cli", "loader", "e2e", "memory")
 MEDPLUM_CLI = SERVER_DIR / "node_modules" / ".bin" / "medplum"
@@ -157,14 +165,13 @@ def send_bundles(server: LocalMedplum, phases: list[list[bytes]], concurrency: i
 def bench_ceiling(texts: dict[str, list[str]]) -> list[dict[str, Any]]:
     points = []
     total = sum(len(t) for t in texts.values())
-    for batch_size in BATCH_SIZES:
+    for batch_size, concurrency in grid():
         phases = [bundles(texts[name], batch_size) for name in ELEMENTS]
-        for concurrency in CONCURRENCIES:
-            with running_local_medplum() as server:
-                seconds, ok, failed = send_bundles(server, phases, concurrency)
-            points.append({"batch_size": batch_size, "concurrency": concurrency, "resources": total, "ok": ok,
-                           "failed": failed, "seconds": round(seconds, 3), "resources_per_s": round(ok / seconds, 1)})
-            log(f"ceiling batch {batch_size:>4} x {concurrency}: {ok / seconds:8.1f} resources/s ({failed} failed)")
+        with running_local_medplum() as server:
+            seconds, ok, failed = send_bundles(server, phases, concurrency)
+        points.append({"batch_size": batch_size, "concurrency": concurrency, "resources": total, "ok": ok,
+                       "failed": failed, "seconds": round(seconds, 3), "resources_per_s": round(ok / seconds, 1)})
+        log(f"ceiling batch {batch_size:>4} x {concurrency}: {ok / seconds:8.1f} resources/s ({failed} failed)")
     return points
 
 
@@ -244,21 +251,20 @@ def bench_loader(frames: dict[str, pl.DataFrame], work: Path) -> tuple[list[dict
     points = []
     reload: dict[str, Any] = {}
     total = sum(eligible(frames[name]).height for name in ELEMENTS)
-    for batch_size in BATCH_SIZES:
-        for concurrency in CONCURRENCIES:
-            settings = LoadSettings(batch_size=batch_size, concurrency=concurrency)
-            manifest_url = f"sqlite:///{work / f'loader-{batch_size}-{concurrency}.db'}"
-            with running_local_medplum() as server:
-                seconds, counts, _ = run_loader(server, manifest_url, frames, settings)
-                point = {"batch_size": batch_size, "concurrency": concurrency, "resources": total,
-                         "created": counts["created"], "failed": counts["failed"], "seconds": round(seconds, 3),
-                         "resources_per_s": round(counts["created"] / seconds, 1)}
-                if not reload:
-                    again, counts, requests = run_loader(server, manifest_url, frames, settings, run_id="reload")
-                    reload = {"resources": total, "seconds": round(again, 3), "requests": requests,
-                              "sent": counts["sent"], "not_sent_unchanged": counts["not_sent_unchanged"]}
-            points.append(point)
-            log(f"loader  batch {batch_size:>4} x {concurrency}: {point['resources_per_s']:8.1f} resources/s")
+    for batch_size, concurrency in grid():
+        settings = LoadSettings(batch_size=batch_size, concurrency=concurrency)
+        manifest_url = f"sqlite:///{work / f'loader-{batch_size}-{concurrency}.db'}"
+        with running_local_medplum() as server:
+            seconds, counts, _ = run_loader(server, manifest_url, frames, settings)
+            point = {"batch_size": batch_size, "concurrency": concurrency, "resources": total,
+                     "created": counts["created"], "failed": counts["failed"], "seconds": round(seconds, 3),
+                     "resources_per_s": round(counts["created"] / seconds, 1)}
+            if not reload:
+                again, counts, requests = run_loader(server, manifest_url, frames, settings, run_id="reload")
+                reload = {"resources": total, "seconds": round(again, 3), "requests": requests,
+                          "sent": counts["sent"], "not_sent_unchanged": counts["not_sent_unchanged"]}
+        points.append(point)
+        log(f"loader  batch {batch_size:>4} x {concurrency}: {point['resources_per_s']:8.1f} resources/s")
     return points, reload
 
 
