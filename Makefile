@@ -5,10 +5,13 @@ VENV := .venv
 PY := $(VENV)/bin/python
 VENV_STAMP := $(VENV)/.installed
 NODE_STAMP := medplum_local/node_modules/.installed
+# Debian's Chromium for the browser test (Playwright drives the system browser; it never downloads one).
+CHROMIUM := /usr/bin/chromium
+CHROMIUM_STAMP := $(VENV)/.chromium-installed
 
 .PHONY: setup test demo dev medplum bench lint clean history
 
-setup: $(VENV_STAMP) $(NODE_STAMP)
+setup: $(VENV_STAMP) $(NODE_STAMP) $(CHROMIUM_STAMP)
 
 $(VENV_STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
@@ -19,6 +22,15 @@ $(VENV_STAMP): pyproject.toml setup.py
 $(NODE_STAMP): medplum_local/package.json medplum_local/package-lock.json
 	cd medplum_local && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
+
+$(CHROMIUM_STAMP):
+	@if [ -x $(CHROMIUM) ]; then echo "chromium: $$($(CHROMIUM) --version 2>/dev/null)"; \
+	elif [ "$$(id -u)" = 0 ]; then \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; \
+	else \
+		echo "the browser test needs Debian's chromium: sudo apt-get install -y chromium" >&2; exit 1; \
+	fi
+	@mkdir -p $(@D) && touch $@
 
 test: setup
 	$(VENV)/bin/pytest
