@@ -6,6 +6,7 @@ Unchanged rows (same content hash as their last successful write) are not sent a
 
 import logging
 import math
+import time
 import zlib
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -168,32 +169,82 @@ def load_frame(
     )
     bundles = Bundles(outgoing, transactional, settings.batch_size)
     in_flight: deque[tuple[int, pl.DataFrame, Future[list[EntryResponse]], int]] = deque()
+    answered: deque[tuple[int, pl.DataFrame, list[EntryResponse]]] = deque()
     respond_async = settings.mode == "async"
+    recorder = _Recorder(manifest, run_id, element_name, len(bundles), on_progress)
 
-    def settle_oldest() -> None:
-        number, rows, responses, _ = in_flight.popleft()
-        _record(manifest, run_id, element_name, number, rows, _row_responses(rows, responses.result(), transactional),
-                result)
-        if on_progress:
-            on_progress(number, len(bundles))
+    def wait_for_oldest() -> None:
+        number, rows, future, _ = in_flight.popleft()
+        answered.append((number, rows, future.result()))
 
-    with ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="bundle") as pool:
-        for number, (rows, entries) in enumerate(bundles, start=1):
-            cost = len(rows) * POINTS_PER_CONDITIONAL_WRITE
-            if not respond_async:
-                # The bundles in flight will be charged too, and the header does not show them yet:
-                # while the quota has no room for them and this one, wait for answers; then for the
-                # quota's reset if even this bundle alone does not fit.
-                while in_flight and not client.quota_allows(cost + sum(item[3] for item in in_flight)):
-                    settle_oldest()
-                client.pace(cost=cost)
-            future = pool.submit(client.submit_batch, entries, respond_async=respond_async)
-            in_flight.append((number, rows, future, cost))
-            if len(in_flight) >= settings.concurrency:
-                settle_oldest()
-        while in_flight:
-            settle_oldest()
+    def record_answered() -> None:
+        # In submission order, while the next bundle is already in flight.
+        while answered:
+            number, rows, responses = answered.popleft()
+            _record(recorder, number, rows, _row_responses(rows, responses, transactional), result)
+
+    try:
+        with ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="bundle") as pool:
+            for number, (rows, entries) in enumerate(bundles, start=1):
+                cost = len(rows) * POINTS_PER_CONDITIONAL_WRITE
+                if not respond_async:
+                    # The bundles in flight will be charged too, and the header does not show them yet:
+                    # while the quota has no room for them and this one, wait for answers; then for the
+                    # quota's reset if even this bundle alone does not fit.
+                    while in_flight and not client.quota_allows(cost + sum(item[3] for item in in_flight)):
+                        wait_for_oldest()
+                    client.pace(cost=cost)
+                while len(in_flight) >= settings.concurrency:
+                    wait_for_oldest()
+                future = pool.submit(client.submit_batch, entries, respond_async=respond_async)
+                in_flight.append((number, rows, future, cost))
+                record_answered()
+            while in_flight:
+                wait_for_oldest()
+    finally:
+        record_answered()
+        recorder.flush()
     return result
+
+
+# Outcomes are written to the manifest this many rows (or seconds) at a time: one commit per bundle
+# cost more than the bundle itself on a fast server.
+RECORD_FLUSH_ROWS = 2_000
+RECORD_FLUSH_SECONDS = 1.0
+# Bundle entries are rendered as JSON this many rows at a time (one polars call per bundle is slow).
+ENTRY_TEXT_CHUNK_ROWS = 5_000
+
+
+class _Recorder:
+    """Attempts and dispositions stored a few bundles at a time, at most RECORD_FLUSH_ROWS rows or
+    RECORD_FLUSH_SECONDS behind; progress is reported for a bundle once its outcomes are stored. A crash
+    loses at most that much of the record: those units stay pending and the next run sends them again
+    (every write is conditional)."""
+
+    def __init__(self, manifest: Manifest, run_id: str, element_name: str, total: int,
+                 on_progress: Callable[[int, int], None] | None) -> None:
+        self.manifest, self.run_id, self.element_name = manifest, run_id, element_name
+        self.total, self.on_progress = total, on_progress
+        self.columns: tuple[list[Any], ...] = ([], [], [], [], [])
+        self.bundles: list[int] = []
+        self.last_flush = time.monotonic()
+
+    def add(self, bundle_number: int, *columns: list[Any]) -> None:
+        for stored, new in zip(self.columns, columns):
+            stored.extend(new)
+        self.bundles.append(bundle_number)
+        if len(self.columns[0]) >= RECORD_FLUSH_ROWS or time.monotonic() - self.last_flush >= RECORD_FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.columns[0]:
+            self.manifest.record_results(self.run_id, self.element_name, *self.columns)
+        self.columns = ([], [], [], [], [])
+        self.last_flush = time.monotonic()
+        bundles, self.bundles = self.bundles, []
+        if self.on_progress:
+            for number in bundles:
+                self.on_progress(number, self.total)
 
 
 # A conditional PUT costs a search (20 points) and a write (100) of Medplum's FHIR quota; one that
@@ -221,17 +272,24 @@ class Bundles:
         return math.ceil(len(self.group_sizes) / self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[pl.DataFrame, list[str]]]:
+        groups_per_chunk = self.batch_size * max(1, ENTRY_TEXT_CHUNK_ROWS // self.batch_size)
         first_row = 0
-        for start in range(0, len(self.group_sizes), self.batch_size):
-            sizes = self.group_sizes.slice(start, self.batch_size).to_list()
-            rows = self.rows.slice(first_row, sum(sizes))
-            first_row += sum(sizes)
-            texts = entry_texts(rows).to_list()
-            if not self.transactional:
-                yield rows, texts
-                continue
-            offsets = [0, *accumulate(sizes)]
-            yield rows, [transaction_entry(texts[a:b]) for a, b in pairwise(offsets)]
+        for chunk_start in range(0, len(self.group_sizes), groups_per_chunk):
+            chunk_sizes = self.group_sizes.slice(chunk_start, groups_per_chunk).to_list()
+            chunk_rows = self.rows.slice(first_row, sum(chunk_sizes))
+            first_row += sum(chunk_sizes)
+            chunk_texts = entry_texts(chunk_rows).to_list()
+            offset = 0
+            for start in range(0, len(chunk_sizes), self.batch_size):
+                sizes = chunk_sizes[start : start + self.batch_size]
+                count = sum(sizes)
+                rows, texts = chunk_rows.slice(offset, count), chunk_texts[offset : offset + count]
+                offset += count
+                if not self.transactional:
+                    yield rows, texts
+                    continue
+                offsets = [0, *accumulate(sizes)]
+                yield rows, [transaction_entry(texts[a:b]) for a, b in pairwise(offsets)]
 
 
 def _row_responses(rows: pl.DataFrame, responses: list[EntryResponse], transactional: bool) -> list[EntryResponse]:
@@ -248,9 +306,7 @@ def _row_responses(rows: pl.DataFrame, responses: list[EntryResponse], transacti
 
 
 def _record(
-    manifest: Manifest,
-    run_id: str,
-    element_name: str,
+    recorder: _Recorder,
     bundle_number: int,
     rows: pl.DataFrame,
     responses: list[EntryResponse],
@@ -279,7 +335,7 @@ def _record(
             result.add("unchanged")
         else:
             result.add("updated")
-    manifest.record_results(run_id, element_name, attempts, successes, resource_ids, version_ids, reasons)
+    recorder.add(bundle_number, attempts, successes, resource_ids, version_ids, reasons)
 
 
 class PrerequisitesMissing(RuntimeError):
