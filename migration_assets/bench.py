@@ -76,7 +76,15 @@ TARGETS = {
 
 
 def rss_mb() -> float:
-    """Peak resident memory of this process so far (Linux reports KiB)."""
+    """Peak resident memory of this process so far, in MB: VmHWM (per address space, so a probe started
+    from a large parent does not inherit its peak as ru_maxrss does across fork and exec), else
+    getrusage's ru_maxrss (KiB on Linux)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -392,11 +400,13 @@ def probe_load(frame_path: Path, element_name: str, manifest_url: str) -> dict[s
 def bench_memory(patients: int, work: Path) -> dict[str, Any]:
     folder = work / f"memory-source-{patients}"
     generated = run_probe(["generate", str(patients), str(folder)])
+    log(f"memory: source of {patients} patients written in {generated['seconds']} s ({generated['peak_rss_mb']} MB)")
     steps = {}
     manifest_url = f"sqlite:///{work / f'memory-manifest-{patients}.db'}"
     for name in MEMORY_ELEMENTS:
         frame_path = work / f"memory-{name}.parquet"
         transform = run_probe(["transform", f"parquet:///{folder}", name, str(frame_path)])
+        log(f"memory {name}: transform {transform}")
         load = run_probe(["load", str(frame_path), name, manifest_url])
         steps[name] = {"transform": transform, "load": load}
         log(f"memory {name}: transform {transform['rows']} rows {transform['peak_rss_mb']} MB, "

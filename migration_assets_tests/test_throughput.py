@@ -263,3 +263,9 @@ def test_migration_settings_carry_mode_and_shard(monkeypatch):
     assert (settings.mode, settings.shard_count, settings.shard_index) == ("sync", 4, 3)
     with pytest.raises(ValueError):
         MigrationSettings(shard_count=2, shard_index=2).load_settings(element)
+
+
+def test_load_steps_share_the_medplum_writes_pool():
+    from migration_assets.assets import medplum_resources
+
+    assert medplum_resources.op.pool == "medplum_writes"
