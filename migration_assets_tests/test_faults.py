@@ -9,28 +9,58 @@ restarted mid-partition, and the Dagster run process killed mid-partition.
 """
 
 import dataclasses
+import functools
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
 import polars as pl
 import pytest
+from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
 
+from migration_assets.definitions import make_definitions
 from migration_assets.elements import get_element
 from migration_assets.elements.base import SourceSystem, build_frame
 from migration_assets.loader import LoadSettings, migrate
-from migration_assets.local_medplum import running_local_medplum
+from migration_assets.local_medplum import (
+    free_port,
+    running_local_medplum,
+    start_local_medplum,
+    stop_local_medplum,
+)
 from migration_assets.manifest import Manifest
 from migration_assets.medplum import MedplumClient, MedplumError, RetryPolicy
-from migration_assets.sample_data import build_sample_tables
+from migration_assets.resources import (
+    LegacySource,
+    ManifestStore,
+    MedplumResource,
+    MigrationSettings,
+    PolarsParquetIOManager,
+)
+from migration_assets.sample_data import build_sample_tables, generate_sample_ehr
 from migration_assets.verification import accounting, census
 from migration_assets_tests.fault_proxy import Fault, FaultProxy
+from migration_assets_tests.fixtures_platform import Platform, build_platform
 
 PATIENTS = get_element("patients")
 BATCH = "/fhir/R4/"  # batch bundles are POSTed to the FHIR base itself
 FHIR = "/fhir/R4"
 # Small and fast, so a test shows the bound: at most 5 attempts per request, delays 0.05..0.4 s.
 FAST = RetryPolicy(max_attempts=5, base_delay=0.05, max_delay=0.4, max_total_seconds=10.0)
-PATIENT_ROWS = 30
+PATIENT_ROWS = 20
+# Seconds of real work (frames, ledger, HTTP) a bound allows beyond the waits the retry policy may
+# take: generous, since the tests share two cores with other test runs.
+WORK = 15.0
+
+
+def backoff_ceiling(policy: RetryPolicy) -> float:
+    """The longest a request can spend waiting between its attempts under `policy`."""
+    return sum(min(policy.max_delay, policy.base_delay * 2 ** (n - 1)) for n in range(1, policy.max_attempts))
 
 
 def rate_limit(remaining: int, reset: float) -> dict[str, str]:
@@ -54,6 +84,11 @@ def entries_answered(status: str, first_only: bool = False):
 
 
 # -- library level: loader.migrate through the proxy ---------------------------------------------
+
+
+@functools.cache
+def sample_patients() -> pl.DataFrame:
+    return build_sample_tables(PATIENT_ROWS)["patients"]
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +120,7 @@ class Load:
     @classmethod
     def new(cls, tmp_path: Path, name: str) -> "Load":
         base = f"https://faults.example.org/{name}/fhir"
-        source = PATIENTS.extract({"patients": build_sample_tables(PATIENT_ROWS)["patients"]})
+        source = PATIENTS.extract({"patients": sample_patients()})
         frame = build_frame(PATIENTS, source, SourceSystem(base))
         return cls(frame, SourceSystem(base).identifier_system("patient"), f"sqlite:///{tmp_path / 'manifest.db'}")
 
@@ -157,23 +192,23 @@ def test_the_loader_recovers_from_each_fault_within_bounded_retries(
     # waits asked for plus the work.
     assert stats.retries + stats.entries_resent // 10 <= strikes, stats
     assert stats.retries + stats.entries_resent > 0, "the fault was seen and retried"
-    assert min_wait <= elapsed < min_wait + 8.0
+    assert min_wait <= elapsed < min_wait + strikes * (FAST.max_delay + kwargs.get("timeout", 0)) + WORK
     load.assert_settled(local_medplum)
 
 
 def test_connections_refused_for_a_while_are_retried_until_the_server_is_back(fresh_proxy, local_medplum, tmp_path):
     load = Load.new(tmp_path, "refused")
     retry = RetryPolicy(max_attempts=6, base_delay=0.2, max_delay=1.0, max_total_seconds=10.0)
-    # While the third bundle is on its way the proxy stops listening for 0.8 s and cuts its
-    # keep-alive connections: the next requests are refused until it listens again.
-    fresh_proxy.plan(Fault("call", method="POST", path=BATCH, skip=2, action=lambda: fresh_proxy.refuse_for(0.8)))
+    # While the second of four bundles is on its way the proxy stops listening for 0.8 s and cuts
+    # its keep-alive connections: the next requests are refused until it listens again.
+    fresh_proxy.plan(Fault("call", method="POST", path=BATCH, skip=1, action=lambda: fresh_proxy.refuse_for(0.8)))
 
     started = time.monotonic()
-    result, stats = load.run(fresh_proxy.base_url, local_medplum, "refused", retry=retry)
+    result, stats = load.run(fresh_proxy.base_url, local_medplum, "refused", retry=retry, batch_size=5)
 
     assert result.counts["failed"] == 0
     assert 1 <= stats.retries <= retry.max_attempts - 1
-    assert time.monotonic() - started < 8.0
+    assert time.monotonic() - started < backoff_ceiling(retry) + WORK
     load.assert_settled(local_medplum)
 
 
@@ -227,11 +262,11 @@ def test_a_fault_that_outlasts_the_retries_fails_clearly_and_a_rerun_settles_eve
     # (Counted by kind: a `slow` answer of an earlier test may still be logged late.)
     faulted = [entry for entry in fresh_proxy.requests() if entry.fault in {fault.kind for fault in faults}]
     assert 1 <= len(faulted) <= max_tries
-    assert elapsed < FAST.max_total_seconds + 2 * kwargs.get("timeout", 0) * max_tries
+    assert elapsed < backoff_ceiling(FAST) + max_tries * kwargs.get("timeout", 0) + WORK
     with Manifest(load.manifest_url) as manifest:
         assert manifest.last_run("patients")["status"] == "failed"
     counts = load.units()["disposition"].value_counts()
-    assert dict(counts.iter_rows()) == {"successful": 10, "pending": 20}
+    assert dict(counts.iter_rows()) == {"successful": 10, "pending": 10}
     assert not accounting(load.frame, load.units()).balanced
 
     fresh_proxy.clear()
@@ -268,16 +303,217 @@ def test_a_token_that_expires_mid_run_is_refetched_after_the_servers_401(tmp_pat
     # The server's tokens live 1 s; the proxy tells the client they live an hour, so the client
     # keeps using an expired token until the server itself answers 401.
     with running_local_medplum(token_ttl=1) as server, FaultProxy(server.base_url) as proxy:
-        proxy.plan(Fault("rewrite", count=99, path="/oauth2/token", rewrite=lambda body: {**body, "expires_in": 3600}))
+        # Every batch answer is held 0.3 s, so the load outlives the token.
+        proxy.plan(Fault("rewrite", count=99, path="/oauth2/token", rewrite=lambda body: {**body, "expires_in": 3600}),
+                   Fault("slow", count=99, delay=0.3, method="POST", path=BATCH))
         load = Load.new(tmp_path, "token-expiry")
 
-        result, stats = load.run(proxy.base_url, server, "expiring", batch_size=5,
-                                 on_progress=lambda done, total: time.sleep(0.3))
+        result, stats = load.run(proxy.base_url, server, "expiring", batch_size=5)
 
-        refused = [entry for entry in proxy.requests(path=FHIR, fault=None) if entry.status == 401]
+        refused = [entry for entry in proxy.requests(path=FHIR) if entry.status == 401]
         tokens = proxy.requests(path="/oauth2/token")
         assert result.counts["failed"] == 0
         assert refused and len(tokens) == len(refused) + 1
         assert stats.retries == len(refused)
         load.assert_settled(server)
 
+
+
+# -- whole Dagster runs ------------------------------------------------------------------------------
+
+ALL_CHECKS = {
+    "schema", "prerequisites_loaded", "reference_integrity", "idempotent_reload", "reconciliation", "accounting_balanced"
+}
+PATIENT_SYSTEM = "https://ehr.example-clinic.org/fhir/identifier/patient"
+
+
+def platform_resources(medplum_url: str, client_id: str, client_secret: str, source_url: str, manifest_url: str,
+                       work: Path, max_attempts: int = 4, timeout: float = 10.0, batch_size: int = 10) -> dict:
+    """The platform's resources as fixtures_platform wires them, with the Medplum URL (the proxy),
+    the retry count, the timeout and the bundle size of the test."""
+    return {
+        "medplum": MedplumResource(base_url=medplum_url, client_id=client_id, client_secret=client_secret,
+                                   timeout_seconds=timeout, max_attempts=max_attempts),
+        "legacy_db": LegacySource(url=source_url),
+        "manifest": ManifestStore(url=manifest_url),
+        "migration_settings": MigrationSettings(evidence_dir=str(work / "evidence"), batch_size=batch_size),
+        "frames_io_manager": PolarsParquetIOManager(base_dir=str(work / "frames")),
+    }
+
+
+def rewired(platform: Platform, medplum_url: str, **options) -> Platform:
+    server = platform.server
+    resources = platform_resources(medplum_url, server.client_id, server.client_secret, platform.source_url,
+                                   platform.manifest_url, platform.work, **options)
+    return dataclasses.replace(platform, defs=make_definitions(resources))
+
+
+def assert_partition_settled(platform: Platform, patients: int) -> None:
+    """Every patient unit successful, each identifier once in Medplum, the books balanced."""
+    with platform.manifest() as manifest:
+        units = manifest.units("patients")
+    assert units["disposition"].to_list() == ["successful"] * patients, units["reason"].drop_nulls().to_list()
+    with platform.client() as client:
+        found = census(client, "Patient", PATIENT_SYSTEM)
+    assert found.height == patients and found["identifier_value"].n_unique() == patients
+    frame = pl.read_parquet(platform.work / "frames" / "fhir_frames" / "patients.parquet")
+    assert frame.height == patients and accounting(frame, units).balanced
+
+
+def step_failure_cause(instance: DagsterInstance, step: str) -> str:
+    """What the failed step's exception said, from the latest run's event log (ElementSummary.error
+    holds only Dagster's wrapper, "Error occurred while executing op ...")."""
+    latest = instance.get_runs(limit=1)[0]
+    for record in instance.all_logs(latest.run_id, of_type=DagsterEventType.STEP_FAILURE):
+        event = record.dagster_event
+        if event is not None and event.step_key == step:
+            error = event.step_failure_data.error
+            return error.cause.message if error.cause else error.message
+    raise AssertionError(f"step {step} did not fail")
+
+
+def test_a_run_that_outlasts_its_retries_fails_clearly_and_a_rerun_through_every_fault_recovers(platform_factory):
+    platform = platform_factory.new(patients=30)
+    with FaultProxy(platform.server.base_url) as proxy:
+        faulty = rewired(platform, proxy.base_url, max_attempts=3, timeout=2.0, batch_size=5)
+        # Two bundles go through, then Medplum answers 503 to every batch.
+        proxy.plan(Fault("status", status=503, count=99, method="POST", path=BATCH, skip=2))
+
+        started = time.monotonic()
+        failed = faulty.run("patients")
+
+        assert not failed.run_ok
+        assert re.fullmatch(r"migration_assets.medplum.errors.MedplumError: POST 127\.0\.0\.1:\d+/fhir/R4/ gave up after 3 attempts: 503: injected 503\n?",
+                            step_failure_cause(platform.instance, "medplum_resources"))
+        assert len(proxy.requests(method="POST", path=BATCH, fault="status")) == 3
+        # Three tries of one request: two backoffs of at most 0.5 and 1 s (plus the run's own work).
+        assert time.monotonic() - started < 30
+        with platform.manifest() as manifest:
+            dispositions = dict(manifest.units("patients")["disposition"].value_counts().iter_rows())
+        assert dispositions == {"successful": 10, "pending": 20}
+
+        # The rerun goes through one of each fault, on batches, searches and the token: each fault
+        # strikes the request after the one its predecessor struck (skip=1), so no request meets more
+        # faults than its three attempts can absorb.
+        proxy.clear()
+        proxy.plan(*(dataclasses.replace(fault, skip=1) for fault in (
+            Fault("reset", method="POST", path=BATCH),
+            Fault("status", status=503, forward=True, method="POST", path=BATCH),
+            Fault("short_bundle", method="POST", path=BATCH),
+            Fault("rewrite", method="POST", path=BATCH, headers=rate_limit(0, 0.2),
+                  rewrite=entries_answered("429 Too Many Requests")),
+            Fault("status", status=401, method="POST", path=BATCH),
+            Fault("status", status=502, method="GET", path=FHIR),
+            Fault("cut_json", method="GET", path=FHIR),
+            Fault("reset", path="/oauth2/token"),
+        )))
+        strikes = proxy.pending_faults()
+        started = time.monotonic()
+        rerun = faulty.run("patients")
+
+        assert rerun.ok, (rerun.error, rerun.failure_messages)
+        assert set(rerun.checks_passed) == ALL_CHECKS
+        assert proxy.pending_faults() == 0, "every planned fault struck"
+        assert rerun.counts["not_sent_unchanged"] == 10 and rerun.counts["failed"] == 0
+        assert rerun.counts["created"] + rerun.counts["updated"] == 20
+        # Bounded: every fault costs one retry, each at most 1 s of backoff (or 0.2 s of quota reset).
+        assert time.monotonic() - started < 30 + strikes
+    assert_partition_settled(platform, 30)
+
+
+def test_the_server_killed_and_restarted_mid_partition_costs_nothing(tmp_path):
+    work = tmp_path / "restart"
+    (work / "dagster_home").mkdir(parents=True)
+    source_url = f"sqlite:///{work / 'legacy.db'}"
+    generate_sample_ehr(source_url, patients=30)
+    store = work / "medplum-store.ndjson"
+    port = free_port()
+    server, process = start_local_medplum(port, data_file=store, log_path=work / "medplum.log")
+    current = {"process": process}
+    restarted = threading.Event()
+
+    def restart_in_background() -> None:
+        # SIGTERM: the server saves its store and exits; it comes back on the same port with the
+        # same data file (and without its tokens, as a restarted Medplum).
+        stop_local_medplum(current["process"])
+
+        def start_again() -> None:
+            time.sleep(0.5)
+            current["process"] = start_local_medplum(port, data_file=store, log_path=work / "medplum.log")[1]
+            restarted.set()
+
+        threading.Thread(target=start_again, daemon=True).start()
+
+    instance = DagsterInstance.local_temp(tempdir=str(work / "dagster_home"))
+    try:
+        with FaultProxy(server.base_url) as proxy:
+            platform = build_platform(work, server, source_url, instance)
+            faulty = rewired(platform, proxy.base_url, max_attempts=8, batch_size=5)
+            # The fourth bundle finds the server gone (the proxy answers 502, as a gateway would).
+            proxy.plan(Fault("call", method="POST", path=BATCH, skip=3, action=restart_in_background))
+
+            started = time.monotonic()
+            summary = faulty.run("patients")
+
+            assert restarted.is_set()
+            assert summary.ok, (summary.error, summary.failure_messages)
+            assert set(summary.checks_passed) == ALL_CHECKS
+            assert summary.counts["created"] == 30 and summary.counts["failed"] == 0
+            answered = [entry.status for entry in proxy.requests(path=FHIR)]
+            assert 502 in answered and 401 in answered  # down, then back without its tokens
+            assert time.monotonic() - started < 90
+            assert_partition_settled(platform, 30)
+    finally:
+        instance.dispose()
+        stop_local_medplum(current["process"])
+
+
+# Runs the real Dagster job for the patients partition in its own process, as `dagster` would.
+DAGSTER_RUN = """
+import sys
+from pathlib import Path
+from dagster import DagsterInstance
+from migration_assets.definitions import make_definitions
+from migration_assets.demo import migrate_element
+from migration_assets_tests.test_faults import platform_resources
+
+medplum_url, client_id, secret, source_url, manifest_url, work = sys.argv[1:7]
+instance = DagsterInstance.local_temp(tempdir=str(Path(work) / "dagster_home"))
+defs = make_definitions(platform_resources(medplum_url, client_id, secret, source_url, manifest_url, Path(work)))
+print(migrate_element("patients", instance, defs), flush=True)
+"""
+
+
+def test_a_dagster_run_process_killed_mid_partition_is_resumed_by_the_next_run(platform_factory):
+    platform = platform_factory.new(patients=40)
+    server = platform.server
+    with FaultProxy(server.base_url) as proxy:
+        run_process: dict[str, subprocess.Popen] = {}
+        # The third of four bundles reaches Medplum, but its run process is SIGKILLed before the
+        # answer: those units stay pending in the ledger while their resources exist.
+        proxy.plan(Fault("call", method="POST", path=BATCH, skip=2,
+                         action=lambda: os.kill(run_process["p"].pid, signal.SIGKILL)))
+        run_process["p"] = subprocess.Popen(
+            [sys.executable, "-c", DAGSTER_RUN, proxy.base_url, server.client_id, server.client_secret,
+             platform.source_url, platform.manifest_url, str(platform.work)],
+            stdout=subprocess.DEVNULL, stderr=(platform.work / "killed-run.log").open("wb"),
+        )
+        assert run_process["p"].wait(timeout=180) == -signal.SIGKILL, (platform.work / "killed-run.log").read_text()
+
+    (killed,) = platform.instance.get_runs()
+    assert killed.status not in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE)  # died without a word
+    with platform.manifest() as manifest:
+        dispositions = dict(manifest.units("patients")["disposition"].value_counts().iter_rows())
+    # Outcomes are stored a few bundles per commit: at least the third bundle's units are pending.
+    successful, pending = dispositions.get("successful", 0), dispositions.get("pending", 0)
+    assert successful + pending == 40 and pending >= 10
+
+    rerun = platform.run("patients")
+
+    assert rerun.ok, (rerun.error, rerun.failure_messages)
+    assert set(rerun.checks_passed) == ALL_CHECKS
+    assert rerun.counts["not_sent_unchanged"] == successful and rerun.counts["sent"] == pending
+    # Three bundles reached Medplum before the kill, whatever the ledger had stored of them: resent,
+    # they update rather than duplicate; only the fourth is created now.
+    assert rerun.counts["created"] == 10 and rerun.counts["failed"] == 0
+    assert_partition_settled(platform, 40)
