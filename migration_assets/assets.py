@@ -18,6 +18,7 @@ from migration_assets.reporting import counts, quarantine_summary, table
 from migration_assets.resources import LegacySource, ManifestStore, MedplumResource, MigrationSettings
 
 FRAMES_IO = "frames_io_manager"
+OWNERS = ["team:migration"]
 
 
 @asset(
@@ -25,7 +26,10 @@ FRAMES_IO = "frames_io_manager"
     io_manager_key=FRAMES_IO,
     group_name="migration",
     kinds={"polars", "sql"},
-    description="Legacy EHR rows of one data element, one row per source unit (joined with what its mapping needs).",
+    owners=OWNERS,
+    tags={"stage": "extract"},
+    description="Legacy EHR rows of the data element, read from the legacy database.\n\n"
+    "One row per source unit, joined with what its mapping needs; the count per source table is in the metadata.",
 )
 def legacy_source(context: AssetExecutionContext, legacy_db: LegacySource) -> Output[pl.DataFrame]:
     element = get_element(context.partition_key)
@@ -47,8 +51,11 @@ def legacy_source(context: AssetExecutionContext, legacy_db: LegacySource) -> Ou
     io_manager_key=FRAMES_IO,
     group_name="migration",
     kinds={"polars", "pandera"},
-    description="FHIR resources of one data element, one row per resource with its identifier and JSON; "
-    "rows that break a mapping or schema rule are quarantined with the rule and reason.",
+    owners=OWNERS,
+    tags={"stage": "transform"},
+    description="FHIR resources of the data element, mapped and validated, ready to load.\n\n"
+    "One row per resource with its identifier and JSON; rows that break a mapping or schema rule are "
+    "quarantined with the rule and reason (the quarantine table in the metadata), never sent.",
 )
 def fhir_frames(
     context: AssetExecutionContext, legacy_source: pl.DataFrame, migration_settings: MigrationSettings
@@ -77,11 +84,14 @@ def fhir_frames(
     ins={"fhir_frames": AssetIn()},
     group_name="migration",
     kinds={"medplum"},
+    owners=OWNERS,
+    tags={"stage": "load"},
     # Caps the steps writing to Medplum at once across all runs (shards included): set the pool's
     # limit on the instance (`concurrency: pools: ...` or `dagster instance concurrency set`).
     pool="medplum_writes",
-    description="The data element's resources in Medplum, written by conditional PUT on their source identifiers "
-    "in batches (or batches of transactions); each entry's outcome is in the manifest.",
+    description="The data element's resources in Medplum, written by conditional PUT on their source identifiers.\n\n"
+    "Sent in batches (or batches of transactions); each entry's outcome is in the manifest, the counts and any "
+    "failures in the metadata.",
 )
 def medplum_resources(
     context: AssetExecutionContext,
@@ -107,7 +117,7 @@ def medplum_resources(
     context.log.info(f"{element.name}: {result.counts}")
     return MaterializeResult(
         metadata={
-            "medplum_base_url": medplum.base_url,
+            "medplum_base_url": MetadataValue.url(medplum.base_url),  # the server, never its credentials
             "mapping_version": element.mapping_version,
             "adoption_phase": phase.phase,
             "load_mode": settings.mode,
@@ -136,9 +146,11 @@ _FAILURE_SCHEMA = {"source_table": pl.String, "unit_key": pl.String, "resource_t
     ins={"fhir_frames": AssetIn()},
     group_name="migration",
     kinds={"json", "csv"},
-    description="Reconciliation report of the data element: source rows and eligible units, dispositions, retry "
-    "attempts, resources expected and found in Medplum, missing, unexpected and duplicate identifiers; with the "
-    "source, mapping version and time as evidence, written as JSON and CSV files.",
+    owners=OWNERS,
+    tags={"stage": "report"},
+    description="Reconciliation report of the data element, with its evidence files (JSON and CSV).\n\n"
+    "Source rows and eligible units, dispositions, retry attempts, resources expected and found in Medplum, "
+    "missing, unexpected and duplicate identifiers; with the source, mapping version and time as evidence.",
 )
 def reconciliation_report(
     context: AssetExecutionContext,

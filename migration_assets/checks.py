@@ -2,7 +2,14 @@
 data in Medplum. Each check calls verification.py and turns its answer into a readable result."""
 
 import polars as pl
-from dagster import AssetCheckExecutionContext, AssetCheckResult, AssetCheckSeverity, AssetIn, asset_check
+from dagster import (
+    AssetCheckExecutionContext,
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetIn,
+    MetadataValue,
+    asset_check,
+)
 
 from migration_assets.assets import fhir_frames, medplum_resources
 from migration_assets.elements import get_element
@@ -49,7 +56,7 @@ def schema(
         f"{migration_settings.quarantine_threshold:.0%})",
         metadata={
             **counts({"rows": fhir_frames.height, "quarantined": quarantined, "failing_after_quarantine": still_failing.height}),
-            "quarantined_share": share,
+            "quarantined_share": MetadataValue.float(round(share, 4)),
             "quarantine": table(quarantine_summary(fhir_frames)),
             "failing_rules": table(still_failing.drop("_row", "failure_case")),
         },
@@ -177,7 +184,9 @@ def accounting_balanced(
         passed=books.balanced,
         description=f"{books.source_units} source units = {d['successful']} successful + {d['rejected']} rejected + "
         f"{d['skipped']} skipped + {d['quarantined']} quarantined; {d['pending']} pending, {d['none']} unrecorded",
-        metadata=counts({"source_units": books.source_units, **books.dispositions}),
+        # "none" in the books is a unit the ledger has no disposition for: shown as "unrecorded".
+        metadata=counts({"source_units": books.source_units,
+                         **{("unrecorded" if name == "none" else name): n for name, n in d.items()}}),
     )
 
 
