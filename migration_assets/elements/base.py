@@ -123,6 +123,16 @@ def build_frame(element: DataElement, source: pl.DataFrame, system: SourceSystem
     frame = quarantine(
         frame, "duplicate_key", duplicated, pl.format("source key {} appears more than once", pl.col("identifier_value"))
     )
+    # Bad-input tests: a control character in any text value was sent and refused by Medplum (400
+    # "Invalid string format"; in a transactional element the whole bundle group failed with it).
+    # FHIR strings may not hold them, and stripping would alter the record: quarantine instead.
+    code = control_character(pl.col("resource"))
+    frame = quarantine(
+        frame,
+        "control_character",
+        code.is_not_null(),
+        pl.format("a text value holds control character U+{}, which FHIR strings may not contain", code),
+    )
     frame = _quarantine_schema_failures(frame, element.schemas)
     if element.transactional:
         frame = _quarantine_whole_groups(frame)
@@ -135,6 +145,23 @@ def build_frame(element: DataElement, source: pl.DataFrame, system: SourceSystem
     frame = frame.with_columns(unit_key=unit_key, content_hash=_sha256(frame["resource"]))
     return frame.select(
         *FRAME_COLUMNS, *[name for name in frame.columns if name not in FRAME_COLUMNS]
+    )
+
+
+# A control character other than tab, line feed and carriage return, as the JSON text writes it:
+# `\u0000`-`\u001f` (tab, LF and CR are written `\t` `\n` `\r`), `\b` or `\f`. An even run of
+# backslashes before it is escaped backslashes, i.e. literal text, and does not count.
+_CONTROL_ESCAPE = r"(?:^|[^\\])(?:\\\\)*\\(u00(?:0[0-8bBcCeEfF]|1[0-9a-fA-F])|[bf])"
+
+
+def control_character(resource: pl.Expr) -> pl.Expr:
+    """The first control character FHIR forbids found in a resource's JSON text, as four hex digits
+    (`0007`); null when there is none."""
+    escape = resource.str.extract(_CONTROL_ESCAPE, 1)
+    return (
+        pl.when(escape == "b").then(pl.lit("0008"))
+        .when(escape == "f").then(pl.lit("000C"))
+        .otherwise(escape.str.slice(1).str.to_uppercase())
     )
 
 
