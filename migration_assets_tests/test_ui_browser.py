@@ -167,6 +167,9 @@ def test_materialize_a_partition_from_the_ui_then_backfill_over_graphql(
     page.goto(ui.url + "/assets/medplum_resources?view=partitions")
     expect(page.get_by_text("Materialized (3)")).to_be_visible()  # patients from the UI, two backfilled
     shot(page, artifacts, "06_partitions_after_backfill")
+    page.goto(ui.url + "/locations/migration_assets/asset-groups/migration")
+    expect(page.get_by_text(re.compile(r"^4[23]% filled$")).first).to_be_visible()  # 3 of 7 elements
+    shot(page, artifacts, "07_migration_group_loaded")
 
     step("done")
 
