@@ -13,10 +13,29 @@ from migration_assets.source import redact_url
 MEDPLUM_ENV = ("MEDPLUM_BASE_URL", "MEDPLUM_CLIENT_ID", "MEDPLUM_CLIENT_SECRET")
 
 
+# A new instance: SQLite storage, no telemetry, no "Join the Dagster community" dialog over the UI,
+# and one run at a time (runs of one element share the manifest and the two cores; queued runs start in
+# order, as the load order wants). dagster.postgres.yaml shows the PostgreSQL variant.
+DEFAULT_INSTANCE_YAML = """\
+telemetry:
+  enabled: false
+nux:
+  enabled: false
+concurrency:
+  runs:
+    max_concurrent_runs: 1
+"""
+
+
 def ensure_dagster_home() -> str:
-    """DAGSTER_HOME (default: .dagster_home in the repository, a SQLite instance)."""
+    """DAGSTER_HOME (default: .dagster_home in the repository), with DEFAULT_INSTANCE_YAML unless it
+    already has a dagster.yaml of its own."""
     home = os.environ.setdefault("DAGSTER_HOME", str(REPO_ROOT / ".dagster_home"))
     os.makedirs(home, exist_ok=True)
+    config = os.path.join(home, "dagster.yaml")
+    if not os.path.exists(config):
+        with open(config, "w") as out:
+            out.write(DEFAULT_INSTANCE_YAML)
     return home
 
 

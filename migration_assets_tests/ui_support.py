@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 
 from migration_assets.dev import DAGSTER, WORKSPACE, stop_process_group, wait_for_ui
+from migration_assets.environment import DEFAULT_INSTANCE_YAML
 from migration_assets.local_medplum import LocalMedplum, free_port, running_local_medplum
 from migration_assets.paths import REPO_ROOT
 from migration_assets.sample_data import generate_sample_ehr
@@ -40,17 +41,8 @@ CHROMIUM_ARGS = [
 ]
 ARTIFACTS_DIR = REPO_ROOT / ".artifacts" / "ui"
 
-# The instance of the test: no telemetry, no "Join the Dagster community" dialog, and one run at a time (two runs would share the SQLite
-# manifest and the two cores; runs queue and the daemon starts them in order, as in production).
-DAGSTER_YAML = """\
-telemetry:
-  enabled: false
-nux:
-  enabled: false
-concurrency:
-  runs:
-    max_concurrent_runs: 1
-"""
+# The instance of the test is configured as `make dev` configures a new one.
+DAGSTER_YAML = DEFAULT_INSTANCE_YAML
 
 
 def chromium_or_fail() -> Path:
