@@ -3,9 +3,10 @@ fault-injecting proxy of our own (fault_proxy.py). For every fault the load eith
 bounded retries or fails with a clear message; then (after a rerun where it failed) every source unit
 is successful or explained, no identifier is duplicated in Medplum and the books balance.
 
-Library-level cases (loader.migrate through the proxy, a few tenths of a second each) cover every
-fault kind; Dagster-level cases cover a mixed storm, retries running out, the server killed and
-restarted mid-partition, and the Dagster run process killed mid-partition.
+Loader-level cases (loader.migrate of the patients partition through the proxy, about a second each)
+cover every fault kind, and the server killed and restarted on its port mid-partition; Dagster-level
+cases cover a run whose retries run out followed by a rerun through a storm of faults, and the Dagster
+run process SIGKILLed mid-partition.
 """
 
 import dataclasses
@@ -42,10 +43,10 @@ from migration_assets.resources import (
     MigrationSettings,
     PolarsParquetIOManager,
 )
-from migration_assets.sample_data import build_sample_tables, generate_sample_ehr
+from migration_assets.sample_data import build_sample_tables
 from migration_assets.verification import accounting, census
 from migration_assets_tests.fault_proxy import Fault, FaultProxy
-from migration_assets_tests.fixtures_platform import Platform, build_platform
+from migration_assets_tests.fixtures_platform import Platform
 
 PATIENTS = get_element("patients")
 BATCH = "/fhir/R4/"  # batch bundles are POSTed to the FHIR base itself
@@ -81,6 +82,16 @@ def entries_answered(status: str, first_only: bool = False):
         return bundle
 
     return rewrite
+
+
+def test_backoff_is_jittered_and_capped():
+    policy = RetryPolicy(max_attempts=8, base_delay=0.5, max_delay=4.0)
+    for attempt in range(1, 8):
+        ceiling = min(policy.max_delay, policy.base_delay * 2 ** (attempt - 1))
+        delays = [policy.backoff(attempt) for _ in range(200)]
+        assert all(ceiling / 2 <= delay <= ceiling for delay in delays)
+        assert len(set(delays)) > 150  # concurrent loaders do not retry in step
+    assert backoff_ceiling(policy) == 0.5 + 1 + 2 + 4 + 4 + 4 + 4
 
 
 # -- library level: loader.migrate through the proxy ---------------------------------------------
@@ -319,6 +330,49 @@ def test_a_token_that_expires_mid_run_is_refetched_after_the_servers_401(tmp_pat
 
 
 
+def test_the_server_killed_and_restarted_mid_partition_costs_nothing(tmp_path):
+    # A loader-level partition load (a whole Dagster run here cost 20 s on the shared machine).
+    store = tmp_path / "medplum-store.ndjson"
+    port = free_port()
+    server, process = start_local_medplum(port, data_file=store, log_path=tmp_path / "medplum.log")
+    current = {"process": process}
+    restarted = threading.Event()
+
+    def restart_in_background() -> None:
+        # SIGTERM: the server saves its store and exits; it comes back on the same port with the
+        # same data file (and without its tokens, as a restarted Medplum).
+        stop_local_medplum(current["process"])
+
+        def start_again() -> None:
+            time.sleep(0.5)
+            current["process"] = start_local_medplum(port, data_file=store, log_path=tmp_path / "medplum.log")[1]
+            restarted.set()
+
+        threading.Thread(target=start_again, daemon=True).start()
+
+    retry = RetryPolicy(max_attempts=8, base_delay=0.2, max_delay=2.0, max_total_seconds=30.0)
+    try:
+        with FaultProxy(server.base_url) as proxy:
+            load = Load.new(tmp_path, "restart")
+            # The third of four bundles finds the server gone (the proxy answers 502, as a gateway
+            # in front of Medplum would) until it is back.
+            proxy.plan(Fault("call", method="POST", path=BATCH, skip=2, action=restart_in_background))
+
+            started = time.monotonic()
+            result, stats = load.run(proxy.base_url, server, "restart", retry=retry, batch_size=5)
+
+            assert restarted.is_set()
+            assert result.counts["created"] == PATIENT_ROWS and result.counts["failed"] == 0
+            answered = [entry.status for entry in proxy.requests(path=FHIR)]
+            assert 502 in answered and 401 in answered  # down, then back without its tokens
+            assert stats.retries <= retry.max_attempts
+            assert time.monotonic() - started < backoff_ceiling(retry) + WORK
+            # The first two bundles survived the restart in the store; nothing doubled.
+            load.assert_settled(server)
+    finally:
+        stop_local_medplum(current["process"])
+
+
 # -- whole Dagster runs ------------------------------------------------------------------------------
 
 ALL_CHECKS = {
@@ -419,53 +473,6 @@ def test_a_run_that_outlasts_its_retries_fails_clearly_and_a_rerun_through_every
         # Bounded: every fault costs one retry, each at most 1 s of backoff (or 0.2 s of quota reset).
         assert time.monotonic() - started < 30 + strikes
     assert_partition_settled(platform, 30)
-
-
-def test_the_server_killed_and_restarted_mid_partition_costs_nothing(tmp_path):
-    work = tmp_path / "restart"
-    (work / "dagster_home").mkdir(parents=True)
-    source_url = f"sqlite:///{work / 'legacy.db'}"
-    generate_sample_ehr(source_url, patients=30)
-    store = work / "medplum-store.ndjson"
-    port = free_port()
-    server, process = start_local_medplum(port, data_file=store, log_path=work / "medplum.log")
-    current = {"process": process}
-    restarted = threading.Event()
-
-    def restart_in_background() -> None:
-        # SIGTERM: the server saves its store and exits; it comes back on the same port with the
-        # same data file (and without its tokens, as a restarted Medplum).
-        stop_local_medplum(current["process"])
-
-        def start_again() -> None:
-            time.sleep(0.5)
-            current["process"] = start_local_medplum(port, data_file=store, log_path=work / "medplum.log")[1]
-            restarted.set()
-
-        threading.Thread(target=start_again, daemon=True).start()
-
-    instance = DagsterInstance.local_temp(tempdir=str(work / "dagster_home"))
-    try:
-        with FaultProxy(server.base_url) as proxy:
-            platform = build_platform(work, server, source_url, instance)
-            faulty = rewired(platform, proxy.base_url, max_attempts=8, batch_size=5)
-            # The fourth bundle finds the server gone (the proxy answers 502, as a gateway would).
-            proxy.plan(Fault("call", method="POST", path=BATCH, skip=3, action=restart_in_background))
-
-            started = time.monotonic()
-            summary = faulty.run("patients")
-
-            assert restarted.is_set()
-            assert summary.ok, (summary.error, summary.failure_messages)
-            assert set(summary.checks_passed) == ALL_CHECKS
-            assert summary.counts["created"] == 30 and summary.counts["failed"] == 0
-            answered = [entry.status for entry in proxy.requests(path=FHIR)]
-            assert 502 in answered and 401 in answered  # down, then back without its tokens
-            assert time.monotonic() - started < 90
-            assert_partition_settled(platform, 30)
-    finally:
-        instance.dispose()
-        stop_local_medplum(current["process"])
 
 
 # Runs the real Dagster job for the patients partition in its own process, as `dagster` would.
