@@ -6,6 +6,7 @@ import sys
 from dataclasses import dataclass, field
 
 from dagster import DagsterInstance, Definitions
+from dagster_shared.error import SerializableErrorInfo
 
 from migration_assets.elements import LOAD_ORDER
 from migration_assets.environment import ensure_dagster_home, ensure_legacy_source, medplum_server
@@ -49,8 +50,16 @@ def migrate_element(element: str, instance: DagsterInstance, defs: Definitions) 
             summary.failure_messages[evaluation.check_name] = evaluation.description or ""
     if not result.success:
         failure = next((event for event in result.all_events if event.is_step_failure), None)
-        summary.error = failure.step_failure_data.error.message.strip() if failure and failure.step_failure_data.error else "run failed"
+        summary.error = _root_message(failure.step_failure_data.error) if failure else "run failed"
     return summary
+
+
+def _root_message(error: SerializableErrorInfo | None) -> str:
+    """The message of the innermost cause: Dagster wraps the asset's own error ("Error occurred while
+    executing op ...") around the one that says what went wrong."""
+    while error is not None and error.cause is not None:
+        error = error.cause
+    return error.message.strip() if error else "run failed"
 
 
 def print_summary(summaries: list[ElementSummary]) -> None:

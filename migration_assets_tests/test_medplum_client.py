@@ -116,3 +116,20 @@ def test_wrong_credentials_fail_clearly_without_the_secret(local_medplum):
         client.submit_batch([put_patient("NOPE")])
     assert "MEDPLUM_CLIENT_SECRET" in str(error.value)
     assert "not-the-secret" not in str(error.value)
+
+
+def test_a_throttled_or_broken_token_endpoint_is_retried():
+    # Faults of the token endpoint the local server does not produce: 429, then a body without a token.
+    answers = iter([httpx.Response(429), httpx.Response(200, json={"error": "x"})])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/oauth2/token"):
+            return next(answers, None) or httpx.Response(
+                200, json={"access_token": "t", "expires_in": 3600, "token_type": "Bearer"}
+            )
+        return httpx.Response(200, json={"resourceType": "Patient", "id": "x"})
+
+    client = MedplumClient("http://fake/", "id", "secret", retry=FAST_RETRY, transport=httpx.MockTransport(handler))
+    with client:
+        assert client.read("Patient/x") == {"resourceType": "Patient", "id": "x"}
+    assert client.stats.retries == 2

@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import httpx
 
-from migration_assets.medplum.errors import MedplumAuthError
+from migration_assets.medplum.errors import MedplumAuthError, MedplumResponseError
 
 
 class ClientCredentialsToken:
@@ -53,14 +53,21 @@ class ClientCredentialsToken:
                 "client_secret": self._client_secret,
             },
         )
+        if response.status_code == 429 or response.status_code >= 500:
+            # Throttled (160 token requests a minute per IP) or a server fault: worth retrying.
+            raise MedplumResponseError(f"token request to {self._token_url} answered {response.status_code}")
         if response.status_code != 200:
             raise MedplumAuthError(
                 f"token request to {self._token_url} answered {response.status_code}: check "
                 "MEDPLUM_CLIENT_ID and MEDPLUM_CLIENT_SECRET"
             )
-        body = response.json()
+        try:
+            body = response.json()
+            token = str(body["access_token"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise MedplumResponseError(f"token answer from {self._token_url} holds no access_token") from exc
         expires_in = float(body.get("expires_in", 3600))
         # Renew a tenth of the lifetime early (at most five minutes) so no request carries a token
         # that expires while it is in flight.
         self._renew_at = self._clock() + expires_in - min(300.0, expires_in / 10)
-        self._token = body["access_token"]
+        self._token = token

@@ -203,9 +203,8 @@ class MedplumClient:
         for attempt in range(1, self.retry.max_attempts + 1):
             self._count(requests=1)
             try:
-                # Fault tests: the token request is inside the retry loop. A refused or reset
-                # connection while fetching a token (first request, after a 401, after a server
-                # restart, which forgets every token) escaped as a raw httpx error, never retried.
+                # The token request is retried like any other: a fetch happens on the first request,
+                # after a 401 and after a server restart (which forgets every token).
                 token = self._token.bearer()
                 request_headers = {"Authorization": f"Bearer {token}", **(headers or {})}
                 if content is not None:
@@ -213,6 +212,8 @@ class MedplumClient:
                 response = self._http.request(method, url, content=content, params=params, headers=request_headers)
             except httpx.TransportError as exc:
                 problem, delay = f"{type(exc).__name__}: {exc}", self.retry.backoff(attempt)
+            except MedplumResponseError as exc:  # from the token endpoint
+                problem, delay = str(exc), self.retry.backoff(attempt)
             else:
                 self.last_rate_limit = response.headers.get("ratelimit", self.last_rate_limit)
                 if response.status_code == 401:
