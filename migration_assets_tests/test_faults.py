@@ -22,7 +22,7 @@ from pathlib import Path
 
 import polars as pl
 import pytest
-from dagster import DagsterEventType, DagsterInstance, DagsterRunStatus
+from dagster import DagsterRunStatus
 
 from migration_assets.definitions import make_definitions
 from migration_assets.elements import get_element
@@ -414,18 +414,6 @@ def assert_partition_settled(platform: Platform, patients: int) -> None:
     assert frame.height == patients and accounting(frame, units).balanced
 
 
-def step_failure_cause(instance: DagsterInstance, step: str) -> str:
-    """What the failed step's exception said, from the latest run's event log (ElementSummary.error
-    holds only Dagster's wrapper, "Error occurred while executing op ...")."""
-    latest = instance.get_runs(limit=1)[0]
-    for record in instance.all_logs(latest.run_id, of_type=DagsterEventType.STEP_FAILURE):
-        event = record.dagster_event
-        if event is not None and event.step_key == step:
-            error = event.step_failure_data.error
-            return error.cause.message if error.cause else error.message
-    raise AssertionError(f"step {step} did not fail")
-
-
 def test_a_run_that_outlasts_its_retries_fails_clearly_and_a_rerun_through_every_fault_recovers(platform_factory):
     platform = platform_factory.new(patients=30)
     with FaultProxy(platform.server.base_url) as proxy:
@@ -438,7 +426,7 @@ def test_a_run_that_outlasts_its_retries_fails_clearly_and_a_rerun_through_every
 
         assert not failed.run_ok
         assert re.fullmatch(r"migration_assets.medplum.errors.MedplumError: POST 127\.0\.0\.1:\d+/fhir/R4/ gave up after 3 attempts: 503: injected 503\n?",
-                            step_failure_cause(platform.instance, "medplum_resources"))
+                            failed.error)
         assert len(proxy.requests(method="POST", path=BATCH, fault="status")) == 3
         # Three tries of one request: two backoffs of at most 0.5 and 1 s (plus the run's own work).
         assert time.monotonic() - started < 30
