@@ -16,12 +16,10 @@ from itertools import accumulate, pairwise
 from typing import Any
 
 import polars as pl
-import sqlalchemy as sa
 
 from migration_assets.elements.base import DataElement
 from migration_assets.elements.fhir_json import conditional_reference
 from migration_assets.manifest import Attempt, Manifest
-from migration_assets.manifest import units as units_table
 from migration_assets.medplum import EntryResponse, MedplumClient
 from migration_assets.verification import check_prerequisites, quarantine_unloadable
 
@@ -105,22 +103,11 @@ def in_shard(frame: pl.DataFrame, settings: LoadSettings) -> pl.DataFrame:
     return frame.filter(shard_of(frame["bundle_group"], settings.shard_count) == settings.shard_index)
 
 
-def known_units(manifest: Manifest, element_name: str) -> pl.DataFrame:
-    """The columns of the element's ledger units the loader needs, read straight into a frame (a
-    million units as Python dicts would take about a gigabyte)."""
-    query = sa.select(
-        units_table.c.source_table, units_table.c.unit_key, units_table.c.disposition, units_table.c.content_hash,
-        units_table.c.version_id,
-    ).where(units_table.c.element == element_name)
-    schema = {name: pl.String for name in ("source_table", "unit_key", "disposition", "content_hash", "version_id")}
-    with manifest.engine.connect() as db:
-        result = db.execute(query)
-        chunks = [pl.DataFrame(rows, schema=schema, orient="row") for rows in iter(lambda: result.fetchmany(50_000), [])]
-    return pl.concat(chunks) if chunks else pl.DataFrame(schema=schema)
-
-
 LOAD_COLUMNS = ("source_table", "unit_key", "resource_type", "identifier_system", "identifier_value", "bundle_group",
                 "full_url", "resource", "content_hash", "quarantine_rule", "quarantine_reason")
+
+# What the loader needs of the ledger: whether a unit changed since its last success, and its version.
+LEDGER_COLUMNS = ("source_table", "unit_key", "disposition", "content_hash", "version_id")
 
 # Units registered per manifest statement: bounded memory for the Python records of a large element.
 REGISTER_CHUNK = 50_000
@@ -173,7 +160,7 @@ def load_frame(
     result = LoadResult()
     result.add("source_rows", frame.height)
     result.add("quarantined", int(frame["quarantine_rule"].is_not_null().sum()))
-    known = known_units(manifest, element_name)
+    known = manifest.units(element_name, LEDGER_COLUMNS)
     send = rows_to_send(frame, known, settings)
     result.add("not_sent_unchanged", int((~send & frame["quarantine_rule"].is_null()).sum()))
     for start in range(0, frame.height, REGISTER_CHUNK):

@@ -27,7 +27,13 @@ frame = build_frame(element, element.extract({"patients": read_table(source_url,
 
 def progress(done, total):
     print(f"bundle {done} of {total}", flush=True)
+
+# Slow enough to be killed halfway: each bundle takes a fifth of a second more than Medplum needs.
+real_submit = MedplumClient.submit_batch
+def slow_submit(self, *args, **kwargs):
     time.sleep(0.2)
+    return real_submit(self, *args, **kwargs)
+MedplumClient.submit_batch = slow_submit
 
 with MedplumClient(base_url, client_id, secret) as client, Manifest(manifest_url) as manifest:
     migrate(client, manifest, "killed-run", element, frame, source_url, LoadSettings(batch_size=10), progress)
@@ -46,7 +52,8 @@ def test_a_killed_load_resumes_without_duplicates_or_pending_units(platform_fact
     )
     assert process.stdout is not None
     for line in process.stdout:
-        if line.startswith("bundle 6 of"):
+        # Progress is reported once a bundle's outcomes are stored (a few bundles at a time).
+        if line.startswith("bundle ") and int(line.split()[1]) >= 5:
             process.send_signal(signal.SIGKILL)
             break
     process.wait(timeout=30)
@@ -55,7 +62,7 @@ def test_a_killed_load_resumes_without_duplicates_or_pending_units(platform_fact
     with platform.manifest() as manifest:
         before = manifest.units("patients")["disposition"].value_counts()
     dispositions = dict(before.iter_rows())
-    assert dispositions.get("pending", 0) > 0 and dispositions.get("successful", 0) >= 60
+    assert dispositions.get("pending", 0) > 0 and dispositions.get("successful", 0) >= 50
 
     rerun = platform.run("patients")
 
