@@ -149,10 +149,9 @@ def load_frame(
     Rows referencing a resource the ledger says was not loaded are quarantined first, unless the
     caller did so already (`prerequisites_checked`, as migrate() does)."""
     if not prerequisites_checked:
-        # Bad-input tests: the idempotent_reload check resubmits fhir_frames, where a quarantined
-        # patient's conditions are not quarantined yet (migrate() does it at load time). They were
-        # sent, Medplum refused them ("did not match any resources") and the ledger turned their
-        # `quarantined` (prerequisite_not_loaded) into `rejected`, failing reconciliation.
+        # The idempotent_reload check resubmits fhir_frames, where rows pointing at a quarantined
+        # patient are not quarantined yet (migrate() does that at load time): sent, Medplum would
+        # refuse them and the ledger would turn them from quarantined into rejected.
         frame = quarantine_unloadable(frame, check_prerequisites(client, manifest, element_name, frame))
     # Only the columns the load needs: the joins and filters below copy what they are given, and the
     # references lists and element columns of a large frame weigh hundreds of megabytes.
