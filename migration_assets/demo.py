@@ -42,7 +42,9 @@ def migrate_element(element: str, instance: DagsterInstance, defs: Definitions) 
     summary.run_ok = result.success
     for materialization in result.asset_materializations_for_node("medplum_resources"):
         summary.counts = {
-            name: int(value.value) for name, value in materialization.metadata.items() if name in SUMMARY_COUNTS
+            name: value.value
+            for name, value in materialization.metadata.items()
+            if name in SUMMARY_COUNTS and isinstance(value.value, int)
         }
     for evaluation in result.get_asset_check_evaluations():
         (summary.checks_passed if evaluation.passed else summary.checks_failed).append(evaluation.check_name)

@@ -41,7 +41,8 @@ def parse_status(status: str | int) -> int:
 def parse_entry_response(entry: dict[str, Any]) -> EntryResponse:
     response = entry.get("response") or {}
     outcome = response.get("outcome")
-    resource = entry.get("resource") if isinstance(entry.get("resource"), dict) else {}
+    found = entry.get("resource")
+    resource: dict[str, Any] = found if isinstance(found, dict) else {}
     if outcome is None and resource.get("resourceType") == "OperationOutcome":
         outcome = resource
     location = _relative_location(response.get("location"))
