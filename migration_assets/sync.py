@@ -31,11 +31,16 @@ import sqlalchemy as sa
 from migration_assets.elements.base import DataElement, SourceSystem, build_frame
 from migration_assets.loader import LoadResult, LoadSettings, migrate
 from migration_assets.manifest import Manifest
-from migration_assets.medplum import MedplumClient, identifier_token
+from migration_assets.medplum import MedplumClient
 from migration_assets.phases import DualWriteSample, ElementPhase, stamp_of
 from migration_assets.sample_data import TABLE_PRIMARY_KEYS, UPDATED_AT, UPDATED_AT_FORMAT
 from migration_assets.source import column_max, read_table, redact_url
-from migration_assets.verification import LOOKUP_CHUNK, _target_identifiers, reference_problems, take_census
+from migration_assets.verification import (
+    find_by_identifiers,
+    reference_problems,
+    take_census,
+    target_identifiers,
+)
 
 # Rows stamped up to this long before the watermark are looked at again: a transaction that committed
 # late with an earlier timestamp is not missed (the content hash keeps the rest from being resent).
@@ -376,7 +381,7 @@ def compare_stores(
     whole = chosen.height == eligible.height and look_for_extras
     censuses = take_census(client, frame) if whole else None
     found = _found_resources(client, chosen, censuses)
-    target_ids = _target_identifiers(client, _expectations(chosen))
+    target_ids = target_identifiers(client, _expectations(chosen))
     problems: list[dict[str, Any]] = []
     mapped_fields = _mapped_fields(chosen)
     for row in chosen.iter_rows(named=True):
@@ -445,13 +450,8 @@ def _found_resources(
         return found
     for (resource_type, system), group in chosen.group_by("resource_type", "identifier_system"):
         values = group["identifier_value"].to_list()
-        for start in range(0, len(values), LOOKUP_CHUNK):
-            chunk = values[start : start + LOOKUP_CHUNK]
-            params = {"identifier": ",".join(identifier_token(str(system), v) for v in chunk), "_count": "1000"}
-            for resource in client.search(str(resource_type), params):
-                for ident in resource.get("identifier", []):
-                    if ident.get("system") == system:
-                        found.setdefault((str(resource_type), str(system), ident.get("value")), []).append(resource)
+        for value, resource in find_by_identifiers(client, str(resource_type), str(system), values):
+            found.setdefault((str(resource_type), str(system), value), []).append(resource)
     return found
 
 

@@ -1,7 +1,7 @@
 """What the asset checks verify, as plain functions over frames, the manifest and Medplum:
 prerequisites, reference integrity, identifier census and reconciliation, and the books."""
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,15 +36,23 @@ def census(client: MedplumClient, resource_type: str, identifier_system: str) ->
     )
 
 
-def existing_identifiers(client: MedplumClient, resource_type: str, system: str, values: Sequence[str]) -> set[str]:
-    """Which of `values` exist in Medplum under `system`."""
-    found: set[str] = set()
+def find_by_identifiers(
+    client: MedplumClient, resource_type: str, system: str, values: Sequence[str]
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(identifier value, resource) for every resource of `resource_type` carrying one of `values`
+    under `system`, searched LOOKUP_CHUNK values at a time (they travel in the URL)."""
     for start in range(0, len(values), LOOKUP_CHUNK):
         chunk = values[start : start + LOOKUP_CHUNK]
         params = {"identifier": ",".join(identifier_token(system, value) for value in chunk), "_count": "1000"}
         for resource in client.search(resource_type, params):
-            found.update(i.get("value") for i in resource.get("identifier", []) if i.get("system") == system)
-    return found & set(values)
+            for ident in resource.get("identifier", []):
+                if ident.get("system") == system:
+                    yield ident.get("value"), resource
+
+
+def existing_identifiers(client: MedplumClient, resource_type: str, system: str, values: Sequence[str]) -> set[str]:
+    """Which of `values` exist in Medplum under `system`."""
+    return {value for value, _ in find_by_identifiers(client, resource_type, system, values)} & set(values)
 
 
 # -- prerequisites ---------------------------------------------------------------------------------
@@ -219,7 +227,7 @@ def reference_problems(
     for (rt, system), found in censuses.items():
         for value, resource in zip(found["identifier_value"].to_list(), found["resource"].to_list()):
             loaded[(rt, system, value)] = resource
-    target_ids = _target_identifiers(client, expectations)
+    target_ids = target_identifiers(client, expectations)
     problems = []
     for row in expectations.iter_rows(named=True):
         resource = loaded.get((row["resource_type"], row["identifier_system"], row["identifier_value"]))
@@ -244,19 +252,14 @@ def reference_problems(
     return expectations.height, pl.DataFrame(problems, schema=schema)
 
 
-def _target_identifiers(client: MedplumClient, expectations: pl.DataFrame) -> dict[tuple[str, str, str], str]:
+def target_identifiers(client: MedplumClient, expectations: pl.DataFrame) -> dict[tuple[str, str, str], str]:
     """`Type/id` of each expected target, found by its identifier."""
     targets = expectations.select("target_resource_type", "target_identifier_system", "target_identifier_value").unique()
     found: dict[tuple[str, str, str], str] = {}
     for (rt, system), group in targets.group_by("target_resource_type", "target_identifier_system"):
         values = group["target_identifier_value"].to_list()
-        for start in range(0, len(values), LOOKUP_CHUNK):
-            chunk = values[start : start + LOOKUP_CHUNK]
-            params = {"identifier": ",".join(identifier_token(str(system), v) for v in chunk), "_count": "1000"}
-            for resource in client.search(str(rt), params):
-                for ident in resource.get("identifier", []):
-                    if ident.get("system") == system:
-                        found[(str(rt), str(system), ident.get("value"))] = f"{rt}/{resource['id']}"
+        for value, resource in find_by_identifiers(client, str(rt), str(system), values):
+            found[(str(rt), str(system), value)] = f"{rt}/{resource['id']}"
     return found
 
 

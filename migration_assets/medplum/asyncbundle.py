@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 
 from migration_assets.medplum.errors import MedplumError, MedplumResponseError
-from migration_assets.medplum.responses import EntryResponse, parse_entry_response
+from migration_assets.medplum.responses import EntryResponse, batch_response_entries, json_object
 
 if TYPE_CHECKING:
     from migration_assets.medplum.client import MedplumClient
@@ -95,14 +95,14 @@ def _accepted(response: httpx.Response, expected: int) -> str | list[EntryRespon
         if not location:
             raise MedplumResponseError("202 Accepted without a Content-Location job URL")
         return location
-    return _entries(_json(response), expected)
+    return batch_response_entries(json_object(response), expected)
 
 
 def _wait(job_url: str, polling: AsyncPolling, send: Callable[..., Any], sleep: Callable[[float], None]) -> dict[str, Any]:
     started = time.monotonic()
     for delay in polling.delays():
         sleep(delay)
-        job = send("GET", job_url, parse=_json)
+        job = send("GET", job_url, parse=json_object)
         if job.get("status") in FINISHED:
             return job
         if time.monotonic() - started > polling.timeout_seconds:
@@ -114,32 +114,13 @@ def _wait(job_url: str, polling: AsyncPolling, send: Callable[..., Any], sleep: 
 
 
 def _results(response: httpx.Response, expected: int) -> list[EntryResponse]:
-    body = _json(response)
+    body = json_object(response)
     if body.get("resourceType") == "Binary":
         # Asked for FHIR JSON, a server may answer the Binary resource itself: its data is the bundle.
         if not body.get("data"):
             raise MedplumResponseError("results Binary has no inline data")
         body = json.loads(base64.b64decode(body["data"]))
-    return _entries(body, expected)
-
-
-def _entries(body: dict[str, Any], expected: int) -> list[EntryResponse]:
-    entries = body.get("entry", [])
-    if body.get("resourceType") != "Bundle" or len(entries) != expected:
-        raise MedplumResponseError(f"async bundle response has {len(entries)} entries for {expected} sent")
-    return [parse_entry_response(entry) for entry in entries]
-
-
-def _json(response: httpx.Response) -> dict[str, Any]:
-    if response.status_code == 404:
-        raise MedplumError(f"{response.url.path} answered 404")
-    try:
-        body = response.json()
-    except ValueError as exc:
-        raise MedplumResponseError(f"answer is not JSON ({len(response.content)} bytes)") from exc
-    if not isinstance(body, dict):
-        raise MedplumResponseError("answer is not a JSON object")
-    return body
+    return batch_response_entries(body, expected)
 
 
 def _output_parameter(job: dict[str, Any], name: str) -> dict[str, Any] | None:

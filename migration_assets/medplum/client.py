@@ -21,7 +21,13 @@ from migration_assets.medplum.asyncbundle import AsyncPolling, submit_async
 from migration_assets.medplum.auth import ClientCredentialsToken
 from migration_assets.medplum.errors import MedplumError, MedplumResponseError
 from migration_assets.medplum.ratelimit import parse_rate_limit, seconds_until_reset
-from migration_assets.medplum.responses import EntryResponse, outcome_text, parse_entry_response
+from migration_assets.medplum.responses import (
+    EntryResponse,
+    batch_response_entries,
+    display_url,
+    json_object,
+    short_body,
+)
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -94,7 +100,7 @@ class MedplumClient:
     # -- plain requests -------------------------------------------------------------------------
 
     def get_json(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:
-        return self._send("GET", path, params=params, parse=_json_body)
+        return self._send("GET", path, params=params, parse=json_object)
 
     def read(self, reference: str) -> dict[str, Any] | None:
         """`Patient/<id>` or None when it does not exist."""
@@ -224,9 +230,9 @@ class MedplumClient:
                     delay = seconds_until_reset(response.headers.get("ratelimit"), self.retry.backoff(attempt))
                     self._count(rate_limited=1)
                 elif response.status_code >= 500:
-                    problem, delay = f"{response.status_code}: {_short_body(response)}", self.retry.backoff(attempt)
+                    problem, delay = f"{response.status_code}: {short_body(response)}", self.retry.backoff(attempt)
                 elif response.status_code >= 400 and response.status_code != 404:
-                    raise MedplumError(f"{method} {_display(url)} answered {response.status_code}: {_short_body(response)}")
+                    raise MedplumError(f"{method} {display_url(url)} answered {response.status_code}: {short_body(response)}")
                 else:
                     try:
                         return parse(response)
@@ -235,9 +241,9 @@ class MedplumClient:
             if attempt == self.retry.max_attempts or time.monotonic() - started + delay > self.retry.max_total_seconds:
                 break
             self._count(retries=1)
-            log.warning("%s %s failed (%s); retry %d in %.1fs", method, _display(url), problem, attempt, delay)
+            log.warning("%s %s failed (%s); retry %d in %.1fs", method, display_url(url), problem, attempt, delay)
             time.sleep(delay)
-        raise MedplumError(f"{method} {_display(url)} gave up after {attempt} attempts: {problem}")
+        raise MedplumError(f"{method} {display_url(url)} gave up after {attempt} attempts: {problem}")
 
     def _count(self, **increments: int) -> None:
         with self._stats_lock:
@@ -245,42 +251,9 @@ class MedplumClient:
                 setattr(self.stats, name, getattr(self.stats, name) + value)
 
 
-def _json_body(response: httpx.Response) -> dict[str, Any]:
-    if response.status_code == 404:
-        raise MedplumError(f"{_display(str(response.url))} answered 404: {_short_body(response)}")
-    try:
-        body = response.json()
-    except ValueError as exc:
-        raise MedplumResponseError(f"answer is not JSON ({len(response.content)} bytes)") from exc
-    if not isinstance(body, dict):
-        raise MedplumResponseError("answer is not a JSON object")
-    return body
-
-
 def _json_or_none_if_missing(response: httpx.Response) -> dict[str, Any] | None:
-    return None if response.status_code in (404, 410) else _json_body(response)
+    return None if response.status_code in (404, 410) else json_object(response)
 
 
 def _bundle_entries(response: httpx.Response, expected: int) -> list[EntryResponse]:
-    body = _json_body(response)
-    entries = body.get("entry", [])
-    if body.get("resourceType") != "Bundle" or len(entries) != expected:
-        # A short batch-response would leave entries without an outcome: resend the whole bundle,
-        # which is safe because every write is conditional.
-        raise MedplumResponseError(f"bundle response has {len(entries)} entries for {expected} sent")
-    return [parse_entry_response(entry) for entry in entries]
-
-
-def _short_body(response: httpx.Response) -> str:
-    try:
-        body = response.json()
-    except ValueError:
-        return response.text[:200]
-    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
-        return outcome_text(body)
-    return response.text[:200]
-
-
-def _display(url: str) -> str:
-    """A URL for messages: the query (which may hold identifiers) is kept, never credentials."""
-    return url.split("://", 1)[-1].split("@", 1)[-1]
+    return batch_response_entries(json_object(response), expected)

@@ -7,6 +7,10 @@ own `response` is read.
 from dataclasses import dataclass
 from typing import Any
 
+import httpx
+
+from migration_assets.medplum.errors import MedplumError, MedplumResponseError
+
 
 @dataclass(frozen=True)
 class EntryResponse:
@@ -78,3 +82,42 @@ def _relative_location(location: str | None) -> str | None:
         return None
     marker = "/fhir/R4/"
     return location.split(marker, 1)[1] if marker in location else location.lstrip("/")
+
+
+def json_object(response: httpx.Response) -> dict[str, Any]:
+    """The answer's JSON object. 404 is final; a body that is not a JSON object is worth asking again
+    (a proxy's error page, a cut connection)."""
+    if response.status_code == 404:
+        raise MedplumError(f"{display_url(str(response.url))} answered 404: {short_body(response)}")
+    try:
+        body = response.json()
+    except ValueError as exc:
+        raise MedplumResponseError(f"answer is not JSON ({len(response.content)} bytes)") from exc
+    if not isinstance(body, dict):
+        raise MedplumResponseError("answer is not a JSON object")
+    return body
+
+
+def batch_response_entries(body: dict[str, Any], expected: int) -> list[EntryResponse]:
+    """One parsed response per entry sent. A short batch-response would leave entries without an
+    outcome: it is an error worth resending the whole bundle for (every write is conditional)."""
+    entries = body.get("entry", [])
+    if body.get("resourceType") != "Bundle" or len(entries) != expected:
+        raise MedplumResponseError(f"bundle response has {len(entries)} entries for {expected} sent")
+    return [parse_entry_response(entry) for entry in entries]
+
+
+def short_body(response: httpx.Response) -> str:
+    """An error answer in one line: its OperationOutcome's text, or the start of the body."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200]
+    if isinstance(body, dict) and body.get("resourceType") == "OperationOutcome":
+        return outcome_text(body)
+    return response.text[:200]
+
+
+def display_url(url: str) -> str:
+    """A URL for messages: the query (which may hold identifiers) is kept, never credentials."""
+    return url.split("://", 1)[-1].split("@", 1)[-1]
