@@ -19,7 +19,7 @@ from migration_assets.adoption_assets import (
 from migration_assets.assets import fhir_frames, legacy_source, medplum_resources, reconciliation_report
 from migration_assets.checks import ALL_CHECKS
 from migration_assets.paths import DEFAULT_LEGACY_DB_URL, DEFAULT_MANIFEST_URL, FRAMES_DIR
-from migration_assets.register_assets import mapping_register_asset
+from migration_assets.register_assets import mapping_register_asset, terminology_maps
 from migration_assets.resources import (
     LegacySource,
     ManifestStore,
@@ -28,7 +28,10 @@ from migration_assets.resources import (
     PolarsParquetIOManager,
 )
 
-ASSETS = [legacy_source, fhir_frames, medplum_resources, reconciliation_report, mapping_register_asset, *ADOPTION_ASSETS]
+ASSETS = [
+    legacy_source, fhir_frames, medplum_resources, reconciliation_report, mapping_register_asset, terminology_maps,
+    *ADOPTION_ASSETS,
+]
 
 migrate_element_job = define_asset_job(
     "migrate_data_element",

@@ -8,7 +8,7 @@ from migration_assets.elements import get_element
 from migration_assets.partitions import DATA_ELEMENTS
 from migration_assets.register import DISPOSITIONS, mapping_register
 from migration_assets.reporting import counts, table
-from migration_assets.terminology import versions
+from migration_assets.terminology import TERMINOLOGY_DIR, read_map, versions
 
 
 @asset(
@@ -38,3 +38,26 @@ def mapping_register_asset(context: AssetExecutionContext) -> Output[pl.DataFram
         },
     )
 
+
+
+@asset(
+    io_manager_key="frames_io_manager",
+    group_name="mapping",
+    kinds={"polars", "csv"},
+    owners=["team:migration"],
+    tags={"stage": "documentation"},
+    description="The terminology maps (local code to ICD-10, SNOMED CT, RxNorm, LOINC, ...), loaded from their "
+    "versioned data files.\n\nOne row per map: its version, target code system and release, review status and "
+    "how many codes it maps. A map file without a version, or a version without a file, fails the load.",
+)
+def terminology_maps() -> Output[pl.DataFrame]:
+    catalogue = versions()
+    files = {path.stem for path in TERMINOLOGY_DIR.glob("*.csv")} - {"VERSIONS"}
+    listed = set(catalogue["map"].to_list())
+    if files != listed:
+        raise ValueError(
+            f"terminology maps and VERSIONS.csv disagree: files without a version {sorted(files - listed)}, "
+            f"versions without a file {sorted(listed - files)}"
+        )
+    maps = catalogue.with_columns(codes=pl.Series([read_map(name).height for name in catalogue["map"]]))
+    return Output(maps, metadata={**counts({"maps": maps.height, "codes": int(maps["codes"].sum())}), "maps": table(maps)})

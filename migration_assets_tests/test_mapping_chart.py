@@ -287,3 +287,16 @@ def test_the_register_in_the_repository_is_up_to_date():
     expected = render_markdown()
     actual = REGISTER_PATH.read_text(encoding="utf-8") if REGISTER_PATH.exists() else ""
     assert actual == expected, f"docs/mapping_register.md is out of date with the mapping code: run `{REGENERATE}`"
+
+
+def test_the_terminology_maps_asset_loads_every_versioned_map(tmp_path):
+    from dagster import materialize
+
+    from migration_assets.register_assets import terminology_maps
+    from migration_assets.resources import PolarsParquetIOManager
+
+    result = materialize([terminology_maps], resources={"frames_io_manager": PolarsParquetIOManager(base_dir=str(tmp_path))})
+
+    maps = result.output_for_node("terminology_maps")
+    assert {"icd10cm", "rxnorm", "loinc", "allergy_snomed"} <= set(maps["map"].to_list())
+    assert maps["version"].null_count() == 0 and (maps["codes"] > 0).all()
