@@ -30,12 +30,12 @@ import sys
 from collections.abc import Callable, Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 
 from migration_assets.elements import ELEMENTS, get_element
 from migration_assets.elements.base import DataElement, SourceSystem, build_frame
+from migration_assets.elements.fhir_json import json_leaves
 
 PROBE_PATIENTS = 30
 PROBE_SEED = 7
@@ -122,27 +122,15 @@ class _Run:
             index = counters.get(group, 0)
             counters[group] = index + 1
             self.keys.setdefault(group, []).append(key)
-            self.leaves[(table, resource_type, index)] = _flatten(json.loads(resource, parse_float=str, parse_int=str),
-                                                                  resource_type)
+            parsed = json.loads(resource, parse_float=str, parse_int=str)
+            self.leaves[(table, resource_type, index)] = {
+                path: str(leaf) for path, leaf in json_leaves(parsed, resource_type, bracket_indexes=True).items()
+            }
             self.rules[(table, resource_type, index)] = rule
 
 
 def _run(element: DataElement, tables: Mapping[str, pl.DataFrame]) -> _Run:
     return _Run(build_frame(element, element.extract(tables), PROBE_SYSTEM))
-
-
-def _flatten(value: Any, path: str) -> Leaves:
-    if isinstance(value, dict):
-        out: Leaves = {}
-        for key, item in value.items():
-            out.update(_flatten(item, f"{path}.{key}"))
-        return out
-    if isinstance(value, list):
-        out = {}
-        for index, item in enumerate(value):
-            out.update(_flatten(item, f"{path}[{index}]"))
-        return out
-    return {path: str(value)}
 
 
 def _rotate(values: pl.Series) -> pl.Series:

@@ -29,6 +29,7 @@ import polars as pl
 import sqlalchemy as sa
 
 from migration_assets.elements.base import DataElement, SourceSystem, build_frame
+from migration_assets.elements.fhir_json import json_leaves
 from migration_assets.loader import LoadResult, LoadSettings, migrate
 from migration_assets.manifest import Manifest
 from migration_assets.medplum import MedplumClient
@@ -396,8 +397,8 @@ def compare_stores(
         built = _with_resolved_references(json.loads(row["resource"]), row["references"], target_ids)
         medplum_copy: dict[str, Any] = copies[0]
         fields = mapped_fields[row["resource_type"]]
-        legacy_leaves = _leaves({k: v for k, v in built.items() if k in fields})
-        medplum_leaves = _leaves({k: v for k, v in medplum_copy.items() if k in fields})
+        legacy_leaves = json_leaves({k: v for k, v in built.items() if k in fields})
+        medplum_leaves = json_leaves({k: v for k, v in medplum_copy.items() if k in fields})
         for path in sorted(set(legacy_leaves) | set(medplum_leaves)):
             if legacy_leaves.get(path) != medplum_leaves.get(path):
                 problems.append(_problem(row, "differs", path, legacy_leaves.get(path), medplum_leaves.get(path)))
@@ -496,21 +497,6 @@ def _with_resolved_references(
         if isinstance(node, dict) and "reference" in node:
             node["reference"] = value
     return resource
-
-
-def _leaves(value: Any, prefix: str = "") -> dict[str, Any]:
-    """Flatten JSON to dotted paths (list items by index) and leaf values."""
-    if isinstance(value, dict):
-        out: dict[str, Any] = {}
-        for key, item in value.items():
-            out.update(_leaves(item, f"{prefix}.{key}" if prefix else key))
-        return out
-    if isinstance(value, list):
-        out = {}
-        for index, item in enumerate(value):
-            out.update(_leaves(item, f"{prefix}.{index}"))
-        return out
-    return {prefix: value}
 
 
 def write_discrepancies(report: DualWriteReport, directory: Path) -> tuple[Path, Path]:

@@ -6,6 +6,8 @@ match structure: inside an encoded string every `"` is escaped, so `,"key":null`
 can only be a member of an object, never text inside a value.
 """
 
+from typing import Any
+
 import polars as pl
 
 from migration_assets.medplum.search import SEARCH_ESCAPES, URL_ESCAPES
@@ -80,3 +82,21 @@ def _escaped(text: pl.Expr, escapes: tuple[tuple[str, str], ...]) -> pl.Expr:
     for special, replacement in escapes:
         text = text.str.replace_all(special, replacement, literal=True)
     return text
+
+
+def json_leaves(value: Any, path: str = "", bracket_indexes: bool = False) -> dict[str, Any]:
+    """Every leaf of parsed FHIR JSON by its path: `name.0.family`, or `name[0].family` with
+    `bracket_indexes`. Used to compare resources field by field."""
+    if isinstance(value, dict):
+        items = ((f"{path}.{key}" if path else str(key), item) for key, item in value.items())
+    elif isinstance(value, list):
+        items = (
+            (f"{path}[{index}]" if bracket_indexes else (f"{path}.{index}" if path else str(index)), item)
+            for index, item in enumerate(value)
+        )
+    else:
+        return {path: value}
+    leaves: dict[str, Any] = {}
+    for item_path, item in items:
+        leaves.update(json_leaves(item, item_path, bracket_indexes))
+    return leaves
