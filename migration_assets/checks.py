@@ -30,10 +30,6 @@ from migration_assets.verification import (
 _FRAME = {"fhir_frames": AssetIn("fhir_frames")}
 
 
-def _element_name(context: AssetCheckExecutionContext) -> str:
-    return context.partition_key
-
-
 @asset_check(
     asset=fhir_frames,
     partitions_def=DATA_ELEMENTS,
@@ -44,7 +40,7 @@ def _element_name(context: AssetCheckExecutionContext) -> str:
 def schema(
     context: AssetCheckExecutionContext, fhir_frames: pl.DataFrame, migration_settings: MigrationSettings
 ) -> AssetCheckResult:
-    element = get_element(_element_name(context))
+    element = get_element(context.partition_key)
     still_failing = schema_failures(fhir_frames, element.schemas)
     quarantined = int(fhir_frames["quarantine_rule"].is_not_null().sum())
     share = quarantined / fhir_frames.height if fhir_frames.height else 0.0
@@ -74,7 +70,7 @@ def prerequisites_loaded(
     context: AssetCheckExecutionContext, fhir_frames: pl.DataFrame, medplum: MedplumResource, manifest: ManifestStore
 ) -> AssetCheckResult:
     with medplum.open_client() as client, manifest.open() as ledger:
-        report = check_prerequisites(client, ledger, _element_name(context), fhir_frames)
+        report = check_prerequisites(client, ledger, context.partition_key, fhir_frames)
     return AssetCheckResult(
         passed=not report.blocking_elements,
         description=report.message(),
@@ -119,7 +115,7 @@ def idempotent_reload(
     manifest: ManifestStore,
     migration_settings: MigrationSettings,
 ) -> AssetCheckResult:
-    element = get_element(_element_name(context))
+    element = get_element(context.partition_key)
     settings = migration_settings.load_settings(element, resend_unchanged=True)
     resubmitted = sample_groups(
         fhir_frames, migration_settings.idempotency_sample_size, migration_settings.idempotency_sample_seed
@@ -152,7 +148,7 @@ def reconciliation(
     context: AssetCheckExecutionContext, fhir_frames: pl.DataFrame, medplum: MedplumResource, manifest: ManifestStore
 ) -> AssetCheckResult:
     with medplum.open_client() as client, manifest.open() as ledger:
-        report = reconcile(fhir_frames, ledger.units(_element_name(context)), take_census(client, fhir_frames))
+        report = reconcile(fhir_frames, ledger.units(context.partition_key), take_census(client, fhir_frames))
     return AssetCheckResult(
         passed=report.passed,
         description=f"{report.found} of {report.expected} expected resources found; {report.missing.height} missing, "
@@ -178,7 +174,7 @@ def accounting_balanced(
     context: AssetCheckExecutionContext, fhir_frames: pl.DataFrame, manifest: ManifestStore
 ) -> AssetCheckResult:
     with manifest.open() as ledger:
-        books = accounting(fhir_frames, ledger.units(_element_name(context)))
+        books = accounting(fhir_frames, ledger.units(context.partition_key))
     d = books.dispositions
     return AssetCheckResult(
         passed=books.balanced,
