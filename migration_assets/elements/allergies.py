@@ -33,6 +33,7 @@ from migration_assets.elements.fhir_json import (
     coding,
     conditional_reference,
     identifier,
+    present,
     reference,
 )
 from migration_assets.terminology import SNOMED_CT, read_map
@@ -94,16 +95,14 @@ def transform(source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
         ).alias("code"),
         reference(patient).alias("patient"),
         pl.col("recorded_date").alias("recordedDate"),
-        pl.concat_list(
+        present(
             pl.when(pl.col("reaction").is_not_null()).then(
                 pl.struct(
                     pl.concat_list(pl.struct(pl.col("reaction").alias("text"))).alias("manifestation"),
                     pl.col("fhir_severity").alias("severity"),
                 )
             )
-        )
-        .list.drop_nulls()
-        .alias("reaction"),
+        ).alias("reaction"),
     )
     frame = rows.select(
         frame_columns(

@@ -29,6 +29,7 @@ from migration_assets.elements.fhir_json import (
     conditional_reference,
     identifier,
     reference,
+    without_nulls,
 )
 from migration_assets.terminology import V3_ACT_CODE, read_map
 
@@ -77,7 +78,7 @@ def transform(source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
     frame = quarantine(frame, "future_date", future_date("date"), "date lies in the future")
     frame = quarantine_orphans(frame, "practitioner_id", "practitioners", "practitioner_in_source", required=False)
     # An encounter without a practitioner expects no participant reference.
-    frame = frame.with_columns(pl.col("references").list.drop_nulls())
+    frame = frame.with_columns(without_nulls(pl.col("references")))
     return frame.drop("patient_in_source", "encounter_in_source", "type_known", "practitioner_in_source")
 
 

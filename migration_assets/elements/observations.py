@@ -45,6 +45,7 @@ from migration_assets.elements.fhir_json import (
     conditional_reference,
     identifier,
     reference,
+    without_nulls,
 )
 from migration_assets.terminology import LOINC, UCUM, read_map
 
@@ -171,7 +172,7 @@ def transform(source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
         patient_in_source=pl.col("patient_in_source").fill_null(False),
     )
     frame = frame.with_columns(
-        pl.col("references").list.drop_nulls(),
+        without_nulls(pl.col("references")),
         # Numbers lose their marker and their quotes: "\u0001" + 7.20 -> 7.20, exactly as given.
         pl.col("resource").str.replace_all(r'"\\u0001(' + NUMBER + ')"', "$1"),
     )

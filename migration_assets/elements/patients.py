@@ -15,7 +15,7 @@ from migration_assets.elements.base import (
     invalid_date,
     quarantine,
 )
-from migration_assets.elements.fhir_json import identifier
+from migration_assets.elements.fhir_json import identifier, present
 
 # Legacy codes to FHIR administrative gender. Read case-insensitively; anything else is quarantined.
 GENDER = {"M": "male", "F": "female", "O": "other", "U": "unknown"}
@@ -36,7 +36,7 @@ def transform(source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
         identifier(system.identifier_system("patient"), pl.col("patient_id")).alias("identifier"),
         pl.concat_list(
             pl.struct(
-                pl.concat_list(pl.col("first_name")).list.drop_nulls().alias("given"),
+                present(pl.col("first_name")).alias("given"),
                 pl.col("last_name").alias("family"),
             )
         ).alias("name"),

@@ -13,6 +13,7 @@ import pandera.polars as pa
 import polars as pl
 
 from migration_assets.elements.base import DataElement, FrameModel, SourceSystem, frame_columns
+from migration_assets.elements.fhir_json import present
 from migration_assets.terminology import NPI
 
 NPI_PREFIX = "80840"
@@ -56,17 +57,15 @@ def transform(source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
     )
     resource = pl.struct(
         pl.lit("Practitioner").alias("resourceType"),
-        pl.concat_list(
+        present(
             pl.struct(pl.lit(practitioner_system).alias("system"), pl.col("practitioner_id").alias("value")),
             pl.when(pl.col("written_npi").is_not_null()).then(
                 pl.struct(pl.lit(NPI).alias("system"), pl.col("written_npi").alias("value"))
             ),
-        )
-        .list.drop_nulls()
-        .alias("identifier"),
+        ).alias("identifier"),
         pl.concat_list(
             pl.struct(
-                pl.concat_list(pl.col("first_name")).list.drop_nulls().alias("given"),
+                present(pl.col("first_name")).alias("given"),
                 pl.col("last_name").alias("family"),
             )
         ).alias("name"),
