@@ -19,15 +19,23 @@ from migration_assets.partitions import DATA_ELEMENTS
 from migration_assets.reporting import counts, quarantine_summary, table
 from migration_assets.resources import ManifestStore, MedplumResource, MigrationSettings
 from migration_assets.verification import (
+    RunCensus,
     accounting,
+    census_dir,
     check_prerequisites,
     reconcile,
     reference_problems,
+    resend_lost_writes,
     sample_groups,
-    take_census,
 )
 
 _FRAME = {"fhir_frames": AssetIn("fhir_frames")}
+
+
+def _run_census(context: AssetCheckExecutionContext, settings: MigrationSettings) -> RunCensus:
+    """The census of this run and partition: the first check (or the report) that asks takes it after
+    the load, the others read it from its file."""
+    return RunCensus(census_dir(settings.evidence_dir), context.run.run_id, context.partition_key)
 
 
 @asset_check(
@@ -90,10 +98,14 @@ def prerequisites_loaded(
     "and to the right one (the referenced Patient carries the source row's patient_id).",
 )
 def reference_integrity(
-    context: AssetCheckExecutionContext, fhir_frames: pl.DataFrame, medplum: MedplumResource
+    context: AssetCheckExecutionContext,
+    fhir_frames: pl.DataFrame,
+    medplum: MedplumResource,
+    migration_settings: MigrationSettings,
 ) -> AssetCheckResult:
     with medplum.open_client() as client:
-        checked, problems = reference_problems(client, fhir_frames, take_census(client, fhir_frames))
+        censuses = _run_census(context, migration_settings).get(client, fhir_frames)
+        checked, problems = reference_problems(client, fhir_frames, censuses)
     return AssetCheckResult(
         passed=problems.is_empty(),
         description=f"{checked - problems.height} of {checked} references resolve to the expected resource",
@@ -106,7 +118,8 @@ def reference_integrity(
     partitions_def=DATA_ELEMENTS,
     additional_ins=_FRAME,
     description="Resubmitting the partition creates nothing and changes nothing, and each source identifier "
-    "matches exactly one resource in Medplum.",
+    "matches exactly one resource in Medplum. Resubmitted: the whole partition up to idempotency_sample_size "
+    "bundle groups (1,000 by default), above that a sample of that many groups drawn with a recorded seed.",
 )
 def idempotent_reload(
     context: AssetCheckExecutionContext,
@@ -117,22 +130,36 @@ def idempotent_reload(
 ) -> AssetCheckResult:
     element = get_element(context.partition_key)
     settings = migration_settings.load_settings(element, resend_unchanged=True)
-    resubmitted = sample_groups(
-        fhir_frames, migration_settings.idempotency_sample_size, migration_settings.idempotency_sample_seed
-    )
+    size, seed = migration_settings.idempotency_sample_size, migration_settings.idempotency_sample_seed
     with medplum.open_client() as client, manifest.open() as ledger:
+        # The census before resubmitting, as the load left Medplum (whichever check of the run takes
+        # it): a copy the resubmission itself would create counts as created below.
+        report = reconcile(fhir_frames, ledger.units(element.name),
+                           _run_census(context, migration_settings).get(client, fhir_frames))
+        # Lost writes are the next load's to resend (and the reconciliation's to report), not this
+        # check's: resubmitted here they would count as created, and which check ran first would decide.
+        lost = resend_lost_writes(ledger, element.name, report)
+        lost_groups = fhir_frames.join(lost, on=["source_table", "unit_key"], how="semi")["bundle_group"]
+        candidates = fhir_frames.filter(~pl.col("bundle_group").is_in(lost_groups.implode()).fill_null(False))
+        resubmitted = sample_groups(candidates, size, seed)
         result = load_frame(client, ledger, f"{context.run.run_id}-reload", element.name, element.transactional,
                             resubmitted, settings)
-        duplicates = reconcile(fhir_frames, ledger.units(element.name), take_census(client, fhir_frames)).duplicates
+    groups, chosen = candidates["bundle_group"].n_unique(), resubmitted["bundle_group"].n_unique()
+    sample = (f"whole partition: {groups} bundle groups" if resubmitted.height == candidates.height
+              else f"sample of {chosen} of {groups} bundle groups ({resubmitted.height} rows), seed {seed}")
+    if not lost.is_empty():
+        sample += f", without {lost_groups.n_unique()} holding a lost write (set back to pending for the next load)"
+    duplicates = report.duplicates
     changed = result.counts["created"] + result.counts["updated"]
     passed = changed == 0 and result.counts["failed"] == 0 and duplicates.is_empty()
     return AssetCheckResult(
         passed=passed,
-        description=f"resubmitted {result.counts['sent']}: {result.counts['created']} created, "
+        description=f"resubmitted {result.counts['sent']} ({sample}): {result.counts['created']} created, "
         f"{result.counts['updated']} updated, {result.counts['failed']} failed; {duplicates.height} duplicated identifiers",
         metadata={**counts({k: result.counts[k] for k in ("sent", "created", "updated", "unchanged", "failed")}),
-                  "sample": "whole partition" if resubmitted.height == fhir_frames.height
-                  else f"{resubmitted.height} rows, seed {migration_settings.idempotency_sample_seed}",
+                  **counts({"bundle_groups": groups, "bundle_groups_resubmitted": chosen,
+                            "lost_writes_not_resubmitted": lost.height}),
+                  "sample": sample,
                   "duplicates": table(duplicates)},
     )
 
@@ -142,21 +169,37 @@ def idempotent_reload(
     partitions_def=DATA_ELEMENTS,
     additional_ins=_FRAME,
     description="Source rows against resources found in Medplum by identifier: missing, unexpected and "
-    "duplicate identifiers listed, each missing one with its disposition in the manifest.",
+    "duplicate identifiers listed, each missing one with its disposition in the manifest. A missing resource "
+    "the manifest records as loaded (a lost write) is set back to pending there, so the next load resends it.",
 )
 def reconciliation(
-    context: AssetCheckExecutionContext, fhir_frames: pl.DataFrame, medplum: MedplumResource, manifest: ManifestStore
+    context: AssetCheckExecutionContext,
+    fhir_frames: pl.DataFrame,
+    medplum: MedplumResource,
+    manifest: ManifestStore,
+    migration_settings: MigrationSettings,
 ) -> AssetCheckResult:
     with medplum.open_client() as client, manifest.open() as ledger:
-        report = reconcile(fhir_frames, ledger.units(context.partition_key), take_census(client, fhir_frames))
+        censuses = _run_census(context, migration_settings).get(client, fhir_frames)
+        report = reconcile(fhir_frames, ledger.units(context.partition_key), censuses)
+        resent = resend_lost_writes(ledger, context.partition_key, report)
+    details = ""
+    if not report.missing.is_empty():
+        details = f" (missing: {', '.join(report.missing['identifier_value'].head(5).to_list())}" + \
+            (", ..." if report.missing.height > 5 else "") + ")"
+    if not resent.is_empty():
+        details += (f"; {resent.height} missing were acknowledged by Medplum in an earlier load: set back to pending "
+                    "in the manifest, the next load resends them")
     return AssetCheckResult(
         passed=report.passed,
         description=f"{report.found} of {report.expected} expected resources found; {report.missing.height} missing, "
-        f"{report.unexpected.height} unexpected, {report.duplicates.height} duplicated",
+        f"{report.unexpected.height} unexpected, {report.duplicates.height} duplicated{details}",
         metadata={
             **counts({"expected": report.expected, "found": report.found, "missing": report.missing.height,
-                      "unexpected": report.unexpected.height, "duplicated": report.duplicates.height}),
+                      "unexpected": report.unexpected.height, "duplicated": report.duplicates.height,
+                      "lost_writes_marked_for_resend": resent.height}),
             "missing_identifiers": table(report.missing),
+            "lost_writes_marked_for_resend": table(resent),
             "unexpected_identifiers": table(report.unexpected),
             "duplicate_identifiers": table(report.duplicates),
         },

@@ -8,20 +8,39 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+from dagster import AssetExecutionContext, DagsterInvariantViolationError
 
 from migration_assets.elements.base import DataElement
 from migration_assets.manifest import Manifest
 from migration_assets.medplum import MedplumClient
-from migration_assets.verification import accounting, reconcile, take_census
+from migration_assets.verification import (
+    RunCensus,
+    accounting,
+    census_dir,
+    reconcile,
+    resend_lost_writes,
+    take_census,
+)
 
 IDENTIFIER_LIST_LIMIT = 1000
 
 
 def reconciliation_report(
-    client: MedplumClient, manifest: Manifest, element: DataElement, frame: pl.DataFrame, source_url: str
+    client: MedplumClient,
+    manifest: Manifest,
+    element: DataElement,
+    frame: pl.DataFrame,
+    source_url: str,
+    run_census: RunCensus | None = None,
 ) -> dict[str, Any]:
+    """The report; a missing resource the ledger records as loaded is set back to pending there (the
+    next load resends it). The census is `run_census`, else that of the Dagster run executing this
+    report (shared with its checks), else one taken now."""
+    run_census = run_census or _census_of_current_run(element.name)
+    censuses = run_census.get(client, frame) if run_census else take_census(client, frame)
+    recon = reconcile(frame, manifest.units(element.name), censuses)
+    resent = resend_lost_writes(manifest, element.name, recon)
     units = manifest.units(element.name)
-    recon = reconcile(frame, units, take_census(client, frame))
     books = accounting(frame, units)
     last_run = manifest.last_run(element.name) or {}
     attempts = manifest.attempt_counts(last_run["run_id"], element.name) if last_run else {}
@@ -51,11 +70,26 @@ def reconciliation_report(
             "missing": recon.missing.height,
             "unexpected": recon.unexpected.height,
             "duplicated": recon.duplicates.height,
+            "lost_writes_marked_for_resend": resent.height,
         },
         "missing": recon.missing.head(IDENTIFIER_LIST_LIMIT).to_dicts(),
         "unexpected": recon.unexpected.head(IDENTIFIER_LIST_LIMIT).to_dicts(),
         "duplicated": recon.duplicates.head(IDENTIFIER_LIST_LIMIT).to_dicts(),
+        "lost_writes_marked_for_resend": resent.head(IDENTIFIER_LIST_LIMIT).to_dicts(),
     }
+
+
+def _census_of_current_run(element_name: str) -> RunCensus | None:
+    """The run census of the Dagster asset being executed, if any: the reconciliation_report asset
+    calls without one, and reads the census its run's checks took (or takes it for them)."""
+    try:
+        context = AssetExecutionContext.get()
+    except DagsterInvariantViolationError:
+        return None
+    settings = getattr(context.resources, "migration_settings", None)
+    if settings is None:
+        return None
+    return RunCensus(census_dir(settings.evidence_dir), context.run.run_id, element_name)
 
 
 def write_evidence(report: dict[str, Any], directory: Path) -> tuple[Path, Path]:

@@ -1,10 +1,13 @@
 """What happened to one source key? `python -m migration_assets.history P0123 [--element patients]`
-prints its units in the manifest (disposition, rule, reason, resource) and every submission attempt."""
+prints its units in the manifest (disposition, rule, reason, resource), every submission attempt, and
+the runs that touched it with their status (`interrupted`: the run never finished, its process was
+killed before a later run of the same element and shard started)."""
 
 import argparse
 import json
 import os
 import sys
+from typing import Any
 
 from migration_assets.manifest import Manifest
 from migration_assets.paths import DEFAULT_MANIFEST_URL
@@ -31,7 +34,24 @@ def describe(manifest: Manifest, key: str, element: str | None) -> str:
             f"  {attempt['attempted_at']}  {attempt['element']}  run {attempt['run_id']}  bundle {attempt['bundle_number']} "
             f"entry {attempt['entry_number']}  HTTP {attempt['http_status']}  {attempt['location'] or ''}  {diagnostics}"
         )
+    lines.extend(_runs_lines(manifest, found))
     return "\n".join(lines)
+
+
+def _runs_lines(manifest: Manifest, found: dict[str, Any]) -> list[str]:
+    """The load runs that registered or sent the key's units (the idempotency check's resubmissions,
+    `<run>-reload`, have no run row of their own)."""
+    touched: dict[str, set[str]] = {}
+    for row in (*found["units"], *found["attempts"]):
+        run_id = row.get("last_run_id") or row.get("run_id")
+        touched.setdefault(row["element"], set()).add(run_id)
+    known = [run for element, run_ids in sorted(touched.items()) for run in manifest.runs(element, run_ids)]
+    lines = [f"runs ({len(known)}):"]
+    for run in known:
+        finished = f"ended {run['finished_at']}" if run["finished_at"] else "not ended"
+        shard = f"  shard {run['shard']}" if run["shard"] else ""
+        lines.append(f"  {run['started_at']}  {run['element']}  run {run['run_id']}  {run['status'].upper()}  {finished}{shard}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> int:

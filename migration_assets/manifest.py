@@ -28,12 +28,15 @@ runs = sa.Table(
     sa.Column("element", sa.String(64), primary_key=True),
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("finished_at", sa.DateTime(timezone=True)),
-    sa.Column("status", sa.String(16), nullable=False),  # running, finished, failed
+    # running, finished, failed; or interrupted: still `running` when a later run of the same element and
+    # shard started, so its process was killed (or the two runs overlapped).
+    sa.Column("status", sa.String(16), nullable=False),
     sa.Column("mapping_version", sa.String(32), nullable=False),
     sa.Column("pipeline_version", sa.String(64), nullable=False),
     sa.Column("source_url", sa.Text, nullable=False),  # always without credentials
     sa.Column("source_rows", sa.Text, nullable=False),  # JSON: table -> rows extracted
     sa.Column("counts", sa.Text),  # JSON: the load's summary counts
+    sa.Column("shard", sa.String(32)),  # "index/count", e.g. "0/1" without sharding; null in older ledgers
 )
 
 units = sa.Table(
@@ -117,8 +120,10 @@ class Attempt:
 class Manifest:
     def __init__(self, url: str) -> None:
         self.engine = engine_for(url)
-        # Created by the platform itself; new tables are added the same way as the schema grows.
+        # Created by the platform itself; new tables are added the same way as the schema grows, and
+        # columns added since a ledger was created are added to it.
         metadata.create_all(self.engine)
+        _add_missing_columns(self.engine)
 
     def __enter__(self) -> Self:
         return self
@@ -132,20 +137,34 @@ class Manifest:
     # -- runs -----------------------------------------------------------------------------------
 
     def start_run(
-        self, run_id: str, element: str, mapping_version: str, source_url: str, source_rows: Mapping[str, int]
+        self, run_id: str, element: str, mapping_version: str, source_url: str, source_rows: Mapping[str, int],
+        shard: tuple[int, int] = (0, 1),
     ) -> None:
+        """Record a run of `element` (of `shard`: index, count) as running. Earlier runs of the same
+        element and shard still marked running never finished (their process was killed): they
+        become `interrupted`, with the time this run noticed it as their end."""
+        shard_label = f"{shard[0]}/{shard[1]}"
+        now = _now()
         with self.engine.begin() as db:
+            db.execute(
+                sa.update(runs)
+                .where(runs.c.element == element, runs.c.status == "running", runs.c.run_id != run_id,
+                       # Rows of ledgers older than the shard column: no shard can be told apart.
+                       sa.or_(runs.c.shard == shard_label, runs.c.shard.is_(None)))
+                .values(status="interrupted", finished_at=now)
+            )
             db.execute(sa.delete(runs).where(runs.c.run_id == run_id, runs.c.element == element))
             db.execute(
                 sa.insert(runs).values(
                     run_id=run_id,
                     element=element,
-                    started_at=_now(),
+                    started_at=now,
                     status="running",
                     mapping_version=mapping_version,
                     pipeline_version=pipeline_version(),
                     source_url=source_url,
                     source_rows=json.dumps(dict(source_rows)),
+                    shard=shard_label,
                 )
             )
 
@@ -156,6 +175,14 @@ class Manifest:
                 .where(runs.c.run_id == run_id, runs.c.element == element)
                 .values(finished_at=_now(), status=status, counts=json.dumps(dict(counts)))
             )
+
+    def runs(self, element: str, run_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
+        """The runs of `element` (only `run_ids` when given), oldest first."""
+        query = sa.select(runs).where(runs.c.element == element).order_by(runs.c.started_at)
+        if run_ids is not None:
+            query = query.where(runs.c.run_id.in_(list(run_ids)))
+        with self.engine.connect() as db:
+            return [dict(row._mapping) for row in db.execute(query)]
 
     def last_run(self, element: str) -> dict[str, Any] | None:
         with self.engine.connect() as db:
@@ -261,6 +288,25 @@ class Manifest:
                         settled,
                     )
 
+    def mark_for_resend(self, element: str, keys: Sequence[tuple[str, str]], reason: str) -> None:
+        """Units (source table, unit key) recorded as successful whose resource Medplum does not hold:
+        back to `pending` with `reason`, content hash cleared, so the next load sends them again
+        instead of skipping them as unchanged."""
+        if not keys:
+            return
+        with self.engine.begin() as db:
+            db.execute(
+                sa.update(units)
+                .where(
+                    units.c.element == element,
+                    units.c.source_table == sa.bindparam("k_table"),
+                    units.c.unit_key == sa.bindparam("k_unit"),
+                    units.c.disposition == "successful",
+                )
+                .values(disposition="pending", content_hash=None, reason=reason, updated_at=_now()),
+                [{"k_table": table, "k_unit": key} for table, key in keys],
+            )
+
     def history(self, element: str | None, unit_key: str) -> dict[str, Any]:
         """Everything the ledger knows of one source key: its unit rows and every attempt."""
         with self.engine.connect() as db:
@@ -307,6 +353,18 @@ class Manifest:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _add_missing_columns(engine: sa.Engine) -> None:
+    """ALTER TABLE ... ADD COLUMN for the (nullable) columns this version added to existing tables."""
+    inspector = sa.inspect(engine)
+    for table in metadata.sorted_tables:
+        present = {column["name"] for column in inspector.get_columns(table.name)}
+        for column in table.columns:
+            if column.name not in present:
+                kind = column.type.compile(dialect=engine.dialect)
+                with engine.begin() as db:
+                    db.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
 def _polars_type(column: sa.Column) -> pl.DataType:

@@ -89,9 +89,10 @@ class MigrationSettings(ConfigurableResource):
         default=0.05, description="Share of quarantined rows above which the schema check fails and blocks."
     )
     idempotency_sample_size: int = Field(
-        default=0,
-        description="Bundle groups the idempotent_reload check resubmits (0 = the whole partition). Against a "
-        "hosted Medplum every resubmitted entry costs quota: a seeded sample keeps the check affordable.",
+        default=1000,
+        description="Bundle groups the idempotent_reload check resubmits: the whole partition when it has at most "
+        "this many, else a sample of this many drawn with idempotency_sample_seed (0 = always the whole partition). "
+        "Against a hosted Medplum every resubmitted entry costs quota: the sample keeps the check affordable.",
     )
     idempotency_sample_seed: int = 20261121
     evidence_dir: str = Field(default=str(EVIDENCE_DIR), description="Where reconciliation evidence files go.")

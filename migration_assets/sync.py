@@ -287,7 +287,7 @@ def sync_element(
         outcome.untracked_tables, outcome.retried, outcome.backfilled = chosen.untracked, chosen.retried, chosen.backfilled
         outcome.candidates = int(chosen.mask.sum())
         if outcome.candidates:
-            outcome.result, _ = migrate(client, ledger, run_id, element, frame.filter(chosen.mask),
+            outcome.result = migrate(client, ledger, run_id, element, frame.filter(chosen.mask),
                                         redact_url(source_url), settings, on_progress)
     except Exception:
         state.finish(run_id, element.name, "failed", outcome.candidates, {})
@@ -380,8 +380,16 @@ def compare_stores(
         picked = set(random.Random(sample.seed).sample(keys, sample.size))
         chosen = eligible.filter(pl.format("{}|{}", "resource_type", "identifier_value").is_in(list(picked)))
     whole = chosen.height == eligible.height and look_for_extras
-    censuses = take_census(client, frame) if whole else None
-    found = _found_resources(client, chosen, censuses)
+    censuses = None
+    read_whole: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    if whole:
+        # One read of everything: the census (identifiers, ids, references) for the checks below, and
+        # the whole resources kept on the side for the field-by-field comparison.
+        def keep(resource_type: str, system: str, value: str, resource: dict[str, Any]) -> None:
+            read_whole.setdefault((resource_type, system, value), []).append(resource)
+
+        censuses = take_census(client, frame, visit=keep)
+    found = _found_resources(client, chosen, read_whole if whole else None)
     target_ids = target_identifiers(client, _expectations(chosen))
     problems: list[dict[str, Any]] = []
     mapped_fields = _mapped_fields(chosen)
@@ -440,15 +448,13 @@ def _text(value: Any) -> str | None:
 
 
 def _found_resources(
-    client: MedplumClient, chosen: pl.DataFrame, censuses: dict[tuple[str, str], pl.DataFrame] | None
+    client: MedplumClient, chosen: pl.DataFrame, already_read: dict[tuple[str, str, str], list[dict[str, Any]]] | None
 ) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
-    """The Medplum resources carrying each chosen identifier (from the census, or searched in chunks)."""
+    """The Medplum resources carrying each chosen identifier: `already_read` (while taking the census),
+    else searched in chunks."""
+    if already_read is not None:
+        return already_read
     found: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
-    if censuses is not None:
-        for (resource_type, system), census in censuses.items():
-            for value, resource in zip(census["identifier_value"].to_list(), census["resource"].to_list()):
-                found.setdefault((resource_type, system, value), []).append(resource)
-        return found
     for (resource_type, system), group in chosen.group_by("resource_type", "identifier_system"):
         values = group["identifier_value"].to_list()
         for value, resource in find_by_identifiers(client, str(resource_type), str(system), values):

@@ -1,8 +1,14 @@
 """What the asset checks verify, as plain functions over frames, the manifest and Medplum:
 prerequisites, reference integrity, identifier census and reconciliation, and the books."""
 
-from collections.abc import Iterator, Sequence
+import fcntl
+import os
+import re
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -16,24 +22,158 @@ CENSUS_PAGE_SIZE = 1000
 # How many identifiers one search asks for at once (they travel in the URL).
 LOOKUP_CHUNK = 100
 
+# -- census: what Medplum holds of an element, by identifier ---------------------------------------
+#
+# A census keeps, per resource, only what the checks read: the identifier value, the resource id and
+# the references it holds (path -> reference). Whole resources of a large element would weigh
+# gigabytes, and the census files would hold patient data the checks do not need.
 
-def census(client: MedplumClient, resource_type: str, identifier_system: str) -> pl.DataFrame:
-    """Every resource of `resource_type` carrying an identifier in `identifier_system`, one row per
-    (identifier value, resource): duplicates show as repeated values."""
-    rows = []
-    params = {"identifier": f"{identifier_token(identifier_system, '')}", "_count": str(CENSUS_PAGE_SIZE)}
+CENSUS_REFERENCE = pl.Struct({"path": pl.String, "reference": pl.String})
+CENSUS_SCHEMA = pl.Schema([("identifier_value", pl.String()), ("resource_id", pl.String()), ("references", pl.List(CENSUS_REFERENCE))])
+# (resource type, identifier system) -> its census, one row per (identifier value, resource).
+Censuses = dict[tuple[str, str], pl.DataFrame]
+# Called with (resource type, identifier system, identifier value, resource) for each census row, for
+# a caller that needs more of the resources than the census keeps (the dual-write comparison).
+ResourceVisitor = Callable[[str, str, str, dict[str, Any]], None]
+
+
+def resources_with_identifier(
+    client: MedplumClient, resource_type: str, identifier_system: str
+) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(identifier value, resource) for every resource of `resource_type` carrying an identifier in
+    `identifier_system`, in one paged search; a resource with two such identifiers comes twice."""
+    params = {"identifier": identifier_token(identifier_system, ""), "_count": str(CENSUS_PAGE_SIZE)}
     for resource in client.search(resource_type, params):
         for ident in resource.get("identifier", []):
             if ident.get("system") == identifier_system:
-                rows.append((ident.get("value"), resource["id"], resource))
-    return pl.DataFrame(
-        {
-            "identifier_value": [row[0] for row in rows],
-            "resource_id": [row[1] for row in rows],
-            "resource": [row[2] for row in rows],
-        },
-        schema={"identifier_value": pl.String, "resource_id": pl.String, "resource": pl.Object},
-    )
+                yield ident.get("value"), resource
+
+
+def references_in(resource: dict[str, Any]) -> list[dict[str, str]]:
+    """Every reference the resource holds, at its dotted path; a number steps into a list
+    (`participant.0.individual`), as the frames' expected references name them."""
+    found: list[dict[str, str]] = []
+    pending: list[tuple[Any, str]] = [(resource, "")]
+    while pending:
+        node, path = pending.pop()
+        if isinstance(node, dict):
+            reference = node.get("reference")
+            if path and isinstance(reference, str):
+                found.append({"path": path, "reference": reference})
+            children: Iterator[tuple[str, Any]] = iter(node.items())
+        elif isinstance(node, list):
+            children = ((str(index), child) for index, child in enumerate(node))
+        else:
+            continue
+        for key, child in children:
+            if isinstance(child, dict | list):
+                pending.append((child, f"{path}.{key}" if path else key))
+    return sorted(found, key=lambda ref: ref["path"])
+
+
+def census(
+    client: MedplumClient, resource_type: str, identifier_system: str, visit: ResourceVisitor | None = None
+) -> pl.DataFrame:
+    """Every resource of `resource_type` carrying an identifier in `identifier_system`, one row per
+    (identifier value, resource) with its id and references (CENSUS_SCHEMA): duplicates show as
+    repeated values. `visit` sees each whole resource as it goes by."""
+    values, ids, references = [], [], []
+    for value, resource in resources_with_identifier(client, resource_type, identifier_system):
+        if visit is not None:
+            visit(resource_type, identifier_system, value, resource)
+        values.append(value)
+        ids.append(resource["id"])
+        references.append(references_in(resource))
+    return pl.DataFrame({"identifier_value": values, "resource_id": ids, "references": references}, schema=CENSUS_SCHEMA)
+
+
+def census_kinds(frame: pl.DataFrame) -> list[tuple[str, str]]:
+    """The (resource type, identifier system) pairs the frame writes."""
+    return sorted(frame.select("resource_type", "identifier_system").unique().iter_rows())
+
+
+def take_census(client: MedplumClient, frame: pl.DataFrame, visit: ResourceVisitor | None = None) -> Censuses:
+    """The census of every (resource type, identifier system) the frame writes, read now."""
+    return {(rt, system): census(client, rt, system, visit) for rt, system in census_kinds(frame)}
+
+
+def census_dir(evidence_dir: str | Path) -> Path:
+    """Census files go beside the evidence folder: .demo/census by default (CENSUS_DIR overrides it)."""
+    override = os.environ.get("CENSUS_DIR")
+    return Path(override) if override else Path(evidence_dir).resolve().parent / "census"
+
+
+@dataclass(frozen=True)
+class RunCensus:
+    """The census of one data element as one Dagster run sees it: taken by the first check (or the
+    report) of the run that asks for it, kept as Parquet, and read from there by the others, so a
+    run reads Medplum once instead of once per check. Files are `<directory>/<element>/<run id>.parquet`,
+    readable by their owner only; writing one deletes the element's files of earlier runs."""
+
+    directory: Path
+    run_id: str
+    element: str
+
+    @property
+    def path(self) -> Path:
+        # Dagster run ids are UUIDs; anything else is made safe for a file name.
+        return self.directory / self.element / f"{re.sub(r'[^A-Za-z0-9_-]', '_', self.run_id)}.parquet"
+
+    def get(self, client: MedplumClient, frame: pl.DataFrame) -> Censuses:
+        """This run's census of the frame's resource kinds: read from its file, or taken and stored.
+        One process at a time per element, so two checks of a run never both read Medplum."""
+        folder = self.path.parent
+        folder.mkdir(parents=True, exist_ok=True)
+        wanted = census_kinds(frame)
+        with _exclusive_lock(folder / ".lock"):
+            stored = pl.read_parquet(self.path) if self.path.exists() else None
+            if stored is None or not set(wanted) <= set(stored.select("resource_type", "identifier_system").iter_rows()):
+                stored = _census_table(take_census(client, frame))
+                _write_private(stored, self.path)
+                for older in folder.glob("*.parquet"):
+                    if older != self.path:
+                        older.unlink(missing_ok=True)
+        return _census_split(stored, wanted)
+
+
+def _census_table(censuses: Censuses) -> pl.DataFrame:
+    """All kinds in one table; each kind also gets a row without a resource (null resource_id), so an
+    empty census is told apart from a kind that was never counted."""
+    parts = []
+    for (resource_type, system), found in censuses.items():
+        marker = pl.DataFrame({"identifier_value": [None], "resource_id": [None], "references": [[]]}, schema=CENSUS_SCHEMA)
+        parts.append(pl.concat([marker, found]).with_columns(resource_type=pl.lit(resource_type),
+                                                             identifier_system=pl.lit(system)))
+    empty = pl.DataFrame(schema={**CENSUS_SCHEMA, "resource_type": pl.String, "identifier_system": pl.String})
+    return pl.concat(parts) if parts else empty
+
+
+def _census_split(table: pl.DataFrame, kinds: list[tuple[str, str]]) -> Censuses:
+    rows = table.filter(pl.col("resource_id").is_not_null())
+    return {
+        (rt, system): rows.filter((pl.col("resource_type") == rt) & (pl.col("identifier_system") == system))
+        .select(list(CENSUS_SCHEMA))
+        for rt, system in kinds
+    }
+
+
+def _write_private(table: pl.DataFrame, path: Path) -> None:
+    """Written whole under another name, then renamed: a reader never sees half a file."""
+    partial = path.with_name(path.name + ".partial")
+    partial.touch(mode=0o600, exist_ok=True)
+    partial.chmod(0o600)
+    table.write_parquet(partial)
+    partial.replace(path)
+
+
+@contextmanager
+def _exclusive_lock(path: Path) -> Iterator[None]:
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def find_by_identifiers(
@@ -157,7 +297,7 @@ def quarantine_unloadable(frame: pl.DataFrame, report: PrerequisiteReport) -> pl
 class Reconciliation:
     expected: int  # eligible source rows (not quarantined)
     found: int  # expected identifiers found in Medplum
-    missing: pl.DataFrame  # resource_type, identifier_value, unit_key, disposition
+    missing: pl.DataFrame  # resource_type, identifier_value, source_table, unit_key, disposition, reason
     unexpected: pl.DataFrame  # resource_type, identifier_value, resource_id
     duplicates: pl.DataFrame  # resource_type, identifier_value, copies
 
@@ -165,23 +305,34 @@ class Reconciliation:
     def passed(self) -> bool:
         return self.missing.is_empty() and self.unexpected.is_empty() and self.duplicates.is_empty()
 
+    @property
+    def lost_writes(self) -> pl.DataFrame:
+        """Missing resources the ledger records as loaded successfully: Medplum acknowledged the
+        write, yet the resource is not there (deleted since, or lost by the server). Those already
+        set back to pending for it (by another check of the run) count too."""
+        return self.missing.filter(
+            (pl.col("disposition") == "successful")
+            | ((pl.col("disposition") == "pending") & pl.col("reason").str.starts_with(LOST_WRITE_REASON).fill_null(False))
+        )
 
-def take_census(client: MedplumClient, frame: pl.DataFrame) -> dict[tuple[str, str], pl.DataFrame]:
-    """The census of every (resource type, identifier system) the frame writes."""
-    kinds = frame.select("resource_type", "identifier_system").unique().iter_rows()
-    return {(rt, system): census(client, rt, system) for rt, system in kinds}
+
+# The ledger's reason for a unit set back to pending because its resource was not found.
+LOST_WRITE_REASON = "acknowledged by Medplum but not found at"
 
 
-def reconcile(frame: pl.DataFrame, units: pl.DataFrame, censuses: dict[tuple[str, str], pl.DataFrame]) -> Reconciliation:
+def _census_rows(censuses: Censuses) -> pl.DataFrame:
+    """Every census as one frame, with its resource type and identifier system."""
+    empty = pl.DataFrame(schema={**CENSUS_SCHEMA, "resource_type": pl.String, "identifier_system": pl.String})
+    parts = [found.with_columns(resource_type=pl.lit(rt), identifier_system=pl.lit(system))
+             for (rt, system), found in censuses.items()]
+    return pl.concat([empty, *parts], how="vertical_relaxed")
+
+
+def reconcile(frame: pl.DataFrame, units: pl.DataFrame, censuses: Censuses) -> Reconciliation:
     """Source rows against resources found by identifier."""
-    found = pl.concat(
-        [c.select("identifier_value", "resource_id").with_columns(resource_type=pl.lit(rt), identifier_system=pl.lit(s))
-         for (rt, s), c in censuses.items()]
-        or [pl.DataFrame(schema={"identifier_value": pl.String, "resource_id": pl.String, "resource_type": pl.String,
-                                 "identifier_system": pl.String})]
-    )
+    found = _census_rows(censuses).select("identifier_value", "resource_id", "resource_type", "identifier_system")
     keys = ["resource_type", "identifier_system", "identifier_value"]
-    dispositions = units.select("source_table", "unit_key", "disposition")
+    dispositions = units.select("source_table", "unit_key", "disposition", "reason")
     # Rows quarantined at load time (their prerequisite was refused) are not expected either.
     expected = (
         frame.filter(pl.col("quarantine_rule").is_null())
@@ -192,7 +343,7 @@ def reconcile(frame: pl.DataFrame, units: pl.DataFrame, censuses: dict[tuple[str
     missing = (
         expected.join(found, on=keys, how="anti")
         .join(dispositions, on=["source_table", "unit_key"], how="left")
-        .select("resource_type", "identifier_value", "unit_key", "disposition")
+        .select("resource_type", "identifier_value", "source_table", "unit_key", "disposition", "reason")
     )
     unexpected = found.join(in_source, on=keys, how="anti").select("resource_type", "identifier_value", "resource_id")
     duplicates = (
@@ -207,49 +358,72 @@ def reconcile(frame: pl.DataFrame, units: pl.DataFrame, censuses: dict[tuple[str
     )
 
 
-def reference_problems(
-    client: MedplumClient, frame: pl.DataFrame, censuses: dict[tuple[str, str], pl.DataFrame]
-) -> tuple[int, pl.DataFrame]:
+def resend_lost_writes(manifest: Manifest, element_name: str, report: Reconciliation) -> pl.DataFrame:
+    """Put the units of `report.lost_writes` back to pending, their content hash cleared, so that the
+    next load sends them again: otherwise it would skip them as unchanged since their last success.
+    Returns them (resource_type, identifier_value, source_table, unit_key), all now pending."""
+    lost = report.lost_writes
+    newly_lost = lost.filter(pl.col("disposition") == "successful")
+    if not newly_lost.is_empty():
+        seen_at = datetime.now(UTC).isoformat(timespec="seconds")
+        manifest.mark_for_resend(element_name, list(newly_lost.select("source_table", "unit_key").iter_rows()),
+                                 f"{LOST_WRITE_REASON} {seen_at}: to be sent again by the next load")
+    return lost.select("resource_type", "identifier_value", "source_table", "unit_key")
+
+
+REFERENCE_PROBLEM_SCHEMA = pl.Schema({"resource_type": pl.String, "identifier_value": pl.String, "path": pl.String,
+                                      "reference": pl.String, "problem": pl.String})
+
+
+def reference_problems(client: MedplumClient, frame: pl.DataFrame, censuses: Censuses) -> tuple[int, pl.DataFrame]:
     """Check every reference of every loaded resource: it must point at an existing resource of the
-    expected type that carries the expected identifier (the row's own patient, encounter, ...).
+    expected type that carries the expected identifier (the row's own patient, encounter, ...). The
+    references held by the resources come from the census; the expected targets are searched.
 
     Returns how many references were checked and one row per problem."""
+    keys = ["resource_type", "identifier_system", "identifier_value"]
     target_fields = ["target_path", "target_resource_type", "target_identifier_system", "target_identifier_value"]
     expectations = (
         frame.filter(pl.col("quarantine_rule").is_null())
-        .select("resource_type", "identifier_system", "identifier_value", "references")
+        .select(*keys, "references")
         .explode("references")
         .filter(pl.col("references").is_not_null())
         .with_columns(pl.col("references").struct.rename_fields(target_fields))
         .unnest("references")
     )
-    loaded: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for (rt, system), found in censuses.items():
-        for value, resource in zip(found["identifier_value"].to_list(), found["resource"].to_list()):
-            loaded[(rt, system, value)] = resource
-    target_ids = target_identifiers(client, expectations)
-    problems = []
-    for row in expectations.iter_rows(named=True):
-        resource = loaded.get((row["resource_type"], row["identifier_system"], row["identifier_value"]))
-        if resource is None:
-            continue  # not loaded: reconciliation reports it
-        actual = _reference_at(resource, row["target_path"])
-        expected_ref = target_ids.get((row["target_resource_type"], row["target_identifier_system"], row["target_identifier_value"]))
-        problem = None
-        if actual is None:
-            problem = "reference missing"
-        elif not actual.startswith(f"{row['target_resource_type']}/"):
-            problem = f"points at {actual.split('/')[0]}, expected {row['target_resource_type']}"
-        elif expected_ref is None:
-            problem = "expected target not found in Medplum"
-        elif actual != expected_ref:
-            problem = "points at another resource than the source row's"
-        if problem:
-            problems.append({"resource_type": row["resource_type"], "identifier_value": row["identifier_value"],
-                             "path": row["target_path"], "reference": actual, "problem": problem})
-    schema = {"resource_type": pl.String, "identifier_value": pl.String, "path": pl.String, "reference": pl.String,
-              "problem": pl.String}
-    return expectations.height, pl.DataFrame(problems, schema=schema)
+    # One resource per identifier (a duplicate is the reconciliation's finding): its references.
+    loaded = _census_rows(censuses).unique(subset=keys, keep="last", maintain_order=True)
+    held = (
+        loaded.select(*keys, "references")
+        .explode("references")
+        .drop_nulls("references")
+        .unnest("references")
+        .rename({"path": "target_path", "reference": "actual"})
+    )
+    targets = pl.DataFrame(
+        [(*key, reference) for key, reference in target_identifiers(client, expectations).items()],
+        schema={"target_resource_type": pl.String, "target_identifier_system": pl.String,
+                "target_identifier_value": pl.String, "expected_reference": pl.String},
+        orient="row",
+    )
+    actual, wanted_type = pl.col("actual"), pl.col("target_resource_type")
+    problem = (
+        pl.when(actual.is_null()).then(pl.lit("reference missing"))
+        .when(~actual.str.starts_with(wanted_type + "/"))
+        .then(pl.format("points at {}, expected {}", actual.str.split("/").list.first(), wanted_type))
+        .when(pl.col("expected_reference").is_null()).then(pl.lit("expected target not found in Medplum"))
+        .when(actual != pl.col("expected_reference")).then(pl.lit("points at another resource than the source row's"))
+    )
+    problems = (
+        expectations.join(loaded.select(keys), on=keys, how="semi", maintain_order="left")  # not loaded: reconciliation
+        .join(held, on=[*keys, "target_path"], how="left", maintain_order="left")
+        .join(targets, on=["target_resource_type", "target_identifier_system", "target_identifier_value"], how="left",
+              maintain_order="left")
+        .with_columns(problem=problem)
+        .filter(pl.col("problem").is_not_null())
+        .select("resource_type", "identifier_value", path="target_path", reference="actual", problem="problem")
+    )
+    return expectations.height, problems.cast(REFERENCE_PROBLEM_SCHEMA)
 
 
 def target_identifiers(client: MedplumClient, expectations: pl.DataFrame) -> dict[tuple[str, str, str], str]:
@@ -261,17 +435,6 @@ def target_identifiers(client: MedplumClient, expectations: pl.DataFrame) -> dic
         for value, resource in find_by_identifiers(client, str(rt), str(system), values):
             found[(str(rt), str(system), value)] = f"{rt}/{resource['id']}"
     return found
-
-
-def _reference_at(resource: dict[str, Any], path: str) -> str | None:
-    """The reference at a dotted path; a number steps into a list (`participant.0.individual`)."""
-    value: Any = resource
-    for part in path.split("."):
-        if isinstance(value, list):
-            value = value[int(part)] if part.isdigit() and int(part) < len(value) else None
-        else:
-            value = value.get(part) if isinstance(value, dict) else None
-    return value.get("reference") if isinstance(value, dict) else None
 
 
 # -- the books -------------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from migration_assets.resources import LegacySource, ManifestStore
 from migration_assets.sample_data import generate_sample_ehr
 from migration_assets.source import read_table
 from migration_assets.sync import CHECKSUM_FILE, verify_archive
-from migration_assets.verification import census
+from migration_assets.verification import resources_with_identifier
 
 PATIENT_SYSTEM = "https://ehr.example-clinic.org/fhir/identifier/patient"
 CONDITION_SYSTEM = "https://ehr.example-clinic.org/fhir/identifier/patient-condition"
@@ -61,14 +61,14 @@ def check(result, name: str):
 
 def medplum_values(platform, resource_type: str, system: str, path: tuple) -> dict[str, object]:
     with platform.client() as client:
-        found = census(client, resource_type, system)
+        found = list(resources_with_identifier(client, resource_type, system))
     values = {}
-    for value, resource in zip(found["identifier_value"].to_list(), found["resource"].to_list()):
+    for value, resource in found:
         node = resource
         for part in path:
             node = node[part]
         values[value] = node
-    assert found["identifier_value"].n_unique() == found.height  # nothing duplicated
+    assert len(values) == len(found)  # nothing duplicated
     return values
 
 

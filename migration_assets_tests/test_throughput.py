@@ -24,7 +24,7 @@ from migration_assets.medplum import MedplumClient, RetryPolicy
 from migration_assets.medplum.asyncbundle import AsyncPolling
 from migration_assets.resources import MigrationSettings
 from migration_assets.sample_data import build_sample_tables
-from migration_assets.verification import accounting, census
+from migration_assets.verification import accounting, resources_with_identifier
 
 SYSTEM = SourceSystem("https://ehr.example-clinic.org/fhir")
 ELEMENTS = ("patients", "problem_list")
@@ -61,18 +61,17 @@ def snapshot(server: LocalMedplum) -> dict[str, pl.DataFrame]:
     """Per element: identifier value and the resource as written, less server-assigned fields, with the
     Condition's subject replaced by the patient identifier it points at."""
     with client_for(server) as client:
-        found = {name: census(client, *KINDS[name]) for name in ELEMENTS}
-    patient_of = dict(zip(("Patient/" + found["patients"]["resource_id"]).to_list(),
-                          found["patients"]["identifier_value"].to_list()))
+        found = {name: list(resources_with_identifier(client, *KINDS[name])) for name in ELEMENTS}
+    patient_of = {f"Patient/{resource['id']}": value for value, resource in found["patients"]}
     shots = {}
-    for name, frame in found.items():
+    for name, pairs in found.items():
         texts = []
-        for resource in frame["resource"].to_list():
+        for _, resource in pairs:
             resource = {k: v for k, v in resource.items() if k not in ("id", "meta")}
             if "subject" in resource:
                 resource["subject"] = patient_of.get(resource["subject"]["reference"], "?")
             texts.append(json.dumps(resource, sort_keys=True))
-        shots[name] = pl.DataFrame({"identifier_value": frame["identifier_value"], "resource": texts}).sort(
+        shots[name] = pl.DataFrame({"identifier_value": [value for value, _ in pairs], "resource": texts}).sort(
             "identifier_value")
     return shots
 

@@ -1,0 +1,307 @@
+"""The census of a run (read once, kept as Parquet, shared by the checks and the report), lost writes
+healed through the ledger, and runs left `running` by a killed process."""
+
+import os
+import signal
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+
+from migration_assets import verification
+from migration_assets.definitions import make_definitions
+from migration_assets.history import describe
+from migration_assets.manifest import Manifest
+from migration_assets.resources import (
+    LegacySource,
+    ManifestStore,
+    MedplumResource,
+    MigrationSettings,
+    PolarsParquetIOManager,
+)
+from migration_assets.verification import (
+    CENSUS_SCHEMA,
+    RunCensus,
+    reference_problems,
+    references_in,
+    resources_with_identifier,
+    sample_groups,
+)
+from migration_assets_tests.fixtures_local_medplum import fhir_client, get_token
+
+PATIENT_SYSTEM = "https://ehr.example-clinic.org/fhir/identifier/patient"
+CENSUS_COLUMNS = {"resource_type", "identifier_system", "identifier_value", "resource_id", "references"}
+
+
+def check_message(summary, name: str) -> str:
+    assert name in summary.checks_passed + summary.checks_failed, f"check {name} did not run: {summary}"
+    return summary.failure_messages.get(name, "")
+
+
+def counting_censuses(monkeypatch) -> list[tuple[str, str]]:
+    """Every census read from Medplum, as (resource type, identifier system): a spy around the real one."""
+    taken: list[tuple[str, str]] = []
+    real_census = verification.census
+
+    def spy(client, resource_type, identifier_system, visit=None):
+        taken.append((resource_type, identifier_system))
+        return real_census(client, resource_type, identifier_system, visit)
+
+    monkeypatch.setattr(verification, "census", spy)
+    return taken
+
+
+# -- one census per run ----------------------------------------------------------------------------
+
+
+def test_the_checks_and_the_report_of_a_run_read_medplum_once(platform_factory, monkeypatch):
+    platform = platform_factory.new(patients=30)
+    taken = counting_censuses(monkeypatch)
+    folder = platform.work / "census" / "patients"
+
+    first = platform.run("patients")
+
+    assert first.ok, (first.error, first.failure_messages)
+    assert taken == [("Patient", PATIENT_SYSTEM)], "reference_integrity, idempotent_reload, reconciliation and " \
+        f"the report must share one census per run; Medplum was read for {taken}"
+    (first_file,) = folder.glob("*.parquet")
+    census = pl.read_parquet(first_file)
+    assert set(census.columns) == CENSUS_COLUMNS, "the census keeps identifiers, ids and references, not resources"
+    assert census.filter(pl.col("resource_id").is_not_null()).height == 30
+    assert stat.S_IMODE(first_file.stat().st_mode) == 0o600
+    run_ids = {run.run_id for run in platform.instance.get_runs()}
+    assert first_file.stem in run_ids
+
+    second = platform.run("patients")
+
+    assert second.ok, (second.error, second.failure_messages)
+    assert len(taken) == 2
+    (second_file,) = folder.glob("*.parquet")
+    assert second_file != first_file and not first_file.exists(), "a new census deletes the older runs' files"
+
+
+def test_the_idempotency_check_resubmits_the_whole_partition_up_to_its_sample_size_and_says_so(platform_factory):
+    assert MigrationSettings().idempotency_sample_size == 1000
+    groups = pl.DataFrame({"bundle_group": [f"G{n:04}" for n in range(1500)], "row": range(1500)})
+    assert sample_groups(groups.head(1000), 1000, seed=1).height == 1000
+    sampled = sample_groups(groups, 1000, seed=1)
+    assert sampled["bundle_group"].n_unique() == 1000
+    assert sampled.equals(sample_groups(groups, 1000, seed=1)), "a recorded seed draws the same sample"
+
+    platform = platform_factory.new(patients=30)
+    whole = _reload_description(platform, platform.defs)
+    assert "whole partition: 30 bundle groups" in whole, whole
+
+    settings = MigrationSettings(evidence_dir=str(platform.work / "evidence"), idempotency_sample_size=10)
+    sampled = _reload_description(platform, make_definitions({**_resources(platform), "migration_settings": settings}))
+    assert "resubmitted 10 (sample of 10 of 30 bundle groups (10 rows), seed 20261121)" in sampled, sampled
+
+
+def _resources(platform) -> dict[str, object]:
+    server = platform.server
+    return {
+        "medplum": MedplumResource(base_url=server.base_url, client_id=server.client_id, client_secret=server.client_secret),
+        "legacy_db": LegacySource(url=platform.source_url),
+        "manifest": ManifestStore(url=platform.manifest_url),
+        "frames_io_manager": PolarsParquetIOManager(base_dir=str(platform.work / "frames")),
+    }
+
+
+def _reload_description(platform, defs) -> str:
+    """One patients run; what its idempotent_reload check said (it must pass)."""
+    result = defs.resolve_job_def("migrate_data_element").execute_in_process(
+        partition_key="patients", instance=platform.instance, raise_on_error=False)
+    assert result.success
+    (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "idempotent_reload"]
+    assert evaluation.passed, evaluation.description
+    return evaluation.description or ""
+
+
+# -- what the census keeps, and reference integrity from it --------------------------------------
+
+
+def test_the_census_keeps_each_reference_at_the_path_the_frames_name():
+    encounter = {
+        "resourceType": "Encounter", "id": "e1", "identifier": [{"system": "S", "value": "E1"}],
+        "subject": {"reference": "Patient/p1", "display": "not kept"},
+        "participant": [{"type": [{"text": "x"}]}, {"individual": {"reference": "Practitioner/r2"}}],
+        "meta": {"versionId": "1"},
+    }
+    assert references_in(encounter) == [
+        {"path": "participant.1.individual", "reference": "Practitioner/r2"},
+        {"path": "subject", "reference": "Patient/p1"},
+    ]
+    assert references_in({"resourceType": "Patient", "id": "p"}) == []
+
+
+class SearchOnly:
+    """A Medplum that answers identifier searches from a fixed list (the expected targets)."""
+
+    def __init__(self, resources: list[dict]) -> None:
+        self.resources = resources
+
+    def search(self, resource_type: str, params: dict[str, str]):
+        wanted = params["identifier"].split(",")
+        for resource in self.resources:
+            ident = resource["identifier"][0]
+            if resource["resourceType"] == resource_type and f"{ident['system']}|{ident['value']}" in wanted:
+                yield resource
+
+
+def test_reference_problems_are_found_from_the_census_alone():
+    patient_system, condition_system = "https://x/patient", "https://x/condition"
+    patients = [{"resourceType": "Patient", "id": f"id-{key}", "identifier": [{"system": patient_system, "value": key}]}
+                for key in ("P1", "P2")]
+
+    def expecting(patient_key: str) -> list[dict]:
+        return [{"path": "subject", "resource_type": "Patient", "identifier_system": patient_system,
+                 "identifier_value": patient_key}]
+
+    frame = pl.DataFrame({
+        "resource_type": ["Condition"] * 5,
+        "identifier_system": [condition_system] * 5,
+        "identifier_value": ["C-right", "C-wrong-patient", "C-no-subject", "C-wrong-type", "C-not-loaded"],
+        "references": [expecting("P1"), expecting("P1"), expecting("P2"), expecting("P2"), expecting("P2")],
+        "quarantine_rule": [None] * 5,
+    })
+    census = pl.DataFrame({
+        "identifier_value": ["C-right", "C-wrong-patient", "C-no-subject", "C-wrong-type"],
+        "resource_id": ["c1", "c2", "c3", "c4"],
+        "references": [[{"path": "subject", "reference": "Patient/id-P1"}],
+                       [{"path": "subject", "reference": "Patient/id-P2"}],
+                       [],
+                       [{"path": "subject", "reference": "Group/g1"}]],
+    }, schema=CENSUS_SCHEMA)
+
+    checked, problems = reference_problems(SearchOnly(patients), frame, {("Condition", condition_system): census})
+
+    assert checked == 5
+    assert problems.select("identifier_value", "problem").rows() == [
+        ("C-wrong-patient", "points at another resource than the source row's"),
+        ("C-no-subject", "reference missing"),
+        ("C-wrong-type", "points at Group, expected Patient"),
+    ]
+
+
+def test_a_run_census_is_taken_once_and_replaces_older_runs_files(tmp_path: Path):
+    class CountingMedplum:
+        searches = 0
+
+        def search(self, resource_type: str, params: dict[str, str]):
+            CountingMedplum.searches += 1
+            yield {"resourceType": "Patient", "id": "p1", "identifier": [{"system": "S", "value": "P1"}],
+                   "name": [{"family": "Not-In-The-File"}]}
+
+    frame = pl.DataFrame({"resource_type": ["Patient"], "identifier_system": ["S"]})
+    client = CountingMedplum()
+    older = RunCensus(tmp_path, "run-1", "patients")
+    assert older.get(client, frame)[("Patient", "S")]["identifier_value"].to_list() == ["P1"]
+    newer = RunCensus(tmp_path, "run-2", "patients")
+    other_element = RunCensus(tmp_path, "run-1", "practitioners")
+    other_element.get(client, frame)
+
+    for _ in range(3):  # the checks and the report of run 2
+        assert newer.get(client, frame)[("Patient", "S")]["resource_id"].to_list() == ["p1"]
+
+    assert CountingMedplum.searches == 3, "one search per run and element"
+    assert not older.path.exists() and newer.path.exists() and other_element.path.exists()
+    assert b"Not-In-The-File" not in newer.path.read_bytes()
+
+
+# -- lost writes ------------------------------------------------------------------------------------
+
+
+def test_a_write_lost_after_its_acknowledgement_is_reported_then_resent_by_the_next_load(platform_factory):
+    platform = platform_factory.new(patients=30)
+    assert platform.run("patients").ok
+    with platform.client() as client:
+        key, lost = sorted(resources_with_identifier(client, "Patient", PATIENT_SYSTEM), key=lambda found: found[0])[6]
+    with fhir_client(platform.server, get_token(platform.server)) as fhir:
+        deleted = fhir.delete(f"Patient/{lost['id']}")
+    assert deleted.status_code == 200, deleted.text
+
+    noticed = platform.run("patients")
+
+    assert noticed.counts["sent"] == 0, "the load skips the unit: the ledger says it was loaded unchanged"
+    assert "reconciliation" in noticed.checks_failed
+    message = check_message(noticed, "reconciliation")
+    assert "29 of 30 expected resources found; 1 missing" in message
+    assert key in message and "set back to pending" in message
+    assert "idempotent_reload" in noticed.checks_passed, "the lost write is the next load's to resend, not the check's"
+    with platform.manifest() as manifest:
+        unit = manifest.units("patients").filter(pl.col("identifier_value") == key).row(0, named=True)
+    assert unit["disposition"] == "pending" and unit["content_hash"] is None
+    assert unit["reason"].startswith("acknowledged by Medplum but not found at ")
+
+    healed = platform.run("patients")
+
+    assert healed.ok, (healed.error, healed.failure_messages)
+    assert healed.counts["sent"] == 1 and healed.counts["created"] == 1
+    with platform.client() as client:
+        values = [value for value, _ in resources_with_identifier(client, "Patient", PATIENT_SYSTEM)]
+    assert values.count(key) == 1 and len(values) == 30
+
+
+# -- runs left running -----------------------------------------------------------------------------
+
+
+def _killed_run(manifest_url: str, run_id: str, shard: tuple[int, int]) -> None:
+    """A process that starts a run, registers unit P001 for it, and is killed with SIGKILL."""
+    program = f"""
+import os, signal
+import polars as pl
+from migration_assets.manifest import Manifest
+manifest = Manifest({manifest_url!r})
+manifest.start_run({run_id!r}, "patients", "1.0.0", "sqlite:///legacy.db", {{"patients": 1}}, shard={shard!r})
+frame = pl.DataFrame({{"source_table": ["patients"], "unit_key": ["P001"], "resource_type": ["Patient"],
+                      "identifier_system": [{PATIENT_SYSTEM!r}], "identifier_value": ["P001"],
+                      "quarantine_rule": [None], "quarantine_reason": [None]}},
+                     schema_overrides={{"quarantine_rule": pl.String, "quarantine_reason": pl.String}})
+manifest.register_units({run_id!r}, "patients", frame, pl.Series([True]))
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+    finished = subprocess.run([sys.executable, "-c", program], check=False, capture_output=True, text=True, timeout=120)
+    assert finished.returncode == -signal.SIGKILL, finished.stderr
+
+
+def test_a_run_left_running_by_a_killed_process_is_marked_interrupted_by_the_next_run(tmp_path: Path, capsys):
+    manifest_url = f"sqlite:///{tmp_path / 'manifest.db'}"
+    _killed_run(manifest_url, "killed-run", (0, 1))
+    with Manifest(manifest_url) as manifest:
+        manifest.start_run("other-shard", "patients", "1.0.0", "sqlite:///legacy.db", {}, shard=(1, 2))
+        manifest.start_run("other-element", "practitioners", "1.0.0", "sqlite:///legacy.db", {})
+        assert manifest.runs("patients", ["killed-run"])[0]["status"] == "running"
+
+        manifest.start_run("next-run", "patients", "1.0.0", "sqlite:///legacy.db", {"patients": 1}, shard=(0, 1))
+
+        status = {run["run_id"]: run["status"] for element in ("patients", "practitioners") for run in manifest.runs(element)}
+        assert status == {"killed-run": "interrupted", "other-shard": "running", "next-run": "running",
+                          "other-element": "running"}
+        assert manifest.runs("patients", ["killed-run"])[0]["finished_at"] is not None
+        story = describe(manifest, "P001", "patients")
+    assert "run killed-run  INTERRUPTED" in story, story
+
+    from migration_assets.history import main
+
+    assert main(["P001", "--manifest", manifest_url]) == 0
+    assert "INTERRUPTED" in capsys.readouterr().out
+
+
+def test_a_ledger_created_before_runs_had_a_shard_gets_the_column(tmp_path: Path):
+    path = tmp_path / "old.db"
+    import sqlite3
+
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE manifest_runs (run_id VARCHAR(64) NOT NULL, element VARCHAR(64) NOT NULL, "
+                   "started_at DATETIME NOT NULL, finished_at DATETIME, status VARCHAR(16) NOT NULL, "
+                   "mapping_version VARCHAR(32) NOT NULL, pipeline_version VARCHAR(64) NOT NULL, source_url TEXT NOT NULL, "
+                   "source_rows TEXT NOT NULL, counts TEXT, PRIMARY KEY (run_id, element))")
+        db.execute("INSERT INTO manifest_runs VALUES ('old', 'patients', '2026-01-01 00:00:00', NULL, 'running', "
+                   "'1.0.0', 'x', 'sqlite:///l.db', '{}', NULL)")
+    with Manifest(f"sqlite:///{path}") as manifest:
+        manifest.start_run("new", "patients", "1.0.0", "sqlite:///l.db", {})
+        runs = {run["run_id"]: (run["status"], run["shard"]) for run in manifest.runs("patients")}
+    assert runs == {"old": ("interrupted", None), "new": ("running", "0/1")}
+    assert os.path.exists(path)
