@@ -2,15 +2,16 @@
 
 Thin wrappers: the work is in elements/, loader.py and verification.py."""
 
+import tempfile
 from pathlib import Path
 
 import polars as pl
 from dagster import AssetExecutionContext, AssetIn, Failure, MaterializeResult, MetadataValue, Output, asset
 
 from migration_assets.elements import get_element, prerequisites
-from migration_assets.elements.base import build_frame
 from migration_assets.evidence import reconciliation_report as build_reconciliation_report
 from migration_assets.evidence import write_evidence
+from migration_assets.frame_parts import FrameParts, build_frame_parts
 from migration_assets.loader import migrate
 from migration_assets.partitions import DATA_ELEMENTS
 from migration_assets.phases import load_phases
@@ -58,17 +59,25 @@ def legacy_source(context: AssetExecutionContext, legacy_db: LegacySource) -> Ou
     "quarantined with the rule and reason (the quarantine table in the metadata), never sent.",
 )
 def fhir_frames(
-    context: AssetExecutionContext, legacy_source: pl.DataFrame, migration_settings: MigrationSettings
-) -> Output[pl.DataFrame]:
+    context: AssetExecutionContext, legacy_source: pl.LazyFrame, migration_settings: MigrationSettings
+) -> Output[FrameParts]:
     element = get_element(context.partition_key)
-    frame = build_frame(element, legacy_source, migration_settings.source_system)
+    # Built slice by slice into parts of whole bundle groups (bounded memory); the IO manager moves
+    # the parts into place.
+    staging = Path(tempfile.mkdtemp(prefix=f"fhir_frames-{element.name}-")) / "parts"
+    parts = build_frame_parts(element, legacy_source, migration_settings.source_system, staging)
+    # The metadata needs the rules and flags of every row, not the resources.
+    columns = [name for name in parts.scan().collect_schema().names() if name in _SUMMARY_COLUMNS
+               or name == "code_mapped" or name.endswith("_dropped")]
+    frame = parts.read(columns)
     quarantined = int(frame["quarantine_rule"].is_not_null().sum())
     return Output(
-        frame,
+        parts,
         metadata={
             "mapping_version": element.mapping_version,
             "requires": ", ".join(prerequisites(element.name)) or "nothing",
-            **counts({"resources": frame.height, "quarantined": quarantined, "eligible": frame.height - quarantined}),
+            **counts({"resources": frame.height, "quarantined": quarantined, "eligible": frame.height - quarantined,
+                      "parts": len(parts)}),
             "quarantine": table(quarantine_summary(frame)),
             "resources_by_type": table(frame.group_by("resource_type").len().sort("resource_type")),
             # Local codes with no approved standard mapping (kept local, never guessed), and values an
@@ -77,6 +86,9 @@ def fhir_frames(
             **counts({name: int(frame[name].sum()) for name in frame.columns if name.endswith("_dropped")}),
         },
     )
+
+
+_SUMMARY_COLUMNS = ("source_table", "unit_key", "resource_type", "quarantine_rule", "quarantine_reason")
 
 
 @asset(
@@ -95,7 +107,7 @@ def fhir_frames(
 )
 def medplum_resources(
     context: AssetExecutionContext,
-    fhir_frames: pl.DataFrame,
+    fhir_frames: FrameParts,
     medplum: MedplumResource,
     manifest: ManifestStore,
     legacy_db: LegacySource,
@@ -109,7 +121,7 @@ def medplum_resources(
                       f"store any more. {phase.behaviour.summary}")
     settings = migration_settings.load_settings(element)
     with medplum.open_client() as client, manifest.open() as ledger:
-        result, _ = migrate(
+        result = migrate(
             client, ledger, context.run.run_id, element, fhir_frames, legacy_db.display_url, settings,
             on_progress=lambda done, total: _log_progress(context, done, total),
         )

@@ -42,7 +42,8 @@ import polars as pl
 
 from migration_assets.elements import get_element
 from migration_assets.elements.base import SourceSystem, build_frame
-from migration_assets.loader import LoadSettings, entry_texts, load_frame
+from migration_assets.frame_parts import FrameParts, build_frame_parts
+from migration_assets.loader import LoadSettings, entry_texts, load_frame, migrate
 from migration_assets.local_medplum import REPO_ROOT, SERVER_DIR, LocalMedplum, running_local_medplum
 from migration_assets.manifest import Manifest
 from migration_assets.medplum import MedplumClient
@@ -52,7 +53,8 @@ from migration_assets.source import read_table
 OUT_DIR = REPO_ROOT / ".artifacts" / "bench"
 SYSTEM = SourceSystem("https://ehr.example-clinic.org/fhir")
 ELEMENTS = ("patients", "problem_list")  # the benchmark's data: Patients and their Conditions
-MEMORY_ELEMENTS = ("patients", "problem_list", "encounters")
+# Practitioners too: the encounters reference them, and the load step checks its prerequisites.
+MEMORY_ELEMENTS = ("patients", "practitioners", "problem_list", "encounters")
 # The grid of the ceiling and loader stages; BENCH_GRID="100x2,400x4" picks points instead.
 BATCH_SIZES = (25, 100, 400)
 CONCURRENCIES = (1, 2, 4)
@@ -380,25 +382,36 @@ class StubMedplum:
                               headers={"RateLimit": '"fhirInteractions";r=50000;t=60'})
 
 
-def probe_transform(source_url: str, element_name: str, out: Path) -> dict[str, Any]:
-    started = time.perf_counter()
-    frame = element_frame(source_url, element_name)
-    frame.write_parquet(out)  # what the IO manager does with the fhir_frames output
-    return {"rows": frame.height, "seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(rss_mb())}
+# The three steps of a data element as Dagster runs them, each in its own process: the legacy_source
+# step (read and join the source tables), the fhir_frames step (built in parts from the stored source)
+# and the medplum_resources step (the parts sent one at a time).
 
 
-def probe_load(frame_path: Path, element_name: str, manifest_url: str) -> dict[str, Any]:
+def probe_extract(source_url: str, element_name: str, out: Path) -> dict[str, Any]:
     started = time.perf_counter()
-    frame = pl.read_parquet(frame_path)
+    element = get_element(element_name)
+    rows = element.extract({table: read_table(source_url, table) for table in element.source_tables})
+    rows.write_parquet(out)  # what the IO manager does with the legacy_source output
+    return {"rows": rows.height, "seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(rss_mb())}
+
+
+def probe_transform(source_path: Path, element_name: str, out: Path) -> dict[str, Any]:
+    started = time.perf_counter()
+    parts = build_frame_parts(get_element(element_name), pl.scan_parquet(source_path), SYSTEM, out)
+    return {"rows": parts.height, "parts": len(parts), "seconds": round(time.perf_counter() - started, 2),
+            "peak_rss_mb": round(rss_mb())}
+
+
+def probe_load(parts_path: Path, element_name: str, manifest_url: str) -> dict[str, Any]:
+    started = time.perf_counter()
     element = get_element(element_name)
     client = MedplumClient("http://stub/", "stub", "stub", transport=httpx.MockTransport(StubMedplum()))
     with client, Manifest(manifest_url) as manifest:
-        # The stub holds nothing to check prerequisites against: the probe measures the load itself.
-        result = load_frame(client, manifest, f"probe-{element_name}", element_name, element.transactional, frame,
-                            LoadSettings(batch_size=element.batch_size, concurrency=element.concurrency),
-                            prerequisites_checked=True)
-    return {"rows": frame.height, "sent": result.counts["sent"], "seconds": round(time.perf_counter() - started, 2),
-            "peak_rss_mb": round(rss_mb())}
+        # Prerequisites are found in the probe's own ledger (the stub holds nothing to search).
+        result = migrate(client, manifest, f"probe-{element_name}", element, FrameParts(parts_path), "probe",
+                         LoadSettings(batch_size=element.batch_size, concurrency=element.concurrency))
+    return {"rows": result.counts["source_rows"], "sent": result.counts["sent"],
+            "seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(rss_mb())}
 
 
 def bench_memory(patients: int, work: Path) -> dict[str, Any]:
@@ -408,17 +421,19 @@ def bench_memory(patients: int, work: Path) -> dict[str, Any]:
     steps = {}
     manifest_url = f"sqlite:///{work / f'memory-manifest-{patients}.db'}"
     for name in MEMORY_ELEMENTS:
-        frame_path = work / f"memory-{name}.parquet"
-        transform = run_probe(["transform", f"parquet:///{folder}", name, str(frame_path)])
-        log(f"memory {name}: transform {transform}")
-        load = run_probe(["load", str(frame_path), name, manifest_url])
-        steps[name] = {"transform": transform, "load": load}
-        log(f"memory {name}: transform {transform['rows']} rows {transform['peak_rss_mb']} MB, "
-            f"load {load['peak_rss_mb']} MB in {load['seconds']} s")
+        source_path, parts_path = work / f"memory-{name}-source.parquet", work / f"memory-{name}-frame"
+        shutil.rmtree(parts_path, ignore_errors=True)
+        extract = run_probe(["extract", f"parquet:///{folder}", name, str(source_path)])
+        transform = run_probe(["transform", str(source_path), name, str(parts_path)])
+        load = run_probe(["load", str(parts_path), name, manifest_url])
+        steps[name] = {"extract": extract, "transform": transform, "load": load}
+        log(f"memory {name}: {transform['rows']} rows in {transform['parts']} parts; extract "
+            f"{extract['peak_rss_mb']} MB, transform {transform['peak_rss_mb']} MB ({transform['seconds']} s), "
+            f"load {load['peak_rss_mb']} MB ({load['seconds']} s)")
     shutil.rmtree(folder, ignore_errors=True)
     return {"patients": patients, "source": generated, "steps": steps,
-            "peak_transform_mb": max(s["transform"]["peak_rss_mb"] for s in steps.values()),
-            "peak_load_mb": max(s["load"]["peak_rss_mb"] for s in steps.values())}
+            **{f"peak_{step}_mb": max(s[step]["peak_rss_mb"] for s in steps.values())
+               for step in ("extract", "transform", "load")}}
 
 
 def run_probe(args: list[str]) -> dict[str, Any]:
@@ -434,8 +449,10 @@ def probe_main(args: list[str]) -> int:
     if kind == "generate":
         answer = write_source(int(rest[0]), Path(rest[1]))
         answer["peak_rss_mb"] = round(rss_mb())
+    elif kind == "extract":
+        answer = probe_extract(rest[0], rest[1], Path(rest[2]))
     elif kind == "transform":
-        answer = probe_transform(rest[0], rest[1], Path(rest[2]))
+        answer = probe_transform(Path(rest[0]), rest[1], Path(rest[2]))
     else:
         answer = probe_load(Path(rest[0]), rest[1], rest[2])
     print(json.dumps(answer))
@@ -495,8 +512,9 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     if "memory" in report:
         m = report["memory"]
         rows.append((f"peak memory, {m['patients']:,} patients + conditions + encounters",
-                     f"{max(m['peak_transform_mb'], m['peak_load_mb']):,} MB",
-                     f"transform step {m['peak_transform_mb']} MB, load step {m['peak_load_mb']} MB"))
+                     f"{max(m['peak_extract_mb'], m['peak_transform_mb'], m['peak_load_mb']):,} MB",
+                     (f"extract step {m['peak_extract_mb']} MB, transform step {m['peak_transform_mb']} MB, "
+                     f"load step {m['peak_load_mb']} MB")))
     rows.append(("peak memory of this bench process", f"{rss_mb():,.0f} MB", "ru_maxrss"))
     return rows
 

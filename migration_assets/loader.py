@@ -9,7 +9,7 @@ import math
 import time
 import zlib
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import accumulate, pairwise
@@ -58,9 +58,16 @@ class LoadSettings:
 class LoadResult:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNT_NAMES, 0))
     failures: list[dict[str, Any]] = field(default_factory=list)
+    bundles: int = 0
 
     def add(self, name: str, amount: int = 1) -> None:
         self.counts[name] += amount
+
+    def merge(self, other: "LoadResult") -> None:
+        for name, amount in other.counts.items():
+            self.add(name, amount)
+        self.failures.extend(other.failures)
+        self.bundles += other.bundles
 
 
 def entry_texts(frame: pl.DataFrame) -> pl.Series:
@@ -141,13 +148,17 @@ def load_frame(
     settings: LoadSettings,
     on_progress: Callable[[int, int], None] | None = None,
     prerequisites_checked: bool = False,
+    known: pl.DataFrame | None = None,
+    bundle_offset: int = 0,
 ) -> LoadResult:
     """Send every eligible row of `frame` (of this load's shard) with at most `settings.concurrency`
     bundles in flight, record each outcome in submission order, and count what happened. A shard
     registers and counts only its own units.
 
     Rows referencing a resource the ledger says was not loaded are quarantined first, unless the
-    caller did so already (`prerequisites_checked`, as migrate() does)."""
+    caller did so already (`prerequisites_checked`, as migrate() does). `known` is the element's
+    ledger (LEDGER_COLUMNS) when the caller read it already; `bundle_offset` numbers this frame's
+    bundles after those of the frames loaded before it in the same run."""
     if not prerequisites_checked:
         # The idempotent_reload check resubmits fhir_frames, where rows pointing at a quarantined
         # patient are not quarantined yet (migrate() does that at load time): sent, Medplum would
@@ -159,7 +170,8 @@ def load_frame(
     result = LoadResult()
     result.add("source_rows", frame.height)
     result.add("quarantined", int(frame["quarantine_rule"].is_not_null().sum()))
-    known = manifest.units(element_name, LEDGER_COLUMNS)
+    if known is None:
+        known = manifest.units(element_name, LEDGER_COLUMNS)
     send = rows_to_send(frame, known, settings)
     result.add("not_sent_unchanged", int((~send & frame["quarantine_rule"].is_null()).sum()))
     for start in range(0, frame.height, REGISTER_CHUNK):
@@ -171,10 +183,11 @@ def load_frame(
         previous_versions, on=["source_table", "unit_key"], how="left", maintain_order="left"
     )
     bundles = Bundles(outgoing, transactional, settings.batch_size)
+    result.bundles = len(bundles)
     in_flight: deque[tuple[int, pl.DataFrame, Future[list[EntryResponse]], int]] = deque()
     answered: deque[tuple[int, pl.DataFrame, list[EntryResponse]]] = deque()
     respond_async = settings.mode == "async"
-    recorder = _Recorder(manifest, run_id, element_name, len(bundles), on_progress)
+    recorder = _Recorder(manifest, run_id, element_name, bundle_offset + len(bundles), on_progress)
 
     def wait_for_oldest() -> None:
         number, rows, future, _ = in_flight.popleft()
@@ -184,7 +197,7 @@ def load_frame(
         # In submission order, while the next bundle is already in flight.
         while answered:
             number, rows, responses = answered.popleft()
-            _record(recorder, number, rows, _row_responses(rows, responses, transactional), result)
+            _record(recorder, bundle_offset + number, rows, _row_responses(rows, responses, transactional), result)
 
     try:
         with ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="bundle") as pool:
@@ -350,24 +363,42 @@ def migrate(
     manifest: Manifest,
     run_id: str,
     element: DataElement,
-    frame: pl.DataFrame,
+    frame: pl.DataFrame | Iterable[pl.DataFrame],
     source_url: str,
     settings: LoadSettings,
     on_progress: Callable[[int, int], None] | None = None,
-) -> tuple[LoadResult, pl.DataFrame]:
-    """One data element into Medplum, recorded in the ledger as one run. Returns the result and the
-    frame as loaded (with rows whose prerequisites were refused now quarantined)."""
-    report = check_prerequisites(client, manifest, element.name, frame)
+) -> LoadResult:
+    """One data element into Medplum, recorded in the ledger as one run.
+
+    `frame` is the element's FHIR frame, or its parts (frame_parts.FrameParts: whole bundle groups
+    each, iterated twice), sent one part at a time so memory stays bounded. Rows whose prerequisites
+    were refused are quarantined before anything is sent."""
+    parts = [frame] if isinstance(frame, pl.DataFrame) else frame
+    # First pass: only what the prerequisites and the run's record need.
+    summaries = [
+        (part.select("quarantine_rule", "references"), part.group_by("source_table").len()) for part in parts
+    ]
+    report = check_prerequisites(
+        client, manifest, element.name, pl.concat([references for references, _ in summaries], how="vertical_relaxed")
+    )
     if report.blocking_elements:
         raise PrerequisitesMissing(report.message())
-    frame = quarantine_unloadable(frame, report)
-    source_rows = dict(frame.group_by("source_table").len().iter_rows())
-    manifest.start_run(run_id, element.name, element.mapping_version, source_url, source_rows)
+    per_table = pl.concat([tables for _, tables in summaries]).group_by("source_table").agg(pl.col("len").sum())
+    del summaries
+    manifest.start_run(run_id, element.name, element.mapping_version, source_url, dict(per_table.iter_rows()))
+    result = LoadResult()
     try:
-        result = load_frame(client, manifest, run_id, element.name, element.transactional, frame, settings, on_progress,
-                            prerequisites_checked=True)
+        known = manifest.units(element.name, LEDGER_COLUMNS)
+        bundles_sent = 0
+        for part in parts:
+            part_result = load_frame(
+                client, manifest, run_id, element.name, element.transactional, quarantine_unloadable(part, report),
+                settings, on_progress, prerequisites_checked=True, known=known, bundle_offset=bundles_sent,
+            )
+            result.merge(part_result)
+            bundles_sent = result.bundles
     except Exception:
         manifest.finish_run(run_id, element.name, "failed", {})
         raise
     manifest.finish_run(run_id, element.name, "finished", result.counts)
-    return result, frame
+    return result

@@ -1,6 +1,7 @@
 """Dagster resources: thin configuration wrappers around the plain libraries."""
 
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -10,6 +11,7 @@ from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, O
 from pydantic import Field
 
 from migration_assets.elements.base import DataElement, SourceSystem
+from migration_assets.frame_parts import FrameParts
 from migration_assets.loader import LoadSettings
 from migration_assets.manifest import Manifest
 from migration_assets.medplum import MedplumClient, RetryPolicy
@@ -113,20 +115,42 @@ class MigrationSettings(ConfigurableResource):
 
 
 class PolarsParquetIOManager(ConfigurableIOManager):
-    """Frames as Parquet files, one per asset and partition (dagster-polars is broken on polars 2)."""
+    """Frames as Parquet, one file per asset and partition (dagster-polars is broken on polars 2), or
+    one directory of parts for a frame built in parts (frame_parts.py).
+
+    An input annotated `pl.LazyFrame` is scanned, one annotated `FrameParts` is handed over as parts
+    (read one at a time by the step), and a `pl.DataFrame` is read whole."""
 
     base_dir: str
 
-    def _path(self, context: OutputContext | InputContext) -> str:
+    def _path(self, context: OutputContext | InputContext) -> Path:
         key = "/".join(context.asset_key.path)
         partition = context.asset_partition_key if context.has_asset_partitions else "all"
-        return f"{self.base_dir}/{key}/{partition}.parquet"
+        return Path(self.base_dir) / key / partition
 
-    def handle_output(self, context: OutputContext, obj: pl.DataFrame) -> None:
-        path = Path(self._path(context))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        obj.write_parquet(path)
-        context.add_output_metadata({"path": str(path), "rows": obj.height})
+    def handle_output(self, context: OutputContext, obj: pl.DataFrame | FrameParts) -> None:
+        stored = self._path(context)
+        file = stored.with_suffix(".parquet")
+        if isinstance(obj, FrameParts):
+            file.unlink(missing_ok=True)
+            parts = obj.move_to(stored)
+            context.add_output_metadata({"path": str(stored), "rows": parts.height, "parts": len(parts)})
+            return
+        if stored.is_dir():
+            shutil.rmtree(stored)
+        file.parent.mkdir(parents=True, exist_ok=True)
+        obj.write_parquet(file)
+        context.add_output_metadata({"path": str(file), "rows": obj.height})
 
-    def load_input(self, context: InputContext) -> pl.DataFrame:
-        return pl.read_parquet(self._path(context))
+    def load_input(self, context: InputContext) -> pl.DataFrame | pl.LazyFrame | FrameParts:
+        stored = self._path(context)
+        wanted = context.dagster_type.typing_type
+        if stored.is_dir():
+            parts = FrameParts(stored)
+            if wanted is FrameParts:
+                return parts
+            return parts.scan() if wanted is pl.LazyFrame else parts.read()
+        file = stored.with_suffix(".parquet")
+        if wanted is FrameParts:
+            raise TypeError(f"{file} is one frame, not parts: materialize {context.asset_key.to_user_string()} again")
+        return pl.scan_parquet(file) if wanted is pl.LazyFrame else pl.read_parquet(file)

@@ -24,6 +24,7 @@ from dagster import DagsterInstance
 from migration_assets.definitions import make_definitions
 from migration_assets.elements import get_element
 from migration_assets.elements.base import SourceSystem, build_frame
+from migration_assets.frame_parts import FrameParts
 from migration_assets.loader import LoadSettings, migrate
 from migration_assets.local_medplum import running_local_medplum
 from migration_assets.medplum import MedplumClient, identifier_token
@@ -181,7 +182,7 @@ def load_directly(platform: Platform, name: str) -> None:
     tables = {table: read_table(platform.source_url, table) for table in element.source_tables}
     frame = build_frame(element, element.extract(tables), SourceSystem(BASE))
     with platform.client() as medplum, platform.manifest() as manifest:
-        result, _ = migrate(medplum, manifest, f"direct-{name}", element, frame, platform.source_url, LoadSettings())
+        result = migrate(medplum, manifest, f"direct-{name}", element, frame, platform.source_url, LoadSettings())
     assert result.counts["failed"] == 0 and result.counts["quarantined"] == 0
 
 
@@ -235,7 +236,7 @@ def test_no_partition_crashes_every_check_passes_and_every_source_row_has_one_di
             # One ledger unit per source row: null, blank and repeated keys included.
             assert units.filter(pl.col("source_table") == table).height == table_rows(migrated.platform.source_url, table)
         assert set(units["disposition"]) <= {"successful", "quarantined"}, element
-        frame = pl.read_parquet(migrated.platform.work / "frames" / "fhir_frames" / f"{element}.parquet")
+        frame = FrameParts(migrated.platform.work / "frames" / "fhir_frames" / element).read()
         books = accounting(frame, units)
         assert books.balanced and books.dispositions["none"] == 0, (element, books)
     patients = census(client, "Patient", PATIENT_SYSTEM)

@@ -27,6 +27,7 @@ from dagster import DagsterRunStatus
 from migration_assets.definitions import make_definitions
 from migration_assets.elements import get_element
 from migration_assets.elements.base import SourceSystem, build_frame
+from migration_assets.frame_parts import FrameParts
 from migration_assets.loader import LoadSettings, migrate
 from migration_assets.local_medplum import (
     free_port,
@@ -139,7 +140,7 @@ class Load:
             batch_size: int = 10, on_progress=None):
         with MedplumClient(base_url, server.client_id, server.client_secret, retry=retry,
                            timeout_seconds=timeout) as client, Manifest(self.manifest_url) as manifest:
-            result, _ = migrate(client, manifest, run_id, PATIENTS, self.frame, self.source_url,
+            result = migrate(client, manifest, run_id, PATIENTS, self.frame, self.source_url,
                                 LoadSettings(batch_size=batch_size), on_progress)
             return result, client.stats
 
@@ -410,7 +411,7 @@ def assert_partition_settled(platform: Platform, patients: int) -> None:
     with platform.client() as client:
         found = census(client, "Patient", PATIENT_SYSTEM)
     assert found.height == patients and found["identifier_value"].n_unique() == patients
-    frame = pl.read_parquet(platform.work / "frames" / "fhir_frames" / "patients.parquet")
+    frame = FrameParts(platform.work / "frames" / "fhir_frames" / "patients").read()
     assert frame.height == patients and accounting(frame, units).balanced
 
 

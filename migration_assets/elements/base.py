@@ -111,17 +111,24 @@ def quarantine(frame: pl.DataFrame, rule: str, condition: pl.Expr, reason: pl.Ex
 
 def build_frame(element: DataElement, source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
     """The element's FHIR frame with every shared rule applied: keys present and unique, pandera
-    schema per resource type, content hashes. Nothing is dropped: refused rows are quarantined."""
-    frame = element.transform(source, system)
+    schema per resource type, content hashes. Nothing is dropped: refused rows are quarantined.
+
+    (frame_parts.py builds the same frame slice by slice for large elements: `apply_row_rules` per
+    slice, `apply_frame_rules` once over the slices' key columns.)"""
+    frame = apply_row_rules(element, element.transform(source, system))
+    ruled = apply_frame_rules(element, frame.select(RULED_BY_FRAME_INPUTS))
+    frame = frame.with_columns(ruled.select(RULED_BY_FRAME_OUTPUTS))
+    return frame.select(*FRAME_COLUMNS, *[name for name in frame.columns if name not in FRAME_COLUMNS])
+
+
+def apply_row_rules(element: DataElement, frame: pl.DataFrame) -> pl.DataFrame:
+    """The shared rules that look at one row at a time (a missing key, a control character, the
+    pandera schema) and the row's content hash: the same whether the frame is whole or a slice."""
     frame = quarantine(
         frame,
         "missing_key",
         pl.col("identifier_value").is_null() | (pl.col("identifier_value").str.strip_chars() == ""),
         pl.format("{} has no source key", pl.col("source_table")),
-    )
-    duplicated = pl.struct("resource_type", "identifier_value").is_duplicated() & pl.col("identifier_value").is_not_null()
-    frame = quarantine(
-        frame, "duplicate_key", duplicated, pl.format("source key {} appears more than once", pl.col("identifier_value"))
     )
     # Bad-input tests: a control character in any text value was sent and refused by Medplum (400
     # "Invalid string format"; in a transactional element the whole bundle group failed with it).
@@ -134,18 +141,32 @@ def build_frame(element: DataElement, source: pl.DataFrame, system: SourceSystem
         pl.format("a text value holds control character U+{}, which FHIR strings may not contain", code),
     )
     frame = _quarantine_schema_failures(frame, element.schemas)
+    return frame.with_columns(content_hash=_sha256(frame["resource"]))
+
+
+# What the whole-frame rules read, and what they decide.
+RULED_BY_FRAME_INPUTS = ("source_table", "source_key", "resource_type", "identifier_value", "bundle_group",
+                         "quarantine_rule", "quarantine_reason")
+RULED_BY_FRAME_OUTPUTS = ("unit_key", "quarantine_rule", "quarantine_reason")
+
+
+def apply_frame_rules(element: DataElement, keys: pl.DataFrame) -> pl.DataFrame:
+    """The shared rules that need every row of the element at once, over its key columns only
+    (RULED_BY_FRAME_INPUTS, in source order): unique keys, whole transactions, and the unit key of
+    each row. Returns the same rows with RULED_BY_FRAME_OUTPUTS decided."""
+    duplicated = pl.struct("resource_type", "identifier_value").is_duplicated() & pl.col("identifier_value").is_not_null()
+    keys = quarantine(
+        keys, "duplicate_key", duplicated, pl.format("source key {} appears more than once", pl.col("identifier_value"))
+    )
     if element.transactional:
-        frame = _quarantine_whole_groups(frame)
+        keys = _quarantine_whole_groups(keys)
     position = pl.int_range(pl.len()).over("source_table") + 1
     unit_key = (
         pl.when(pl.col("source_key").is_null() | pl.col("source_key").is_duplicated().over("source_table"))
         .then(pl.format("{}#row{}", pl.col("source_key").fill_null("<missing>"), position))
         .otherwise(pl.col("source_key"))
     )
-    frame = frame.with_columns(unit_key=unit_key, content_hash=_sha256(frame["resource"]))
-    return frame.select(
-        *FRAME_COLUMNS, *[name for name in frame.columns if name not in FRAME_COLUMNS]
-    )
+    return keys.with_columns(unit_key=unit_key)
 
 
 # A control character other than tab, line feed and carriage return, as the JSON text writes it:
