@@ -9,7 +9,7 @@ NODE_STAMP := medplum_local/node_modules/.installed
 CHROMIUM := /usr/bin/chromium
 CHROMIUM_STAMP := $(VENV)/.chromium-installed
 
-.PHONY: setup test demo dev medplum bench lint clean history
+.PHONY: setup test demo dev medplum bench lint clean history soak
 
 setup: $(VENV_STAMP) $(NODE_STAMP) $(CHROMIUM_STAMP)
 
@@ -52,6 +52,12 @@ history: $(VENV_STAMP)
 BENCH_PATIENTS ?= 2000
 bench: setup
 	BENCH_PATIENTS=$(BENCH_PATIENTS) $(PY) -m migration_assets.bench
+
+# Soak: the whole migration of SOAK_PATIENTS patients against the local server with the FHIR quota on
+# (docs/soak.md): make soak [SOAK_PATIENTS=100000] [SOAK_ARGS="--quota 7500000 --window 60"]
+SOAK_PATIENTS ?= 100000
+soak: setup
+	$(PY) -m migration_assets.soak --patients $(SOAK_PATIENTS) $(SOAK_ARGS)
 
 lint: $(VENV_STAMP)
 	$(VENV)/bin/ruff check migration_assets migration_assets_tests
