@@ -385,7 +385,8 @@ def migrate(
         raise PrerequisitesMissing(report.message())
     per_table = pl.concat([tables for _, tables in summaries]).group_by("source_table").agg(pl.col("len").sum())
     del summaries
-    manifest.start_run(run_id, element.name, element.mapping_version, source_url, dict(per_table.iter_rows()))
+    manifest.start_run(run_id, element.name, element.mapping_version, source_url, dict(per_table.iter_rows()),
+                       shard=(settings.shard_index, settings.shard_count))
     result = LoadResult()
     try:
         known = manifest.units(element.name, LEDGER_COLUMNS)

@@ -73,6 +73,8 @@ def test_the_checks_and_the_report_of_a_run_read_medplum_once(platform_factory, 
     assert stat.S_IMODE(first_file.stat().st_mode) == 0o600
     run_ids = {run.run_id for run in platform.instance.get_runs()}
     assert first_file.stem in run_ids
+    with platform.manifest() as manifest:
+        assert manifest.last_run("patients")["shard"] == "0/1", "the load records its shard in the run row"
 
     second = platform.run("patients")
 
