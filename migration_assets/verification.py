@@ -49,17 +49,17 @@ def resources_with_identifier(
                 yield ident.get("value"), resource
 
 
-def references_in(resource: dict[str, Any]) -> list[dict[str, str]]:
-    """Every reference the resource holds, at its dotted path; a number steps into a list
-    (`participant.0.individual`), as the frames' expected references name them."""
-    found: list[dict[str, str]] = []
+def references_in(resource: dict[str, Any]) -> list[tuple[str, str]]:
+    """Every reference the resource holds as (dotted path, reference); a number in the path steps into
+    a list (`participant.0.individual`), as the frames' expected references name them."""
+    found: list[tuple[str, str]] = []
     pending: list[tuple[Any, str]] = [(resource, "")]
     while pending:
         node, path = pending.pop()
         if isinstance(node, dict):
             reference = node.get("reference")
             if path and isinstance(reference, str):
-                found.append({"path": path, "reference": reference})
+                found.append((path, reference))
             children: Iterator[tuple[str, Any]] = iter(node.items())
         elif isinstance(node, list):
             children = ((str(index), child) for index, child in enumerate(node))
@@ -68,7 +68,7 @@ def references_in(resource: dict[str, Any]) -> list[dict[str, str]]:
         for key, child in children:
             if isinstance(child, dict | list):
                 pending.append((child, f"{path}.{key}" if path else key))
-    return sorted(found, key=lambda ref: ref["path"])
+    return sorted(found)
 
 
 def census(
@@ -77,14 +77,33 @@ def census(
     """Every resource of `resource_type` carrying an identifier in `identifier_system`, one row per
     (identifier value, resource) with its id and references (CENSUS_SCHEMA): duplicates show as
     repeated values. `visit` sees each whole resource as it goes by."""
-    values, ids, references = [], [], []
-    for value, resource in resources_with_identifier(client, resource_type, identifier_system):
+    values, ids = [], []
+    # References gathered flat and nested once at the end: polars builds a list-of-struct column from
+    # Python dicts about six times slower (4 s for 100,000 resources).
+    owners, paths, references = [], [], []
+    for row, (value, resource) in enumerate(resources_with_identifier(client, resource_type, identifier_system)):
         if visit is not None:
             visit(resource_type, identifier_system, value, resource)
         values.append(value)
         ids.append(resource["id"])
-        references.append(references_in(resource))
-    return pl.DataFrame({"identifier_value": values, "resource_id": ids, "references": references}, schema=CENSUS_SCHEMA)
+        for path, reference in references_in(resource):
+            owners.append(row)
+            paths.append(path)
+            references.append(reference)
+    held = (
+        pl.DataFrame({"row": owners, "path": paths, "reference": references},
+                     schema={"row": pl.UInt32, "path": pl.String, "reference": pl.String})
+        .group_by("row")
+        .agg(references=pl.struct("path", "reference"))
+    )
+    return (
+        pl.DataFrame({"identifier_value": values, "resource_id": ids}, schema={"identifier_value": pl.String,
+                                                                             "resource_id": pl.String})
+        .with_row_index("row")
+        .join(held, on="row", how="left", maintain_order="left")
+        .select("identifier_value", "resource_id",
+                pl.col("references").fill_null(pl.lit([], dtype=CENSUS_SCHEMA["references"])))
+    )
 
 
 def census_kinds(frame: pl.DataFrame) -> list[tuple[str, str]]:

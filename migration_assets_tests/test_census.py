@@ -131,20 +131,41 @@ def test_the_census_keeps_each_reference_at_the_path_the_frames_name():
         "participant": [{"type": [{"text": "x"}]}, {"individual": {"reference": "Practitioner/r2"}}],
         "meta": {"versionId": "1"},
     }
-    assert references_in(encounter) == [
-        {"path": "participant.1.individual", "reference": "Practitioner/r2"},
-        {"path": "subject", "reference": "Patient/p1"},
-    ]
+    assert references_in(encounter) == [("participant.1.individual", "Practitioner/r2"), ("subject", "Patient/p1")]
     assert references_in({"resourceType": "Patient", "id": "p"}) == []
 
 
-class SearchOnly:
-    """A Medplum that answers identifier searches from a fixed list (the expected targets)."""
+def test_each_census_row_holds_its_own_resources_references():
+    resources = [
+        {"resourceType": "Encounter", "id": "e1", "identifier": [{"system": "S", "value": "E1"}],
+         "subject": {"reference": "Patient/p1"}},
+        {"resourceType": "Encounter", "id": "e2", "identifier": [{"system": "S", "value": "E2"}]},
+        {"resourceType": "Encounter", "id": "e3", "identifier": [{"system": "S", "value": "E3"}, {"system": "S", "value": "E3b"}],
+         "participant": [{"individual": {"reference": "Practitioner/r1"}}], "subject": {"reference": "Patient/p3"}},
+    ]
+    found = verification.census(SearchOnly(resources, every=True), "Encounter", "S")
 
-    def __init__(self, resources: list[dict]) -> None:
-        self.resources = resources
+    assert found.schema == CENSUS_SCHEMA
+    assert found.rows() == [
+        ("E1", "e1", [{"path": "subject", "reference": "Patient/p1"}]),
+        ("E2", "e2", []),
+        ("E3", "e3", [{"path": "participant.0.individual", "reference": "Practitioner/r1"},
+                      {"path": "subject", "reference": "Patient/p3"}]),
+        ("E3b", "e3", [{"path": "participant.0.individual", "reference": "Practitioner/r1"},
+                       {"path": "subject", "reference": "Patient/p3"}]),
+    ]
+
+
+class SearchOnly:
+    """A Medplum that answers identifier searches from a fixed list (or, `every`, with all of it)."""
+
+    def __init__(self, resources: list[dict], every: bool = False) -> None:
+        self.resources, self.every = resources, every
 
     def search(self, resource_type: str, params: dict[str, str]):
+        if self.every:  # a census: everything in the system
+            yield from self.resources
+            return
         wanted = params["identifier"].split(",")
         for resource in self.resources:
             ident = resource["identifier"][0]
