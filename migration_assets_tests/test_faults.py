@@ -435,9 +435,11 @@ def test_a_run_that_outlasts_its_retries_fails_clearly_and_a_rerun_through_every
             dispositions = dict(manifest.units("patients")["disposition"].value_counts().iter_rows())
         assert dispositions == {"successful": 10, "pending": 20}
 
-        # The rerun goes through one of each fault, on batches, searches and the token: each fault
-        # strikes the request after the one its predecessor struck (skip=1), so no request meets more
-        # faults than its three attempts can absorb.
+        # The rerun goes through one of each fault, on batches, searches and the token: each batch
+        # fault strikes the batch after the one its predecessor struck (skip=1), so no request meets
+        # more faults than its three attempts can absorb. The token fault strikes the run's first token
+        # request; the run searches Medplum once (its census, shared by the checks), and the two search
+        # faults strike that search's first two attempts.
         proxy.clear()
         proxy.plan(*(dataclasses.replace(fault, skip=1) for fault in (
             Fault("reset", method="POST", path=BATCH),
@@ -446,10 +448,8 @@ def test_a_run_that_outlasts_its_retries_fails_clearly_and_a_rerun_through_every
             Fault("rewrite", method="POST", path=BATCH, headers=rate_limit(0, 0.2),
                   rewrite=entries_answered("429 Too Many Requests")),
             Fault("status", status=401, method="POST", path=BATCH),
-            Fault("status", status=502, method="GET", path=FHIR),
-            Fault("cut_json", method="GET", path=FHIR),
-            Fault("reset", path="/oauth2/token"),
-        )))
+        )), Fault("reset", path="/oauth2/token"), Fault("status", status=502, method="GET", path=FHIR),
+            Fault("cut_json", method="GET", path=FHIR))
         strikes = proxy.pending_faults()
         started = time.monotonic()
         rerun = faulty.run("patients")
