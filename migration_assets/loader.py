@@ -354,6 +354,17 @@ def _record(
     recorder.add(bundle_number, attempts, successes, resource_ids, version_ids, reasons)
 
 
+def _distinct_references(frame: pl.DataFrame) -> pl.DataFrame:
+    """One eligible row per distinct expected reference of `frame`: what check_prerequisites reads."""
+    return (
+        frame.filter(pl.col("quarantine_rule").is_null())
+        .select(pl.col("references").explode())
+        .drop_nulls()
+        .unique()
+        .select(quarantine_rule=pl.lit(None, pl.String), references=pl.concat_list("references"))
+    )
+
+
 class PrerequisitesMissing(RuntimeError):
     """An earlier data element is not (fully) in Medplum; the message names it."""
 
@@ -374,12 +385,11 @@ def migrate(
     each, iterated twice), sent one part at a time so memory stays bounded. Rows whose prerequisites
     were refused are quarantined before anything is sent."""
     parts = [frame] if isinstance(frame, pl.DataFrame) else frame
-    # First pass: only what the prerequisites and the run's record need.
-    summaries = [
-        (part.select("quarantine_rule", "references"), part.group_by("source_table").len()) for part in parts
-    ]
+    # First pass: only what the prerequisites and the run's record need, i.e. each distinct reference
+    # of an eligible row (as a row of its own) and the rows per source table.
+    summaries = [(_distinct_references(part), part.group_by("source_table").len()) for part in parts]
     report = check_prerequisites(
-        client, manifest, element.name, pl.concat([references for references, _ in summaries], how="vertical_relaxed")
+        client, manifest, element.name, pl.concat([references for references, _ in summaries]).unique()
     )
     if report.blocking_elements:
         raise PrerequisitesMissing(report.message())
