@@ -38,9 +38,11 @@ def reconciliation_report(
     report (shared with its checks), else one taken now."""
     run_census = run_census or _census_of_current_run(element.name)
     censuses = run_census.get(client, frame) if run_census else take_census(client, frame)
-    recon = reconcile(frame, manifest.units(element.name), censuses)
-    resent = resend_lost_writes(manifest, element.name, recon)
     units = manifest.units(element.name)
+    recon = reconcile(frame, units, censuses)
+    resent = resend_lost_writes(manifest, element.name, recon)
+    if not resent.is_empty():  # the books count them as pending now
+        units = manifest.units(element.name)
     books = accounting(frame, units)
     last_run = manifest.last_run(element.name) or {}
     attempts = manifest.attempt_counts(last_run["run_id"], element.name) if last_run else {}

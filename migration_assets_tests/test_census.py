@@ -1,6 +1,7 @@
 """The census of a run (read once, kept as Parquet, shared by the checks and the report), lost writes
 healed through the ledger, and runs left `running` by a killed process."""
 
+import json
 import os
 import signal
 import stat
@@ -257,6 +258,10 @@ def test_a_write_lost_after_its_acknowledgement_is_reported_then_resent_by_the_n
         unit = manifest.units("patients").filter(pl.col("identifier_value") == key).row(0, named=True)
     assert unit["disposition"] == "pending" and unit["content_hash"] is None
     assert unit["reason"].startswith("acknowledged by Medplum but not found at ")
+    evidence = json.loads((platform.work / "evidence" / "patients" / "reconciliation.json").read_text())
+    assert evidence["passed"] is False and evidence["figures"]["lost_writes_marked_for_resend"] == 1
+    assert [lost["identifier_value"] for lost in evidence["lost_writes_marked_for_resend"]] == [key]
+    assert evidence["figures"]["disposition/pending"] == 1
 
     healed = platform.run("patients")
 
