@@ -19,6 +19,7 @@ from migration_assets.partitions import DATA_ELEMENTS
 from migration_assets.reporting import counts, quarantine_summary, table
 from migration_assets.resources import ManifestStore, MedplumResource, MigrationSettings
 from migration_assets.verification import (
+    RECONCILE_UNIT_COLUMNS,
     RunCensus,
     accounting,
     census_dir,
@@ -134,7 +135,7 @@ def idempotent_reload(
     with medplum.open_client() as client, manifest.open() as ledger:
         # The census before resubmitting, as the load left Medplum (whichever check of the run takes
         # it): a copy the resubmission itself would create counts as created below.
-        report = reconcile(fhir_frames, ledger.units(element.name),
+        report = reconcile(fhir_frames, ledger.units(element.name, RECONCILE_UNIT_COLUMNS),
                            _run_census(context, migration_settings).get(client, fhir_frames))
         # Lost writes are the next load's to resend (and the reconciliation's to report), not this
         # check's: resubmitted here they would count as created, and which check ran first would decide.
@@ -181,7 +182,7 @@ def reconciliation(
 ) -> AssetCheckResult:
     with medplum.open_client() as client, manifest.open() as ledger:
         censuses = _run_census(context, migration_settings).get(client, fhir_frames)
-        report = reconcile(fhir_frames, ledger.units(context.partition_key), censuses)
+        report = reconcile(fhir_frames, ledger.units(context.partition_key, RECONCILE_UNIT_COLUMNS), censuses)
         resent = resend_lost_writes(ledger, context.partition_key, report)
     details = ""
     if not report.missing.is_empty():
@@ -217,7 +218,7 @@ def accounting_balanced(
     context: AssetCheckExecutionContext, fhir_frames: pl.DataFrame, manifest: ManifestStore
 ) -> AssetCheckResult:
     with manifest.open() as ledger:
-        books = accounting(fhir_frames, ledger.units(context.partition_key))
+        books = accounting(fhir_frames, ledger.units(context.partition_key, RECONCILE_UNIT_COLUMNS))
     d = books.dispositions
     return AssetCheckResult(
         passed=books.balanced,

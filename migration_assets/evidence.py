@@ -14,6 +14,7 @@ from migration_assets.elements.base import DataElement
 from migration_assets.manifest import Manifest
 from migration_assets.medplum import MedplumClient
 from migration_assets.verification import (
+    RECONCILE_UNIT_COLUMNS,
     RunCensus,
     accounting,
     census_dir,
@@ -38,11 +39,11 @@ def reconciliation_report(
     report (shared with its checks), else one taken now."""
     run_census = run_census or _census_of_current_run(element.name)
     censuses = run_census.get(client, frame) if run_census else take_census(client, frame)
-    units = manifest.units(element.name)
+    units = manifest.units(element.name, RECONCILE_UNIT_COLUMNS)
     recon = reconcile(frame, units, censuses)
     resent = resend_lost_writes(manifest, element.name, recon)
     if not resent.is_empty():  # the books count them as pending now
-        units = manifest.units(element.name)
+        units = manifest.units(element.name, RECONCILE_UNIT_COLUMNS)
     books = accounting(frame, units)
     last_run = manifest.last_run(element.name) or {}
     attempts = manifest.attempt_counts(last_run["run_id"], element.name) if last_run else {}
