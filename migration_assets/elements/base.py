@@ -317,7 +317,7 @@ def _uuid5_urns(prefix: str, keys: pl.Series) -> pl.Series:
     # uuid.uuid5 itself costs about 7 µs a key; the same digest, its version and variant bits set
     # by hand, costs a fifth of that.
     seeded = hashlib.sha1(uuid.NAMESPACE_URL.bytes + prefix.encode())
-    urns = []
+    urns: list[str | None] = []
     for key in keys:
         if key is None:
             urns.append(None)
