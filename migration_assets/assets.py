@@ -11,12 +11,13 @@ from dagster import AssetExecutionContext, AssetIn, Failure, MaterializeResult, 
 from migration_assets.elements import get_element, prerequisites
 from migration_assets.evidence import reconciliation_report as build_reconciliation_report
 from migration_assets.evidence import write_evidence
-from migration_assets.frame_parts import FrameParts, build_frame_parts
+from migration_assets.frame_parts import KEY_COLUMNS, FrameParts, build_frame_parts
 from migration_assets.loader import migrate
 from migration_assets.partitions import DATA_ELEMENTS
 from migration_assets.phases import load_phases
 from migration_assets.reporting import counts, quarantine_summary, table
 from migration_assets.resources import LegacySource, ManifestStore, MedplumResource, MigrationSettings
+from migration_assets.verification import RunCensus, census_dir
 
 FRAMES_IO = "frames_io_manager"
 OWNERS = ["team:migration"]
@@ -166,7 +167,7 @@ _FAILURE_SCHEMA = {"source_table": pl.String, "unit_key": pl.String, "resource_t
 )
 def reconciliation_report(
     context: AssetExecutionContext,
-    fhir_frames: pl.DataFrame,
+    fhir_frames: FrameParts,
     medplum: MedplumResource,
     manifest: ManifestStore,
     legacy_db: LegacySource,
@@ -174,7 +175,10 @@ def reconciliation_report(
 ) -> MaterializeResult:
     element = get_element(context.partition_key)
     with medplum.open_client() as client, manifest.open() as ledger:
-        report = build_reconciliation_report(client, ledger, element, fhir_frames, legacy_db.display_url)
+        report = build_reconciliation_report(
+            client, ledger, element, fhir_frames.read(KEY_COLUMNS), legacy_db.display_url,
+            RunCensus(census_dir(migration_settings.evidence_dir), context.run.run_id, element.name),
+        )
     json_path, csv_path = write_evidence(report, Path(migration_settings.evidence_dir) / element.name)
     figures = pl.DataFrame({"figure": list(report["figures"]), "value": list(report["figures"].values())})
     return MaterializeResult(

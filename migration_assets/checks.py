@@ -14,6 +14,7 @@ from dagster import (
 from migration_assets.assets import fhir_frames, medplum_resources
 from migration_assets.elements import get_element
 from migration_assets.elements.base import schema_failures
+from migration_assets.frame_parts import KEY_COLUMNS, REFERENCE_COLUMNS, FrameParts
 from migration_assets.loader import load_frame
 from migration_assets.partitions import DATA_ELEMENTS
 from migration_assets.reporting import counts, quarantine_summary, table
@@ -47,22 +48,24 @@ def _run_census(context: AssetCheckExecutionContext, settings: MigrationSettings
     "while the quarantined share stays under the threshold and fails (blocking the load) above it.",
 )
 def schema(
-    context: AssetCheckExecutionContext, fhir_frames: pl.DataFrame, migration_settings: MigrationSettings
+    context: AssetCheckExecutionContext, fhir_frames: FrameParts, migration_settings: MigrationSettings
 ) -> AssetCheckResult:
     element = get_element(context.partition_key)
-    still_failing = schema_failures(fhir_frames, element.schemas)
-    quarantined = int(fhir_frames["quarantine_rule"].is_not_null().sum())
-    share = quarantined / fhir_frames.height if fhir_frames.height else 0.0
+    # Part by part: pandera reads the resources too.
+    still_failing = pl.concat([schema_failures(part, element.schemas) for part in fhir_frames])
+    keys = fhir_frames.read(KEY_COLUMNS)
+    quarantined = int(keys["quarantine_rule"].is_not_null().sum())
+    share = quarantined / keys.height if keys.height else 0.0
     passed = still_failing.is_empty() and share <= migration_settings.quarantine_threshold
     return AssetCheckResult(
         passed=passed,
         severity=AssetCheckSeverity.ERROR if not passed else AssetCheckSeverity.WARN,
-        description=f"{quarantined} of {fhir_frames.height} rows quarantined ({share:.1%}; threshold "
+        description=f"{quarantined} of {keys.height} rows quarantined ({share:.1%}; threshold "
         f"{migration_settings.quarantine_threshold:.0%})",
         metadata={
-            **counts({"rows": fhir_frames.height, "quarantined": quarantined, "failing_after_quarantine": still_failing.height}),
+            **counts({"rows": keys.height, "quarantined": quarantined, "failing_after_quarantine": still_failing.height}),
             "quarantined_share": MetadataValue.float(round(share, 4)),
-            "quarantine": table(quarantine_summary(fhir_frames)),
+            "quarantine": table(quarantine_summary(keys)),
             "failing_rules": table(still_failing.drop("_row", "failure_case")),
         },
     )
@@ -76,10 +79,10 @@ def schema(
     "(or explained in the manifest); otherwise the load is refused, naming the missing elements.",
 )
 def prerequisites_loaded(
-    context: AssetCheckExecutionContext, fhir_frames: pl.DataFrame, medplum: MedplumResource, manifest: ManifestStore
+    context: AssetCheckExecutionContext, fhir_frames: FrameParts, medplum: MedplumResource, manifest: ManifestStore
 ) -> AssetCheckResult:
     with medplum.open_client() as client, manifest.open() as ledger:
-        report = check_prerequisites(client, ledger, context.partition_key, fhir_frames)
+        report = check_prerequisites(client, ledger, context.partition_key, fhir_frames.read(REFERENCE_COLUMNS))
     return AssetCheckResult(
         passed=not report.blocking_elements,
         description=report.message(),
@@ -100,13 +103,14 @@ def prerequisites_loaded(
 )
 def reference_integrity(
     context: AssetCheckExecutionContext,
-    fhir_frames: pl.DataFrame,
+    fhir_frames: FrameParts,
     medplum: MedplumResource,
     migration_settings: MigrationSettings,
 ) -> AssetCheckResult:
+    frame = fhir_frames.read(REFERENCE_COLUMNS)
     with medplum.open_client() as client:
-        censuses = _run_census(context, migration_settings).get(client, fhir_frames)
-        checked, problems = reference_problems(client, fhir_frames, censuses)
+        censuses = _run_census(context, migration_settings).get(client, frame)
+        checked, problems = reference_problems(client, frame, censuses)
     return AssetCheckResult(
         passed=problems.is_empty(),
         description=f"{checked - problems.height} of {checked} references resolve to the expected resource",
@@ -124,7 +128,7 @@ def reference_integrity(
 )
 def idempotent_reload(
     context: AssetCheckExecutionContext,
-    fhir_frames: pl.DataFrame,
+    fhir_frames: FrameParts,
     medplum: MedplumResource,
     manifest: ManifestStore,
     migration_settings: MigrationSettings,
@@ -132,17 +136,20 @@ def idempotent_reload(
     element = get_element(context.partition_key)
     settings = migration_settings.load_settings(element, resend_unchanged=True)
     size, seed = migration_settings.idempotency_sample_size, migration_settings.idempotency_sample_seed
+    keys = fhir_frames.read(KEY_COLUMNS)
     with medplum.open_client() as client, manifest.open() as ledger:
         # The census before resubmitting, as the load left Medplum (whichever check of the run takes
         # it): a copy the resubmission itself would create counts as created below.
-        report = reconcile(fhir_frames, ledger.units(element.name, RECONCILE_UNIT_COLUMNS),
-                           _run_census(context, migration_settings).get(client, fhir_frames))
+        report = reconcile(keys, ledger.units(element.name, RECONCILE_UNIT_COLUMNS),
+                           _run_census(context, migration_settings).get(client, keys))
         # Lost writes are the next load's to resend (and the reconciliation's to report), not this
         # check's: resubmitted here they would count as created, and which check ran first would decide.
         lost = resend_lost_writes(ledger, element.name, report)
-        lost_groups = fhir_frames.join(lost, on=["source_table", "unit_key"], how="semi")["bundle_group"]
-        candidates = fhir_frames.filter(~pl.col("bundle_group").is_in(lost_groups.implode()).fill_null(False))
-        resubmitted = sample_groups(candidates, size, seed)
+        lost_groups = keys.join(lost, on=["source_table", "unit_key"], how="semi")["bundle_group"]
+        candidates = keys.filter(~pl.col("bundle_group").is_in(lost_groups.implode()).fill_null(False))
+        # Whole rows (resources included) only for the groups resubmitted.
+        chosen_groups = sample_groups(candidates, size, seed)["bundle_group"].unique()
+        resubmitted = fhir_frames.scan().filter(pl.col("bundle_group").is_in(chosen_groups.implode())).collect()
         result = load_frame(client, ledger, f"{context.run.run_id}-reload", element.name, element.transactional,
                             resubmitted, settings)
     groups, chosen = candidates["bundle_group"].n_unique(), resubmitted["bundle_group"].n_unique()
@@ -175,14 +182,15 @@ def idempotent_reload(
 )
 def reconciliation(
     context: AssetCheckExecutionContext,
-    fhir_frames: pl.DataFrame,
+    fhir_frames: FrameParts,
     medplum: MedplumResource,
     manifest: ManifestStore,
     migration_settings: MigrationSettings,
 ) -> AssetCheckResult:
+    keys = fhir_frames.read(KEY_COLUMNS)
     with medplum.open_client() as client, manifest.open() as ledger:
-        censuses = _run_census(context, migration_settings).get(client, fhir_frames)
-        report = reconcile(fhir_frames, ledger.units(context.partition_key, RECONCILE_UNIT_COLUMNS), censuses)
+        censuses = _run_census(context, migration_settings).get(client, keys)
+        report = reconcile(keys, ledger.units(context.partition_key, RECONCILE_UNIT_COLUMNS), censuses)
         resent = resend_lost_writes(ledger, context.partition_key, report)
     details = ""
     if not report.missing.is_empty():
@@ -215,10 +223,10 @@ def reconciliation(
     "rejected + skipped + quarantined, and nothing is left pending after the run.",
 )
 def accounting_balanced(
-    context: AssetCheckExecutionContext, fhir_frames: pl.DataFrame, manifest: ManifestStore
+    context: AssetCheckExecutionContext, fhir_frames: FrameParts, manifest: ManifestStore
 ) -> AssetCheckResult:
     with manifest.open() as ledger:
-        books = accounting(fhir_frames, ledger.units(context.partition_key, RECONCILE_UNIT_COLUMNS))
+        books = accounting(fhir_frames.read(KEY_COLUMNS), ledger.units(context.partition_key, RECONCILE_UNIT_COLUMNS))
     d = books.dispositions
     return AssetCheckResult(
         passed=books.balanced,

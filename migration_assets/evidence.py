@@ -8,7 +8,6 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from dagster import AssetExecutionContext, DagsterInvariantViolationError
 
 from migration_assets.elements.base import DataElement
 from migration_assets.manifest import Manifest
@@ -17,7 +16,6 @@ from migration_assets.verification import (
     RECONCILE_UNIT_COLUMNS,
     RunCensus,
     accounting,
-    census_dir,
     reconcile,
     resend_lost_writes,
     take_census,
@@ -35,9 +33,8 @@ def reconciliation_report(
     run_census: RunCensus | None = None,
 ) -> dict[str, Any]:
     """The report; a missing resource the ledger records as loaded is set back to pending there (the
-    next load resends it). The census is `run_census`, else that of the Dagster run executing this
-    report (shared with its checks), else one taken now."""
-    run_census = run_census or _census_of_current_run(element.name)
+    next load resends it). The census is `run_census` (the run's, shared with its checks), else one
+    taken now."""
     censuses = run_census.get(client, frame) if run_census else take_census(client, frame)
     units = manifest.units(element.name, RECONCILE_UNIT_COLUMNS)
     recon = reconcile(frame, units, censuses)
@@ -80,19 +77,6 @@ def reconciliation_report(
         "duplicated": recon.duplicates.head(IDENTIFIER_LIST_LIMIT).to_dicts(),
         "lost_writes_marked_for_resend": resent.head(IDENTIFIER_LIST_LIMIT).to_dicts(),
     }
-
-
-def _census_of_current_run(element_name: str) -> RunCensus | None:
-    """The run census of the Dagster asset being executed, if any: the reconciliation_report asset
-    calls without one, and reads the census its run's checks took (or takes it for them)."""
-    try:
-        context = AssetExecutionContext.get()
-    except DagsterInvariantViolationError:
-        return None
-    settings = getattr(context.resources, "migration_settings", None)
-    if settings is None:
-        return None
-    return RunCensus(census_dir(settings.evidence_dir), context.run.run_id, element_name)
 
 
 def write_evidence(report: dict[str, Any], directory: Path) -> tuple[Path, Path]:

@@ -30,6 +30,12 @@ from migration_assets.elements.base import (
 )
 from migration_assets.loader import shard_of
 
+# What the checks and the report read of a frame: its keys, rules and expected references, never
+# the resources themselves (the bulk of it).
+KEY_COLUMNS = ("source_table", "unit_key", "resource_type", "identifier_system", "identifier_value", "bundle_group",
+               "quarantine_rule", "quarantine_reason")
+REFERENCE_COLUMNS = (*KEY_COLUMNS, "references")
+
 # Source rows per slice, and about the resources per part (an element makes about one resource per
 # source row): a few hundred megabytes of polars frame at most for the largest resources.
 PART_ROWS = 200_000
