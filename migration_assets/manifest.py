@@ -279,11 +279,7 @@ class Manifest:
                     # A rejection keeps the hash, id and version of the unit's last success.
                     db.execute(
                         sa.update(units)
-                        .where(
-                            units.c.element == element,
-                            units.c.source_table == sa.bindparam("k_table"),
-                            units.c.unit_key == sa.bindparam("k_unit"),
-                        )
+                        .where(*_each_unit(element))
                         .values({name: sa.bindparam(name) for name in settled[0] if not name.startswith("k_")}),
                         settled,
                     )
@@ -297,12 +293,7 @@ class Manifest:
         with self.engine.begin() as db:
             db.execute(
                 sa.update(units)
-                .where(
-                    units.c.element == element,
-                    units.c.source_table == sa.bindparam("k_table"),
-                    units.c.unit_key == sa.bindparam("k_unit"),
-                    units.c.disposition == "successful",
-                )
+                .where(*_each_unit(element), units.c.disposition == "successful")
                 .values(disposition="pending", content_hash=None, reason=reason, updated_at=_now()),
                 [{"k_table": table, "k_unit": key} for table, key in keys],
             )
@@ -373,3 +364,12 @@ def _polars_type(column: sa.Column) -> pl.DataType:
     if isinstance(column.type, sa.DateTime):
         return pl.Datetime(time_zone="UTC")
     return pl.String()
+
+
+def _each_unit(element: str) -> tuple[Any, ...]:
+    """The unit of `element` named by each parameter set's `k_table` and `k_unit` (executemany)."""
+    return (
+        units.c.element == element,
+        units.c.source_table == sa.bindparam("k_table"),
+        units.c.unit_key == sa.bindparam("k_unit"),
+    )
