@@ -38,7 +38,7 @@ REFERENCE_COLUMNS = (*KEY_COLUMNS, "references")
 
 # Source rows per slice, and about the resources per part (an element makes about one resource per
 # source row): a few hundred megabytes of polars frame at most for the largest resources.
-PART_ROWS = 200_000
+PART_ROWS = 100_000
 
 
 @dataclass(frozen=True)
