@@ -13,6 +13,7 @@ On disk: `<directory>/part-00003/slice-00012.parquet`; a part is its slice files
 
 import math
 import shutil
+import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +29,6 @@ from migration_assets.elements.base import (
     apply_frame_rules,
     apply_row_rules,
 )
-from migration_assets.loader import shard_of
 
 # What the checks and the report read of a frame: its keys, rules and expected references, never
 # the resources themselves (the bulk of it).
@@ -41,6 +41,15 @@ REFERENCE_COLUMNS = (*KEY_COLUMNS, "references")
 PART_ROWS = 100_000
 
 
+def shard_of(bundle_groups: pl.Series, shard_count: int) -> pl.Series:
+    """The shard of each row: crc32 of its bundle group (stable across processes, machines and library
+    versions, unlike polars' own hash) modulo `shard_count`. A bundle group never spans two shards."""
+    groups = bundle_groups.fill_null("")
+    unique = groups.unique()
+    shards = pl.Series([zlib.crc32(group.encode()) % shard_count for group in unique.to_list()], dtype=pl.UInt32)
+    return groups.replace_strict(unique, shards, return_dtype=pl.UInt32)
+
+
 @dataclass(frozen=True)
 class FrameParts:
     """A FHIR frame stored as parts of whole bundle groups."""
@@ -51,8 +60,12 @@ class FrameParts:
         return sorted(path for path in self.directory.glob("part-*") if path.is_dir())
 
     def __iter__(self) -> Iterator[pl.DataFrame]:
+        return self.parts()
+
+    def parts(self, columns: Sequence[str] | None = None) -> Iterator[pl.DataFrame]:
+        """Each part in turn (only `columns` when given)."""
         for part in self.part_directories():
-            yield _read_slices(sorted(part.glob("slice-*.parquet")))
+            yield _read_slices(sorted(part.glob("slice-*.parquet")), columns)
 
     def __len__(self) -> int:
         return len(self.part_directories())

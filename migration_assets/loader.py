@@ -7,9 +7,8 @@ Unchanged rows (same content hash as their last successful write) are not sent a
 import logging
 import math
 import time
-import zlib
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from itertools import accumulate, pairwise
@@ -19,6 +18,7 @@ import polars as pl
 
 from migration_assets.elements.base import DataElement
 from migration_assets.elements.fhir_json import conditional_reference
+from migration_assets.frame_parts import FrameParts, shard_of
 from migration_assets.manifest import Attempt, Manifest
 from migration_assets.medplum import EntryResponse, MedplumClient
 from migration_assets.verification import check_prerequisites, quarantine_unloadable
@@ -92,15 +92,6 @@ def transaction_entry(inner_entries: list[str]) -> str:
         + ",".join(inner_entries)
         + "]}}"
     )
-
-
-def shard_of(bundle_groups: pl.Series, shard_count: int) -> pl.Series:
-    """The shard of each row: crc32 of its bundle group (stable across processes, machines and library
-    versions, unlike polars' own hash) modulo `shard_count`. A bundle group never spans two shards."""
-    groups = bundle_groups.fill_null("")
-    unique = groups.unique()
-    shards = pl.Series([zlib.crc32(group.encode()) % shard_count for group in unique.to_list()], dtype=pl.UInt32)
-    return groups.replace_strict(unique, shards, return_dtype=pl.UInt32)
 
 
 def in_shard(frame: pl.DataFrame, settings: LoadSettings) -> pl.DataFrame:
@@ -354,12 +345,14 @@ def _record(
     recorder.add(bundle_number, attempts, successes, resource_ids, version_ids, reasons)
 
 
-def _distinct_references(frame: pl.DataFrame) -> pl.DataFrame:
-    """One eligible row per distinct expected reference of `frame`: what check_prerequisites reads."""
+def _distinct_references(frame: pl.DataFrame, element: DataElement) -> pl.DataFrame:
+    """One eligible row per distinct expected reference of `frame` to another element's resource:
+    what check_prerequisites reads."""
     return (
         frame.filter(pl.col("quarantine_rule").is_null())
         .select(pl.col("references").explode())
         .drop_nulls()
+        .filter(~pl.col("references").struct.field("resource_type").is_in(list(element.schemas)))
         .unique()
         .select(quarantine_rule=pl.lit(None, pl.String), references=pl.concat_list("references"))
     )
@@ -374,20 +367,24 @@ def migrate(
     manifest: Manifest,
     run_id: str,
     element: DataElement,
-    frame: pl.DataFrame | Iterable[pl.DataFrame],
+    frame: pl.DataFrame | FrameParts,
     source_url: str,
     settings: LoadSettings,
     on_progress: Callable[[int, int], None] | None = None,
 ) -> LoadResult:
     """One data element into Medplum, recorded in the ledger as one run.
 
-    `frame` is the element's FHIR frame, or its parts (frame_parts.FrameParts: whole bundle groups
-    each, iterated twice), sent one part at a time so memory stays bounded. Rows whose prerequisites
-    were refused are quarantined before anything is sent."""
-    parts = [frame] if isinstance(frame, pl.DataFrame) else frame
-    # First pass: only what the prerequisites and the run's record need, i.e. each distinct reference
-    # of an eligible row (as a row of its own) and the rows per source table.
-    summaries = [(_distinct_references(part), part.group_by("source_table").len()) for part in parts]
+    `frame` is the element's FHIR frame, or its parts (whole bundle groups each), sent one part at a
+    time so memory stays bounded. Rows whose prerequisites were refused are quarantined before
+    anything is sent."""
+    parts = frame if isinstance(frame, FrameParts) else [frame]
+    # First pass, over three columns: each distinct reference to another element's resource by an
+    # eligible row (as a row of its own), and the rows per source table.
+    narrow = ("source_table", "quarantine_rule", "references")
+    summaries = [
+        (_distinct_references(part, element), part.group_by("source_table").len())
+        for part in (frame.parts(narrow) if isinstance(frame, FrameParts) else [frame])
+    ]
     report = check_prerequisites(
         client, manifest, element.name, pl.concat([references for references, _ in summaries]).unique()
     )

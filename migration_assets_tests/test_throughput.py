@@ -17,7 +17,8 @@ import pytest
 
 from migration_assets.elements import get_element
 from migration_assets.elements.base import SourceSystem, build_frame
-from migration_assets.loader import LoadResult, LoadSettings, load_frame, shard_of
+from migration_assets.frame_parts import shard_of
+from migration_assets.loader import LoadResult, LoadSettings, load_frame
 from migration_assets.local_medplum import LocalMedplum, running_local_medplum
 from migration_assets.manifest import Manifest
 from migration_assets.medplum import MedplumClient, RetryPolicy
