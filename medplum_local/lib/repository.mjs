@@ -305,9 +305,20 @@ export class LocalRepository extends MemoryRepository {
       const found = this.identifierIndex.lookup(resourceType, filter.value);
       ids = ids ? new Set([...ids].filter((id) => found.has(id))) : found;
     }
+    const otherFilters = searchRequest.filters.filter((f) => !identifierFilters.includes(f));
+    const sortRules = searchRequest.sortRules ?? [];
+    const offset = searchRequest.offset ?? 0;
+    const end = searchRequest.count === undefined ? undefined : offset + searchRequest.count;
+    if (!otherFilters.length && !sortRules.length && !searchRequest.include && !searchRequest.revInclude) {
+      // Paging through a whole identifier system (a census): read only this page's resources, so a
+      // census of N resources costs N reads, not N per page.
+      const all = [...ids];
+      const page = all.slice(offset, end).map((id) => this.getStored(resourceType, id)).filter(Boolean);
+      const entries = page.map((resource) => ({ search: { mode: 'match' }, resource: deepClone(resource) }));
+      return { resourceType: 'Bundle', type: 'searchset', entry: entries.length ? entries : undefined, total: all.length };
+    }
     let matches = [...ids].map((id) => this.getStored(resourceType, id)).filter(Boolean);
 
-    const otherFilters = searchRequest.filters.filter((f) => !identifierFilters.includes(f));
     const plain = otherFilters.filter((f) => !f.code.includes('.'));
     const chained = otherFilters.filter((f) => f.code.includes('.'));
     if (plain.length) {
@@ -320,12 +331,11 @@ export class LocalRepository extends MemoryRepository {
       const allowed = new Set((bundle.entry ?? []).map((e) => e.resource.id));
       matches = matches.filter((r) => allowed.has(r.id));
     }
-    for (const rule of [...(searchRequest.sortRules ?? [])].reverse()) {
+    for (const rule of [...sortRules].reverse()) {
       matches.sort((a, b) => compareBySearchParam(a, b, rule));
     }
     const total = matches.length;
-    const offset = searchRequest.offset ?? 0;
-    const page = matches.slice(offset, searchRequest.count === undefined ? undefined : offset + searchRequest.count);
+    const page = matches.slice(offset, end);
     const entries = page.map((resource) => ({ search: { mode: 'match' }, resource: deepClone(resource) }));
     if ((searchRequest.include || searchRequest.revInclude) && entries.length) {
       await getExtraEntries(this, searchRequest, entries.map((e) => e.resource), entries);
