@@ -156,7 +156,9 @@ def apply_frame_rules(element: DataElement, keys: pl.DataFrame) -> pl.DataFrame:
     """The shared rules that need every row of the element at once, over its key columns only
     (RULED_BY_FRAME_INPUTS, in source order): unique keys, whole transactions, and the unit key of
     each row. Returns the same rows with RULED_BY_FRAME_OUTPUTS decided."""
-    duplicated = pl.struct("resource_type", "identifier_value").is_duplicated() & pl.col("identifier_value").is_not_null()
+    # Memory matters here (millions of rows): each test first looks at one column, then compares the
+    # whole key only among the few rows that share a value.
+    duplicated = pl.lit(_repeated(keys, "identifier_value", ("resource_type", "identifier_value")))
     keys = quarantine(
         keys, "duplicate_key", duplicated, pl.format("source key {} appears more than once", pl.col("identifier_value"))
     )
@@ -164,11 +166,21 @@ def apply_frame_rules(element: DataElement, keys: pl.DataFrame) -> pl.DataFrame:
         keys = _quarantine_whole_groups(keys)
     position = pl.int_range(pl.len()).over("source_table") + 1
     unit_key = (
-        pl.when(pl.col("source_key").is_null() | pl.col("source_key").is_duplicated().over("source_table"))
+        pl.when(pl.col("source_key").is_null() | pl.lit(_repeated(keys, "source_key", ("source_table", "source_key"))))
         .then(pl.format("{}#row{}", pl.col("source_key").fill_null("<missing>"), position))
         .otherwise(pl.col("source_key"))
     )
     return keys.with_columns(unit_key=unit_key)
+
+
+def _repeated(frame: pl.DataFrame, column: str, key: tuple[str, ...]) -> pl.Series:
+    """True for the rows whose `key` (which includes `column`) appears more than once, `column` not null."""
+    candidates = frame.select(key).with_row_index("_row").filter(
+        pl.col(column).is_not_null() & pl.col(column).is_duplicated()
+    )
+    rows = candidates.filter(pl.struct(key).is_duplicated())["_row"]
+    repeated = pl.Series(column, dtype=pl.Boolean).extend_constant(False, frame.height)
+    return repeated.scatter(rows, True) if len(rows) else repeated
 
 
 # A control character other than tab, line feed and carriage return, as the JSON text writes it:
@@ -239,13 +251,15 @@ def _quarantine_schema_failures(frame: pl.DataFrame, schemas: Mapping[str, type[
 
 def _quarantine_whole_groups(frame: pl.DataFrame) -> pl.DataFrame:
     """A transaction is all or nothing: when one row of a bundle group is quarantined, so is the rest."""
-    first_problem = (
-        pl.format("{} {} was quarantined ({})", pl.col("resource_type"), pl.col("source_key"), pl.col("quarantine_rule"))
-        .filter(pl.col("quarantine_rule").is_not_null())
-        .first()
-        .over("bundle_group")
+    first_problems = (
+        frame.filter(pl.col("quarantine_rule").is_not_null() & pl.col("bundle_group").is_not_null())
+        .group_by("bundle_group", maintain_order=True)
+        .agg(_first_problem=pl.format("{} {} was quarantined ({})", pl.col("resource_type"), pl.col("source_key"),
+                                      pl.col("quarantine_rule")).first())
     )
-    return quarantine(frame, "group_quarantined", first_problem.is_not_null(), first_problem)
+    marked = frame.join(first_problems, on="bundle_group", how="left", maintain_order="left")
+    return quarantine(marked, "group_quarantined", pl.col("_first_problem").is_not_null(),
+                      pl.col("_first_problem")).drop("_first_problem")
 
 
 def _sha256(resources: pl.Series) -> pl.Series:
