@@ -17,7 +17,7 @@ from migration_assets.partitions import DATA_ELEMENTS
 from migration_assets.phases import load_phases
 from migration_assets.reporting import counts, quarantine_summary, table
 from migration_assets.resources import LegacySource, ManifestStore, MedplumResource, MigrationSettings
-from migration_assets.verification import RunCensus, census_dir
+from migration_assets.verification import RunCensus
 
 FRAMES_IO = "frames_io_manager"
 OWNERS = ["team:migration"]
@@ -177,7 +177,7 @@ def reconciliation_report(
     with medplum.open_client() as client, manifest.open() as ledger:
         report = build_reconciliation_report(
             client, ledger, element, fhir_frames.read(KEY_COLUMNS), legacy_db.display_url,
-            RunCensus(census_dir(migration_settings.evidence_dir), context.run.run_id, element.name),
+            RunCensus.of_run(migration_settings.evidence_dir, context.run.run_id, element.name),
         )
     json_path, csv_path = write_evidence(report, Path(migration_settings.evidence_dir) / element.name)
     figures = pl.DataFrame({"figure": list(report["figures"]), "value": list(report["figures"].values())})

@@ -23,7 +23,6 @@ from migration_assets.verification import (
     RECONCILE_UNIT_COLUMNS,
     RunCensus,
     accounting,
-    census_dir,
     check_prerequisites,
     reconcile,
     reference_problems,
@@ -37,7 +36,7 @@ _FRAME = {"fhir_frames": AssetIn("fhir_frames")}
 def _run_census(context: AssetCheckExecutionContext, settings: MigrationSettings) -> RunCensus:
     """The census of this run and partition: the first check (or the report) that asks takes it after
     the load, the others read it from its file."""
-    return RunCensus(census_dir(settings.evidence_dir), context.run.run_id, context.partition_key)
+    return RunCensus.of_run(settings.evidence_dir, context.run.run_id, context.partition_key)
 
 
 @asset_check(

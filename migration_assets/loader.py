@@ -193,7 +193,7 @@ def load_frame(
     try:
         with ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="bundle") as pool:
             for number, (rows, entries) in enumerate(bundles, start=1):
-                cost = len(rows) * POINTS_PER_CONDITIONAL_WRITE
+                cost = quota_cost(len(rows), entries)
                 if not respond_async:
                     # The bundles in flight will be charged too, and the header does not show them yet:
                     # while the quota has no room for them and this one, wait for answers; then for the
@@ -257,6 +257,15 @@ class _Recorder:
 # A conditional PUT costs a search (20 points) and a write (100) of Medplum's FHIR quota; one that
 # creates inside a batch is searched twice (140), and about 333 creates fit a 50,000-point minute.
 POINTS_PER_CONDITIONAL_WRITE = 150
+# Each conditional reference in a resource (`Patient?identifier=…`) is resolved by a search.
+POINTS_PER_REFERENCE_SEARCH = 20
+
+
+def quota_cost(rows: int, entries: list[str]) -> int:
+    """What a bundle of `rows` conditional PUTs costs of the FHIR quota: the writes, and a search for
+    every conditional reference (each entry's own URL is one `?identifier=` too, already counted)."""
+    references = sum(text.count("?identifier=") for text in entries) - rows
+    return rows * POINTS_PER_CONDITIONAL_WRITE + max(0, references) * POINTS_PER_REFERENCE_SEARCH
 
 
 class Bundles:

@@ -133,6 +133,11 @@ class RunCensus:
     run_id: str
     element: str
 
+    @classmethod
+    def of_run(cls, evidence_dir: str | Path, run_id: str, element: str) -> "RunCensus":
+        """The census of `element` in run `run_id`, in the census folder beside `evidence_dir`."""
+        return cls(census_dir(evidence_dir), run_id, element)
+
     @property
     def path(self) -> Path:
         # Dagster run ids are UUIDs; anything else is made safe for a file name.

@@ -183,9 +183,10 @@ def test_one_or_four_bundles_in_flight_give_the_same_resources(frames, tmp_path)
 
 
 def test_pacing_with_several_bundles_in_flight_avoids_429s(frames, tmp_path):
-    # 6,000 points a 2 s window: the load needs several windows; pacing waits for the resets.
+    # 12,000 points a 4 s window: the load needs several windows; pacing waits for the resets. (With 2 s
+    # windows a loaded CI machine lagged enough behind the header for a second 429 round.)
     manifest_url = f"sqlite:///{tmp_path / 'q.db'}"
-    with running_local_medplum(fhir_quota=6000, quota_window_seconds=2) as server:
+    with running_local_medplum(fhir_quota=12000, quota_window_seconds=4) as server:
         results, client = load_all(server, manifest_url, frames, LoadSettings(batch_size=8, concurrency=3))
     for name in ELEMENTS:
         assert results[name].counts["created"] == eligible(frames[name])
