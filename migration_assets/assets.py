@@ -11,7 +11,7 @@ from dagster import AssetExecutionContext, AssetIn, Failure, MaterializeResult, 
 from migration_assets.elements import get_element, prerequisites
 from migration_assets.evidence import reconciliation_report as build_reconciliation_report
 from migration_assets.evidence import write_evidence
-from migration_assets.frame_parts import KEY_COLUMNS, FrameParts, build_frame_parts
+from migration_assets.frame_parts import REFERENCE_COLUMNS, FrameParts, build_frame_parts
 from migration_assets.loader import migrate
 from migration_assets.partitions import DATA_ELEMENTS
 from migration_assets.phases import load_phases
@@ -176,7 +176,7 @@ def reconciliation_report(
     element = get_element(context.partition_key)
     with medplum.open_client() as client, manifest.open() as ledger:
         report = build_reconciliation_report(
-            client, ledger, element, fhir_frames.read(KEY_COLUMNS), legacy_db.display_url,
+            client, ledger, element, fhir_frames.read(REFERENCE_COLUMNS), legacy_db.display_url,
             RunCensus.of_run(migration_settings.evidence_dir, context.run.run_id, element.name),
         )
     json_path, csv_path = write_evidence(report, Path(migration_settings.evidence_dir) / element.name)

@@ -121,7 +121,7 @@ def bench_transform(source_url: str) -> dict[str, Any]:
     source = element.extract({"patients": read_table(source_url, "patients")})
     read = time.perf_counter() - started
     started = time.perf_counter()
-    element.transform(source, SYSTEM)
+    element.transform(source.lazy(), SYSTEM).collect(engine="in-memory")
     mapping = time.perf_counter() - started
     started = time.perf_counter()
     frame = build_frame(element, source, SYSTEM)

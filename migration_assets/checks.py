@@ -135,7 +135,8 @@ def idempotent_reload(
     element = get_element(context.partition_key)
     settings = migration_settings.load_settings(element, resend_unchanged=True)
     size, seed = migration_settings.idempotency_sample_size, migration_settings.idempotency_sample_seed
-    keys = fhir_frames.read(KEY_COLUMNS)
+    # With the expected references: the run's census keeps only those (whichever check takes it).
+    keys = fhir_frames.read(REFERENCE_COLUMNS)
     with medplum.open_client() as client, manifest.open() as ledger:
         # The census before resubmitting, as the load left Medplum (whichever check of the run takes
         # it): a copy the resubmission itself would create counts as created below.
@@ -186,7 +187,7 @@ def reconciliation(
     manifest: ManifestStore,
     migration_settings: MigrationSettings,
 ) -> AssetCheckResult:
-    keys = fhir_frames.read(KEY_COLUMNS)
+    keys = fhir_frames.read(REFERENCE_COLUMNS)  # the census keeps the references the frame expects
     with medplum.open_client() as client, manifest.open() as ledger:
         censuses = _run_census(context, migration_settings).get(client, keys)
         report = reconcile(keys, ledger.units(context.partition_key, RECONCILE_UNIT_COLUMNS), censuses)

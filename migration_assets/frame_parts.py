@@ -114,7 +114,7 @@ def build_frame_parts(
     staged.mkdir(parents=True)
     heights, keys = [], []
     for number in range(slice_count):
-        rows = source.slice(number * part_rows, part_rows).collect()
+        rows = source.slice(number * part_rows, part_rows)
         frame = apply_row_rules(element, element.transform(rows, system))
         frame.write_parquet(staged / f"{number:05d}.parquet")
         heights.append(frame.height)

@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import polars as pl
+import pytest
 
 from migration_assets import verification
 from migration_assets.definitions import make_definitions
@@ -46,9 +47,9 @@ def counting_censuses(monkeypatch) -> list[tuple[str, str]]:
     taken: list[tuple[str, str]] = []
     real_census = verification.census
 
-    def spy(client, resource_type, identifier_system, visit=None):
+    def spy(client, resource_type, identifier_system, visit=None, roots=None):
         taken.append((resource_type, identifier_system))
-        return real_census(client, resource_type, identifier_system, visit)
+        return real_census(client, resource_type, identifier_system, visit, roots)
 
     monkeypatch.setattr(verification, "census", spy)
     return taken
@@ -134,6 +135,23 @@ def test_the_census_keeps_each_reference_at_the_path_the_frames_name():
     }
     assert references_in(encounter) == [("participant.1.individual", "Practitioner/r2"), ("subject", "Patient/p1")]
     assert references_in({"resourceType": "Patient", "id": "p"}) == []
+    assert references_in(encounter, roots=frozenset({"subject"})) == [("subject", "Patient/p1")], \
+        "with roots, only the references under those elements"
+
+
+def test_a_census_keeps_only_the_references_the_frame_expects():
+    expected = [{"path": "participant.0.individual", "resource_type": "Practitioner", "identifier_system": "R",
+                 "identifier_value": "R1"}]
+    frame = pl.DataFrame({"resource_type": ["Encounter"] * 2, "identifier_system": ["S"] * 2,
+                          "identifier_value": ["E1", "E2"], "references": [expected, []]})
+    resources = [{"resourceType": "Encounter", "id": "e1", "identifier": [{"system": "S", "value": "E1"}],
+                  "subject": {"reference": "Patient/p1"},
+                  "participant": [{"individual": {"reference": "Practitioner/r1"}}]}]
+
+    assert verification.reference_roots(frame) == {"participant"}
+    assert verification.reference_roots(frame.drop("references")) is None, "no references column: keep them all"
+    (found,) = verification.take_census(SearchOnly(resources, every=True), frame).values()
+    assert found["references"].to_list() == [[{"path": "participant.0.individual", "reference": "Practitioner/r1"}]]
 
 
 def test_each_census_row_holds_its_own_resources_references():
@@ -170,11 +188,16 @@ class SearchOnly:
         wanted = params["identifier"].split(",")
         for resource in self.resources:
             ident = resource["identifier"][0]
-            if resource["resourceType"] == resource_type and f"{ident['system']}|{ident['value']}" in wanted:
+            token = f"{ident['system']}|{ident['value']}"
+            # `system|` (a census) matches every value of the system.
+            if resource["resourceType"] == resource_type and (token in wanted or f"{ident['system']}|" in wanted):
                 yield resource
 
 
-def test_reference_problems_are_found_from_the_census_alone():
+@pytest.mark.parametrize("targets_read_by", ["identifier search", "census of the target kind"])
+def test_reference_problems_are_found_from_the_census_alone(targets_read_by, monkeypatch):
+    if targets_read_by == "census of the target kind":  # more targets than a census page holds
+        monkeypatch.setattr(verification, "CENSUS_PAGE_SIZE", 1)
     patient_system, condition_system = "https://x/patient", "https://x/condition"
     patients = [{"resourceType": "Patient", "id": f"id-{key}", "identifier": [{"system": patient_system, "value": key}]}
                 for key in ("P1", "P2")]

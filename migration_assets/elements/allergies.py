@@ -69,8 +69,8 @@ def _status(column: str, mapping: dict[str, str]) -> pl.Expr:
     return pl.col(column).str.strip_chars().str.to_lowercase().replace_strict(mapping, default=None, return_dtype=pl.String)
 
 
-def transform(source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
-    snomed = read_map("allergy_snomed").rename(
+def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
+    snomed = read_map("allergy_snomed").lazy().rename(
         {"local_code": "allergen_code", "code": "snomed_code", "display": "snomed_display"}
     )
     patient_system = system.identifier_system("patient")

@@ -66,7 +66,7 @@ class DataElement:
     """A unit of phased adoption: one partition of every asset.
 
     `extract` joins the source tables into one row per source unit; `transform` maps those rows to
-    FHIR frame rows with polars expressions, filling `quarantine_rule` where a mapping rule refuses a
+    FHIR frame rows with polars expressions (lazily, so that build_frame runs it as one query), filling `quarantine_rule` where a mapping rule refuses a
     row; `schemas` validates the rows of each resource type; `transactional` sends each bundle_group
     as one transaction (inside a batch of transactions) instead of plain batch entries.
     """
@@ -77,7 +77,7 @@ class DataElement:
     source_tables: tuple[str, ...]
     requires: tuple[str, ...]
     extract: Callable[[Mapping[str, pl.DataFrame]], pl.DataFrame]
-    transform: Callable[[pl.DataFrame, SourceSystem], pl.DataFrame]
+    transform: Callable[[pl.LazyFrame, SourceSystem], pl.LazyFrame]
     schemas: Mapping[str, type[pa.DataFrameModel]]
     transactional: bool = False
     # Load tuning: entries (or transactions) per batch bundle, and bundles in flight at once.
@@ -111,21 +111,25 @@ def quarantine(frame: pl.DataFrame, rule: str, condition: pl.Expr, reason: pl.Ex
     )
 
 
-def build_frame(element: DataElement, source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
+def build_frame(element: DataElement, source: pl.DataFrame | pl.LazyFrame, system: SourceSystem) -> pl.DataFrame:
     """The element's FHIR frame with every shared rule applied: keys present and unique, pandera
     schema per resource type, content hashes. Nothing is dropped: refused rows are quarantined.
 
     (frame_parts.py builds the same frame slice by slice for large elements: `apply_row_rules` per
     slice, `apply_frame_rules` once over the slices' key columns.)"""
-    frame = apply_row_rules(element, element.transform(source, system))
+    frame = apply_row_rules(element, element.transform(source.lazy(), system))
     ruled = apply_frame_rules(element, frame.select(RULED_BY_FRAME_INPUTS))
     frame = frame.with_columns(ruled.select(RULED_BY_FRAME_OUTPUTS))
     return frame.select(*FRAME_COLUMNS, *[name for name in frame.columns if name not in FRAME_COLUMNS])
 
 
-def apply_row_rules(element: DataElement, frame: pl.DataFrame) -> pl.DataFrame:
+def apply_row_rules(element: DataElement, frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
     """The shared rules that look at one row at a time (a missing key, a control character, the
-    pandera schema) and the row's content hash: the same whether the frame is whole or a slice."""
+    pandera schema) and the row's content hash: the same whether the frame is whole or a slice.
+
+    Given the element's transform as a LazyFrame, the mapping, these rules and the hash run as one
+    query on polars' streaming engine, which spreads them over every core (the JSON encoding and
+    SHA-256 alone use one core each otherwise)."""
     frame = quarantine(
         frame,
         "missing_key",
@@ -142,8 +146,8 @@ def apply_row_rules(element: DataElement, frame: pl.DataFrame) -> pl.DataFrame:
         code.is_not_null(),
         pl.format("a text value holds control character U+{}, which FHIR strings may not contain", code),
     )
-    frame = _quarantine_schema_failures(frame, element.schemas)
-    return frame.with_columns(content_hash=_sha256(frame["resource"]))
+    frame = frame.lazy().with_columns(content_hash=sha256_hex(pl.col("resource"))).collect(engine="in-memory")
+    return _quarantine_schema_failures(frame, element.schemas)
 
 
 # What the whole-frame rules read, and what they decide.
@@ -175,11 +179,15 @@ def apply_frame_rules(element: DataElement, keys: pl.DataFrame) -> pl.DataFrame:
 
 def _repeated(frame: pl.DataFrame, column: str, key: tuple[str, ...]) -> pl.Series:
     """True for the rows whose `key` (which includes `column`) appears more than once, `column` not null."""
+    repeated = pl.Series(column, dtype=pl.Boolean).extend_constant(False, frame.height)
+    values = frame[column]
+    # Counting distinct values costs a third of finding the repeated ones, and usually finds none.
+    if values.n_unique() == values.len() - max(values.null_count() - 1, 0):
+        return repeated
     candidates = frame.select(key).with_row_index("_row").filter(
         pl.col(column).is_not_null() & pl.col(column).is_duplicated()
     )
     rows = candidates.filter(pl.struct(key).is_duplicated())["_row"]
-    repeated = pl.Series(column, dtype=pl.Boolean).extend_constant(False, frame.height)
     return repeated.scatter(rows, True) if len(rows) else repeated
 
 
@@ -192,7 +200,7 @@ _CONTROL_ESCAPE = r"(?:^|[^\\])(?:\\\\)*\\(u00(?:0[0-8bBcCeEfF]|1[0-9a-fA-F])|[b
 def control_character(resource: pl.Expr) -> pl.Expr:
     """The first control character FHIR forbids found in a resource's JSON text, as four hex digits
     (`0007`); null when there is none."""
-    return resource.map_batches(_control_characters, return_dtype=pl.String)
+    return resource.map_batches(_control_characters, return_dtype=pl.String, is_elementwise=True)
 
 
 def _control_characters(texts: pl.Series) -> pl.Series:
@@ -262,10 +270,10 @@ def _quarantine_whole_groups(frame: pl.DataFrame) -> pl.DataFrame:
                       pl.col("_first_problem")).drop("_first_problem")
 
 
-def _sha256(resources: pl.Series) -> pl.Series:
-    # polars' own hash may change between releases, and this one decides what is sent again, so it
-    # must not: SHA-256 (the polars-hash plugin, the same hex digest as hashlib, vectorised).
-    return resources.to_frame("resource").select(polars_hash.col("resource").chash.sha2_256())["resource"]
+def sha256_hex(text: pl.Expr) -> pl.Expr:
+    """The hex SHA-256 of each text. polars' own hash may change between releases, and this one
+    decides what is sent again, so it must not: the polars-hash plugin, the same digest as hashlib."""
+    return polars_hash.CryptographicHashingNameSpace(text).sha2_256()
 
 
 def frame_columns(
@@ -304,7 +312,7 @@ def reference_list(references: list[pl.Expr]) -> pl.Expr:
     # polars' concat_list of several struct columns costs about 7 µs a row; going through a long
     # frame (one row per reference, then grouped back) costs a twentieth of that.
     fields = [reference.alias(f"r{number}") for number, reference in enumerate(references)]
-    return pl.struct(fields).map_batches(_long_reference_list, return_dtype=pl.List(REFERENCE_DTYPE))
+    return pl.struct(fields).map_batches(_long_reference_list, return_dtype=pl.List(REFERENCE_DTYPE), is_elementwise=True)
 
 
 def _long_reference_list(rows: pl.Series) -> pl.Series:
@@ -324,7 +332,7 @@ def stable_urn_uuid(system: str, key: pl.Expr) -> pl.Expr:
     """A `urn:uuid:` full URL derived from an identifier (UUID version 5 of `system|key` in the URL
     namespace), the same on every run so the content hash of the resources that point at it does not
     change."""
-    return key.map_batches(partial(_uuid5_urns, f"{system}|"), return_dtype=pl.String)
+    return key.map_batches(partial(_uuid5_urns, f"{system}|"), return_dtype=pl.String, is_elementwise=True)
 
 
 def _uuid5_urns(prefix: str, keys: pl.Series) -> pl.Series:

@@ -57,7 +57,7 @@ def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
     )
 
 
-def transform(source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
+def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     patient_system = system.identifier_system("patient")
     encounter_system = system.identifier_system("encounter")
     source = source.with_columns(
@@ -83,7 +83,7 @@ def transform(source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
 
 
 def _encounters(rows: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
-    types = read_map("encounter_types").with_columns(type_known=pl.lit(True))
+    types = read_map("encounter_types").lazy().with_columns(type_known=pl.lit(True))
     resource = pl.struct(
         pl.lit("Encounter").alias("resourceType"),
         identifier(system.identifier_system("encounter"), pl.col("encounter_id")).alias("identifier"),

@@ -24,7 +24,7 @@ _MAY_HOLD_EMPTY = r':(?:null|\[\]|\{\}|\[\{\}\])[,}\]]'
 
 def fhir_json(resource: pl.Expr) -> pl.Expr:
     """The resource struct as FHIR JSON text with no null, no empty array and no empty object."""
-    return resource.struct.json_encode().map_batches(_drop_empty_members, return_dtype=pl.String)
+    return resource.struct.json_encode().map_batches(_drop_empty_members, return_dtype=pl.String, is_elementwise=True)
 
 
 def _drop_empty_members(text: pl.Series) -> pl.Series:

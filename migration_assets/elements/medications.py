@@ -62,9 +62,9 @@ def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
     )
 
 
-def transform(source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
-    rxnorm = read_map("rxnorm").rename({"local_code": "drug_code", "code": "rxnorm_code", "display": "rxnorm_display"})
-    statuses = read_map("medication_status")
+def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
+    rxnorm = read_map("rxnorm").lazy().rename({"local_code": "drug_code", "code": "rxnorm_code", "display": "rxnorm_display"})
+    statuses = read_map("medication_status").lazy()
     patient_system = system.identifier_system("patient")
     medication_system = system.identifier_system("patient-medication")
     subject = conditional_reference("Patient", patient_system, pl.col("patient_id"))

@@ -102,9 +102,9 @@ def _quantity(number: pl.Expr, comparator: pl.Expr | None = None) -> pl.Expr:
     return pl.when(number.is_not_null()).then(pl.struct(fields))
 
 
-def transform(source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
-    loinc = read_map("loinc").rename({"local_code": "test_code", "code": "loinc_code", "display": "loinc_display"})
-    ucum = read_map("ucum_units").select(unit="code", ucum_unit=pl.lit(True))
+def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
+    loinc = read_map("loinc").lazy().rename({"local_code": "test_code", "code": "loinc_code", "display": "loinc_display"})
+    ucum = read_map("ucum_units").lazy().select(unit="code", ucum_unit=pl.lit(True))
     patient_system = system.identifier_system("patient")
     encounter_system = system.identifier_system("encounter")
     observation_system = system.identifier_system("observation")

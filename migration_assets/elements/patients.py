@@ -25,7 +25,7 @@ def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
     return tables["patients"].with_columns(source_table=pl.lit("patients"))
 
 
-def transform(source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
+def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     raw_gender = pl.col("gender").str.strip_chars().str.to_uppercase()
     frame = source.with_columns(
         birth_date=pl.col("birth_date").str.strip_chars(),

@@ -48,7 +48,7 @@ def valid_npi(npi: pl.Expr) -> pl.Expr:
     return (npi.str.contains(r"^\d{10}$") & (total % 10 == 0)).fill_null(False)
 
 
-def transform(source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
+def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     practitioner_system = system.identifier_system("practitioner")
     raw_npi = pl.col("npi").str.strip_chars()
     frame = source.with_columns(

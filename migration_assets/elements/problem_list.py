@@ -40,8 +40,8 @@ def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
     )
 
 
-def transform(source: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
-    icd10 = read_map("icd10cm").rename({"code": "icd10_code", "display": "icd10_display"})
+def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
+    icd10 = read_map("icd10cm").lazy().rename({"code": "icd10_code", "display": "icd10_display"})
     patient_system = system.identifier_system("patient")
     subject = conditional_reference("Patient", patient_system, pl.col("patient_id"))
     resource = pl.struct(
