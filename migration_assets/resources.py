@@ -82,6 +82,11 @@ class MigrationSettings(ConfigurableResource):
         description="'sync' (batch bundles) or 'async' (Prefer: respond-async jobs, not charged to hosted Medplum's "
         "FHIR quota); unset: the LOAD_MODE environment variable, else 'sync'.",
     )
+    direct_references: bool = Field(
+        default=True,
+        description="Write a reference to a resource the ledger records as written by `Type/id` (its id there) "
+        "instead of a conditional reference: Medplum then skips a search per reference. Off: always conditional.",
+    )
     shard_count: int = Field(
         default=1, description="Key-hash shards of every element: run shard_count runs, each with its shard_index."
     )
@@ -111,6 +116,7 @@ class MigrationSettings(ConfigurableResource):
             mode=self.load_mode or os.environ.get("LOAD_MODE") or "sync",
             shard_count=self.shard_count,
             shard_index=self.shard_index,
+            direct_references=self.direct_references,
         )
 
 

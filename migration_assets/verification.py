@@ -6,7 +6,7 @@ import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -240,6 +240,10 @@ def existing_identifiers(client: MedplumClient, resource_type: str, system: str,
 # -- prerequisites ---------------------------------------------------------------------------------
 
 
+LOADED_ID_SCHEMA = pl.Schema({"resource_type": pl.String, "identifier_system": pl.String,
+                               "identifier_value": pl.String, "resource_id": pl.String})
+
+
 @dataclass(frozen=True)
 class PrerequisiteReport:
     """References of eligible rows to resources of earlier elements, and which of those are missing.
@@ -251,6 +255,9 @@ class PrerequisiteReport:
     checked: int
     explained: pl.DataFrame  # resource_type, identifier_system, identifier_value, element, disposition, rule
     unexplained: pl.DataFrame  # resource_type, identifier_system, identifier_value, element
+    # The targets the ledger records as written, with the id Medplum gave them: resource_type,
+    # identifier_system, identifier_value, resource_id.
+    loaded_ids: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=LOADED_ID_SCHEMA))
 
     @property
     def blocking_elements(self) -> list[str]:
@@ -292,7 +299,7 @@ def check_prerequisites(
         .join(producers, on="resource_type", how="left")
     )
     # Only the columns used: a million units with every column weigh about half a gigabyte.
-    columns = ("resource_type", "identifier_system", "identifier_value", "disposition", "rule", "reason")
+    columns = ("resource_type", "identifier_system", "identifier_value", "disposition", "rule", "reason", "resource_id")
     ledger = pl.concat(
         [manifest.units(name, columns) for name in prerequisites(element_name)]
         or [manifest.units(element_name, columns).clear()]
@@ -305,10 +312,12 @@ def check_prerequisites(
     for (resource_type, system), group in not_loaded.group_by("resource_type", "identifier_system"):
         present = existing_identifiers(client, str(resource_type), str(system), group["identifier_value"].to_list())
         missing.append(group.filter(~pl.col("identifier_value").is_in(list(present))))
+    loaded = known.filter((pl.col("disposition") == "successful") & pl.col("resource_id").is_not_null())
     return PrerequisiteReport(
         checked=targets.height,
-        explained=explained,
+        explained=explained.drop("resource_id"),
         unexplained=pl.concat(missing).select("resource_type", "identifier_system", "identifier_value", "element"),
+        loaded_ids=loaded.select(list(LOADED_ID_SCHEMA)).cast(LOADED_ID_SCHEMA),
     )
 
 
@@ -485,6 +494,7 @@ def target_identifiers(client: MedplumClient, expectations: pl.DataFrame) -> dic
     for (rt, system), group in targets.group_by("target_resource_type", "target_identifier_system"):
         rt, system = str(rt), str(system)
         values = group["target_identifier_value"].to_list()
+        matches: Iterator[tuple[str, dict[str, Any]]]
         if len(values) > CENSUS_PAGE_SIZE:
             wanted = set(values)
             matches = ((value, resource) for value, resource in resources_with_identifier(client, rt, system)

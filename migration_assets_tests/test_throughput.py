@@ -18,7 +18,7 @@ import pytest
 from migration_assets.elements import get_element
 from migration_assets.elements.base import SourceSystem, build_frame
 from migration_assets.frame_parts import shard_of
-from migration_assets.loader import LoadResult, LoadSettings, load_frame
+from migration_assets.loader import LoadResult, LoadSettings, load_frame, with_direct_references
 from migration_assets.local_medplum import LocalMedplum, running_local_medplum
 from migration_assets.manifest import Manifest
 from migration_assets.medplum import MedplumClient, RetryPolicy
@@ -180,6 +180,62 @@ def test_one_or_four_bundles_in_flight_give_the_same_resources(frames, tmp_path)
         assert shots[1][name].height == eligible(frames[name])
         assert shots[1][name]["identifier_value"].n_unique() == shots[1][name].height  # no duplicates
         assert shots[1][name].equals(shots[4][name])
+
+
+def test_references_to_resources_already_written_go_direct_and_store_the_same_resources(frames, tmp_path,
+                                                                                         monkeypatch):
+    sent: list[str] = []
+    real_submit = MedplumClient.submit_batch
+
+    def recording(self, entries, **options):
+        sent.extend(entries)
+        return real_submit(self, entries, **options)
+
+    monkeypatch.setattr(MedplumClient, "submit_batch", recording)
+    shots = {}
+    for direct in (True, False):
+        sent.clear()
+        with running_local_medplum() as server:
+            results, _ = load_all(server, f"sqlite:///{tmp_path / f'direct-{direct}.db'}", frames,
+                                  LoadSettings(batch_size=50, direct_references=direct))
+            shots[direct] = snapshot(server)
+        assert all(result.counts["failed"] == 0 for result in results.values())
+        subjects = [json.loads(entry)["resource"]["subject"]["reference"] for entry in sent
+                    if '"resourceType":"Condition"' in entry]
+        assert len(subjects) == eligible(frames["problem_list"])
+        if direct:
+            assert all(subject.startswith("Patient/") and "?" not in subject for subject in subjects), subjects[:3]
+        else:
+            assert all(subject.startswith("Patient?identifier=") for subject in subjects), subjects[:3]
+    for name in ELEMENTS:
+        assert shots[True][name].equals(shots[False][name]), "the same resources, each pointing at its own patient"
+
+
+def test_direct_references_replace_only_the_targets_with_a_known_id():
+    patient, practitioner = SYSTEM.identifier_system("patient"), SYSTEM.identifier_system("practitioner")
+
+    def ref(path, kind, system, value):
+        return {"path": path, "resource_type": kind, "identifier_system": system, "identifier_value": value}
+
+    rows = pl.DataFrame({
+        "resource": [
+            f'{{"subject":{{"reference":"Patient?identifier={patient}|PÖ1"}},"participant":[{{"individual":'
+            f'{{"reference":"Practitioner?identifier={practitioner}|R1"}}}}],"note":"Patient?identifier={patient}|PÖ1"}}',
+            f'{{"subject":{{"reference":"Patient?identifier={patient}|P2"}}}}',
+        ],
+        "references": [[ref("subject", "Patient", patient, "PÖ1"), ref("participant.0.individual", "Practitioner",
+                                                                        practitioner, "R1")],
+                       [ref("subject", "Patient", patient, "P2")]],
+    })
+    ids = pl.DataFrame({"resource_type": ["Patient", "Practitioner"], "identifier_system": [patient, practitioner],
+                        "identifier_value": ["PÖ1", "R1"], "resource_id": ["p-1", "r-1"]})
+
+    written = [json.loads(text) for text in with_direct_references(rows, ids)["resource"]]
+
+    assert written[0]["subject"]["reference"] == "Patient/p-1"
+    assert written[0]["participant"][0]["individual"]["reference"] == "Practitioner/r-1"
+    assert written[0]["note"] == f"Patient?identifier={patient}|PÖ1", "only references are rewritten"
+    assert written[1]["subject"]["reference"].startswith("Patient?identifier="), "no id known: stays conditional"
 
 
 def test_pacing_with_several_bundles_in_flight_avoids_429s(frames, tmp_path):

@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
+from typing import TypeVar
 
 import pandera.polars as pa
 import polars as pl
@@ -101,7 +102,11 @@ DATE = r"^\d{4}(-\d{2}(-\d{2})?)?$"
 CONDITIONAL_REFERENCE = r"^[A-Z][A-Za-z]+\?identifier=\S+\|\S+$"
 
 
-def quarantine(frame: pl.DataFrame, rule: str, condition: pl.Expr, reason: pl.Expr | str) -> pl.DataFrame:
+# The rules apply alike to an eager frame and to a lazy one (an element's transform).
+Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
+
+
+def quarantine(frame: Frame, rule: str, condition: pl.Expr, reason: pl.Expr | str) -> Frame:
     """Mark rows matching `condition` with `rule` and `reason`, keeping the first rule a row broke."""
     reason_expr = reason if isinstance(reason, pl.Expr) else pl.lit(reason)
     hit = condition.fill_null(False) & pl.col("quarantine_rule").is_null()
@@ -130,6 +135,7 @@ def apply_row_rules(element: DataElement, frame: pl.DataFrame | pl.LazyFrame) ->
     Given the element's transform as a LazyFrame, the mapping, these rules and the hash run as one
     query on polars' streaming engine, which spreads them over every core (the JSON encoding and
     SHA-256 alone use one core each otherwise)."""
+    frame = frame.lazy()
     frame = quarantine(
         frame,
         "missing_key",
@@ -146,8 +152,8 @@ def apply_row_rules(element: DataElement, frame: pl.DataFrame | pl.LazyFrame) ->
         code.is_not_null(),
         pl.format("a text value holds control character U+{}, which FHIR strings may not contain", code),
     )
-    frame = frame.lazy().with_columns(content_hash=sha256_hex(pl.col("resource"))).collect(engine="in-memory")
-    return _quarantine_schema_failures(frame, element.schemas)
+    hashed = frame.with_columns(content_hash=sha256_hex(pl.col("resource"))).collect(engine="in-memory")
+    return _quarantine_schema_failures(hashed, element.schemas)
 
 
 # What the whole-frame rules read, and what they decide.
@@ -389,7 +395,7 @@ def key_flags(parent: pl.DataFrame, key: str, flag: str) -> pl.DataFrame:
     return parent.select(key).unique().with_columns(pl.lit(True).alias(flag))
 
 
-def quarantine_orphans(frame: pl.DataFrame, key: str, table: str, flag: str, required: bool = True) -> pl.DataFrame:
+def quarantine_orphans(frame: Frame, key: str, table: str, flag: str, required: bool = True) -> Frame:
     """Quarantine rows whose `key` names no row of `table` in the source (`flag` false or null); a
     missing key is an orphan too when the reference is required."""
     missing = pl.col(key).is_null()

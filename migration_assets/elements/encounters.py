@@ -82,7 +82,7 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     return frame.drop("patient_in_source", "encounter_in_source", "type_known", "practitioner_in_source")
 
 
-def _encounters(rows: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
+def _encounters(rows: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     types = read_map("encounter_types").lazy().with_columns(type_known=pl.lit(True))
     resource = pl.struct(
         pl.lit("Encounter").alias("resourceType"),
@@ -139,7 +139,7 @@ def _encounters(rows: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
     )
 
 
-def _notes(rows: pl.DataFrame, system: SourceSystem) -> pl.DataFrame:
+def _notes(rows: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     resource = pl.struct(
         pl.lit("ClinicalImpression").alias("resourceType"),
         identifier(system.identifier_system("encounter-note"), pl.col("note_id")).alias("identifier"),
