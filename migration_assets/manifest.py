@@ -360,8 +360,9 @@ def _executemany(db: sa.Connection, statement: sa.Insert | sa.Update, rows: list
         return
     compiled = cast(SQLCompiler, statement.compile(dialect=db.dialect))
     names = compiled.positiontup or []
+    # What SQLAlchemy would do to a value on its way in (only timestamps need it here).
     processors = {name: processor for name in names
-                  if (processor := compiled.binds[name].type.bind_processor(db.dialect)) is not None}
+                  if (processor := compiled.binds[name].type.dialect_impl(db.dialect).bind_processor(db.dialect))}
     fixed = compiled.params  # values bound in the statement itself (the element's name)
     stored: dict[Any, Any] = {}  # a run's rows share their timestamps: converted once each
 
