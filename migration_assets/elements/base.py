@@ -109,10 +109,16 @@ Frame = TypeVar("Frame", pl.DataFrame, pl.LazyFrame)
 def quarantine(frame: Frame, rule: str, condition: pl.Expr, reason: pl.Expr | str) -> Frame:
     """Mark rows matching `condition` with `rule` and `reason`, keeping the first rule a row broke."""
     reason_expr = reason if isinstance(reason, pl.Expr) else pl.lit(reason)
-    hit = condition.fill_null(False) & pl.col("quarantine_rule").is_null()
-    return frame.with_columns(
-        quarantine_rule=pl.when(hit).then(pl.lit(rule)).otherwise(pl.col("quarantine_rule")),
-        quarantine_reason=pl.when(hit).then(reason_expr).otherwise(pl.col("quarantine_reason")),
+    # The condition as a column of its own: used by both expressions below, polars would evaluate
+    # it twice (an invalid-date test over a million rows cost 0.17 s each time).
+    hit = pl.col("_quarantine_hit")
+    return (
+        frame.with_columns(_quarantine_hit=condition.fill_null(False) & pl.col("quarantine_rule").is_null())
+        .with_columns(
+            quarantine_rule=pl.when(hit).then(pl.lit(rule)).otherwise(pl.col("quarantine_rule")),
+            quarantine_reason=pl.when(hit).then(reason_expr).otherwise(pl.col("quarantine_reason")),
+        )
+        .drop("_quarantine_hit")
     )
 
 
@@ -187,8 +193,9 @@ def _repeated(frame: pl.DataFrame, column: str, key: tuple[str, ...]) -> pl.Seri
     """True for the rows whose `key` (which includes `column`) appears more than once, `column` not null."""
     repeated = pl.Series(column, dtype=pl.Boolean).extend_constant(False, frame.height)
     values = frame[column]
-    # Counting distinct values costs a third of finding the repeated ones, and usually finds none.
-    if values.n_unique() == values.len() - max(values.null_count() - 1, 0):
+    # Counting distinct hashes of the values costs a tenth of finding the repeated values, and usually
+    # finds none: distinct hashes mean distinct values (a collision only sends us the exact way).
+    if values.hash().n_unique() == values.len() - max(values.null_count() - 1, 0):
         return repeated
     candidates = frame.select(key).with_row_index("_row").filter(
         pl.col(column).is_not_null() & pl.col(column).is_duplicated()
