@@ -67,9 +67,10 @@ class DataElement:
     """A unit of phased adoption: one partition of every asset.
 
     `extract` joins the source tables into one row per source unit; `transform` maps those rows to
-    FHIR frame rows with polars expressions (lazily, so that build_frame runs it as one query), filling `quarantine_rule` where a mapping rule refuses a
-    row; `schemas` validates the rows of each resource type; `transactional` sends each bundle_group
-    as one transaction (inside a batch of transactions) instead of plain batch entries.
+    FHIR frame rows with polars expressions, lazily (build_frame runs it as one query), filling
+    `quarantine_rule` where a mapping rule refuses a row; `schemas` validates the rows of each
+    resource type; `transactional` sends each bundle_group as one transaction (inside a batch of
+    transactions) instead of plain batch entries.
     """
 
     name: str
@@ -139,8 +140,8 @@ def apply_row_rules(element: DataElement, frame: pl.DataFrame | pl.LazyFrame) ->
     pandera schema) and the row's content hash: the same whether the frame is whole or a slice.
 
     Given the element's transform as a LazyFrame, the mapping, these rules and the hash run as one
-    query on polars' streaming engine, which spreads them over every core (the JSON encoding and
-    SHA-256 alone use one core each otherwise)."""
+    polars query, which spreads them over every core. (The in-memory engine: polars 2.1's streaming
+    engine panicked on the bad-input encounters, depending on how the input was chunked.)"""
     frame = frame.lazy()
     frame = quarantine(
         frame,
