@@ -7,7 +7,7 @@ is a plain SQL database (SQLite by default, PostgreSQL in production), created b
 
 import json
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
@@ -203,10 +203,17 @@ class Manifest:
         into a frame: a million units as Python dicts would take about a gigabyte."""
         selected = [units.c[name] for name in columns] if columns else list(units.columns)
         schema = {column.name: _polars_type(column) for column in selected}
+        statement = sa.select(*selected).where(units.c.element == element)
         with self.engine.connect() as db:
-            result = db.execute(sa.select(*selected).where(units.c.element == element))
-            chunks = [pl.DataFrame(rows, schema=schema, orient="row") for rows in iter(lambda: result.fetchmany(50_000), [])]
-        return pl.concat(chunks) if chunks else pl.DataFrame(schema=schema)
+            sqlite = db.dialect.name == "sqlite"
+            # SQLite's timestamps arrive as the text SQLAlchemy stored, parsed below a column at a time.
+            read_as = {name: pl.String() if sqlite and kind == pl.Datetime(time_zone="UTC") else kind
+                       for name, kind in schema.items()}
+            fetch = _driver_rows(db, statement) if sqlite else db.execute(statement).fetchmany
+            chunks = [pl.DataFrame(rows, schema=read_as, orient="row") for rows in iter(lambda: fetch(50_000), [])]
+        frame = pl.concat(chunks) if chunks else pl.DataFrame(schema=read_as)
+        return frame.with_columns(pl.col(name).str.to_datetime(SQLITE_TIMESTAMP, time_zone="UTC")
+                                  for name, kind in read_as.items() if kind != schema[name])
 
     def register_units(self, run_id: str, element: str, frame: pl.DataFrame, to_send: pl.Series) -> None:
         """Record this run's view of every unit before anything is sent.
@@ -375,6 +382,18 @@ def _executemany(db: sa.Connection, statement: sa.Insert | sa.Update, rows: list
         return stored[raw]
 
     db.exec_driver_sql(compiled.string, [tuple(value(row, name) for name in names) for row in rows])
+
+
+def _driver_rows(db: sa.Connection, statement: sa.Select[Any]) -> Callable[[int], Sequence[Any]]:
+    """`fetchmany` of `statement` run by the SQLite driver itself: SQLAlchemy's rows cost more than
+    SQLite's own reading, and the checks read the ledger several times a run."""
+    compiled = cast(SQLCompiler, statement.compile(dialect=db.dialect))
+    parameters = tuple(compiled.params[name] for name in compiled.positiontup or [])
+    return db.exec_driver_sql(compiled.string, parameters).cursor.fetchmany
+
+
+# How SQLAlchemy writes a DateTime into SQLite (and _executemany too).
+SQLITE_TIMESTAMP = "%Y-%m-%d %H:%M:%S%.f"
 
 
 def _now() -> datetime:
