@@ -46,6 +46,7 @@ from migration_assets.elements import get_element
 from migration_assets.elements.base import SourceSystem, build_frame
 from migration_assets.frame_parts import FrameParts, build_frame_parts
 from migration_assets.loader import (
+    LEDGER_COLUMNS,
     RECORD_FLUSH_ROWS,
     LoadSettings,
     entry_texts,
@@ -419,8 +420,8 @@ LEDGER_UNITS = 20_000
 
 
 def bench_ledger(work: Path) -> dict[str, Any]:
-    """Seconds to register LEDGER_UNITS units and record their outcomes (2,000 at a time, as the
-    loader flushes them), in SQLite and, with BENCH_LEDGER_PG_URL, in PostgreSQL."""
+    """Seconds to register LEDGER_UNITS units, record their outcomes (2,000 at a time, as the loader
+    flushes them) and read them back, in SQLite and, with BENCH_LEDGER_PG_URL, in PostgreSQL."""
     urls = {"sqlite": f"sqlite:///{work / 'ledger.db'}"}
     if os.environ.get("BENCH_LEDGER_PG_URL"):
         urls["postgresql"] = os.environ["BENCH_LEDGER_PG_URL"]
@@ -444,8 +445,11 @@ def bench_ledger(work: Path) -> dict[str, Any]:
                 manifest.record_results("bench", element, chunk, [True] * len(chunk), [a.unit_key for a in chunk],
                                         ["1"] * len(chunk), [None] * len(chunk))
             recorded = time.perf_counter() - started
+            started = time.perf_counter()
+            manifest.units(element, LEDGER_COLUMNS)  # what a load reads before it sends
+            read = time.perf_counter() - started
         measured[name] = {"units": LEDGER_UNITS, "register_seconds": round(registered, 2),
-                          "record_seconds": round(recorded, 2),
+                          "record_seconds": round(recorded, 2), "read_seconds": round(read, 3),
                           "units_per_s": round(LEDGER_UNITS / (registered + recorded))}
         log(f"ledger {name}: {measured[name]}")
     return measured
@@ -620,7 +624,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     for name, ledger in report.get("ledger", {}).items():
         rows.append((f"ledger in {name}", f"{ledger['units_per_s']:,.0f} units/s",
                      (f"{ledger['units']:,} units registered in {ledger['register_seconds']} s, outcomes recorded in "
-                      f"{ledger['record_seconds']} s")))
+                      f"{ledger['record_seconds']} s, read back in {ledger['read_seconds']} s")))
     rows.append(("peak memory of this bench process", f"{rss_mb():,.0f} MB", "ru_maxrss"))
     return rows
 
