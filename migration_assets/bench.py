@@ -43,7 +43,7 @@ import httpx
 import polars as pl
 
 from migration_assets.elements import get_element
-from migration_assets.elements.base import SourceSystem, build_frame
+from migration_assets.elements.base import POLARS_ENGINE, SourceSystem, build_frame
 from migration_assets.frame_parts import FrameParts, build_frame_parts
 from migration_assets.loader import (
     LEDGER_COLUMNS,
@@ -138,7 +138,7 @@ def bench_transform(source_url: str) -> dict[str, Any]:
     mapping, full = [], []
     for _ in range(TRANSFORM_REPEATS):
         started = time.perf_counter()
-        element.transform(source.lazy(), SYSTEM).collect(engine="in-memory")
+        element.transform(source.lazy(), SYSTEM).collect(engine=POLARS_ENGINE)
         mapping.append(time.perf_counter() - started)
         started = time.perf_counter()
         frame = build_frame(element, source, SYSTEM)

@@ -198,10 +198,12 @@ def load_frame(
         # refuse them and the ledger would turn them from quarantined into rejected.
         report = check_prerequisites(client, manifest, element_name, frame)
         frame, target_ids = quarantine_unloadable(frame, report), report.loaded_ids
-    direct = settings.direct_references and target_ids is not None and not target_ids.is_empty()
+    # The targets written as `Type/id` in this load, when there are any and the settings allow it.
+    direct_ids = target_ids if settings.direct_references and target_ids is not None and not target_ids.is_empty() \
+        else None
     # Only the columns the load needs: the joins and filters below copy what they are given, and the
     # references lists and element columns of a large frame weigh hundreds of megabytes.
-    frame = in_shard(frame.select(*LOAD_COLUMNS, *(["references"] if direct else [])), settings)
+    frame = in_shard(frame.select(*LOAD_COLUMNS, *(["references"] if direct_ids is not None else [])), settings)
     result = LoadResult()
     result.add("source_rows", frame.height)
     result.add("quarantined", int(frame["quarantine_rule"].is_not_null().sum()))
@@ -217,8 +219,8 @@ def load_frame(
     outgoing = frame.filter(send).join(
         previous_versions, on=["source_table", "unit_key"], how="left", maintain_order="left"
     )
-    if direct and target_ids is not None:
-        outgoing = with_direct_references(outgoing, target_ids).drop("references")
+    if direct_ids is not None:
+        outgoing = with_direct_references(outgoing, direct_ids).drop("references")
     bundles = Bundles(outgoing, transactional, settings.batch_size)
     result.bundles = len(bundles)
     in_flight: deque[tuple[int, pl.DataFrame, Future[list[EntryResponse]], int]] = deque()

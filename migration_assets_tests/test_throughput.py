@@ -219,8 +219,8 @@ def test_direct_references_replace_only_the_targets_with_a_known_id():
 
     rows = pl.DataFrame({
         "resource": [
-            f'{{"subject":{{"reference":"Patient?identifier={patient}|PÖ1"}},"participant":[{{"individual":'
-            f'{{"reference":"Practitioner?identifier={practitioner}|R1"}}}}],"note":"Patient?identifier={patient}|PÖ1"}}',
+            (f'{{"subject":{{"reference":"Patient?identifier={patient}|PÖ1"}},"participant":[{{"individual":'
+             f'{{"reference":"Practitioner?identifier={practitioner}|R1"}}}}],"note":"Patient?identifier={patient}|PÖ1"}}'),
             f'{{"subject":{{"reference":"Patient?identifier={patient}|P2"}}}}',
         ],
         "references": [[ref("subject", "Patient", patient, "PÖ1"), ref("participant.0.individual", "Practitioner",

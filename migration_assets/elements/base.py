@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
-from typing import TypeVar
+from typing import Final, TypeVar
 
 import pandera.polars as pa
 import polars as pl
@@ -140,8 +140,7 @@ def apply_row_rules(element: DataElement, frame: pl.DataFrame | pl.LazyFrame) ->
     pandera schema) and the row's content hash: the same whether the frame is whole or a slice.
 
     Given the element's transform as a LazyFrame, the mapping, these rules and the hash run as one
-    polars query, which spreads them over every core. (The in-memory engine: polars 2.1's streaming
-    engine panicked on the bad-input encounters, depending on how the input was chunked.)"""
+    polars query (on POLARS_ENGINE), which spreads them over every core."""
     frame = frame.lazy()
     frame = quarantine(
         frame,
@@ -159,8 +158,13 @@ def apply_row_rules(element: DataElement, frame: pl.DataFrame | pl.LazyFrame) ->
         code.is_not_null(),
         pl.format("a text value holds control character U+{}, which FHIR strings may not contain", code),
     )
-    hashed = frame.with_columns(content_hash=sha256_hex(pl.col("resource"))).collect(engine="in-memory")
+    hashed = frame.with_columns(content_hash=sha256_hex(pl.col("resource"))).collect(engine=POLARS_ENGINE)
     return _quarantine_schema_failures(hashed, element.schemas)
+
+
+# The engine an element's lazy transform runs on. Not the streaming one: in polars 2.1 it panicked on
+# the bad-input encounters ("assertion failed: i < self.len()"), depending on how the input was chunked.
+POLARS_ENGINE: Final = "in-memory"
 
 
 # What the whole-frame rules read, and what they decide.
