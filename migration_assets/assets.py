@@ -177,7 +177,8 @@ def reconciliation_report(
     with medplum.open_client() as client, manifest.open() as ledger:
         report = build_reconciliation_report(
             client, ledger, element, fhir_frames.read(REFERENCE_COLUMNS), legacy_db.display_url,
-            RunCensus.of_run(migration_settings.evidence_dir, context.run.run_id, element.name),
+            RunCensus.of_run(migration_settings.evidence_dir, context.run.run_id,
+                             migration_settings.incremental_census),
         )
     json_path, csv_path = write_evidence(report, Path(migration_settings.evidence_dir) / element.name)
     figures = pl.DataFrame({"figure": list(report["figures"]), "value": list(report["figures"].values())})

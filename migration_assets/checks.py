@@ -1,6 +1,8 @@
 """Asset checks per data element: the validation report a migration lead reads before trusting the
 data in Medplum. Each check calls verification.py and turns its answer into a readable result."""
 
+from functools import partial
+
 import polars as pl
 from dagster import (
     AssetCheckExecutionContext,
@@ -23,6 +25,7 @@ from migration_assets.verification import (
     RECONCILE_UNIT_COLUMNS,
     RunCensus,
     accounting,
+    census_kinds,
     check_prerequisites,
     reconcile,
     reference_problems,
@@ -34,9 +37,9 @@ _FRAME = {"fhir_frames": AssetIn("fhir_frames")}
 
 
 def _run_census(context: AssetCheckExecutionContext, settings: MigrationSettings) -> RunCensus:
-    """The census of this run and partition: the first check (or the report) that asks takes it after
-    the load, the others read it from its file."""
-    return RunCensus.of_run(settings.evidence_dir, context.run.run_id, context.partition_key)
+    """The census of this run: the first check (or the report) that asks brings it up to date after the
+    load, the others read it from its files."""
+    return RunCensus.of_run(settings.evidence_dir, context.run.run_id, settings.incremental_census)
 
 
 @asset_check(
@@ -107,9 +110,10 @@ def reference_integrity(
     migration_settings: MigrationSettings,
 ) -> AssetCheckResult:
     frame = fhir_frames.read(REFERENCE_COLUMNS)
+    run_census = _run_census(context, migration_settings)
     with medplum.open_client() as client:
-        censuses = _run_census(context, migration_settings).get(client, frame)
-        checked, problems = reference_problems(client, frame, censuses)
+        checked, problems = reference_problems(client, frame, run_census.get(client, frame),
+                                               partial(run_census.of_kind, client))
     return AssetCheckResult(
         passed=problems.is_empty(),
         description=f"{checked - problems.height} of {checked} references resolve to the expected resource",
@@ -188,8 +192,9 @@ def reconciliation(
     migration_settings: MigrationSettings,
 ) -> AssetCheckResult:
     keys = fhir_frames.read(REFERENCE_COLUMNS)  # the census keeps the references the frame expects
+    run_census = _run_census(context, migration_settings)
     with medplum.open_client() as client, manifest.open() as ledger:
-        censuses = _run_census(context, migration_settings).get(client, keys)
+        censuses = run_census.get(client, keys)
         report = reconcile(keys, ledger.units(context.partition_key, RECONCILE_UNIT_COLUMNS), censuses)
         resent = resend_lost_writes(ledger, context.partition_key, report)
     details = ""
@@ -211,6 +216,7 @@ def reconciliation(
             "lost_writes_marked_for_resend": table(resent),
             "unexpected_identifiers": table(report.unexpected),
             "duplicate_identifiers": table(report.duplicates),
+            "census": run_census.how(census_kinds(keys)),
         },
     )
 

@@ -16,6 +16,7 @@ from migration_assets.verification import (
     RECONCILE_UNIT_COLUMNS,
     RunCensus,
     accounting,
+    census_kinds,
     reconcile,
     resend_lost_writes,
     take_census,
@@ -57,6 +58,7 @@ def reconciliation_report(
             "last_run_id": last_run.get("run_id"),
             "last_run_status": last_run.get("status"),
             "pipeline_version": last_run.get("pipeline_version"),
+            "census": run_census.how(census_kinds(frame)) if run_census else "whole census, read for this report",
         },
         "figures": {
             **{f"source_rows/{table}": n for table, n in frame.group_by("source_table").len().sort("source_table").iter_rows()},

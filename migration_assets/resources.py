@@ -102,6 +102,11 @@ class MigrationSettings(ConfigurableResource):
         "Against a hosted Medplum every resubmitted entry costs quota: the sample keeps the check affordable.",
     )
     idempotency_sample_seed: int = 20261121
+    incremental_census: bool = Field(
+        default=True,
+        description="The checks' census of Medplum reads only the resources created or changed since the last "
+        "census (and takes a whole one when Medplum's count disagrees). Off: every run reads every resource.",
+    )
     evidence_dir: str = Field(default=str(EVIDENCE_DIR), description="Where reconciliation evidence files go.")
 
     @property

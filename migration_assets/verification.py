@@ -2,12 +2,14 @@
 prerequisites, reference integrity, identifier census and reconciliation, and the books."""
 
 import fcntl
+import hashlib
+import json
 import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +37,19 @@ Censuses = dict[tuple[str, str], pl.DataFrame]
 # Called with (resource type, identifier system, identifier value, resource) for each census row, for
 # a caller that needs more of the resources than the census keeps (the dual-write comparison).
 ResourceVisitor = Callable[[str, str, str, dict[str, Any]], None]
+# The census of one (resource type, identifier system), however it is kept.
+KindCensusReader = Callable[[str, str], pl.DataFrame]
 
 
 def resources_with_identifier(
-    client: MedplumClient, resource_type: str, identifier_system: str
+    client: MedplumClient, resource_type: str, identifier_system: str, since: datetime | None = None
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """(identifier value, resource) for every resource of `resource_type` carrying an identifier in
-    `identifier_system`, in one paged search; a resource with two such identifiers comes twice."""
+    `identifier_system` (with `since`, only those created or changed since then), in one paged search;
+    a resource with two such identifiers comes twice."""
     params = {"identifier": identifier_token(identifier_system, ""), "_count": str(CENSUS_PAGE_SIZE)}
+    if since is not None:
+        params["_lastUpdated"] = "ge" + since.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     for resource in client.search(resource_type, params):
         for ident in resource.get("identifier", []):
             if ident.get("system") == identifier_system:
@@ -88,16 +95,17 @@ def census(
     identifier_system: str,
     visit: ResourceVisitor | None = None,
     roots: frozenset[str] | None = None,
+    since: datetime | None = None,
 ) -> pl.DataFrame:
-    """Every resource of `resource_type` carrying an identifier in `identifier_system`, one row per
-    (identifier value, resource) with its id and references (CENSUS_SCHEMA; with `roots`, only those
-    under these top-level elements): duplicates show as repeated values. `visit` sees each whole
-    resource as it goes by."""
+    """Every resource of `resource_type` carrying an identifier in `identifier_system` (with `since`,
+    only those created or changed since then), one row per (identifier value, resource) with its id
+    and references (CENSUS_SCHEMA; with `roots`, only those under these top-level elements):
+    duplicates show as repeated values. `visit` sees each whole resource as it goes by."""
     values, ids = [], []
     # References gathered flat and nested once at the end: polars builds a list-of-struct column from
     # Python dicts about six times slower (4 s for 100,000 resources).
     owners, paths, references = [], [], []
-    for row, (value, resource) in enumerate(resources_with_identifier(client, resource_type, identifier_system)):
+    for row, (value, resource) in enumerate(resources_with_identifier(client, resource_type, identifier_system, since)):
         if visit is not None:
             visit(resource_type, identifier_system, value, resource)
         values.append(value)
@@ -140,71 +148,121 @@ def census_dir(evidence_dir: str | Path) -> Path:
     return Path(override) if override else Path(evidence_dir).resolve().parent / "census"
 
 
+# Taken off the time a census starts from, beyond what MedplumClient.count already takes off: the
+# clocks of the servers behind a load balancer may differ a little. Re-reading a second more is cheap.
+CENSUS_CLOCK_MARGIN = timedelta(seconds=1)
+
+
+@dataclass(frozen=True)
+class KindCensus:
+    """The latest census of one (resource type, identifier system), as kept on disk."""
+
+    table: pl.DataFrame  # CENSUS_SCHEMA
+    # Every change Medplum made before this server time is in the table; None: not a base for the next.
+    as_of: datetime | None
+    roots: frozenset[str] | None  # the references kept, by top-level element (None: all)
+    run_id: str  # the run that took it
+    how: str  # how it was taken, for the checks' reports
+
+
 @dataclass(frozen=True)
 class RunCensus:
-    """The census of one data element as one Dagster run sees it: taken by the first check (or the
-    report) of the run that asks for it, kept as Parquet, and read from there by the others, so a
-    run reads Medplum once instead of once per check. Files are `<directory>/<element>/<run id>.parquet`,
-    readable by their owner only; writing one deletes the element's files of earlier runs."""
+    """The census as one Dagster run sees it, per (resource type, identifier system) the run writes or
+    references: the first check (or the report) of the run that asks brings it up to date and the
+    others read it as it was then, so a run reads Medplum once per kind (again, for what changed,
+    only when a concurrent run, such as another shard, brought it up to date in between).
+
+    The latest census of each kind is kept as Parquet in `directory` (identifier values, ids and
+    references only, readable by their owner). Bringing it up to date reads only the resources created
+    or changed since it was taken (`_lastUpdated`), then compares the count Medplum gives: a deleted
+    resource, or one that lost its identifier, is not a change a search can return, so a count that
+    differs means a whole census instead. `incremental=False` always takes a whole one."""
 
     directory: Path
     run_id: str
-    element: str
+    incremental: bool = True
 
     @classmethod
-    def of_run(cls, evidence_dir: str | Path, run_id: str, element: str) -> "RunCensus":
-        """The census of `element` in run `run_id`, in the census folder beside `evidence_dir`."""
-        return cls(census_dir(evidence_dir), run_id, element)
+    def of_run(cls, evidence_dir: str | Path, run_id: str, incremental: bool = True) -> "RunCensus":
+        """The census of run `run_id`, in the census folder beside `evidence_dir`."""
+        return cls(census_dir(evidence_dir), run_id, incremental)
 
-    @property
-    def path(self) -> Path:
-        # Dagster run ids are UUIDs; anything else is made safe for a file name.
-        return self.directory / self.element / f"{re.sub(r'[^A-Za-z0-9_-]', '_', self.run_id)}.parquet"
+    def path(self, resource_type: str, identifier_system: str) -> Path:
+        system = hashlib.sha256(identifier_system.encode()).hexdigest()[:16]
+        return self.directory / f"{re.sub(r'[^A-Za-z0-9]', '_', resource_type)}-{system}.parquet"
 
     def get(self, client: MedplumClient, frame: pl.DataFrame) -> Censuses:
-        """This run's census of the frame's resource kinds: read from its file, or taken and stored.
-        One process at a time per element, so two checks of a run never both read Medplum."""
-        folder = self.path.parent
-        folder.mkdir(parents=True, exist_ok=True)
-        wanted = census_kinds(frame)
-        with _exclusive_lock(folder / ".lock"):
-            stored = pl.read_parquet(self.path) if self.path.exists() else None
-            if stored is None or not set(wanted) <= set(stored.select("resource_type", "identifier_system").iter_rows()):
-                stored = _census_table(take_census(client, frame))
-                _write_private(stored, self.path)
-                for older in folder.glob("*.parquet"):
-                    if older != self.path:
-                        older.unlink(missing_ok=True)
-        return _census_split(stored, wanted)
+        """This run's census of the kinds the frame writes, with the references it expects."""
+        roots = reference_roots(frame)
+        return {(rt, system): self.of_kind(client, rt, system, roots) for rt, system in census_kinds(frame)}
+
+    def of_kind(self, client: MedplumClient, resource_type: str, identifier_system: str,
+                roots: frozenset[str] | None = frozenset()) -> pl.DataFrame:
+        """This run's census of one kind, with the references under `roots` (None: all). One process at
+        a time per kind, so two checks of a run never both read Medplum."""
+        path = self.path(resource_type, identifier_system)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with _exclusive_lock(path.with_name(path.name + ".lock")):
+            stored = _read_kind(path)
+            if stored is None or stored.run_id != self.run_id or not _covers(stored.roots, roots):
+                stored = self._bring_up_to_date(client, resource_type, identifier_system, roots, stored)
+                _write_kind(stored, path)
+        return _only_roots(stored.table, stored.roots, roots)
+
+    def how(self, kinds: Sequence[tuple[str, str]]) -> str:
+        """How this run's census of each kind was taken, for a check's report."""
+        found = [(rt, _read_kind(self.path(rt, system))) for rt, system in kinds]
+        return "; ".join(f"{rt}: {stored.how}" for rt, stored in found if stored is not None and stored.run_id == self.run_id)
+
+    def _bring_up_to_date(self, client: MedplumClient, resource_type: str, identifier_system: str,
+                          roots: frozenset[str] | None, stored: KindCensus | None) -> KindCensus:
+        total, started = client.count(resource_type, {"identifier": identifier_token(identifier_system, "")})
+        as_of = started - CENSUS_CLOCK_MARGIN if started is not None else None
+        if self.incremental and stored is not None and stored.as_of is not None and _covers(stored.roots, roots):
+            changed = census(client, resource_type, identifier_system, roots=stored.roots, since=stored.as_of)
+            kept = stored.table.filter(~pl.col("resource_id").is_in(changed["resource_id"].implode()))
+            merged = pl.concat([kept, changed])
+            if merged["resource_id"].n_unique() == total:
+                since = stored.as_of.strftime("%Y-%m-%d %H:%M:%S")
+                return KindCensus(merged, as_of, stored.roots, self.run_id,
+                                  f"{changed.height:,} created or changed since {since} UTC read, {total:,} in Medplum")
+        keep = roots if stored is None or roots is None or stored.roots is None else stored.roots | roots
+        table = census(client, resource_type, identifier_system, roots=keep)
+        # A census whose count differs saw changes while it paged: not a base for the next one.
+        usable = as_of if table["resource_id"].n_unique() == total else None
+        why = "" if stored is None or not self.incremental else ", the count had changed since the last one"
+        return KindCensus(table, usable, keep, self.run_id, f"whole census, {table.height:,} read{why}")
 
 
-def _census_table(censuses: Censuses) -> pl.DataFrame:
-    """All kinds in one table; each kind also gets a row without a resource (null resource_id), so an
-    empty census is told apart from a kind that was never counted."""
-    parts = []
-    for (resource_type, system), found in censuses.items():
-        marker = pl.DataFrame({"identifier_value": [None], "resource_id": [None], "references": [[]]}, schema=CENSUS_SCHEMA)
-        parts.append(pl.concat([marker, found]).with_columns(resource_type=pl.lit(resource_type),
-                                                             identifier_system=pl.lit(system)))
-    empty = pl.DataFrame(schema={**CENSUS_SCHEMA, "resource_type": pl.String, "identifier_system": pl.String})
-    return pl.concat(parts) if parts else empty
+def _covers(kept: frozenset[str] | None, wanted: frozenset[str] | None) -> bool:
+    return kept is None or (wanted is not None and wanted <= kept)
 
 
-def _census_split(table: pl.DataFrame, kinds: list[tuple[str, str]]) -> Censuses:
-    rows = table.filter(pl.col("resource_id").is_not_null())
-    return {
-        (rt, system): rows.filter((pl.col("resource_type") == rt) & (pl.col("identifier_system") == system))
-        .select(list(CENSUS_SCHEMA))
-        for rt, system in kinds
-    }
+def _only_roots(table: pl.DataFrame, kept: frozenset[str] | None, wanted: frozenset[str] | None) -> pl.DataFrame:
+    if wanted is None or kept == wanted:
+        return table
+    root = pl.element().struct.field("path").str.split(".").list.first()
+    return table.with_columns(pl.col("references").list.filter(root.is_in(pl.Series(sorted(wanted), dtype=pl.String).implode())))
 
 
-def _write_private(table: pl.DataFrame, path: Path) -> None:
+def _read_kind(path: Path) -> KindCensus | None:
+    if not path.exists():
+        return None
+    meta = pl.read_parquet_metadata(path)
+    roots = json.loads(meta["roots"])
+    return KindCensus(pl.read_parquet(path), datetime.fromisoformat(meta["as_of"]) if meta["as_of"] else None,
+                      None if roots is None else frozenset(roots), meta["run_id"], meta["how"])
+
+
+def _write_kind(stored: KindCensus, path: Path) -> None:
     """Written whole under another name, then renamed: a reader never sees half a file."""
     partial = path.with_name(path.name + ".partial")
     partial.touch(mode=0o600, exist_ok=True)
     partial.chmod(0o600)
-    table.write_parquet(partial)
+    stored.table.write_parquet(partial, metadata={
+        "as_of": stored.as_of.isoformat() if stored.as_of else "",
+        "roots": json.dumps(None if stored.roots is None else sorted(stored.roots)),
+        "run_id": stored.run_id, "how": stored.how})
     partial.replace(path)
 
 
@@ -434,10 +492,12 @@ REFERENCE_PROBLEM_SCHEMA = pl.Schema({"resource_type": pl.String, "identifier_va
                                       "reference": pl.String, "problem": pl.String})
 
 
-def reference_problems(client: MedplumClient, frame: pl.DataFrame, censuses: Censuses) -> tuple[int, pl.DataFrame]:
+def reference_problems(client: MedplumClient, frame: pl.DataFrame, censuses: Censuses,
+                       census_of: KindCensusReader | None = None) -> tuple[int, pl.DataFrame]:
     """Check every reference of every loaded resource: it must point at an existing resource of the
     expected type that carries the expected identifier (the row's own patient, encounter, ...). The
-    references held by the resources come from the census; the expected targets are searched.
+    references held by the resources come from the census; the expected targets are searched, or
+    read from `census_of` (see target_identifiers).
 
     Returns how many references were checked and one row per problem."""
     keys = ["resource_type", "identifier_system", "identifier_value"]
@@ -460,7 +520,7 @@ def reference_problems(client: MedplumClient, frame: pl.DataFrame, censuses: Cen
         .rename({"path": "target_path", "reference": "actual"})
     )
     targets = pl.DataFrame(
-        [(*key, reference) for key, reference in target_identifiers(client, expectations).items()],
+        [(*key, reference) for key, reference in target_identifiers(client, expectations, census_of).items()],
         schema={"target_resource_type": pl.String, "target_identifier_system": pl.String,
                 "target_identifier_value": pl.String, "expected_reference": pl.String},
         orient="row",
@@ -485,17 +545,23 @@ def reference_problems(client: MedplumClient, frame: pl.DataFrame, censuses: Cen
     return expectations.height, problems.cast(REFERENCE_PROBLEM_SCHEMA)
 
 
-def target_identifiers(client: MedplumClient, expectations: pl.DataFrame) -> dict[tuple[str, str, str], str]:
+def target_identifiers(client: MedplumClient, expectations: pl.DataFrame,
+                       census_of: KindCensusReader | None = None) -> dict[tuple[str, str, str], str]:
     """`Type/id` of each expected target, found by its identifier: searched LOOKUP_CHUNK identifiers at
-    a time, or, for more than a census page's worth of targets, read with every resource of the kind
-    in pages of CENSUS_PAGE_SIZE (a tenth of the requests when most of them are targets)."""
+    a time, or, for more than a census page's worth of targets, from the census of their kind
+    (`census_of(resource type, identifier system)`, which reads only what changed since the last one)
+    or else read with every resource of the kind in pages of CENSUS_PAGE_SIZE."""
     targets = expectations.select("target_resource_type", "target_identifier_system", "target_identifier_value").unique()
     found: dict[tuple[str, str, str], str] = {}
     for (rt, system), group in targets.group_by("target_resource_type", "target_identifier_system"):
         rt, system = str(rt), str(system)
         values = group["target_identifier_value"].to_list()
         matches: Iterator[tuple[str, dict[str, Any]]]
-        if len(values) > CENSUS_PAGE_SIZE:
+        if len(values) > CENSUS_PAGE_SIZE and census_of is not None:
+            held = census_of(rt, system).join(group.select(identifier_value="target_identifier_value"),
+                                              on="identifier_value", how="semi")
+            matches = ((value, {"id": rid}) for value, rid in held.select("identifier_value", "resource_id").iter_rows())
+        elif len(values) > CENSUS_PAGE_SIZE:
             wanted = set(values)
             matches = ((value, resource) for value, resource in resources_with_identifier(client, rt, system)
                        if value in wanted)

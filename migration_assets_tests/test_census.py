@@ -7,8 +7,11 @@ import signal
 import stat
 import subprocess
 import sys
+import time
+import uuid
 from pathlib import Path
 
+import httpx
 import polars as pl
 import pytest
 
@@ -16,6 +19,7 @@ from migration_assets import verification
 from migration_assets.definitions import make_definitions
 from migration_assets.history import describe
 from migration_assets.manifest import Manifest
+from migration_assets.medplum import MedplumClient
 from migration_assets.resources import (
     LegacySource,
     ManifestStore,
@@ -34,7 +38,6 @@ from migration_assets.verification import (
 from migration_assets_tests.fixtures_local_medplum import fhir_client, get_token
 
 PATIENT_SYSTEM = "https://ehr.example-clinic.org/fhir/identifier/patient"
-CENSUS_COLUMNS = {"resource_type", "identifier_system", "identifier_value", "resource_id", "references"}
 
 
 def check_message(summary, name: str) -> str:
@@ -42,14 +45,15 @@ def check_message(summary, name: str) -> str:
     return summary.failure_messages.get(name, "")
 
 
-def counting_censuses(monkeypatch) -> list[tuple[str, str]]:
-    """Every census read from Medplum, as (resource type, identifier system): a spy around the real one."""
-    taken: list[tuple[str, str]] = []
+def counting_censuses(monkeypatch) -> list[tuple[str, str, str]]:
+    """Every census read from Medplum, as (resource type, identifier system, "whole" or "changes"): a
+    spy around the real one."""
+    taken: list[tuple[str, str, str]] = []
     real_census = verification.census
 
-    def spy(client, resource_type, identifier_system, visit=None, roots=None):
-        taken.append((resource_type, identifier_system))
-        return real_census(client, resource_type, identifier_system, visit, roots)
+    def spy(client, resource_type, identifier_system, visit=None, roots=None, since=None):
+        taken.append((resource_type, identifier_system, "whole" if since is None else "changes"))
+        return real_census(client, resource_type, identifier_system, visit, roots, since)
 
     monkeypatch.setattr(verification, "census", spy)
     return taken
@@ -61,29 +65,82 @@ def counting_censuses(monkeypatch) -> list[tuple[str, str]]:
 def test_the_checks_and_the_report_of_a_run_read_medplum_once(platform_factory, monkeypatch):
     platform = platform_factory.new(patients=30)
     taken = counting_censuses(monkeypatch)
-    folder = platform.work / "census" / "patients"
+    folder = platform.work / "census"
 
     first = platform.run("patients")
 
     assert first.ok, (first.error, first.failure_messages)
-    assert taken == [("Patient", PATIENT_SYSTEM)], "reference_integrity, idempotent_reload, reconciliation and " \
-        f"the report must share one census per run; Medplum was read for {taken}"
-    (first_file,) = folder.glob("*.parquet")
-    census = pl.read_parquet(first_file)
-    assert set(census.columns) == CENSUS_COLUMNS, "the census keeps identifiers, ids and references, not resources"
-    assert census.filter(pl.col("resource_id").is_not_null()).height == 30
-    assert stat.S_IMODE(first_file.stat().st_mode) == 0o600
-    run_ids = {run.run_id for run in platform.instance.get_runs()}
-    assert first_file.stem in run_ids
+    assert taken == [("Patient", PATIENT_SYSTEM, "whole")], "reference_integrity, idempotent_reload, " \
+        f"reconciliation and the report must share one census per run; Medplum was read for {taken}"
+    (census_file,) = folder.glob("*.parquet")
+    census = pl.read_parquet(census_file)
+    assert set(census.columns) == set(CENSUS_SCHEMA), "the census keeps identifiers, ids and references, not resources"
+    assert census.height == 30
+    assert stat.S_IMODE(census_file.stat().st_mode) == 0o600
+    run_ids = [run.run_id for run in platform.instance.get_runs()]
+    assert pl.read_parquet_metadata(census_file)["run_id"] == run_ids[0]
     with platform.manifest() as manifest:
         assert manifest.last_run("patients")["shard"] == "0/1", "the load records its shard in the run row"
 
     second = platform.run("patients")
 
     assert second.ok, (second.error, second.failure_messages)
-    assert len(taken) == 2
-    (second_file,) = folder.glob("*.parquet")
-    assert second_file != first_file and not first_file.exists(), "a new census deletes the older runs' files"
+    assert taken[1:] == [("Patient", PATIENT_SYSTEM, "changes")], "the next run reads what changed since"
+    assert [path.name for path in folder.glob("*.parquet")] == [census_file.name], "one census file per kind"
+    evidence = json.loads((platform.work / "evidence" / "patients" / "reconciliation.json").read_text())
+    assert evidence["evidence"]["census"].startswith("Patient: ") and "30 in Medplum" in evidence["evidence"]["census"]
+
+
+def test_a_census_reads_only_what_changed_since_the_last_one_and_a_whole_one_when_the_count_disagrees(
+        local_medplum, fhir, tmp_path, monkeypatch):
+    # Values no other test uses: the session server is shared, and `identifier=SYS|A,B` means SYS|A or B.
+    system = f"urn:test:census:{uuid.uuid4()}"
+
+    def put(value: str, **details: str) -> str:
+        answer = fhir.put(f"Patient?identifier={system}|{value}", json={
+            "resourceType": "Patient", "identifier": [{"system": system, "value": value}],
+            "name": [{"family": "Never-In-A-Census-File"}], **details})
+        assert answer.status_code in (200, 201), answer.text
+        return str(answer.json()["id"])
+
+    ids = {value: put(value) for value in ("census-A", "census-B", "census-C")}
+    time.sleep(4)  # past the margin a census takes off the clock, so the next one has nothing to re-read
+    taken = counting_censuses(monkeypatch)
+    with MedplumClient(local_medplum.base_url, local_medplum.client_id, local_medplum.client_secret) as client:
+        def census_in(run_id: str) -> list[tuple[str, str]]:
+            found = RunCensus(tmp_path, run_id).of_kind(client, "Patient", system)
+            return sorted(found.select("identifier_value", "resource_id").iter_rows())
+
+        assert census_in("run-1") == sorted(ids.items())
+        requests = client.stats.requests
+        assert census_in("run-1") == sorted(ids.items()) and client.stats.requests == requests, \
+            "the rest of a run reads the file"
+        assert census_in("run-2") == sorted(ids.items())
+        assert "0 created or changed since" in RunCensus(tmp_path, "run-2").how([("Patient", system)])
+
+        put("census-B", gender="female")
+        ids["census-D"] = put("census-D")
+        assert census_in("run-3") == sorted(ids.items()), "a change and a creation, merged"
+        duplicate = fhir.post("Patient", json={"resourceType": "Patient", "identifier": [{"system": system, "value": "census-D"}]})
+        assert census_in("run-4") == sorted([*ids.items(), ("census-D", duplicate.json()["id"])]), "a duplicate shows"
+
+        assert fhir.delete(f"Patient/{ids.pop('census-A')}").status_code == 200
+        assert fhir.delete(f"Patient/{duplicate.json()['id']}").status_code == 200
+        assert census_in("run-5") == sorted(ids.items()), "deleted: the count tells, a whole census follows"
+        moved = ids.pop("census-C")
+        answer = fhir.put(f"Patient/{moved}", json={"resourceType": "Patient", "id": moved,
+                                                    "identifier": [{"system": "urn:test:elsewhere", "value": "census-C"}]})
+        assert answer.status_code == 200, answer.text
+        assert census_in("run-6") == sorted(ids.items()), "an identifier gone: the count tells too"
+
+        assert census_in("run-7") == sorted(ids.items())
+        assert RunCensus(tmp_path, "run-8", incremental=False).of_kind(client, "Patient", system).height == 2
+
+    assert [how for _, _, how in taken] == ["whole", "changes", "changes", "changes", "changes", "whole",
+                                            "changes", "whole", "changes", "whole"]
+    (census_file,) = tmp_path.glob("*.parquet")
+    assert b"Never-In-A-Census-File" not in census_file.read_bytes()
+    assert stat.S_IMODE(census_file.stat().st_mode) == 0o600
 
 
 def test_the_idempotency_check_resubmits_the_whole_partition_up_to_its_sample_size_and_says_so(platform_factory):
@@ -232,31 +289,6 @@ def test_reference_problems_are_found_from_the_census_alone(targets_read_by, mon
     ]
 
 
-def test_a_run_census_is_taken_once_and_replaces_older_runs_files(tmp_path: Path):
-    class CountingMedplum:
-        searches = 0
-
-        def search(self, resource_type: str, params: dict[str, str]):
-            CountingMedplum.searches += 1
-            yield {"resourceType": "Patient", "id": "p1", "identifier": [{"system": "S", "value": "P1"}],
-                   "name": [{"family": "Not-In-The-File"}]}
-
-    frame = pl.DataFrame({"resource_type": ["Patient"], "identifier_system": ["S"]})
-    client = CountingMedplum()
-    older = RunCensus(tmp_path, "run-1", "patients")
-    assert older.get(client, frame)[("Patient", "S")]["identifier_value"].to_list() == ["P1"]
-    newer = RunCensus(tmp_path, "run-2", "patients")
-    other_element = RunCensus(tmp_path, "run-1", "practitioners")
-    other_element.get(client, frame)
-
-    for _ in range(3):  # the checks and the report of run 2
-        assert newer.get(client, frame)[("Patient", "S")]["resource_id"].to_list() == ["p1"]
-
-    assert CountingMedplum.searches == 3, "one search per run and element"
-    assert not older.path.exists() and newer.path.exists() and other_element.path.exists()
-    assert b"Not-In-The-File" not in newer.path.read_bytes()
-
-
 # -- lost writes ------------------------------------------------------------------------------------
 
 
@@ -304,6 +336,7 @@ def _killed_run(manifest_url: str, run_id: str, shard: tuple[int, int]) -> None:
 import os, signal
 import polars as pl
 from migration_assets.manifest import Manifest
+from migration_assets.medplum import MedplumClient
 manifest = Manifest({manifest_url!r})
 manifest.start_run({run_id!r}, "patients", "1.0.0", "sqlite:///legacy.db", {{"patients": 1}}, shard={shard!r})
 frame = pl.DataFrame({{"source_table": ["patients"], "unit_key": ["P001"], "resource_type": ["Patient"],
@@ -356,3 +389,25 @@ def test_a_ledger_created_before_runs_had_a_shard_gets_the_column(tmp_path: Path
         runs = {run["run_id"]: (run["status"], run["shard"]) for run in manifest.runs("patients")}
     assert runs == {"old": ("interrupted", None), "new": ("running", "0/1")}
     assert os.path.exists(path)
+
+
+def test_without_the_servers_clock_every_census_is_a_whole_one(tmp_path: Path):
+    # Fault the local server cannot produce: answers without a Date header, so there is no server time
+    # to read changes from.
+    searches: list[str] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/oauth2/token"):
+            return httpx.Response(200, json={"access_token": "t", "expires_in": 3600, "token_type": "Bearer"})
+        if request.url.params.get("_summary") == "count":
+            return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset", "total": 1})
+        searches.append(str(request.url))
+        patient = {"resourceType": "Patient", "id": "p1", "identifier": [{"system": "S", "value": "P1"}]}
+        return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset",
+                                         "entry": [{"resource": patient, "search": {"mode": "match"}}]})
+
+    with MedplumClient("http://fake/", "id", "secret", transport=httpx.MockTransport(handler)) as client:
+        assert client.count("Patient", {"identifier": "S|"}) == (1, None)
+        for run_id in ("run-1", "run-2"):
+            assert RunCensus(tmp_path, run_id).of_kind(client, "Patient", "S")["resource_id"].to_list() == ["p1"]
+    assert len(searches) == 2 and not any("_lastUpdated" in url for url in searches)

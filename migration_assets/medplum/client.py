@@ -13,6 +13,8 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from email.utils import parsedate_to_datetime
 from functools import partial
 from typing import Any, Self, TypeVar
 
@@ -120,6 +122,16 @@ class MedplumClient:
                     if entry.get("search", {}).get("mode", "match") == "match" and "resource" in entry:
                         yield entry["resource"]
                 page = upcoming.result() if upcoming else None
+
+    def count(self, resource_type: str, params: dict[str, str]) -> tuple[int, datetime | None]:
+        """How many resources match (`_summary=count`), and a time by the server's clock no later than
+        the moment it started counting: its `Date` header (whole seconds, rounded down) less a second
+        and the request's own duration. None when the server sent no date."""
+        started = time.monotonic()
+        total, answered = self._send("GET", resource_type, params={**params, "_summary": "count"}, parse=_total_and_date)
+        if answered is None:
+            return total, None
+        return total, answered - timedelta(seconds=1 + time.monotonic() - started)
 
     def post_bundle(self, bundle: dict[str, Any]) -> list[EntryResponse]:
         """POST a batch or transaction; one parsed response per entry, in the order sent."""
@@ -254,6 +266,14 @@ class MedplumClient:
         with self._stats_lock:
             for name, value in increments.items():
                 setattr(self.stats, name, getattr(self.stats, name) + value)
+
+
+def _total_and_date(response: httpx.Response) -> tuple[int, datetime | None]:
+    total = json_object(response).get("total")
+    if not isinstance(total, int):
+        raise MedplumError(f"a _summary=count search answered without a total: {short_body(response)}")
+    date = response.headers.get("date")
+    return total, parsedate_to_datetime(date) if date else None
 
 
 def _json_or_none_if_missing(response: httpx.Response) -> dict[str, Any] | None:
