@@ -319,7 +319,11 @@ export class LocalRepository extends MemoryRepository {
     }
     let matches = [...ids].map((id) => this.getStored(resourceType, id)).filter(Boolean);
 
-    const plain = otherFilters.filter((f) => !f.code.includes('.'));
+    // A census of what changed (`_lastUpdated=ge…`) pages through many matches: times are compared
+    // directly, where the stock matcher would evaluate FHIRPath on every candidate for every page.
+    const timeTests = otherFilters.map(lastUpdatedTest);
+    matches = matches.filter((r) => timeTests.every((test) => !test || test(r)));
+    const plain = otherFilters.filter((f, i) => !timeTests[i] && !f.code.includes('.'));
     const chained = otherFilters.filter((f) => f.code.includes('.'));
     if (plain.length) {
       const rest = { resourceType, filters: plain };
@@ -342,6 +346,22 @@ export class LocalRepository extends MemoryRepository {
     }
     return { resourceType: 'Bundle', type: 'searchset', entry: entries.length ? entries : undefined, total };
   }
+}
+
+/** A test for `_lastUpdated=ge<time>` or `lt<time>` (exact for instants to the millisecond, as Medplum
+ * stores them), or undefined for any other filter. */
+function lastUpdatedTest(filter) {
+  const bound = filter.code === '_lastUpdated' ? Date.parse(filter.value) : Number.NaN;
+  if (Number.isNaN(bound)) {
+    return undefined;
+  }
+  if (filter.operator === Operator.GREATER_THAN_OR_EQUALS) {
+    return (resource) => Date.parse(resource.meta?.lastUpdated) >= bound;
+  }
+  if (filter.operator === Operator.LESS_THAN) {
+    return (resource) => Date.parse(resource.meta?.lastUpdated) < bound;
+  }
+  return undefined;
 }
 
 function storedRecord(resourceType, id, versions, current) {
