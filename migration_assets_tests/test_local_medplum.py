@@ -315,6 +315,31 @@ def test_structural_validation_on_create_and_update(fhir: httpx.Client) -> None:
 # --- gap 4: identifier index --------------------------------------------------------------------
 
 
+def test_last_updated_bounds_an_identifier_search_to_the_millisecond(fhir: httpx.Client) -> None:
+    # What a census of the changes since the last one asks (`_lastUpdated=ge…`), paged.
+    system = new_system()
+    stamps = {}
+    for value in ("LU-1", "LU-2", "LU-3"):
+        response = fhir.put(f"Patient?identifier={system}|{value}", json=patient(system, value))
+        stamps[value] = response.json()["meta"]["lastUpdated"]
+        time.sleep(0.01)  # a millisecond of its own each
+    second = stamps["LU-2"]
+
+    def found(**params: str) -> set[str]:
+        response = fhir.get("Patient", params={"identifier": f"{system}|", "_count": "1", **params})
+        ids = {e["resource"]["identifier"][0]["value"] for e in response.json().get("entry", [])}
+        following = next((link["url"] for link in response.json().get("link", []) if link["relation"] == "next"), None)
+        while following:
+            page = fhir.get(following).json()
+            ids |= {e["resource"]["identifier"][0]["value"] for e in page.get("entry", [])}
+            following = next((link["url"] for link in page.get("link", []) if link["relation"] == "next"), None)
+        return ids
+
+    assert found(_lastUpdated=f"ge{second}") == {"LU-2", "LU-3"}, "ge holds the instant itself"
+    assert found(_lastUpdated=f"lt{second}") == {"LU-1"}
+    assert found(_lastUpdated="ge2999-01-01") == set()
+
+
 def test_identifier_matching_is_exact_and_honours_escaping(fhir: httpx.Client) -> None:
     system = new_system()
     values = ["p001", "P001", "A,B", "A", "B", "Q|101", "D$1", "E\\F"]
