@@ -175,10 +175,12 @@ export function createLocalMedplum(config) {
 
       const [outcome, resource] = await serialize(async () => {
         repo.budget = limiter.budgetFor(clientId);
+        repo.answeringSearch = isTypeSearch;
         try {
           return await router.handleRequest(fhirRequest(req.method, routerUrl, body, req.headers), repo);
         } finally {
           repo.budget = null;
+          repo.answeringSearch = false;
         }
       });
       const status = getStatus(outcome);

@@ -42,6 +42,15 @@ export class LocalRepository extends MemoryRepository {
     this.budget = null;
     /** Called after every change of the store (write, delete, rollback); server.mjs schedules a save. */
     this.onChange = null;
+    /** True while server.mjs answers a search request: its page is only serialized, never changed, so
+     * the stored resources go out as they are instead of as copies (a census reads every one). */
+    this.answeringSearch = false;
+  }
+
+  /** A stored resource for a search result: itself while a search is being answered, else a copy
+   * (the repository's own searches, such as conditional updates, may change what they find). */
+  searchCopy(resource) {
+    return this.answeringSearch ? resource : deepClone(resource);
   }
 
   changed() {
@@ -314,7 +323,7 @@ export class LocalRepository extends MemoryRepository {
       // census of N resources costs N reads, not N per page.
       const all = [...ids];
       const page = all.slice(offset, end).map((id) => this.getStored(resourceType, id)).filter(Boolean);
-      const entries = page.map((resource) => ({ search: { mode: 'match' }, resource: deepClone(resource) }));
+      const entries = page.map((resource) => ({ search: { mode: 'match' }, resource: this.searchCopy(resource) }));
       return { resourceType: 'Bundle', type: 'searchset', entry: entries.length ? entries : undefined, total: all.length };
     }
     let matches = [...ids].map((id) => this.getStored(resourceType, id)).filter(Boolean);
@@ -340,7 +349,7 @@ export class LocalRepository extends MemoryRepository {
     }
     const total = matches.length;
     const page = matches.slice(offset, end);
-    const entries = page.map((resource) => ({ search: { mode: 'match' }, resource: deepClone(resource) }));
+    const entries = page.map((resource) => ({ search: { mode: 'match' }, resource: this.searchCopy(resource) }));
     if ((searchRequest.include || searchRequest.revInclude) && entries.length) {
       await getExtraEntries(this, searchRequest, entries.map((e) => e.resource), entries);
     }
