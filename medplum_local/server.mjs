@@ -189,6 +189,7 @@ export function createLocalMedplum(config) {
       }
       if (isTypeSearch && resource.type === 'searchset') {
         addPagingLinks(resource, `${baseUrl}fhir/R4/${path}`, query);
+        keepElements(resource, query.get('_elements'));
       }
       // Binary read without asking for FHIR JSON returns the raw content, as Medplum does.
       if (resource.resourceType === 'Binary' && req.method === 'GET' && !/fhir\+json/.test(req.headers.accept ?? '')) {
@@ -493,6 +494,20 @@ function parseBody(buffer, contentType = '') {
     return JSON.parse(text);
   } catch {
     throw new OperationOutcomeError(badRequest('Invalid JSON in request body'));
+  }
+}
+
+/** `_elements=a,b`: each matched resource with only those top-level elements (and its type, id and
+ * meta), as Medplum answers it. New objects: the stored resources are left as they are. */
+function keepElements(bundle, elements) {
+  if (!elements) {
+    return;
+  }
+  const kept = new Set(['resourceType', 'id', 'meta', ...elements.split(',').map((name) => name.trim())]);
+  for (const entry of bundle.entry ?? []) {
+    if (entry.resource && entry.search?.mode !== 'include') {
+      entry.resource = Object.fromEntries(Object.entries(entry.resource).filter(([name]) => kept.has(name)));
+    }
   }
 }
 

@@ -42,12 +42,16 @@ KindCensusReader = Callable[[str, str], pl.DataFrame]
 
 
 def resources_with_identifier(
-    client: MedplumClient, resource_type: str, identifier_system: str, since: datetime | None = None
+    client: MedplumClient, resource_type: str, identifier_system: str, since: datetime | None = None,
+    elements: frozenset[str] | None = None,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """(identifier value, resource) for every resource of `resource_type` carrying an identifier in
-    `identifier_system` (with `since`, only those created or changed since then), in one paged search;
-    a resource with two such identifiers comes twice."""
+    `identifier_system` (with `since`, only those created or changed since then; with `elements`, only
+    those top-level elements besides the id and identifiers), in one paged search; a resource with two
+    such identifiers comes twice."""
     params = {"identifier": identifier_token(identifier_system, ""), "_count": str(CENSUS_PAGE_SIZE)}
+    if elements is not None:
+        params["_elements"] = ",".join(["id", "identifier", *sorted(elements)])
     if since is not None:
         params["_lastUpdated"] = "ge" + since.astimezone(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     for resource in client.search(resource_type, params):
@@ -99,13 +103,16 @@ def census(
 ) -> pl.DataFrame:
     """Every resource of `resource_type` carrying an identifier in `identifier_system` (with `since`,
     only those created or changed since then), one row per (identifier value, resource) with its id
-    and references (CENSUS_SCHEMA; with `roots`, only those under these top-level elements):
-    duplicates show as repeated values. `visit` sees each whole resource as it goes by."""
+    and references (CENSUS_SCHEMA; with `roots`, only those under these top-level elements, and only
+    those elements are asked for): duplicates show as repeated values. `visit` sees each whole
+    resource as it goes by."""
+    # Only what the census keeps travels (Medplum honours `_elements`), unless `visit` wants it all.
+    elements = roots if visit is None else None
     values, ids = [], []
     # References gathered flat and nested once at the end: polars builds a list-of-struct column from
     # Python dicts about six times slower (4 s for 100,000 resources).
     owners, paths, references = [], [], []
-    for row, (value, resource) in enumerate(resources_with_identifier(client, resource_type, identifier_system, since)):
+    for row, (value, resource) in enumerate(resources_with_identifier(client, resource_type, identifier_system, since, elements)):
         if visit is not None:
             visit(resource_type, identifier_system, value, resource)
         values.append(value)
@@ -563,7 +570,7 @@ def target_identifiers(client: MedplumClient, expectations: pl.DataFrame,
             matches = ((value, {"id": rid}) for value, rid in held.select("identifier_value", "resource_id").iter_rows())
         elif len(values) > CENSUS_PAGE_SIZE:
             wanted = set(values)
-            matches = ((value, resource) for value, resource in resources_with_identifier(client, rt, system)
+            matches = ((value, resource) for value, resource in resources_with_identifier(client, rt, system, elements=frozenset())
                        if value in wanted)
         else:
             matches = find_by_identifiers(client, rt, system, values)

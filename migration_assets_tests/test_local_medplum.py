@@ -340,6 +340,25 @@ def test_last_updated_bounds_an_identifier_search_to_the_millisecond(fhir: httpx
     assert found(_lastUpdated="ge2999-01-01") == set()
 
 
+def test_elements_keeps_only_the_elements_asked_for_on_every_page(fhir: httpx.Client) -> None:
+    # What a census asks: identifiers and the references it checks, not whole resources.
+    system = new_system()
+    for value in ("EL-1", "EL-2"):
+        response = fhir.put(f"Patient?identifier={system}|{value}", json=patient(system, value, gender="female"))
+        assert response.status_code == 201, response.text
+
+    first = fhir.get("Patient", params={"identifier": f"{system}|", "_count": "1", "_elements": "id,identifier"}).json()
+    following = next(link["url"] for link in first["link"] if link["relation"] == "next")
+    second = fhir.get(following).json()
+
+    for page in (first, second):
+        (entry,) = page["entry"]
+        assert set(entry["resource"]) == {"resourceType", "id", "meta", "identifier"}, entry["resource"]
+    assert {e["resource"]["identifier"][0]["value"] for e in (first["entry"][0], second["entry"][0])} == {"EL-1", "EL-2"}
+    whole = fhir.get("Patient", params={"identifier": f"{system}|EL-1"}).json()["entry"][0]["resource"]
+    assert whole["gender"] == "female" and whole["name"], "the stored resource is left whole"
+
+
 def test_identifier_matching_is_exact_and_honours_escaping(fhir: httpx.Client) -> None:
     system = new_system()
     values = ["p001", "P001", "A,B", "A", "B", "Q|101", "D$1", "E\\F"]

@@ -157,6 +157,19 @@ class DagsterUI:
         )
         return list(data["runsOrError"]["results"])
 
+    def wait_for_finished_runs(self, tag: dict[str, str], timeout: float, poll: float = 1.0) -> list[dict[str, Any]]:
+        """The runs carrying `tag`, once none of them is still queued or running: a run's last assets
+        are materialized while its checks may still run."""
+        deadline = time.monotonic() + timeout
+        tagged: list[dict[str, Any]] = []
+        while time.monotonic() < deadline:
+            tagged = [run for run in self.runs() if tag in run["tags"]]
+            if tagged and all(run["status"] in ("SUCCESS", "FAILURE", "CANCELED") for run in tagged):
+                return tagged
+            time.sleep(poll)
+        raise AssertionError(f"runs tagged {tag} not finished within {timeout:.0f} s: "
+                             f"{[(r['runId'][:8], r['status']) for r in tagged]}")
+
     def wait_for_partitions(
         self, asset_key: str, partitions: list[str], timeout: float, poll: float = 2.0
     ) -> dict[str, list[str]]:
