@@ -610,7 +610,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
                      f"{first['load_step_seconds']:.1f} s"
                      + (f" = {first['load_step_resources_per_s'] / ceiling['resources_per_s']:.0%} of ceiling"
                         if ceiling else "")))
-        for label, what in (("reload", "unchanged reload"), ("reload_again", "  and once more")):
+        for label, what in (("reload", "unchanged reload"), ("reload_again", "unchanged reload again")):
             again = e[label]
             rows.append((f"platform end to end, {what}", f"{again['seconds']:.1f} s",
                          (f"sent {again['sent']}; load steps {again['load_step_seconds']:.2f} s, "
