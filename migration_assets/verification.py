@@ -155,9 +155,12 @@ def census_dir(evidence_dir: str | Path) -> Path:
     return Path(override) if override else Path(evidence_dir).resolve().parent / "census"
 
 
-# Taken off the time a census starts from, beyond what MedplumClient.count already takes off: the
-# clocks of the servers behind a load balancer may differ a little. Re-reading a second more is cheap.
-CENSUS_CLOCK_MARGIN = timedelta(seconds=1)
+# Taken off the time a census starts from, beyond what MedplumClient.count already takes off. Medplum
+# stamps a resource's lastUpdated before its transaction commits, so a transaction bundle still
+# committing when the census starts carries an earlier time; and the clocks of the servers behind a
+# load balancer may differ a little. At a real server's 50-800 writes a second, re-reading five
+# seconds' worth each time is cheap insurance.
+CENSUS_CLOCK_MARGIN = timedelta(seconds=5)
 
 
 @dataclass(frozen=True)

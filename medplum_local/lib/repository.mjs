@@ -54,6 +54,7 @@ export class LocalRepository extends MemoryRepository {
   }
 
   changed() {
+    this.storeVersion = (this.storeVersion ?? 0) + 1;
     this.onChange?.();
   }
 
@@ -326,6 +327,28 @@ export class LocalRepository extends MemoryRepository {
       const entries = page.map((resource) => ({ search: { mode: 'match' }, resource: this.searchCopy(resource) }));
       return { resourceType: 'Bundle', type: 'searchset', entry: entries.length ? entries : undefined, total: all.length };
     }
+    // The pages of one search share its matches while the store is unchanged, as a database index
+    // would let them: filtering every candidate again for every page made a census of what changed
+    // cost the candidates times the pages.
+    const key = JSON.stringify([resourceType, searchRequest.filters, sortRules]);
+    let matches;
+    if (this.lastMatches?.key === key && this.lastMatches.version === this.storeVersion) {
+      matches = this.lastMatches.matches;
+    } else {
+      matches = await this.identifierMatches(resourceType, ids, otherFilters, sortRules);
+      this.lastMatches = { key, version: this.storeVersion, matches };
+    }
+    const total = matches.length;
+    const page = matches.slice(offset, end);
+    const entries = page.map((resource) => ({ search: { mode: 'match' }, resource: this.searchCopy(resource) }));
+    if ((searchRequest.include || searchRequest.revInclude) && entries.length) {
+      await getExtraEntries(this, searchRequest, entries.map((e) => e.resource), entries);
+    }
+    return { resourceType: 'Bundle', type: 'searchset', entry: entries.length ? entries : undefined, total };
+  }
+
+  /** The stored resources among `ids` that pass the other filters, sorted. */
+  async identifierMatches(resourceType, ids, otherFilters, sortRules) {
     let matches = [...ids].map((id) => this.getStored(resourceType, id)).filter(Boolean);
 
     // A census of what changed (`_lastUpdated=ge…`) pages through many matches: times are compared
@@ -347,13 +370,7 @@ export class LocalRepository extends MemoryRepository {
     for (const rule of [...sortRules].reverse()) {
       matches.sort((a, b) => compareBySearchParam(a, b, rule));
     }
-    const total = matches.length;
-    const page = matches.slice(offset, end);
-    const entries = page.map((resource) => ({ search: { mode: 'match' }, resource: this.searchCopy(resource) }));
-    if ((searchRequest.include || searchRequest.revInclude) && entries.length) {
-      await getExtraEntries(this, searchRequest, entries.map((e) => e.resource), entries);
-    }
-    return { resourceType: 'Bundle', type: 'searchset', entry: entries.length ? entries : undefined, total };
+    return matches;
   }
 }
 
