@@ -570,8 +570,10 @@ def target_identifiers(client: MedplumClient, expectations: pl.DataFrame,
         if len(values) > CENSUS_PAGE_SIZE and census_of is not None:
             held = census_of(rt, system).join(group.select(identifier_value="target_identifier_value"),
                                               on="identifier_value", how="semi")
-            matches = ((value, {"id": rid}) for value, rid in held.select("identifier_value", "resource_id").iter_rows())
-        elif len(values) > CENSUS_PAGE_SIZE:
+            found.update({(rt, system, value): f"{rt}/{rid}"
+                          for value, rid in held.select("identifier_value", "resource_id").iter_rows()})
+            continue
+        if len(values) > CENSUS_PAGE_SIZE:
             wanted = set(values)
             matches = ((value, resource) for value, resource in resources_with_identifier(client, rt, system, elements=frozenset())
                        if value in wanted)

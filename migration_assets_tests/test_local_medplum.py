@@ -326,14 +326,15 @@ def test_last_updated_bounds_an_identifier_search_to_the_millisecond(fhir: httpx
     second = stamps["LU-2"]
 
     def found(**params: str) -> set[str]:
-        response = fhir.get("Patient", params={"identifier": f"{system}|", "_count": "1", **params})
-        ids = {e["resource"]["identifier"][0]["value"] for e in response.json().get("entry", [])}
-        following = next((link["url"] for link in response.json().get("link", []) if link["relation"] == "next"), None)
-        while following:
-            page = fhir.get(following).json()
-            ids |= {e["resource"]["identifier"][0]["value"] for e in page.get("entry", [])}
+        """The identifier values of every page, one resource a page."""
+        values: set[str] = set()
+        page = fhir.get("Patient", params={"identifier": f"{system}|", "_count": "1", **params}).json()
+        while True:
+            values |= {e["resource"]["identifier"][0]["value"] for e in page.get("entry", [])}
             following = next((link["url"] for link in page.get("link", []) if link["relation"] == "next"), None)
-        return ids
+            if following is None:
+                return values
+            page = fhir.get(following).json()
 
     assert found(_lastUpdated=f"ge{second}") == {"LU-2", "LU-3"}, "ge holds the instant itself"
     assert found(_lastUpdated=f"lt{second}") == {"LU-1"}
