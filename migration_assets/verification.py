@@ -221,8 +221,10 @@ class RunCensus:
 
     def how(self, kinds: Sequence[tuple[str, str]]) -> str:
         """How this run's census of each kind was taken, for a check's report."""
-        found = [(rt, _read_kind(self.path(rt, system))) for rt, system in kinds]
-        return "; ".join(f"{rt}: {stored.how}" for rt, stored in found if stored is not None and stored.run_id == self.run_id)
+        # The files' metadata only: the tables of a large element weigh tens of megabytes.
+        paths = [(rt, self.path(rt, system)) for rt, system in kinds]
+        found = [(rt, pl.read_parquet_metadata(path)) for rt, path in paths if path.exists()]
+        return "; ".join(f"{rt}: {meta['how']}" for rt, meta in found if meta["run_id"] == self.run_id)
 
     def _bring_up_to_date(self, client: MedplumClient, resource_type: str, identifier_system: str,
                           roots: frozenset[str] | None, stored: KindCensus | None) -> KindCensus:
