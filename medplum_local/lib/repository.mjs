@@ -310,31 +310,23 @@ export class LocalRepository extends MemoryRepository {
   /** A search with at least one `identifier=` filter: candidates from the index, then the other filters. */
   async searchByIdentifier(searchRequest, identifierFilters) {
     const { resourceType } = searchRequest;
-    let ids;
-    for (const filter of identifierFilters) {
-      const found = this.identifierIndex.lookup(resourceType, filter.value);
-      ids = ids ? new Set([...ids].filter((id) => found.has(id))) : found;
-    }
-    const otherFilters = searchRequest.filters.filter((f) => !identifierFilters.includes(f));
     const sortRules = searchRequest.sortRules ?? [];
     const offset = searchRequest.offset ?? 0;
     const end = searchRequest.count === undefined ? undefined : offset + searchRequest.count;
-    if (!otherFilters.length && !sortRules.length && !searchRequest.include && !searchRequest.revInclude) {
-      // Paging through a whole identifier system (a census): read only this page's resources, so a
-      // census of N resources costs N reads, not N per page.
-      const all = [...ids];
-      const page = all.slice(offset, end).map((id) => this.getStored(resourceType, id)).filter(Boolean);
-      const entries = page.map((resource) => ({ search: { mode: 'match' }, resource: this.searchCopy(resource) }));
-      return { resourceType: 'Bundle', type: 'searchset', entry: entries.length ? entries : undefined, total: all.length };
-    }
     // The pages of one search share its matches while the store is unchanged, as a database index
-    // would let them: filtering every candidate again for every page made a census of what changed
-    // cost the candidates times the pages.
+    // would let them: looking the whole identifier system up and filtering it again for every page
+    // made a census cost its resources times its pages.
     const key = JSON.stringify([resourceType, searchRequest.filters, sortRules]);
     let matches;
     if (this.lastMatches?.key === key && this.lastMatches.version === this.storeVersion) {
       matches = this.lastMatches.matches;
     } else {
+      let ids;
+      for (const filter of identifierFilters) {
+        const found = this.identifierIndex.lookup(resourceType, filter.value);
+        ids = ids ? new Set([...ids].filter((id) => found.has(id))) : found;
+      }
+      const otherFilters = searchRequest.filters.filter((f) => !identifierFilters.includes(f));
       matches = await this.identifierMatches(resourceType, ids, otherFilters, sortRules);
       this.lastMatches = { key, version: this.storeVersion, matches };
     }
