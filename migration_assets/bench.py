@@ -10,6 +10,9 @@ runs, each against a fresh local Medplum server:
 - the platform's loader alone (load_frame) on the same grid, and its unchanged reload;
 - the platform end to end through Dagster (read, transform, validate, load, checks), first load and
   unchanged reload;
+- paced: the ceiling and the end-to-end first load again, on a server paced to a real Medplum's
+  capacity (BENCH_PACED_WRITES_PER_S, default 800 writes a second, the top of the range measured in
+  MEDPLUM_FACTS.md), where the local server in memory writes tens of times faster than Medplum;
 - transform alone (patients: source rows a second);
 - the ledger alone: registering and settling LEDGER_UNITS units, in SQLite and, when
   BENCH_LEDGER_PG_URL is set, in PostgreSQL (where shards on several machines keep it);
@@ -76,7 +79,11 @@ def grid() -> list[tuple[int, int]]:
         return [(int(b), int(c)) for b, c in (point.split("x") for point in chosen.split(","))]
     return [(batch_size, concurrency) for batch_size in BATCH_SIZES for concurrency in CONCURRENCIES]
 NAIVE_SUBSET = 300  # patients (with their conditions) for the one-request-per-resource run
-STAGES = ("transform", "ceiling", "naive", "cli", "loader", "e2e", "memory", "ledger")
+STAGES = ("transform", "ceiling", "naive", "cli", "loader", "e2e", "paced", "memory", "ledger")
+# The paced stage's server: a real Medplum's capacity (MEDPLUM_FACTS.md: 50 to 800 writes a second; the
+# top of that range leaves the platform's own work the largest share), counted in quota points.
+PACED_WRITES_PER_S = float(os.environ.get("BENCH_PACED_WRITES_PER_S", "800"))
+WRITE_POINTS = 100
 MEDPLUM_CLI = SERVER_DIR / "node_modules" / ".bin" / "medplum"
 
 TARGETS = {
@@ -200,12 +207,13 @@ def send_bundles(server: LocalMedplum, phases: list[list[bytes]], concurrency: i
         return time.perf_counter() - started, ok, failed
 
 
-def bench_ceiling(texts: dict[str, list[str]]) -> list[dict[str, Any]]:
+def bench_ceiling(texts: dict[str, list[str]], settings: list[tuple[int, int]],
+                  points_per_second: float = 0) -> list[dict[str, Any]]:
     points = []
     total = sum(len(t) for t in texts.values())
-    for batch_size, concurrency in grid():
+    for batch_size, concurrency in settings:
         phases = [bundles(texts[name], batch_size) for name in ELEMENTS]
-        with running_local_medplum() as server:
+        with running_local_medplum(points_per_second=points_per_second) as server:
             seconds, ok, failed = send_bundles(server, phases, concurrency)
         points.append({"batch_size": batch_size, "concurrency": concurrency, "resources": total, "ok": ok,
                        "failed": failed, "seconds": round(seconds, 3), "resources_per_s": round(ok / seconds, 1)})
@@ -213,13 +221,14 @@ def bench_ceiling(texts: dict[str, list[str]]) -> list[dict[str, Any]]:
     return points
 
 
-def bench_ceiling_direct(frames: dict[str, pl.DataFrame], batch_size: int, concurrency: int) -> dict[str, Any]:
+def bench_ceiling_direct(frames: dict[str, pl.DataFrame], batch_size: int, concurrency: int,
+                         points_per_second: float = 0) -> dict[str, Any]:
     """The ceiling again, with what the platform sends by default: the Conditions' subjects as
     `Patient/<id>` (ids from the Patients' batch-response; the Conditions' bundles are built between
     the two timed phases)."""
     patients, conditions = (eligible(frames[name]) for name in ELEMENTS)
     written_ids: list[str | None] = []
-    with running_local_medplum() as server:
+    with running_local_medplum(points_per_second=points_per_second) as server:
         first, ok, failed = send_bundles(server, [bundles(entry_texts(patients).to_list(), batch_size)], concurrency,
                                          written_ids)
         ids = patients.select("resource_type", "identifier_system", "identifier_value").with_columns(
@@ -342,7 +351,14 @@ def run_loader(server: LocalMedplum, manifest_url: str, frames: dict[str, pl.Dat
 # -- end to end through Dagster --------------------------------------------------------------------------
 
 
-def bench_e2e(source_url: str, work: Path, batch_size: int, concurrency: int) -> dict[str, Any]:
+# The first load, then two unchanged reloads. The second shows the steady state: its checks' census
+# reads only what changed since the first reload's, where the first reload re-reads the last seconds
+# of the first load.
+E2E_PHASES = ("first", "reload", "reload_again")
+
+
+def bench_e2e(source_url: str, work: Path, batch_size: int, concurrency: int, points_per_second: float = 0,
+              phases: tuple[str, ...] = E2E_PHASES) -> dict[str, Any]:
     from dagster import DagsterInstance
 
     from migration_assets.definitions import make_definitions
@@ -355,21 +371,21 @@ def bench_e2e(source_url: str, work: Path, batch_size: int, concurrency: int) ->
     )
 
     report: dict[str, Any] = {"batch_size": batch_size, "concurrency": concurrency}
-    with running_local_medplum() as server, tempfile.TemporaryDirectory(dir=work) as home:
+    with running_local_medplum(points_per_second=points_per_second) as server, \
+            tempfile.TemporaryDirectory(dir=work) as home:
+        state = Path(home)  # the run's own ledger, evidence and frames: each call starts afresh
         resources: dict[str, object] = {
             "medplum": MedplumResource(base_url=server.base_url, client_id=server.client_id,
                                        client_secret=server.client_secret),
             "legacy_db": LegacySource(url=source_url),
-            "manifest": ManifestStore(url=f"sqlite:///{work / 'e2e-manifest.db'}"),
+            "manifest": ManifestStore(url=f"sqlite:///{state / 'manifest.db'}"),
             "migration_settings": MigrationSettings(batch_size=batch_size, concurrency=concurrency,
-                                                    evidence_dir=str(work / "evidence")),
-            "frames_io_manager": PolarsParquetIOManager(base_dir=str(work / "frames")),
+                                                    evidence_dir=str(state / "evidence")),
+            "frames_io_manager": PolarsParquetIOManager(base_dir=str(state / "frames")),
         }
         job = make_definitions(resources).resolve_job_def("migrate_data_element")
         with DagsterInstance.local_temp(tempdir=home) as instance:
-            # The second reload shows the steady state: its checks' census reads only what changed since
-            # the first reload's, where the first reload re-reads the last seconds of the first load.
-            for label in ("first", "reload", "reload_again"):
+            for label in phases:
                 phase: dict[str, Any] = {"elements": {}}
                 started = time.perf_counter()
                 for name in ELEMENTS:
@@ -615,6 +631,16 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
             rows.append((f"platform end to end, {what}", f"{again['seconds']:.1f} s",
                          (f"sent {again['sent']}; load steps {again['load_step_seconds']:.2f} s, "
                           f"checks {again['after_load_check_seconds']:.2f} s")))
+    if "paced" in report:
+        p = report["paced"]
+        top = max(p["ceiling"]["resources_per_s"], p["ceiling_direct"]["resources_per_s"])
+        rows.append((f"server paced to {p['writes_per_s']:,.0f} writes/s: ceiling", f"{top:,.0f} res/s",
+                     (f"the better of conditional ({p['ceiling']['resources_per_s']:,.0f}) and direct "
+                     f"({p['ceiling_direct']['resources_per_s']:,.0f}) references")))
+        first = p["e2e"]["first"]
+        rows.append(("  platform end to end, first load (with checks)", f"{first['resources_per_s']:,.0f} res/s",
+                     (f"{first['seconds']:.1f} s = {first['resources_per_s'] / top:.0%} of that ceiling; "
+                     f"load steps {first['load_step_resources_per_s'] / top:.0%}")))
     if "transform" in report:
         t = report["transform"]
         rows.append(("transform alone, patients (mapping, rules, pandera, SHA-256)",
@@ -693,7 +719,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"source: {report['source']['rows']}")
         # The built frames and their entry texts (gigabytes at a million patients) only for the stages
         # that send them: the transform is timed in a process that holds no more than its own work.
-        if set(stages) & {"ceiling", "naive", "cli", "loader"}:
+        if set(stages) & {"ceiling", "naive", "cli", "loader", "paced"}:
             frames = {name: element_frame(source_url, name) for name in ELEMENTS}
             texts = {name: entry_texts(eligible(frames[name])).to_list() for name in ELEMENTS}
             report["resources"] = {name: len(t) for name, t in texts.items()}
@@ -714,7 +740,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def stage_runners(scope: dict[str, Any]) -> dict[str, Callable[[dict[str, Any]], None]]:
-    args, work = scope["args"], scope["work"]
+    args, work, report_so_far = scope["args"], scope["work"], scope["report"]
 
     def transform(report: dict[str, Any]) -> None:
         # In a process of its own, as the fhir_frames step runs: this one holds what generating the
@@ -722,10 +748,16 @@ def stage_runners(scope: dict[str, Any]) -> dict[str, Callable[[dict[str, Any]],
         report["transform"] = run_probe(["transform-rate", scope["source_url"]])
         log(f"transform: {report['transform']}")
 
+    def tuned() -> tuple[int, int]:
+        # The ceiling's best setting; without the ceiling stage, the first BENCH_GRID point (else 100 x 2).
+        if report_so_far.get("ceiling"):
+            top = best(report_so_far["ceiling"])
+            return top["batch_size"], top["concurrency"]
+        return grid()[0] if os.environ.get("BENCH_GRID") else (100, 2)
+
     def ceiling(report: dict[str, Any]) -> None:
-        report["ceiling"] = bench_ceiling(scope["texts"])
-        top = best(report["ceiling"])
-        report["ceiling_direct"] = bench_ceiling_direct(scope["frames"], top["batch_size"], top["concurrency"])
+        report["ceiling"] = bench_ceiling(scope["texts"], grid())
+        report["ceiling_direct"] = bench_ceiling_direct(scope["frames"], *tuned())
 
     def naive(report: dict[str, Any]) -> None:
         report["naive"] = bench_naive(scope["frames"], NAIVE_SUBSET)
@@ -737,10 +769,18 @@ def stage_runners(scope: dict[str, Any]) -> dict[str, Callable[[dict[str, Any]],
         report["loader"], report["loader_reload"] = bench_loader(scope["frames"], work)
 
     def e2e(report: dict[str, Any]) -> None:
-        # The ceiling's best setting; without the ceiling stage, the first BENCH_GRID point (else 100 x 2).
-        first = grid()[0] if os.environ.get("BENCH_GRID") else (100, 2)
-        tuned = best(report["ceiling"]) if report.get("ceiling") else {"batch_size": first[0], "concurrency": first[1]}
-        report["e2e"] = bench_e2e(scope["source_url"], work, tuned["batch_size"], tuned["concurrency"])
+        report["e2e"] = bench_e2e(scope["source_url"], work, *tuned())
+
+    def paced(report: dict[str, Any]) -> None:
+        # The ceiling and the first load again, on a server paced to a real Medplum's capacity.
+        points_per_second = PACED_WRITES_PER_S * WRITE_POINTS
+        setting = tuned()
+        report["paced"] = {
+            "writes_per_s": PACED_WRITES_PER_S, "points_per_second": points_per_second,
+            "ceiling": bench_ceiling(scope["texts"], [setting], points_per_second)[0],
+            "ceiling_direct": bench_ceiling_direct(scope["frames"], *setting, points_per_second),
+            "e2e": bench_e2e(scope["source_url"], work, *setting, points_per_second, phases=("first",)),
+        }
 
     def memory(report: dict[str, Any]) -> None:
         report["memory"] = bench_memory(args.memory_patients or args.patients, work)
@@ -749,7 +789,7 @@ def stage_runners(scope: dict[str, Any]) -> dict[str, Callable[[dict[str, Any]],
         report["ledger"] = bench_ledger(work)
 
     return {"transform": transform, "ceiling": ceiling, "naive": naive, "cli": cli, "loader": loader, "e2e": e2e,
-            "memory": memory, "ledger": ledger}
+            "paced": paced, "memory": memory, "ledger": ledger}
 
 
 @contextmanager

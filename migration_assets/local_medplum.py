@@ -69,11 +69,14 @@ def start_local_medplum(
     token_ttl: int = 3600,
     log_path: Path | None = None,
     data_file: Path | None = None,
+    points_per_second: float = 0,
 ) -> tuple[LocalMedplum, subprocess.Popen[bytes]]:
     """Starts the server in its own process group and waits until /healthcheck answers.
 
     `data_file`: persist the store there (loaded now if it exists; a corrupt or unreadable file makes
     this raise LocalMedplumError with the server's message). None: memory only.
+    `points_per_second`: pace the server to that much work a second, counted in Medplum's quota points
+    (a write 100, a search 20, a read or a resource a search returns 1). 0: as fast as it goes.
     """
     if not NODE_BINARY.exists():
         raise LocalMedplumError(
@@ -92,6 +95,7 @@ def start_local_medplum(
         "MEDPLUM_LOCAL_QUOTA_WINDOW_SECONDS": str(quota_window_seconds),
         "MEDPLUM_LOCAL_TRANSACTION_BUNDLES": "true" if transaction_bundles else "false",
         "MEDPLUM_LOCAL_TOKEN_TTL": str(token_ttl),
+        "MEDPLUM_LOCAL_POINTS_PER_SECOND": str(points_per_second),
     }
     env.pop("MEDPLUM_LOCAL_DATA_FILE", None)
     if data_file is not None:
@@ -168,6 +172,7 @@ def running_local_medplum(
     token_ttl: int = 3600,
     log_path: Path | None = None,
     data_file: Path | None = None,
+    points_per_second: float = 0,
 ) -> Iterator[LocalMedplum]:
     """Runs the local Medplum server for the duration of the `with` block."""
     server, process = start_local_medplum(
@@ -178,6 +183,7 @@ def running_local_medplum(
         token_ttl=token_ttl,
         log_path=log_path,
         data_file=data_file,
+        points_per_second=points_per_second,
     )
     try:
         yield server

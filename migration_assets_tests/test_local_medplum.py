@@ -12,6 +12,7 @@ import os
 import signal
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -597,6 +598,27 @@ def test_fhir_quota_answers_429() -> None:
         assert [r.status_code for r in responses] == [201, 201, 429]
         assert '"fhirInteractions";r=130;t=' in responses[0].headers["RateLimit"]
         assert '"fhirInteractions";r=10;t=' in responses[2].headers["RateLimit"]
+
+
+def test_paced_server_holds_to_its_capacity_whatever_is_in_flight() -> None:
+    """MEDPLUM_LOCAL_POINTS_PER_SECOND: the work done, in quota points, takes at least that long, and
+    more requests in flight do not raise it (the bench's paced stage stands for a real server so)."""
+    with running_local_medplum(points_per_second=10_000) as server, fhir_client(server) as fhir:
+        system = new_system()
+
+        def post_batch(start: int) -> httpx.Response:
+            entries = [{"resource": patient(system, f"p{start + i}"), "request": {"method": "POST", "url": "Patient"}}
+                       for i in range(25)]
+            return fhir.post("", json=bundle("batch", entries))
+
+        # Four batches of 25 creates, two at a time: 10,000 points, a second of this server's work.
+        started = time.perf_counter()
+        with ThreadPoolExecutor(max_workers=2) as pool:
+            answers = list(pool.map(post_batch, range(0, 100, 25)))
+        elapsed = time.perf_counter() - started
+        assert all(a.status_code == 200 for a in answers)
+        assert len(search_ids(fhir, "Patient", identifier=f"{system}|", _count="1000")) == 100
+        assert elapsed >= 0.95, f"100 creates (10,000 points) at 10,000 points/s took only {elapsed:.2f} s"
 
 
 # --- gap 7: async batches ---------------------------------------------------------------------

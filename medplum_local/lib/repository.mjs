@@ -6,7 +6,8 @@
 //  - an update whose content equals the stored version creates no new version;
 //  - update by id of an unknown resource is 404 (no create-on-update), client ids on POST are ignored;
 //  - withTransaction() really rolls back (an undo journal), so transaction bundles are atomic;
-//  - every interaction is charged against an optional per-client FHIR quota (see ratelimit.mjs);
+//  - every interaction is charged against an optional per-client FHIR quota (see ratelimit.mjs), and
+//    counted as the work the server did (server.mjs can pace itself by it);
 //  - the store (every version of every resource) can be dumped and loaded back (storedRecords(),
 //    loadStoredRecord()); server.mjs writes it to MEDPLUM_LOCAL_DATA_FILE.
 import {
@@ -40,6 +41,8 @@ export class LocalRepository extends MemoryRepository {
     this.transactionDepth = 0;
     /** The quota budget of the client being served ({charge(points)}), or null for uncharged work. */
     this.budget = null;
+    /** Every interaction's points, charged or not, plus one per resource a search returns: the work done. */
+    this.workPoints = 0;
     /** Called after every change of the store (write, delete, rollback); server.mjs schedules a save. */
     this.onChange = null;
     /** True while server.mjs answers a search request: its page is only serialized, never changed, so
@@ -60,6 +63,7 @@ export class LocalRepository extends MemoryRepository {
 
   charge(points) {
     this.budget?.charge(points);
+    this.workPoints += points;
   }
 
   /** The stored (current) version, without cloning and without charging; undefined if absent. */
@@ -301,10 +305,13 @@ export class LocalRepository extends MemoryRepository {
     const identifierFilters = (searchRequest.filters ?? []).filter(
       (f) => f.code === 'identifier' && f.operator === Operator.EQUALS
     );
-    if (identifierFilters.length === 0 || !isIndexedType(searchRequest.resourceType)) {
-      return super.search(searchRequest, options);
-    }
-    return this.searchByIdentifier(searchRequest, identifierFilters);
+    const bundle =
+      identifierFilters.length === 0 || !isIndexedType(searchRequest.resourceType)
+        ? await super.search(searchRequest, options)
+        : await this.searchByIdentifier(searchRequest, identifierFilters);
+    // Each resource returned is work too, priced as a read: a page of 1,000 is not one read's worth.
+    this.workPoints += (bundle.entry?.length ?? 0) * POINTS.read;
+    return bundle;
   }
 
   /** A search with at least one `identifier=` filter: candidates from the index, then the other filters. */
