@@ -17,7 +17,7 @@ from migration_assets.assets import fhir_frames, medplum_resources
 from migration_assets.elements import get_element
 from migration_assets.elements.base import schema_failures
 from migration_assets.frame_parts import KEY_COLUMNS, REFERENCE_COLUMNS, FrameParts
-from migration_assets.loader import load_frame
+from migration_assets.loader import LEDGER_COLUMNS, load_frame
 from migration_assets.partitions import DATA_ELEMENTS
 from migration_assets.reporting import counts, quarantine_summary, table
 from migration_assets.resources import ManifestStore, MedplumResource, MigrationSettings
@@ -144,8 +144,9 @@ def idempotent_reload(
     with medplum.open_client() as client, manifest.open() as ledger:
         # The census before resubmitting, as the load left Medplum (whichever check of the run takes
         # it): a copy the resubmission itself would create counts as created below.
-        report = reconcile(keys, ledger.units(element.name, RECONCILE_UNIT_COLUMNS),
-                           _run_census(context, migration_settings).get(client, keys))
+        # One read of the element's ledger serves the reconciliation and the resubmission.
+        units = ledger.units(element.name, list(dict.fromkeys([*RECONCILE_UNIT_COLUMNS, *LEDGER_COLUMNS])))
+        report = reconcile(keys, units, _run_census(context, migration_settings).get(client, keys))
         # Lost writes are the next load's to resend (and the reconciliation's to report), not this
         # check's: resubmitted here they would count as created, and which check ran first would decide.
         lost = resend_lost_writes(ledger, element.name, report)
@@ -155,7 +156,7 @@ def idempotent_reload(
         chosen_groups = sample_groups(candidates, size, seed)["bundle_group"].unique()
         resubmitted = fhir_frames.scan().filter(pl.col("bundle_group").is_in(chosen_groups.implode())).collect()
         result = load_frame(client, ledger, f"{context.run.run_id}-reload", element.name, element.transactional,
-                            resubmitted, settings)
+                            resubmitted, settings, known=units.select(LEDGER_COLUMNS))
     groups, chosen = candidates["bundle_group"].n_unique(), resubmitted["bundle_group"].n_unique()
     sample = (f"whole partition: {groups} bundle groups" if resubmitted.height == candidates.height
               else f"sample of {chosen} of {groups} bundle groups ({resubmitted.height} rows), seed {seed}")

@@ -112,11 +112,17 @@ def build_frame_parts(
     slice_count = max(1, math.ceil(total / part_rows))
     staged = directory / "_staged"
     staged.mkdir(parents=True)
+    # One slice stays in memory; with more, each waits on disk (quickly compressed: it is read back
+    # once and deleted) while the rules that need every row's keys run.
+    kept: pl.DataFrame | None = None
     heights, keys = [], []
     for number in range(slice_count):
         rows = source.slice(number * part_rows, part_rows)
         frame = apply_row_rules(element, element.transform(rows, system))
-        frame.write_parquet(staged / f"{number:05d}.parquet")
+        if slice_count == 1:
+            kept = frame
+        else:
+            frame.write_parquet(staged / f"{number:05d}.parquet", compression="lz4")
         heights.append(frame.height)
         keys.append(frame.select(RULED_BY_FRAME_INPUTS))
     decided = apply_frame_rules(element, pl.concat(keys, how="vertical_relaxed")).select(RULED_BY_FRAME_OUTPUTS)
@@ -124,7 +130,8 @@ def build_frame_parts(
     offset = 0
     for number, height in enumerate(heights):
         path = staged / f"{number:05d}.parquet"
-        frame = pl.read_parquet(path).with_columns(decided.slice(offset, height).get_columns())
+        frame = (kept if kept is not None else pl.read_parquet(path)).with_columns(
+            decided.slice(offset, height).get_columns())
         offset += height
         frame = frame.select(*FRAME_COLUMNS, *[name for name in frame.columns if name not in FRAME_COLUMNS])
         part_of_row = shard_of(frame["bundle_group"], slice_count) if slice_count > 1 else pl.repeat(0, frame.height, eager=True)
@@ -134,6 +141,6 @@ def build_frame_parts(
             target = directory / f"part-{part:05d}" / f"slice-{number:05d}.parquet"
             target.parent.mkdir(exist_ok=True)
             piece.drop("_part", strict=False).write_parquet(target)
-        path.unlink()
+        path.unlink(missing_ok=True)
     staged.rmdir()
     return FrameParts(directory)
