@@ -5,6 +5,7 @@ from functools import partial
 
 import polars as pl
 from dagster import (
+    AssetCheckEvaluation,
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
@@ -12,12 +13,14 @@ from dagster import (
     MetadataValue,
     asset_check,
 )
+from dagster._core.event_api import PartitionKeyFilter
+from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from migration_assets.assets import fhir_frames, medplum_resources
 from migration_assets.elements import get_element
 from migration_assets.elements.base import schema_failures
 from migration_assets.frame_parts import KEY_COLUMNS, REFERENCE_COLUMNS, FrameParts
-from migration_assets.loader import LEDGER_COLUMNS, load_frame
+from migration_assets.loader import LEDGER_COLUMNS, LoadResult, in_shard, load_frame
 from migration_assets.partitions import DATA_ELEMENTS
 from migration_assets.reporting import counts, quarantine_summary, table
 from migration_assets.resources import ManifestStore, MedplumResource, MigrationSettings
@@ -27,6 +30,7 @@ from migration_assets.verification import (
     accounting,
     census_kinds,
     check_prerequisites,
+    content_fingerprint,
     reconcile,
     reference_problems,
     resend_lost_writes,
@@ -127,7 +131,9 @@ def reference_integrity(
     additional_ins=_FRAME,
     description="Resubmitting the partition creates nothing and changes nothing, and each source identifier "
     "matches exactly one resource in Medplum. Resubmitted: the whole partition up to idempotency_sample_size "
-    "bundle groups (1,000 by default), above that a sample of that many groups drawn with a recorded seed.",
+    "bundle groups (1,000 by default), above that a sample of that many groups drawn with a recorded seed. "
+    "Not resubmitted when this run wrote nothing and the partition's content is exactly what an earlier "
+    "passing resubmission verified (idempotency_skip_verified).",
 )
 def idempotent_reload(
     context: AssetCheckExecutionContext,
@@ -140,26 +146,41 @@ def idempotent_reload(
     settings = migration_settings.load_settings(element, resend_unchanged=True)
     size, seed = migration_settings.idempotency_sample_size, migration_settings.idempotency_sample_seed
     # With the expected references: the run's census keeps only those (whichever check takes it).
-    keys = fhir_frames.read(REFERENCE_COLUMNS)
+    keys = fhir_frames.read((*REFERENCE_COLUMNS, "content_hash"))
     with medplum.open_client() as client, manifest.open() as ledger:
+        # One read of the element's ledger serves the reconciliation and the resubmission.
+        units = ledger.units(element.name, list(dict.fromkeys([*RECONCILE_UNIT_COLUMNS, *LEDGER_COLUMNS,
+                                                               "last_run_id"])))
         # The census before resubmitting, as the load left Medplum (whichever check of the run takes
         # it): a copy the resubmission itself would create counts as created below.
-        # One read of the element's ledger serves the reconciliation and the resubmission.
-        units = ledger.units(element.name, list(dict.fromkeys([*RECONCILE_UNIT_COLUMNS, *LEDGER_COLUMNS])))
         report = reconcile(keys, units, _run_census(context, migration_settings).get(client, keys))
         # Lost writes are the next load's to resend (and the reconciliation's to report), not this
         # check's: resubmitted here they would count as created, and which check ran first would decide.
         lost = resend_lost_writes(ledger, element.name, report)
         lost_groups = keys.join(lost, on=["source_table", "unit_key"], how="semi")["bundle_group"]
         candidates = keys.filter(~pl.col("bundle_group").is_in(lost_groups.implode()).fill_null(False))
+        fingerprint = content_fingerprint(in_shard(candidates.filter(pl.col("quarantine_rule").is_null()), settings),
+                                          f"shard {settings.shard_index} of {settings.shard_count}")
+        written_now = units.filter((pl.col("last_run_id") == context.run.run_id)
+                                   & pl.col("disposition").is_in(["successful", "rejected"])).height
+        verified_in = (_verified_in(context, fingerprint)
+                       if migration_settings.idempotency_skip_verified and written_now == 0 and lost.is_empty()
+                       else None)
         # Whole rows (resources included) only for the groups resubmitted.
         chosen_groups = sample_groups(candidates, size, seed)["bundle_group"].unique()
-        resubmitted = fhir_frames.scan().filter(pl.col("bundle_group").is_in(chosen_groups.implode())).collect()
-        result = load_frame(client, ledger, f"{context.run.run_id}-reload", element.name, element.transactional,
-                            resubmitted, settings, known=units.select(LEDGER_COLUMNS))
+        resubmitted = (fhir_frames.scan().filter(pl.col("bundle_group").is_in(chosen_groups.implode())).collect()
+                       if verified_in is None else candidates.clear())
+        result = (load_frame(client, ledger, f"{context.run.run_id}-reload", element.name, element.transactional,
+                             resubmitted, settings, known=units.select(LEDGER_COLUMNS))
+                  if verified_in is None else LoadResult())
     groups, chosen = candidates["bundle_group"].n_unique(), resubmitted["bundle_group"].n_unique()
-    sample = (f"whole partition: {groups} bundle groups" if resubmitted.height == candidates.height
-              else f"sample of {chosen} of {groups} bundle groups ({resubmitted.height} rows), seed {seed}")
+    if verified_in is not None:
+        sample = (f"not resubmitted: this run wrote nothing, and the content is what run {verified_in} "
+                  "resubmitted without a change")
+    elif resubmitted.height == candidates.height:
+        sample = f"whole partition: {groups} bundle groups"
+    else:
+        sample = f"sample of {chosen} of {groups} bundle groups ({resubmitted.height} rows), seed {seed}"
     if not lost.is_empty():
         sample += f", without {lost_groups.n_unique()} holding a lost write (set back to pending for the next load)"
     duplicates = report.duplicates
@@ -173,8 +194,30 @@ def idempotent_reload(
                   **counts({"bundle_groups": groups, "bundle_groups_resubmitted": chosen,
                             "lost_writes_not_resubmitted": lost.height}),
                   "sample": sample,
+                  # What a later unchanged run compares, and the run whose resubmission verified it.
+                  "content_fingerprint": fingerprint,
+                  "verified_in_run": verified_in or context.run.run_id,
                   "duplicates": table(duplicates)},
     )
+
+
+def _verified_in(context: AssetCheckExecutionContext, fingerprint: str) -> str | None:
+    """The run whose resubmission verified exactly this content (`fingerprint`), when this check's
+    latest finished evaluation of the partition passed over it; None otherwise."""
+    # dagster is pinned: the event log's check history is the same in SQLite and PostgreSQL here.
+    history = context.instance.event_log_storage.get_asset_check_execution_history(
+        context.check_specs[0].key, limit=1,
+        status={AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED},
+        partition_filter=PartitionKeyFilter(key=context.partition_key),
+    )
+    latest = history[0] if history else None
+    if latest is None or latest.status != AssetCheckExecutionRecordStatus.SUCCEEDED or latest.event is None:
+        return None
+    evaluation = latest.event.get_dagster_event().event_specific_data
+    metadata = evaluation.metadata if isinstance(evaluation, AssetCheckEvaluation) else {}
+    if "content_fingerprint" not in metadata or metadata["content_fingerprint"].value != fingerprint:
+        return None
+    return str(metadata["verified_in_run"].value)
 
 
 @asset_check(

@@ -102,6 +102,12 @@ class MigrationSettings(ConfigurableResource):
         "Against a hosted Medplum every resubmitted entry costs quota: the sample keeps the check affordable.",
     )
     idempotency_sample_seed: int = 20261121
+    idempotency_skip_verified: bool = Field(
+        default=True,
+        description="The idempotent_reload check resubmits nothing when the run wrote nothing and the partition's "
+        "content (every unit's content hash) is exactly what its latest passing evaluation verified: an unchanged "
+        "rerun then makes no write at all. Off: every run resubmits.",
+    )
     incremental_census: bool = Field(
         default=True,
         description="The checks' census of Medplum reads only the resources created or changed since the last "

@@ -614,6 +614,16 @@ def accounting(frame: pl.DataFrame, units: pl.DataFrame) -> Books:
     return Books(source_units=frame.height, dispositions=dispositions)
 
 
+def content_fingerprint(frame: pl.DataFrame, scope: str) -> str:
+    """SHA-256 of `scope` and the rows' (source table, unit key, content hash), in any order: the same
+    exactly when the same units carry the same content."""
+    lines = frame.select(pl.concat_str("source_table", "unit_key", pl.col("content_hash").fill_null(""),
+                                       separator="\t")).to_series().sort()
+    digest = hashlib.sha256(scope.encode())
+    digest.update("\n".join(lines.to_list()).encode())
+    return digest.hexdigest()
+
+
 def sample_groups(frame: pl.DataFrame, size: int, seed: int) -> pl.DataFrame:
     """`size` bundle groups of the frame chosen at random with a recorded seed (all when size is 0 or
     at least the number of groups): whole groups, since a transaction goes whole or not at all."""

@@ -4,6 +4,7 @@ healed through the ledger, and runs left `running` by a killed process."""
 import json
 import os
 import signal
+import sqlite3
 import stat
 import subprocess
 import sys
@@ -158,9 +159,34 @@ def test_the_idempotency_check_resubmits_the_whole_partition_up_to_its_sample_si
     whole = _reload_description(platform, platform.defs)
     assert "whole partition: 30 bundle groups" in whole, whole
 
-    settings = MigrationSettings(evidence_dir=str(platform.work / "evidence"), idempotency_sample_size=10)
+    # An unchanged rerun would resubmit nothing (below): here every run resubmits.
+    settings = MigrationSettings(evidence_dir=str(platform.work / "evidence"), idempotency_sample_size=10,
+                                 idempotency_skip_verified=False)
     sampled = _reload_description(platform, make_definitions({**_resources(platform), "migration_settings": settings}))
     assert "resubmitted 10 (sample of 10 of 30 bundle groups (10 rows), seed 20261121)" in sampled, sampled
+
+
+def test_an_unchanged_rerun_resubmits_nothing_an_earlier_check_verified(platform_factory):
+    platform = platform_factory.new(patients=30)
+    assert "whole partition: 30 bundle groups" in _reload_description(platform, platform.defs)
+    first_run = platform.instance.get_runs(limit=1)[0].run_id
+
+    # Nothing written and the same content: the first run's resubmission stands; no request is a write.
+    unchanged = _reload_description(platform, platform.defs)
+    assert unchanged.startswith(f"resubmitted 0 (not resubmitted: this run wrote nothing, and the content is "
+                                f"what run {first_run} resubmitted without a change)"), unchanged
+    assert "0 duplicated identifiers" in unchanged, "the census part of the check still runs"
+    assert "resubmitted 0 (not resubmitted" in _reload_description(platform, platform.defs), \
+        "a skip passes the verifying run on"
+
+    # One patient changed in the source: that run writes, and the check resubmits again.
+    with sqlite3.connect(platform.source_url.removeprefix("sqlite:///")) as db:
+        db.execute("UPDATE patients SET last_name = 'Changed' WHERE patient_id = 'P001'")
+    assert "whole partition: 30 bundle groups" in _reload_description(platform, platform.defs)
+    # And with the skip off, an unchanged run resubmits too.
+    settings = MigrationSettings(evidence_dir=str(platform.work / "evidence"), idempotency_skip_verified=False)
+    forced = _reload_description(platform, make_definitions({**_resources(platform), "migration_settings": settings}))
+    assert "whole partition: 30 bundle groups" in forced, forced
 
 
 def _resources(platform) -> dict[str, object]:
