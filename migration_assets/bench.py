@@ -645,6 +645,9 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         rows.append(("  platform end to end, first load (with checks)", f"{first['resources_per_s']:,.0f} res/s",
                      (f"{first['seconds']:.1f} s = {first['resources_per_s'] / top:.0%} of that ceiling; "
                      f"load steps {first['load_step_resources_per_s'] / top:.0%}")))
+        again = p["e2e"]["reload"]
+        rows.append(("  platform end to end, unchanged reload", f"{again['seconds']:.1f} s",
+                     f"sent {again['sent']}, resubmitted by the checks {again['resubmitted_by_checks']}"))
     if "transform" in report:
         t = report["transform"]
         rows.append(("transform alone, patients (mapping, rules, pandera, SHA-256)",
@@ -783,7 +786,7 @@ def stage_runners(scope: dict[str, Any]) -> dict[str, Callable[[dict[str, Any]],
             "writes_per_s": PACED_WRITES_PER_S, "points_per_second": points_per_second,
             "ceiling": bench_ceiling(scope["texts"], [setting], points_per_second)[0],
             "ceiling_direct": bench_ceiling_direct(scope["frames"], *setting, points_per_second),
-            "e2e": bench_e2e(scope["source_url"], work, *setting, points_per_second, phases=("first",)),
+            "e2e": bench_e2e(scope["source_url"], work, *setting, points_per_second, phases=("first", "reload")),
         }
 
     def memory(report: dict[str, Any]) -> None:
