@@ -166,13 +166,14 @@ def idempotent_reload(
         verified_in = (_verified_in(context, fingerprint)
                        if migration_settings.idempotency_skip_verified and written_now == 0 and lost.is_empty()
                        else None)
-        # Whole rows (resources included) only for the groups resubmitted.
-        chosen_groups = sample_groups(candidates, size, seed)["bundle_group"].unique()
-        resubmitted = (fhir_frames.scan().filter(pl.col("bundle_group").is_in(chosen_groups.implode())).collect()
-                       if verified_in is None else candidates.clear())
-        result = (load_frame(client, ledger, f"{context.run.run_id}-reload", element.name, element.transactional,
-                             resubmitted, settings, known=units.select(LEDGER_COLUMNS))
-                  if verified_in is None else LoadResult())
+        if verified_in is None:
+            # Whole rows (resources included) only for the groups resubmitted.
+            chosen_groups = sample_groups(candidates, size, seed)["bundle_group"].unique()
+            resubmitted = fhir_frames.scan().filter(pl.col("bundle_group").is_in(chosen_groups.implode())).collect()
+            result = load_frame(client, ledger, f"{context.run.run_id}-reload", element.name, element.transactional,
+                                resubmitted, settings, known=units.select(LEDGER_COLUMNS))
+        else:
+            resubmitted, result = candidates.clear(), LoadResult()
     groups, chosen = candidates["bundle_group"].n_unique(), resubmitted["bundle_group"].n_unique()
     if verified_in is not None:
         sample = (f"not resubmitted: this run wrote nothing, and the content is what run {verified_in} "
