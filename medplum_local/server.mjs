@@ -70,7 +70,7 @@ function nonNegative(value, fallback) {
 /** Runs async functions one at a time: the in-memory store then behaves like serializable transactions.
  * With `pointsPerSecond`, each also holds the store until the work it did (repo.workPoints, in quota
  * points) has taken that long: a server with a real one's capacity, which more requests in flight do not
- * raise, where this one in memory writes about eighty times faster than Medplum on PostgreSQL. */
+ * raise, where this one in memory writes tens of times faster than Medplum on PostgreSQL. */
 function createSerializer(repo, pointsPerSecond) {
   let tail = Promise.resolve();
   // The moment the paced server is done with the work it was given (a clock, so that requests too
