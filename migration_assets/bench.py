@@ -645,7 +645,8 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
         first = p["e2e"]["first"]
         rows.append(("  platform end to end, first load (with checks)", f"{first['resources_per_s']:,.0f} res/s",
                      (f"{first['seconds']:.1f} s = {first['resources_per_s'] / top:.0%} of that ceiling; "
-                     f"load steps {first['load_step_resources_per_s'] / top:.0%}")))
+                     f"load steps {first['load_step_resources_per_s'] / top:.0%}; the checks resubmitted "
+                     f"{first['resubmitted_by_checks']:,}")))
         again = p["e2e"]["reload"]
         rows.append(("  platform end to end, unchanged reload", f"{again['seconds']:.1f} s",
                      f"sent {again['sent']}, resubmitted by the checks {again['resubmitted_by_checks']}"))

@@ -140,3 +140,14 @@ def test_example_instance_config_runs_a_migration_on_postgres(
     )
     assert ('["medplum_resources"]', "patients") in materializations
     assert not list(home.rglob("*.db")), f"SQLite storage created under DAGSTER_HOME: {list(home.rglob('*.db'))}"
+
+    # A rerun of the unchanged partition: the idempotency check finds its earlier verdict in the
+    # PostgreSQL event log and resubmits nothing.
+    with DagsterInstance.from_config(str(home)) as instance:
+        again = job.execute_in_process(partition_key="patients", instance=instance, raise_on_error=False)
+        assert again.success
+        (reload,) = [e for e in again.get_asset_check_evaluations() if e.check_name == "idempotent_reload"]
+        assert reload.passed
+        assert (reload.description or "").startswith(
+            f"resubmitted 0 (not resubmitted: this run wrote nothing, and the content is what run {result.run_id} "
+        ), reload.description
