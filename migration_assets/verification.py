@@ -614,13 +614,19 @@ def accounting(frame: pl.DataFrame, units: pl.DataFrame) -> Books:
     return Books(source_units=frame.height, dispositions=dispositions)
 
 
+# Lines hashed at a time by content_fingerprint.
+FINGERPRINT_SLICE = 100_000
+
+
 def content_fingerprint(frame: pl.DataFrame, scope: str) -> str:
     """SHA-256 of `scope` and the rows' (source table, unit key, content hash), in any order: the same
     exactly when the same units carry the same content."""
     lines = frame.select(pl.concat_str("source_table", "unit_key", pl.col("content_hash").fill_null(""),
                                        separator="\t")).to_series().sort()
     digest = hashlib.sha256(scope.encode())
-    digest.update("\n".join(lines.to_list()).encode())
+    # A slice at a time: millions of lines never become Python strings at once.
+    for start in range(0, len(lines), FINGERPRINT_SLICE):
+        digest.update(("\n" + lines.slice(start, FINGERPRINT_SLICE).str.join("\n").item()).encode())
     return digest.hexdigest()
 
 
