@@ -42,13 +42,15 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from migration_assets.local_medplum import REPO_ROOT, start_local_medplum, stop_local_medplum
+from migration_assets.medplum import EntryResponse
+from migration_assets.medplum.client import observed_by
 
 OUT_DIR = REPO_ROOT / ".artifacts" / "soak"
 # Points per client per quota window (see the module docstring and docs/soak.md for the choice).
@@ -108,37 +110,26 @@ def _count_entry(tally: Tally, status: int, inner: list[Any]) -> None:
         tally.failed += 1
 
 
-@contextmanager
-def counting(tally: Tally) -> Iterator[None]:
-    """Counts every batch answer the Medplum client parses and every increment of its request
-    statistics, while the block runs. Measurement only: what the client returns is unchanged."""
-    from migration_assets.medplum import client as client_module
+class TallyObserver:
+    """Adds what the Medplum clients report (their batch answers and request statistics) to a tally.
+    Measurement only: what the clients return is unchanged."""
 
-    original_parse = client_module._bundle_entries
-    original_count = client_module.MedplumClient._count
+    COUNTED = ("requests", "retries", "entries_resent", "rate_limited")
 
-    def parse_and_count(response: Any, expected: int) -> Any:
-        entries = original_parse(response, expected)
-        with tally.lock:
-            tally.bundles += 1
+    def __init__(self, tally: Tally) -> None:
+        self.tally = tally
+
+    def answered(self, entries: Sequence[EntryResponse]) -> None:
+        with self.tally.lock:
+            self.tally.bundles += 1
             for entry in entries:
-                _count_entry(tally, entry.status, entry.inner_responses() if entry.ok else [])
-        return entries
+                _count_entry(self.tally, entry.status, entry.inner_responses() if entry.ok else [])
 
-    def count_too(client: Any, **increments: int) -> None:
-        original_count(client, **increments)
-        with tally.lock:
+    def counted(self, increments: Mapping[str, int]) -> None:
+        with self.tally.lock:
             for name, value in increments.items():
-                if name in ("requests", "retries", "entries_resent", "rate_limited"):
-                    setattr(tally, name, getattr(tally, name) + value)
-
-    client_module._bundle_entries = parse_and_count  # type: ignore[assignment]
-    client_module.MedplumClient._count = count_too  # type: ignore[method-assign,assignment]
-    try:
-        yield
-    finally:
-        client_module._bundle_entries = original_parse
-        client_module.MedplumClient._count = original_count  # type: ignore[method-assign]
+                if name in self.COUNTED:
+                    setattr(self.tally, name, getattr(self.tally, name) + value)
 
 
 # -- the sampler ---------------------------------------------------------------------------------------
@@ -531,7 +522,7 @@ def soak(patients: int, quota: int, window: int, work: Path, idempotency_sample:
             })
             log(f"local Medplum at {server.base_url} (pid {process.pid}), quota {quota:,} points per {window} s; "
                 f"elements in order: {', '.join(LOAD_ORDER)}")
-            with DagsterInstance.get() as instance, counting(tally):
+            with DagsterInstance.get() as instance, observed_by(TallyObserver(tally)):
                 sampler.start()
                 for element in LOAD_ORDER:
                     sampler.element = element

@@ -9,6 +9,7 @@ import pytest
 
 from migration_assets.local_medplum import running_local_medplum
 from migration_assets.medplum import MedplumClient, MedplumError, RetryPolicy, conditional_url
+from migration_assets.medplum.client import observed_by
 
 SYSTEM = "https://ehr.example-clinic.org/fhir/identifier/patient"
 FAST_RETRY = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05)
@@ -44,6 +45,26 @@ def test_an_identical_resubmission_keeps_the_version(local_medplum):
         again = client.submit_batch([put_patient("SAME-1")])[0]
     assert (created.status, again.status) == (201, 200)
     assert again.version_id == created.version_id
+
+
+def test_an_observer_hears_every_batch_answer_and_statistic_of_every_client(local_medplum):
+    heard: dict[str, list] = {"answered": [], "counted": []}
+
+    class Recorder:
+        def answered(self, entries):
+            heard["answered"].append([entry.status for entry in entries])
+
+        def counted(self, increments):
+            heard["counted"].append(dict(increments))
+
+    with observed_by(Recorder()), client_for(local_medplum) as one, client_for(local_medplum) as other:
+        one.submit_batch([put_patient("OBS-1"), put_patient("OBS-2")])
+        other.submit_batch([put_patient("OBS-1")], respond_async=True)
+    assert heard["answered"] == [[201, 201], [200]], "synchronous and async answers alike"
+    assert {"requests": 1} in heard["counted"]
+    with client_for(local_medplum) as after:
+        after.submit_batch([put_patient("OBS-3")])
+    assert len(heard["answered"]) == 2, "heard only while the block runs"
 
 
 def test_the_token_is_fetched_once_and_renewed_after_expiry():

@@ -11,13 +11,14 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from email.utils import parsedate_to_datetime
 from functools import cache, partial
-from typing import Any, Self, TypeVar
+from typing import Any, Protocol, Self, TypeVar
 
 import httpx
 
@@ -39,6 +40,28 @@ T = TypeVar("T")
 # Entry statuses worth resending: quota (429), serialization conflicts between concurrent
 # transactions (409, measured on a real server) and server-side failures.
 TRANSIENT_ENTRY_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+
+
+class ClientObserver(Protocol):
+    """Told what every MedplumClient of the process does, from the clients' own threads (the soak's
+    running totals): each increment of a client's request statistics, and each batch answer."""
+
+    def counted(self, increments: Mapping[str, int]) -> None: ...
+
+    def answered(self, entries: Sequence[EntryResponse]) -> None: ...
+
+
+_observers: list[ClientObserver] = []
+
+
+@contextmanager
+def observed_by(observer: ClientObserver) -> Iterator[None]:
+    """`observer` hears of every client's statistics and batch answers while the block runs."""
+    _observers.append(observer)
+    try:
+        yield
+    finally:
+        _observers.remove(observer)
 
 
 @dataclass(frozen=True)
@@ -139,7 +162,7 @@ class MedplumClient:
         """POST a batch or transaction; one parsed response per entry, in the order sent."""
         expected = len(bundle.get("entry", []))
         body = json.dumps(bundle).encode()
-        return self._send("POST", "", content=body, parse=partial(_bundle_entries, expected=expected))
+        return _answered(self._send("POST", "", content=body, parse=partial(_bundle_entries, expected=expected)))
 
     # -- batches --------------------------------------------------------------------------------
 
@@ -162,6 +185,7 @@ class MedplumClient:
                 responses = submit_async(self, body, len(pending), self.async_polling, self._send)
             else:
                 responses = self._send("POST", "", content=body, parse=partial(_bundle_entries, expected=len(pending)))
+            _answered(responses)
             retry_later = []
             for index, response in zip(pending, responses):
                 results[index] = response
@@ -268,6 +292,8 @@ class MedplumClient:
         with self._stats_lock:
             for name, value in increments.items():
                 setattr(self.stats, name, getattr(self.stats, name) + value)
+        for observer in _observers:
+            observer.counted(increments)
 
 
 @cache
@@ -291,3 +317,9 @@ def _json_or_none_if_missing(response: httpx.Response) -> dict[str, Any] | None:
 
 def _bundle_entries(response: httpx.Response, expected: int) -> list[EntryResponse]:
     return batch_response_entries(json_object(response), expected)
+
+
+def _answered(entries: list[EntryResponse]) -> list[EntryResponse]:
+    for observer in _observers:
+        observer.answered(entries)
+    return entries
