@@ -749,7 +749,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def stage_runners(scope: dict[str, Any]) -> dict[str, Callable[[dict[str, Any]], None]]:
-    args, work, report_so_far = scope["args"], scope["work"], scope["report"]
+    args, work = scope["args"], scope["work"]
 
     def transform(report: dict[str, Any]) -> None:
         # In a process of its own, as the fhir_frames step runs: this one holds what generating the
@@ -757,16 +757,16 @@ def stage_runners(scope: dict[str, Any]) -> dict[str, Callable[[dict[str, Any]],
         report["transform"] = run_probe(["transform-rate", scope["source_url"]])
         log(f"transform: {report['transform']}")
 
-    def tuned() -> tuple[int, int]:
+    def tuned(report: dict[str, Any]) -> tuple[int, int]:
         # The ceiling's best setting; without the ceiling stage, the first BENCH_GRID point (else 100 x 2).
-        if report_so_far.get("ceiling"):
-            top = best(report_so_far["ceiling"])
+        if report.get("ceiling"):
+            top = best(report["ceiling"])
             return top["batch_size"], top["concurrency"]
         return grid()[0] if os.environ.get("BENCH_GRID") else (100, 2)
 
     def ceiling(report: dict[str, Any]) -> None:
         report["ceiling"] = bench_ceiling(scope["texts"], grid())
-        report["ceiling_direct"] = bench_ceiling_direct(scope["frames"], *tuned())
+        report["ceiling_direct"] = bench_ceiling_direct(scope["frames"], *tuned(report))
 
     def naive(report: dict[str, Any]) -> None:
         report["naive"] = bench_naive(scope["frames"], NAIVE_SUBSET)
@@ -778,12 +778,12 @@ def stage_runners(scope: dict[str, Any]) -> dict[str, Callable[[dict[str, Any]],
         report["loader"], report["loader_reload"] = bench_loader(scope["frames"], work)
 
     def e2e(report: dict[str, Any]) -> None:
-        report["e2e"] = bench_e2e(scope["source_url"], work, *tuned())
+        report["e2e"] = bench_e2e(scope["source_url"], work, *tuned(report))
 
     def paced(report: dict[str, Any]) -> None:
         # The ceiling and the first load again, on a server paced to a real Medplum's capacity.
         points_per_second = PACED_WRITES_PER_S * WRITE_POINTS
-        setting = tuned()
+        setting = tuned(report)
         report["paced"] = {
             "writes_per_s": PACED_WRITES_PER_S, "points_per_second": points_per_second,
             "ceiling": bench_ceiling(scope["texts"], [setting], points_per_second)[0],
