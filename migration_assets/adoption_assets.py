@@ -32,8 +32,8 @@ from dagster import (
 )
 from pydantic import Field
 
+from migration_assets.active import LOAD_ORDER, get_element
 from migration_assets.chart_review import build_chart_review
-from migration_assets.elements import LOAD_ORDER, get_element
 from migration_assets.loader import PrerequisitesMissing
 from migration_assets.partitions import DATA_ELEMENTS
 from migration_assets.phases import PHASE_BEHAVIOUR, ElementPhase, PhaseConfigError, PhasesConfig, load_phases
@@ -207,7 +207,7 @@ def dual_write_consistency(
     with medplum.open_client() as client, manifest.open() as ledger:
         units = ledger.units(element.name)
         if phase.behaviour.first_sync_from == "phase_start":
-            frame = frame.filter(select_candidates(tables, rows, frame, {}, phase, units, 0).mask)
+            frame = frame.filter(select_candidates(element, tables, rows, frame, {}, phase, units, 0).mask)
         report = compare_stores(client, element.name, frame, units, phase.dual_write_sample,
                                 look_for_extras=phase.behaviour.first_sync_from != "phase_start")
     json_path, csv_path = write_discrepancies(report, Path(migration_settings.evidence_dir) / element.name)

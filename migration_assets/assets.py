@@ -8,7 +8,7 @@ from pathlib import Path
 import polars as pl
 from dagster import AssetExecutionContext, AssetIn, Failure, MaterializeResult, MetadataValue, Output, asset
 
-from migration_assets.elements import get_element, prerequisites
+from migration_assets.active import get_element, prerequisites
 from migration_assets.evidence import reconciliation_report as build_reconciliation_report
 from migration_assets.evidence import write_evidence
 from migration_assets.frame_parts import REFERENCE_COLUMNS, FrameParts, build_frame_parts

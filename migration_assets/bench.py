@@ -45,7 +45,7 @@ from typing import Any
 import httpx
 import polars as pl
 
-from migration_assets.elements import get_element
+from migration_assets.active import PROFILE, get_element
 from migration_assets.elements.base import POLARS_ENGINE, SourceSystem, build_frame
 from migration_assets.frame_parts import FrameParts, build_frame_parts
 from migration_assets.loader import (
@@ -60,8 +60,7 @@ from migration_assets.loader import (
 from migration_assets.local_medplum import REPO_ROOT, SERVER_DIR, LocalMedplum, running_local_medplum
 from migration_assets.manifest import Attempt, Manifest
 from migration_assets.medplum import MedplumClient
-from migration_assets.sample_data import build_sample_tables, write_tables
-from migration_assets.source import read_table
+from migration_assets.source import read_table, write_tables
 
 OUT_DIR = REPO_ROOT / ".artifacts" / "bench"
 SYSTEM = SourceSystem("https://ehr.example-clinic.org/fhir")
@@ -112,9 +111,9 @@ def rss_mb() -> float:
 
 def write_source(patients: int, folder: Path) -> dict[str, Any]:
     started = time.perf_counter()
-    tables = build_sample_tables(patients=patients)
+    tables = PROFILE.sample_tables(patients=patients, seed=7) if PROFILE.sample_tables else {}
     generated = time.perf_counter() - started
-    write_tables(f"parquet:///{folder}", tables)
+    write_tables(f"parquet://{folder}", tables, PROFILE.primary_keys())
     return {"patients": patients, "rows": {name: frame.height for name, frame in tables.items()},
             "generate_seconds": round(generated, 2), "seconds": round(time.perf_counter() - started, 2)}
 
@@ -362,27 +361,18 @@ def bench_e2e(source_url: str, work: Path, batch_size: int, concurrency: int, po
     from dagster import DagsterInstance
 
     from migration_assets.definitions import make_definitions
-    from migration_assets.resources import (
-        LegacySource,
-        ManifestStore,
-        MedplumResource,
-        MigrationSettings,
-        PolarsParquetIOManager,
-    )
+    from migration_assets.resources import MedplumResource, build_resources
 
     report: dict[str, Any] = {"batch_size": batch_size, "concurrency": concurrency}
     with running_local_medplum(points_per_second=points_per_second) as server, \
             tempfile.TemporaryDirectory(dir=work) as home:
         state = Path(home)  # the run's own ledger, evidence and frames: each call starts afresh
-        resources: dict[str, object] = {
-            "medplum": MedplumResource(base_url=server.base_url, client_id=server.client_id,
-                                       client_secret=server.client_secret),
-            "legacy_db": LegacySource(url=source_url),
-            "manifest": ManifestStore(url=f"sqlite:///{state / 'manifest.db'}"),
-            "migration_settings": MigrationSettings(batch_size=batch_size, concurrency=concurrency,
-                                                    evidence_dir=str(state / "evidence")),
-            "frames_io_manager": PolarsParquetIOManager(base_dir=str(state / "frames")),
-        }
+        resources = build_resources(
+            medplum=MedplumResource(base_url=server.base_url, client_id=server.client_id,
+                                    client_secret=server.client_secret),
+            legacy_db_url=source_url, manifest_db_url=f"sqlite:///{state / 'manifest.db'}", work_dir=state,
+            batch_size=batch_size, concurrency=concurrency,
+        )
         job = make_definitions(resources).resolve_job_def("migrate_data_element")
         with DagsterInstance.local_temp(tempdir=home) as instance:
             for label in phases:

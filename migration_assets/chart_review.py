@@ -25,11 +25,10 @@ from typing import Any
 
 import polars as pl
 
-from migration_assets.elements import LOAD_ORDER, get_element
-from migration_assets.elements.base import SourceSystem
+from migration_assets.active import LOAD_ORDER, PROFILE, get_element
+from migration_assets.elements.base import SourceSystem, check_frame_columns
 from migration_assets.manifest import Manifest
 from migration_assets.medplum import MedplumClient
-from migration_assets.sample_data import TABLE_PRIMARY_KEYS
 from migration_assets.sync import _found_resources, compare_stores, legacy_frame, read_legacy
 
 IDENTIFIER_CONFLICT_RULES = ("missing_key", "duplicate_key", "orphan_reference", "prerequisite_not_loaded")
@@ -44,23 +43,20 @@ class Sample:
 
 
 def patient_units(frames: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
-    """One row per unit that belongs to a patient: element, patient, unit and what makes it risky."""
+    """One row per unit that belongs to a patient: element, patient, unit and what makes it risky. An
+    element whose `patient_column` is None holds no patient's data and is left out."""
     parts = []
-    for element, frame in frames.items():
-        if "patient_id" in frame.columns:
-            patient = pl.col("patient_id")
-        elif set(frame["resource_type"].unique().to_list()) == {"Patient"}:
-            patient = pl.col("identifier_value")
-        else:
-            continue  # not a patient's data (practitioners)
+    for element_name, frame in frames.items():
+        element = get_element(element_name)
+        check_frame_columns(element, frame.columns)
+        if element.patient_column is None:
+            continue
         odd = pl.col("quarantine_rule").is_not_null() & ~pl.col("quarantine_rule").is_in(IDENTIFIER_CONFLICT_RULES)
-        if "code_mapped" in frame.columns:
-            odd = odd | ~pl.col("code_mapped").fill_null(True)
-        for name in frame.columns:
-            if name.endswith("_dropped"):
-                odd = odd | pl.col(name).fill_null(False)
+        for column, flagged in element.review_flags.items():
+            odd = odd | (pl.col(column) == flagged).fill_null(False)
         parts.append(frame.select(
-            element=pl.lit(element), patient_id=patient.cast(pl.String), source_table="source_table",
+            element=pl.lit(element_name), patient_id=pl.col(element.patient_column).cast(pl.String),
+            source_table="source_table",
             source_key="source_key", unit_key="unit_key", resource_type="resource_type",
             identifier_value="identifier_value", quarantine_rule="quarantine_rule",
             conflict=pl.col("quarantine_rule").is_in(IDENTIFIER_CONFLICT_RULES).fill_null(False),
@@ -225,7 +221,7 @@ def _patient_page(
 
 def _legacy_row(tables: Mapping[str, pl.DataFrame], table: str, key: str | None) -> list[dict[str, Any]]:
     data = tables.get(table)
-    pk = TABLE_PRIMARY_KEYS.get(table)
+    pk = PROFILE.primary_keys().get(table)
     if data is None or pk is None or key is None or pk not in data.columns:
         return []
     return data.filter(pl.col(pk).cast(pl.String) == key).to_dicts()

@@ -16,8 +16,8 @@ from dagster import (
 from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
+from migration_assets.active import get_element
 from migration_assets.assets import fhir_frames, medplum_resources
-from migration_assets.elements import get_element
 from migration_assets.elements.base import schema_failures
 from migration_assets.frame_parts import KEY_COLUMNS, REFERENCE_COLUMNS, FrameParts
 from migration_assets.loader import LEDGER_COLUMNS, LoadResult, in_shard, load_frame

@@ -1,13 +1,7 @@
-"""Every asset, check, resource and job of the migration, registered in one place.
+"""Every asset, check, resource and job of the migration, registered in one place. The resources come
+from the environment (resources.build_resources, config.py)."""
 
-Configuration comes from the environment: MEDPLUM_BASE_URL, MEDPLUM_CLIENT_ID and
-MEDPLUM_CLIENT_SECRET (through EnvVar, so the secret never lands in the run config), LEGACY_DB_URL,
-MANIFEST_DB_URL and IDENTIFIER_BASE_URI (with local defaults under .demo/).
-"""
-
-import os
-
-from dagster import AssetSelection, Definitions, EnvVar, define_asset_job, in_process_executor
+from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
 
 from migration_assets.adoption_assets import (
     ADOPTION_ASSETS,
@@ -18,15 +12,8 @@ from migration_assets.adoption_assets import (
 )
 from migration_assets.assets import fhir_frames, legacy_source, medplum_resources, reconciliation_report
 from migration_assets.checks import ALL_CHECKS
-from migration_assets.paths import DEFAULT_LEGACY_DB_URL, DEFAULT_MANIFEST_URL, FRAMES_DIR
 from migration_assets.register_assets import mapping_register_asset, terminology_maps
-from migration_assets.resources import (
-    LegacySource,
-    ManifestStore,
-    MedplumResource,
-    MigrationSettings,
-    PolarsParquetIOManager,
-)
+from migration_assets.resources import build_resources
 
 ASSETS = [
     legacy_source, fhir_frames, medplum_resources, reconciliation_report, mapping_register_asset, terminology_maps,
@@ -38,22 +25,6 @@ migrate_element_job = define_asset_job(
     selection=AssetSelection.groups("migration"),
     description="Extract, transform, validate and load one data element (pick its partition), with every check.",
 )
-
-
-def resources_from_environment() -> dict[str, object]:
-    return {
-        "medplum": MedplumResource(
-            base_url=EnvVar("MEDPLUM_BASE_URL"),
-            client_id=EnvVar("MEDPLUM_CLIENT_ID"),
-            client_secret=EnvVar("MEDPLUM_CLIENT_SECRET"),
-        ),
-        "legacy_db": LegacySource(url=os.environ.get("LEGACY_DB_URL", DEFAULT_LEGACY_DB_URL)),
-        "manifest": ManifestStore(url=os.environ.get("MANIFEST_DB_URL", DEFAULT_MANIFEST_URL)),
-        "migration_settings": MigrationSettings(
-            identifier_base_uri=os.environ.get("IDENTIFIER_BASE_URI", MigrationSettings().identifier_base_uri)
-        ),
-        "frames_io_manager": PolarsParquetIOManager(base_dir=str(FRAMES_DIR)),
-    }
 
 
 def make_definitions(resources: dict[str, object]) -> Definitions:
@@ -69,4 +40,4 @@ def make_definitions(resources: dict[str, object]) -> Definitions:
     )
 
 
-defs = make_definitions(resources_from_environment())
+defs = make_definitions(build_resources())

@@ -1,15 +1,25 @@
-"""`make demo`: migrate every data element in dependency order with every check, print a summary
-per element, and exit non-zero when a run or a check failed."""
+"""`make demo`: migrate every data element of the profile (or those ELEMENTS names) in dependency order
+with every check, print a summary per element, and exit non-zero when a run or a check failed.
+
+RUN_CONFIG=file.yaml (or --run-config) gives every run the settings the launchpad takes, e.g.
+`resources: {migration_settings: {config: {quarantine_threshold: 0.1}}}`."""
 
 import argparse
 import sys
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
+import yaml
 from dagster import DagsterInstance, Definitions
 from dagster_shared.error import SerializableErrorInfo
 
-from migration_assets.elements import LOAD_ORDER
+from migration_assets import config
+from migration_assets.active import LOAD_ORDER, PROFILE, prerequisites
 from migration_assets.environment import ensure_dagster_home, ensure_legacy_source, medplum_server
+from migration_assets.manifest import Manifest
+from migration_assets.resources import ManifestStore
 
 # Step-by-step events stay in the instance (and the UI); the console gets the element's own lines.
 QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -32,12 +42,13 @@ class ElementSummary:
         return self.run_ok and not self.checks_failed
 
 
-def migrate_element(element: str, instance: DagsterInstance, defs: Definitions) -> ElementSummary:
+def migrate_element(element: str, instance: DagsterInstance, defs: Definitions,
+                    run_config: Mapping[str, Any] | None = None) -> ElementSummary:
     """One run of the migration job for one partition, on the real Dagster instance."""
     summary = ElementSummary(element)
     job = defs.resolve_job_def("migrate_data_element")
     result = job.execute_in_process(
-        partition_key=element, instance=instance, raise_on_error=False, run_config=QUIET_CONSOLE
+        partition_key=element, instance=instance, raise_on_error=False, run_config={**QUIET_CONSOLE, **(run_config or {})}
     )
     summary.run_ok = result.success
     for materialization in result.asset_materializations_for_node("medplum_resources"):
@@ -82,20 +93,57 @@ def print_summary(summaries: list[ElementSummary]) -> None:
             print(f"\n{s.element}: {s.error}")
 
 
+def read_run_config(path: Path | None) -> dict[str, Any]:
+    """The run-config YAML file, if one is given; a clear error when it is not a mapping."""
+    if path is None:
+        return {}
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as problem:
+        raise SystemExit(f"run config {path}: {problem}") from None
+    if not isinstance(loaded, dict):
+        raise SystemExit(f"run config {path}: expected a mapping such as `resources: {{...}}`")
+    return loaded
+
+
+def missing_prerequisites(chosen: Sequence[str], manifest_url: str) -> list[str]:
+    """One line per chosen element whose prerequisite is neither chosen nor loaded before (the ledger
+    holds no successful unit of it)."""
+    problems = []
+    with Manifest(manifest_url) as ledger:
+        for element in chosen:
+            for needed in prerequisites(element):
+                if needed in chosen:
+                    continue
+                loaded = ledger.units(needed, columns=["disposition"])["disposition"].eq("successful").any()
+                if not loaded:
+                    problems.append(f"{element} needs {needed}, which is neither chosen nor loaded: "
+                                    f"ELEMENTS={','.join(sorted({needed, *chosen}, key=PROFILE.load_order.index))}")
+    return problems
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--patients", type=int, default=1000, help="size of the generated sample (default 1000)")
+    parser.add_argument("--run-config", type=Path, default=config.run_config_file(),
+                        help="a run-config YAML file for every run (default: RUN_CONFIG)")
     args = parser.parse_args(argv)
+    run_config = read_run_config(args.run_config)
     ensure_dagster_home()
     ensure_legacy_source(args.patients)
     summaries = []
     with medplum_server() as base_url, DagsterInstance.get() as instance:
-        print(f"migrating into {base_url} in order: {', '.join(LOAD_ORDER)}")
         # Imported once the environment is set: the resources read it.
         from migration_assets.definitions import defs
 
+        manifest: ManifestStore = (defs.resources or {})["manifest"]
+        problems = missing_prerequisites(LOAD_ORDER, manifest.url)
+        if problems:
+            print("\n".join(problems), file=sys.stderr)
+            return 2
+        print(f"profile {PROFILE.name}: migrating into {base_url} in order: {', '.join(LOAD_ORDER)}")
         for element in LOAD_ORDER:
-            summaries.append(migrate_element(element, instance, defs))
+            summaries.append(migrate_element(element, instance, defs, run_config))
             print(f"{element}: {'ok' if summaries[-1].ok else 'FAILED'}", flush=True)
     print_summary(summaries)
     return 0 if all(s.ok for s in summaries) else 1

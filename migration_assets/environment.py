@@ -5,9 +5,9 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+from migration_assets.active import PROFILE, write_sample
 from migration_assets.local_medplum import running_local_medplum
 from migration_assets.paths import DEFAULT_LEGACY_DB_URL, REPO_ROOT, WORK_DIR
-from migration_assets.sample_data import generate_sample_ehr
 from migration_assets.source import redact_url
 
 MEDPLUM_ENV = ("MEDPLUM_BASE_URL", "MEDPLUM_CLIENT_ID", "MEDPLUM_CLIENT_SECRET")
@@ -44,8 +44,8 @@ def ensure_legacy_source(patients: int) -> str:
     if "LEGACY_DB_URL" in os.environ:
         return os.environ["LEGACY_DB_URL"]
     WORK_DIR.mkdir(parents=True, exist_ok=True)
-    rows = generate_sample_ehr(DEFAULT_LEGACY_DB_URL, patients=patients)
-    print(f"sample legacy EHR at {redact_url(DEFAULT_LEGACY_DB_URL)}: {rows}")
+    rows = write_sample(DEFAULT_LEGACY_DB_URL, patients=patients)
+    print(f"sample legacy database of profile {PROFILE.name} at {redact_url(DEFAULT_LEGACY_DB_URL)}: {rows}")
     os.environ["LEGACY_DB_URL"] = DEFAULT_LEGACY_DB_URL
     return DEFAULT_LEGACY_DB_URL
 

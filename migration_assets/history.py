@@ -5,10 +5,10 @@ killed before a later run of the same element and shard started)."""
 
 import argparse
 import json
-import os
 import sys
 from typing import Any
 
+from migration_assets import config
 from migration_assets.manifest import Manifest
 from migration_assets.paths import DEFAULT_MANIFEST_URL
 
@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("key", help="the source key (unit key), e.g. P0123")
     parser.add_argument("--element", help="limit to one data element")
-    parser.add_argument("--manifest", default=os.environ.get("MANIFEST_DB_URL", DEFAULT_MANIFEST_URL))
+    parser.add_argument("--manifest", default=config.manifest_db_url() or DEFAULT_MANIFEST_URL)
     args = parser.parse_args(argv)
     with Manifest(args.manifest) as manifest:
         print(describe(manifest, args.key, args.element))

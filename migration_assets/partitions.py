@@ -2,6 +2,6 @@
 
 from dagster import StaticPartitionsDefinition
 
-from migration_assets.elements import LOAD_ORDER
+from migration_assets.active import LOAD_ORDER
 
 DATA_ELEMENTS = StaticPartitionsDefinition(list(LOAD_ORDER))

@@ -1,8 +1,8 @@
 """Phased adoption: where each data element stands (dual write, backfill, read from Medplum,
 front-end write, deprecated) and what each phase lets the platform do.
 
-The phases of the elements are declared in a versioned file (`phases.yaml` at the repository root, or
-the file named by ADOPTION_PHASES_FILE), read and validated each time it is needed, so that a change of
+The phases of the elements are declared in a versioned file (the profile's `phases.yaml`, or the file
+named by ADOPTION_PHASES_FILE), read and validated each time it is needed, so that a change of
 phase takes effect on the next tick of a sensor or schedule without a restart. What a phase means is
 decided here, in PHASE_BEHAVIOUR, and nowhere else.
 """
@@ -10,7 +10,6 @@ decided here, in PHASE_BEHAVIOUR, and nowhere else.
 from __future__ import annotations
 
 import datetime as dt
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,11 +17,12 @@ from typing import Any, Literal
 
 import yaml
 
-from migration_assets.elements import LOAD_ORDER, prerequisites
-from migration_assets.paths import REPO_ROOT
+from migration_assets import config
+from migration_assets.active import PROFILE, prerequisites
 
 PHASES_FILE_ENV = "ADOPTION_PHASES_FILE"
-DEFAULT_PHASES_FILE = REPO_ROOT / "phases.yaml"
+# Every element of the profile has a phase, also those not chosen to run now.
+LOAD_ORDER = PROFILE.load_order
 
 Sync = Literal["write", "verify", "off"]
 ReadsFrom = Literal["legacy", "medplum_when_ready", "medplum"]
@@ -139,7 +139,7 @@ class PhasesConfig:
 
 
 def phases_path() -> Path:
-    return Path(os.environ.get(PHASES_FILE_ENV) or DEFAULT_PHASES_FILE)
+    return config.phases_file() or PROFILE.phases_file
 
 
 def load_phases(path: Path | str | None = None) -> PhasesConfig:
@@ -250,8 +250,3 @@ def _warnings(elements: Mapping[str, ElementPhase]) -> list[str]:
             if current.behaviour.order >= 3 and elements[needed].behaviour.order < 3:
                 found.append(f"{name} is in {current.phase} before its prerequisite {needed} ({elements[needed].phase})")
     return found
-
-
-def stamp_of(day: dt.date) -> str:
-    """The start of a day in the legacy updated_at format (UTC, fixed width, sorts as text)."""
-    return dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")

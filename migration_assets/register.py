@@ -21,7 +21,7 @@ without a note the rule says what the probe saw.
 
 Lookup tables (every source table after the first) list only the columns the element uses.
 
-`python -m migration_assets.register` writes docs/mapping_register.md for every element.
+`python -m migration_assets.register` writes the profile's mapping_register.md for every element.
 """
 
 import importlib
@@ -29,18 +29,18 @@ import json
 import sys
 from collections.abc import Callable, Mapping
 from functools import cache
-from pathlib import Path
 
 import polars as pl
 
-from migration_assets.elements import ELEMENTS, get_element
+from migration_assets.active import PROFILE, get_element
 from migration_assets.elements.base import DataElement, SourceSystem, build_frame
 from migration_assets.elements.fhir_json import json_leaves
 
 PROBE_PATIENTS = 30
 PROBE_SEED = 7
 PROBE_SYSTEM = SourceSystem("https://ehr.example-clinic.org/fhir")
-REGISTER_PATH = Path(__file__).resolve().parent.parent / "docs" / "mapping_register.md"
+# Beside the profile's own files: the register documents one legacy schema.
+REGISTER_PATH = PROFILE.phases_file.parent / "mapping_register.md"
 REGENERATE = "python -m migration_assets.register"
 
 REGISTER_SCHEMA = {
@@ -59,14 +59,19 @@ RowKey = tuple[str, str, int]
 
 @cache
 def probe_tables() -> dict[str, pl.DataFrame]:
-    from migration_assets.sample_data import build_sample_tables
-
-    return build_sample_tables(patients=PROBE_PATIENTS, seed=PROBE_SEED)
+    if PROFILE.sample_tables is None:
+        raise ValueError(f"profile {PROFILE.name} has no sample_tables: the mapping register probes the mapping "
+                         "code on the profile's sample data")
+    return PROFILE.sample_tables(patients=PROBE_PATIENTS, seed=PROBE_SEED)
 
 
 def mapping_register(element: DataElement, tables: Mapping[str, pl.DataFrame] | None = None) -> pl.DataFrame:
     """The register of one data element, probed on `tables` (by default the probe sample)."""
-    source = {name: (tables or probe_tables())[name] for name in element.source_tables}
+    available = tables or probe_tables()
+    missing = sorted(set(element.source_tables) - set(available))
+    if missing:
+        raise ValueError(f"data element {element.name}: the profile's sample data has no table {missing}")
+    source = {name: available[name] for name in element.source_tables}
     module = importlib.import_module(element.extract.__module__)
     notes: Mapping[str, str] = getattr(module, "REGISTER_NOTES", {})
     unsupported: Mapping[str, str] = getattr(module, "UNSUPPORTED", {})
@@ -243,7 +248,7 @@ def _path_order(path: str) -> tuple[str, ...]:
 
 
 def full_register() -> pl.DataFrame:
-    return pl.concat([mapping_register(element) for element in ELEMENTS])
+    return pl.concat([mapping_register(element) for element in PROFILE.elements])
 
 
 def render_markdown(register: pl.DataFrame | None = None) -> str:
@@ -259,7 +264,7 @@ def render_markdown(register: pl.DataFrame | None = None) -> str:
         "Dispositions: **direct** (copied verbatim), **transformed** (derived), **excluded** (reaches no",
         "FHIR path), **unsupported** (declared unmappable by the element).",
     ]
-    for element in ELEMENTS:
+    for element in PROFILE.elements:
         rows = register.filter(pl.col("element") == element.name)
         lines += [
             "",

@@ -1,21 +1,23 @@
 """Dagster resources: thin configuration wrappers around the plain libraries."""
 
-import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import polars as pl
-from dagster import ConfigurableIOManager, ConfigurableResource, InputContext, OutputContext
+from dagster import ConfigurableIOManager, ConfigurableResource, EnvVar, InputContext, OutputContext
 from pydantic import Field
 
+from migration_assets import config
+from migration_assets.active import PROFILE
 from migration_assets.elements.base import DataElement, SourceSystem
 from migration_assets.frame_parts import FrameParts
 from migration_assets.loader import LoadSettings
 from migration_assets.manifest import Manifest
 from migration_assets.medplum import MedplumClient, RetryPolicy
-from migration_assets.paths import EVIDENCE_DIR
+from migration_assets.paths import DEFAULT_LEGACY_DB_URL, DEFAULT_MANIFEST_URL, EVIDENCE_DIR, FRAMES_DIR
 from migration_assets.source import read_table, redact_url
 
 
@@ -52,7 +54,7 @@ class LegacySource(ConfigurableResource):
     def display_url(self) -> str:
         return redact_url(self.url)
 
-    def read_tables(self, tables: tuple[str, ...]) -> dict[str, pl.DataFrame]:
+    def read_tables(self, tables: Iterable[str]) -> dict[str, pl.DataFrame]:
         return {table: read_table(self.url, table) for table in tables}
 
 
@@ -68,7 +70,7 @@ class ManifestStore(ConfigurableResource):
 
 class MigrationSettings(ConfigurableResource):
     identifier_base_uri: str = Field(
-        default="https://ehr.example-clinic.org/fhir",
+        default=PROFILE.identifier_base_uri,
         description="Base URI of the legacy system: identifier and local code systems derive from it.",
     )
     batch_size: int | None = Field(
@@ -124,7 +126,7 @@ class MigrationSettings(ConfigurableResource):
             batch_size=self.batch_size or element.batch_size,
             concurrency=self.concurrency or element.concurrency,
             resend_unchanged=resend_unchanged,
-            mode=self.load_mode or os.environ.get("LOAD_MODE") or "sync",
+            mode=self.load_mode or config.load_mode() or "sync",
             shard_count=self.shard_count,
             shard_index=self.shard_index,
             direct_references=self.direct_references,
@@ -171,3 +173,33 @@ class PolarsParquetIOManager(ConfigurableIOManager):
         if wanted is FrameParts:
             raise TypeError(f"{file} is one frame, not parts: materialize {context.asset_key.to_user_string()} again")
         return pl.scan_parquet(file) if wanted is pl.LazyFrame else pl.read_parquet(file)
+
+
+def build_resources(
+    *,
+    medplum: MedplumResource | None = None,
+    legacy_db_url: str | None = None,
+    manifest_db_url: str | None = None,
+    work_dir: Path | None = None,
+    **settings: Any,
+) -> dict[str, object]:
+    """The resources of every caller (definitions.py, make demo, the tests, bench and soak): what is not
+    given comes from the environment (config.py), and the Medplum credentials through EnvVar, so they
+    never enter the run config. `work_dir` puts the frames and the evidence there instead of .demo/;
+    `settings` are fields of MigrationSettings."""
+    frames = work_dir / "frames" if work_dir else FRAMES_DIR
+    evidence = work_dir / "evidence" if work_dir else EVIDENCE_DIR
+    base_uri = config.identifier_base_uri()
+    fields: dict[str, Any] = {"evidence_dir": str(evidence), **({"identifier_base_uri": base_uri} if base_uri else {}),
+                              **settings}
+    return {
+        "medplum": medplum or MedplumResource(
+            base_url=EnvVar("MEDPLUM_BASE_URL"),
+            client_id=EnvVar("MEDPLUM_CLIENT_ID"),
+            client_secret=EnvVar("MEDPLUM_CLIENT_SECRET"),
+        ),
+        "legacy_db": LegacySource(url=legacy_db_url or config.legacy_db_url() or DEFAULT_LEGACY_DB_URL),
+        "manifest": ManifestStore(url=manifest_db_url or config.manifest_db_url() or DEFAULT_MANIFEST_URL),
+        "migration_settings": MigrationSettings(**fields),
+        "frames_io_manager": PolarsParquetIOManager(base_dir=str(frames)),
+    }

@@ -467,19 +467,13 @@ def log(message: str) -> None:
 
 def soak(patients: int, quota: int, window: int, work: Path, idempotency_sample: int,
          on_element: Callable[[ElementRun], None] | None = None) -> dict[str, Any]:
-    from dagster import DagsterInstance, EnvVar
+    from dagster import DagsterInstance
 
+    from migration_assets.active import LOAD_ORDER, PROFILE
     from migration_assets.definitions import make_definitions
-    from migration_assets.elements import LOAD_ORDER
     from migration_assets.environment import DEFAULT_INSTANCE_YAML
-    from migration_assets.resources import (
-        LegacySource,
-        ManifestStore,
-        MedplumResource,
-        MigrationSettings,
-        PolarsParquetIOManager,
-    )
-    from migration_assets.sample_data import build_sample_tables, write_tables
+    from migration_assets.resources import build_resources
+    from migration_assets.source import write_tables
 
     report: dict[str, Any] = {"patients": patients, "quota_points": quota, "quota_window_seconds": window,
                               "idempotency_sample_size": idempotency_sample, "load_order": list(LOAD_ORDER),
@@ -487,8 +481,8 @@ def soak(patients: int, quota: int, window: int, work: Path, idempotency_sample:
                               "elements": [], "samples": []}
     started = time.monotonic()
     source = work / "source"
-    tables = build_sample_tables(patients=patients)
-    write_tables(f"parquet:///{source}", tables)
+    tables = PROFILE.sample_tables(patients=patients, seed=7) if PROFILE.sample_tables else {}
+    write_tables(f"parquet://{source}", tables, PROFILE.primary_keys())
     report["source_rows"] = {name: frame.height for name, frame in tables.items()}
     del tables
     report["generate_seconds"] = round(time.monotonic() - started, 1)
@@ -510,16 +504,9 @@ def soak(patients: int, quota: int, window: int, work: Path, idempotency_sample:
     try:
         with environment({"DAGSTER_HOME": str(home), "MEDPLUM_BASE_URL": server.base_url,
                           "MEDPLUM_CLIENT_ID": server.client_id, "MEDPLUM_CLIENT_SECRET": server.client_secret}):
-            defs = make_definitions({
-                # The credentials stay in the environment (EnvVar): never in the run config or the instance.
-                "medplum": MedplumResource(base_url=EnvVar("MEDPLUM_BASE_URL"), client_id=EnvVar("MEDPLUM_CLIENT_ID"),
-                                           client_secret=EnvVar("MEDPLUM_CLIENT_SECRET")),
-                "legacy_db": LegacySource(url=f"parquet:///{source}"),
-                "manifest": ManifestStore(url=manifest_url),
-                "migration_settings": MigrationSettings(evidence_dir=str(work / "evidence"),
-                                                        idempotency_sample_size=idempotency_sample),
-                "frames_io_manager": PolarsParquetIOManager(base_dir=str(frames_dir)),
-            })
+            # The credentials stay in the environment (EnvVar): never in the run config or the instance.
+            defs = make_definitions(build_resources(legacy_db_url=f"parquet://{source}", manifest_db_url=manifest_url,
+                                                    work_dir=work, idempotency_sample_size=idempotency_sample))
             log(f"local Medplum at {server.base_url} (pid {process.pid}), quota {quota:,} points per {window} s; "
                 f"elements in order: {', '.join(LOAD_ORDER)}")
             with DagsterInstance.get() as instance, observed_by(TallyObserver(tally)):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 import random
 import stat
 from collections.abc import Callable, Mapping, Sequence
@@ -33,8 +32,8 @@ from migration_assets.elements.fhir_json import json_leaves
 from migration_assets.loader import LoadResult, LoadSettings, migrate
 from migration_assets.manifest import Manifest
 from migration_assets.medplum import MedplumClient
-from migration_assets.phases import DualWriteSample, ElementPhase, stamp_of
-from migration_assets.sample_data import TABLE_PRIMARY_KEYS, UPDATED_AT, UPDATED_AT_FORMAT
+from migration_assets.paths import state_dir
+from migration_assets.phases import DualWriteSample, ElementPhase
 from migration_assets.source import column_max, read_table, redact_url
 from migration_assets.verification import (
     find_by_identifiers,
@@ -134,17 +133,18 @@ def read_legacy(url: str, element: DataElement) -> dict[str, pl.DataFrame]:
 
 def legacy_frame(element: DataElement, tables: Mapping[str, pl.DataFrame], system: SourceSystem) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The element's extracted rows and FHIR frame, exactly as a full migration builds them (the
-    mapping never sees updated_at)."""
-    plain = {name: frame.drop(UPDATED_AT, strict=False) for name, frame in tables.items()}
+    mapping never sees the change column)."""
+    plain = {name: frame.drop(element.change_column, strict=False) if element.change_column else frame
+             for name, frame in tables.items()}
     rows = element.extract(plain)
     return rows, build_frame(element, rows, system)
 
 
-def _key_of_row(rows: pl.DataFrame) -> pl.Expr:
+def _key_of_row(element: DataElement, rows: pl.DataFrame) -> pl.Expr:
     """Each extracted row's own source key: the primary key column of its source table."""
     expr: Any = pl.lit(None, pl.String)
     for table in rows["source_table"].unique().to_list():
-        key = TABLE_PRIMARY_KEYS.get(table)
+        key = element.source_tables.get(table)
         if key and key in rows.columns:
             expr = pl.when(pl.col("source_table") == table).then(pl.col(key).cast(pl.String)).otherwise(expr)
     return expr
@@ -161,6 +161,7 @@ class Candidates:
 
 
 def select_candidates(
+    element: DataElement,
     tables: Mapping[str, pl.DataFrame],
     rows: pl.DataFrame,
     frame: pl.DataFrame,
@@ -177,26 +178,28 @@ def select_candidates(
     changed_rows: dict[str, int] = {}
     new_marks: dict[str, str | None] = {}
     untracked: list[str] = []
+    changed_at = element.change_column
     for table, data in tables.items():
-        if UPDATED_AT not in data.columns:
+        if changed_at is None or changed_at not in data.columns:
             untracked.append(table)
             changed_rows[table] = -1
             new_marks[table] = None
             touched = everything
             continue
-        newest = data[UPDATED_AT].max()
+        newest = data[changed_at].max()
         new_marks[table] = None if newest is None else str(newest)
-        since = _since(marks.get(table), table in marks, phase, behaviour.first_sync_from, lookback_seconds)
-        changed = data if since is None else data.filter(pl.col(UPDATED_AT) > since)
+        since = _since(marks.get(table), table in marks, phase, behaviour.first_sync_from, lookback_seconds,
+                       element.change_format)
+        changed = data if since is None else data.filter(pl.col(changed_at) > since)
         changed_rows[table] = changed.height
         if changed.is_empty():
             continue
-        key = TABLE_PRIMARY_KEYS.get(table)
+        key = element.source_tables.get(table)
         if since is None or key is None or key not in rows.columns:
             touched = everything  # cannot tell which units a change of this table touches: all are candidates
             continue
         touched = touched | rows[key].cast(pl.String).is_in(changed[key].cast(pl.String).to_list()).fill_null(False)
-    keys = rows.with_columns(_source_key=_key_of_row(rows)).filter(touched).select(
+    keys = rows.with_columns(_source_key=_key_of_row(element, rows)).filter(touched).select(
         "source_table", source_key="_source_key").unique()
     mask = frame.select("source_table", "source_key").join(
         keys.with_columns(_hit=pl.lit(True)), on=["source_table", "source_key"], how="left", maintain_order="left"
@@ -217,17 +220,19 @@ def select_candidates(
     return result
 
 
-def _since(mark: str | None, has_mark: bool, phase: ElementPhase, first_from: str, lookback: int) -> str | None:
-    """The updated_at after which rows count as changed; None: every row."""
+def _since(mark: str | None, has_mark: bool, phase: ElementPhase, first_from: str, lookback: int,
+           change_format: str) -> str | None:
+    """The change time after which rows count as changed; None: every row."""
     if mark is None:
         if has_mark or first_from == "beginning" or phase.since is None:
             return None
-        return stamp_of(phase.since)  # dual write: what changed since dual writing began
+        # dual write: what changed since dual writing began
+        return dt.datetime.combine(phase.since, dt.time(), tzinfo=dt.UTC).strftime(change_format)
     try:
-        moment = dt.datetime.strptime(mark, UPDATED_AT_FORMAT).replace(tzinfo=dt.UTC)
+        moment = dt.datetime.strptime(mark, change_format).replace(tzinfo=dt.UTC)
     except ValueError:
-        return mark  # not in our format: compare as given, without look-back
-    return (moment - dt.timedelta(seconds=lookback)).strftime(UPDATED_AT_FORMAT)
+        return mark  # not in the declared format: compare as given, without look-back
+    return (moment - dt.timedelta(seconds=lookback)).strftime(change_format)
 
 
 # -- the sync ---------------------------------------------------------------------------------------
@@ -281,7 +286,7 @@ def sync_element(
     try:
         tables = read_legacy(source_url, element)
         rows, frame = legacy_frame(element, tables, system)
-        chosen = select_candidates(tables, rows, frame, outcome.watermarks_before, phase, ledger.units(element.name),
+        chosen = select_candidates(element, tables, rows, frame, outcome.watermarks_before, phase, ledger.units(element.name),
                                    lookback_seconds)
         outcome.changed_rows, outcome.watermarks_after = chosen.changed_rows, chosen.new_marks
         outcome.untracked_tables, outcome.retried, outcome.backfilled = chosen.untracked, chosen.retried, chosen.backfilled
@@ -302,13 +307,15 @@ def sync_element(
 
 
 def pending_changes(url: str, element: DataElement, marks: Mapping[str, str | None]) -> tuple[dict[str, str | None], list[str]]:
-    """For a sensor: the newest updated_at of each table (one MAX query each), and the tables that
+    """For a sensor: the newest change time of each table (one MAX query each), and the tables that
     changed after their watermark (every tracked table when there is no watermark yet)."""
     newest: dict[str, str | None] = {}
-    changed = []
+    changed: list[str] = []
+    if element.change_column is None:
+        return newest, changed
     for table in element.source_tables:
         try:
-            newest[table] = column_max(url, table, UPDATED_AT)
+            newest[table] = column_max(url, table, element.change_column)
         except KeyError:
             newest[table] = None
             continue
@@ -683,8 +690,7 @@ def _sha256(path: Path) -> str:
 def adoption_dir(evidence_dir: str | Path, name: str) -> Path:
     """Folders beside the evidence folder (.demo/readiness, .demo/legacy_archive, .demo/chart_review
     by default); READINESS_DIR, LEGACY_ARCHIVE_DIR and CHART_REVIEW_DIR override them."""
-    override = os.environ.get(f"{name.upper()}_DIR")
-    return Path(override) if override else Path(evidence_dir).resolve().parent / name
+    return state_dir(evidence_dir, name)
 
 
 def _now() -> dt.datetime:

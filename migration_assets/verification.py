@@ -4,7 +4,6 @@ prerequisites, reference integrity, identifier census and reconciliation, and th
 import fcntl
 import hashlib
 import json
-import os
 import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -15,10 +14,11 @@ from typing import Any
 
 import polars as pl
 
-from migration_assets.elements import ELEMENTS, get_element, prerequisites
+from migration_assets.active import PROFILE, get_element, prerequisites
 from migration_assets.elements.base import quarantine
 from migration_assets.manifest import DISPOSITIONS, Manifest
 from migration_assets.medplum import MedplumClient, identifier_token
+from migration_assets.paths import state_dir
 
 CENSUS_PAGE_SIZE = 1000
 # How many identifiers one search asks for at once (they travel in the URL).
@@ -151,8 +151,7 @@ def take_census(client: MedplumClient, frame: pl.DataFrame, visit: ResourceVisit
 
 def census_dir(evidence_dir: str | Path) -> Path:
     """Census files go beside the evidence folder: .demo/census by default (CENSUS_DIR overrides it)."""
-    override = os.environ.get("CENSUS_DIR")
-    return Path(override) if override else Path(evidence_dir).resolve().parent / "census"
+    return state_dir(evidence_dir, "census")
 
 
 # Taken off the time a census starts from, beyond what MedplumClient.count already takes off. Medplum
@@ -354,7 +353,7 @@ def check_prerequisites(
 ) -> PrerequisiteReport:
     own_types = set(get_element(element_name).schemas)
     producers = pl.DataFrame(
-        [(resource_type, element.name) for element in ELEMENTS for resource_type in element.schemas],
+        [(resource_type, element.name) for element in PROFILE.elements for resource_type in element.schemas],
         schema={"resource_type": pl.String, "element": pl.String},
         orient="row",
     )

@@ -9,20 +9,14 @@ from pathlib import Path
 import pytest
 from dagster import DagsterInstance, Definitions
 
+from migration_assets.active import LOAD_ORDER
 from migration_assets.definitions import make_definitions
 from migration_assets.demo import ElementSummary, migrate_element
-from migration_assets.elements import LOAD_ORDER
 from migration_assets.local_medplum import LocalMedplum, running_local_medplum
 from migration_assets.manifest import Manifest
 from migration_assets.medplum import MedplumClient
-from migration_assets.resources import (
-    LegacySource,
-    ManifestStore,
-    MedplumResource,
-    MigrationSettings,
-    PolarsParquetIOManager,
-)
-from migration_assets.sample_data import generate_sample_ehr
+from migration_assets.profiles.seed_ehr.sample_data import generate_sample_ehr
+from migration_assets.resources import MedplumResource, build_resources
 
 
 @dataclass
@@ -51,15 +45,10 @@ def build_platform(
     work: Path, server: LocalMedplum, source_url: str, instance: DagsterInstance, manifest_url: str | None = None
 ) -> Platform:
     manifest_url = manifest_url or f"sqlite:///{work / 'manifest.db'}"
-    resources = {
-        "medplum": MedplumResource(
-            base_url=server.base_url, client_id=server.client_id, client_secret=server.client_secret
-        ),
-        "legacy_db": LegacySource(url=source_url),
-        "manifest": ManifestStore(url=manifest_url),
-        "migration_settings": MigrationSettings(evidence_dir=str(work / "evidence")),
-        "frames_io_manager": PolarsParquetIOManager(base_dir=str(work / "frames")),
-    }
+    resources = build_resources(
+        medplum=MedplumResource(base_url=server.base_url, client_id=server.client_id, client_secret=server.client_secret),
+        legacy_db_url=source_url, manifest_db_url=manifest_url, work_dir=work,
+    )
     return Platform(server, source_url, manifest_url, instance, make_definitions(resources), work)
 
 

@@ -11,10 +11,10 @@ import polars as pl
 import pytest
 from dagster import build_schedule_context, build_sensor_context
 
-from migration_assets.legacy_app import LegacyApp, RunningApp
 from migration_assets.phases import PHASE_NAMES, PhaseConfigError, load_phases
+from migration_assets.profiles.seed_ehr.legacy_app import LegacyApp, RunningApp
+from migration_assets.profiles.seed_ehr.sample_data import generate_sample_ehr
 from migration_assets.resources import LegacySource, ManifestStore
-from migration_assets.sample_data import generate_sample_ehr
 from migration_assets.source import read_table
 from migration_assets.sync import CHECKSUM_FILE, verify_archive
 from migration_assets.verification import resources_with_identifier

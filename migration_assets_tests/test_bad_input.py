@@ -21,21 +21,15 @@ import polars as pl
 import pytest
 from dagster import DagsterInstance
 
+from migration_assets.active import get_element
 from migration_assets.definitions import make_definitions
-from migration_assets.elements import get_element
 from migration_assets.elements.base import SourceSystem, build_frame
 from migration_assets.frame_parts import FrameParts
 from migration_assets.loader import LoadSettings, migrate
 from migration_assets.local_medplum import running_local_medplum
 from migration_assets.medplum import MedplumClient, identifier_token
-from migration_assets.resources import (
-    LegacySource,
-    ManifestStore,
-    MedplumResource,
-    MigrationSettings,
-    PolarsParquetIOManager,
-)
-from migration_assets.sample_data import generate_sample_ehr
+from migration_assets.profiles.seed_ehr.sample_data import generate_sample_ehr
+from migration_assets.resources import MedplumResource, build_resources
 from migration_assets.source import read_table
 from migration_assets.verification import accounting, census
 from migration_assets_tests.fixtures_platform import Platform
@@ -195,15 +189,12 @@ def migrated(tmp_path_factory) -> Migrated:
     with running_local_medplum(log_path=work / "medplum.log") as server:
         instance = DagsterInstance.local_temp(tempdir=str(work / "dagster_home"))
         try:
-            resources = {
-                "medplum": MedplumResource(base_url=server.base_url, client_id=server.client_id,
-                                           client_secret=server.client_secret),
-                "legacy_db": LegacySource(url=source_url),
-                "manifest": ManifestStore(url=manifest_url),
-                # See the module docstring for the threshold.
-                "migration_settings": MigrationSettings(evidence_dir=str(work / "evidence"), quarantine_threshold=0.25),
-                "frames_io_manager": PolarsParquetIOManager(base_dir=str(work / "frames")),
-            }
+            resources = build_resources(
+                medplum=MedplumResource(base_url=server.base_url, client_id=server.client_id,
+                                        client_secret=server.client_secret),
+                legacy_db_url=source_url, manifest_db_url=manifest_url, work_dir=work,
+                quarantine_threshold=0.25,  # see the module docstring for the threshold
+            )
             platform = Platform(server, source_url, manifest_url, instance, make_definitions(resources), work)
             summaries = {}
             for element in ELEMENTS:

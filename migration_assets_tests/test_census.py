@@ -22,13 +22,7 @@ from migration_assets.definitions import make_definitions
 from migration_assets.history import describe
 from migration_assets.manifest import Manifest
 from migration_assets.medplum import MedplumClient
-from migration_assets.resources import (
-    LegacySource,
-    ManifestStore,
-    MedplumResource,
-    MigrationSettings,
-    PolarsParquetIOManager,
-)
+from migration_assets.resources import MedplumResource, MigrationSettings, build_resources
 from migration_assets.verification import (
     CENSUS_SCHEMA,
     RunCensus,
@@ -191,12 +185,12 @@ def test_an_unchanged_rerun_resubmits_nothing_an_earlier_check_verified(platform
 
 def _resources(platform) -> dict[str, object]:
     server = platform.server
-    return {
-        "medplum": MedplumResource(base_url=server.base_url, client_id=server.client_id, client_secret=server.client_secret),
-        "legacy_db": LegacySource(url=platform.source_url),
-        "manifest": ManifestStore(url=platform.manifest_url),
-        "frames_io_manager": PolarsParquetIOManager(base_dir=str(platform.work / "frames")),
-    }
+    resources = build_resources(
+        medplum=MedplumResource(base_url=server.base_url, client_id=server.client_id, client_secret=server.client_secret),
+        legacy_db_url=platform.source_url, manifest_db_url=platform.manifest_url, work_dir=platform.work,
+    )
+    del resources["migration_settings"]  # each test gives its own
+    return resources
 
 
 def _reload_description(platform, defs) -> str:

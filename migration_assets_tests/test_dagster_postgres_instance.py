@@ -22,7 +22,7 @@ from psycopg2 import sql
 
 from migration_assets.local_medplum import LocalMedplum
 from migration_assets.paths import REPO_ROOT
-from migration_assets.sample_data import generate_sample_ehr
+from migration_assets.profiles.seed_ehr.sample_data import generate_sample_ehr
 
 PG_ADMIN_DSN = os.environ.get("DAGSTER_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 PG_URL_BASE = os.environ.get("DAGSTER_TEST_PG_URL_BASE", "postgresql+psycopg2://postgres@127.0.0.1:5432")
@@ -92,13 +92,10 @@ def test_example_instance_config_runs_a_migration_on_postgres(
 
     # The definitions are built with resources read from the environment set above (and frames
     # under tmp_path, not .demo/), exactly as definitions.py builds its own.
-    from migration_assets.definitions import make_definitions, migrate_element_job, resources_from_environment
-    from migration_assets.resources import PolarsParquetIOManager
+    from migration_assets.definitions import make_definitions, migrate_element_job
+    from migration_assets.resources import build_resources
 
-    resources = {
-        **resources_from_environment(),
-        "frames_io_manager": PolarsParquetIOManager(base_dir=str(tmp_path / "frames")),
-    }
+    resources = build_resources(work_dir=tmp_path)
     job = make_definitions(resources).resolve_job_def(migrate_element_job.name)
 
     with DagsterInstance.from_config(str(home)) as instance:

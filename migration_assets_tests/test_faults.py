@@ -24,8 +24,8 @@ import polars as pl
 import pytest
 from dagster import DagsterRunStatus
 
+from migration_assets.active import get_element
 from migration_assets.definitions import make_definitions
-from migration_assets.elements import get_element
 from migration_assets.elements.base import SourceSystem, build_frame
 from migration_assets.frame_parts import FrameParts
 from migration_assets.loader import LoadSettings, migrate
@@ -37,14 +37,8 @@ from migration_assets.local_medplum import (
 )
 from migration_assets.manifest import Manifest
 from migration_assets.medplum import MedplumClient, MedplumError, RetryPolicy
-from migration_assets.resources import (
-    LegacySource,
-    ManifestStore,
-    MedplumResource,
-    MigrationSettings,
-    PolarsParquetIOManager,
-)
-from migration_assets.sample_data import build_sample_tables
+from migration_assets.profiles.seed_ehr.sample_data import build_sample_tables
+from migration_assets.resources import MedplumResource, build_resources
 from migration_assets.verification import accounting, census
 from migration_assets_tests.fault_proxy import Fault, FaultProxy
 from migration_assets_tests.fixtures_platform import Platform
@@ -386,14 +380,11 @@ def platform_resources(medplum_url: str, client_id: str, client_secret: str, sou
                        work: Path, max_attempts: int = 4, timeout: float = 10.0, batch_size: int = 10) -> dict:
     """The platform's resources as fixtures_platform wires them, with the Medplum URL (the proxy),
     the retry count, the timeout and the bundle size of the test."""
-    return {
-        "medplum": MedplumResource(base_url=medplum_url, client_id=client_id, client_secret=client_secret,
-                                   timeout_seconds=timeout, max_attempts=max_attempts),
-        "legacy_db": LegacySource(url=source_url),
-        "manifest": ManifestStore(url=manifest_url),
-        "migration_settings": MigrationSettings(evidence_dir=str(work / "evidence"), batch_size=batch_size),
-        "frames_io_manager": PolarsParquetIOManager(base_dir=str(work / "frames")),
-    }
+    return build_resources(
+        medplum=MedplumResource(base_url=medplum_url, client_id=client_id, client_secret=client_secret,
+                                timeout_seconds=timeout, max_attempts=max_attempts),
+        legacy_db_url=source_url, manifest_db_url=manifest_url, work_dir=work, batch_size=batch_size,
+    )
 
 
 def rewired(platform: Platform, medplum_url: str, **options) -> Platform:

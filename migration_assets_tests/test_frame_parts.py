@@ -4,10 +4,10 @@ same rows with the same rules, unit keys and hashes, every bundle group whole in
 import polars as pl
 import pytest
 
-from migration_assets.elements import ELEMENTS
+from migration_assets.active import ELEMENTS
 from migration_assets.elements.base import SourceSystem, build_frame
 from migration_assets.frame_parts import build_frame_parts
-from migration_assets.sample_data import build_sample_tables
+from migration_assets.profiles.seed_ehr.sample_data import build_sample_tables
 from migration_assets.source import read_table
 from migration_assets_tests.test_bad_input import build_bad_source
 

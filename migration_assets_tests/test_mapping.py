@@ -6,11 +6,11 @@ import json
 import polars as pl
 import pytest
 
-from migration_assets.elements import get_element
+from migration_assets.active import get_element
 from migration_assets.elements.base import SourceSystem, build_frame
 from migration_assets.elements.fhir_json import conditional_reference, fhir_json
 from migration_assets.medplum import conditional_url
-from migration_assets.sample_data import build_sample_tables
+from migration_assets.profiles.seed_ehr.sample_data import build_sample_tables
 
 BASE = "https://ehr.example-clinic.org/fhir"
 SYSTEM = SourceSystem(BASE)

@@ -6,11 +6,11 @@ import json
 import polars as pl
 import pytest
 
-from migration_assets.elements import get_element
+from migration_assets.active import get_element
 from migration_assets.elements.base import SourceSystem, build_frame
+from migration_assets.profiles.seed_ehr.sample_data import TABLE_COLUMNS, build_sample_tables
+from migration_assets.profiles.seed_ehr.terminology import MAPS, TERMINOLOGY_DIR
 from migration_assets.register import REGENERATE, REGISTER_PATH, mapping_register, render_markdown
-from migration_assets.sample_data import TABLE_COLUMNS, build_sample_tables
-from migration_assets.terminology import TERMINOLOGY_DIR, versions
 
 BASE = "https://ehr.example-clinic.org/fhir"
 SYSTEM = SourceSystem(BASE)
@@ -267,8 +267,8 @@ def test_default_sample_quarantines_well_under_the_threshold_and_reports_unmappe
 
 def test_every_terminology_map_has_a_version():
     maps = {path.stem for path in TERMINOLOGY_DIR.glob("*.csv")} - {"VERSIONS"}
-    assert maps == set(versions()["map"].to_list())
-    assert versions()["version"].str.contains(r"^\d+\.\d+\.\d+$").all()
+    assert maps == set(MAPS.versions()["map"].to_list())
+    assert MAPS.versions()["version"].str.contains(r"^\d+\.\d+\.\d+$").all()
 
 
 def test_register_dispositions():
@@ -286,7 +286,7 @@ def test_register_dispositions():
 def test_the_register_in_the_repository_is_up_to_date():
     expected = render_markdown()
     actual = REGISTER_PATH.read_text(encoding="utf-8") if REGISTER_PATH.exists() else ""
-    assert actual == expected, f"docs/mapping_register.md is out of date with the mapping code: run `{REGENERATE}`"
+    assert actual == expected, f"{REGISTER_PATH} is out of date with the mapping code: run `{REGENERATE}`"
 
 
 def test_the_terminology_maps_asset_loads_every_versioned_map(tmp_path):

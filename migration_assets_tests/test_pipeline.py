@@ -6,8 +6,8 @@ import sqlite3
 import polars as pl
 import pytest
 
-from migration_assets.elements import LOAD_ORDER
-from migration_assets.sample_data import generate_sample_ehr
+from migration_assets.active import LOAD_ORDER
+from migration_assets.profiles.seed_ehr.sample_data import generate_sample_ehr
 from migration_assets.verification import census
 
 PATIENT_SYSTEM = "https://ehr.example-clinic.org/fhir/identifier/patient"

@@ -16,7 +16,7 @@ from migration_assets.verification import census
 # Loads the patients element bundle by bundle, slowly, printing its progress; the test kills it.
 LOADER = """
 import sys, time
-from migration_assets.elements import get_element
+from migration_assets.active import get_element
 from migration_assets.elements.base import SourceSystem, build_frame
 from migration_assets.loader import LoadSettings, migrate
 from migration_assets.manifest import Manifest

@@ -9,8 +9,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from migration_assets.elements.practitioners import valid_npi
-from migration_assets.sample_data import (
+from migration_assets.profiles.seed_ehr.elements.practitioners import valid_npi
+from migration_assets.profiles.seed_ehr.sample_data import (
     CONDITION_CATALOGUE,
     ENCOUNTER_TYPES,
     NULLABLE_COLUMNS,

@@ -14,12 +14,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from migration_assets.definitions import make_definitions, resources_from_environment
+from migration_assets.active import LOAD_ORDER
+from migration_assets.definitions import make_definitions
 from migration_assets.demo import migrate_element
-from migration_assets.elements import LOAD_ORDER
 from migration_assets.medplum import MedplumClient, MedplumError, RetryPolicy
 from migration_assets.medplum.auth import ClientCredentialsToken
-from migration_assets.resources import MedplumResource, MigrationSettings, PolarsParquetIOManager
+from migration_assets.resources import MedplumResource, build_resources
 from migration_assets.source import read_table
 
 # Files that hold patient data on purpose (the legacy source and the FHIR frames) are not logs.
@@ -37,13 +37,7 @@ def test_a_full_run_leaks_no_secret_no_token_and_no_patient_detail(platform_fact
         "MANIFEST_DB_URL": platform.manifest_url,
     }.items():
         monkeypatch.setenv(name, value)
-    defs = make_definitions(
-        {
-            **resources_from_environment(),
-            "migration_settings": MigrationSettings(evidence_dir=str(platform.work / "evidence")),
-            "frames_io_manager": PolarsParquetIOManager(base_dir=str(platform.work / "frames")),
-        }
-    )
+    defs = make_definitions(build_resources(work_dir=platform.work))
     issued: list[str] = []
     real_fetch = ClientCredentialsToken._fetch
 

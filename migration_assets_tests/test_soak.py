@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from migration_assets.elements import LOAD_ORDER
+from migration_assets.active import LOAD_ORDER
 from migration_assets.local_medplum import NODE_BINARY, REPO_ROOT
 
 PATIENTS = 150

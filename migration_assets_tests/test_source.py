@@ -9,7 +9,12 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from migration_assets.sample_data import TABLE_PRIMARY_KEYS, TABLES, build_sample_tables, generate_sample_ehr
+from migration_assets.profiles.seed_ehr.sample_data import (
+    TABLE_PRIMARY_KEYS,
+    TABLES,
+    build_sample_tables,
+    generate_sample_ehr,
+)
 from migration_assets.source import iter_table_batches, parse_source_url, read_query, read_table, redact_url
 from migration_assets_tests.fixtures_postgres import throwaway_schema_url
 
@@ -137,5 +142,6 @@ def test_parse_source_url() -> None:
     assert parse_source_url("sqlite:///rel/x.db") == ("sqlite", "rel/x.db")
     assert parse_source_url("sqlite:////abs/x.db") == ("sqlite", "/abs/x.db")
     assert parse_source_url("postgres://u@h/db") == ("postgresql", "postgresql://u@h/db")
+    assert parse_source_url("csv:///data/csv") == ("csv", "/data/csv")  # a file URL: absolute
     assert parse_source_url("csv:////data/csv") == ("csv", "/data/csv")
     assert parse_source_url("/data/folder") == ("folder", "/data/folder")

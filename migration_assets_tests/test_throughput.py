@@ -15,7 +15,7 @@ import httpx
 import polars as pl
 import pytest
 
-from migration_assets.elements import get_element
+from migration_assets.active import get_element
 from migration_assets.elements.base import SourceSystem, build_frame
 from migration_assets.frame_parts import shard_of
 from migration_assets.loader import LoadResult, LoadSettings, load_frame, with_direct_references
@@ -23,8 +23,8 @@ from migration_assets.local_medplum import LocalMedplum, running_local_medplum
 from migration_assets.manifest import Manifest
 from migration_assets.medplum import MedplumClient, RetryPolicy
 from migration_assets.medplum.asyncbundle import AsyncPolling
+from migration_assets.profiles.seed_ehr.sample_data import build_sample_tables
 from migration_assets.resources import MigrationSettings
-from migration_assets.sample_data import build_sample_tables
 from migration_assets.verification import accounting, resources_with_identifier
 
 SYSTEM = SourceSystem("https://ehr.example-clinic.org/fhir")

@@ -23,7 +23,7 @@ from migration_assets.dev import DAGSTER, WORKSPACE, stop_process_group, wait_fo
 from migration_assets.environment import DEFAULT_INSTANCE_YAML
 from migration_assets.local_medplum import LocalMedplum, free_port, running_local_medplum
 from migration_assets.paths import REPO_ROOT
-from migration_assets.sample_data import generate_sample_ehr
+from migration_assets.profiles.seed_ehr.sample_data import generate_sample_ehr
 
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
 # What makes Debian's Chromium run headless on these machines, as root and with a closed network:

@@ -9,9 +9,10 @@ pandera can validate them.
 
 import datetime
 import hashlib
+import re
 import uuid
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Final, TypeVar
 
@@ -62,9 +63,10 @@ class SourceSystem:
         return f"{self.base_uri.rstrip('/')}/CodeSystem/{name}"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DataElement:
-    """A unit of phased adoption: one partition of every asset.
+    """A unit of phased adoption: one partition of every asset. Every field is part of the contract
+    between a profile and the platform; `check_element_contract` validates them when a profile loads.
 
     `extract` joins the source tables into one row per source unit; `transform` maps those rows to
     FHIR frame rows with polars expressions, lazily (build_frame runs it as one query), filling
@@ -76,15 +78,79 @@ class DataElement:
     name: str
     description: str
     mapping_version: str
-    source_tables: tuple[str, ...]
+    # Every legacy table `extract` reads, with its primary key column (the sync and chart review find
+    # a unit's legacy row by it).
+    source_tables: Mapping[str, str]
     requires: tuple[str, ...]
     extract: Callable[[Mapping[str, pl.DataFrame]], pl.DataFrame]
     transform: Callable[[pl.LazyFrame, SourceSystem], pl.LazyFrame]
     schemas: Mapping[str, type[pa.DataFrameModel]]
+    # The frame column holding the source key of the patient a unit belongs to (chart review groups a
+    # patient's units by it); None declares that the element holds no patient's data (practitioners).
+    patient_column: str | None
+    # Frame columns that flag a value a reviewer should look at, each with the value that flags it
+    # (`{"code_mapped": False}`: a local code with no standard mapping; `{"npi_dropped": True}`).
+    review_flags: Mapping[str, bool] = field(default_factory=dict)
+    # The column of every source table holding the time of its row's last change, as fixed-width UTC
+    # text in `change_format` (so that it compares as text); None: the sync cannot pick out changes.
+    change_column: str | None = None
+    change_format: str = "%Y-%m-%dT%H:%M:%S.%fZ"
     transactional: bool = False
     # Load tuning: entries (or transactions) per batch bundle, and bundles in flight at once.
     batch_size: int = 100
     concurrency: int = 1
+
+
+_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+
+def check_element_contract(element: DataElement) -> None:
+    """Every declared field of `element` usable, or an error naming the element and the field."""
+
+    def wrong(field_name: str, problem: str) -> ContractError:
+        return ContractError(f"data element {element.name!r}: field `{field_name}` {problem}")
+
+    if not isinstance(element.name, str) or not _NAME.match(element.name):
+        raise wrong("name", "must be lower case letters, digits and _ (it is a Dagster partition key)")
+    for name in ("description", "mapping_version"):
+        if not isinstance(getattr(element, name), str) or not getattr(element, name).strip():
+            raise wrong(name, "is empty")
+    if not isinstance(element.source_tables, Mapping) or not element.source_tables:
+        raise wrong("source_tables", "must map each source table to its primary key column, e.g. {'patients': 'patient_id'}")
+    for table, key in element.source_tables.items():
+        if not isinstance(key, str) or not key:
+            raise wrong("source_tables", f"gives table {table!r} no primary key column")
+    if isinstance(element.requires, str) or not all(isinstance(r, str) for r in element.requires):
+        raise wrong("requires", "must be a tuple of element names")
+    for name in ("extract", "transform"):
+        if not callable(getattr(element, name)):
+            raise wrong(name, "is not callable")
+    if not element.schemas or not all(
+        isinstance(model, type) and issubclass(model, pa.DataFrameModel) for model in element.schemas.values()
+    ):
+        raise wrong("schemas", "must map each resource type to a pandera DataFrameModel")
+    if element.patient_column is not None and not isinstance(element.patient_column, str):
+        raise wrong("patient_column", "must be a frame column name, or None for data that belongs to no patient")
+    if not all(isinstance(c, str) and isinstance(v, bool) for c, v in element.review_flags.items()):
+        raise wrong("review_flags", "must map frame columns to the boolean value that flags a row")
+    if element.batch_size < 1 or element.concurrency < 1:
+        raise wrong("batch_size" if element.batch_size < 1 else "concurrency", "must be at least 1")
+
+
+def check_frame_columns(element: DataElement, columns: Iterable[str]) -> None:
+    """The frame columns the element's contract names are there: a clear error, never a silent skip."""
+    present = set(columns)
+    declared = {"patient_column": [element.patient_column] if element.patient_column else [],
+                "review_flags": list(element.review_flags)}
+    for field_name, names in declared.items():
+        missing = [name for name in names if name not in present]
+        if missing:
+            raise ContractError(f"data element {element.name!r}: field `{field_name}` names {missing}, "
+                                f"which its transform does not produce")
+
+
+class ContractError(ValueError):
+    """An element whose declared contract does not hold."""
 
 
 class FrameModel(pa.DataFrameModel):
@@ -159,6 +225,7 @@ def apply_row_rules(element: DataElement, frame: pl.DataFrame | pl.LazyFrame) ->
         pl.format("a text value holds control character U+{}, which FHIR strings may not contain", code),
     )
     hashed = frame.with_columns(content_hash=sha256_hex(pl.col("resource"))).collect(engine=POLARS_ENGINE)
+    check_frame_columns(element, hashed.columns)
     return _quarantine_schema_failures(hashed, element.schemas)
 
 

@@ -14,7 +14,7 @@ Randomness is a counter-based splitmix64 written as polars expressions: every ra
 pure function of (seed, stream, row key), so generation is vectorised, needs no numpy, and the same
 seed + size gives byte-identical tables regardless of thread scheduling.
 
-CLI: ``python -m migration_assets.sample_data --url sqlite:///.demo/legacy.db --patients 1000``
+CLI: ``python -m migration_assets.profiles.seed_ehr.sample_data --url sqlite:///.demo/legacy.db --patients 1000``
 """
 
 from __future__ import annotations
@@ -23,11 +23,10 @@ import argparse
 import datetime as dt
 import math
 import sys
-from pathlib import Path
 
 import polars as pl
 
-from migration_assets.source import parse_source_url, redact_url
+from migration_assets.source import redact_url, write_tables
 
 __all__ = [
     "ALLERGEN_CATALOGUE",
@@ -43,7 +42,6 @@ __all__ = [
     "build_sample_tables",
     "generate_sample_ehr",
     "with_updated_at",
-    "write_tables",
 ]
 
 # Parents first: the order in which tables are written and (in reverse) dropped.
@@ -909,73 +907,13 @@ def _observations(gen: pl.DataFrame, enc: pl.DataFrame, seed: int, guide: pl.Dat
 
 
 # ---------------------------------------------------------------------------------------------------
-# Writers
-
-
-def _create_table_sql(table: str, primary_key: bool = True, columns: list[str] | None = None) -> str:
-    names = columns if columns is not None else TABLE_COLUMNS[table]
-    cols = [f'"{c}" TEXT' + (" NOT NULL" if c == TABLE_PRIMARY_KEYS[table] else "") for c in names]
-    if primary_key:
-        cols.append(f'PRIMARY KEY ("{TABLE_PRIMARY_KEYS[table]}")')
-    return f'CREATE TABLE "{table}" ({", ".join(cols)})'
-
-
-def _write_sqlite(path: Path, tables: dict[str, pl.DataFrame]) -> None:
-    import adbc_driver_sqlite.dbapi as sqlite_adbc
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with sqlite_adbc.connect(str(path)) as conn:
-        cur = conn.cursor()
-        for table in reversed(TABLES):
-            cur.execute(f'DROP TABLE IF EXISTS "{table}"')
-        for table in TABLES:
-            cur.execute(_create_table_sql(table, columns=tables[table].columns))
-            # Arrow ingest is a prepared bulk insert: ~1M rows/s, vs far slower executemany.
-            cur.adbc_ingest(table, tables[table].to_arrow(), mode="append")
-        conn.commit()
-        cur.close()
-
-
-def _write_postgres(url: str, tables: dict[str, pl.DataFrame]) -> None:
-    import adbc_driver_postgresql.dbapi as pg_adbc
-
-    with pg_adbc.connect(url) as conn:
-        cur = conn.cursor()
-        for table in reversed(TABLES):
-            cur.execute(f'DROP TABLE IF EXISTS "{table}" CASCADE')
-        for table in TABLES:
-            # ADBC ingest uses COPY; the primary key is added afterwards because building the index
-            # once is cheaper than maintaining it row by row.
-            cur.execute(_create_table_sql(table, primary_key=False, columns=tables[table].columns))
-            cur.adbc_ingest(table, tables[table].to_arrow(), mode="append")
-            cur.execute(f'ALTER TABLE "{table}" ADD PRIMARY KEY ("{TABLE_PRIMARY_KEYS[table]}")')
-        conn.commit()
-        cur.close()
-
-
-def write_tables(url: str, tables: dict[str, pl.DataFrame]) -> dict[str, int]:
-    """Write frames to a source URL (see migration_assets.source for the URL forms)."""
-    kind, location = parse_source_url(url)
-    if kind == "sqlite":
-        _write_sqlite(Path(location), tables)
-    elif kind == "postgresql":
-        _write_postgres(location, tables)
-    elif kind in ("csv", "parquet", "folder"):
-        folder = Path(location)
-        folder.mkdir(parents=True, exist_ok=True)
-        for table, df in tables.items():
-            if kind == "csv":
-                df.write_csv(folder / f"{table}.csv")
-            else:  # a plain folder gets Parquet: typed, compact, fastest to read back
-                df.write_parquet(folder / f"{table}.parquet")
-    else:  # pragma: no cover - parse_source_url already rejects unknown schemes
-        raise ValueError(f"cannot write to {redact_url(url)}")
-    return {table: df.height for table, df in tables.items()}
+# Writing
 
 
 def generate_sample_ehr(url: str, patients: int = 1000, seed: int = 7, updated_at: bool = False) -> dict[str, int]:
     """(Re)create the legacy EHR tables at ``url`` (with UPDATED_AT columns if asked); returns table -> row count."""
-    return write_tables(url, build_sample_tables(patients, seed, updated_at=updated_at))
+    tables = build_sample_tables(patients, seed, updated_at=updated_at)
+    return write_tables(url, {name: tables[name] for name in TABLES}, TABLE_PRIMARY_KEYS)
 
 
 def main(argv: list[str] | None = None) -> int:

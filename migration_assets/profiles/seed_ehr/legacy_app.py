@@ -9,7 +9,7 @@ that only the dual-write reconciliation check catches.
 What it did is returned as (table, key, kind) triples: identifiers only, never the values.
 `RunningApp` runs it in its own process while a test or the demo migrates.
 
-CLI (the demo): ``python -m migration_assets.legacy_app --url sqlite:///.demo/legacy_ehr.db --seconds 60``
+CLI (the demo): ``python -m migration_assets.profiles.seed_ehr.legacy_app --url sqlite:///.demo/legacy_ehr.db --seconds 60``
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from migration_assets.sample_data import (
+from migration_assets.profiles.seed_ehr.sample_data import (
     _LAST,
     CONDITION_CATALOGUE,
     TABLE_PRIMARY_KEYS,
@@ -225,7 +225,7 @@ class RunningApp:
 
     def __init__(self, url: str, seed: int = 0, interval: float = 0.02, seconds: float = 3600.0) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "migration_assets.legacy_app", "--url", url, "--seed", str(seed),
+            [sys.executable, "-m", "migration_assets.profiles.seed_ehr.legacy_app", "--url", url, "--seed", str(seed),
              "--interval", str(interval), "--seconds", str(seconds), "--jsonl"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )

@@ -47,7 +47,8 @@ from migration_assets.elements.fhir_json import (
     reference,
     without_nulls,
 )
-from migration_assets.terminology import LOINC, UCUM, read_map
+from migration_assets.profiles.seed_ehr.sample_data import UPDATED_AT
+from migration_assets.profiles.seed_ehr.terminology import LOINC, UCUM, read_map
 
 CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/observation-category"
 CATEGORIES = {"vital": ("vital-signs", "Vital Signs"), "lab": ("laboratory", "Laboratory")}
@@ -245,9 +246,12 @@ ELEMENT = DataElement(
     name="observations",
     description="Vital signs and lab results with local and LOINC codes and their units as given to FHIR Observation.",
     mapping_version="1.0.0",
-    source_tables=("observations", "patients", "encounters"),
+    source_tables={"observations": "observation_id", "patients": "patient_id", "encounters": "encounter_id"},
     requires=("patients", "encounters"),
     extract=extract,
     transform=transform,
     schemas={"Observation": ObservationFrame},
+    patient_column="patient_id",
+    review_flags={"code_mapped": False},
+    change_column=UPDATED_AT,
 )

@@ -14,7 +14,8 @@ import polars as pl
 
 from migration_assets.elements.base import DataElement, FrameModel, SourceSystem, frame_columns
 from migration_assets.elements.fhir_json import present
-from migration_assets.terminology import NPI
+from migration_assets.profiles.seed_ehr.sample_data import UPDATED_AT
+from migration_assets.profiles.seed_ehr.terminology import NPI
 
 NPI_PREFIX = "80840"
 
@@ -85,9 +86,12 @@ ELEMENT = DataElement(
     name="practitioners",
     description="Practitioners to FHIR Practitioner with their NPI (where valid) as a second identifier.",
     mapping_version="1.0.0",
-    source_tables=("practitioners",),
+    source_tables={"practitioners": "practitioner_id"},
     requires=(),
     extract=extract,
     transform=transform,
     schemas={"Practitioner": PractitionerFrame},
+    patient_column=None,
+    review_flags={"npi_dropped": True},
+    change_column=UPDATED_AT,
 )

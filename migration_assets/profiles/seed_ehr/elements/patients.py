@@ -16,6 +16,7 @@ from migration_assets.elements.base import (
     quarantine,
 )
 from migration_assets.elements.fhir_json import identifier, present
+from migration_assets.profiles.seed_ehr.sample_data import UPDATED_AT
 
 # Legacy codes to FHIR administrative gender. Read case-insensitively; anything else is quarantined.
 GENDER = {"M": "male", "F": "female", "O": "other", "U": "unknown"}
@@ -69,9 +70,11 @@ ELEMENT = DataElement(
     name="patients",
     description="Patient demographics: legacy patients to FHIR Patient, keyed by patient_id.",
     mapping_version="1.0.0",
-    source_tables=("patients",),
+    source_tables={"patients": "patient_id"},
     requires=(),
     extract=extract,
     transform=transform,
     schemas={"Patient": PatientFrame},
+    patient_column="identifier_value",
+    change_column=UPDATED_AT,
 )

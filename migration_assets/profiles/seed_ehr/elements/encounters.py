@@ -31,7 +31,8 @@ from migration_assets.elements.fhir_json import (
     reference,
     without_nulls,
 )
-from migration_assets.terminology import V3_ACT_CODE, read_map
+from migration_assets.profiles.seed_ehr.sample_data import UPDATED_AT
+from migration_assets.profiles.seed_ehr.terminology import V3_ACT_CODE, read_map
 
 
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
@@ -196,10 +197,12 @@ ELEMENT = DataElement(
     name="encounters",
     description="Encounters to FHIR Encounter, each with its notes as ClinicalImpression in one transaction.",
     mapping_version="1.0.0",
-    source_tables=("encounters", "encounter_notes", "patients", "practitioners"),
+    source_tables={"encounters": "encounter_id", "encounter_notes": "note_id", "patients": "patient_id", "practitioners": "practitioner_id"},
     requires=("patients", "practitioners"),
     extract=extract,
     transform=transform,
     schemas={"Encounter": EncounterFrame, "ClinicalImpression": ClinicalImpressionFrame},
+    patient_column="patient_id",
+    change_column=UPDATED_AT,
     transactional=True,
 )

@@ -41,7 +41,8 @@ from migration_assets.elements.fhir_json import (
     identifier,
     reference,
 )
-from migration_assets.terminology import RXNORM, read_map
+from migration_assets.profiles.seed_ehr.sample_data import UPDATED_AT
+from migration_assets.profiles.seed_ehr.terminology import RXNORM, read_map
 
 STATUSES = ("active", "completed", "entered-in-error", "intended", "stopped", "on-hold", "unknown", "not-taken")
 
@@ -139,9 +140,12 @@ ELEMENT = DataElement(
     name="medications",
     description="The medication list: patient_medications with local and RxNorm codes to FHIR MedicationStatement.",
     mapping_version="1.0.0",
-    source_tables=("patient_medications", "patients"),
+    source_tables={"patient_medications": "patient_medication_id", "patients": "patient_id"},
     requires=("patients",),
     extract=extract,
     transform=transform,
     schemas={"MedicationStatement": MedicationStatementFrame},
+    patient_column="patient_id",
+    review_flags={"code_mapped": False},
+    change_column=UPDATED_AT,
 )

@@ -26,7 +26,8 @@ from migration_assets.elements.fhir_json import (
     identifier,
     reference,
 )
-from migration_assets.terminology import ICD10CM, read_map
+from migration_assets.profiles.seed_ehr.sample_data import UPDATED_AT
+from migration_assets.profiles.seed_ehr.terminology import ICD10CM, read_map
 
 
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
@@ -92,9 +93,11 @@ ELEMENT = DataElement(
     name="problem_list",
     description="The problem list: patient_conditions with their local and ICD-10 codes to FHIR Condition.",
     mapping_version="1.0.0",
-    source_tables=("patient_conditions", "conditions", "patients"),
+    source_tables={"patient_conditions": "patient_condition_id", "conditions": "condition_id", "patients": "patient_id"},
     requires=("patients",),
     extract=extract,
     transform=transform,
     schemas={"Condition": ConditionFrame},
+    patient_column="patient_id",
+    change_column=UPDATED_AT,
 )

@@ -36,7 +36,8 @@ from migration_assets.elements.fhir_json import (
     present,
     reference,
 )
-from migration_assets.terminology import SNOMED_CT, read_map
+from migration_assets.profiles.seed_ehr.sample_data import UPDATED_AT
+from migration_assets.profiles.seed_ehr.terminology import SNOMED_CT, read_map
 
 CLINICAL_STATUS_SYSTEM = "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical"
 VERIFICATION_STATUS_SYSTEM = "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification"
@@ -167,9 +168,12 @@ ELEMENT = DataElement(
     name="allergies",
     description="Allergies: patient_allergies with local and SNOMED CT codes to FHIR AllergyIntolerance.",
     mapping_version="1.0.0",
-    source_tables=("patient_allergies", "patients"),
+    source_tables={"patient_allergies": "patient_allergy_id", "patients": "patient_id"},
     requires=("patients",),
     extract=extract,
     transform=transform,
     schemas={"AllergyIntolerance": AllergyIntoleranceFrame},
+    patient_column="patient_id",
+    review_flags={"code_mapped": False},
+    change_column=UPDATED_AT,
 )

@@ -1,0 +1,19 @@
+"""The sample legacy EHR this platform ships with: the tables of Medplum's "Building Migration Pipelines"
+guide and the rest of a clinic's chart (practitioners, medications, allergies, observations)."""
+
+from pathlib import Path
+
+from migration_assets.elements.profile import Profile, discover_elements
+from migration_assets.profiles.seed_ehr.sample_data import build_sample_tables
+
+HERE = Path(__file__).parent
+
+PROFILE = Profile(
+    name="seed_ehr",
+    description="The sample legacy EHR: patients, practitioners, allergies, medications, problem list, "
+    "encounters with notes, observations.",
+    elements=discover_elements(f"{__name__}.elements"),
+    phases_file=HERE / "phases.yaml",
+    sample_tables=build_sample_tables,
+    terminology_dir=HERE / "terminology",
+)

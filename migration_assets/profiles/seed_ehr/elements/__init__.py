@@ -1,0 +1,1 @@
+"""The seed EHR's data elements, one module each, each defining `ELEMENT`."""
