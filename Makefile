@@ -9,7 +9,7 @@ NODE_STAMP := medplum_local/node_modules/.installed
 CHROMIUM := /usr/bin/chromium
 CHROMIUM_STAMP := $(VENV)/.chromium-installed
 
-.PHONY: setup test demo dev medplum bench lint clean history soak
+.PHONY: setup test test-fast demo dev medplum bench lint clean history soak element profile
 
 setup: $(VENV_STAMP) $(NODE_STAMP) $(CHROMIUM_STAMP)
 
@@ -65,3 +65,11 @@ lint: $(VENV_STAMP)
 
 clean:
 	rm -rf $(VENV) medplum_local/node_modules .dagster_home .demo
+
+# Scaffolds: a data element that loads and passes its checks before it is edited, and a new profile folder.
+#   make element NAME=lab_orders [PROFILE=seed_ehr|/path/to/profile]     make profile DIR=/path/to/my_clinic
+element: $(VENV_STAMP)
+	$(PY) -m migration_assets.scaffold element "$(NAME)" $(if $(PROFILE),--profile "$(PROFILE)")
+
+profile: $(VENV_STAMP)
+	$(PY) -m migration_assets.scaffold profile "$(DIR)"

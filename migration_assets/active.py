@@ -30,7 +30,4 @@ def prerequisites(name: str) -> tuple[str, ...]:
 
 def write_sample(url: str, patients: int, seed: int = 7, updated_at: bool = False) -> dict[str, int]:
     """(Re)create the profile's sample legacy database at `url`; returns table -> rows."""
-    if PROFILE.sample_tables is None:
-        raise ProfileError(f"profile {PROFILE.name} has no sample_tables generator: set LEGACY_DB_URL to your data")
-    tables = PROFILE.sample_tables(patients=patients, seed=seed, updated_at=updated_at)
-    return write_tables(url, tables, PROFILE.primary_keys())
+    return write_tables(url, PROFILE.sample(patients, seed, updated_at), PROFILE.primary_keys())

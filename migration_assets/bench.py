@@ -111,7 +111,7 @@ def rss_mb() -> float:
 
 def write_source(patients: int, folder: Path) -> dict[str, Any]:
     started = time.perf_counter()
-    tables = PROFILE.sample_tables(patients=patients, seed=7) if PROFILE.sample_tables else {}
+    tables = PROFILE.sample(patients)
     generated = time.perf_counter() - started
     write_tables(f"parquet://{folder}", tables, PROFILE.primary_keys())
     return {"patients": patients, "rows": {name: frame.height for name, frame in tables.items()},

@@ -59,10 +59,7 @@ RowKey = tuple[str, str, int]
 
 @cache
 def probe_tables() -> dict[str, pl.DataFrame]:
-    if PROFILE.sample_tables is None:
-        raise ValueError(f"profile {PROFILE.name} has no sample_tables: the mapping register probes the mapping "
-                         "code on the profile's sample data")
-    return PROFILE.sample_tables(patients=PROBE_PATIENTS, seed=PROBE_SEED)
+    return PROFILE.sample(patients=PROBE_PATIENTS, seed=PROBE_SEED)
 
 
 def mapping_register(element: DataElement, tables: Mapping[str, pl.DataFrame] | None = None) -> pl.DataFrame:

@@ -481,7 +481,7 @@ def soak(patients: int, quota: int, window: int, work: Path, idempotency_sample:
                               "elements": [], "samples": []}
     started = time.monotonic()
     source = work / "source"
-    tables = PROFILE.sample_tables(patients=patients, seed=7) if PROFILE.sample_tables else {}
+    tables = PROFILE.sample(patients)
     write_tables(f"parquet://{source}", tables, PROFILE.primary_keys())
     report["source_rows"] = {name: frame.height for name, frame in tables.items()}
     del tables

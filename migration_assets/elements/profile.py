@@ -48,6 +48,9 @@ class Profile:
     elements: tuple[DataElement, ...]
     phases_file: Path
     sample_tables: SampleTables | None = None
+    # A folder of sample rows, one `<table>.csv` each (every column text), added to sample_tables' tables:
+    # a profile without a generator, or an element scaffolded into one, still has sample data.
+    sample_folder: Path | None = None
     # The folder of the profile's terminology maps (one CSV per map and VERSIONS.csv), if it has any.
     terminology_dir: Path | None = None
     identifier_base_uri: str = "https://ehr.example-clinic.org/fhir"
@@ -97,6 +100,17 @@ class Profile:
                 pending.extend(self.element(current).requires)
         return tuple(element for element in self.load_order if element in needed)
 
+    def sample(self, patients: int, seed: int = 7, updated_at: bool = False) -> dict[str, pl.DataFrame]:
+        """The profile's sample legacy tables, parents first: the generator's, then the sample folder's."""
+        tables = dict(self.sample_tables(patients=patients, seed=seed, updated_at=updated_at)) if self.sample_tables else {}
+        if self.sample_folder is not None and self.sample_folder.is_dir():
+            for file in sorted(self.sample_folder.glob("*.csv")):
+                tables[file.stem] = pl.read_csv(file, infer_schema=False)
+        if not tables:
+            raise ProfileError(f"profile {self.name} has no sample data (sample_tables or sample_folder): "
+                               "set LEGACY_DB_URL to your legacy database")
+        return tables
+
     def primary_keys(self) -> dict[str, str]:
         """Every source table the profile reads, with its primary key column."""
         return {table: key for element in self.elements for table, key in element.source_tables.items()}
@@ -131,15 +145,16 @@ def discover_elements(package: str) -> tuple[DataElement, ...]:
 
 def load_profile(spec: str | None = None) -> Profile:
     """The profile named by `spec` (see the module's docstring), `seed_ehr` when None or empty."""
-    spec = (spec or DEFAULT_PROFILE).strip()
-    module = _import_profile_module(spec)
+    module = profile_module(spec)
     profile = getattr(module, "PROFILE", None)
     if not isinstance(profile, Profile):
         raise ProfileError(f"profile {spec!r}: module {module.__name__} has no PROFILE = Profile(...)")
     return profile
 
 
-def _import_profile_module(spec: str) -> ModuleType:
+def profile_module(spec: str | None) -> ModuleType:
+    """The package of the profile `spec` names (see load_profile)."""
+    spec = (spec or DEFAULT_PROFILE).strip()
     folder = Path(spec).expanduser()
     if "/" in spec or spec.startswith("."):
         if not (folder / "__init__.py").is_file():

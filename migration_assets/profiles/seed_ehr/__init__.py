@@ -15,5 +15,6 @@ PROFILE = Profile(
     elements=discover_elements(f"{__name__}.elements"),
     phases_file=HERE / "phases.yaml",
     sample_tables=build_sample_tables,
+    sample_folder=HERE / "samples",
     terminology_dir=HERE / "terminology",
 )
