@@ -35,33 +35,38 @@ $(CHROMIUM_STAMP):
 test: setup
 	$(VENV)/bin/pytest
 
+# The unit tier: no server, under a minute.
+test-fast: $(VENV_STAMP)
+	$(VENV)/bin/pytest -m "not integration"
+
 demo: setup
-	$(PY) -m migration_assets.demo
+	$(PY) -m migration_assets.commands.demo
 
 dev: setup
-	$(PY) -m migration_assets.dev
+	$(PY) -m migration_assets.commands.dev
 
 medplum: $(NODE_STAMP)
 	medplum_local/node_modules/.bin/node medplum_local/server.mjs
 
 # What happened to one source key: make history KEY=P0123 [ELEMENT=patients]
 history: $(VENV_STAMP)
-	$(PY) -m migration_assets.history "$(KEY)" $(if $(ELEMENT),--element "$(ELEMENT)")
+	$(PY) -m migration_assets.ledger.history "$(KEY)" $(if $(ELEMENT),--element "$(ELEMENT)")
 
 # Throughput benchmark: make bench [BENCH_PATIENTS=2000] [BENCH_STAGES=transform,ceiling,...]
 BENCH_PATIENTS ?= 2000
 bench: setup
-	BENCH_PATIENTS=$(BENCH_PATIENTS) $(PY) -m migration_assets.bench
+	BENCH_PATIENTS=$(BENCH_PATIENTS) $(PY) -m migration_assets.commands.bench
 
 # Soak: the whole migration of SOAK_PATIENTS patients against the local server with the FHIR quota on
 # (docs/soak.md): make soak [SOAK_PATIENTS=100000] [SOAK_ARGS="--quota 7500000 --window 60"]
 SOAK_PATIENTS ?= 100000
 soak: setup
-	$(PY) -m migration_assets.soak --patients $(SOAK_PATIENTS) $(SOAK_ARGS)
+	$(PY) -m migration_assets.commands.soak --patients $(SOAK_PATIENTS) $(SOAK_ARGS)
 
 lint: $(VENV_STAMP)
 	$(VENV)/bin/ruff check migration_assets migration_assets_tests
 	$(VENV)/bin/mypy migration_assets
+	$(VENV)/bin/lint-imports
 
 clean:
 	rm -rf $(VENV) medplum_local/node_modules .dagster_home .demo
@@ -69,7 +74,7 @@ clean:
 # Scaffolds: a data element that loads and passes its checks before it is edited, and a new profile folder.
 #   make element NAME=lab_orders [PROFILE=seed_ehr|/path/to/profile]     make profile DIR=/path/to/my_clinic
 element: $(VENV_STAMP)
-	$(PY) -m migration_assets.scaffold element "$(NAME)" $(if $(PROFILE),--profile "$(PROFILE)")
+	$(PY) -m migration_assets.commands.scaffold element "$(NAME)" $(if $(PROFILE),--profile "$(PROFILE)")
 
 profile: $(VENV_STAMP)
-	$(PY) -m migration_assets.scaffold profile "$(DIR)"
+	$(PY) -m migration_assets.commands.scaffold profile "$(DIR)"

@@ -19,7 +19,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from migration_assets.local_medplum import LocalMedplum, running_local_medplum
+from migration_assets.devtools.local_medplum import LocalMedplum, running_local_medplum
 
 SYSTEM = "urn:bench:mrn"
 PRELOAD = 50_000

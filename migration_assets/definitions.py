@@ -3,17 +3,22 @@ from the environment (resources.build_resources, config.py)."""
 
 from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
 
-from migration_assets.adoption_assets import (
+from migration_assets.adoption.assets import (
     ADOPTION_ASSETS,
     ADOPTION_CHECKS,
     ADOPTION_JOBS,
     ADOPTION_SCHEDULES,
     ADOPTION_SENSORS,
 )
-from migration_assets.assets import fhir_frames, legacy_source, medplum_resources, reconciliation_report
-from migration_assets.checks import ALL_CHECKS
-from migration_assets.register_assets import mapping_register_asset, terminology_maps
-from migration_assets.resources import build_resources
+from migration_assets.mapping.assets import mapping_register_asset, terminology_maps
+from migration_assets.pipeline.assets import (
+    fhir_frames,
+    legacy_source,
+    medplum_resources,
+    reconciliation_report,
+)
+from migration_assets.pipeline.checks import ALL_CHECKS
+from migration_assets.pipeline.resources import build_resources
 
 ASSETS = [
     legacy_source, fhir_frames, medplum_resources, reconciliation_report, mapping_register_asset, terminology_maps,

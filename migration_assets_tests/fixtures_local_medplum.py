@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from migration_assets.local_medplum import LocalMedplum, running_local_medplum
+from migration_assets.devtools.local_medplum import LocalMedplum, running_local_medplum
 
 
 def get_token(server: LocalMedplum) -> str:

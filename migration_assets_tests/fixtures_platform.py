@@ -10,13 +10,13 @@ import pytest
 from dagster import DagsterInstance, Definitions
 
 from migration_assets.active import LOAD_ORDER
+from migration_assets.commands.demo import ElementSummary, migrate_element
 from migration_assets.definitions import make_definitions
-from migration_assets.demo import ElementSummary, migrate_element
-from migration_assets.local_medplum import LocalMedplum, running_local_medplum
-from migration_assets.manifest import Manifest
+from migration_assets.devtools.local_medplum import LocalMedplum, running_local_medplum
+from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import MedplumClient
+from migration_assets.pipeline.resources import MedplumResource, build_resources
 from migration_assets.profiles.seed_ehr.sample_data import generate_sample_ehr
-from migration_assets.resources import MedplumResource, build_resources
 
 
 @dataclass

@@ -11,13 +11,15 @@ import polars as pl
 import pytest
 from dagster import build_schedule_context, build_sensor_context
 
+from migration_assets.adoption.sync import CHECKSUM_FILE, verify_archive
 from migration_assets.phases import PHASE_NAMES, PhaseConfigError, load_phases
+from migration_assets.pipeline.resources import LegacySource, ManifestStore
 from migration_assets.profiles.seed_ehr.legacy_app import LegacyApp, RunningApp
 from migration_assets.profiles.seed_ehr.sample_data import generate_sample_ehr
-from migration_assets.resources import LegacySource, ManifestStore
 from migration_assets.source import read_table
-from migration_assets.sync import CHECKSUM_FILE, verify_archive
-from migration_assets.verification import resources_with_identifier
+from migration_assets.verify.verification import resources_with_identifier
+
+pytestmark = pytest.mark.integration  # every test here starts a server or a run against one
 
 PATIENT_SYSTEM = "https://ehr.example-clinic.org/fhir/identifier/patient"
 CONDITION_SYSTEM = "https://ehr.example-clinic.org/fhir/identifier/patient-condition"

@@ -23,16 +23,18 @@ from dagster import DagsterInstance
 
 from migration_assets.active import get_element
 from migration_assets.definitions import make_definitions
+from migration_assets.devtools.local_medplum import running_local_medplum
 from migration_assets.elements.base import SourceSystem, build_frame
-from migration_assets.frame_parts import FrameParts
-from migration_assets.loader import LoadSettings, migrate
-from migration_assets.local_medplum import running_local_medplum
 from migration_assets.medplum import MedplumClient, identifier_token
+from migration_assets.pipeline.frame_parts import FrameParts
+from migration_assets.pipeline.loader import LoadSettings, migrate
+from migration_assets.pipeline.resources import MedplumResource, build_resources
 from migration_assets.profiles.seed_ehr.sample_data import generate_sample_ehr
-from migration_assets.resources import MedplumResource, build_resources
 from migration_assets.source import read_table
-from migration_assets.verification import accounting, census
+from migration_assets.verify.verification import accounting, census
 from migration_assets_tests.fixtures_platform import Platform
+
+pytestmark = pytest.mark.integration  # every test here starts a server or a run against one
 
 BASE = "https://ehr.example-clinic.org/fhir"
 PATIENT_SYSTEM = f"{BASE}/identifier/patient"

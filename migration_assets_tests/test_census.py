@@ -17,13 +17,13 @@ import httpx
 import polars as pl
 import pytest
 
-from migration_assets import verification
 from migration_assets.definitions import make_definitions
-from migration_assets.history import describe
-from migration_assets.manifest import Manifest
+from migration_assets.ledger.history import describe
+from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import MedplumClient
-from migration_assets.resources import MedplumResource, MigrationSettings, build_resources
-from migration_assets.verification import (
+from migration_assets.pipeline.resources import MedplumResource, MigrationSettings, build_resources
+from migration_assets.verify import verification
+from migration_assets.verify.verification import (
     CENSUS_SCHEMA,
     RunCensus,
     reference_problems,
@@ -32,6 +32,8 @@ from migration_assets.verification import (
     sample_groups,
 )
 from migration_assets_tests.fixtures_local_medplum import fhir_client, get_token
+
+pytestmark = pytest.mark.integration  # every test here starts a server or a run against one
 
 PATIENT_SYSTEM = "https://ehr.example-clinic.org/fhir/identifier/patient"
 
@@ -358,7 +360,7 @@ def _killed_run(manifest_url: str, run_id: str, shard: tuple[int, int]) -> None:
     program = f"""
 import os, signal
 import polars as pl
-from migration_assets.manifest import Manifest
+from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import MedplumClient
 manifest = Manifest({manifest_url!r})
 manifest.start_run({run_id!r}, "patients", "1.0.0", "sqlite:///legacy.db", {{"patients": 1}}, shard={shard!r})
@@ -390,7 +392,7 @@ def test_a_run_left_running_by_a_killed_process_is_marked_interrupted_by_the_nex
         story = describe(manifest, "P001", "patients")
     assert "run killed-run  INTERRUPTED" in story, story
 
-    from migration_assets.history import main
+    from migration_assets.ledger.history import main
 
     assert main(["P001", "--manifest", manifest_url]) == 0
     assert "INTERRUPTED" in capsys.readouterr().out

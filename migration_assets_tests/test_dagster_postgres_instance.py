@@ -20,9 +20,11 @@ from dagster_postgres.run_storage import PostgresRunStorage
 from dagster_postgres.schedule_storage import PostgresScheduleStorage
 from psycopg2 import sql
 
-from migration_assets.local_medplum import LocalMedplum
+from migration_assets.devtools.local_medplum import LocalMedplum
 from migration_assets.paths import REPO_ROOT
 from migration_assets.profiles.seed_ehr.sample_data import generate_sample_ehr
+
+pytestmark = pytest.mark.integration  # every test here starts a server or a run against one
 
 PG_ADMIN_DSN = os.environ.get("DAGSTER_TEST_PG_DSN", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 PG_URL_BASE = os.environ.get("DAGSTER_TEST_PG_URL_BASE", "postgresql+psycopg2://postgres@127.0.0.1:5432")
@@ -93,7 +95,7 @@ def test_example_instance_config_runs_a_migration_on_postgres(
     # The definitions are built with resources read from the environment set above (and frames
     # under tmp_path, not .demo/), exactly as definitions.py builds its own.
     from migration_assets.definitions import make_definitions, migrate_element_job
-    from migration_assets.resources import build_resources
+    from migration_assets.pipeline.resources import build_resources
 
     resources = build_resources(work_dir=tmp_path)
     job = make_definitions(resources).resolve_job_def(migrate_element_job.name)

@@ -26,22 +26,24 @@ from dagster import DagsterRunStatus
 
 from migration_assets.active import get_element
 from migration_assets.definitions import make_definitions
-from migration_assets.elements.base import SourceSystem, build_frame
-from migration_assets.frame_parts import FrameParts
-from migration_assets.loader import LoadSettings, migrate
-from migration_assets.local_medplum import (
+from migration_assets.devtools.local_medplum import (
     free_port,
     running_local_medplum,
     start_local_medplum,
     stop_local_medplum,
 )
-from migration_assets.manifest import Manifest
+from migration_assets.elements.base import SourceSystem, build_frame
+from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import MedplumClient, MedplumError, RetryPolicy
+from migration_assets.pipeline.frame_parts import FrameParts
+from migration_assets.pipeline.loader import LoadSettings, migrate
+from migration_assets.pipeline.resources import MedplumResource, build_resources
 from migration_assets.profiles.seed_ehr.sample_data import build_sample_tables
-from migration_assets.resources import MedplumResource, build_resources
-from migration_assets.verification import accounting, census
+from migration_assets.verify.verification import accounting, census
 from migration_assets_tests.fault_proxy import Fault, FaultProxy
 from migration_assets_tests.fixtures_platform import Platform
+
+pytestmark = pytest.mark.integration  # every test here starts a server or a run against one
 
 PATIENTS = get_element("patients")
 BATCH = "/fhir/R4/"  # batch bundles are POSTed to the FHIR base itself
@@ -461,7 +463,7 @@ import sys
 from pathlib import Path
 from dagster import DagsterInstance
 from migration_assets.definitions import make_definitions
-from migration_assets.demo import migrate_element
+from migration_assets.commands.demo import migrate_element
 from migration_assets_tests.test_faults import platform_resources
 
 medplum_url, client_id, secret, source_url, manifest_url, work = sys.argv[1:7]

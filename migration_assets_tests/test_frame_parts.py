@@ -6,7 +6,7 @@ import pytest
 
 from migration_assets.active import ELEMENTS
 from migration_assets.elements.base import SourceSystem, build_frame
-from migration_assets.frame_parts import build_frame_parts
+from migration_assets.pipeline.frame_parts import build_frame_parts
 from migration_assets.profiles.seed_ehr.sample_data import build_sample_tables
 from migration_assets.source import read_table
 from migration_assets_tests.test_bad_input import build_bad_source

@@ -19,13 +19,15 @@ from typing import Any
 import httpx
 import pytest
 
-from migration_assets.local_medplum import (
+from migration_assets.devtools.local_medplum import (
     LocalMedplum,
     LocalMedplumError,
     running_local_medplum,
     start_local_medplum,
 )
 from migration_assets_tests.fixtures_local_medplum import fhir_client
+
+pytestmark = pytest.mark.integration  # every test here starts a server or a run against one
 
 
 def new_system() -> str:

@@ -8,9 +8,9 @@ import pytest
 
 from migration_assets.active import get_element
 from migration_assets.elements.base import SourceSystem, build_frame
+from migration_assets.mapping.register import REGENERATE, REGISTER_PATH, mapping_register, render_markdown
 from migration_assets.profiles.seed_ehr.sample_data import TABLE_COLUMNS, build_sample_tables
 from migration_assets.profiles.seed_ehr.terminology import MAPS, TERMINOLOGY_DIR
-from migration_assets.register import REGENERATE, REGISTER_PATH, mapping_register, render_markdown
 
 BASE = "https://ehr.example-clinic.org/fhir"
 SYSTEM = SourceSystem(BASE)
@@ -292,8 +292,8 @@ def test_the_register_in_the_repository_is_up_to_date():
 def test_the_terminology_maps_asset_loads_every_versioned_map(tmp_path):
     from dagster import materialize
 
-    from migration_assets.register_assets import terminology_maps
-    from migration_assets.resources import PolarsParquetIOManager
+    from migration_assets.mapping.assets import terminology_maps
+    from migration_assets.pipeline.resources import PolarsParquetIOManager
 
     result = materialize([terminology_maps], resources={"frames_io_manager": PolarsParquetIOManager(base_dir=str(tmp_path))})
 

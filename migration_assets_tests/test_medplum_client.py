@@ -7,9 +7,11 @@ import time
 import httpx
 import pytest
 
-from migration_assets.local_medplum import running_local_medplum
+from migration_assets.devtools.local_medplum import running_local_medplum
 from migration_assets.medplum import MedplumClient, MedplumError, RetryPolicy, conditional_url
 from migration_assets.medplum.client import observed_by
+
+pytestmark = pytest.mark.integration  # every test here starts a server or a run against one
 
 SYSTEM = "https://ehr.example-clinic.org/fhir/identifier/patient"
 FAST_RETRY = RetryPolicy(max_attempts=4, base_delay=0.01, max_delay=0.05)

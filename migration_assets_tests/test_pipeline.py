@@ -8,7 +8,9 @@ import pytest
 
 from migration_assets.active import LOAD_ORDER
 from migration_assets.profiles.seed_ehr.sample_data import generate_sample_ehr
-from migration_assets.verification import census
+from migration_assets.verify.verification import census
+
+pytestmark = pytest.mark.integration  # every test here starts a server or a run against one
 
 PATIENT_SYSTEM = "https://ehr.example-clinic.org/fhir/identifier/patient"
 ALL_CHECKS = {

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from migration_assets.active import PROFILE
+from migration_assets.commands.scaffold import scaffold_element, scaffold_profile
 from migration_assets.elements.base import ContractError, DataElement, SourceSystem, build_frame
 from migration_assets.elements.profile import Profile, ProfileError, load_profile
-from migration_assets.scaffold import scaffold_element, scaffold_profile
 
 
 def demo(work: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -22,7 +22,7 @@ def demo(work: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]
                    if not name.startswith("MEDPLUM_") and name not in ("LEGACY_DB_URL", "MANIFEST_DB_URL", "ELEMENTS")}
     environment.update(MIGRATION_WORK_DIR=str(work), DAGSTER_HOME=str(work / "dagster_home"), **env)
     (work / "dagster_home").mkdir(parents=True, exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "migration_assets.demo", *args], env=environment,
+    return subprocess.run([sys.executable, "-m", "migration_assets.commands.demo", *args], env=environment,
                           capture_output=True, text=True, timeout=300, check=False)
 
 
@@ -30,6 +30,7 @@ def summary_row(output: str, element: str) -> list[str]:
     return next(line.split() for line in output.splitlines() if line.startswith(f"{element} "))
 
 
+@pytest.mark.integration
 def test_a_new_profile_loads_green_before_it_is_edited_and_reruns_send_nothing(tmp_path: Path) -> None:
     folder = tmp_path / "my_clinic"
     scaffold_profile(folder)
@@ -46,6 +47,7 @@ def test_a_new_profile_loads_green_before_it_is_edited_and_reruns_send_nothing(t
     assert summary_row(again.stdout, "records")[3] == "0"  # nothing sent
 
 
+@pytest.mark.integration
 def test_a_prerequisite_neither_chosen_nor_loaded_is_a_clear_error(tmp_path: Path) -> None:
     result = demo(tmp_path / "work", "--patients", "5", ELEMENTS="problem_list")
     assert result.returncode == 2, result.stdout + result.stderr

@@ -9,17 +9,20 @@ import subprocess
 import sys
 
 import polars as pl
+import pytest
 
-from migration_assets.manifest import Attempt, Manifest
-from migration_assets.verification import census
+from migration_assets.ledger.manifest import Attempt, Manifest
+from migration_assets.verify.verification import census
+
+pytestmark = pytest.mark.integration  # every test here starts a server or a run against one
 
 # Loads the patients element bundle by bundle, slowly, printing its progress; the test kills it.
 LOADER = """
 import sys, time
 from migration_assets.active import get_element
 from migration_assets.elements.base import SourceSystem, build_frame
-from migration_assets.loader import LoadSettings, migrate
-from migration_assets.manifest import Manifest
+from migration_assets.pipeline.loader import LoadSettings, migrate
+from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import MedplumClient
 from migration_assets.source import read_table
 

@@ -15,12 +15,14 @@ import polars as pl
 import pytest
 
 from migration_assets.active import LOAD_ORDER
+from migration_assets.commands.demo import migrate_element
 from migration_assets.definitions import make_definitions
-from migration_assets.demo import migrate_element
 from migration_assets.medplum import MedplumClient, MedplumError, RetryPolicy
 from migration_assets.medplum.auth import ClientCredentialsToken
-from migration_assets.resources import MedplumResource, build_resources
+from migration_assets.pipeline.resources import MedplumResource, build_resources
 from migration_assets.source import read_table
+
+pytestmark = pytest.mark.integration  # every test here starts a server or a run against one
 
 # Files that hold patient data on purpose (the legacy source and the FHIR frames) are not logs.
 PATIENT_DATA_FILES = ("legacy.db", "frames")

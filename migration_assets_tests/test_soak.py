@@ -8,8 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from migration_assets.active import LOAD_ORDER
-from migration_assets.local_medplum import NODE_BINARY, REPO_ROOT
+from migration_assets.devtools.local_medplum import NODE_BINARY, REPO_ROOT
+
+pytestmark = pytest.mark.integration  # every test here starts a server or a run against one
 
 PATIENTS = 150
 # About 2,000 resources at ~150 points each, twice (the idempotency check resubmits them): some thirty
@@ -22,7 +26,7 @@ def test_soak_runs_end_to_end_with_the_quota_binding_and_balanced_books(tmp_path
     assert NODE_BINARY.exists(), f"the local Medplum server needs {NODE_BINARY}: run `make setup`"
     out = tmp_path / "soak"
     done = subprocess.run(
-        [sys.executable, "-m", "migration_assets.soak", "--patients", str(PATIENTS), "--quota", str(QUOTA_POINTS),
+        [sys.executable, "-m", "migration_assets.commands.soak", "--patients", str(PATIENTS), "--quota", str(QUOTA_POINTS),
          "--window", str(WINDOW_SECONDS), "--out", str(out)],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=240, check=False,
     )

@@ -16,16 +16,18 @@ import polars as pl
 import pytest
 
 from migration_assets.active import get_element
+from migration_assets.devtools.local_medplum import LocalMedplum, running_local_medplum
 from migration_assets.elements.base import SourceSystem, build_frame
-from migration_assets.frame_parts import shard_of
-from migration_assets.loader import LoadResult, LoadSettings, load_frame, with_direct_references
-from migration_assets.local_medplum import LocalMedplum, running_local_medplum
-from migration_assets.manifest import Manifest
+from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import MedplumClient, RetryPolicy
 from migration_assets.medplum.asyncbundle import AsyncPolling
+from migration_assets.pipeline.frame_parts import shard_of
+from migration_assets.pipeline.loader import LoadResult, LoadSettings, load_frame, with_direct_references
+from migration_assets.pipeline.resources import MigrationSettings
 from migration_assets.profiles.seed_ehr.sample_data import build_sample_tables
-from migration_assets.resources import MigrationSettings
-from migration_assets.verification import accounting, resources_with_identifier
+from migration_assets.verify.verification import accounting, resources_with_identifier
+
+pytestmark = pytest.mark.integration  # every test here starts a server or a run against one
 
 SYSTEM = SourceSystem("https://ehr.example-clinic.org/fhir")
 ELEMENTS = ("patients", "problem_list")
@@ -323,6 +325,6 @@ def test_migration_settings_carry_mode_and_shard(monkeypatch):
 
 
 def test_load_steps_share_the_medplum_writes_pool():
-    from migration_assets.assets import medplum_resources
+    from migration_assets.pipeline.assets import medplum_resources
 
     assert medplum_resources.op.pool == "medplum_writes"

@@ -26,6 +26,8 @@ from migration_assets_tests.ui_support import (
     running_dagster_ui,
 )
 
+pytestmark = pytest.mark.integration  # every test here starts a server or a run against one
+
 # A missing Playwright is an error, never a skip: the UI path must be tested.
 try:
     from playwright.sync_api import Locator, Page, expect, sync_playwright

@@ -19,9 +19,9 @@ from typing import Any
 
 import httpx
 
-from migration_assets.dev import DAGSTER, WORKSPACE, stop_process_group, wait_for_ui
-from migration_assets.environment import DEFAULT_INSTANCE_YAML
-from migration_assets.local_medplum import LocalMedplum, free_port, running_local_medplum
+from migration_assets.commands.dev import DAGSTER, WORKSPACE, stop_process_group, wait_for_ui
+from migration_assets.commands.environment import DEFAULT_INSTANCE_YAML
+from migration_assets.devtools.local_medplum import LocalMedplum, free_port, running_local_medplum
 from migration_assets.paths import REPO_ROOT
 from migration_assets.profiles.seed_ehr.sample_data import generate_sample_ehr
 

@@ -17,9 +17,9 @@ from dagster_shared.error import SerializableErrorInfo
 
 from migration_assets import config
 from migration_assets.active import LOAD_ORDER, PROFILE, prerequisites
-from migration_assets.environment import ensure_dagster_home, ensure_legacy_source, medplum_server
-from migration_assets.manifest import Manifest
-from migration_assets.resources import ManifestStore
+from migration_assets.commands.environment import ensure_dagster_home, ensure_legacy_source, medplum_server
+from migration_assets.ledger.manifest import Manifest
+from migration_assets.pipeline.resources import ManifestStore
 
 # Step-by-step events stay in the instance (and the UI); the console gets the element's own lines.
 QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}

@@ -10,9 +10,9 @@ from typing import Any
 import polars as pl
 
 from migration_assets.elements.base import DataElement
-from migration_assets.manifest import Manifest
+from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import MedplumClient
-from migration_assets.verification import (
+from migration_assets.verify.verification import (
     RECONCILE_UNIT_COLUMNS,
     RunCensus,
     accounting,

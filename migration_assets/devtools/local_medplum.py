@@ -24,7 +24,8 @@ from typing import IO
 
 import httpx
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from migration_assets.config import REPO_ROOT
+
 SERVER_DIR = REPO_ROOT / "medplum_local"
 NODE_BINARY = SERVER_DIR / "node_modules" / ".bin" / "node"
 SERVER_SCRIPT = SERVER_DIR / "server.mjs"

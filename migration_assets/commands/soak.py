@@ -48,7 +48,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migration_assets.local_medplum import REPO_ROOT, start_local_medplum, stop_local_medplum
+from migration_assets.config import REPO_ROOT
+from migration_assets.devtools.local_medplum import start_local_medplum, stop_local_medplum
 from migration_assets.medplum import EntryResponse
 from migration_assets.medplum.client import observed_by
 
@@ -205,7 +206,7 @@ class ElementRun:
 
 def run_element(element: str, instance: Any, defs: Any) -> ElementRun:
     """One run of `migrate_data_element` for one partition, keeping the counts and every check's result."""
-    from migration_assets.demo import QUIET_CONSOLE, SUMMARY_COUNTS
+    from migration_assets.commands.demo import QUIET_CONSOLE, SUMMARY_COUNTS
 
     run = ElementRun(element)
     started = time.monotonic()
@@ -233,8 +234,8 @@ def run_element(element: str, instance: Any, defs: Any) -> ElementRun:
 def books(element: str, frames_dir: Path, manifest_url: str) -> dict[str, Any]:
     """The element's books read straight from the manifest, against the units of its FHIR frame:
     source units = successful + rejected + skipped + quarantined, nothing pending or unrecorded."""
-    from migration_assets.frame_parts import FrameParts
-    from migration_assets.manifest import Manifest
+    from migration_assets.ledger.manifest import Manifest
+    from migration_assets.pipeline.frame_parts import FrameParts
 
     # The FHIR frame is stored as parts (a directory); see frame_parts.py.
     frame_path = frames_dir / "fhir_frames" / element
@@ -470,9 +471,9 @@ def soak(patients: int, quota: int, window: int, work: Path, idempotency_sample:
     from dagster import DagsterInstance
 
     from migration_assets.active import LOAD_ORDER, PROFILE
+    from migration_assets.commands.environment import DEFAULT_INSTANCE_YAML
     from migration_assets.definitions import make_definitions
-    from migration_assets.environment import DEFAULT_INSTANCE_YAML
-    from migration_assets.resources import build_resources
+    from migration_assets.pipeline.resources import build_resources
     from migration_assets.source import write_tables
 
     report: dict[str, Any] = {"patients": patients, "quota_points": quota, "quota_window_seconds": window,

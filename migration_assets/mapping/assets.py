@@ -6,9 +6,9 @@ from dagster import AssetExecutionContext, MetadataValue, Output, asset
 
 from migration_assets.active import PROFILE, get_element
 from migration_assets.elements.terminology import TerminologyMaps
-from migration_assets.partitions import DATA_ELEMENTS
-from migration_assets.register import DISPOSITIONS, REGISTER_PATH, mapping_register
-from migration_assets.reporting import counts, table
+from migration_assets.mapping.register import DISPOSITIONS, REGISTER_PATH, mapping_register
+from migration_assets.pipeline.partitions import DATA_ELEMENTS
+from migration_assets.pipeline.reporting import counts, table
 
 
 @asset(

@@ -26,10 +26,10 @@ from typing import Any
 import polars as pl
 
 from migration_assets.active import LOAD_ORDER, PROFILE, get_element
+from migration_assets.adoption.sync import _found_resources, compare_stores, legacy_frame, read_legacy
 from migration_assets.elements.base import SourceSystem, check_frame_columns
-from migration_assets.manifest import Manifest
+from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import MedplumClient
-from migration_assets.sync import _found_resources, compare_stores, legacy_frame, read_legacy
 
 IDENTIFIER_CONFLICT_RULES = ("missing_key", "duplicate_key", "orphan_reference", "prerequisite_not_loaded")
 

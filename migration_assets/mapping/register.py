@@ -21,7 +21,7 @@ without a note the rule says what the probe saw.
 
 Lookup tables (every source table after the first) list only the columns the element uses.
 
-`python -m migration_assets.register` writes the profile's mapping_register.md for every element.
+`python -m migration_assets.mapping.register` writes the profile's mapping_register.md for every element.
 """
 
 import importlib
@@ -41,7 +41,7 @@ PROBE_SEED = 7
 PROBE_SYSTEM = SourceSystem("https://ehr.example-clinic.org/fhir")
 # Beside the profile's own files: the register documents one legacy schema.
 REGISTER_PATH = PROFILE.phases_file.parent / "mapping_register.md"
-REGENERATE = "python -m migration_assets.register"
+REGENERATE = "python -m migration_assets.mapping.register"
 
 REGISTER_SCHEMA = {
     "element": pl.String,

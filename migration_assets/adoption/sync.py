@@ -29,13 +29,13 @@ import sqlalchemy as sa
 
 from migration_assets.elements.base import DataElement, SourceSystem, build_frame
 from migration_assets.elements.fhir_json import json_leaves
-from migration_assets.loader import LoadResult, LoadSettings, migrate
-from migration_assets.manifest import Manifest
+from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import MedplumClient
 from migration_assets.paths import state_dir
 from migration_assets.phases import DualWriteSample, ElementPhase
+from migration_assets.pipeline.loader import LoadResult, LoadSettings, migrate
 from migration_assets.source import column_max, read_table, redact_url
-from migration_assets.verification import (
+from migration_assets.verify.verification import (
     find_by_identifiers,
     reference_problems,
     take_census,

@@ -33,13 +33,8 @@ from dagster import (
 from pydantic import Field
 
 from migration_assets.active import LOAD_ORDER, get_element
-from migration_assets.chart_review import build_chart_review
-from migration_assets.loader import PrerequisitesMissing
-from migration_assets.partitions import DATA_ELEMENTS
-from migration_assets.phases import PHASE_BEHAVIOUR, ElementPhase, PhaseConfigError, PhasesConfig, load_phases
-from migration_assets.reporting import counts, table
-from migration_assets.resources import LegacySource, ManifestStore, MedplumResource, MigrationSettings
-from migration_assets.sync import (
+from migration_assets.adoption.chart_review import build_chart_review
+from migration_assets.adoption.sync import (
     SyncRefused,
     SyncState,
     adoption_dir,
@@ -55,6 +50,16 @@ from migration_assets.sync import (
     verify_archive,
     write_discrepancies,
     write_readiness,
+)
+from migration_assets.phases import PHASE_BEHAVIOUR, ElementPhase, PhaseConfigError, PhasesConfig, load_phases
+from migration_assets.pipeline.loader import PrerequisitesMissing
+from migration_assets.pipeline.partitions import DATA_ELEMENTS
+from migration_assets.pipeline.reporting import counts, table
+from migration_assets.pipeline.resources import (
+    LegacySource,
+    ManifestStore,
+    MedplumResource,
+    MigrationSettings,
 )
 
 GROUP = "adoption"

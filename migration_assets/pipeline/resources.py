@@ -13,11 +13,11 @@ from pydantic import Field
 from migration_assets import config
 from migration_assets.active import PROFILE
 from migration_assets.elements.base import DataElement, SourceSystem
-from migration_assets.frame_parts import FrameParts
-from migration_assets.loader import LoadSettings
-from migration_assets.manifest import Manifest
+from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import MedplumClient, RetryPolicy
 from migration_assets.paths import DEFAULT_LEGACY_DB_URL, DEFAULT_MANIFEST_URL, EVIDENCE_DIR, FRAMES_DIR
+from migration_assets.pipeline.frame_parts import FrameParts
+from migration_assets.pipeline.loader import LoadSettings
 from migration_assets.source import read_table, redact_url
 
 

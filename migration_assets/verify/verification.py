@@ -16,7 +16,7 @@ import polars as pl
 
 from migration_assets.active import PROFILE, get_element, prerequisites
 from migration_assets.elements.base import quarantine
-from migration_assets.manifest import DISPOSITIONS, Manifest
+from migration_assets.ledger.manifest import DISPOSITIONS, Manifest
 from migration_assets.medplum import MedplumClient, identifier_token
 from migration_assets.paths import state_dir
 

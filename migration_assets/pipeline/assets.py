@@ -9,15 +9,20 @@ import polars as pl
 from dagster import AssetExecutionContext, AssetIn, Failure, MaterializeResult, MetadataValue, Output, asset
 
 from migration_assets.active import get_element, prerequisites
-from migration_assets.evidence import reconciliation_report as build_reconciliation_report
-from migration_assets.evidence import write_evidence
-from migration_assets.frame_parts import REFERENCE_COLUMNS, FrameParts, build_frame_parts
-from migration_assets.loader import migrate
-from migration_assets.partitions import DATA_ELEMENTS
 from migration_assets.phases import load_phases
-from migration_assets.reporting import counts, quarantine_summary, table
-from migration_assets.resources import LegacySource, ManifestStore, MedplumResource, MigrationSettings
-from migration_assets.verification import RunCensus
+from migration_assets.pipeline.frame_parts import REFERENCE_COLUMNS, FrameParts, build_frame_parts
+from migration_assets.pipeline.loader import migrate
+from migration_assets.pipeline.partitions import DATA_ELEMENTS
+from migration_assets.pipeline.reporting import counts, quarantine_summary, table
+from migration_assets.pipeline.resources import (
+    LegacySource,
+    ManifestStore,
+    MedplumResource,
+    MigrationSettings,
+)
+from migration_assets.verify.evidence import reconciliation_report as build_reconciliation_report
+from migration_assets.verify.evidence import write_evidence
+from migration_assets.verify.verification import RunCensus
 
 FRAMES_IO = "frames_io_manager"
 OWNERS = ["team:migration"]

@@ -17,14 +17,14 @@ from dagster._core.event_api import PartitionKeyFilter
 from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from migration_assets.active import get_element
-from migration_assets.assets import fhir_frames, medplum_resources
 from migration_assets.elements.base import schema_failures
-from migration_assets.frame_parts import KEY_COLUMNS, REFERENCE_COLUMNS, FrameParts
-from migration_assets.loader import LEDGER_COLUMNS, LoadResult, in_shard, load_frame
-from migration_assets.partitions import DATA_ELEMENTS
-from migration_assets.reporting import counts, quarantine_summary, table
-from migration_assets.resources import ManifestStore, MedplumResource, MigrationSettings
-from migration_assets.verification import (
+from migration_assets.pipeline.assets import fhir_frames, medplum_resources
+from migration_assets.pipeline.frame_parts import KEY_COLUMNS, REFERENCE_COLUMNS, FrameParts
+from migration_assets.pipeline.loader import LEDGER_COLUMNS, LoadResult, in_shard, load_frame
+from migration_assets.pipeline.partitions import DATA_ELEMENTS
+from migration_assets.pipeline.reporting import counts, quarantine_summary, table
+from migration_assets.pipeline.resources import ManifestStore, MedplumResource, MigrationSettings
+from migration_assets.verify.verification import (
     RECONCILE_UNIT_COLUMNS,
     RunCensus,
     accounting,

@@ -1,4 +1,4 @@
-"""What happened to one source key? `python -m migration_assets.history P0123 [--element patients]`
+"""What happened to one source key? `python -m migration_assets.ledger.history P0123 [--element patients]`
 prints its units in the manifest (disposition, rule, reason, resource), every submission attempt, and
 the runs that touched it with their status (`interrupted`: the run never finished, its process was
 killed before a later run of the same element and shard started)."""
@@ -9,7 +9,7 @@ import sys
 from typing import Any
 
 from migration_assets import config
-from migration_assets.manifest import Manifest
+from migration_assets.ledger.manifest import Manifest
 from migration_assets.paths import DEFAULT_MANIFEST_URL
 
 UNIT_FIELDS = ("element", "source_table", "unit_key", "resource_type", "identifier_value", "disposition", "rule",

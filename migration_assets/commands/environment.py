@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from migration_assets.active import PROFILE, write_sample
-from migration_assets.local_medplum import running_local_medplum
+from migration_assets.devtools.local_medplum import running_local_medplum
 from migration_assets.paths import DEFAULT_LEGACY_DB_URL, REPO_ROOT, WORK_DIR
 from migration_assets.source import redact_url
 

@@ -23,7 +23,7 @@ runs, each against a fresh local Medplum server:
 
 Prints a table, writes .artifacts/bench/bench.json and .artifacts/bench/throughput.png.
 
-Stages can be picked: `python -m migration_assets.bench --stages transform,memory --patients 1000000`.
+Stages can be picked: `python -m migration_assets.commands.bench --stages transform,memory --patients 1000000`.
 """
 
 import argparse
@@ -45,10 +45,15 @@ from typing import Any
 import httpx
 import polars as pl
 
-from migration_assets.active import PROFILE, get_element
+from migration_assets import config
+from migration_assets.active import LOAD_ORDER, PROFILE, get_element
+from migration_assets.config import REPO_ROOT
+from migration_assets.devtools.local_medplum import SERVER_DIR, LocalMedplum, running_local_medplum
 from migration_assets.elements.base import POLARS_ENGINE, SourceSystem, build_frame
-from migration_assets.frame_parts import FrameParts, build_frame_parts
-from migration_assets.loader import (
+from migration_assets.ledger.manifest import Attempt, Manifest
+from migration_assets.medplum import MedplumClient
+from migration_assets.pipeline.frame_parts import FrameParts, build_frame_parts
+from migration_assets.pipeline.loader import (
     LEDGER_COLUMNS,
     RECORD_FLUSH_ROWS,
     LoadSettings,
@@ -57,14 +62,13 @@ from migration_assets.loader import (
     migrate,
     with_direct_references,
 )
-from migration_assets.local_medplum import REPO_ROOT, SERVER_DIR, LocalMedplum, running_local_medplum
-from migration_assets.manifest import Attempt, Manifest
-from migration_assets.medplum import MedplumClient
 from migration_assets.source import read_table, write_tables
 
 OUT_DIR = REPO_ROOT / ".artifacts" / "bench"
 SYSTEM = SourceSystem("https://ehr.example-clinic.org/fhir")
-ELEMENTS = ("patients", "problem_list")  # the benchmark's data: Patients and their Conditions
+# The benchmark's data: Patients and their Conditions. The end-to-end stages run the ELEMENTS chosen
+# instead, when ELEMENTS is set.
+ELEMENTS = ("patients", "problem_list")
 # Practitioners too: the encounters reference them, and the load step checks its prerequisites.
 MEMORY_ELEMENTS = ("patients", "practitioners", "problem_list", "encounters")
 # The grid of the ceiling and loader stages; BENCH_GRID="100x2,400x4" picks points instead.
@@ -361,7 +365,7 @@ def bench_e2e(source_url: str, work: Path, batch_size: int, concurrency: int, po
     from dagster import DagsterInstance
 
     from migration_assets.definitions import make_definitions
-    from migration_assets.resources import MedplumResource, build_resources
+    from migration_assets.pipeline.resources import MedplumResource, build_resources
 
     report: dict[str, Any] = {"batch_size": batch_size, "concurrency": concurrency}
     with running_local_medplum(points_per_second=points_per_second) as server, \
@@ -378,7 +382,7 @@ def bench_e2e(source_url: str, work: Path, batch_size: int, concurrency: int, po
             for label in phases:
                 phase: dict[str, Any] = {"elements": {}}
                 started = time.perf_counter()
-                for name in ELEMENTS:
+                for name in LOAD_ORDER if config.element_selection() else ELEMENTS:
                     phase["elements"][name] = run_element(job, instance, name)
                 phase["seconds"] = round(time.perf_counter() - started, 3)
                 for key in ("load_step_seconds", "after_load_check_seconds", "loaded", "sent", "resubmitted_by_checks"):
@@ -541,7 +545,7 @@ def bench_memory(patients: int, work: Path) -> dict[str, Any]:
 
 
 def run_probe(args: list[str]) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-m", "migration_assets.bench", "--probe", *args], check=False, capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "migration_assets.commands.bench", "--probe", *args], check=False, capture_output=True,
                           text=True, timeout=7200)
     if done.returncode != 0:
         raise RuntimeError(f"probe {args} failed: {done.stderr[-2000:]}")

@@ -22,7 +22,7 @@ from types import FrameType
 
 import httpx
 
-from migration_assets.environment import ensure_dagster_home, ensure_legacy_source, medplum_server
+from migration_assets.commands.environment import ensure_dagster_home, ensure_legacy_source, medplum_server
 from migration_assets.paths import DEFAULT_LEGACY_DB_URL, REPO_ROOT
 
 WORKSPACE = REPO_ROOT / "workspace.yaml"

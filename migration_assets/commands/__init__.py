@@ -1,0 +1,1 @@
+"""What users run: make demo, dev, bench, soak, element and profile. Thin: they call the layers below."""

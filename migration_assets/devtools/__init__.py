@@ -1,0 +1,1 @@
+"""Tools for the demo and the tests: the local Medplum server's control."""
