@@ -251,7 +251,7 @@ def quantity(
     decimal.
 
     - value: the decimal text, written exactly (see `decimal`; the JSON needs `embed_decimals`).
-    - unit: kept as given (trimmed). `system` (UCUM) and `code` are added only when the unit is
+    - unit: kept exactly as given (a blank unit is left out). `system` (UCUM) and `code` are added only when the unit is
       itself one of `ucum_units` (a UCUM map frame with a `code` column, or a set of codes): a unit
       is never converted or guessed ("mm[Hg]" gets a code, "mmHg" does not). FHIR qty-3: a code
       needs a system, so both come together.
@@ -262,7 +262,8 @@ def quantity(
     if comparator is not None:
         fields.append(pl.when(comparator.is_in(sorted(QUANTITY_COMPARATORS))).then(comparator).alias("comparator"))
     if unit is not None:
-        unit_text = text(unit)
+        # As given, not trimmed (the UCUM check compares it exactly); only a blank unit is absent.
+        unit_text = pl.when(unit.str.strip_chars() != "").then(unit)
         is_ucum = unit_text.is_in(ucum_codes(ucum_units))
         fields += [
             unit_text.alias("unit"),
