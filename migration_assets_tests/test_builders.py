@@ -194,6 +194,11 @@ def test_quantity_codes_only_ucum_units_and_keeps_the_unit_as_given():
     assert written(rows.head(1), q=quantity(pl.col("value"), pl.col("unit"), {"mm[Hg]"})) == [
         f'{{"resourceType":"Basic","q":{{"value":120,"unit":"mm[Hg]","system":"{UCUM}","code":"mm[Hg]"}}}}'
     ]
+    # An unknown comparator gives no quantity: writing 0.5 without it would change the result.
+    odd = pl.DataFrame({"value": ["0.5", "0.5"], "comparator": ["~", None]})
+    assert parsed(odd, valueQuantity=quantity(pl.col("value"), None, set(), pl.col("comparator"))) == [
+        {}, {"valueQuantity": {"value": 0.5}}
+    ]
     assert ucum_codes(ucum_map) == ["[degF]", "mg/dL", "mm[Hg]"]
     with pytest.raises(ValueError, match="no column 'ucum'"):
         ucum_codes(ucum_map, column="ucum")

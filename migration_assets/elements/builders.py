@@ -248,19 +248,23 @@ def quantity(
     comparator: pl.Expr | None = None,
 ) -> pl.Expr:
     """A Quantity struct `{value, comparator, unit, system, code}`; null when `value` is not a FHIR
-    decimal.
+    decimal or the comparator is not a FHIR one.
 
     - value: the decimal text, written exactly (see `decimal`; the JSON needs `embed_decimals`).
     - unit: kept exactly as given (a blank unit is left out). `system` (UCUM) and `code` are added only when the unit is
       itself one of `ucum_units` (a UCUM map frame with a `code` column, or a set of codes): a unit
       is never converted or guessed ("mm[Hg]" gets a code, "mmHg" does not). FHIR qty-3: a code
       needs a system, so both come together.
-    - comparator: one of QUANTITY_COMPARATORS or null (`split_comparator` gives one); the field is
-      left out of the struct when not given, which keeps the JSON free of nulls to clean.
+    - comparator: one of QUANTITY_COMPARATORS or null (`split_comparator` gives one); any other
+      value makes the whole quantity null (the element quarantines it), since dropping it would
+      change the value's meaning. Left out of the struct when not given (no nulls to clean).
     """
     fields = [decimal(value).alias("value")]
+    writable = is_decimal(value)
     if comparator is not None:
-        fields.append(pl.when(comparator.is_in(sorted(QUANTITY_COMPARATORS))).then(comparator).alias("comparator"))
+        fields.append(comparator.alias("comparator"))
+        # Dropping an unknown comparator would turn "<0.5" into 0.5: no quantity rather than a wrong one.
+        writable = writable & (comparator.is_null() | comparator.is_in(sorted(QUANTITY_COMPARATORS)))
     if unit is not None:
         # As given, not trimmed (the UCUM check compares it exactly); only a blank unit is absent.
         unit_text = pl.when(unit.str.strip_chars() != "").then(unit)
@@ -270,7 +274,7 @@ def quantity(
             pl.when(is_ucum).then(pl.lit(UCUM)).alias("system"),
             pl.when(is_ucum).then(unit_text).alias("code"),
         ]
-    return pl.when(is_decimal(value)).then(pl.struct(fields))
+    return pl.when(writable).then(pl.struct(fields))
 
 
 # --- CodeableConcept from a vocabulary table ---
