@@ -9,7 +9,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from migration_assets.profiles.seed_ehr.elements.practitioners import valid_npi
+from migration_assets.elements.builders import valid_npi
 from migration_assets.profiles.seed_ehr.sample_data import (
     CONDITION_CATALOGUE,
     ENCOUNTER_TYPES,

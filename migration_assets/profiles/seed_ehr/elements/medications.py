@@ -34,6 +34,7 @@ from migration_assets.elements.base import (
     quarantine,
     quarantine_orphans,
 )
+from migration_assets.elements.builders import ends_before_start
 from migration_assets.elements.fhir_json import (
     codeable_concept,
     coding,
@@ -117,15 +118,9 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     for column in ("start_date", "end_date"):
         frame = quarantine(frame, "invalid_date", invalid_date(column), f"{column} is not a real date")
         frame = quarantine(frame, "future_date", future_date(column), f"{column} lies in the future")
-    frame = quarantine(frame, "invalid_period", ends_before_start("start_date", "end_date"),
+    frame = quarantine(frame, "invalid_period", ends_before_start(pl.col("start_date"), pl.col("end_date")),
                        "end_date lies before start_date")
     return frame.drop("legacy_status", "patient_in_source")
-
-
-def ends_before_start(start: str, end: str) -> pl.Expr:
-    """True where the end is before the start, compared at the precision both dates have."""
-    length = pl.min_horizontal(pl.col(start).str.len_chars(), pl.col(end).str.len_chars())
-    return pl.col(end).str.slice(0, length) < pl.col(start).str.slice(0, length)
 
 
 class MedicationStatementFrame(FrameModel):

@@ -39,6 +39,7 @@ from migration_assets.elements.base import (
     quarantine,
     quarantine_orphans,
 )
+from migration_assets.elements.builders import embed_decimals, quantity
 from migration_assets.elements.fhir_json import (
     codeable_concept,
     coding,
@@ -48,7 +49,7 @@ from migration_assets.elements.fhir_json import (
     without_nulls,
 )
 from migration_assets.profiles.seed_ehr.sample_data import UPDATED_AT
-from migration_assets.profiles.seed_ehr.terminology import LOINC, UCUM, read_map
+from migration_assets.profiles.seed_ehr.terminology import LOINC, read_map
 
 CATEGORY_SYSTEM = "http://terminology.hl7.org/CodeSystem/observation-category"
 CATEGORIES = {"vital": ("vital-signs", "Vital Signs"), "lab": ("laboratory", "Laboratory")}
@@ -57,8 +58,6 @@ NUMBER = r"-?(0|[1-9][0-9]*)(\.[0-9]+)?"
 QUANTITY = rf"^(<=|>=|<|>)?\s*({NUMBER})$"
 DATE_TIME = r"^\d{4}-\d{2}-\d{2}T([01]\d|2[0-3]):[0-5]\d:([0-5]\d|60)(\.\d+)?(Z|[+-](0\d|1[0-4]):[0-5]\d)$"
 EFFECTIVE = r"^\d{4}(-\d{2}(-\d{2})?)?$|" + DATE_TIME[1:]
-# Numbers travel through the JSON encoder as text marked with this character, then lose their quotes.
-_RAW = "\u0001"
 
 REGISTER_NOTES = {
     "category": "vital -> vital-signs, lab -> laboratory (observation-category); anything else quarantined",
@@ -87,25 +86,9 @@ def _number(column: str) -> pl.Expr:
     return pl.col(column).str.strip_chars().str.extract(QUANTITY, 2)
 
 
-def _raw(number: pl.Expr) -> pl.Expr:
-    return pl.when(number.is_not_null()).then(pl.lit(_RAW) + number)
-
-
-def _quantity(number: pl.Expr, comparator: pl.Expr | None = None) -> pl.Expr:
-    fields = [_raw(number).alias("value")]
-    if comparator is not None:
-        fields.append(comparator.alias("comparator"))
-    fields += [
-        pl.col("unit").alias("unit"),
-        pl.when(pl.col("ucum_unit")).then(pl.lit(UCUM)).alias("system"),
-        pl.when(pl.col("ucum_unit")).then(pl.col("unit")).alias("code"),
-    ]
-    return pl.when(number.is_not_null()).then(pl.struct(fields))
-
-
 def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     loinc = read_map("loinc").lazy().rename({"local_code": "test_code", "code": "loinc_code", "display": "loinc_display"})
-    ucum = read_map("ucum_units").lazy().select(unit="code", ucum_unit=pl.lit(True))
+    ucum = read_map("ucum_units")
     patient_system = system.identifier_system("patient")
     encounter_system = system.identifier_system("encounter")
     observation_system = system.identifier_system("observation")
@@ -125,8 +108,6 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
             encounter_reference=conditional_reference("Encounter", encounter_system, pl.col("encounter_id")),
         )
         .join(loinc, on="test_code", how="left", maintain_order="left")
-        .join(ucum, on="unit", how="left", maintain_order="left")
-        .with_columns(ucum_unit=pl.col("ucum_unit").fill_null(False))
     )
     resource = pl.struct(
         pl.lit("Observation").alias("resourceType"),
@@ -143,9 +124,12 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         reference(pl.col("subject_reference")).alias("subject"),
         reference(pl.col("encounter_reference")).alias("encounter"),
         pl.col("observed_at").alias("effectiveDateTime"),
-        _quantity(pl.col("value_number"), pl.col("comparator")).alias("valueQuantity"),
+        quantity(pl.col("value_number"), pl.col("unit"), ucum, pl.col("comparator")).alias("valueQuantity"),
         pl.concat_list(
-            pl.struct(_quantity(pl.col("low_number")).alias("low"), _quantity(pl.col("high_number")).alias("high"))
+            pl.struct(
+                quantity(pl.col("low_number"), pl.col("unit"), ucum).alias("low"),
+                quantity(pl.col("high_number"), pl.col("unit"), ucum).alias("high"),
+            )
         ).alias("referenceRange"),
     )
     frame = rows.select(
@@ -174,8 +158,8 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     )
     frame = frame.with_columns(
         without_nulls(pl.col("references")),
-        # Numbers lose their marker and their quotes: "\u0001" + 7.20 -> 7.20, exactly as given.
-        pl.col("resource").str.replace_all(r'"\\u0001(' + NUMBER + ')"', "$1"),
+        # Decimals reach the JSON as numbers exactly as given: 7.20 stays 7.20.
+        embed_decimals(pl.col("resource")),
     )
     legacy = pl.col("legacy").struct
     frame = quarantine_orphans(frame, "patient_id", "patients", "patient_in_source")

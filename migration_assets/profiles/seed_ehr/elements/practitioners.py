@@ -13,11 +13,10 @@ import pandera.polars as pa
 import polars as pl
 
 from migration_assets.elements.base import DataElement, FrameModel, SourceSystem, frame_columns
+from migration_assets.elements.builders import valid_npi
 from migration_assets.elements.fhir_json import present
 from migration_assets.profiles.seed_ehr.sample_data import UPDATED_AT
 from migration_assets.profiles.seed_ehr.terminology import NPI
-
-NPI_PREFIX = "80840"
 
 # For the mapping register: what each column's rule is, in a few words.
 REGISTER_NOTES = {
@@ -34,19 +33,6 @@ UNSUPPORTED = {
 
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
     return tables["practitioners"].with_columns(source_table=pl.lit("practitioners"))
-
-
-def valid_npi(npi: pl.Expr) -> pl.Expr:
-    """True for a ten-digit NPI whose check digit passes Luhn over 80840 + the NPI (CMS' rule)."""
-    digits = pl.lit(NPI_PREFIX) + npi
-    total = pl.lit(0, dtype=pl.Int64)
-    for position in range(15):
-        digit = digits.str.slice(position, 1).cast(pl.Int64, strict=False)
-        if (14 - position) % 2 == 1:  # every second digit from the right, check digit excluded
-            digit = digit * 2
-            digit = pl.when(digit > 9).then(digit - 9).otherwise(digit)
-        total = total + digit
-    return (npi.str.contains(r"^\d{10}$") & (total % 10 == 0)).fill_null(False)
 
 
 def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
