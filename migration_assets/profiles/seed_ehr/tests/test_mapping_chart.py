@@ -6,9 +6,9 @@ import json
 import polars as pl
 import pytest
 
-from migration_assets.active import get_element
 from migration_assets.elements.base import SourceSystem, build_frame
 from migration_assets.mapping.register import REGENERATE, REGISTER_PATH, mapping_register, render_markdown
+from migration_assets.profiles.seed_ehr import PROFILE
 from migration_assets.profiles.seed_ehr.sample_data import TABLE_COLUMNS, build_sample_tables
 from migration_assets.profiles.seed_ehr.terminology import MAPS, TERMINOLOGY_DIR
 
@@ -25,7 +25,7 @@ def seed() -> dict[str, pl.DataFrame]:
 
 
 def frame_of(element: str, tables: dict[str, pl.DataFrame]) -> pl.DataFrame:
-    return build_frame(get_element(element), get_element(element).extract(tables), SYSTEM)
+    return build_frame(PROFILE.element(element), PROFILE.element(element).extract(tables), SYSTEM)
 
 
 def by_key(frame: pl.DataFrame) -> dict[str, dict]:
@@ -272,7 +272,7 @@ def test_every_terminology_map_has_a_version():
 
 
 def test_register_dispositions():
-    register = mapping_register(get_element("practitioners"))
+    register = mapping_register(PROFILE.element("practitioners"))
     rows = {(r["source_field"], r["target_path"]): r["disposition"] for r in register.iter_rows(named=True)}
     assert rows == {
         ("practitioner_id", "Practitioner.identifier[0].value"): "direct",

@@ -6,10 +6,10 @@ import json
 import polars as pl
 import pytest
 
-from migration_assets.active import get_element
 from migration_assets.elements.base import SourceSystem, build_frame
 from migration_assets.elements.fhir_json import conditional_reference, fhir_json
 from migration_assets.medplum import conditional_url
+from migration_assets.profiles.seed_ehr import PROFILE
 from migration_assets.profiles.seed_ehr.sample_data import build_sample_tables
 
 BASE = "https://ehr.example-clinic.org/fhir"
@@ -23,7 +23,7 @@ def seed_tables() -> dict[str, pl.DataFrame]:
 
 
 def resources(element: str, tables: dict[str, pl.DataFrame]) -> dict[str, dict]:
-    frame = build_frame(get_element(element), get_element(element).extract(tables), SYSTEM)
+    frame = build_frame(PROFILE.element(element), PROFILE.element(element).extract(tables), SYSTEM)
     assert frame["quarantine_rule"].null_count() == frame.height
     return {row["source_key"]: json.loads(row["resource"]) for row in frame.iter_rows(named=True)}
 
@@ -95,7 +95,7 @@ def test_seed_encounters_and_notes(seed_tables):
 
 
 def test_encounter_and_its_note_share_a_transaction_and_a_stable_urn(seed_tables):
-    element = get_element("encounters")
+    element = PROFILE.element("encounters")
     first = build_frame(element, element.extract(seed_tables), SYSTEM)
     again = build_frame(element, element.extract(seed_tables), SYSTEM)
     rows = first.filter(pl.col("bundle_group") == "E001")
@@ -144,7 +144,7 @@ def odd_patients() -> pl.DataFrame:
 
 
 def test_odd_patients_are_kept_or_quarantined_with_their_rule():
-    element = get_element("patients")
+    element = PROFILE.element("patients")
     frame = build_frame(element, element.extract({"patients": odd_patients()}), SYSTEM)
     rules = dict(zip(frame["unit_key"], frame["quarantine_rule"]))
     assert rules == {
