@@ -2,6 +2,7 @@
 
 Thin wrappers: the work is in elements/, loader.py and verification.py."""
 
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -70,12 +71,14 @@ def fhir_frames(
     element = get_element(context.partition_key)
     # Built slice by slice into parts of whole bundle groups (bounded memory); the IO manager moves
     # the parts into place.
-    staging = Path(tempfile.mkdtemp(prefix=f"fhir_frames-{element.name}-")) / "parts"
-    parts = build_frame_parts(element, legacy_source, migration_settings.source_system, staging)
-    # The metadata needs the rules and flags of every row, not the resources.
-    columns = [name for name in parts.scan().collect_schema().names() if name in _SUMMARY_COLUMNS
-               or name == "code_mapped" or name.endswith("_dropped")]
-    frame = parts.read(columns)
+    staging = Path(tempfile.mkdtemp(prefix=f"fhir_frames-{element.name}-"))
+    try:
+        parts = build_frame_parts(element, legacy_source, migration_settings.source_system, staging / "parts")
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    # The metadata needs the rules and review flags of every row, not the resources.
+    frame = parts.read([*_SUMMARY_COLUMNS, *element.review_flags])
     quarantined = int(frame["quarantine_rule"].is_not_null().sum())
     return Output(
         parts,
@@ -86,10 +89,9 @@ def fhir_frames(
                       "parts": len(parts)}),
             "quarantine": table(quarantine_summary(frame)),
             "resources_by_type": table(frame.group_by("resource_type").len().sort("resource_type")),
-            # Local codes with no approved standard mapping (kept local, never guessed), and values an
-            # element dropped rather than write invalid (e.g. invalid NPIs), where the frame says so.
-            **counts({"unmapped_codes": int((~frame["code_mapped"]).sum())} if "code_mapped" in frame.columns else {}),
-            **counts({name: int(frame[name].sum()) for name in frame.columns if name.endswith("_dropped")}),
+            # The rows each of the element's review flags marks: local codes with no approved standard
+            # mapping (kept local, never guessed), values dropped rather than written invalid, ...
+            **counts({f"flagged/{name}": int((frame[name] == flagged).sum()) for name, flagged in element.review_flags.items()}),
         },
     )
 

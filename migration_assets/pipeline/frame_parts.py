@@ -90,6 +90,9 @@ class FrameParts:
             shutil.rmtree(directory)
         directory.parent.mkdir(parents=True, exist_ok=True)
         shutil.move(str(self.directory), str(directory))
+        # A staging folder made for these parts alone goes with them: nothing is left in the temp folder.
+        if self.directory.parent.name.startswith("fhir_frames-") and not any(self.directory.parent.iterdir()):
+            self.directory.parent.rmdir()
         return FrameParts(directory)
 
 
