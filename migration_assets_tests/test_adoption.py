@@ -11,7 +11,7 @@ import polars as pl
 import pytest
 from dagster import build_schedule_context, build_sensor_context
 
-from migration_assets.adoption.sync import CHECKSUM_FILE, verify_archive
+from migration_assets.adoption.archive import CHECKSUM_FILE, verify_archive
 from migration_assets.phases import PHASE_NAMES, PhaseConfigError, load_phases
 from migration_assets.pipeline.resources import LegacySource, ManifestStore
 from migration_assets.profiles.seed_ehr.legacy_app import LegacyApp, RunningApp

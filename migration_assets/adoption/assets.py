@@ -33,24 +33,20 @@ from dagster import (
 from pydantic import Field
 
 from migration_assets.active import LOAD_ORDER, get_element
+from migration_assets.adoption.archive import export_legacy_tables, latest_archive, verify_archive
 from migration_assets.adoption.chart_review import build_chart_review
+from migration_assets.adoption.dual_write import compare_stores, write_discrepancies
+from migration_assets.adoption.readiness import assess_readiness, write_readiness
 from migration_assets.adoption.sync import (
     SyncRefused,
-    SyncState,
-    adoption_dir,
-    assess_readiness,
-    compare_stores,
-    export_legacy_tables,
-    latest_archive,
     legacy_frame,
     pending_changes,
     read_legacy,
     select_candidates,
     sync_element,
-    verify_archive,
-    write_discrepancies,
-    write_readiness,
 )
+from migration_assets.ledger.sync_state import SyncState
+from migration_assets.paths import state_dir
 from migration_assets.phases import PHASE_BEHAVIOUR, ElementPhase, PhaseConfigError, PhasesConfig, load_phases
 from migration_assets.pipeline.loader import PrerequisitesMissing
 from migration_assets.pipeline.partitions import DATA_ELEMENTS
@@ -105,8 +101,8 @@ def adoption_status(context: AssetExecutionContext, manifest: ManifestStore,
     config = _phases()
     with manifest.open() as ledger:
         syncs = SyncState(ledger).last_syncs()
-    readiness_dir = adoption_dir(migration_settings.evidence_dir, "readiness")
-    archive_dir = adoption_dir(migration_settings.evidence_dir, "legacy_archive")
+    readiness_dir = state_dir(migration_settings.evidence_dir, "readiness")
+    archive_dir = state_dir(migration_settings.evidence_dir, "legacy_archive")
     rows = []
     for name in LOAD_ORDER:
         phase = config.of(name)
@@ -263,7 +259,7 @@ def read_readiness(
     with medplum.open_client() as client, manifest.open() as ledger:
         document, report, problems = assess_readiness(client, ledger, element, frame, phase, config.version)
     document["source"] = legacy_db.display_url
-    path = write_readiness(document, adoption_dir(migration_settings.evidence_dir, "readiness"))
+    path = write_readiness(document, state_dir(migration_settings.evidence_dir, "readiness"))
     write_discrepancies(report, Path(migration_settings.evidence_dir) / element.name)
     context.log.info(f"{element.name}: ready={document['ready']} reads_from={document['reads_from']}")
     return MaterializeResult(metadata={
@@ -287,7 +283,7 @@ def read_readiness(
 def reads_can_move_to_medplum(context: AssetCheckExecutionContext, migration_settings: MigrationSettings) -> AssetCheckResult:
     name = context.partition_key
     phase = _phases().of(name)
-    path = adoption_dir(migration_settings.evidence_dir, "readiness") / f"{name}.json"
+    path = state_dir(migration_settings.evidence_dir, "readiness") / f"{name}.json"
     document: dict[str, Any] = (json.loads(path.read_text()) if path.is_file()
                                 else {"ready": False, "reasons": ["not assessed"]})
     return AssetCheckResult(
@@ -329,7 +325,7 @@ def legacy_archive(
     if not document["ready"]:
         raise Failure(description=f"final verification of {element.name} failed: {'; '.join(document['reasons'])}",
                       metadata=counts(document["criteria"]))
-    archive = export_legacy_tables(legacy_db.url, element, adoption_dir(migration_settings.evidence_dir, "legacy_archive"), phase,
+    archive = export_legacy_tables(legacy_db.url, element, state_dir(migration_settings.evidence_dir, "legacy_archive"), phase,
                                    config.version, document)
     description = json.loads((archive.directory / "export.json").read_text())
     context.log.info(f"{element.name}: legacy tables exported to {archive.directory}")
@@ -350,7 +346,7 @@ def legacy_archive(
     "missing or unlisted, and files and folder are read-only.",
 )
 def legacy_archive_intact(context: AssetCheckExecutionContext, migration_settings: MigrationSettings) -> AssetCheckResult:
-    directory = latest_archive(adoption_dir(migration_settings.evidence_dir, "legacy_archive"), context.partition_key)
+    directory = latest_archive(state_dir(migration_settings.evidence_dir, "legacy_archive"), context.partition_key)
     problems = verify_archive(directory) if directory else ["no export"]
     return AssetCheckResult(
         passed=not problems,
@@ -383,7 +379,7 @@ def chart_review(
     legacy_db: LegacySource,
     migration_settings: MigrationSettings,
 ) -> MaterializeResult:
-    directory = adoption_dir(migration_settings.evidence_dir, "chart_review") / context.run.run_id
+    directory = state_dir(migration_settings.evidence_dir, "chart_review") / context.run.run_id
     with medplum.open_client() as client, manifest.open() as ledger:
         review = build_chart_review(client, ledger, legacy_db.url, migration_settings.source_system, directory,
                                     config.sample_size, config.seed, config.elements or None)

@@ -26,7 +26,8 @@ from typing import Any
 import polars as pl
 
 from migration_assets.active import LOAD_ORDER, PROFILE, get_element
-from migration_assets.adoption.sync import _found_resources, compare_stores, legacy_frame, read_legacy
+from migration_assets.adoption.dual_write import compare_stores, found_resources
+from migration_assets.adoption.sync import legacy_frame, read_legacy
 from migration_assets.elements.base import SourceSystem, check_frame_columns
 from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import MedplumClient
@@ -194,7 +195,7 @@ def _patient_page(
             continue
         frame = frames[element].join(keys.select("source_table", "unit_key"), on=["source_table", "unit_key"], how="semi")
         eligible = frame.filter(pl.col("quarantine_rule").is_null())
-        found = _found_resources(client, eligible, None) if eligible.height else {}
+        found = found_resources(client, eligible, None) if eligible.height else {}
         diffs = compare_stores(client, element, frame, ledger.units(element), look_for_extras=False).discrepancies
         body.append(f"<h2>{esc(element)} ({frame.height} units)</h2>")
         for row in frame.iter_rows(named=True):
