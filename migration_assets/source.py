@@ -332,7 +332,7 @@ def iter_table_batches(url: str, table: str, batch_rows: int = 100_000) -> Itera
         import pyarrow.parquet as pq
 
         with pq.ParquetFile(file) as pf:
-            yield from _rebatch(_arrow_frames(pf.iter_batches(batch_size=batch_rows), None), batch_rows)  # type: ignore[arg-type]
+            yield from _rebatch(_arrow_frames(pf.iter_batches(batch_size=batch_rows), None), batch_rows)
     else:
         lf = pl.scan_csv(file, infer_schema=False)
         yield from _rebatch(iter(lf.collect_batches(chunk_size=batch_rows)), batch_rows)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
 import polars as pl
 
@@ -50,7 +49,7 @@ def legacy_frame(element: DataElement, tables: Mapping[str, pl.DataFrame], syste
 
 def _key_of_row(element: DataElement, rows: pl.DataFrame) -> pl.Expr:
     """Each extracted row's own source key: the primary key column of its source table."""
-    expr: Any = pl.lit(None, pl.String)
+    expr: pl.Expr = pl.lit(None, pl.String)
     for table in rows["source_table"].unique().to_list():
         key = element.source_tables.get(table)
         if key and key in rows.columns:

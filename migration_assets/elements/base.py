@@ -306,7 +306,7 @@ def _control_characters(texts: pl.Series) -> pl.Series:
 
 def schema_failures(frame: pl.DataFrame, schemas: Mapping[str, type[pa.DataFrameModel]]) -> pl.DataFrame:
     """Pandera's failure cases for the rows not already quarantined, with the source key of each."""
-    failures = []
+    failures: list[pl.DataFrame] = []
     indexed = frame.with_row_index("_row")
     for resource_type, model in schemas.items():
         rows = indexed.filter((pl.col("resource_type") == resource_type) & pl.col("quarantine_rule").is_null())
@@ -326,7 +326,7 @@ def schema_failures(frame: pl.DataFrame, schemas: Mapping[str, type[pa.DataFrame
     if not failures:
         return pl.DataFrame(schema={"_row": pl.UInt32, "resource_type": pl.String, "column": pl.String,
                                     "check": pl.String, "failure_case": pl.String})
-    return pl.concat(failures)
+    return pl.concat(failures, how="vertical")
 
 
 def _quarantine_schema_failures(frame: pl.DataFrame, schemas: Mapping[str, type[pa.DataFrameModel]]) -> pl.DataFrame:

@@ -12,11 +12,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Self, cast
+from typing import Any, Self
 
 import polars as pl
 import sqlalchemy as sa
-from sqlalchemy.sql.compiler import SQLCompiler
 
 DISPOSITIONS = ("successful", "rejected", "skipped", "quarantined", "pending")
 
@@ -398,7 +397,7 @@ def _executemany(db: sa.Connection, statement: sa.Insert | sa.Update, rows: list
     if db.dialect.name != "sqlite":
         db.execute(statement, rows)
         return
-    compiled = cast(SQLCompiler, statement.compile(dialect=db.dialect))
+    compiled = statement.compile(dialect=db.dialect)
     names = compiled.positiontup or []
     # What SQLAlchemy would do to a value on its way in (only timestamps need it here).
     processors = {name: processor for name in names
@@ -423,7 +422,7 @@ def _executemany(db: sa.Connection, statement: sa.Insert | sa.Update, rows: list
 def _driver_rows(db: sa.Connection, statement: sa.Select[Any]) -> Callable[[int], Sequence[Any]]:
     """`fetchmany` of `statement` run by the SQLite driver itself: SQLAlchemy's rows cost more than
     SQLite's own reading, and the checks read the ledger several times a run."""
-    compiled = cast(SQLCompiler, statement.compile(dialect=db.dialect))
+    compiled = statement.compile(dialect=db.dialect)
     parameters = tuple(compiled.params[name] for name in compiled.positiontup or [])
     return db.exec_driver_sql(compiled.string, parameters).cursor.fetchmany
 
@@ -448,7 +447,7 @@ def _add_missing_columns(engine: sa.Engine) -> None:
                     db.execute(sa.text(f'ALTER TABLE {table.name} ADD COLUMN "{column.name}" {kind}'))
 
 
-def _polars_type(column: sa.Column) -> pl.DataType:
+def _polars_type(column: sa.Column[Any]) -> pl.DataType:
     if isinstance(column.type, sa.Integer):
         return pl.Int64()
     if isinstance(column.type, sa.DateTime):

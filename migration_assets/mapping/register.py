@@ -224,7 +224,7 @@ def _source_value(frame: pl.DataFrame, changed: pl.Series, column: str) -> str |
     # An example only: the first perturbed value that differs from the original.
     for old, new in zip(frame[column].to_list(), changed.to_list()):
         if old != new:
-            return new
+            return str(new)
     return None
 
 

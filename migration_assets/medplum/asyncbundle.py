@@ -63,8 +63,8 @@ def submit_async(
     """POST `body` (a batch Bundle) as an async job, wait for it and return one response per entry.
 
     `send` is the client's retrying request function (`MedplumClient._send`)."""
-    accepted = send("POST", "", content=body, headers={"Prefer": "respond-async"},
-                    parse=lambda response: _accepted(response, expected))
+    accepted: str | list[EntryResponse] = send("POST", "", content=body, headers={"Prefer": "respond-async"},
+                                               parse=lambda response: _accepted(response, expected))
     if isinstance(accepted, list):
         return accepted  # the server answered synchronously: a plain batch-response
     job_url = accepted
@@ -75,8 +75,9 @@ def submit_async(
         reference = (binary or {}).get("valueReference", {}).get("reference")
         if not reference:
             raise MedplumError(f"async job {_job_id(job_url)} completed without a results reference")
-        return send("GET", reference, headers={"Accept": "application/json, */*"},
-                    parse=lambda response: _results(response, expected))
+        results: list[EntryResponse] = send("GET", reference, headers={"Accept": "application/json, */*"},
+                                            parse=lambda response: _results(response, expected))
+        return results
     # error or cancelled: every entry carries the job's outcome and status.
     outcome_parameter = _output_parameter(job, "outcome") or {}
     status_parameter = _output_parameter(job, "status") or {}
@@ -91,7 +92,7 @@ def submit_async(
 
 def _accepted(response: httpx.Response, expected: int) -> str | list[EntryResponse]:
     if response.status_code == 202:
-        location = response.headers.get("content-location")
+        location: str | None = response.headers.get("content-location")
         if not location:
             raise MedplumResponseError("202 Accepted without a Content-Location job URL")
         return location
@@ -102,7 +103,7 @@ def _wait(job_url: str, polling: AsyncPolling, send: Callable[..., Any], sleep: 
     started = time.monotonic()
     for delay in polling.delays():
         sleep(delay)
-        job = send("GET", job_url, parse=json_object)
+        job: dict[str, Any] = send("GET", job_url, parse=json_object)
         if job.get("status") in FINISHED:
             return job
         if time.monotonic() - started > polling.timeout_seconds:
@@ -124,7 +125,8 @@ def _results(response: httpx.Response, expected: int) -> list[EntryResponse]:
 
 
 def _output_parameter(job: dict[str, Any], name: str) -> dict[str, Any] | None:
-    for parameter in (job.get("output") or {}).get("parameter", []):
+    parameters: list[dict[str, Any]] = (job.get("output") or {}).get("parameter", [])
+    for parameter in parameters:
         if parameter.get("name") == name:
             return parameter
     return None

@@ -203,7 +203,7 @@ class LegacyApp:
         pk = TABLE_PRIMARY_KEYS[table]
         with self.engine.begin() as db:
             updated = db.execute(sa.text(f'UPDATE "{table}" SET {sets} WHERE "{pk}" = :_key'), {**row, "_key": key})
-        if updated.rowcount != 1:  # type: ignore[attr-defined]
+        if updated.rowcount != 1:
             raise KeyError(f"{table} has no row {key!r}")
         kind = "silent_update" if not touch else ("update" if values else "touch")
         self.changes.append(Change(table, key, kind))

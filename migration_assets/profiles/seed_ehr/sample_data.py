@@ -23,6 +23,7 @@ import argparse
 import datetime as dt
 import math
 import sys
+from typing import Any
 
 import polars as pl
 
@@ -809,7 +810,7 @@ def _allergies(gen: pl.DataFrame, seed: int, guide: pl.DataFrame) -> pl.DataFram
     return pl.concat([guide, generated])
 
 
-def _variants(tests: tuple, with_reference: bool) -> pl.DataFrame:
+def _variants(tests: tuple[Any, ...], with_reference: bool) -> pl.DataFrame:
     """One row per (test, unit) with the probability of drawing it."""
     rows = []
     total = sum(test[4] for test in tests)
