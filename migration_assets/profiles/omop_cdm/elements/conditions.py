@@ -1,0 +1,71 @@
+"""CONDITION_OCCURRENCE to Condition: code from condition_concept_id (the source value kept as a
+local coding), onset/abatement from the start/end dates, category encounter-diagnosis when the row
+names a visit else problem-list-item, clinicalStatus resolved when it has an end date else active,
+verificationStatus confirmed, subject and encounter."""
+
+from collections.abc import Mapping
+
+import pandera.polars as pa
+import polars as pl
+
+from migration_assets.elements.base import DataElement, FrameModel, SourceSystem, frame_columns
+from migration_assets.elements.fhir_json import codeable_concept, coding, identifier, reference, without_nulls
+from migration_assets.profiles.omop_cdm.omop import (
+    concept, concept_mapped, day, encounter_reference, event_rows, event_rules, expected_encounter, expected_patient,
+    patient_reference,
+)
+
+CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
+VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
+CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
+
+
+def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
+    return event_rows(tables, "condition_occurrence", "condition_concept_id")
+
+
+def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
+    rows = source.with_columns(start=day("condition_start_date"), end=day("condition_end_date"))
+    ended = pl.col("end").is_not_null()
+    resource = pl.struct(
+        pl.lit("Condition").alias("resourceType"),
+        identifier(system.identifier_system("condition"), pl.col("condition_occurrence_id")).alias("identifier"),
+        codeable_concept(coding(CLINICAL, pl.when(ended).then(pl.lit("resolved")).otherwise(pl.lit("active")))
+                         ).alias("clinicalStatus"),
+        codeable_concept(coding(VERIFICATION, pl.lit("confirmed"))).alias("verificationStatus"),
+        pl.concat_list(codeable_concept(coding(
+            CATEGORY, pl.when(pl.col("visit_occurrence_id").is_not_null()).then(pl.lit("encounter-diagnosis"))
+            .otherwise(pl.lit("problem-list-item"))))).alias("category"),
+        concept(system, "condition_concept_id", "code", "condition_source_value").alias("code"),
+        reference(patient_reference(system)).alias("subject"),
+        reference(encounter_reference(system)).alias("encounter"),
+        pl.col("start").alias("onsetDateTime"),
+        pl.col("end").alias("abatementDateTime"),
+    )
+    frame = rows.select(
+        *frame_columns("Condition", system.identifier_system("condition"), pl.col("condition_occurrence_id"), resource,
+                       references=[expected_patient(system), expected_encounter(system)]),
+        "person_id", "visit_occurrence_id", "visit_person_id", "person_in_source", "start",
+        code_mapped=concept_mapped("condition_concept_id", "code"),
+    )
+    frame = event_rules(frame.with_columns(without_nulls(pl.col("references"))), "start")
+    return frame.drop("visit_person_id", "person_in_source")
+
+
+class ConditionFrame(FrameModel):
+    code_mapped: bool = pa.Field()
+
+
+ELEMENT = DataElement(
+    name="conditions",
+    description="OMOP CONDITION_OCCURRENCE to FHIR Condition, codes from CONCEPT.",
+    mapping_version="1.0.0",
+    source_tables={"condition_occurrence": "condition_occurrence_id", "person": "person_id",
+                   "visit_occurrence": "visit_occurrence_id", "concept": "concept_id"},
+    requires=("persons", "visits"),
+    extract=extract,
+    transform=transform,
+    schemas={"Condition": ConditionFrame},
+    patient_column="person_id",
+    review_flags={"code_mapped": False},
+)

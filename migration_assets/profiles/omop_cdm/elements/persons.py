@@ -1,0 +1,105 @@
+"""PERSON (and DEATH) to Patient.
+
+- gender from gender_concept_id (8507 male, 8532 female, 8551 unknown, 8521 other); concept 0 or any
+  other leaves gender absent (never guessed from the source value).
+- birthDate from birth_datetime's date, else year/month/day at the precision given (a year alone stays a year).
+- US Core race and ethnicity extensions from race_concept_id / ethnicity_concept_id (OMB codes).
+- DEATH.death_date as deceasedDateTime (a date).
+- identifier: person_id under the profile's `person` system, and person_source_value (the legacy MRN).
+"""
+
+from collections.abc import Mapping
+
+import pandera.polars as pa
+import polars as pl
+
+from migration_assets.elements.base import DATE, DataElement, FrameModel, SourceSystem, frame_columns, future_date, invalid_date, quarantine
+from migration_assets.elements.builders import text
+from migration_assets.elements.fhir_json import coding, present
+from migration_assets.profiles.omop_cdm.omop import day, table
+
+GENDER = {"8507": "male", "8532": "female", "8551": "unknown", "8521": "other"}
+OMB = "urn:oid:2.16.840.1.113883.6.238"
+# OMOP Race / Ethnicity concepts -> (OMB code, display)
+RACE = {"8527": ("2106-3", "White"), "8516": ("2054-5", "Black or African American"), "8515": ("2028-9", "Asian"),
+        "8657": ("1002-5", "American Indian or Alaska Native"),
+        "8557": ("2076-8", "Native Hawaiian or Other Pacific Islander")}
+ETHNICITY = {"38003563": ("2135-2", "Hispanic or Latino"), "38003564": ("2186-5", "Not Hispanic or Latino")}
+US_CORE = "http://hl7.org/fhir/us/core/StructureDefinition"
+
+
+def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
+    deaths = table(tables, "death").unique("person_id", keep="first").select("person_id", "death_date")
+    return table(tables, "person").join(deaths, on="person_id", how="left", maintain_order="left").with_columns(
+        source_table=pl.lit("person"))
+
+
+def _omb_extension(kind: str, column: str, codes: dict[str, tuple[str, str]]) -> pl.Expr:
+    code = pl.col(column).replace_strict({k: v[0] for k, v in codes.items()}, default=None, return_dtype=pl.String)
+    display = pl.col(column).replace_strict({k: v[1] for k, v in codes.items()}, default=None, return_dtype=pl.String)
+    return pl.when(code.is_not_null()).then(pl.struct(
+        pl.lit(f"{US_CORE}/us-core-{kind}").alias("url"),
+        pl.concat_list(
+            pl.struct(pl.lit("ombCategory").alias("url"), coding(OMB, code, display).alias("valueCoding")),
+            pl.struct(pl.lit("text").alias("url"), display.alias("valueString")),
+        ).alias("extension"),
+    ))
+
+
+def _two(column: str) -> pl.Expr:
+    return text(pl.col(column)).str.zfill(2)
+
+
+def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
+    year = text(pl.col("year_of_birth"))
+    parts = (pl.when(pl.col("month_of_birth").is_null()).then(year)
+             .when(pl.col("day_of_birth").is_null()).then(pl.format("{}-{}", year, _two("month_of_birth")))
+             .otherwise(pl.format("{}-{}-{}", year, _two("month_of_birth"), _two("day_of_birth"))))
+    frame = source.with_columns(
+        birth_date=pl.coalesce(day("birth_datetime"), parts),
+        deceased=day("death_date"),
+        fhir_gender=pl.col("gender_concept_id").replace_strict(GENDER, default=None, return_dtype=pl.String),
+    )
+    person_system = system.identifier_system("person")
+    resource = pl.struct(
+        pl.lit("Patient").alias("resourceType"),
+        present(
+            pl.struct(pl.lit(person_system).alias("system"), pl.col("person_id").alias("value")),
+            pl.when(text(pl.col("person_source_value")).is_not_null()).then(pl.struct(
+                pl.lit(system.identifier_system("person-source-value")).alias("system"),
+                text(pl.col("person_source_value")).alias("value"))),
+        ).alias("identifier"),
+        present(_omb_extension("race", "race_concept_id", RACE),
+                _omb_extension("ethnicity", "ethnicity_concept_id", ETHNICITY)).alias("extension"),
+        pl.col("fhir_gender").alias("gender"),
+        pl.col("birth_date").alias("birthDate"),
+        pl.col("deceased").alias("deceasedDateTime"),
+    )
+    frame = frame.select(
+        frame_columns("Patient", person_system, pl.col("person_id"), resource),
+        gender=pl.col("fhir_gender"),
+        birth_date=pl.col("birth_date"),
+        deceased=pl.col("deceased"),
+    )
+    frame = quarantine(frame, "invalid_date", invalid_date("birth_date"), "birth date is not a real date")
+    frame = quarantine(frame, "future_date", future_date("birth_date"), "birth date lies in the future")
+    return quarantine(frame, "invalid_date", invalid_date("deceased"), "death_date is not a real date")
+
+
+class PatientFrame(FrameModel):
+    gender: str = pa.Field(isin=sorted(set(GENDER.values())), nullable=True)
+    birth_date: str = pa.Field(str_matches=DATE, nullable=True)
+    deceased: str = pa.Field(str_matches=DATE, nullable=True)
+
+
+ELEMENT = DataElement(
+    name="persons",
+    description="OMOP PERSON (with DEATH) to FHIR Patient with US Core race and ethnicity, keyed by person_id.",
+    mapping_version="1.0.0",
+    source_tables={"person": "person_id", "death": "person_id"},
+    requires=(),
+    extract=extract,
+    transform=transform,
+    schemas={"Patient": PatientFrame},
+    patient_column="identifier_value",
+)

@@ -1,0 +1,129 @@
+"""What every OMOP element shares: codes from CONCEPT, the person and visit a row names, and the
+quarantine rules for them. The vocabulary-to-system map is data (VOCABULARY_SYSTEMS), not guessed."""
+
+from collections.abc import Mapping
+
+import polars as pl
+
+from migration_assets.elements.base import SourceSystem, expected_reference, key_flags, quarantine, quarantine_orphans
+from migration_assets.elements.builders import text
+from migration_assets.elements.fhir_json import codeable_concept, coding, conditional_reference
+from migration_assets.elements.terminology import CPT, CVX, ICD10CM, LOINC, RXNORM, SNOMED_CT, UCUM
+
+# OMOP vocabulary_id -> FHIR code system URI (HL7 terminology; OHDSI's OMOP-on-FHIR conventions). A
+# vocabulary not listed (Visit, Type Concept, RxNorm Extension, ...) has no FHIR system: its rows keep
+# their source value under the profile's local code system and count as unmapped.
+VOCABULARY_SYSTEMS = {
+    "SNOMED": SNOMED_CT,
+    "LOINC": LOINC,
+    "RxNorm": RXNORM,
+    "ICD10CM": ICD10CM,
+    "ICD9CM": "http://hl7.org/fhir/sid/icd-9-cm",
+    "CVX": CVX,
+    "UCUM": UCUM,
+    "CPT4": CPT,
+    "HCPCS": "https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets",
+    "NDC": "http://hl7.org/fhir/sid/ndc",
+}
+CONCEPT_KEY = "concept_id"
+
+
+def lower_columns(frame: pl.DataFrame) -> pl.DataFrame:
+    """OHDSI tools export column names in upper or lower case: the profile reads them in lower case."""
+    return frame.rename({name: name.lower() for name in frame.columns if name != name.lower()})
+
+
+def table(tables: Mapping[str, pl.DataFrame], name: str) -> pl.DataFrame:
+    """A source table, column names in lower case, every value as text (a CSV export and a typed
+    database read the same way)."""
+    frame = lower_columns(tables[name])
+    return frame.with_columns(pl.all().cast(pl.String))
+
+
+def with_concept(frame: pl.DataFrame, tables: Mapping[str, pl.DataFrame], id_column: str, prefix: str) -> pl.DataFrame:
+    """`frame` with the CONCEPT row of `id_column`: `<prefix>_vocabulary`, `_code`, `_name`."""
+    concepts = table(tables, "concept").unique(CONCEPT_KEY, keep="first").select(
+        pl.col(CONCEPT_KEY).alias(id_column),
+        pl.col("vocabulary_id").alias(f"{prefix}_vocabulary"),
+        pl.col("concept_code").alias(f"{prefix}_code"),
+        pl.col("concept_name").alias(f"{prefix}_name"),
+    )
+    return frame.join(concepts, on=id_column, how="left", maintain_order="left")
+
+
+def concept_mapped(id_column: str, prefix: str) -> pl.Expr:
+    """True where the concept is a real one (not 0) of a vocabulary with a FHIR system."""
+    return (
+        (pl.col(id_column).fill_null("0") != "0")
+        & pl.col(f"{prefix}_code").is_not_null()
+        & pl.col(f"{prefix}_vocabulary").is_in(list(VOCABULARY_SYSTEMS))
+    ).fill_null(False)
+
+
+def concept(system: SourceSystem, id_column: str, prefix: str, source_column: str | None) -> pl.Expr:
+    """A CodeableConcept: the standard coding where the concept maps (vocabulary system, concept_code,
+    concept_name), and the row's source value under the local system `omop-source-value` always."""
+    mapped = concept_mapped(id_column, prefix)
+    uri = pl.col(f"{prefix}_vocabulary").replace_strict(VOCABULARY_SYSTEMS, default=None, return_dtype=pl.String)
+    codings = [coding(uri, pl.when(mapped).then(pl.col(f"{prefix}_code")), pl.col(f"{prefix}_name"))]
+    label = text(pl.col(f"{prefix}_name"))
+    if source_column is not None:
+        codings.append(coding(system.code_system("omop-source-value"), text(pl.col(source_column))))
+        label = pl.coalesce(pl.when(mapped).then(label), text(pl.col(source_column)), label)
+    return codeable_concept(*codings, text=label)
+
+
+def patient_reference(system: SourceSystem) -> pl.Expr:
+    return conditional_reference("Patient", system.identifier_system("person"), pl.col("person_id"))
+
+
+def expected_patient(system: SourceSystem) -> pl.Expr:
+    return expected_reference("subject", "Patient", system.identifier_system("person"), pl.col("person_id"))
+
+
+def encounter_reference(system: SourceSystem) -> pl.Expr:
+    return conditional_reference("Encounter", system.identifier_system("visit"), pl.col("visit_occurrence_id"))
+
+
+def expected_encounter(system: SourceSystem, path: str = "encounter") -> pl.Expr:
+    return pl.when(pl.col("visit_occurrence_id").is_not_null()).then(
+        expected_reference(path, "Encounter", system.identifier_system("visit"), pl.col("visit_occurrence_id"))
+    )
+
+
+def event_rows(tables: Mapping[str, pl.DataFrame], name: str, concept_column: str) -> pl.DataFrame:
+    """A clinical event table with its person and visit known or not, and its concept."""
+    persons = key_flags(table(tables, "person"), "person_id", "person_in_source")
+    visits = table(tables, "visit_occurrence").unique("visit_occurrence_id", keep="first").select(
+        "visit_occurrence_id", visit_person_id=pl.col("person_id")
+    )
+    rows = (
+        table(tables, name)
+        .join(persons, on="person_id", how="left", maintain_order="left")
+        .join(visits, on="visit_occurrence_id", how="left", maintain_order="left")
+    )
+    return with_concept(rows, tables, concept_column, "code").with_columns(source_table=pl.lit(name))
+
+
+def event_rules(frame: pl.LazyFrame, date_column: str) -> pl.LazyFrame:
+    """The rules of every event: its person and visit exist (the visit is the person's), its date is real."""
+    from migration_assets.elements.base import future_date, invalid_date
+
+    frame = quarantine_orphans(frame, "person_id", "person", "person_in_source")
+    frame = quarantine(
+        frame, "orphan_reference",
+        pl.col("visit_occurrence_id").is_not_null() & pl.col("visit_person_id").is_null(),
+        pl.format("visit_occurrence_id {} is not in the visit_occurrence table", pl.col("visit_occurrence_id")),
+    )
+    frame = quarantine(
+        frame, "mismatched_reference", pl.col("visit_person_id") != pl.col("person_id"),
+        pl.format("visit_occurrence_id {} belongs to another person", pl.col("visit_occurrence_id")),
+    )
+    frame = quarantine(frame, "missing_value", pl.col(date_column).is_null(), f"{date_column} is empty")
+    frame = quarantine(frame, "invalid_date", invalid_date(date_column), f"{date_column} is not a real date")
+    return quarantine(frame, "future_date", future_date(date_column), f"{date_column} lies in the future")
+
+
+def day(column: str) -> pl.Expr:
+    """An OMOP date as a FHIR date (the date part of a datetime text; day precision kept as such)."""
+    return text(pl.col(column)).str.slice(0, 10)
