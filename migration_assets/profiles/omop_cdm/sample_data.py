@@ -126,7 +126,7 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
                                      # A measurement with no value, as exports have (ordered, never resulted).
                                      "value_as_number": value(r) if r.random() > 0.05 else None,
                                      "unit_concept_id": unit, "range_low": low, "range_high": high,
-                                     "visit_occurrence_id": vid, "measurement_source_value": str(concept),
+                                     "visit_occurrence_id": vid, "measurement_source_value": {3004410: "4548-4", 3027018: "8867-4", 3004249: "8480-6"}[concept],
                                      "unit_source_value": unit_source})
             if r.random() < 0.3:
                 measurements.append({"measurement_id": vid * 10 + 5, "person_id": p, "measurement_concept_id": 706163,
