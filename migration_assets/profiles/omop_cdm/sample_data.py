@@ -2,7 +2,7 @@
 names (lower case, every value text as the platform's writers store it) and a CONCEPT table holding only
 the concepts the rows use. It carries the oddities real exports have: concept 0 with a source value,
 persons with only a year (or year and month) of birth, visits with no provider, measurements with no
-value, a repeated row."""
+value. (A repeated key cannot be stored under the platform's primary keys; the mapping tests cover it.)"""
 
 import random
 
@@ -137,8 +137,6 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
                                  "observation_date": start, "observation_type_concept_id": 32817,
                                  "value_as_concept_id": 45765920, "visit_occurrence_id": vid,
                                  "observation_source_value": "smoking"})
-    if len(measurements) > 1:
-        measurements.append(dict(measurements[0]))  # a duplicate row: quarantined as duplicate_key
     concepts = [dict(zip(CONCEPT_COLUMNS, row, strict=True)) for row in CONCEPTS]
     return {
         "concept": _text(concepts, CONCEPT_COLUMNS),
