@@ -17,6 +17,10 @@ from migration_assets.profiles.omop_cdm.omop import (
     patient_reference,
 )
 
+REGISTER_NOTES = {
+    "drug_type_concept_id": "prescription types (REQUEST_TYPES) to MedicationRequest, others to MedicationStatement",
+    "drug_concept_id": "medication coding from CONCEPT (RxNorm); concept 0 keeps only the source value",
+}
 REQUEST_TYPES = ["32838", "38000177", "32833"]
 
 

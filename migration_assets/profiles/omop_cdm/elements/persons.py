@@ -18,6 +18,14 @@ from migration_assets.elements.builders import text
 from migration_assets.elements.fhir_json import coding, present
 from migration_assets.profiles.omop_cdm.omop import day, table
 
+REGISTER_NOTES = {
+    "gender_concept_id": "8507 male, 8532 female, 8551 unknown, 8521 other; concept 0 or any other: no gender",
+    "year_of_birth": "birthDate at the precision given: year, year-month or full date",
+    "birth_datetime": "its date part, preferred over year/month/day",
+    "race_concept_id": "US Core race extension, OMB category (urn:oid:2.16.840.1.113883.6.238)",
+    "ethnicity_concept_id": "US Core ethnicity extension, OMB category",
+    "death_date": "deceasedDateTime (a date)",
+}
 GENDER = {"8507": "male", "8532": "female", "8551": "unknown", "8521": "other"}
 OMB = "urn:oid:2.16.840.1.113883.6.238"
 # OMOP Race / Ethnicity concepts -> (OMB code, display)

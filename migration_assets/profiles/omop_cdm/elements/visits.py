@@ -21,6 +21,11 @@ from migration_assets.profiles.omop_cdm.omop import (
 # visit_concept_id -> (ActCode, display). OMOP Visit vocabulary: 9201 Inpatient, 9202 Outpatient,
 # 9203 Emergency Room, 262 Emergency Room and Inpatient, 581476 Home Visit, 581477 Office Visit,
 # 5083 Telehealth, 42898160 Non-hospital institution visit.
+REGISTER_NOTES = {
+    "visit_concept_id": "Encounter.class (v3 ActCode) from VISIT_CLASS; an unlisted concept is quarantined",
+    "provider_id": "participant individual when present (a visit with no provider has no participant)",
+    "care_site_id": "serviceProvider Organization",
+}
 VISIT_CLASS = {
     "9201": ("IMP", "inpatient encounter"), "262": ("IMP", "inpatient encounter"),
     "9202": ("AMB", "ambulatory"), "581477": ("AMB", "ambulatory"),

@@ -152,3 +152,17 @@ def test_the_sample_is_deterministic_and_maps_without_quarantine() -> None:
     assert sample["visit_occurrence"]["provider_id"].null_count() > 0
     assert sample["measurement"]["value_as_number"].null_count() > 0
     assert (sample["condition_occurrence"]["condition_concept_id"] == "0").any()
+
+
+def test_the_register_in_the_repository_is_up_to_date() -> None:
+    # The register module documents the active profile, chosen when the platform is imported: a process of its own.
+    import os
+    import subprocess
+    import sys
+
+    check = ("from migration_assets.mapping.register import REGISTER_PATH, render_markdown; "
+             "import sys; sys.exit(0 if REGISTER_PATH.read_text(encoding='utf-8') == render_markdown() else 1)")
+    result = subprocess.run([sys.executable, "-c", check], env={**os.environ, "MIGRATION_PROFILE": "omop_cdm"},
+                            capture_output=True, text=True, timeout=300, check=False)
+    assert result.returncode == 0, ("mapping_register.md is out of date: run MIGRATION_PROFILE=omop_cdm "
+                                    "python -m migration_assets.mapping.register\n" + result.stderr[-2000:])
