@@ -207,6 +207,21 @@ def _read_pg(location: str, url: str, query: str) -> pl.DataFrame:
     return df
 
 
+def _pg_table_name(location: str, url: str, table: str) -> str:
+    """The table as it is spelled in the database: `table` itself, or the one table on the search path
+    whose name differs from it only in case (exports create PERSON or person)."""
+    if "." in table:
+        return table
+    with _pg_connect(location, url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = ANY(current_schemas(false)) "
+            f"AND lower(table_name) = lower('{table}') ORDER BY table_name = '{table}' DESC, "
+            "array_position(current_schemas(false), table_schema::name)"
+        )
+        found = cur.fetchone()
+    return str(found[0]) if found else table
+
+
 def _pg_table_info(location: str, url: str, table: str) -> list[str]:
     """Primary-key columns of a PostgreSQL table (raises ValueError when the table is missing)."""
     quoted = ".".join(f'"{p}"' for p in table.split("."))
@@ -236,6 +251,10 @@ def _table_file(kind: str, location: str, url: str, table: str) -> tuple[str, Pa
         path = folder / f"{table}.{ext}"
         if path.is_file():
             return ext, path
+        # Exports name their files in upper or lower case (OHDSI tools write PERSON.csv or person.csv).
+        same_name = [p for p in folder.glob("*") if p.name.lower() == path.name.lower() and p.is_file()]
+        if len(same_name) == 1:
+            return ext, same_name[0]
     names = " or ".join(f"{table}.{e}" for e in candidates)
     raise FileNotFoundError(f"table {table!r} not found in {redact_url(url)}: no {names} in {folder}")
 
@@ -268,6 +287,8 @@ def read_table(url: str, table: str) -> pl.DataFrame:
         cols, _pk, decl = _sqlite_table_info(path, url, table)
         return _read_sqlite(path, f"SELECT * FROM {quoted}", _sqlite_schema(cols, decl))
     if kind == "postgresql":
+        _check_ident(table, url)
+        table = _pg_table_name(location, url, table)
         quoted = _check_ident(table, url)
         _pg_table_info(location, url, table)  # clear error for a missing table
         return _read_pg(location, url, f"SELECT * FROM {quoted}")
@@ -322,6 +343,8 @@ def iter_table_batches(url: str, table: str, batch_rows: int = 100_000) -> Itera
         yield from _rebatch(_iter_sqlite(path, f"SELECT * FROM {quoted}{order}", schema, batch_rows), batch_rows)
         return
     if kind == "postgresql":
+        _check_ident(table, url)
+        table = _pg_table_name(location, url, table)
         quoted = _check_ident(table, url)
         pk = _pg_table_info(location, url, table)
         order = f" ORDER BY {', '.join(f'{chr(34)}{c}{chr(34)}' for c in pk)}" if pk else ""

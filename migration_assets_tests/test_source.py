@@ -15,7 +15,14 @@ from migration_assets.profiles.seed_ehr.sample_data import (
     build_sample_tables,
     generate_sample_ehr,
 )
-from migration_assets.source import iter_table_batches, parse_source_url, read_query, read_table, redact_url
+from migration_assets.source import (
+    iter_table_batches,
+    parse_source_url,
+    read_query,
+    read_table,
+    redact_url,
+    write_tables,
+)
 from migration_assets_tests.fixtures_postgres import throwaway_schema_url
 
 PATIENTS, SEED = 300, 5
@@ -145,3 +152,20 @@ def test_parse_source_url() -> None:
     assert parse_source_url("csv:///data/csv") == ("csv", "/data/csv")  # a file URL: absolute
     assert parse_source_url("csv:////data/csv") == ("csv", "/data/csv")
     assert parse_source_url("/data/folder") == ("folder", "/data/folder")
+
+
+def test_a_table_named_in_another_case_is_found(tmp_path: Path) -> None:
+    """Exports spell table names in upper or lower case: PERSON.csv is the table `person`."""
+    frame = pl.DataFrame({"person_id": ["1", "2"]})
+    for url in (f"csv://{tmp_path / 'csv'}", f"parquet://{tmp_path / 'parquet'}"):
+        write_tables(url, {"PERSON": frame}, {})
+        assert read_table(url, "person").equals(frame)
+        assert pl.concat(list(iter_table_batches(url, "person", 1))).equals(frame)
+
+
+@pytest.mark.integration
+def test_a_postgresql_table_named_in_another_case_is_found(postgres_schema_url: str) -> None:
+    frame = pl.DataFrame({"PERSON_ID": ["1", "2"]})
+    write_tables(postgres_schema_url, {"PERSON": frame}, {"PERSON": "PERSON_ID"})
+    assert read_table(postgres_schema_url, "person").equals(frame)
+    assert pl.concat(list(iter_table_batches(postgres_schema_url, "person", 1))).equals(frame)
