@@ -5,7 +5,13 @@ from collections.abc import Mapping
 
 import polars as pl
 
-from migration_assets.elements.base import SourceSystem, expected_reference, key_flags, quarantine, quarantine_orphans
+from migration_assets.elements.base import (
+    SourceSystem,
+    expected_reference,
+    key_flags,
+    quarantine,
+    quarantine_orphans,
+)
 from migration_assets.elements.builders import text
 from migration_assets.elements.fhir_json import codeable_concept, coding, conditional_reference
 from migration_assets.elements.terminology import CPT, CVX, ICD10CM, LOINC, RXNORM, SNOMED_CT, UCUM

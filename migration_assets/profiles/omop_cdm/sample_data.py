@@ -84,14 +84,14 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
     for p in range(1, patients + 1):
         year, month, day = r.randint(1930, 2015), r.randint(1, 12), r.randint(1, 28)
         precision = r.random()
-        person = {"person_id": p, "gender_concept_id": r.choice([8507, 8532, 8532, 8507, 0]), "year_of_birth": year,
+        gender = r.choice([8507, 8532, 8532, 8507, 0])
+        person = {"person_id": p, "gender_concept_id": gender, "year_of_birth": year,
                   "month_of_birth": month if precision > 0.1 else None,
                   "day_of_birth": day if precision > 0.2 else None,
                   "birth_datetime": f"{year}-{month:02d}-{day:02d} 00:00:00" if precision > 0.6 else None,
                   "race_concept_id": r.choice([8527, 8516, 8515, 0]), "ethnicity_concept_id": r.choice([38003563, 38003564, 0]),
                   "location_id": r.randint(1, 3), "person_source_value": f"MRN{p:07d}",
-                  "gender_source_value": None}
-        person["gender_source_value"] = {8507: "M", 8532: "F", 0: "X"}[person["gender_concept_id"]]
+                  "gender_source_value": {8507: "M", 8532: "F", 0: "X"}[gender]}
         persons.append(person)
         if r.random() < 0.05:
             deaths.append({"person_id": p, "death_date": f"{r.randint(2016, 2023)}-0{r.randint(1, 9)}-1{r.randint(0, 9)}",

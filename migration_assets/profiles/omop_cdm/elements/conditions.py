@@ -11,7 +11,14 @@ import polars as pl
 from migration_assets.elements.base import DataElement, FrameModel, SourceSystem, frame_columns
 from migration_assets.elements.fhir_json import codeable_concept, coding, identifier, reference, without_nulls
 from migration_assets.profiles.omop_cdm.omop import (
-    concept, concept_mapped, day, encounter_reference, event_rows, event_rules, expected_encounter, expected_patient,
+    concept,
+    concept_mapped,
+    day,
+    encounter_reference,
+    event_rows,
+    event_rules,
+    expected_encounter,
+    expected_patient,
     patient_reference,
 )
 

@@ -13,7 +13,14 @@ from migration_assets.elements.base import DataElement, FrameModel, SourceSystem
 from migration_assets.elements.builders import decimal, embed_decimals, period, text
 from migration_assets.elements.fhir_json import identifier, reference, without_nulls
 from migration_assets.profiles.omop_cdm.omop import (
-    concept, concept_mapped, day, encounter_reference, event_rows, event_rules, expected_encounter, expected_patient,
+    concept,
+    concept_mapped,
+    day,
+    encounter_reference,
+    event_rows,
+    event_rules,
+    expected_encounter,
+    expected_patient,
     patient_reference,
 )
 

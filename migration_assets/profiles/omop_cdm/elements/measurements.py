@@ -22,8 +22,17 @@ from migration_assets.elements.builders import data_absent_reason, decimal, embe
 from migration_assets.elements.fhir_json import codeable_concept, coding, identifier, reference, without_nulls
 from migration_assets.elements.terminology import UCUM
 from migration_assets.profiles.omop_cdm.omop import (
-    concept, concept_mapped, day, encounter_reference, event_rows, event_rules, expected_encounter, expected_patient,
-    patient_reference, table, with_concept,
+    concept,
+    concept_mapped,
+    day,
+    encounter_reference,
+    event_rows,
+    event_rules,
+    expected_encounter,
+    expected_patient,
+    patient_reference,
+    table,
+    with_concept,
 )
 
 # OMOP Meas Value Operator concepts -> FHIR Quantity comparator ("=" is no comparator).

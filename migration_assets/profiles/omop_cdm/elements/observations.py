@@ -7,7 +7,9 @@ import polars as pl
 
 from migration_assets.elements.base import DataElement, SourceSystem
 from migration_assets.profiles.omop_cdm.elements.measurements import (
-    ObservationFrame, observation_rows, observation_transform,
+    ObservationFrame,
+    observation_rows,
+    observation_transform,
 )
 
 

@@ -13,7 +13,16 @@ from collections.abc import Mapping
 import pandera.polars as pa
 import polars as pl
 
-from migration_assets.elements.base import DATE, DataElement, FrameModel, SourceSystem, frame_columns, future_date, invalid_date, quarantine
+from migration_assets.elements.base import (
+    DATE,
+    DataElement,
+    FrameModel,
+    SourceSystem,
+    frame_columns,
+    future_date,
+    invalid_date,
+    quarantine,
+)
 from migration_assets.elements.builders import text
 from migration_assets.elements.fhir_json import coding, present
 from migration_assets.profiles.omop_cdm.omop import day, table

@@ -9,13 +9,33 @@ import pandera.polars as pa
 import polars as pl
 
 from migration_assets.elements.base import (
-    DataElement, FrameModel, SourceSystem, expected_reference, frame_columns, key_flags, quarantine, quarantine_orphans,
+    DataElement,
+    FrameModel,
+    SourceSystem,
+    expected_reference,
+    frame_columns,
+    key_flags,
+    quarantine,
+    quarantine_orphans,
 )
 from migration_assets.elements.builders import ends_before_start, period
-from migration_assets.elements.fhir_json import coding, conditional_reference, identifier, reference, without_nulls
+from migration_assets.elements.fhir_json import (
+    coding,
+    conditional_reference,
+    identifier,
+    reference,
+    without_nulls,
+)
 from migration_assets.elements.terminology import V3_ACT_CODE
 from migration_assets.profiles.omop_cdm.omop import (
-    concept, concept_mapped, day, event_rules, expected_patient, patient_reference, table, with_concept,
+    concept,
+    concept_mapped,
+    day,
+    event_rules,
+    expected_patient,
+    patient_reference,
+    table,
+    with_concept,
 )
 
 # visit_concept_id -> (ActCode, display). OMOP Visit vocabulary: 9201 Inpatient, 9202 Outpatient,

@@ -7,8 +7,8 @@ import pytest
 
 from migration_assets.elements.base import SourceSystem, build_frame
 from migration_assets.elements.profile import load_profile
-from migration_assets.profiles.omop_cdm.sample_data import CONCEPT_COLUMNS, CONCEPTS, build_sample_tables
 from migration_assets.profiles.omop_cdm.sample_data import COLUMNS as OMOP_COLUMNS
+from migration_assets.profiles.omop_cdm.sample_data import CONCEPT_COLUMNS, CONCEPTS, build_sample_tables
 
 PROFILE = load_profile("omop_cdm")
 SYSTEM = SourceSystem("https://omop.example.org/fhir")
