@@ -63,6 +63,17 @@ def _omb_extension(kind: str, column: str, codes: dict[str, tuple[str, str]]) ->
     ))
 
 
+def _extensions() -> pl.LazyFrame:
+    """Every race and ethnicity pair (either unknown) with its extension list, built once and joined on:
+    building the nested list per row cost about 40 µs a person."""
+    pairs = pl.DataFrame({"race": [*RACE, None]}, schema={"race": pl.String}).join(
+        pl.DataFrame({"ethnicity": [*ETHNICITY, None]}, schema={"ethnicity": pl.String}), how="cross")
+    return pairs.select(
+        race_key=pl.col("race").fill_null(""), ethnicity_key=pl.col("ethnicity").fill_null(""),
+        extension=present(_omb_extension("race", "race", RACE), _omb_extension("ethnicity", "ethnicity", ETHNICITY)),
+    ).lazy()
+
+
 def _two(column: str) -> pl.Expr:
     return text(pl.col(column)).str.zfill(2)
 
@@ -72,7 +83,13 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     parts = (pl.when(pl.col("month_of_birth").is_null()).then(year)
              .when(pl.col("day_of_birth").is_null()).then(pl.format("{}-{}", year, _two("month_of_birth")))
              .otherwise(pl.format("{}-{}-{}", year, _two("month_of_birth"), _two("day_of_birth"))))
+    known = pl.col("race_concept_id").is_in(list(RACE)).fill_null(False)
     frame = source.with_columns(
+        race_key=pl.when(known).then(pl.col("race_concept_id")).otherwise(pl.lit("")),
+        ethnicity_key=pl.when(pl.col("ethnicity_concept_id").is_in(list(ETHNICITY)).fill_null(False))
+        .then(pl.col("ethnicity_concept_id")).otherwise(pl.lit("")),
+    ).join(_extensions(), on=["race_key", "ethnicity_key"], how="left", maintain_order="left")
+    frame = frame.with_columns(
         birth_date=pl.coalesce(day("birth_datetime"), parts),
         deceased=day("death_date"),
         fhir_gender=pl.col("gender_concept_id").replace_strict(GENDER, default=None, return_dtype=pl.String),
@@ -86,8 +103,7 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
                 pl.lit(system.identifier_system("person-source-value")).alias("system"),
                 text(pl.col("person_source_value")).alias("value"))),
         ).alias("identifier"),
-        present(_omb_extension("race", "race_concept_id", RACE),
-                _omb_extension("ethnicity", "ethnicity_concept_id", ETHNICITY)).alias("extension"),
+        pl.col("extension"),
         pl.col("fhir_gender").alias("gender"),
         pl.col("birth_date").alias("birthDate"),
         pl.col("deceased").alias("deceasedDateTime"),
