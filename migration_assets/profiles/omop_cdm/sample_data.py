@@ -5,6 +5,8 @@ persons with only a year (or year and month) of birth, visits with no provider, 
 value. (A repeated key cannot be stored under the platform's primary keys; the mapping tests cover it.)"""
 
 import random
+from collections.abc import Callable
+from typing import Any
 
 import polars as pl
 
@@ -54,15 +56,14 @@ CONDITIONS = [(201826, "E11.9"), (320128, "I10"), (317009, "J45.909"), (0, "LOCA
 DRUGS = [(40163924, "860975"), (1308216, "314076"), (0, "HOUSE-MIX-3")]
 PROCEDURES = [(4249893, "45378"), (2514404, "99213")]
 # measurement concept, unit concept, unit source, low, high, value generator
-MEASUREMENTS = [
+MEASUREMENTS: list[tuple[int, int, str, str, str, Callable[[random.Random], str]]] = [
     (3004410, 8554, "%", "4.0", "5.6", lambda r: f"{r.uniform(4.5, 9.5):.1f}"),
     (3027018, 8541, "/min", "60", "100", lambda r: str(r.randint(55, 110))),
     (3004249, 8876, "mm[Hg]", "90", "120", lambda r: str(r.randint(100, 165))),
 ]
-FIRST = ["Ana", "Ben", "Chen", "Dara", "Eli", "Fatima", "Goran", "Hana", "Ivan", "Jia"]
 
 
-def _text(rows: list[dict], columns: list[str]) -> pl.DataFrame:
+def _text(rows: list[dict[str, Any]], columns: list[str]) -> pl.DataFrame:
     return pl.DataFrame([{c: (None if row.get(c) is None else str(row[c])) for c in columns} for row in rows],
                         schema={c: pl.String for c in columns}, orient="row")
 
