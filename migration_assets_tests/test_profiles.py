@@ -58,7 +58,7 @@ def test_a_prerequisite_neither_chosen_nor_loaded_is_a_clear_error(tmp_path: Pat
 def test_an_unknown_element_or_profile_says_what_there_is() -> None:
     with pytest.raises(ValueError, match="unknown data element 'labs' in profile seed_ehr; known: patients"):
         PROFILE.chosen(["patients", "labs"])
-    with pytest.raises(ProfileError, match=r"no profile 'no_such_schema'.*a shipped one \(seed_ehr\)"):
+    with pytest.raises(ProfileError, match=r"no profile 'no_such_schema'.*a shipped one \(omop_cdm, seed_ehr\)"):
         load_profile("no_such_schema")
     with pytest.raises(ProfileError, match="is not a Python package"):
         load_profile("/no/such/folder")
