@@ -17,7 +17,7 @@ from migration_assets.pipeline.resources import LegacySource, ManifestStore
 from migration_assets.profiles.seed_ehr.legacy_app import LegacyApp, RunningApp
 from migration_assets.profiles.seed_ehr.sample_data import generate_sample_ehr
 from migration_assets.source import read_table
-from migration_assets.verify.verification import resources_with_identifier
+from migration_assets.verify.census import resources_with_identifier
 
 pytestmark = pytest.mark.integration  # every test here starts a server or a run against one
 

@@ -31,7 +31,8 @@ from migration_assets.pipeline.loader import LoadSettings, migrate
 from migration_assets.pipeline.resources import MedplumResource, build_resources
 from migration_assets.profiles.seed_ehr.sample_data import generate_sample_ehr
 from migration_assets.source import read_table
-from migration_assets.verify.verification import accounting, census
+from migration_assets.verify.books import accounting
+from migration_assets.verify.census import census
 from migration_assets_tests.fixtures_platform import Platform
 
 pytestmark = pytest.mark.integration  # every test here starts a server or a run against one

@@ -22,15 +22,11 @@ from migration_assets.ledger.history import describe
 from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import MedplumClient
 from migration_assets.pipeline.resources import MedplumResource, MigrationSettings, build_resources
-from migration_assets.verify import verification
-from migration_assets.verify.verification import (
-    CENSUS_SCHEMA,
-    RunCensus,
-    reference_problems,
-    references_in,
-    resources_with_identifier,
-    sample_groups,
-)
+from migration_assets.verify import census as census_module
+from migration_assets.verify import reconcile
+from migration_assets.verify.books import sample_groups
+from migration_assets.verify.census import CENSUS_SCHEMA, RunCensus, references_in, resources_with_identifier
+from migration_assets.verify.reconcile import reference_problems
 from migration_assets_tests.fixtures_local_medplum import fhir_client, get_token
 
 pytestmark = pytest.mark.integration  # every test here starts a server or a run against one
@@ -47,13 +43,13 @@ def counting_censuses(monkeypatch) -> list[tuple[str, str, str]]:
     """Every census read from Medplum, as (resource type, identifier system, "whole" or "changes"): a
     spy around the real one."""
     taken: list[tuple[str, str, str]] = []
-    real_census = verification.census
+    real_census = census_module.census
 
     def spy(client, resource_type, identifier_system, visit=None, roots=None, since=None):
         taken.append((resource_type, identifier_system, "whole" if since is None else "changes"))
         return real_census(client, resource_type, identifier_system, visit, roots, since)
 
-    monkeypatch.setattr(verification, "census", spy)
+    monkeypatch.setattr(census_module, "census", spy)
     return taken
 
 
@@ -103,7 +99,7 @@ def test_a_census_reads_only_what_changed_since_the_last_one_and_a_whole_one_whe
 
     ids = {value: put(value) for value in ("census-A", "census-B", "census-C")}
     # Past the margin a census takes off the clock, so the next one has nothing to re-read.
-    monkeypatch.setattr(verification, "CENSUS_CLOCK_MARGIN", timedelta(seconds=1))
+    monkeypatch.setattr(census_module, "CENSUS_CLOCK_MARGIN", timedelta(seconds=1))
     time.sleep(4)
     taken = counting_censuses(monkeypatch)
     with MedplumClient(local_medplum.base_url, local_medplum.client_id, local_medplum.client_secret) as client:
@@ -230,9 +226,9 @@ def test_a_census_keeps_only_the_references_the_frame_expects():
                   "subject": {"reference": "Patient/p1"},
                   "participant": [{"individual": {"reference": "Practitioner/r1"}}]}]
 
-    assert verification.reference_roots(frame) == {"participant"}
-    assert verification.reference_roots(frame.drop("references")) is None, "no references column: keep them all"
-    (found,) = verification.take_census(SearchOnly(resources, every=True), frame).values()
+    assert census_module.reference_roots(frame) == {"participant"}
+    assert census_module.reference_roots(frame.drop("references")) is None, "no references column: keep them all"
+    (found,) = census_module.take_census(SearchOnly(resources, every=True), frame).values()
     assert found["references"].to_list() == [[{"path": "participant.0.individual", "reference": "Practitioner/r1"}]]
 
 
@@ -244,7 +240,7 @@ def test_each_census_row_holds_its_own_resources_references():
         {"resourceType": "Encounter", "id": "e3", "identifier": [{"system": "S", "value": "E3"}, {"system": "S", "value": "E3b"}],
          "participant": [{"individual": {"reference": "Practitioner/r1"}}], "subject": {"reference": "Patient/p3"}},
     ]
-    found = verification.census(SearchOnly(resources, every=True), "Encounter", "S")
+    found = census_module.census(SearchOnly(resources, every=True), "Encounter", "S")
 
     assert found.schema == CENSUS_SCHEMA
     assert found.rows() == [
@@ -279,7 +275,7 @@ class SearchOnly:
 @pytest.mark.parametrize("targets_read_by", ["identifier search", "census of the target kind"])
 def test_reference_problems_are_found_from_the_census_alone(targets_read_by, monkeypatch):
     if targets_read_by == "census of the target kind":  # more targets than a census page holds
-        monkeypatch.setattr(verification, "CENSUS_PAGE_SIZE", 1)
+        monkeypatch.setattr(reconcile, "CENSUS_PAGE_SIZE", 1)
     patient_system, condition_system = "https://x/patient", "https://x/condition"
     patients = [{"resourceType": "Patient", "id": f"id-{key}", "identifier": [{"system": patient_system, "value": key}]}
                 for key in ("P1", "P2")]

@@ -39,7 +39,8 @@ from migration_assets.pipeline.frame_parts import FrameParts
 from migration_assets.pipeline.loader import LoadSettings, migrate
 from migration_assets.pipeline.resources import MedplumResource, build_resources
 from migration_assets.profiles.seed_ehr.sample_data import build_sample_tables
-from migration_assets.verify.verification import accounting, census
+from migration_assets.verify.books import accounting
+from migration_assets.verify.census import census
 from migration_assets_tests.fault_proxy import Fault, FaultProxy
 from migration_assets_tests.fixtures_platform import Platform
 

@@ -8,7 +8,7 @@ import pytest
 
 from migration_assets.active import LOAD_ORDER
 from migration_assets.profiles.seed_ehr.sample_data import generate_sample_ehr
-from migration_assets.verify.verification import census
+from migration_assets.verify.census import census
 
 pytestmark = pytest.mark.integration  # every test here starts a server or a run against one
 

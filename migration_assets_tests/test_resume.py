@@ -12,7 +12,7 @@ import polars as pl
 import pytest
 
 from migration_assets.ledger.manifest import Attempt, Manifest
-from migration_assets.verify.verification import census
+from migration_assets.verify.census import census
 
 pytestmark = pytest.mark.integration  # every test here starts a server or a run against one
 

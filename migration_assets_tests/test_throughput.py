@@ -25,7 +25,8 @@ from migration_assets.pipeline.frame_parts import shard_of
 from migration_assets.pipeline.loader import LoadResult, LoadSettings, load_frame, with_direct_references
 from migration_assets.pipeline.resources import MigrationSettings
 from migration_assets.profiles.seed_ehr.sample_data import build_sample_tables
-from migration_assets.verify.verification import accounting, resources_with_identifier
+from migration_assets.verify.books import accounting
+from migration_assets.verify.census import resources_with_identifier
 
 pytestmark = pytest.mark.integration  # every test here starts a server or a run against one
 

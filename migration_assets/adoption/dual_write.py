@@ -16,11 +16,8 @@ import polars as pl
 from migration_assets.elements.fhir_json import json_leaves
 from migration_assets.medplum import MedplumClient
 from migration_assets.phases import DualWriteSample
-from migration_assets.verify.verification import (
-    find_by_identifiers,
-    take_census,
-    target_identifiers,
-)
+from migration_assets.verify.census import find_by_identifiers, take_census
+from migration_assets.verify.reconcile import target_identifiers
 
 IGNORED_FIELDS = ("id", "meta")
 DISCREPANCY_KINDS = ("missing_in_medplum", "missing_in_legacy", "duplicated_in_medplum", "stale_in_medplum", "differs")

@@ -15,9 +15,7 @@ from migration_assets.elements.base import DataElement
 from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import MedplumClient
 from migration_assets.phases import ElementPhase
-from migration_assets.verify.verification import (
-    reference_problems,
-)
+from migration_assets.verify.reconcile import reference_problems
 
 
 def assess_readiness(

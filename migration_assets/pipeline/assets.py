@@ -1,6 +1,6 @@
 """The three assets of every data element: source rows, FHIR frame, Medplum resources.
 
-Thin wrappers: the work is in elements/, loader.py and verification.py."""
+Thin wrappers: the work is in elements/, loader.py and verify/."""
 
 import shutil
 import tempfile
@@ -21,9 +21,9 @@ from migration_assets.pipeline.resources import (
     MedplumResource,
     MigrationSettings,
 )
+from migration_assets.verify.census import RunCensus
 from migration_assets.verify.evidence import reconciliation_report as build_reconciliation_report
 from migration_assets.verify.evidence import write_evidence
-from migration_assets.verify.verification import RunCensus
 
 FRAMES_IO = "frames_io_manager"
 OWNERS = ["team:migration"]

@@ -1,5 +1,5 @@
 """Asset checks per data element: the validation report a migration lead reads before trusting the
-data in Medplum. Each check calls verification.py and turns its answer into a readable result."""
+data in Medplum. Each check calls verify/ and turns its answer into a readable result."""
 
 from functools import partial
 
@@ -24,17 +24,14 @@ from migration_assets.pipeline.loader import LEDGER_COLUMNS, LoadResult, in_shar
 from migration_assets.pipeline.partitions import DATA_ELEMENTS
 from migration_assets.pipeline.reporting import counts, quarantine_summary, table
 from migration_assets.pipeline.resources import ManifestStore, MedplumResource, MigrationSettings
-from migration_assets.verify.verification import (
+from migration_assets.verify.books import accounting, content_fingerprint, sample_groups
+from migration_assets.verify.census import RunCensus, census_kinds
+from migration_assets.verify.prerequisites import check_prerequisites
+from migration_assets.verify.reconcile import (
     RECONCILE_UNIT_COLUMNS,
-    RunCensus,
-    accounting,
-    census_kinds,
-    check_prerequisites,
-    content_fingerprint,
     reconcile,
     reference_problems,
     resend_lost_writes,
-    sample_groups,
 )
 
 _FRAME = {"fhir_frames": AssetIn("fhir_frames")}

@@ -21,7 +21,7 @@ from migration_assets.elements.fhir_json import conditional_reference
 from migration_assets.ledger.manifest import Attempt, Manifest
 from migration_assets.medplum import EntryResponse, MedplumClient
 from migration_assets.pipeline.frame_parts import FrameParts, shard_of
-from migration_assets.verify.verification import check_prerequisites, quarantine_unloadable
+from migration_assets.verify.prerequisites import check_prerequisites, quarantine_unloadable
 
 log = logging.getLogger(__name__)
 

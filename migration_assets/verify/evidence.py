@@ -12,15 +12,9 @@ import polars as pl
 from migration_assets.elements.base import DataElement
 from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import MedplumClient
-from migration_assets.verify.verification import (
-    RECONCILE_UNIT_COLUMNS,
-    RunCensus,
-    accounting,
-    census_kinds,
-    reconcile,
-    resend_lost_writes,
-    take_census,
-)
+from migration_assets.verify.books import accounting
+from migration_assets.verify.census import RunCensus, census_kinds, take_census
+from migration_assets.verify.reconcile import RECONCILE_UNIT_COLUMNS, reconcile, resend_lost_writes
 
 IDENTIFIER_LIST_LIMIT = 1000
 

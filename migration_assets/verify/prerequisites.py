@@ -1,0 +1,118 @@
+"""Prerequisites: the resources of earlier elements that an element's rows reference, which of them are
+missing in Medplum, and why (the ledger's quarantine or rejection)."""
+
+
+from dataclasses import dataclass, field
+
+import polars as pl
+
+from migration_assets.active import PROFILE, get_element, prerequisites
+from migration_assets.elements.base import quarantine
+from migration_assets.ledger.manifest import Manifest
+from migration_assets.medplum import MedplumClient
+from migration_assets.verify.census import existing_identifiers
+
+LOADED_ID_SCHEMA = pl.Schema({"resource_type": pl.String, "identifier_system": pl.String,
+                               "identifier_value": pl.String, "resource_id": pl.String})
+
+
+@dataclass(frozen=True)
+class PrerequisiteReport:
+    """References of eligible rows to resources of earlier elements, and which of those are missing.
+
+    `explained` targets are missing because the ledger says why (quarantined or rejected there): the
+    rows pointing at them are quarantined. `unexplained` ones block the load: the prerequisite
+    element has not been loaded (or not since its source changed)."""
+
+    checked: int
+    explained: pl.DataFrame  # resource_type, identifier_system, identifier_value, element, disposition, rule
+    unexplained: pl.DataFrame  # resource_type, identifier_system, identifier_value, element
+    # The targets the ledger records as written, with the id Medplum gave them: resource_type,
+    # identifier_system, identifier_value, resource_id.
+    loaded_ids: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=LOADED_ID_SCHEMA))
+
+    @property
+    def blocking_elements(self) -> list[str]:
+        return sorted(set(self.unexplained["element"].to_list()))
+
+    def message(self) -> str:
+        if self.unexplained.is_empty():
+            return f"all {self.checked} referenced resources of earlier data elements are in Medplum"
+        per_element = self.unexplained.group_by("element").len().sort("element")
+        parts = [
+            f"{row['len']} {row['element']} resources (e.g. {self._examples(row['element'])})"
+            for row in per_element.iter_rows(named=True)
+        ]
+        names = ", ".join(f"'{name}'" for name in self.blocking_elements)
+        return f"not in Medplum: {'; '.join(parts)}. Materialize the partition(s) {names} first."
+
+    def _examples(self, element: str) -> str:
+        values = self.unexplained.filter(pl.col("element") == element)["identifier_value"].head(3).to_list()
+        return ", ".join(values)
+
+
+def check_prerequisites(
+    client: MedplumClient, manifest: Manifest, element_name: str, frame: pl.DataFrame
+) -> PrerequisiteReport:
+    own_types = set(get_element(element_name).schemas)
+    producers = pl.DataFrame(
+        [(resource_type, element.name) for element in PROFILE.elements for resource_type in element.schemas],
+        schema={"resource_type": pl.String, "element": pl.String},
+        orient="row",
+    )
+    targets = (
+        frame.filter(pl.col("quarantine_rule").is_null())
+        .select(pl.col("references").explode())
+        .unnest("references")
+        .drop_nulls("resource_type")
+        .filter(~pl.col("resource_type").is_in(list(own_types)))
+        .select("resource_type", "identifier_system", "identifier_value")
+        .unique()
+        .join(producers, on="resource_type", how="left")
+    )
+    # Only the columns used: a million units with every column weigh about half a gigabyte.
+    columns = ("resource_type", "identifier_system", "identifier_value", "disposition", "rule", "reason", "resource_id")
+    ledger = pl.concat(
+        [manifest.units(name, columns) for name in prerequisites(element_name)]
+        or [manifest.units(element_name, columns).clear()]
+    )
+    known = targets.join(ledger, on=["resource_type", "identifier_system", "identifier_value"], how="left")
+    explained = known.filter(pl.col("disposition").is_in(["quarantined", "rejected", "skipped"]))
+    not_loaded = known.filter(pl.col("disposition").is_null() | (pl.col("disposition") == "pending"))
+    # Not in the ledger as loaded: perhaps written by other means (dual writes), so Medplum decides.
+    missing = [not_loaded.clear()]
+    for (resource_type, system), group in not_loaded.group_by("resource_type", "identifier_system"):
+        present = existing_identifiers(client, str(resource_type), str(system), group["identifier_value"].to_list())
+        missing.append(group.filter(~pl.col("identifier_value").is_in(list(present))))
+    loaded = known.filter((pl.col("disposition") == "successful") & pl.col("resource_id").is_not_null())
+    return PrerequisiteReport(
+        checked=targets.height,
+        explained=explained.drop("resource_id"),
+        unexplained=pl.concat(missing).select("resource_type", "identifier_system", "identifier_value", "element"),
+        loaded_ids=loaded.select(list(LOADED_ID_SCHEMA)).cast(LOADED_ID_SCHEMA),
+    )
+
+
+def quarantine_unloadable(frame: pl.DataFrame, report: PrerequisiteReport) -> pl.DataFrame:
+    """Quarantine the rows that reference a resource the ledger says will not be in Medplum."""
+    if report.explained.is_empty():
+        return frame
+    reasons = report.explained.select(
+        "identifier_system",
+        "identifier_value",
+        why=pl.format("{} {} was not loaded ({})", pl.col("resource_type"), pl.col("identifier_value"),
+                      pl.col("rule").fill_null(pl.col("disposition"))),
+    )
+    blocked = (
+        frame.with_row_index("_row")
+        .select("_row", "references")
+        .explode("references")
+        .unnest("references")
+        .join(reasons, on=["identifier_system", "identifier_value"])
+        .group_by("_row")
+        .agg(pl.col("why").first())
+    )
+    marked = frame.with_row_index("_row").join(blocked, on="_row", how="left")
+    return quarantine(marked, "prerequisite_not_loaded", pl.col("why").is_not_null(), pl.col("why")).drop("_row", "why")
+
+
