@@ -7,6 +7,9 @@
 // Settings (environment):
 //   MEDPLUM_LOCAL_PORT                  port on 127.0.0.1 (default 8103; 0 = any free port)
 //   MEDPLUM_CLIENT_ID / _SECRET         accepted client credentials (default local-migration-client / -secret)
+//   MEDPLUM_LOCAL_CLIENTS               more accepted credentials, `id:secret,id:secret`. Each credential acts
+//                                       in its own project (its own resources), as clients of different
+//                                       projects of one Medplum server do
 //   MEDPLUM_LOCAL_TOKEN_TTL             access token lifetime in seconds (default 3600)
 //   MEDPLUM_LOCAL_TRANSACTION_BUNDLES   true|false: the project feature `transaction-bundles` (default true)
 //   MEDPLUM_LOCAL_FHIR_QUOTA            FHIR interaction points per client per minute (default 0 = off)
@@ -14,8 +17,10 @@
 //   MEDPLUM_LOCAL_POINTS_PER_SECOND     pace the server to this much work a second, in quota points
 //                                       (default 0 = as fast as it goes; 80000 = about 800 writes/s)
 //   MEDPLUM_LOCAL_LOG                   1 = log each request to stderr
-//   MEDPLUM_LOCAL_DATA_FILE             NDJSON file the store persists to (default unset = memory only)
+//   MEDPLUM_LOCAL_DATA_FILE             NDJSON file the store persists to (default unset = memory only);
+//                                       the projects of MEDPLUM_LOCAL_CLIENTS beside it, `<file>.<client id>`
 //   MEDPLUM_LOCAL_SAVE_IDLE_SECONDS     save this long after the last write (default 2; at most 30 s of writes)
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
 import nodePath from 'node:path';
@@ -52,6 +57,7 @@ export function readConfig(env = process.env) {
     port: Number.parseInt(env.MEDPLUM_LOCAL_PORT || '8103', 10),
     clientId: env.MEDPLUM_CLIENT_ID || 'local-migration-client',
     clientSecret: env.MEDPLUM_CLIENT_SECRET || 'local-migration-secret',
+    moreClients: parseClients(env.MEDPLUM_LOCAL_CLIENTS ?? ''),
     tokenTtl: Number.parseInt(env.MEDPLUM_LOCAL_TOKEN_TTL || '3600', 10),
     transactionBundles: flag(env.MEDPLUM_LOCAL_TRANSACTION_BUNDLES, true),
     fhirQuota: Number.parseInt(env.MEDPLUM_LOCAL_FHIR_QUOTA || '0', 10) || 0,
@@ -63,6 +69,27 @@ export function readConfig(env = process.env) {
   };
 }
 
+/** `id:secret,id:secret` as [id, secret] pairs. */
+function parseClients(text) {
+  return text
+    .split(',')
+    .map((pair) => pair.trim())
+    .filter(Boolean)
+    .map((pair) => {
+      const colon = pair.indexOf(':');
+      if (colon <= 0) {
+        throw new Error(`MEDPLUM_LOCAL_CLIENTS: "${pair}" is not id:secret`);
+      }
+      return [pair.slice(0, colon), pair.slice(colon + 1)];
+    });
+}
+
+/** A stable project id for a client (the same after a restart, so a persisted store keeps its project). */
+function projectIdOf(clientId) {
+  const hex = createHash('sha256').update(`medplum-local-project:${clientId}`).digest('hex');
+  return `${hex.slice(0, 8)}-${hex.slice(8, 12)}-${hex.slice(12, 16)}-${hex.slice(16, 20)}-${hex.slice(20, 32)}`;
+}
+
 function nonNegative(value, fallback) {
   return Number.isFinite(value) && value >= 0 ? value : fallback;
 }
@@ -71,18 +98,18 @@ function nonNegative(value, fallback) {
  * With `pointsPerSecond`, each also holds the store until the work it did (repo.workPoints, in quota
  * points) has taken that long: a server with a real one's capacity, which more requests in flight do not
  * raise, where this one in memory writes tens of times faster than Medplum on PostgreSQL. */
-function createSerializer(repo, pointsPerSecond) {
+function createSerializer(workPoints, pointsPerSecond) {
   let tail = Promise.resolve();
   // The moment the paced server is done with the work it was given (a clock, so that requests too
   // small for a timer add up instead of each waiting a whole millisecond).
   let busyUntil = 0;
   const paced = async (fn) => {
     const started = performance.now();
-    const before = repo.workPoints;
+    const before = workPoints();
     try {
       return await fn();
     } finally {
-      busyUntil = Math.max(busyUntil, started) + ((repo.workPoints - before) / pointsPerSecond) * 1000;
+      busyUntil = Math.max(busyUntil, started) + ((workPoints() - before) / pointsPerSecond) * 1000;
       const ms = busyUntil - performance.now();
       if (ms >= 1) {
         await new Promise((resolve) => setTimeout(resolve, ms));
@@ -98,19 +125,17 @@ function createSerializer(repo, pointsPerSecond) {
 
 export function createLocalMedplum(config) {
   loadDefinitions();
-  const repo = new LocalRepository();
   const router = new FhirRouter();
-  const tokens = new TokenIssuer({
-    clientId: config.clientId,
-    clientSecret: config.clientSecret,
-    ttlSeconds: config.tokenTtl,
-  });
+  const clients = new Map([[config.clientId, config.clientSecret], ...config.moreClients]);
+  const tokens = new TokenIssuer({ clients, ttlSeconds: config.tokenTtl, projectOf: projectIdOf });
   const limiter = new RateLimiter(config.fhirQuota, config.quotaWindowSeconds);
-  const serialize = createSerializer(repo, config.pointsPerSecond);
-  // Throws a DataFileError (the server must not start) if the data file exists but cannot be loaded.
-  const persistence = config.dataFile
-    ? createPersistence({ repo, file: config.dataFile, serialize, idleMs: config.saveIdleSeconds * 1000 })
-    : null;
+  // One project per client credential: its own store, async jobs and data file.
+  const projects = new Map();
+  // The paced server's capacity is the whole server's, shared by its projects.
+  const serialize = createSerializer(
+    () => [...projects.values()].reduce((sum, project) => sum + project.repo.workPoints, 0),
+    config.pointsPerSecond
+  );
   // `transactions: false` makes the stock BatchProcessor treat a transaction like a batch, as Medplum does
   // for projects without the transaction-bundles feature; `true` enables atomicity and the size limits.
   const requestConfig = { transactions: config.transactionBundles };
@@ -124,11 +149,21 @@ export function createLocalMedplum(config) {
     headers,
     config: requestConfig,
   });
-  const jobs = new AsyncJobs({
-    repo,
-    serialize,
-    processBundle: (bundle) => router.handleRequest(fhirRequest('POST', '', bundle, {}), repo),
-  });
+  for (const clientId of clients.keys()) {
+    const repo = new LocalRepository();
+    const file = config.dataFile && (clientId === config.clientId ? config.dataFile : `${config.dataFile}.${clientId}`);
+    projects.set(clientId, {
+      id: projectIdOf(clientId),
+      repo,
+      jobs: new AsyncJobs({
+        repo,
+        serialize,
+        processBundle: (bundle) => router.handleRequest(fhirRequest('POST', '', bundle, {}), repo),
+      }),
+      // Throws a DataFileError (the server must not start) if a data file exists but cannot be loaded.
+      persistence: file ? createPersistence({ repo, file, serialize, idleMs: config.saveIdleSeconds * 1000 }) : null,
+    });
+  }
   let baseUrl = `http://127.0.0.1:${config.port}/`;
 
   async function handle(req, res) {
@@ -153,7 +188,7 @@ export function createLocalMedplum(config) {
         const { status, body } = tokens.issue(form, req.headers.authorization);
         return sendJson(status, body, { 'Content-Type': 'application/json', 'Cache-Control': 'no-store' });
       }
-      if (url.pathname !== FHIR_PREFIX && !url.pathname.startsWith(FHIR_PREFIX + '/')) {
+      if (url.pathname !== FHIR_PREFIX && !url.pathname.startsWith(FHIR_PREFIX + '/') && url.pathname !== '/auth/me') {
         return sendJson(404, notFound);
       }
 
@@ -163,6 +198,10 @@ export function createLocalMedplum(config) {
       }
       rateKey = 'client:' + clientId;
       limiter.countRequest(rateKey);
+      const { repo, jobs, id: projectId } = projects.get(clientId);
+      if (req.method === 'GET' && url.pathname === '/auth/me') {
+        return sendJson(200, { project: { resourceType: 'Project', id: projectId, name: clientId } });
+      }
 
       const path = url.pathname.slice(FHIR_PREFIX.length).replace(/^\/+|\/+$/g, '');
       const body = parseBody(await readBody(req), req.headers['content-type']);
@@ -254,10 +293,11 @@ export function createLocalMedplum(config) {
     });
   });
 
+  const defaultProject = projects.get(config.clientId);
   return {
     server,
-    repo,
-    persistence,
+    repo: defaultProject.repo,
+    persistences: [...projects.values()].map((project) => project.persistence).filter(Boolean),
     setBaseUrl(value) {
       baseUrl = value;
     },
@@ -571,7 +611,7 @@ async function main() {
   let stopping = false;
   const shutdown = (signal) => {
     if (stopping) {
-      if (app.persistence) {
+      if (app.persistences.length) {
         console.error(`medplum-local: ${signal} again, exiting without saving`);
         process.exit(1);
       }
@@ -579,7 +619,7 @@ async function main() {
     }
     stopping = true;
     console.error(`medplum-local: ${signal}, shutting down`);
-    if (!app.persistence) {
+    if (!app.persistences.length) {
       app.server.close(() => process.exit(0));
       app.server.closeAllConnections();
       setTimeout(() => process.exit(0), 2000).unref();
@@ -587,21 +627,24 @@ async function main() {
     }
     app.server.close();
     app.server.closeAllConnections();
-    // Waits for the request in progress (the serializer), then writes the store.
-    app.persistence.flush().then(
-      (saved) => {
-        console.error(
-          saved === null
-            ? `medplum-local: no changes to save to ${app.persistence.file}`
-            : `medplum-local: saved ${saved} resources to ${app.persistence.file}`
-        );
-        process.exit(0);
-      },
-      (err) => {
-        console.error(`medplum-local: could not save the store to ${app.persistence.file}: ${err.message}`);
-        process.exit(1);
-      }
+    // Waits for the request in progress (the serializer), then writes each project's store.
+    const flushed = app.persistences.map((persistence) =>
+      persistence.flush().then(
+        (saved) => {
+          console.error(
+            saved === null
+              ? `medplum-local: no changes to save to ${persistence.file}`
+              : `medplum-local: saved ${saved} resources to ${persistence.file}`
+          );
+          return true;
+        },
+        (err) => {
+          console.error(`medplum-local: could not save the store to ${persistence.file}: ${err.message}`);
+          return false;
+        }
+      )
     );
+    Promise.all(flushed).then((results) => process.exit(results.every(Boolean) ? 0 : 1));
   };
   process.on('SIGINT', () => shutdown('SIGINT'));
   process.on('SIGTERM', () => shutdown('SIGTERM'));

@@ -37,8 +37,16 @@ class Platform:
     def client(self) -> MedplumClient:
         return MedplumClient(self.server.base_url, self.server.client_id, self.server.client_secret)
 
+    def through(self, client_id: str, client_secret: str) -> "Platform":
+        """The same platform (source, ledger, Dagster instance, folders) writing through another credential
+        of its server (one of `more_clients`): another project, another target."""
+        return build_platform(self.work, self.server.as_client(client_id, client_secret), self.source_url,
+                              self.instance, self.manifest_url)
+
     def manifest(self) -> Manifest:
-        return Manifest(self.manifest_url)
+        """The books of this platform's Medplum (its server and project)."""
+        with self.client() as client:
+            return Manifest(self.manifest_url, client.target.key)
 
 
 def build_platform(
@@ -68,14 +76,16 @@ class PlatformFactory:
         self._stack = ExitStack()
 
     def new(
-        self, patients: int = 60, source_url: str | None = None, name: str = "p", manifest_url: str | None = None
+        self, patients: int = 60, source_url: str | None = None, name: str = "p", manifest_url: str | None = None,
+        more_clients: dict[str, str] | None = None,
     ) -> Platform:
         work = self.work / name
         work.mkdir(parents=True)
         if source_url is None:
             source_url = f"sqlite:///{work / 'legacy.db'}"
             generate_sample_ehr(source_url, patients=patients)
-        server = self._stack.enter_context(running_local_medplum(log_path=work / "medplum.log"))
+        server = self._stack.enter_context(running_local_medplum(log_path=work / "medplum.log",
+                                                                 more_clients=more_clients))
         (work / "dagster_home").mkdir()
         instance = DagsterInstance.local_temp(tempdir=str(work / "dagster_home"))
         self._stack.callback(instance.dispose)

@@ -17,15 +17,18 @@ import httpx
 import polars as pl
 import pytest
 
+from migration_assets.active import get_element
 from migration_assets.definitions import make_definitions
 from migration_assets.ledger.history import describe
 from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import MedplumClient
+from migration_assets.pipeline.frame_parts import REFERENCE_COLUMNS, FrameParts
 from migration_assets.pipeline.resources import MedplumResource, MigrationSettings, build_resources
 from migration_assets.verify import census as census_module
 from migration_assets.verify import reconcile
 from migration_assets.verify.books import sample_groups
 from migration_assets.verify.census import CENSUS_SCHEMA, RunCensus, references_in, resources_with_identifier
+from migration_assets.verify.evidence import reconciliation_report
 from migration_assets.verify.reconcile import reference_problems
 from migration_assets_tests.fixtures_local_medplum import fhir_client, get_token
 
@@ -64,9 +67,10 @@ def test_the_checks_and_the_report_of_a_run_read_medplum_once(platform_factory, 
     first = platform.run("patients")
 
     assert first.ok, (first.error, first.failure_messages)
-    assert taken == [("Patient", PATIENT_SYSTEM, "whole")], "reference_integrity, idempotent_reload, " \
-        f"reconciliation and the report must share one census per run; Medplum was read for {taken}"
-    (census_file,) = folder.glob("*.parquet")
+    assert taken == [("Patient", PATIENT_SYSTEM, "whole"), ("Patient", PATIENT_SYSTEM, "changes")], \
+        "the load reads what the target holds before sending, then reference_integrity, idempotent_reload, " \
+        f"reconciliation and the report share one census per run; Medplum was read for {taken}"
+    (census_file,) = folder.glob("*/*.parquet")
     census = pl.read_parquet(census_file)
     assert set(census.columns) == set(CENSUS_SCHEMA), "the census keeps identifiers, ids and references, not resources"
     assert census.height == 30
@@ -79,8 +83,9 @@ def test_the_checks_and_the_report_of_a_run_read_medplum_once(platform_factory, 
     second = platform.run("patients")
 
     assert second.ok, (second.error, second.failure_messages)
-    assert taken[1:] == [("Patient", PATIENT_SYSTEM, "changes")], "the next run reads what changed since"
-    assert [path.name for path in folder.glob("*.parquet")] == [census_file.name], "one census file per kind"
+    assert taken[2:] == [("Patient", PATIENT_SYSTEM, "changes")] * 2, "the next run reads what changed since"
+    assert [path.name for path in folder.glob("*/*.parquet")] == [census_file.name], \
+        "one census file per kind and target"
     evidence = json.loads((platform.work / "evidence" / "patients" / "reconciliation.json").read_text())
     assert evidence["evidence"]["census"].startswith("Patient: ") and "30 in Medplum" in evidence["evidence"]["census"]
 
@@ -313,7 +318,7 @@ def test_reference_problems_are_found_from_the_census_alone(targets_read_by, mon
 # -- lost writes ------------------------------------------------------------------------------------
 
 
-def test_a_write_lost_after_its_acknowledgement_is_reported_then_resent_by_the_next_load(platform_factory):
+def test_a_write_lost_after_its_acknowledgement_is_sent_again_by_the_next_load(platform_factory):
     platform = platform_factory.new(patients=30)
     assert platform.run("patients").ok
     with platform.client() as client:
@@ -322,30 +327,35 @@ def test_a_write_lost_after_its_acknowledgement_is_reported_then_resent_by_the_n
         deleted = fhir.delete(f"Patient/{lost['id']}")
     assert deleted.status_code == 200, deleted.text
 
-    noticed = platform.run("patients")
-
-    assert noticed.counts["sent"] == 0, "the load skips the unit: the ledger says it was loaded unchanged"
-    assert "reconciliation" in noticed.checks_failed
-    message = check_message(noticed, "reconciliation")
-    assert "29 of 30 expected resources found; 1 missing" in message
-    assert key in message and "set back to pending" in message
-    assert "idempotent_reload" in noticed.checks_passed, "the lost write is the next load's to resend, not the check's"
-    with platform.manifest() as manifest:
-        unit = manifest.units("patients").filter(pl.col("identifier_value") == key).row(0, named=True)
-    assert unit["disposition"] == "pending" and unit["content_hash"] is None
-    assert unit["reason"].startswith("acknowledged by Medplum but not found at ")
-    evidence = json.loads((platform.work / "evidence" / "patients" / "reconciliation.json").read_text())
-    assert evidence["passed"] is False and evidence["figures"]["lost_writes_marked_for_resend"] == 1
-    assert [lost["identifier_value"] for lost in evidence["lost_writes_marked_for_resend"]] == [key]
-    assert evidence["figures"]["disposition/pending"] == 1
-
     healed = platform.run("patients")
 
     assert healed.ok, (healed.error, healed.failure_messages)
+    assert healed.counts["lost_in_target"] == 1, "the load's census before sending found the loss"
     assert healed.counts["sent"] == 1 and healed.counts["created"] == 1
     with platform.client() as client:
         values = [value for value, _ in resources_with_identifier(client, "Patient", PATIENT_SYSTEM)]
     assert values.count(key) == 1 and len(values) == 30
+    with platform.manifest() as manifest:
+        unit = manifest.units("patients").filter(pl.col("identifier_value") == key).row(0, named=True)
+    assert unit["disposition"] == "successful" and unit["resource_id"] != lost["id"]
+    evidence = json.loads((platform.work / "evidence" / "patients" / "reconciliation.json").read_text())
+    assert evidence["passed"] is True and evidence["figures"]["lost_writes"] == 0
+
+
+def test_a_write_lost_after_the_load_is_reported_by_the_checks_without_writing(platform_factory):
+    platform = platform_factory.new(patients=30)
+    assert platform.run("patients").ok
+    with platform.client() as client:
+        key, lost = sorted(resources_with_identifier(client, "Patient", PATIENT_SYSTEM), key=lambda found: found[0])[3]
+    with fhir_client(platform.server, get_token(platform.server)) as fhir:
+        assert fhir.delete(f"Patient/{lost['id']}").status_code == 200
+    frame = FrameParts(platform.work / "frames" / "fhir_frames" / "patients").read(REFERENCE_COLUMNS)
+    with platform.client() as client, platform.manifest() as manifest:
+        report = reconciliation_report(client, manifest, get_element("patients"), frame, platform.source_url)
+    assert report["figures"]["lost_writes"] == 1 and [row["identifier_value"] for row in report["lost_writes"]] == [key]
+    with platform.manifest() as manifest:
+        unit = manifest.units("patients").filter(pl.col("identifier_value") == key).row(0, named=True)
+    assert unit["disposition"] == "successful", "the checks and the report only read the books; the load heals"
 
 
 # -- runs left running -----------------------------------------------------------------------------

@@ -1,12 +1,17 @@
 // OAuth2 client-credentials tokens, as machine clients use them against Medplum.
-// One client is accepted (MEDPLUM_CLIENT_ID / MEDPLUM_CLIENT_SECRET); tokens are opaque random strings
-// kept in memory that expire after MEDPLUM_LOCAL_TOKEN_TTL seconds.
+// The accepted clients are MEDPLUM_CLIENT_ID / MEDPLUM_CLIENT_SECRET and those of MEDPLUM_LOCAL_CLIENTS;
+// tokens are opaque random strings kept in memory that expire after MEDPLUM_LOCAL_TOKEN_TTL seconds. The
+// token response names the client's project, as Medplum's does.
 import { randomBytes, timingSafeEqual } from 'node:crypto';
 
 export class TokenIssuer {
-  constructor({ clientId, clientSecret, ttlSeconds }) {
-    this.clientId = clientId;
-    this.clientSecret = clientSecret;
+  /**
+   * @param {{clients: Map<string, string>, ttlSeconds: number, projectOf: (clientId: string) => string}} options
+   *   clients: client id -> secret; projectOf: the id of a client's project
+   */
+  constructor({ clients, ttlSeconds, projectOf }) {
+    this.clients = clients;
+    this.projectOf = projectOf;
     this.ttlSeconds = ttlSeconds;
     this.tokens = new Map(); // token -> { clientId, expiresAt }
   }
@@ -33,7 +38,8 @@ export class TokenIssuer {
     if (!clientId || !clientSecret) {
       return oauthError(400, 'invalid_request', 'Missing client_id or client_secret');
     }
-    if (!sameString(clientId, this.clientId) || !sameString(clientSecret, this.clientSecret)) {
+    const expected = this.clients.get(clientId);
+    if (expected === undefined || !sameString(clientSecret, expected)) {
       return oauthError(400, 'invalid_client', 'Invalid client credentials');
     }
     this.prune();
@@ -41,7 +47,13 @@ export class TokenIssuer {
     this.tokens.set(token, { clientId, expiresAt: Date.now() + this.ttlSeconds * 1000 });
     return {
       status: 200,
-      body: { access_token: token, expires_in: this.ttlSeconds, token_type: 'Bearer', scope: 'openid' },
+      body: {
+        access_token: token,
+        expires_in: this.ttlSeconds,
+        token_type: 'Bearer',
+        scope: 'openid',
+        project: { reference: `Project/${this.projectOf(clientId)}` },
+      },
     };
   }
 

@@ -96,10 +96,10 @@ def _behaviour_table() -> pl.DataFrame:
     "phases.yaml, validated), what the phase lets run, the last sync and its watermark, read readiness and "
     "the legacy archive.",
 )
-def adoption_status(context: AssetExecutionContext, manifest: ManifestStore,
+def adoption_status(context: AssetExecutionContext, medplum: MedplumResource, manifest: ManifestStore,
                     migration_settings: MigrationSettings) -> MaterializeResult:
     config = _phases()
-    with manifest.open() as ledger:
+    with manifest.open(medplum.target()) as ledger:
         syncs = SyncState(ledger).last_syncs()
     readiness_dir = state_dir(migration_settings.evidence_dir, "readiness")
     archive_dir = state_dir(migration_settings.evidence_dir, "legacy_archive")
@@ -153,7 +153,7 @@ def legacy_sync(
     config = _phases()
     phase = config.of(element.name)
     try:
-        with medplum.open_client() as client, manifest.open() as ledger:
+        with medplum.open_client() as client, manifest.open(client.target) as ledger:
             outcome = sync_element(
                 client, ledger, context.run.run_id, element, phase, config.version, legacy_db.url,
                 migration_settings.source_system, migration_settings.load_settings(element),
@@ -205,7 +205,7 @@ def dual_write_consistency(
     phase = config.of(element.name)
     tables = read_legacy(legacy_db.url, element)
     rows, frame = legacy_frame(element, tables, migration_settings.source_system)
-    with medplum.open_client() as client, manifest.open() as ledger:
+    with medplum.open_client() as client, manifest.open(client.target) as ledger:
         units = ledger.units(element.name)
         if phase.behaviour.first_sync_from == "phase_start":
             frame = frame.filter(select_candidates(element, tables, rows, frame, {}, phase, units, 0).mask)
@@ -256,7 +256,7 @@ def read_readiness(
     config = _phases()
     phase = config.of(element.name)
     _, frame = legacy_frame(element, read_legacy(legacy_db.url, element), migration_settings.source_system)
-    with medplum.open_client() as client, manifest.open() as ledger:
+    with medplum.open_client() as client, manifest.open(client.target) as ledger:
         document, report, problems = assess_readiness(client, ledger, element, frame, phase, config.version)
     document["source"] = legacy_db.display_url
     path = write_readiness(document, state_dir(migration_settings.evidence_dir, "readiness"))
@@ -320,7 +320,7 @@ def legacy_archive(
     if not phase.behaviour.archive:
         raise Failure(description=f"{phase.describe()}: the legacy tables are archived when it is deprecated")
     _, frame = legacy_frame(element, read_legacy(legacy_db.url, element), migration_settings.source_system)
-    with medplum.open_client() as client, manifest.open() as ledger:
+    with medplum.open_client() as client, manifest.open(client.target) as ledger:
         document, _, _ = assess_readiness(client, ledger, element, frame, phase, config.version)
     if not document["ready"]:
         raise Failure(description=f"final verification of {element.name} failed: {'; '.join(document['reasons'])}",
@@ -380,7 +380,7 @@ def chart_review(
     migration_settings: MigrationSettings,
 ) -> MaterializeResult:
     directory = state_dir(migration_settings.evidence_dir, "chart_review") / context.run.run_id
-    with medplum.open_client() as client, manifest.open() as ledger:
+    with medplum.open_client() as client, manifest.open(client.target) as ledger:
         review = build_chart_review(client, ledger, legacy_db.url, migration_settings.source_system, directory,
                                     config.sample_size, config.seed, config.elements or None)
     seed = next(s.seed for s in review.samples if s.kind == "random")
@@ -432,11 +432,12 @@ def _sync_schedule(element: str):  # type: ignore[no-untyped-def]
 def _sync_sensor(element: str):  # type: ignore[no-untyped-def]
     @sensor(name=f"sync_{element}_on_legacy_change", job=sync_job, minimum_interval_seconds=30,
             description=f"Sync {element} as soon as a legacy row it reads has an updated_at after the watermark.")
-    def _sensor(context: SensorEvaluationContext, legacy_db: LegacySource, manifest: ManifestStore) -> RunRequest | SkipReason:
+    def _sensor(context: SensorEvaluationContext, legacy_db: LegacySource, medplum: MedplumResource,
+                manifest: ManifestStore) -> RunRequest | SkipReason:
         phase = load_phases().of(element)
         if phase.behaviour.sync == "off":
             return SkipReason(f"{phase.describe()}: no longer synced")
-        with manifest.open() as ledger:
+        with manifest.open(medplum.target()) as ledger:
             marks = SyncState(ledger).watermarks(element)
         newest, changed = pending_changes(legacy_db.url, get_element(element), marks)
         if not changed:

@@ -19,11 +19,13 @@ from migration_assets import config
 from migration_assets.active import LOAD_ORDER, PROFILE, prerequisites
 from migration_assets.commands.environment import ensure_dagster_home, ensure_legacy_source, medplum_server
 from migration_assets.ledger.manifest import Manifest
-from migration_assets.pipeline.resources import ManifestStore
+from migration_assets.medplum import Target
+from migration_assets.pipeline.resources import ManifestStore, MedplumResource
 
 # Step-by-step events stay in the instance (and the UI); the console gets the element's own lines.
 QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
-SUMMARY_COUNTS = ("source_rows", "quarantined", "sent", "created", "updated", "unchanged", "not_sent_unchanged", "failed")
+SUMMARY_COUNTS = ("source_rows", "quarantined", "sent", "created", "updated", "unchanged", "not_sent_unchanged",
+                  "lost_in_target", "failed")
 
 
 @dataclass
@@ -106,11 +108,11 @@ def read_run_config(path: Path | None) -> dict[str, Any]:
     return loaded
 
 
-def missing_prerequisites(chosen: Sequence[str], manifest_url: str) -> list[str]:
-    """One line per chosen element whose prerequisite is neither chosen nor loaded before (the ledger
-    holds no successful unit of it)."""
+def missing_prerequisites(chosen: Sequence[str], manifest_url: str, target: Target) -> list[str]:
+    """One line per chosen element whose prerequisite is neither chosen nor loaded into `target` before
+    (its books there hold no successful unit of it)."""
     problems = []
-    with Manifest(manifest_url) as ledger:
+    with Manifest(manifest_url, target.key) as ledger:
         for element in chosen:
             for needed in prerequisites(element):
                 if needed in chosen:
@@ -132,16 +134,19 @@ def main(argv: list[str] | None = None) -> int:
     ensure_dagster_home()
     ensure_legacy_source(args.patients)
     summaries = []
-    with medplum_server() as base_url, DagsterInstance.get() as instance:
+    with medplum_server(), DagsterInstance.get() as instance:
         # Imported once the environment is set: the resources read it.
         from migration_assets.definitions import defs
 
         manifest: ManifestStore = (defs.resources or {})["manifest"]
-        problems = missing_prerequisites(LOAD_ORDER, manifest.url)
+        medplum: MedplumResource = (defs.resources or {})["medplum"]
+        # The credentials resolved from the environment (EnvVar), as a run resolves them.
+        target = medplum.process_config_and_initialize().target()
+        problems = missing_prerequisites(LOAD_ORDER, manifest.url, target)
         if problems:
             print("\n".join(problems), file=sys.stderr)
             return 2
-        print(f"profile {PROFILE.name}: migrating into {base_url} in order: {', '.join(LOAD_ORDER)}")
+        print(f"profile {PROFILE.name}: migrating into {target} in order: {', '.join(LOAD_ORDER)}")
         for element in LOAD_ORDER:
             summaries.append(migrate_element(element, instance, defs, run_config))
             print(f"{element}: {'ok' if summaries[-1].ok else 'FAILED'}", flush=True)

@@ -16,7 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +53,10 @@ class LocalMedplum:
     def token_url(self) -> str:
         return self.base_url + "oauth2/token"
 
+    def as_client(self, client_id: str, client_secret: str) -> LocalMedplum:
+        """The same server through another credential (one of `more_clients`): another project."""
+        return LocalMedplum(self.base_url, client_id, client_secret)
+
 
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
@@ -71,6 +75,7 @@ def start_local_medplum(
     log_path: Path | None = None,
     data_file: Path | None = None,
     points_per_second: float = 0,
+    more_clients: Mapping[str, str] | None = None,
 ) -> tuple[LocalMedplum, subprocess.Popen[bytes]]:
     """Starts the server in its own process group and waits until /healthcheck answers.
 
@@ -78,6 +83,8 @@ def start_local_medplum(
     this raise LocalMedplumError with the server's message). None: memory only.
     `points_per_second`: pace the server to that much work a second, counted in Medplum's quota points
     (a write 100, a search 20, a read or a resource a search returns 1). 0: as fast as it goes.
+    `more_clients`: more accepted credentials (client id -> secret), each acting in its own project, as
+    clients of different projects on one Medplum server (`server.as_client(client_id, secret)`).
     """
     if not NODE_BINARY.exists():
         raise LocalMedplumError(
@@ -97,6 +104,7 @@ def start_local_medplum(
         "MEDPLUM_LOCAL_TRANSACTION_BUNDLES": "true" if transaction_bundles else "false",
         "MEDPLUM_LOCAL_TOKEN_TTL": str(token_ttl),
         "MEDPLUM_LOCAL_POINTS_PER_SECOND": str(points_per_second),
+        "MEDPLUM_LOCAL_CLIENTS": ",".join(f"{key}:{secret}" for key, secret in (more_clients or {}).items()),
     }
     env.pop("MEDPLUM_LOCAL_DATA_FILE", None)
     if data_file is not None:
@@ -174,6 +182,7 @@ def running_local_medplum(
     log_path: Path | None = None,
     data_file: Path | None = None,
     points_per_second: float = 0,
+    more_clients: Mapping[str, str] | None = None,
 ) -> Iterator[LocalMedplum]:
     """Runs the local Medplum server for the duration of the `with` block."""
     server, process = start_local_medplum(
@@ -185,6 +194,7 @@ def running_local_medplum(
         log_path=log_path,
         data_file=data_file,
         points_per_second=points_per_second,
+        more_clients=more_clients,
     )
     try:
         yield server

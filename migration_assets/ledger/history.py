@@ -1,15 +1,15 @@
 """What happened to one source key? `python -m migration_assets.ledger.history P0123 [--element patients]`
-prints its units in the manifest (disposition, rule, reason, resource), every submission attempt, and
-the runs that touched it with their status (`interrupted`: the run never finished, its process was
+prints its units in the manifest of every target (disposition, rule, reason, resource), every submission
+attempt, and the runs that touched it with their status (`interrupted`: the run never finished, its process was
 killed before a later run of the same element and shard started)."""
 
 import argparse
 import json
 import sys
-from typing import Any
 
 from migration_assets import config
 from migration_assets.ledger.manifest import Manifest
+from migration_assets.medplum.target import Target
 from migration_assets.paths import DEFAULT_MANIFEST_URL
 
 UNIT_FIELDS = ("element", "source_table", "unit_key", "resource_type", "identifier_value", "disposition", "rule",
@@ -22,7 +22,7 @@ def describe(manifest: Manifest, key: str, element: str | None) -> str:
         return f"{key}: no unit with this key in the manifest" + (f" for {element}" if element else "")
     lines = []
     for unit in found["units"]:
-        lines.append(f"{unit['element']} / {unit['source_table']} / {unit['unit_key']}")
+        lines.append(f"{unit['element']} / {unit['source_table']} / {unit['unit_key']}  in {Target.from_key(unit['target'])}")
         lines.extend(f"  {name}: {unit[name]}" for name in UNIT_FIELDS[3:] if unit[name] is not None)
     lines.append(f"attempts ({len(found['attempts'])}):")
     for attempt in found["attempts"]:
@@ -34,24 +34,13 @@ def describe(manifest: Manifest, key: str, element: str | None) -> str:
             f"  {attempt['attempted_at']}  {attempt['element']}  run {attempt['run_id']}  bundle {attempt['bundle_number']} "
             f"entry {attempt['entry_number']}  HTTP {attempt['http_status']}  {attempt['location'] or ''}  {diagnostics}"
         )
-    lines.extend(_runs_lines(manifest, found))
-    return "\n".join(lines)
-
-
-def _runs_lines(manifest: Manifest, found: dict[str, Any]) -> list[str]:
-    """The load runs that registered or sent the key's units (the idempotency check's resubmissions,
-    `<run>-reload`, have no run row of their own)."""
-    touched: dict[str, set[str]] = {}
-    for row in (*found["units"], *found["attempts"]):
-        run_id = row.get("last_run_id") or row.get("run_id")
-        touched.setdefault(row["element"], set()).add(run_id)
-    known = [run for element, run_ids in sorted(touched.items()) for run in manifest.runs(element, run_ids)]
-    lines = [f"runs ({len(known)}):"]
-    for run in known:
+    lines.append(f"runs ({len(found['runs'])}):")
+    for run in found["runs"]:
         finished = f"ended {run['finished_at']}" if run["finished_at"] else "not ended"
         shard = f"  shard {run['shard']}" if run["shard"] else ""
-        lines.append(f"  {run['started_at']}  {run['element']}  run {run['run_id']}  {run['status'].upper()}  {finished}{shard}")
-    return lines
+        lines.append(f"  {run['started_at']}  {run['element']}  run {run['run_id']}  {run['status'].upper()}  {finished}"
+                     f"{shard}  {Target.from_key(run['target'])}")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,9 @@
 A source unit is one row of a legacy table (data element, source table, unit key). Its disposition
 is one of DISPOSITIONS; `pending` means "to be sent" and must not survive a finished run. The store
 is a plain SQL database (SQLite by default, PostgreSQL in production), created by the platform.
+
+The books are kept per target (medplum/target.py: a server and a project): what one Medplum holds
+never decides what is sent to another, and switching back to a target finds its books as they were.
 """
 
 import json
@@ -21,9 +24,16 @@ DISPOSITIONS = ("successful", "rejected", "skipped", "quarantined", "pending")
 
 metadata = sa.MetaData()
 
+# Every table of the books starts with the target they describe (Target.key; "" in tools and tests that
+# name none).
+def _target_column() -> sa.Column[str]:
+    return sa.Column("target", sa.String(512), primary_key=True)
+
+
 runs = sa.Table(
     "manifest_runs",
     metadata,
+    _target_column(),
     sa.Column("run_id", sa.String(64), primary_key=True),
     sa.Column("element", sa.String(64), primary_key=True),
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
@@ -42,6 +52,7 @@ runs = sa.Table(
 units = sa.Table(
     "manifest_units",
     metadata,
+    _target_column(),
     sa.Column("element", sa.String(64), primary_key=True),
     sa.Column("source_table", sa.String(128), primary_key=True),
     sa.Column("unit_key", sa.String(512), primary_key=True),
@@ -62,6 +73,7 @@ attempts = sa.Table(
     "manifest_attempts",
     metadata,
     sa.Column("attempt_id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("target", sa.String(512), nullable=False),
     sa.Column("run_id", sa.String(64), nullable=False),
     sa.Column("element", sa.String(64), nullable=False),
     sa.Column("source_table", sa.String(128), nullable=False),
@@ -73,10 +85,23 @@ attempts = sa.Table(
     sa.Column("outcome", sa.Text),  # the OperationOutcome, JSON
     sa.Column("content_hash", sa.String(64)),
     sa.Column("attempted_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Index("ix_manifest_attempts_unit", "element", "source_table", "unit_key"),
+    sa.Index("ix_manifest_attempts_target_unit", "target", "element", "source_table", "unit_key"),
 )
 
-_UNIT_KEY = ("element", "source_table", "unit_key")
+# The content the idempotent_reload check resubmitted without a change: an unchanged later run of the
+# same target need not resubmit it (verify/books.py content_fingerprint).
+verified_content = sa.Table(
+    "manifest_verified_content",
+    metadata,
+    _target_column(),
+    sa.Column("element", sa.String(64), primary_key=True),
+    sa.Column("shard", sa.String(32), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),
+    sa.Column("run_id", sa.String(64), nullable=False),
+    sa.Column("verified_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+_UNIT_KEY = ("target", "element", "source_table", "unit_key")
 
 
 def engine_for(url: str) -> sa.Engine:
@@ -136,10 +161,14 @@ class Attempt:
 
 
 class Manifest:
-    def __init__(self, url: str) -> None:
+    """The books of one target (`target`: Target.key) in the ledger database at `url`."""
+
+    def __init__(self, url: str, target: str = "") -> None:
         self.engine = engine_for(url)
+        self.target = target
         # Created by the platform itself; new tables are added the same way as the schema grows, and
         # columns added since a ledger was created are added to it.
+        keep_books_per_target(self.engine, metadata)
         metadata.create_all(self.engine)
         _add_missing_columns(self.engine)
 
@@ -166,14 +195,16 @@ class Manifest:
         with self.engine.begin() as db:
             db.execute(
                 sa.update(runs)
-                .where(runs.c.element == element, runs.c.status == "running", runs.c.run_id != run_id,
+                .where(runs.c.target == self.target, runs.c.element == element, runs.c.status == "running",
+                       runs.c.run_id != run_id,
                        # Rows of ledgers older than the shard column: no shard can be told apart.
                        sa.or_(runs.c.shard == shard_label, runs.c.shard.is_(None)))
                 .values(status="interrupted", finished_at=now)
             )
-            db.execute(sa.delete(runs).where(runs.c.run_id == run_id, runs.c.element == element))
+            db.execute(sa.delete(runs).where(*self._run(run_id, element)))
             db.execute(
                 sa.insert(runs).values(
+                    target=self.target,
                     run_id=run_id,
                     element=element,
                     started_at=now,
@@ -190,13 +221,13 @@ class Manifest:
         with self.engine.begin() as db:
             db.execute(
                 sa.update(runs)
-                .where(runs.c.run_id == run_id, runs.c.element == element)
+                .where(*self._run(run_id, element))
                 .values(finished_at=_now(), status=status, counts=json.dumps(dict(counts)))
             )
 
     def runs(self, element: str, run_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """The runs of `element` (only `run_ids` when given), oldest first."""
-        query = sa.select(runs).where(runs.c.element == element).order_by(runs.c.started_at)
+        query = sa.select(runs).where(runs.c.target == self.target, runs.c.element == element).order_by(runs.c.started_at)
         if run_ids is not None:
             query = query.where(runs.c.run_id.in_(list(run_ids)))
         with self.engine.connect() as db:
@@ -205,7 +236,8 @@ class Manifest:
     def last_run(self, element: str) -> dict[str, Any] | None:
         with self.engine.connect() as db:
             row = db.execute(
-                sa.select(runs).where(runs.c.element == element).order_by(runs.c.started_at.desc()).limit(1)
+                sa.select(runs).where(runs.c.target == self.target, runs.c.element == element)
+                .order_by(runs.c.started_at.desc()).limit(1)
             ).first()
         return dict(row._mapping) if row else None
 
@@ -216,7 +248,7 @@ class Manifest:
         into a frame: a million units as Python dicts would take about a gigabyte."""
         selected = [units.c[name] for name in columns] if columns else list(units.columns)
         schema = {column.name: _polars_type(column) for column in selected}
-        statement = sa.select(*selected).where(units.c.element == element)
+        statement = sa.select(*selected).where(units.c.target == self.target, units.c.element == element)
         with self.engine.connect() as db:
             sqlite = db.dialect.name == "sqlite"
             # SQLite's timestamps arrive as the text SQLAlchemy stored, parsed below a column at a time.
@@ -243,6 +275,7 @@ class Manifest:
         )
         records = [
             {
+                "target": self.target,
                 "element": element,
                 "source_table": source_table,
                 "unit_key": unit_key,
@@ -272,6 +305,7 @@ class Manifest:
                 sa.insert(attempts),
                 [
                     {
+                        "target": self.target,
                         "run_id": run_id,
                         "element": element,
                         "source_table": attempt.source_table,
@@ -307,27 +341,30 @@ class Manifest:
                     _executemany(
                         db,
                         sa.update(units)
-                        .where(*_each_unit(element))
+                        .where(*self._each_unit(element))
                         .values({name: sa.bindparam(name) for name in settled[0] if not name.startswith("k_")}),
                         settled,
                     )
 
-    def mark_for_resend(self, element: str, keys: Sequence[tuple[str, str]], reason: str) -> None:
-        """Units (source table, unit key) recorded as successful whose resource Medplum does not hold:
-        back to `pending` with `reason`, content hash cleared, so the next load sends them again
-        instead of skipping them as unchanged."""
-        if not keys:
+    def mark_for_resend(self, element: str, lost: pl.DataFrame) -> None:
+        """Units recorded as successful whose resource the target does not hold as written (`lost`:
+        source_table, unit_key, reason): back to `pending` with their reason and content hash cleared,
+        so that the load sends them again instead of skipping them as unchanged."""
+        if lost.is_empty():
             return
+        now = _now()
         with self.engine.begin() as db:
             db.execute(
                 sa.update(units)
-                .where(*_each_unit(element), units.c.disposition == "successful")
-                .values(disposition="pending", content_hash=None, reason=reason, updated_at=_now()),
-                [{"k_table": table, "k_unit": key} for table, key in keys],
+                .where(*self._each_unit(element), units.c.disposition == "successful")
+                .values(disposition="pending", content_hash=None, reason=sa.bindparam("why"), updated_at=now),
+                [{"k_table": table, "k_unit": key, "why": reason} for table, key, reason in
+                 lost.select("source_table", "unit_key", "reason").iter_rows()],
             )
 
     def history(self, element: str | None, unit_key: str) -> dict[str, Any]:
-        """Everything the ledger knows of one source key: its unit rows and every attempt."""
+        """Everything the ledger knows of one source key, in every target's books: its unit rows and
+        every attempt, each naming its target."""
         with self.engine.connect() as db:
             unit_filter = [units.c.unit_key == unit_key] + ([units.c.element == element] if element else [])
             attempt_filter = [attempts.c.unit_key == unit_key] + ([attempts.c.element == element] if element else [])
@@ -336,14 +373,20 @@ class Manifest:
                 dict(r._mapping)
                 for r in db.execute(sa.select(attempts).where(*attempt_filter).order_by(attempts.c.attempt_id))
             ]
-        return {"units": found_units, "attempts": found_attempts}
+            # The load runs that registered or sent them (the idempotency check's resubmissions,
+            # `<run>-reload`, have no run row of their own).
+            touched = {(row["target"], row.get("last_run_id") or row.get("run_id")) for row in (*found_units, *found_attempts)}
+            found_runs = [dict(r._mapping) for r in db.execute(
+                sa.select(runs).where(sa.tuple_(runs.c.target, runs.c.run_id).in_(list(touched))).order_by(runs.c.started_at)
+            )] if touched else []
+        return {"units": found_units, "attempts": found_attempts, "runs": found_runs}
 
     def attempt_counts(self, run_id: str, element: str) -> dict[str, int]:
         """Attempts of this run by HTTP status class, and how many units needed more than one."""
         with self.engine.connect() as db:
             per_unit = (
                 sa.select(attempts.c.source_table, attempts.c.unit_key, sa.func.count().label("n"))
-                .where(attempts.c.run_id == run_id, attempts.c.element == element)
+                .where(attempts.c.target == self.target, attempts.c.run_id == run_id, attempts.c.element == element)
                 .group_by(attempts.c.source_table, attempts.c.unit_key)
                 .subquery()
             )
@@ -351,6 +394,43 @@ class Manifest:
                 sa.select(sa.func.coalesce(sa.func.sum(per_unit.c.n), 0), sa.func.count().filter(per_unit.c.n > 1))
             ).one()
         return {"attempts": int(total), "units_retried": int(retried)}
+
+    # -- the idempotency check's verified content -------------------------------------------------
+
+    def verified_run(self, element: str, shard: str, fingerprint: str) -> str | None:
+        """The run whose resubmission verified exactly this content of `element` (`shard`: its label),
+        when the check's latest verdict there passed; None otherwise."""
+        with self.engine.connect() as db:
+            found = db.execute(sa.select(verified_content.c.run_id).where(
+                *self._verified(element, shard), verified_content.c.fingerprint == fingerprint)).scalar()
+        return str(found) if found is not None else None
+
+    def record_verified(self, element: str, shard: str, fingerprint: str | None, run_id: str) -> None:
+        """The check's latest verdict: `fingerprint` verified by `run_id`, or None: nothing is."""
+        with self.engine.begin() as db:
+            db.execute(sa.delete(verified_content).where(*self._verified(element, shard)))
+            if fingerprint is not None:
+                db.execute(sa.insert(verified_content).values(target=self.target, element=element, shard=shard,
+                                                              fingerprint=fingerprint, run_id=run_id,
+                                                              verified_at=_now()))
+
+    # -- scoping ----------------------------------------------------------------------------------
+
+    def _run(self, run_id: str, element: str) -> tuple[Any, ...]:
+        return runs.c.target == self.target, runs.c.run_id == run_id, runs.c.element == element
+
+    def _verified(self, element: str, shard: str) -> tuple[Any, ...]:
+        return (verified_content.c.target == self.target, verified_content.c.element == element,
+                verified_content.c.shard == shard)
+
+    def _each_unit(self, element: str) -> tuple[Any, ...]:
+        """The unit of `element` named by each parameter set's `k_table` and `k_unit` (executemany)."""
+        return (
+            units.c.target == self.target,
+            units.c.element == element,
+            units.c.source_table == sa.bindparam("k_table"),
+            units.c.unit_key == sa.bindparam("k_unit"),
+        )
 
     def _upsert(self, records: Iterable[dict[str, Any]], update: Sequence[str]) -> None:
         """Insert units, or update the given columns of the ones already there."""
@@ -455,10 +535,22 @@ def _polars_type(column: sa.Column[Any]) -> pl.DataType:
     return pl.String()
 
 
-def _each_unit(element: str) -> tuple[Any, ...]:
-    """The unit of `element` named by each parameter set's `k_table` and `k_unit` (executemany)."""
-    return (
-        units.c.element == element,
-        units.c.source_table == sa.bindparam("k_table"),
-        units.c.unit_key == sa.bindparam("k_unit"),
-    )
+def keep_books_per_target(engine: sa.Engine, tables: sa.MetaData) -> None:
+    """Tables of `tables` written before the books were kept per target (no `target` column): rebuilt
+    with one, their rows kept under the unnamed target "". A run against a named target does not read
+    them: its first load sends everything once more, as conditional writes that create nothing twice."""
+    inspector = sa.inspect(engine)
+    for table in tables.sorted_tables:
+        if not inspector.has_table(table.name) or "target" in {c["name"] for c in inspector.get_columns(table.name)}:
+            continue
+        old_columns = [column["name"] for column in inspector.get_columns(table.name)]
+        aside = f"{table.name}_before_targets"
+        with engine.begin() as db:
+            for index in inspector.get_indexes(table.name):
+                db.execute(sa.text(f'DROP INDEX "{index["name"]}"'))
+            db.execute(sa.text(f'ALTER TABLE {table.name} RENAME TO {aside}'))
+            table.create(db)
+            kept = [name for name in old_columns if name in table.c]
+            names = ", ".join(f'"{name}"' for name in kept)
+            db.execute(sa.text(f'INSERT INTO {table.name} (target, {names}) SELECT \'\', {names} FROM {aside}'))
+            db.execute(sa.text(f"DROP TABLE {aside}"))

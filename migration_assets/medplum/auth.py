@@ -11,6 +11,7 @@ from collections.abc import Callable
 import httpx
 
 from migration_assets.medplum.errors import MedplumAuthError, MedplumResponseError
+from migration_assets.medplum.target import project_of
 
 
 class ClientCredentialsToken:
@@ -30,6 +31,8 @@ class ClientCredentialsToken:
         self._lock = threading.Lock()
         self._token: str | None = None
         self._renew_at = 0.0
+        # The project the credential acts in, as the token response names it (Medplum's does).
+        self.project_id: str | None = None
 
     def bearer(self) -> str:
         with self._lock:
@@ -71,3 +74,4 @@ class ClientCredentialsToken:
         # that expires while it is in flight.
         self._renew_at = self._clock() + expires_in - min(300.0, expires_in / 10)
         self._token = token
+        self.project_id = project_of(body) or self.project_id

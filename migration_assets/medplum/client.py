@@ -33,6 +33,7 @@ from migration_assets.medplum.responses import (
     json_object,
     short_body,
 )
+from migration_assets.medplum.target import Target, project_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -115,6 +116,7 @@ class MedplumClient:
         self._token = ClientCredentialsToken(self._http, self.base_url + "oauth2/token", client_id, client_secret)
         self.last_rate_limit: str | None = None
         self._quota_seen = 0
+        self._target: Target | None = None
 
     def __enter__(self) -> Self:
         return self
@@ -124,6 +126,19 @@ class MedplumClient:
 
     def close(self) -> None:
         self._http.close()
+
+    @property
+    def target(self) -> Target:
+        """The server and the project this client's credential acts in: from the token response, else
+        from `GET /auth/me`; a server that names neither is told apart by its base URL alone."""
+        if self._target is None:
+            self._token.bearer()
+            project = self._token.project_id
+            if project is None:
+                me = self._send("GET", self.base_url + "auth/me", parse=_json_or_none_if_missing)
+                project = project_of(me)
+            self._target = Target(self.base_url, project or "")
+        return self._target
 
     # -- plain requests -------------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ import polars as pl
 from dagster import AssetExecutionContext, AssetIn, Failure, MaterializeResult, MetadataValue, Output, asset
 
 from migration_assets.active import get_element, prerequisites
+from migration_assets.medplum import Target
 from migration_assets.phases import load_phases
 from migration_assets.pipeline.frame_parts import REFERENCE_COLUMNS, FrameParts, build_frame_parts
 from migration_assets.pipeline.loader import migrate
@@ -128,16 +129,22 @@ def medplum_resources(
         raise Failure(f"{element.name} is in phase {phase.phase} (phases.yaml): nothing is loaded from the legacy "
                       f"store any more. {phase.behaviour.summary}")
     settings = migration_settings.load_settings(element)
-    with medplum.open_client() as client, manifest.open() as ledger:
+    with medplum.open_client() as client, manifest.open(client.target) as ledger:
+        # What the target holds before the load (a census of its own, taken before the checks'): the
+        # load sends again what the ledger records as loaded but the target lost.
+        before_load = RunCensus.of_run(migration_settings.evidence_dir, f"{context.run.run_id}-before-load",
+                                       client.target, migration_settings.incremental_census)
         result = migrate(
             client, ledger, context.run.run_id, element, fhir_frames, legacy_db.display_url, settings,
             on_progress=lambda done, total: _log_progress(context, done, total),
+            census_of_target=lambda keys: before_load.get(client, keys),
         )
         requests = client.stats
-    context.log.info(f"{element.name}: {result.counts}")
+        target = client.target
+    context.log.info(f"{element.name} into {target}: {result.counts}")
     return MaterializeResult(
         metadata={
-            "medplum_base_url": MetadataValue.url(medplum.base_url),  # the server, never its credentials
+            **target_metadata(target),
             "mapping_version": element.mapping_version,
             "adoption_phase": phase.phase,
             "load_mode": settings.mode,
@@ -148,6 +155,12 @@ def medplum_resources(
             "failures": table(pl.DataFrame(result.failures, schema=_FAILURE_SCHEMA)),
         }
     )
+
+
+def target_metadata(target: Target) -> dict[str, MetadataValue]:
+    """The Medplum the step wrote to or read (never a credential)."""
+    return {"medplum_base_url": MetadataValue.url(target.base_url),
+            "medplum_project": MetadataValue.text(target.project_id or "(not named by the server)")}
 
 
 def _log_progress(context: AssetExecutionContext, done: int, total: int) -> None:
@@ -181,12 +194,13 @@ def reconciliation_report(
     migration_settings: MigrationSettings,
 ) -> MaterializeResult:
     element = get_element(context.partition_key)
-    with medplum.open_client() as client, manifest.open() as ledger:
+    with medplum.open_client() as client, manifest.open(client.target) as ledger:
         report = build_reconciliation_report(
             client, ledger, element, fhir_frames.read(REFERENCE_COLUMNS), legacy_db.display_url,
-            RunCensus.of_run(migration_settings.evidence_dir, context.run.run_id,
+            RunCensus.of_run(migration_settings.evidence_dir, context.run.run_id, client.target,
                              migration_settings.incremental_census),
         )
+        target = client.target
     json_path, csv_path = write_evidence(report, Path(migration_settings.evidence_dir) / element.name)
     figures = pl.DataFrame({"figure": list(report["figures"]), "value": list(report["figures"].values())})
     return MaterializeResult(
@@ -197,5 +211,6 @@ def reconciliation_report(
             "evidence_json": MetadataValue.path(str(json_path)),
             "evidence_csv": MetadataValue.path(str(csv_path)),
             "mapping_version": element.mapping_version,
+            **target_metadata(target),
         }
     )

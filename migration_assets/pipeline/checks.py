@@ -5,7 +5,6 @@ from functools import partial
 
 import polars as pl
 from dagster import (
-    AssetCheckEvaluation,
     AssetCheckExecutionContext,
     AssetCheckResult,
     AssetCheckSeverity,
@@ -13,11 +12,10 @@ from dagster import (
     MetadataValue,
     asset_check,
 )
-from dagster._core.event_api import PartitionKeyFilter
-from dagster._core.storage.asset_check_execution_record import AssetCheckExecutionRecordStatus
 
 from migration_assets.active import get_element
 from migration_assets.elements.base import schema_failures
+from migration_assets.medplum import Target
 from migration_assets.pipeline.assets import fhir_frames, medplum_resources
 from migration_assets.pipeline.frame_parts import KEY_COLUMNS, REFERENCE_COLUMNS, FrameParts
 from migration_assets.pipeline.loader import LEDGER_COLUMNS, LoadResult, in_shard, load_frame
@@ -27,20 +25,15 @@ from migration_assets.pipeline.resources import ManifestStore, MedplumResource, 
 from migration_assets.verify.books import accounting, content_fingerprint, sample_groups
 from migration_assets.verify.census import RunCensus, census_kinds
 from migration_assets.verify.prerequisites import check_prerequisites
-from migration_assets.verify.reconcile import (
-    RECONCILE_UNIT_COLUMNS,
-    reconcile,
-    reference_problems,
-    resend_lost_writes,
-)
+from migration_assets.verify.reconcile import RECONCILE_UNIT_COLUMNS, reconcile, reference_problems
 
 _FRAME = {"fhir_frames": AssetIn("fhir_frames")}
 
 
-def _run_census(context: AssetCheckExecutionContext, settings: MigrationSettings) -> RunCensus:
-    """The census of this run: the first check (or the report) that asks brings it up to date after the
-    load, the others read it from its files."""
-    return RunCensus.of_run(settings.evidence_dir, context.run.run_id, settings.incremental_census)
+def _run_census(context: AssetCheckExecutionContext, settings: MigrationSettings, target: Target) -> RunCensus:
+    """The census of this run in `target`: the first check (or the report) that asks brings it up to
+    date after the load, the others read it from its files."""
+    return RunCensus.of_run(settings.evidence_dir, context.run.run_id, target, settings.incremental_census)
 
 
 @asset_check(
@@ -84,7 +77,7 @@ def schema(
 def prerequisites_loaded(
     context: AssetCheckExecutionContext, fhir_frames: FrameParts, medplum: MedplumResource, manifest: ManifestStore
 ) -> AssetCheckResult:
-    with medplum.open_client() as client, manifest.open() as ledger:
+    with medplum.open_client() as client, manifest.open(client.target) as ledger:
         report = check_prerequisites(client, ledger, context.partition_key, fhir_frames.read(REFERENCE_COLUMNS))
     return AssetCheckResult(
         passed=not report.blocking_elements,
@@ -111,8 +104,8 @@ def reference_integrity(
     migration_settings: MigrationSettings,
 ) -> AssetCheckResult:
     frame = fhir_frames.read(REFERENCE_COLUMNS)
-    run_census = _run_census(context, migration_settings)
     with medplum.open_client() as client:
+        run_census = _run_census(context, migration_settings, client.target)
         checked, problems = reference_problems(client, frame, run_census.get(client, frame),
                                                partial(run_census.of_kind, client))
     return AssetCheckResult(
@@ -142,25 +135,37 @@ def idempotent_reload(
     element = get_element(context.partition_key)
     settings = migration_settings.load_settings(element, resend_unchanged=True)
     size, seed = migration_settings.idempotency_sample_size, migration_settings.idempotency_sample_seed
+    shard = f"shard {settings.shard_index} of {settings.shard_count}"
     # With the expected references: the run's census keeps only those (whichever check takes it).
     keys = fhir_frames.read((*REFERENCE_COLUMNS, "content_hash"))
-    with medplum.open_client() as client, manifest.open() as ledger:
+    with medplum.open_client() as client, manifest.open(client.target) as ledger:
         # One read of the element's ledger serves the reconciliation and the resubmission.
         units = ledger.units(element.name, list(dict.fromkeys([*RECONCILE_UNIT_COLUMNS, *LEDGER_COLUMNS,
                                                                "last_run_id"])))
+        unsettled = in_shard(keys.join(units.filter(pl.col("disposition") == "pending"),
+                                       on=["source_table", "unit_key"], how="semi"), settings)
+        if not unsettled.is_empty():
+            # The load did not settle these (the quota's wait ran out, the run was stopped): a resubmission
+            # now would write them, and this check's verdict would depend on it.
+            return AssetCheckResult(
+                passed=False, severity=AssetCheckSeverity.WARN,
+                description=f"not resubmitted: the load left {unsettled.height} units pending (the next load sends "
+                "them); the check runs again after a load that settles them",
+                metadata=counts({"pending_units": unsettled.height}),
+            )
         # The census before resubmitting, as the load left Medplum (whichever check of the run takes
         # it): a copy the resubmission itself would create counts as created below.
-        report = reconcile(keys, units, _run_census(context, migration_settings).get(client, keys))
-        # Lost writes are the next load's to resend (and the reconciliation's to report), not this
+        report = reconcile(keys, units, _run_census(context, migration_settings, client.target).get(client, keys))
+        # Lost writes are the next load's to send again (and the reconciliation's to report), not this
         # check's: resubmitted here they would count as created, and which check ran first would decide.
-        lost = resend_lost_writes(ledger, element.name, report)
+        lost = report.lost_writes
         lost_groups = keys.join(lost, on=["source_table", "unit_key"], how="semi")["bundle_group"]
         candidates = keys.filter(~pl.col("bundle_group").is_in(lost_groups.implode()).fill_null(False))
         fingerprint = content_fingerprint(in_shard(candidates.filter(pl.col("quarantine_rule").is_null()), settings),
-                                          f"shard {settings.shard_index} of {settings.shard_count}")
+                                          shard)
         written_now = units.filter((pl.col("last_run_id") == context.run.run_id)
                                    & pl.col("disposition").is_in(["successful", "rejected"])).height
-        verified_in = (_verified_in(context, fingerprint)
+        verified_in = (ledger.verified_run(element.name, shard, fingerprint)
                        if migration_settings.idempotency_skip_verified and written_now == 0 and lost.is_empty()
                        else None)
         if verified_in is None:
@@ -171,6 +176,11 @@ def idempotent_reload(
                                 resubmitted, settings, known=units.select(LEDGER_COLUMNS))
         else:
             resubmitted, result = candidates.clear(), LoadResult()
+        duplicates = report.duplicates
+        changed = result.counts["created"] + result.counts["updated"]
+        passed = changed == 0 and result.counts["failed"] == 0 and duplicates.is_empty()
+        # What a later unchanged run of this target may skip: only content a passing resubmission verified.
+        ledger.record_verified(element.name, shard, fingerprint if passed else None, verified_in or context.run.run_id)
     groups, chosen = candidates["bundle_group"].n_unique(), resubmitted["bundle_group"].n_unique()
     if verified_in is not None:
         sample = (f"not resubmitted: this run wrote nothing, and the content is what run {verified_in} "
@@ -180,10 +190,7 @@ def idempotent_reload(
     else:
         sample = f"sample of {chosen} of {groups} bundle groups ({resubmitted.height} rows), seed {seed}"
     if not lost.is_empty():
-        sample += f", without {lost_groups.n_unique()} holding a lost write (set back to pending for the next load)"
-    duplicates = report.duplicates
-    changed = result.counts["created"] + result.counts["updated"]
-    passed = changed == 0 and result.counts["failed"] == 0 and duplicates.is_empty()
+        sample += f", without {lost_groups.n_unique()} holding a lost write (the next load sends it again)"
     return AssetCheckResult(
         passed=passed,
         description=f"resubmitted {result.counts['sent']} ({sample}): {result.counts['created']} created, "
@@ -197,25 +204,6 @@ def idempotent_reload(
                   "verified_in_run": verified_in or context.run.run_id,
                   "duplicates": table(duplicates)},
     )
-
-
-def _verified_in(context: AssetCheckExecutionContext, fingerprint: str) -> str | None:
-    """The run whose resubmission verified exactly this content (`fingerprint`), when this check's
-    latest finished evaluation of the partition passed over it; None otherwise."""
-    # dagster is pinned: the event log's check history is the same in SQLite and PostgreSQL here.
-    history = context.instance.event_log_storage.get_asset_check_execution_history(
-        context.check_specs[0].key, limit=1,
-        status={AssetCheckExecutionRecordStatus.SUCCEEDED, AssetCheckExecutionRecordStatus.FAILED},
-        partition_filter=PartitionKeyFilter(key=context.partition_key),
-    )
-    latest = history[0] if history else None
-    if latest is None or latest.status != AssetCheckExecutionRecordStatus.SUCCEEDED or latest.event is None:
-        return None
-    evaluation = latest.event.get_dagster_event().event_specific_data
-    metadata = evaluation.metadata if isinstance(evaluation, AssetCheckEvaluation) else {}
-    if "content_fingerprint" not in metadata or metadata["content_fingerprint"].value != fingerprint:
-        return None
-    return str(metadata["verified_in_run"].value)
 
 
 @asset_check(
@@ -234,28 +222,30 @@ def reconciliation(
     migration_settings: MigrationSettings,
 ) -> AssetCheckResult:
     keys = fhir_frames.read(REFERENCE_COLUMNS)  # the census keeps the references the frame expects
-    run_census = _run_census(context, migration_settings)
-    with medplum.open_client() as client, manifest.open() as ledger:
+    with medplum.open_client() as client, manifest.open(client.target) as ledger:
+        run_census = _run_census(context, migration_settings, client.target)
         censuses = run_census.get(client, keys)
         report = reconcile(keys, ledger.units(context.partition_key, RECONCILE_UNIT_COLUMNS), censuses)
-        resent = resend_lost_writes(ledger, context.partition_key, report)
+        target = client.target
+    lost = report.lost_writes.select("resource_type", "identifier_value", "source_table", "unit_key")
     details = ""
     if not report.missing.is_empty():
         details = f" (missing: {', '.join(report.missing['identifier_value'].head(5).to_list())}" + \
             (", ..." if report.missing.height > 5 else "") + ")"
-    if not resent.is_empty():
-        details += (f"; {resent.height} missing were acknowledged by Medplum in an earlier load: set back to pending "
-                    "in the manifest, the next load resends them")
+    if not lost.is_empty():
+        details += f"; {lost.height} of the missing were acknowledged by Medplum: the next load sends them again"
     return AssetCheckResult(
         passed=report.passed,
-        description=f"{report.found} of {report.expected} expected resources found; {report.missing.height} missing, "
-        f"{report.unexpected.height} unexpected, {report.duplicates.height} duplicated{details}",
+        description=f"{report.found} of {report.expected} expected resources found in {target}; "
+        f"{report.missing.height} missing, {report.unexpected.height} unexpected, "
+        f"{report.duplicates.height} duplicated{details}",
         metadata={
             **counts({"expected": report.expected, "found": report.found, "missing": report.missing.height,
                       "unexpected": report.unexpected.height, "duplicated": report.duplicates.height,
-                      "lost_writes_marked_for_resend": resent.height}),
+                      "lost_writes": lost.height}),
+            "medplum_project": MetadataValue.text(target.project_id),
             "missing_identifiers": table(report.missing),
-            "lost_writes_marked_for_resend": table(resent),
+            "lost_writes": table(lost),
             "unexpected_identifiers": table(report.unexpected),
             "duplicate_identifiers": table(report.duplicates),
             "census": run_census.how(census_kinds(keys)),
@@ -271,9 +261,9 @@ def reconciliation(
     "rejected + skipped + quarantined, and nothing is left pending after the run.",
 )
 def accounting_balanced(
-    context: AssetCheckExecutionContext, fhir_frames: FrameParts, manifest: ManifestStore
+    context: AssetCheckExecutionContext, fhir_frames: FrameParts, medplum: MedplumResource, manifest: ManifestStore
 ) -> AssetCheckResult:
-    with manifest.open() as ledger:
+    with medplum.open_client() as client, manifest.open(client.target) as ledger:
         books = accounting(fhir_frames.read(KEY_COLUMNS), ledger.units(context.partition_key, RECONCILE_UNIT_COLUMNS))
     d = books.dispositions
     return AssetCheckResult(

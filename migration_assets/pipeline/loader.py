@@ -20,12 +20,15 @@ from migration_assets.elements.base import DataElement
 from migration_assets.elements.fhir_json import conditional_reference
 from migration_assets.ledger.manifest import Attempt, Manifest
 from migration_assets.medplum import EntryResponse, MedplumClient
-from migration_assets.pipeline.frame_parts import FrameParts, shard_of
+from migration_assets.pipeline.frame_parts import REFERENCE_COLUMNS, FrameParts, shard_of
+from migration_assets.verify.census import Censuses
 from migration_assets.verify.prerequisites import check_prerequisites, quarantine_unloadable
+from migration_assets.verify.reconcile import RECONCILE_UNIT_COLUMNS, lost_in_target
 
 log = logging.getLogger(__name__)
 
-COUNT_NAMES = ("source_rows", "quarantined", "not_sent_unchanged", "sent", "created", "updated", "unchanged", "failed")
+COUNT_NAMES = ("source_rows", "quarantined", "not_sent_unchanged", "lost_in_target", "sent", "created", "updated",
+               "unchanged", "failed")
 
 
 @dataclass(frozen=True)
@@ -428,12 +431,15 @@ def migrate(
     source_url: str,
     settings: LoadSettings,
     on_progress: Callable[[int, int], None] | None = None,
+    census_of_target: Callable[[pl.DataFrame], Censuses] | None = None,
 ) -> LoadResult:
     """One data element into Medplum, recorded in the ledger as one run.
 
     `frame` is the element's FHIR frame, or its parts (whole bundle groups each), sent one part at a
     time so memory stays bounded. Rows whose prerequisites were refused are quarantined before
-    anything is sent."""
+    anything is sent. With `census_of_target` (the census of the element's resources in the target
+    now, for its REFERENCE_COLUMNS), units the ledger records as loaded that the target lost are sent
+    again in this load."""
     parts = frame if isinstance(frame, FrameParts) else [frame]
     # First pass, over three columns: each distinct reference to another element's resource by an
     # eligible row (as a row of its own), and the rows per source table.
@@ -453,6 +459,16 @@ def migrate(
                        shard=(settings.shard_index, settings.shard_count))
     result = LoadResult()
     try:
+        if census_of_target is not None:
+            keys = in_shard(frame.read(REFERENCE_COLUMNS) if isinstance(frame, FrameParts)
+                            else frame.select(REFERENCE_COLUMNS), settings)
+            lost = lost_in_target(keys, manifest.units(element.name, RECONCILE_UNIT_COLUMNS),
+                                  census_of_target(keys), report.loaded_ids)
+            manifest.mark_for_resend(element.name, lost)
+            result.add("lost_in_target", lost.height)
+            if not lost.is_empty():
+                log.warning("%s: %d units the ledger records as loaded are not in the target as written: sent again",
+                            element.name, lost.height)
         known = manifest.units(element.name, LEDGER_COLUMNS)
         bundles_sent = 0
         for part in parts:

@@ -14,7 +14,7 @@ from migration_assets import config
 from migration_assets.active import PROFILE
 from migration_assets.elements.base import DataElement, SourceSystem
 from migration_assets.ledger.manifest import Manifest
-from migration_assets.medplum import MedplumClient, RetryPolicy
+from migration_assets.medplum import MedplumClient, RetryPolicy, Target
 from migration_assets.paths import DEFAULT_LEGACY_DB_URL, DEFAULT_MANIFEST_URL, EVIDENCE_DIR, FRAMES_DIR
 from migration_assets.pipeline.frame_parts import FrameParts
 from migration_assets.pipeline.loader import LoadSettings
@@ -44,6 +44,11 @@ class MedplumResource(ConfigurableResource):
         finally:
             client.close()
 
+    def target(self) -> Target:
+        """The server and project this resource's credential writes to (asks Medplum once)."""
+        with self.open_client() as client:
+            return client.target
+
 
 class LegacySource(ConfigurableResource):
     """The legacy EHR database (sqlite:///, postgresql://, csv:/// or parquet:/// folder)."""
@@ -63,9 +68,9 @@ class ManifestStore(ConfigurableResource):
 
     url: str
 
-    def open(self) -> Manifest:
-        """The ledger, to use in a `with` block."""
-        return Manifest(self.url)
+    def open(self, target: Target) -> Manifest:
+        """The books of `target` (the Medplum a client writes to), to use in a `with` block."""
+        return Manifest(self.url, target.key)
 
 
 class MigrationSettings(ConfigurableResource):

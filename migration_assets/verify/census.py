@@ -15,7 +15,7 @@ from typing import Any
 
 import polars as pl
 
-from migration_assets.medplum import MedplumClient, identifier_token
+from migration_assets.medplum import MedplumClient, Target, identifier_token
 from migration_assets.paths import state_dir
 
 CENSUS_PAGE_SIZE = 1000
@@ -190,9 +190,9 @@ class RunCensus:
     incremental: bool = True
 
     @classmethod
-    def of_run(cls, evidence_dir: str | Path, run_id: str, incremental: bool = True) -> "RunCensus":
-        """The census of run `run_id`, in the census folder beside `evidence_dir`."""
-        return cls(census_dir(evidence_dir), run_id, incremental)
+    def of_run(cls, evidence_dir: str | Path, run_id: str, target: Target, incremental: bool = True) -> "RunCensus":
+        """The census of run `run_id` in `target`, in that target's census folder beside `evidence_dir`."""
+        return cls(census_dir(evidence_dir) / target.slug, run_id, incremental)
 
     def path(self, resource_type: str, identifier_system: str) -> Path:
         system = hashlib.sha256(identifier_system.encode()).hexdigest()[:16]

@@ -14,7 +14,7 @@ from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import MedplumClient
 from migration_assets.verify.books import accounting
 from migration_assets.verify.census import RunCensus, census_kinds, take_census
-from migration_assets.verify.reconcile import RECONCILE_UNIT_COLUMNS, reconcile, resend_lost_writes
+from migration_assets.verify.reconcile import RECONCILE_UNIT_COLUMNS, reconcile
 
 IDENTIFIER_LIST_LIMIT = 1000
 
@@ -27,15 +27,13 @@ def reconciliation_report(
     source_url: str,
     run_census: RunCensus | None = None,
 ) -> dict[str, Any]:
-    """The report; a missing resource the ledger records as loaded is set back to pending there (the
-    next load resends it). The census is `run_census` (the run's, shared with its checks), else one
-    taken now."""
+    """The report of `element` in the target of `client` (whose books `manifest` holds). The census is
+    `run_census` (the run's, shared with its checks), else one taken now. A missing resource the ledger
+    records as loaded is a lost write: the next load finds it too and sends it again."""
     censuses = run_census.get(client, frame) if run_census else take_census(client, frame)
     units = manifest.units(element.name, RECONCILE_UNIT_COLUMNS)
     recon = reconcile(frame, units, censuses)
-    resent = resend_lost_writes(manifest, element.name, recon)
-    if not resent.is_empty():  # the books count them as pending now
-        units = manifest.units(element.name, RECONCILE_UNIT_COLUMNS)
+    lost = recon.lost_writes.select("resource_type", "identifier_value", "source_table", "unit_key")
     books = accounting(frame, units)
     last_run = manifest.last_run(element.name) or {}
     attempts = manifest.attempt_counts(last_run["run_id"], element.name) if last_run else {}
@@ -44,6 +42,8 @@ def reconciliation_report(
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
         "passed": recon.passed and books.balanced,
         "evidence": {
+            "medplum_base_url": client.target.base_url,
+            "medplum_project": client.target.project_id,
             "source_url": source_url,
             "source_tables": list(element.source_tables),
             "extract": (element.extract.__doc__ or "").strip()
@@ -66,12 +66,12 @@ def reconciliation_report(
             "missing": recon.missing.height,
             "unexpected": recon.unexpected.height,
             "duplicated": recon.duplicates.height,
-            "lost_writes_marked_for_resend": resent.height,
+            "lost_writes": lost.height,
         },
         "missing": recon.missing.head(IDENTIFIER_LIST_LIMIT).to_dicts(),
         "unexpected": recon.unexpected.head(IDENTIFIER_LIST_LIMIT).to_dicts(),
         "duplicated": recon.duplicates.head(IDENTIFIER_LIST_LIMIT).to_dicts(),
-        "lost_writes_marked_for_resend": resent.head(IDENTIFIER_LIST_LIMIT).to_dicts(),
+        "lost_writes": lost.head(IDENTIFIER_LIST_LIMIT).to_dicts(),
     }
 
 

@@ -4,12 +4,10 @@ reference integrity (every reference resolves to the resource its identifier nam
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 import polars as pl
 
-from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import MedplumClient
 from migration_assets.verify.census import (
     CENSUS_PAGE_SIZE,
@@ -36,16 +34,9 @@ class Reconciliation:
     @property
     def lost_writes(self) -> pl.DataFrame:
         """Missing resources the ledger records as loaded successfully: Medplum acknowledged the
-        write, yet the resource is not there (deleted since, or lost by the server). Those already
-        set back to pending for it (by another check of the run) count too."""
-        return self.missing.filter(
-            (pl.col("disposition") == "successful")
-            | ((pl.col("disposition") == "pending") & pl.col("reason").str.starts_with(LOST_WRITE_REASON).fill_null(False))
-        )
-
-
-# The ledger's reason for a unit set back to pending because its resource was not found.
-LOST_WRITE_REASON = "acknowledged by Medplum but not found at"
+        write, yet the resource is not there (deleted since, or a server restored from an older
+        backup). The next load finds them too, and sends them again (lost_in_target)."""
+        return self.missing.filter(pl.col("disposition") == "successful")
 
 
 def _census_rows(censuses: Censuses) -> pl.DataFrame:
@@ -91,17 +82,40 @@ def reconcile(frame: pl.DataFrame, units: pl.DataFrame, censuses: Censuses) -> R
     )
 
 
-def resend_lost_writes(manifest: Manifest, element_name: str, report: Reconciliation) -> pl.DataFrame:
-    """Put the units of `report.lost_writes` back to pending, their content hash cleared, so that the
-    next load sends them again: otherwise it would skip them as unchanged since their last success.
-    Returns them (resource_type, identifier_value, source_table, unit_key), all now pending."""
-    lost = report.lost_writes
-    newly_lost = lost.filter(pl.col("disposition") == "successful")
-    if not newly_lost.is_empty():
-        seen_at = datetime.now(UTC).isoformat(timespec="seconds")
-        manifest.mark_for_resend(element_name, list(newly_lost.select("source_table", "unit_key").iter_rows()),
-                                 f"{LOST_WRITE_REASON} {seen_at}: to be sent again by the next load")
-    return lost.select("resource_type", "identifier_value", "source_table", "unit_key")
+def lost_in_target(frame: pl.DataFrame, units: pl.DataFrame, censuses: Censuses, target_ids: pl.DataFrame) -> pl.DataFrame:
+    """The units the ledger records as loaded whose resource the target no longer holds as written:
+    missing (deleted by hand, or the server was restored from an older backup), or pointing at a
+    resource of an earlier element that is gone or was written again under a new id (`target_ids`:
+    LOADED_ID_SCHEMA, the ids the ledger records now). One row per unit: source_table, unit_key, reason.
+
+    `frame` holds REFERENCE_COLUMNS, `units` RECONCILE_UNIT_COLUMNS, `censuses` the element's kinds."""
+    missing = reconcile(frame, units, censuses).lost_writes.select(
+        "source_table", "unit_key", reason=pl.lit("not found in the target"))
+    keys = ["resource_type", "identifier_system", "identifier_value"]
+    held = (
+        _census_rows(censuses).unique(subset=keys, keep="last")
+        .select(*keys, "references").explode("references").drop_nulls("references").unnest("references")
+        .rename({"reference": "held"})
+    )
+    expected = target_ids.select(target_resource_type="resource_type", target_identifier_system="identifier_system",
+                                 target_identifier_value="identifier_value",
+                                 wanted=pl.format("{}/{}", pl.col("resource_type"), pl.col("resource_id")))
+    successful = units.filter(pl.col("disposition") == "successful").select("source_table", "unit_key")
+    stale = (
+        frame.filter(pl.col("quarantine_rule").is_null())
+        .join(successful, on=["source_table", "unit_key"], how="semi")
+        .select(*keys, "source_table", "unit_key", "references").explode("references").drop_nulls("references")
+        .with_columns(pl.col("references").struct.rename_fields(
+            ["path", "target_resource_type", "target_identifier_system", "target_identifier_value"]))
+        .unnest("references")
+        .join(expected, on=["target_resource_type", "target_identifier_system", "target_identifier_value"])
+        .join(held, on=[*keys, "path"])
+        .filter(pl.col("held") != pl.col("wanted"))
+        .select("source_table", "unit_key",
+                reason=pl.format("{} points at {}, which the target no longer holds as {}", pl.col("path"),
+                                 pl.col("held"), pl.col("target_identifier_value")))
+    )
+    return pl.concat([missing, stale]).unique(subset=["source_table", "unit_key"], keep="first", maintain_order=True)
 
 
 REFERENCE_PROBLEM_SCHEMA = pl.Schema({"resource_type": pl.String, "identifier_value": pl.String, "path": pl.String,
