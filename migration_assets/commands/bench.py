@@ -700,6 +700,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--probe"]:
         return probe_main(argv[1:])
+    if os.environ.get("BENCH_TARGET", "local") == "remote":
+        from migration_assets.commands import bench_remote
+
+        return bench_remote.run(int(os.environ.get("BENCH_PATIENTS", "500")))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patients", type=int, default=int(os.environ.get("BENCH_PATIENTS", "2000")))
     parser.add_argument("--memory-patients", type=int, default=int(os.environ.get("BENCH_MEMORY_PATIENTS", "0")),

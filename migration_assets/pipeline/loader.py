@@ -28,8 +28,9 @@ from migration_assets.verify.reconcile import RECONCILE_UNIT_COLUMNS, lost_in_ta
 
 log = logging.getLogger(__name__)
 
+# quota_points: what the bundles sent cost of Medplum's FHIR quota (quota_cost; resent entries not counted).
 COUNT_NAMES = ("source_rows", "quarantined", "not_sent_unchanged", "lost_in_target", "sent", "created", "updated",
-               "unchanged", "failed")
+               "unchanged", "failed", "quota_points")
 
 
 CREATE_MODES = ("post", "if_none_exist")
@@ -292,6 +293,7 @@ def load_frame(
         with ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="bundle") as pool:
             for number, (rows, entries) in enumerate(bundles, start=1):
                 cost = quota_cost(len(rows), entries)
+                result.add("quota_points", cost)
                 if not respond_async:
                     # The bundles in flight will be charged too, and the header does not show them yet:
                     # while the quota has no room for them and this one, wait for answers; then for the
