@@ -6,8 +6,8 @@ POSTs are counted as they are).
 On the same sample (BENCH_PATIENTS patients and their Conditions, which reference them):
 - `medplum bulk import` (@medplum/cli: POSTs in transactions of 25; not rerun: a rerun copies everything);
 - the loader alone (migrate, element by element) writing by conditional PUT, as without a census of the
-  target, and writing by what its census before the load says the target holds, with each create mode
-  (If-None-Exist, plain POST), then an unchanged reload; plain POST again with two bundles in flight and
+  target, and writing by what its census before the load says the target holds (updates by id), with each
+  create mode (conditional PUT, plain POST), then an unchanged reload; plain POST again with two bundles in flight and
   as async bundles (`Prefer: respond-async`);
 - the platform end to end through Dagster with every check, in each create mode, then an unchanged reload.
 Prints each figure with its ratio to the CLI and the FHIR quota points per resource of what the load sent
@@ -181,11 +181,11 @@ def run(patients: int, out: Path = OUT_DIR) -> int:
         measures: dict[str, Callable[[], dict[str, Any]]] = {
             "medplum bulk import (@medplum/cli)": lambda: bench_cli(source_url, work),
             "loader, conditional PUTs (no census)": lambda: bench_loader(source_url, work, None),
-            "loader, census + If-None-Exist creates": lambda: bench_loader(source_url, work, "if_none_exist"),
+            "loader, census + conditional creates": lambda: bench_loader(source_url, work, "conditional"),
             "loader, census + plain POST creates": lambda: bench_loader(source_url, work, "post"),
             "loader, plain POST, 2 bundles in flight": lambda: bench_loader(source_url, work, "post", concurrency=2),
             "loader, plain POST, async bundles": lambda: bench_loader(source_url, work, "post", mode="async"),
-            "end to end, every check, If-None-Exist": lambda: bench_e2e(source_url, work, "if_none_exist"),
+            "end to end, every check, conditional creates": lambda: bench_e2e(source_url, work, "conditional"),
             "end to end, every check, plain POST": lambda: bench_e2e(source_url, work, "post"),
         }
         for name, measure in measures.items():
