@@ -427,7 +427,8 @@ def run_element(job: Any, instance: Any, name: str) -> dict[str, Any]:
             "after_load_check_seconds": round(sum(seconds for step, seconds in steps.items()
                                                   if step.startswith("medplum_resources_") or step == "reconciliation_report"), 3),
             "loaded": int(counts.get("created", 0)) + int(counts.get("updated", 0)) + int(counts.get("unchanged", 0)),
-            "sent": int(counts.get("sent", 0)), "resubmitted_by_checks": resubmitted, "checks": checks}
+            "sent": int(counts.get("sent", 0)), "resubmitted_by_checks": resubmitted, "checks": checks,
+            "quota_points": int(counts.get("quota_points", 0))}
 
 
 # -- the ledger alone ---------------------------------------------------------------------------------
