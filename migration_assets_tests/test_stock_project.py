@@ -1,0 +1,84 @@
+"""The platform against a project as Medplum creates it: the FHIR quota on and the `transaction-bundles`
+feature off. The local server stands for it with its quota scaled down (a few thousand points a
+one-second window instead of 50,000 a minute) so that it runs out many times in a short test, in the
+middle of batches and of the transactions nested in them, exactly as MEDPLUM_FACTS.md describes."""
+
+import threading
+from collections.abc import Mapping, Sequence
+
+import polars as pl
+import pytest
+
+from migration_assets.active import LOAD_ORDER
+from migration_assets.medplum import EntryResponse
+from migration_assets.medplum.client import observed_by
+from migration_assets.verify.census import census
+
+pytestmark = pytest.mark.integration
+
+# Points a window and the window, in seconds: about 40 conditional PUTs a second, so every bundle of
+# the sample is larger than what is left of the quota.
+STOCK_QUOTA = {"fhir_quota": 6_000, "quota_window_seconds": 1, "transaction_bundles": False}
+ALL_CHECKS = {
+    "schema", "prerequisites_loaded", "reference_integrity", "idempotent_reload", "reconciliation", "accounting_balanced"
+}
+
+
+class QuotaRefusals:
+    """Counts, from every batch answer of the run, the entries refused by the quota: 429 as the entry's
+    own status, and 429 only inside the transaction-response of an entry that says 200."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.outer = 0
+        self.nested = 0
+
+    def counted(self, increments: Mapping[str, int]) -> None:
+        pass
+
+    def answered(self, entries: Sequence[EntryResponse]) -> None:
+        with self.lock:
+            for entry in entries:
+                if entry.status == 429:
+                    self.outer += 1
+                elif entry.ok and any(inner.status == 429 for inner in entry.inner_responses()):
+                    self.nested += 1
+
+
+def test_a_stock_project_loads_a_whole_sample_green_while_the_quota_runs_out_and_a_rerun_sends_nothing(
+    platform_factory,
+):
+    platform = platform_factory.new(patients=30, **STOCK_QUOTA)
+    refusals = QuotaRefusals()
+
+    with observed_by(refusals):
+        first = platform.run_all()
+
+    for summary in first:
+        assert summary.ok, (summary.element, summary.error, summary.failure_messages)
+        assert set(summary.checks_passed) == ALL_CHECKS
+        assert summary.counts["failed"] == summary.counts["pending_quota"] == summary.counts["half_written"] == 0
+        assert summary.counts["sent"] == summary.counts["source_rows"] - summary.counts["quarantined"]
+    # The quota ran out again and again, also inside nested transactions, and the run waited for it.
+    assert refusals.outer >= 5 and refusals.nested >= 2, (refusals.outer, refusals.nested)
+    assert sum(summary.quota_wait_seconds for summary in first) > 1
+    by_element = {summary.element: summary for summary in first}
+    assert "transaction-bundles feature is off" in by_element["encounters"].transactions_off
+    assert not by_element["patients"].transactions_off  # said once, by the element that has transactions
+
+    # Nothing duplicated, nothing missing: Medplum holds each eligible source unit exactly once.
+    with platform.manifest() as manifest, platform.client() as client:
+        for element in LOAD_ORDER:
+            units = manifest.units(element)
+            assert set(units["disposition"]) <= {"successful", "quarantined"}, element
+            expected = units.filter(pl.col("disposition") == "successful")
+            for (resource_type, system), rows in expected.group_by("resource_type", "identifier_system"):
+                held = census(client, str(resource_type), str(system))
+                assert held["identifier_value"].n_unique() == held.height, (element, resource_type, "duplicated")
+                assert sorted(held["identifier_value"]) == sorted(rows["identifier_value"]), (element, resource_type)
+
+    second = platform.run_all()
+    for summary in second:
+        assert summary.ok, (summary.element, summary.error, summary.failure_messages)
+        assert summary.counts["sent"] == 0, summary.element
+        assert summary.counts["not_sent_unchanged"] == summary.counts["source_rows"] - summary.counts["quarantined"]
