@@ -3,6 +3,8 @@ feature off. The local server stands for it with its quota scaled down (a few th
 one-second window instead of 50,000 a minute) so that it runs out many times in a short test, in the
 middle of batches and of the transactions nested in them, exactly as MEDPLUM_FACTS.md describes."""
 
+import dataclasses
+import json
 import threading
 from collections.abc import Mapping, Sequence
 
@@ -10,9 +12,13 @@ import polars as pl
 import pytest
 
 from migration_assets.active import LOAD_ORDER
-from migration_assets.medplum import EntryResponse
+from migration_assets.definitions import make_definitions
+from migration_assets.ledger.manifest import Manifest
+from migration_assets.medplum import EntryResponse, MedplumClient
 from migration_assets.medplum.client import observed_by
+from migration_assets.pipeline.resources import MedplumResource, build_resources
 from migration_assets.verify.census import census
+from migration_assets_tests.fault_proxy import Fault, FaultProxy
 
 pytestmark = pytest.mark.integration
 
@@ -82,3 +88,65 @@ def test_a_stock_project_loads_a_whole_sample_green_while_the_quota_runs_out_and
         assert summary.ok, (summary.element, summary.error, summary.failure_messages)
         assert summary.counts["sent"] == 0, summary.element
         assert summary.counts["not_sent_unchanged"] == summary.counts["source_rows"] - summary.counts["quarantined"]
+
+
+class RefuseOneNote:
+    """Answers one encounter's transaction, every time it is sent, as Medplum does when one entry fails
+    on a project without transaction-bundles: the encounter written, its last note 400. The note is in
+    fact written too (only its answer is rewritten): a partial write the local server cannot be made
+    to refuse on its own, since the sample's notes are valid."""
+
+    def __init__(self) -> None:
+        self.encounter: str | None = None
+        self.rewritten = 0
+
+    def __call__(self, bundle: dict) -> dict:
+        for entry in bundle.get("entry", []):
+            inner = (entry.get("resource") or {}).get("entry", [])
+            if entry["resource"].get("type") != "transaction-response" or len(inner) < 2 if inner else True:
+                continue
+            identifier = json.dumps(inner[0].get("resource", {}).get("identifier"))
+            self.encounter = self.encounter or identifier
+            if identifier == self.encounter:
+                inner[-1].pop("resource", None)
+                inner[-1]["response"] = {"status": "400", "outcome": {"resourceType": "OperationOutcome", "issue": [
+                    {"severity": "error", "code": "invalid", "details": {"text": "injected: note refused"}}]}}
+                self.rewritten += 1
+        return bundle
+
+
+def test_a_transaction_half_written_on_a_project_without_transaction_bundles_is_completed_by_the_next_run(
+    platform_factory,
+):
+    platform = platform_factory.new(patients=10, transaction_bundles=False)
+    with FaultProxy(platform.server.base_url) as proxy:
+        resources = build_resources(
+            medplum=MedplumResource(base_url=proxy.base_url, client_id=platform.server.client_id,
+                                    client_secret=platform.server.client_secret),
+            legacy_db_url=platform.source_url, manifest_db_url=platform.manifest_url, work_dir=platform.work,
+        )
+        proxied = dataclasses.replace(platform, defs=make_definitions(resources))
+        assert proxied.run("patients").ok and proxied.run("practitioners").ok
+        refuse = RefuseOneNote()
+        proxy.plan(Fault("rewrite", count=999, method="POST", path="/fhir/R4/", rewrite=refuse))
+
+        half = proxied.run("encounters")
+
+        assert refuse.rewritten >= 1
+        assert half.counts["failed"] == 1 and half.counts["half_written"] >= 1, half.counts
+        assert "transaction-bundles feature is off" in half.transactions_off
+        with MedplumClient(proxy.base_url, platform.server.client_id, platform.server.client_secret) as client, \
+                Manifest(platform.manifest_url, client.target.key) as manifest:
+            units = manifest.units("encounters")
+            half_written = units.filter(pl.col("reason").str.starts_with("half written"))
+            assert half_written.height == half.counts["half_written"]
+            assert set(half_written["disposition"]) == {"pending"}  # not counted as loaded
+            assert "idempotent_reload" not in half.checks_passed  # nothing resubmitted while units are pending
+
+            proxy.clear()
+            rerun = proxied.run("encounters")
+
+            assert rerun.ok, (rerun.error, rerun.failure_messages)
+            # The whole transaction again: the half-written units and the refused note.
+            assert rerun.counts["sent"] == half.counts["half_written"] + 1 and rerun.counts["failed"] == 0
+            assert set(manifest.units("encounters")["disposition"]) == {"successful"}
