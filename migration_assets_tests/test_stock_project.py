@@ -13,6 +13,7 @@ import pytest
 
 from migration_assets.active import LOAD_ORDER
 from migration_assets.definitions import make_definitions
+from migration_assets.devtools.local_medplum import STOCK_PROJECT
 from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import EntryResponse, MedplumClient
 from migration_assets.medplum.client import observed_by
@@ -22,9 +23,9 @@ from migration_assets_tests.fault_proxy import Fault, FaultProxy
 
 pytestmark = pytest.mark.integration
 
-# Points a window and the window, in seconds: about 40 conditional PUTs a second, so every bundle of
-# the sample is larger than what is left of the quota.
-STOCK_QUOTA = {"fhir_quota": 6_000, "quota_window_seconds": 1, "transaction_bundles": False}
+# STOCK_PROJECT with its minute scaled down to a second and its 50,000 points to 6,000 (about 40
+# conditional PUTs a second), so every bundle of the sample is larger than what is left of the quota.
+STOCK_QUOTA = {**STOCK_PROJECT, "fhir_quota": 6_000, "quota_window_seconds": 1}
 ALL_CHECKS = {
     "schema", "prerequisites_loaded", "reference_integrity", "idempotent_reload", "reconciliation", "accounting_balanced"
 }
