@@ -103,7 +103,7 @@ def print_summary(summaries: list[ElementSummary]) -> None:
     # Said once, whatever the number of transactional elements.
     off = next((s.transactions_off for s in summaries if s.transactions_off), "")
     if off:
-        print(f"\nWARNING: transaction-bundles {off}")
+        print(f"\nWARNING: {off.removeprefix('off: ')}")
     for s in summaries:
         for check, message in s.failure_messages.items():
             print(f"\n{s.element}: check {check} failed: {message}")
