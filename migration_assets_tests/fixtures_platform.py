@@ -14,7 +14,7 @@ from migration_assets.commands.demo import ElementSummary, migrate_element
 from migration_assets.definitions import make_definitions
 from migration_assets.devtools.local_medplum import LocalMedplum, running_local_medplum
 from migration_assets.ledger.manifest import Manifest
-from migration_assets.medplum import MedplumClient
+from migration_assets.medplum import MedplumClient, Target
 from migration_assets.pipeline.resources import MedplumResource, build_resources
 from migration_assets.profiles.seed_ehr.sample_data import generate_sample_ehr
 
@@ -43,10 +43,14 @@ class Platform:
         return build_platform(self.work, self.server.as_client(client_id, client_secret), self.source_url,
                               self.instance, self.manifest_url)
 
-    def manifest(self) -> Manifest:
-        """The books of this platform's Medplum (its server and project)."""
+    def manifest(self, through: str | None = None) -> Manifest:
+        """The books of this platform's Medplum (its server and project); `through`: of the same project
+        reached at another base URL (a proxy in front of the server), which is another target."""
         with self.client() as client:
-            return Manifest(self.manifest_url, client.target.key)
+            target = client.target
+        if through is not None:
+            target = Target(through.rstrip("/") + "/", target.project_id)
+        return Manifest(self.manifest_url, target.key)
 
 
 def build_platform(

@@ -13,7 +13,7 @@ from dagster import build_schedule_context, build_sensor_context
 
 from migration_assets.adoption.archive import CHECKSUM_FILE, verify_archive
 from migration_assets.phases import PHASE_NAMES, PhaseConfigError, load_phases
-from migration_assets.pipeline.resources import LegacySource, ManifestStore
+from migration_assets.pipeline.resources import LegacySource, ManifestStore, MedplumResource
 from migration_assets.profiles.seed_ehr.legacy_app import LegacyApp, RunningApp
 from migration_assets.profiles.seed_ehr.sample_data import generate_sample_ehr
 from migration_assets.source import read_table
@@ -51,7 +51,9 @@ def sensor_tick(platform, element: str):
     context = build_sensor_context(
         instance=platform.instance,
         definitions=platform.defs,
-        resources={"legacy_db": LegacySource(url=platform.source_url), "manifest": ManifestStore(url=platform.manifest_url)},
+        resources={"legacy_db": LegacySource(url=platform.source_url), "manifest": ManifestStore(url=platform.manifest_url),
+                   "medplum": MedplumResource(base_url=platform.server.base_url, client_id=platform.server.client_id,
+                                              client_secret=platform.server.client_secret)},
     )
     return sensor.evaluate_tick(context)
 

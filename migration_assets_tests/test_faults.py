@@ -402,9 +402,10 @@ def rewired(platform: Platform, medplum_url: str, **options) -> Platform:
     return dataclasses.replace(platform, defs=make_definitions(resources))
 
 
-def assert_partition_settled(platform: Platform, patients: int) -> None:
-    """Every patient unit successful, each identifier once in Medplum, the books balanced."""
-    with platform.manifest() as manifest:
+def assert_partition_settled(platform: Platform, patients: int, through: str) -> None:
+    """Every patient unit successful, each identifier once in Medplum, the books (of the target at
+    `through`) balanced."""
+    with platform.manifest(through) as manifest:
         units = manifest.units("patients")
     assert units["disposition"].to_list() == ["successful"] * patients, units["reason"].drop_nulls().to_list()
     with platform.client() as client:
@@ -430,7 +431,7 @@ def test_a_run_that_outlasts_its_retries_fails_clearly_and_a_rerun_through_every
         assert len(proxy.requests(method="POST", path=BATCH, fault="status")) == 3
         # Three tries of one request: two backoffs of at most 0.5 and 1 s (plus the run's own work).
         assert time.monotonic() - started < 30
-        with platform.manifest() as manifest:
+        with platform.manifest(through=proxy.base_url) as manifest:
             dispositions = dict(manifest.units("patients")["disposition"].value_counts().iter_rows())
         assert dispositions == {"successful": 10, "pending": 20}
 
@@ -460,7 +461,7 @@ def test_a_run_that_outlasts_its_retries_fails_clearly_and_a_rerun_through_every
         assert rerun.counts["created"] + rerun.counts["updated"] == 20
         # Bounded: every fault costs one retry, each at most 1 s of backoff (or 0.2 s of quota reset).
         assert time.monotonic() - started < 30 + strikes
-    assert_partition_settled(platform, 30)
+    assert_partition_settled(platform, 30, through=proxy.base_url)
 
 
 # Runs the real Dagster job for the patients partition in its own process, as `dagster` would.
@@ -495,20 +496,21 @@ def test_a_dagster_run_process_killed_mid_partition_is_resumed_by_the_next_run(p
         )
         assert run_process["p"].wait(timeout=180) == -signal.SIGKILL, (platform.work / "killed-run.log").read_text()
 
-    (killed,) = platform.instance.get_runs()
-    assert killed.status not in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE)  # died without a word
-    with platform.manifest() as manifest:
-        dispositions = dict(manifest.units("patients")["disposition"].value_counts().iter_rows())
-    # Outcomes are stored a few bundles per commit: at least the third bundle's units are pending.
-    successful, pending = dispositions.get("successful", 0), dispositions.get("pending", 0)
-    assert successful + pending == 40 and pending >= 10
+        (killed,) = platform.instance.get_runs()
+        assert killed.status not in (DagsterRunStatus.SUCCESS, DagsterRunStatus.FAILURE)  # died without a word
+        with platform.manifest(through=proxy.base_url) as manifest:
+            dispositions = dict(manifest.units("patients")["disposition"].value_counts().iter_rows())
+        # Outcomes are stored a few bundles per commit: at least the third bundle's units are pending.
+        successful, pending = dispositions.get("successful", 0), dispositions.get("pending", 0)
+        assert successful + pending == 40 and pending >= 10
 
-    rerun = platform.run("patients")
+        # The same target as the killed run (the server through the proxy, whose one fault is spent).
+        rerun = rewired(platform, proxy.base_url).run("patients")
 
-    assert rerun.ok, (rerun.error, rerun.failure_messages)
-    assert set(rerun.checks_passed) == ALL_CHECKS
-    assert rerun.counts["not_sent_unchanged"] == successful and rerun.counts["sent"] == pending
-    # Three bundles reached Medplum before the kill, whatever the ledger had stored of them: resent,
-    # they update rather than duplicate; only the fourth is created now.
-    assert rerun.counts["created"] == 10 and rerun.counts["failed"] == 0
-    assert_partition_settled(platform, 40)
+        assert rerun.ok, (rerun.error, rerun.failure_messages)
+        assert set(rerun.checks_passed) == ALL_CHECKS
+        assert rerun.counts["not_sent_unchanged"] == successful and rerun.counts["sent"] == pending
+        # Three bundles reached Medplum before the kill, whatever the ledger had stored of them: resent,
+        # they update rather than duplicate; only the fourth is created now.
+        assert rerun.counts["created"] == 10 and rerun.counts["failed"] == 0
+        assert_partition_settled(platform, 40, through=proxy.base_url)

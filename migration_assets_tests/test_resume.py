@@ -41,7 +41,7 @@ def slow_submit(self, *args, **kwargs):
     return real_submit(self, *args, **kwargs)
 MedplumClient.submit_batch = slow_submit
 
-with MedplumClient(base_url, client_id, secret) as client, Manifest(manifest_url) as manifest:
+with MedplumClient(base_url, client_id, secret) as client, Manifest(manifest_url, client.target.key) as manifest:
     migrate(client, manifest, "killed-run", element, frame, source_url, LoadSettings(batch_size=10), progress)
 """
 

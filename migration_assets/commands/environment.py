@@ -6,7 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from migration_assets.active import PROFILE, write_sample
-from migration_assets.devtools.local_medplum import running_local_medplum
+from migration_assets.devtools.local_medplum import free_port, port_is_free, running_local_medplum
 from migration_assets.paths import DEFAULT_LEGACY_DB_URL, REPO_ROOT, WORK_DIR
 from migration_assets.source import redact_url
 
@@ -25,6 +25,17 @@ concurrency:
   runs:
     max_concurrent_runs: 1
 """
+
+
+def _local_server_port() -> int:
+    """The port the local server had last time (kept beside its data file), when it is free; else a
+    free one, kept for next time."""
+    kept = WORK_DIR / "medplum_local.port"
+    if kept.exists() and kept.read_text().strip().isdigit() and port_is_free(int(kept.read_text())):
+        return int(kept.read_text())
+    port = free_port()
+    kept.write_text(str(port))
+    return port
 
 
 def ensure_dagster_home() -> str:
@@ -61,9 +72,10 @@ def medplum_server(port: int | None = None) -> Iterator[str]:
         yield os.environ["MEDPLUM_BASE_URL"]
         return
     WORK_DIR.mkdir(parents=True, exist_ok=True)
-    # The store is kept in a file so that, like a real server, it outlives the process.
+    # The store is kept in a file so that, like a real server, it outlives the process; and its address
+    # too, as far as the port is free: the books are kept per target, and a target is its base URL.
     with running_local_medplum(
-        port, log_path=WORK_DIR / "medplum_local.log", data_file=WORK_DIR / "medplum_local.json"
+        port or _local_server_port(), log_path=WORK_DIR / "medplum_local.log", data_file=WORK_DIR / "medplum_local.json"
     ) as server:
         os.environ.update(
             MEDPLUM_BASE_URL=server.base_url,

@@ -50,7 +50,7 @@ from typing import Any
 
 from migration_assets.config import REPO_ROOT
 from migration_assets.devtools.local_medplum import start_local_medplum, stop_local_medplum
-from migration_assets.medplum import EntryResponse
+from migration_assets.medplum import EntryResponse, MedplumClient
 from migration_assets.medplum.client import observed_by
 
 OUT_DIR = REPO_ROOT / ".artifacts" / "soak"
@@ -231,7 +231,7 @@ def run_element(element: str, instance: Any, defs: Any) -> ElementRun:
     return run
 
 
-def books(element: str, frames_dir: Path, manifest_url: str) -> dict[str, Any]:
+def books(element: str, frames_dir: Path, manifest_url: str, target: str) -> dict[str, Any]:
     """The element's books read straight from the manifest, against the units of its FHIR frame:
     source units = successful + rejected + skipped + quarantined, nothing pending or unrecorded."""
     from migration_assets.ledger.manifest import Manifest
@@ -242,7 +242,7 @@ def books(element: str, frames_dir: Path, manifest_url: str) -> dict[str, Any]:
     if not frame_path.is_dir():
         return {"balanced": False, "why": f"no FHIR frame at {frame_path}"}
     units = FrameParts(frame_path).read(["source_table", "unit_key"])
-    with Manifest(manifest_url) as ledger:
+    with Manifest(manifest_url, target) as ledger:
         ledger_units = ledger.units(element, ["source_table", "unit_key", "disposition"])
     joined = units.join(ledger_units, on=["source_table", "unit_key"], how="left")
     figures: dict[str, Any] = {"source_units": units.height}
@@ -510,13 +510,15 @@ def soak(patients: int, quota: int, window: int, work: Path, idempotency_sample:
                                                     work_dir=work, idempotency_sample_size=idempotency_sample))
             log(f"local Medplum at {server.base_url} (pid {process.pid}), quota {quota:,} points per {window} s; "
                 f"elements in order: {', '.join(LOAD_ORDER)}")
+            with MedplumClient(server.base_url, server.client_id, server.client_secret) as client:
+                target = client.target  # whose books the soak reads
             with DagsterInstance.get() as instance, observed_by(TallyObserver(tally)):
                 sampler.start()
                 for element in LOAD_ORDER:
                     sampler.element = element
                     element_started = time.monotonic() - sampler.started
                     run = run_element(element, instance, defs)
-                    run.books = books(element, frames_dir, manifest_url)
+                    run.books = books(element, frames_dir, manifest_url, target.key)
                     run.python_rss_after_mb = _round(resident_mb())
                     record = asdict(run)
                     record["started_s"] = round(element_started, 1)

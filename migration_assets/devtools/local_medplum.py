@@ -62,6 +62,18 @@ class LocalMedplum:
         return LocalMedplum(self.base_url, client_id, client_secret)
 
 
+def port_is_free(port: int) -> bool:
+    """True when nothing listens on `port` of 127.0.0.1 right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As the server binds it: connections of its previous run still closing do not count.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that is free right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:

@@ -143,13 +143,25 @@ class MedplumClient:
         """The server and the project this client's credential acts in: from the token response, else
         from `GET /auth/me`; a server that names neither is told apart by its base URL alone."""
         if self._target is None:
-            self._token.bearer()
+            self._fetch_token()
             project = self._token.project_id
             if project is None:
                 me = self._send("GET", self.base_url + "auth/me", parse=_json_or_none_if_missing)
                 project = project_of(me)
             self._target = Target(self.base_url, project or "")
         return self._target
+
+    def _fetch_token(self) -> None:
+        """A token, retried as any request is (the token endpoint can be throttled or unreachable)."""
+        for attempt in range(1, self.retry.max_attempts + 1):
+            try:
+                self._token.bearer()
+                return
+            except (httpx.TransportError, MedplumResponseError) as exc:
+                if attempt == self.retry.max_attempts:
+                    raise MedplumError(f"no token from {display_url(self.base_url)}oauth2/token after {attempt} "
+                                       f"attempts: {exc}") from exc
+                time.sleep(self.retry.backoff(attempt))
 
     # -- plain requests -------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ Unchanged rows (same content hash as their last successful write) are not sent a
 
 import logging
 import math
+import re
 import time
 from collections import deque
 from collections.abc import Callable, Iterator
@@ -41,6 +42,9 @@ TRANSACTIONS_OFF = (
 )
 
 
+CREATE_MODES = ("post", "if_none_exist")
+
+
 @dataclass(frozen=True)
 class LoadSettings:
     batch_size: int = 100
@@ -62,10 +66,17 @@ class LoadSettings:
     # of a Condition's write time on a real server, MEDPLUM_FACTS.md). Targets not in the ledger keep
     # their conditional reference.
     direct_references: bool = True
+    # How a resource the target does not hold yet is created when the load knows what the target holds
+    # (migrate() with a census of it; otherwise every write is a conditional PUT): "post", a plain create,
+    # with no search inside the write; or "if_none_exist", a create that first searches its identifier,
+    # for when another writer may create the same resource meanwhile (adoption/phases: the dual write).
+    creates: str = "if_none_exist"
 
     def __post_init__(self) -> None:
         if self.mode not in ("sync", "async"):
             raise ValueError(f"load mode must be 'sync' or 'async', got {self.mode!r}")
+        if self.creates not in CREATE_MODES:
+            raise ValueError(f"creates must be one of {', '.join(CREATE_MODES)}, got {self.creates!r}")
         if self.shard_count < 1 or not 0 <= self.shard_index < self.shard_count:
             raise ValueError(f"shard_index must be in 0..shard_count-1, got {self.shard_index} of {self.shard_count}")
         if self.batch_size < 1 or self.concurrency < 1:
@@ -93,17 +104,47 @@ class LoadResult:
             self.transaction_bundles = other.transaction_bundles
 
 
-def entry_texts(frame: pl.DataFrame) -> pl.Series:
-    """One bundle entry (JSON text) per row: a conditional PUT on the row's identifier."""
+def held_in_target(censuses: Censuses) -> pl.DataFrame:
+    """Per identifier the target holds (by the census): the id of its one resource as `held_id`, or
+    `held_many` when several resources carry it (a duplicate: written by conditional PUT, which Medplum
+    refuses, so that the load never adds a copy)."""
+    return pl.concat(
+        [pl.DataFrame(schema={"resource_type": pl.String, "identifier_system": pl.String, "identifier_value": pl.String,
+                              "held_id": pl.String, "held_many": pl.Boolean}),
+         *(found.group_by("identifier_value").agg(copies=pl.len(), held_id=pl.col("resource_id").first())
+           .select(pl.lit(resource_type).alias("resource_type"), pl.lit(system).alias("identifier_system"),
+                   "identifier_value", held_id=pl.when(pl.col("copies") == 1).then("held_id"),
+                   held_many=pl.col("copies") > 1)
+           for (resource_type, system), found in censuses.items())],
+        how="vertical_relaxed",
+    )
+
+
+def entry_texts(frame: pl.DataFrame, creates: str | None = None) -> pl.Series:
+    """One bundle entry (JSON text) per row: a conditional PUT on the row's identifier, which Medplum
+    answers with a search before it writes. With `creates` the frame has the columns of held_in_target
+    (null: the target does not hold the row's resource): a held one goes as `PUT Type/id`, an absent one
+    as a create (CREATE_MODES), with no search inside the write; a duplicate stays a conditional PUT."""
     url = conditional_reference(pl.col("resource_type"), pl.col("identifier_system"), pl.col("identifier_value"))
+    resource = pl.col("resource")
     request = pl.struct(pl.lit("PUT").alias("method"), url.alias("url")).struct.json_encode()
+    if creates is not None:
+        held = pl.col("held_id").is_not_null()
+        by_id = pl.struct(pl.lit("PUT").alias("method"), pl.format("{}/{}", "resource_type", "held_id").alias("url"))
+        create = pl.struct(pl.lit("POST").alias("method"), pl.col("resource_type").alias("url"),
+                           *([url.str.split_exact("?", 1).struct.field("field_1").alias("ifNoneExist")]
+                             if creates == "if_none_exist" else []))
+        request = (pl.when(pl.col("held_many").fill_null(False)).then(request)
+                   .when(held).then(by_id.struct.json_encode()).otherwise(create.struct.json_encode()))
+        # An update by id carries the id in the resource too (Medplum refuses it otherwise).
+        resource = pl.when(held).then(pl.concat_str(pl.lit('{"id":"'), "held_id", pl.lit('",'), resource.str.slice(1)))\
+            .otherwise(resource)
     opening = pl.when(pl.col("full_url").is_not_null()).then(
         pl.concat_str(pl.lit('{"fullUrl":"'), pl.col("full_url"), pl.lit('",'))
     )
     return frame.select(
         pl.concat_str(
-            opening.otherwise(pl.lit("{")), pl.lit('"request":'), request, pl.lit(',"resource":'), pl.col("resource"),
-            pl.lit("}"),
+            opening.otherwise(pl.lit("{")), pl.lit('"request":'), request, pl.lit(',"resource":'), resource, pl.lit("}"),
         )
     ).to_series()
 
@@ -200,6 +241,7 @@ def load_frame(
     known: pl.DataFrame | None = None,
     bundle_offset: int = 0,
     target_ids: pl.DataFrame | None = None,
+    held: pl.DataFrame | None = None,
 ) -> LoadResult:
     """Send every eligible row of `frame` (of this load's shard) with at most `settings.concurrency`
     bundles in flight, record each outcome in submission order, and count what happened. A shard
@@ -209,7 +251,9 @@ def load_frame(
     caller did so already (`prerequisites_checked`, as migrate() does). `known` is the element's
     ledger (LEDGER_COLUMNS) when the caller read it already; `bundle_offset` numbers this frame's
     bundles after those of the frames loaded before it in the same run; `target_ids` are the
-    referenced resources already written (PrerequisiteReport.loaded_ids; the caller's check found them)."""
+    referenced resources already written (PrerequisiteReport.loaded_ids; the caller's check found them);
+    `held` (held_in_target) what the target holds of the frame's own resources, by its census: with it
+    a resource is updated by id or created (settings.creates), not written by conditional PUT."""
     if not prerequisites_checked:
         # The idempotent_reload check resubmits fhir_frames, where rows pointing at a quarantined
         # patient are not quarantined yet (migrate() does that at load time): sent, Medplum would
@@ -239,7 +283,10 @@ def load_frame(
     )
     if direct_ids is not None:
         outgoing = with_direct_references(outgoing, direct_ids).drop("references")
-    bundles = Bundles(outgoing, transactional, settings.batch_size)
+    if held is not None:
+        outgoing = outgoing.join(held, on=["resource_type", "identifier_system", "identifier_value"], how="left",
+                                 maintain_order="left")
+    bundles = Bundles(outgoing, transactional, settings.batch_size, settings.creates if held is not None else None)
     result.bundles = len(bundles)
     in_flight: deque[tuple[int, pl.DataFrame, Future[list[EntryResponse]], int]] = deque()
     answered: deque[tuple[int, pl.DataFrame, list[EntryResponse]]] = deque()
@@ -321,18 +368,22 @@ class _Recorder:
                 self.on_progress(number, self.total)
 
 
-# A conditional PUT costs a search (20 points) and a write (100) of Medplum's FHIR quota; one that
-# creates inside a batch is searched twice (140), and about 333 creates fit a 50,000-point minute.
-POINTS_PER_CONDITIONAL_WRITE = 150
-# Each conditional reference in a resource (`Patient?identifier=…`) is resolved by a search.
-POINTS_PER_REFERENCE_SEARCH = 20
+# Medplum's FHIR quota: a write costs 100 points, a search 20. A conditional write (a conditional PUT,
+# or a create with If-None-Exist) searched twice when it created inside a batch (140 measured); each
+# conditional reference in a resource (`Patient?identifier=…`) is resolved by a search.
+POINTS_PER_WRITE = 100
+POINTS_PER_SEARCH = 20
+_CONDITIONAL_PUT = re.compile(r'"url":"[A-Za-z]+\?identifier=')
 
 
 def quota_cost(rows: int, entries: list[str]) -> int:
-    """What a bundle of `rows` conditional PUTs costs of the FHIR quota: the writes, and a search for
-    every conditional reference (each entry's own URL is one `?identifier=` too, already counted)."""
-    references = sum(text.count("?identifier=") for text in entries) - rows
-    return rows * POINTS_PER_CONDITIONAL_WRITE + max(0, references) * POINTS_PER_REFERENCE_SEARCH
+    """What a bundle of `rows` writes costs of the FHIR quota: the writes, two searches for each
+    conditional write and one for every conditional reference."""
+    text = "".join(entries)
+    conditional_puts = len(_CONDITIONAL_PUT.findall(text))
+    conditional_writes = conditional_puts + text.count('"ifNoneExist"')
+    references = text.count("?identifier=") - conditional_puts
+    return rows * POINTS_PER_WRITE + (2 * conditional_writes + references) * POINTS_PER_SEARCH
 
 
 class Bundles:
@@ -340,9 +391,10 @@ class Bundles:
     (rows, batch entries) per bundle; for a transactional element each entry is one bundle group's
     transaction and carries all rows of that group."""
 
-    def __init__(self, outgoing: pl.DataFrame, transactional: bool, batch_size: int) -> None:
+    def __init__(self, outgoing: pl.DataFrame, transactional: bool, batch_size: int, creates: str | None = None) -> None:
         self.transactional = transactional
         self.batch_size = batch_size
+        self.creates = creates
         if transactional:
             # Groups made contiguous; within a group the element's own row order is kept.
             self.rows = outgoing.sort("bundle_group", maintain_order=True)
@@ -361,7 +413,7 @@ class Bundles:
             chunk_sizes = self.group_sizes.slice(chunk_start, groups_per_chunk).to_list()
             chunk_rows = self.rows.slice(first_row, sum(chunk_sizes))
             first_row += sum(chunk_sizes)
-            chunk_texts = entry_texts(chunk_rows).to_list()
+            chunk_texts = entry_texts(chunk_rows, self.creates).to_list()
             offset = 0
             for start in range(0, len(chunk_sizes), self.batch_size):
                 sizes = chunk_sizes[start : start + self.batch_size]
@@ -493,11 +545,14 @@ def migrate(
                        shard=(settings.shard_index, settings.shard_count))
     result = LoadResult()
     try:
+        held = None
         if census_of_target is not None:
             keys = in_shard(frame.read(REFERENCE_COLUMNS) if isinstance(frame, FrameParts)
                             else frame.select(REFERENCE_COLUMNS), settings)
-            lost = lost_in_target(keys, manifest.units(element.name, RECONCILE_UNIT_COLUMNS),
-                                  census_of_target(keys), report.loaded_ids)
+            censuses = census_of_target(keys)
+            held = held_in_target(censuses)
+            lost = lost_in_target(keys, manifest.units(element.name, RECONCILE_UNIT_COLUMNS), censuses,
+                                  report.loaded_ids)
             manifest.mark_for_resend(element.name, lost)
             result.add("lost_in_target", lost.height)
             if not lost.is_empty():
@@ -512,7 +567,7 @@ def migrate(
             part_result = load_frame(
                 client, manifest, run_id, element.name, element.transactional, quarantine_unloadable(part, report),
                 settings, on_progress, prerequisites_checked=True, known=known, bundle_offset=bundles_sent,
-                target_ids=report.loaded_ids,
+                target_ids=report.loaded_ids, held=held,
             )
             result.merge(part_result)
             bundles_sent = result.bundles

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from migration_assets.commands.demo import SUMMARY_COUNTS
+
 ELEMENTS = ("care_sites", "locations", "persons", "providers", "visits", "conditions", "drugs", "procedures",
             "measurements", "observations")
 
@@ -24,7 +26,7 @@ def demo(work: Path) -> subprocess.CompletedProcess[str]:
 
 def summary(output: str) -> dict[str, list[str]]:
     return {line.split()[0]: line.split() for line in output.splitlines() if line.split()[:1] and
-            line.split()[0] in ELEMENTS and len(line.split()) == 11}
+            line.split()[0] in ELEMENTS and len(line.split()) == 1 + len(SUMMARY_COUNTS) + 2}
 
 
 @pytest.mark.integration

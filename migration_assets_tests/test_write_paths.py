@@ -1,0 +1,83 @@
+"""How the load writes when it knows what the target holds (its census before sending): a resource the
+target holds is updated by id, an absent one created (plain POST, or with If-None-Exist), a duplicate
+left to a conditional PUT that Medplum refuses. Against the local server over real HTTP."""
+
+import json
+import uuid
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from migration_assets.active import get_element
+from migration_assets.elements.base import SourceSystem, build_frame
+from migration_assets.ledger.manifest import Manifest
+from migration_assets.medplum import MedplumClient
+from migration_assets.pipeline.loader import LoadSettings, entry_texts, held_in_target, migrate, quota_cost
+from migration_assets.profiles.seed_ehr.sample_data import build_sample_tables
+from migration_assets.verify.census import RunCensus, census
+from migration_assets_tests.fixtures_local_medplum import fhir_client
+
+PATIENTS = get_element("patients")
+
+
+def patients_frame(base: str, rows: int = 12) -> pl.DataFrame:
+    tables = build_sample_tables(rows)
+    return build_frame(PATIENTS, PATIENTS.extract({"patients": tables["patients"]}), SourceSystem(base))
+
+
+def test_entries_are_updates_by_id_creates_or_conditional_puts_by_what_the_target_holds():
+    frame = patients_frame("https://paths.example.org/fhir", rows=3).with_columns(
+        held_id=pl.Series(["p-1", None, None]), held_many=pl.Series([False, None, True]))
+    posted, guarded = (
+        [json.loads(text) for text in entry_texts(frame, creates).to_list()] for creates in ("post", "if_none_exist")
+    )
+    assert posted[0]["request"] == {"method": "PUT", "url": "Patient/p-1"} and posted[0]["resource"]["id"] == "p-1"
+    assert posted[1]["request"] == {"method": "POST", "url": "Patient"} and "id" not in posted[1]["resource"]
+    assert guarded[1]["request"]["ifNoneExist"].startswith("identifier=https")
+    assert posted[2]["request"]["url"].startswith("Patient?identifier="), "a duplicate stays a conditional PUT"
+    texts = entry_texts(frame, "post").to_list()
+    assert quota_cost(3, texts) == 3 * 100 + 2 * 20, "the conditional PUT searches (twice when it creates)"
+    assert quota_cost(3, entry_texts(frame.drop("held_id", "held_many")).to_list()) == 3 * 140
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("creates", ["post", "if_none_exist"])
+def test_a_load_that_knows_the_target_creates_updates_by_id_and_never_duplicates(local_medplum, tmp_path: Path,
+                                                                                 creates: str):
+    base = f"https://paths-{uuid.uuid4().hex[:8]}.example.org/fhir"
+    frame = patients_frame(base)
+    system = frame["identifier_system"][0]
+    settings = LoadSettings(batch_size=5, creates=creates)
+
+    def load(run_id: str, rows: pl.DataFrame):
+        before = RunCensus(tmp_path / "census", run_id)
+        with MedplumClient(local_medplum.base_url, local_medplum.client_id, local_medplum.client_secret) as client, \
+                Manifest(f"sqlite:///{tmp_path / 'ledger.db'}", client.target.key) as ledger:
+            return migrate(client, ledger, run_id, PATIENTS, rows, "sqlite:///legacy.db", settings,
+                           census_of_target=lambda keys: before.get(client, keys))
+
+    first = load("first", frame)
+    assert first.counts["created"] == 12 and first.counts["failed"] == 0
+
+    # One source row changed; and a copy of another made by hand, as a racing writer would.
+    changed = frame.with_columns(
+        resource=pl.when(pl.int_range(pl.len()) == 0).then(pl.col("resource").str.replace('"gender":"[a-z]+"',
+                                                                                        '"gender":"unknown"'))
+        .otherwise(pl.col("resource")),
+        content_hash=pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("changed")).otherwise(pl.col("content_hash")))
+    copied = json.loads(frame["resource"][1])
+    with fhir_client(local_medplum) as fhir:
+        assert fhir.post("Patient", json=copied).status_code == 201
+    changed = changed.with_columns(content_hash=pl.when(pl.int_range(pl.len()) == 1).then(pl.lit("also changed"))
+                                   .otherwise(pl.col("content_hash")))
+
+    second = load("second", changed)
+
+    assert second.counts["sent"] == 2 and second.counts["updated"] == 1, second.counts
+    assert second.counts["failed"] == 1, "the duplicated identifier is refused, not copied a third time"
+    with MedplumClient(local_medplum.base_url, local_medplum.client_id, local_medplum.client_secret) as client:
+        found = census(client, "Patient", system)
+    assert found.height == 13 and found["identifier_value"].n_unique() == 12
+    held = held_in_target({("Patient", system): found})
+    assert held.filter(pl.col("held_many")).height == 1
