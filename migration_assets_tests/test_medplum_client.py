@@ -101,26 +101,33 @@ def test_pacing_waits_for_the_reset_instead_of_running_into_429():
     assert client.stats.entries_resent == 0 and client.stats.rate_limited == 0
 
 
-def put_transaction(value: str) -> str:
-    """A batch entry holding a transaction: a Patient and an Observation linked by urn:uuid."""
+def put_transaction(value: str, create: bool = False) -> str:
+    """A batch entry holding a transaction: a Patient and an Observation linked by urn:uuid, written by
+    conditional PUT, or with `create` by plain POST (no search: only the client can keep it from
+    creating twice)."""
     full_url = f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, value)}"
     observation = {"resourceType": "Observation", "status": "final", "code": {"text": "weight"},
                    "identifier": [{"system": SYSTEM, "value": f"obs-{value}"}], "subject": {"reference": full_url}}
     inner = [json.loads(put_patient(value)) | {"fullUrl": full_url},
              {"request": {"method": "PUT", "url": conditional_url("Observation", SYSTEM, f"obs-{value}")},
               "resource": observation}]
+    if create:
+        for entry in inner:
+            entry["request"] = {"method": "POST", "url": entry["resource"]["resourceType"]}
     return json.dumps({"request": {"method": "POST", "url": "/"},
                        "resource": {"resourceType": "Bundle", "type": "transaction", "entry": inner}})
 
 
-def test_transactions_refused_inside_a_batch_entry_that_says_200_are_resent_whole_after_the_quota_resets():
-    # transaction-bundles off, as a stock project: 8 transactions of 2 creates (280 points each) overrun
-    # a 1,500-point window; the refused ones answer 200 with every inner entry 429 (code throttled,
-    # `_msBeforeNext` in the diagnostics), or inner 201 then 429 when the quota ran out between them.
+@pytest.mark.parametrize("create", [False, True], ids=["conditional_put", "plain_post"])
+def test_transactions_refused_inside_a_batch_entry_that_says_200_are_resent_whole_after_the_quota_resets(create):
+    # transaction-bundles off, as a stock project: 8 transactions of 2 creates (280 points each, 200 by
+    # POST) overrun a 1,500-point window; the refused ones answer 200 with every inner entry 429 (code
+    # throttled, `_msBeforeNext` in the diagnostics), or inner 201 then 429 when the quota ran out
+    # between them. Resent whole, what they wrote goes again as an update by id: never a second copy.
     refusals = Refusals()
     with running_local_medplum(fhir_quota=1500, quota_window_seconds=2, transaction_bundles=False) as server, \
             client_for(server) as client, observed_by(refusals):
-        results = client.submit_batch([put_transaction(f"T-{n}") for n in range(8)])
+        results = client.submit_batch([put_transaction(f"T-{n}", create) for n in range(8)])
         patients = list(client.search("Patient", {"identifier": f"{SYSTEM}|", "_count": "100"}))
         observations = list(client.search("Observation", {"identifier": f"{SYSTEM}|", "_count": "100"}))
     assert refusals.nested > 0 and client.stats.entries_resent > 0 and client.stats.quota_wait_seconds > 0

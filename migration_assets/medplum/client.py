@@ -230,6 +230,7 @@ class MedplumClient:
         leaves it pending. Other transient failures (409, 5xx) are resent `retry.max_attempts` times.
         """
         results: list[EntryResponse | None] = [None] * len(entries)
+        entries = list(entries)
         pending = list(range(len(entries)))
         started = time.monotonic()
         quota_waited = 0.0
@@ -247,6 +248,7 @@ class MedplumClient:
                 results[index] = response
                 if response.refused_by_quota:
                     refused.append(index)
+                    entries[index] = _written_entries_by_id(entries[index], response)
                 elif response.status in TRANSIENT_ENTRY_STATUSES:
                     transient.append(index)
             quota_delay = self._quota_delay([r for r in responses if r.refused_by_quota], attempt) if refused else 0.0
@@ -414,6 +416,24 @@ def _total_and_date(response: httpx.Response) -> tuple[int, datetime | None]:
         raise MedplumError(f"a _summary=count search answered without a total: {short_body(response)}")
     date = response.headers.get("date")
     return total, parsedate_to_datetime(date) if date else None
+
+
+def _written_entries_by_id(entry: str, response: EntryResponse) -> str:
+    """A transaction entry to send again after the quota refused part of it: the inner entries it did
+    write (a project without transaction-bundles writes a transaction like a batch) become updates by
+    the id Medplum gave them, so that resending the whole transaction (its urn:uuid links need it
+    whole) never creates them twice, whatever their request was (a plain POST included)."""
+    written = [(number, inner) for number, inner in enumerate(response.inner_responses())
+               if inner.ok and inner.resource_id]
+    if not written:
+        return entry
+    parsed = json.loads(entry)
+    inner_entries = parsed["resource"]["entry"]
+    for number, inner in written:
+        resource = inner_entries[number]["resource"]
+        resource["id"] = inner.resource_id
+        inner_entries[number]["request"] = {"method": "PUT", "url": f"{resource['resourceType']}/{inner.resource_id}"}
+    return json.dumps(parsed)
 
 
 def _throttled(response: httpx.Response) -> EntryResponse:
