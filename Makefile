@@ -9,7 +9,7 @@ NODE_STAMP := medplum_local/node_modules/.installed
 CHROMIUM := /usr/bin/chromium
 CHROMIUM_STAMP := $(VENV)/.chromium-installed
 
-.PHONY: setup test test-fast demo dev medplum bench lint clean history soak element profile
+.PHONY: setup test test-fast demo dev medplum bench test-stock lint clean history soak element profile
 
 setup: $(VENV_STAMP) $(NODE_STAMP) $(CHROMIUM_STAMP)
 
@@ -38,6 +38,10 @@ test: setup
 # The unit tier: no server, under a minute.
 test-fast: $(VENV_STAMP)
 	$(VENV)/bin/pytest -m "not integration"
+
+# The stock-project tier: the local server as Medplum creates a project (quota on, transaction-bundles off).
+test-stock: setup
+	$(VENV)/bin/pytest migration_assets_tests/test_stock_project.py
 
 demo: setup
 	$(PY) -m migration_assets.commands.demo

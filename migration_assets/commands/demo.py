@@ -25,7 +25,7 @@ from migration_assets.pipeline.resources import ManifestStore, MedplumResource
 # Step-by-step events stay in the instance (and the UI); the console gets the element's own lines.
 QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 SUMMARY_COUNTS = ("source_rows", "quarantined", "sent", "created", "updated", "unchanged", "not_sent_unchanged",
-                  "lost_in_target", "failed")
+                  "lost_in_target", "failed", "pending_quota", "half_written")
 
 
 @dataclass
@@ -38,6 +38,10 @@ class ElementSummary:
     # What each failed check said: it names what is wrong (and, for prerequisites, what to load first).
     failure_messages: dict[str, str] = field(default_factory=dict)
     error: str = ""
+    # Seconds the load waited on Medplum's FHIR quota (pacing and resends of what it refused).
+    quota_wait_seconds: float = 0.0
+    # Set when the project writes transactions like batches (its transaction-bundles feature is off).
+    transactions_off: str = ""
 
     @property
     def ok(self) -> bool:
@@ -59,6 +63,10 @@ def migrate_element(element: str, instance: DagsterInstance, defs: Definitions,
             for name, value in materialization.metadata.items()
             if name in SUMMARY_COUNTS and isinstance(value.value, int)
         }
+        waited = materialization.metadata.get("quota_wait_seconds")
+        summary.quota_wait_seconds = float(waited.value) if waited is not None and isinstance(waited.value, float) else 0.0
+        off = materialization.metadata.get("transaction_bundles")
+        summary.transactions_off = str(off.value) if off is not None else ""
     for evaluation in result.get_asset_check_evaluations():
         (summary.checks_passed if evaluation.passed else summary.checks_failed).append(evaluation.check_name)
         if not evaluation.passed:
@@ -88,6 +96,14 @@ def print_summary(summaries: list[ElementSummary]) -> None:
     print()
     for line in (headers, tuple("-" * w for w in widths), *rows):
         print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
+    waited = sum(s.quota_wait_seconds for s in summaries)
+    print(f"\nwaited {waited:.1f}s on the FHIR quota in all "
+          f"({', '.join(f'{s.element} {s.quota_wait_seconds:.1f}s' for s in summaries if s.quota_wait_seconds)})"
+          if waited else "\nwaited 0s on the FHIR quota")
+    # Said once, whatever the number of transactional elements.
+    off = next((s.transactions_off for s in summaries if s.transactions_off), "")
+    if off:
+        print(f"\nWARNING: {off.removeprefix('off: ')}")
     for s in summaries:
         for check, message in s.failure_messages.items():
             print(f"\n{s.element}: check {check} failed: {message}")

@@ -28,6 +28,10 @@ from migration_assets.config import REPO_ROOT
 
 SERVER_DIR = REPO_ROOT / "medplum_local"
 NODE_BINARY = SERVER_DIR / "node_modules" / ".bin" / "node"
+
+# A project as Medplum creates it: the FHIR quota at its default (50,000 points a minute per user) and
+# the transaction-bundles feature off. `running_local_medplum(**STOCK_PROJECT)`.
+STOCK_PROJECT = {"fhir_quota": 50_000, "quota_window_seconds": 60, "transaction_bundles": False}
 SERVER_SCRIPT = SERVER_DIR / "server.mjs"
 
 DEFAULT_CLIENT_ID = "local-migration-client"

@@ -13,7 +13,7 @@ from migration_assets.active import get_element, prerequisites
 from migration_assets.medplum import Target
 from migration_assets.phases import load_phases
 from migration_assets.pipeline.frame_parts import REFERENCE_COLUMNS, FrameParts, build_frame_parts
-from migration_assets.pipeline.loader import migrate
+from migration_assets.pipeline.loader import TRANSACTIONS_OFF, migrate
 from migration_assets.pipeline.partitions import DATA_ELEMENTS
 from migration_assets.pipeline.reporting import counts, quarantine_summary, table
 from migration_assets.pipeline.resources import (
@@ -141,7 +141,10 @@ def medplum_resources(
         )
         requests = client.stats
         target = client.target
-    context.log.info(f"{element.name} into {target}: {result.counts}")
+    context.log.info(f"{element.name} into {target}: {result.counts}, {requests.quota_wait_seconds:.1f}s waited on "
+                     "the FHIR quota")
+    if result.transaction_bundles is False:
+        context.log.warning(f"{element.name}: {TRANSACTIONS_OFF}")
     return MaterializeResult(
         metadata={
             **target_metadata(target),
@@ -152,6 +155,10 @@ def medplum_resources(
             **counts(result.counts),
             **counts({"http_requests": requests.requests, "http_retries": requests.retries,
                       "entries_resent": requests.entries_resent}),
+            # Pacing to the FHIR quota and waits before resending what it refused, in seconds.
+            "quota_wait_seconds": MetadataValue.float(round(requests.quota_wait_seconds, 1)),
+            **({"transaction_bundles": MetadataValue.text(f"off: {TRANSACTIONS_OFF}")}
+               if result.transaction_bundles is False else {}),
             "failures": table(pl.DataFrame(result.failures, schema=_FAILURE_SCHEMA)),
         }
     )
