@@ -1,5 +1,5 @@
 """How the load writes when it knows what the target holds (its census before sending): a resource the
-target holds is updated by id, an absent one created (plain POST, or with If-None-Exist), a duplicate
+target holds is updated by id, an absent one created (plain POST, or conditional PUT), a duplicate
 left to a conditional PUT that Medplum refuses. Against the local server over real HTTP."""
 
 import json
@@ -30,11 +30,12 @@ def test_entries_are_updates_by_id_creates_or_conditional_puts_by_what_the_targe
     frame = patients_frame("https://paths.example.org/fhir", rows=3).with_columns(
         held_id=pl.Series(["p-1", None, None]), held_many=pl.Series([False, None, True]))
     posted, guarded = (
-        [json.loads(text) for text in entry_texts(frame, creates).to_list()] for creates in ("post", "if_none_exist")
+        [json.loads(text) for text in entry_texts(frame, creates).to_list()] for creates in ("post", "conditional")
     )
     assert posted[0]["request"] == {"method": "PUT", "url": "Patient/p-1"} and posted[0]["resource"]["id"] == "p-1"
     assert posted[1]["request"] == {"method": "POST", "url": "Patient"} and "id" not in posted[1]["resource"]
-    assert guarded[1]["request"]["ifNoneExist"].startswith("identifier=https")
+    assert guarded[0]["request"] == posted[0]["request"], "a held resource is updated by id in both modes"
+    assert guarded[1]["request"]["url"].startswith("Patient?identifier="), "created by conditional PUT"
     assert posted[2]["request"]["url"].startswith("Patient?identifier="), "a duplicate stays a conditional PUT"
     texts = entry_texts(frame, "post").to_list()
     assert quota_cost(3, texts) == 3 * 100 + 2 * 20, "the conditional PUT searches (twice when it creates)"
@@ -42,7 +43,7 @@ def test_entries_are_updates_by_id_creates_or_conditional_puts_by_what_the_targe
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("creates", ["post", "if_none_exist"])
+@pytest.mark.parametrize("creates", ["post", "conditional"])
 def test_a_load_that_knows_the_target_creates_updates_by_id_and_never_duplicates(local_medplum, tmp_path: Path,
                                                                                  creates: str):
     base = f"https://paths-{uuid.uuid4().hex[:8]}.example.org/fhir"

@@ -427,7 +427,8 @@ def run_element(job: Any, instance: Any, name: str) -> dict[str, Any]:
             "after_load_check_seconds": round(sum(seconds for step, seconds in steps.items()
                                                   if step.startswith("medplum_resources_") or step == "reconciliation_report"), 3),
             "loaded": int(counts.get("created", 0)) + int(counts.get("updated", 0)) + int(counts.get("unchanged", 0)),
-            "sent": int(counts.get("sent", 0)), "resubmitted_by_checks": resubmitted, "checks": checks}
+            "sent": int(counts.get("sent", 0)), "resubmitted_by_checks": resubmitted, "checks": checks,
+            "quota_points": int(counts.get("quota_points", 0))}
 
 
 # -- the ledger alone ---------------------------------------------------------------------------------
@@ -700,6 +701,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--probe"]:
         return probe_main(argv[1:])
+    if os.environ.get("BENCH_TARGET", "local") == "remote":
+        from migration_assets.commands import bench_remote
+
+        return bench_remote.run(int(os.environ.get("BENCH_PATIENTS", "500")))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patients", type=int, default=int(os.environ.get("BENCH_PATIENTS", "2000")))
     parser.add_argument("--memory-patients", type=int, default=int(os.environ.get("BENCH_MEMORY_PATIENTS", "0")),

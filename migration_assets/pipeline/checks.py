@@ -18,7 +18,7 @@ from migration_assets.elements.base import schema_failures
 from migration_assets.medplum import Target
 from migration_assets.pipeline.assets import fhir_frames, medplum_resources
 from migration_assets.pipeline.frame_parts import KEY_COLUMNS, REFERENCE_COLUMNS, FrameParts
-from migration_assets.pipeline.loader import LEDGER_COLUMNS, LoadResult, in_shard, load_frame
+from migration_assets.pipeline.loader import LEDGER_COLUMNS, LoadResult, held_in_target, in_shard, load_frame
 from migration_assets.pipeline.partitions import DATA_ELEMENTS
 from migration_assets.pipeline.reporting import counts, quarantine_summary, table
 from migration_assets.pipeline.resources import ManifestStore, MedplumResource, MigrationSettings
@@ -120,7 +120,8 @@ def reference_integrity(
     partitions_def=DATA_ELEMENTS,
     additional_ins=_FRAME,
     description="Resubmitting the partition creates nothing and changes nothing, and each source identifier "
-    "matches exactly one resource in Medplum. Resubmitted: the whole partition up to idempotency_sample_size "
+    "matches exactly one resource in Medplum (each resubmitted as an update by id of the resource the run's census "
+    "found for its identifier). Resubmitted: the whole partition up to idempotency_sample_size "
     "bundle groups (1,000 by default), above that a sample of that many groups drawn with a recorded seed. "
     "Not resubmitted when this run wrote nothing and the partition's content is exactly what an earlier "
     "passing resubmission verified (idempotency_skip_verified).",
@@ -155,7 +156,8 @@ def idempotent_reload(
             )
         # The census before resubmitting, as the load left Medplum (whichever check of the run takes
         # it): a copy the resubmission itself would create counts as created below.
-        report = reconcile(keys, units, _run_census(context, migration_settings, client.target).get(client, keys))
+        censuses = _run_census(context, migration_settings, client.target).get(client, keys)
+        report = reconcile(keys, units, censuses)
         # Lost writes are the next load's to send again (and the reconciliation's to report), not this
         # check's: resubmitted here they would count as created, and which check ran first would decide.
         lost = report.lost_writes
@@ -172,8 +174,11 @@ def idempotent_reload(
             # Whole rows (resources included) only for the groups resubmitted.
             chosen_groups = sample_groups(candidates, size, seed)["bundle_group"].unique()
             resubmitted = fhir_frames.scan().filter(pl.col("bundle_group").is_in(chosen_groups.implode())).collect()
+            # Each to the resource the census found for its identifier (an update by id, no search): the
+            # census itself shows an identifier held twice, and Medplum answers an unchanged update fast.
             result = load_frame(client, ledger, f"{context.run.run_id}-reload", element.name, element.transactional,
-                                resubmitted, settings, known=units.select(LEDGER_COLUMNS))
+                                resubmitted, settings, known=units.select(LEDGER_COLUMNS),
+                                held=held_in_target(censuses))
         else:
             resubmitted, result = candidates.clear(), LoadResult()
         duplicates = report.duplicates

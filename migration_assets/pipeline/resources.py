@@ -98,12 +98,12 @@ class MigrationSettings(ConfigurableResource):
         "instead of a conditional reference: Medplum then skips a search per reference. Off: always conditional.",
     )
     creates: str = Field(
-        default="if_none_exist",
+        default="conditional",
         description="How the load creates a resource the target does not hold (it updates the ones it holds by id, "
-        "and knows which from its census before sending): 'if_none_exist', a create that first searches its "
-        "identifier, safe while the old services may create the same record in Medplum (every phase that loads "
-        "writes to both stores); 'post', a plain create with no search, for a load no other writer races (a first "
-        "bulk load before dual writes begin, a write freeze): about 1.7x faster first loads on a real Medplum.",
+        "and knows which from its census before sending): 'conditional', a conditional PUT on its identifier, safe "
+        "while the old services may create the same record in Medplum (every phase that loads writes to both "
+        "stores); 'post', a plain create with no search, for a load nothing else races (a first bulk load before "
+        "dual writes begin, a write freeze): 100 quota points a resource instead of 140, faster on a real Medplum.",
     )
     shard_count: int = Field(
         default=1, description="Key-hash shards of every element: run shard_count runs, each with its shard_index."

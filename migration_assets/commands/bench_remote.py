@@ -1,0 +1,216 @@
+"""`BENCH_TARGET=remote make bench`: the platform side by side with `medplum bulk import` on the Medplum
+that MEDPLUM_BASE_URL, MEDPLUM_CLIENT_ID and MEDPLUM_CLIENT_SECRET name. It writes test data there: every
+measurement under an identifier system of its own, so that none sees another's resources (the CLI's
+POSTs are counted as they are).
+
+On the same sample (BENCH_PATIENTS patients and their Conditions, which reference them):
+- `medplum bulk import` (@medplum/cli: POSTs in transactions of 25; not rerun: a rerun copies everything);
+- the loader alone (migrate, element by element) writing by conditional PUT, as without a census of the
+  target, and writing by what its census before the load says the target holds (updates by id), with each
+  create mode (conditional PUT, plain POST), then an unchanged reload; plain POST again with two bundles in flight and
+  as async bundles (`Prefer: respond-async`);
+- the platform end to end through Dagster with every check, in each create mode, then an unchanged reload.
+Prints each figure with its ratio to the CLI and the FHIR quota points per resource of what the load sent
+(write 100, search 20: MEDPLUM_FACTS.md), writes .artifacts/bench/remote.json and remote.png."""
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+from migration_assets.active import get_element
+from migration_assets.config import REPO_ROOT
+from migration_assets.devtools.local_medplum import SERVER_DIR
+from migration_assets.elements.base import SourceSystem, build_frame
+from migration_assets.ledger.manifest import Manifest
+from migration_assets.medplum import MedplumClient
+from migration_assets.pipeline.loader import LoadSettings, migrate
+from migration_assets.source import read_table
+from migration_assets.verify.census import Censuses, RunCensus
+
+OUT_DIR = REPO_ROOT / ".artifacts" / "bench"
+ELEMENTS = ("patients", "problem_list")
+MEDPLUM_CLI = SERVER_DIR / "node_modules" / ".bin" / "medplum"
+CLI_POINTS_PER_RESOURCE = 100  # one POST each; a transaction adds none
+BATCH_SIZE, CONCURRENCY = 100, 1  # one bundle in flight: two make a real Medplum answer 409s (MEDPLUM_FACTS.md)
+
+
+def log(message: str) -> None:
+    print(f"[bench remote {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def fresh_system() -> SourceSystem:
+    """An identifier base of its own for one measurement."""
+    return SourceSystem(f"https://bench-{uuid.uuid4().hex[:10]}.example.org/fhir")
+
+
+def frames(source_url: str, system: SourceSystem) -> dict[str, pl.DataFrame]:
+    built = {}
+    for name in ELEMENTS:
+        element = get_element(name)
+        built[name] = build_frame(element, element.extract({t: read_table(source_url, t) for t in element.source_tables}),
+                                  system)
+    return built
+
+
+def eligible_count(built: dict[str, pl.DataFrame]) -> int:
+    return sum(int(frame["quarantine_rule"].is_null().sum()) for frame in built.values())
+
+
+def client() -> MedplumClient:
+    return MedplumClient(os.environ["MEDPLUM_BASE_URL"], os.environ["MEDPLUM_CLIENT_ID"],
+                         os.environ["MEDPLUM_CLIENT_SECRET"])
+
+
+def bench_cli(source_url: str, work: Path) -> dict[str, Any]:
+    built = frames(source_url, fresh_system())
+    files = []
+    for name, frame in built.items():
+        path = work / f"{name}.ndjson"
+        path.write_text("\n".join(frame.filter(pl.col("quarantine_rule").is_null())["resource"].to_list()) + "\n")
+        files.append(path)
+    env = {**os.environ, "HOME": str(work)}  # the CLI keeps its own state under HOME
+    started = time.perf_counter()
+    for path in files:
+        done = subprocess.run([str(SERVER_DIR / "node_modules" / ".bin" / "node"), str(MEDPLUM_CLI), "bulk", "import",
+                               str(path), "--num-resources-per-request", "25"], env=env, capture_output=True, text=True,
+                              timeout=7200, check=False)
+        if done.returncode != 0:
+            raise SystemExit(f"medplum bulk import {path.name} failed: {(done.stderr or done.stdout)[-500:]}")
+    seconds = time.perf_counter() - started
+    resources = eligible_count(built)
+    return {"resources": resources, "seconds": round(seconds, 2), "resources_per_s": round(resources / seconds, 1),
+            "quota_points_per_resource": CLI_POINTS_PER_RESOURCE}
+
+
+def bench_loader(source_url: str, work: Path, creates: str | None, concurrency: int = CONCURRENCY,
+                 mode: str = "sync") -> dict[str, Any]:
+    """The loader alone: by conditional PUT (`creates` None: no census of the target), or by what the
+    census before the load says the target holds; then an unchanged reload."""
+    built = frames(source_url, fresh_system())
+    ledger_url = f"sqlite:///{work / f'loader-{creates}-{uuid.uuid4().hex[:6]}.db'}"
+    figures: dict[str, Any] = {"resources": eligible_count(built)}
+    for label in ("first", "reload"):
+        totals: dict[str, int] = {}
+        started = time.perf_counter()
+        with client() as medplum, Manifest(ledger_url, medplum.target.key) as ledger:
+            census = RunCensus(work / f"census-{ledger_url[-9:-3]}", f"{label}-{creates}")
+
+            def census_of_target(keys: pl.DataFrame, medplum: MedplumClient = medplum,
+                                 census: RunCensus = census) -> Censuses:
+                return census.get(medplum, keys)
+
+            for name in ELEMENTS:
+                result = migrate(medplum, ledger, label, get_element(name), built[name], "bench",
+                                 LoadSettings(batch_size=BATCH_SIZE, concurrency=concurrency, creates=creates or "post",
+                                              mode=mode),
+                                 census_of_target=census_of_target if creates else None)
+                for key, value in result.counts.items():
+                    totals[key] = totals.get(key, 0) + value
+        seconds = time.perf_counter() - started
+        figures[label] = {"seconds": round(seconds, 2), "sent": totals["sent"], "created": totals["created"],
+                          "failed": totals["failed"], "quota_points": totals["quota_points"]}
+    first = figures["first"]
+    figures["resources_per_s"] = round(figures["resources"] / first["seconds"], 1)
+    figures["quota_points_per_resource"] = round(first["quota_points"] / max(1, first["sent"]), 1)
+    return figures
+
+
+def bench_e2e(source_url: str, work: Path, creates: str) -> dict[str, Any]:
+    """Every element of ELEMENTS through Dagster with every check, then an unchanged reload."""
+    from dagster import DagsterInstance, EnvVar
+
+    from migration_assets.commands.bench import run_element
+    from migration_assets.definitions import make_definitions
+    from migration_assets.pipeline.resources import MedplumResource, build_resources
+
+    state = Path(tempfile.mkdtemp(dir=work, prefix=f"e2e-{creates}-"))
+    resources = build_resources(
+        medplum=MedplumResource(base_url=EnvVar("MEDPLUM_BASE_URL"), client_id=EnvVar("MEDPLUM_CLIENT_ID"),
+                                client_secret=EnvVar("MEDPLUM_CLIENT_SECRET")),
+        legacy_db_url=source_url, manifest_db_url=f"sqlite:///{state / 'manifest.db'}", work_dir=state,
+        batch_size=BATCH_SIZE, concurrency=CONCURRENCY, creates=creates,
+        identifier_base_uri=fresh_system().base_uri,
+    )
+    job = make_definitions(resources).resolve_job_def("migrate_data_element")
+    figures: dict[str, Any] = {"resources": eligible_count(frames(source_url, fresh_system()))}
+    with DagsterInstance.local_temp(tempdir=str(state)) as instance:
+        for label in ("first", "reload"):
+            started = time.perf_counter()
+            elements = [run_element(job, instance, name) for name in ELEMENTS]
+            figures[label] = {"seconds": round(time.perf_counter() - started, 2),
+                              "ok": all(element["ok"] for element in elements),
+                              **{key: round(sum(element[key] for element in elements), 2)
+                                 for key in ("sent", "quota_points", "load_step_seconds", "after_load_check_seconds",
+                                             "resubmitted_by_checks")}}
+    figures["resources_per_s"] = round(figures["resources"] / figures["first"]["seconds"], 1)
+    figures["quota_points_per_resource"] = round(figures["first"]["quota_points"] / max(1, figures["first"]["sent"]), 1)
+    return figures
+
+
+def run(patients: int, out: Path = OUT_DIR) -> int:
+    from migration_assets.commands.bench import write_source
+
+    missing = [n for n in ("MEDPLUM_BASE_URL", "MEDPLUM_CLIENT_ID", "MEDPLUM_CLIENT_SECRET") if not os.environ.get(n)]
+    if missing:
+        raise SystemExit(f"BENCH_TARGET=remote needs {', '.join(missing)}: the Medplum to measure (it writes test data)")
+    out.mkdir(parents=True, exist_ok=True)
+    with client() as medplum:
+        target = str(medplum.target)
+    log(f"measuring against {target} with {patients} patients and their conditions")
+    report: dict[str, Any] = {"target": target, "patients": patients, "batch_size": BATCH_SIZE,
+                              "concurrency": CONCURRENCY, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    with tempfile.TemporaryDirectory(dir=out, prefix="remote-") as folder:
+        work = Path(folder)
+        write_source(patients, work / "source")
+        source_url = f"parquet:///{work / 'source'}"
+        measures: dict[str, Callable[[], dict[str, Any]]] = {
+            "medplum bulk import (@medplum/cli)": lambda: bench_cli(source_url, work),
+            "loader, conditional PUTs (no census)": lambda: bench_loader(source_url, work, None),
+            "loader, census + conditional creates": lambda: bench_loader(source_url, work, "conditional"),
+            "loader, census + plain POST creates": lambda: bench_loader(source_url, work, "post"),
+            "loader, plain POST, 2 bundles in flight": lambda: bench_loader(source_url, work, "post", concurrency=2),
+            "loader, plain POST, async bundles": lambda: bench_loader(source_url, work, "post", mode="async"),
+            "end to end, every check, conditional creates": lambda: bench_e2e(source_url, work, "conditional"),
+            "end to end, every check, plain POST": lambda: bench_e2e(source_url, work, "post"),
+        }
+        for name, measure in measures.items():
+            report[name] = measure()
+            log(f"{name}: {json.dumps(report[name])}")
+    cli_rate = report["medplum bulk import (@medplum/cli)"]["resources_per_s"]
+    rows = [(name, report[name]["resources_per_s"], report[name]["resources_per_s"] / cli_rate,
+             report[name]["quota_points_per_resource"], report[name].get("reload", {}).get("sent", "-"))
+            for name in measures]
+    report["table"] = rows
+    (out / "remote.json").write_text(json.dumps(report, indent=2))
+    plot(rows, target, out / "remote.png")
+    print(f"\nagainst {target}: {patients} patients with their conditions, batch {BATCH_SIZE} x {CONCURRENCY}")
+    print(f"{'what':45} {'resources/s':>12} {'x CLI':>6} {'points/res':>11} {'reload sent':>12}")
+    for name, rate, ratio, points, reload_sent in rows:
+        print(f"{name:45} {rate:12,.1f} {ratio:6.2f} {points:11} {reload_sent!s:>12}")
+    print(f"\nwrote {out / 'remote.json'} and {out / 'remote.png'}")
+    return 0
+
+
+def plot(rows: list[tuple[str, float, float, Any, Any]], target: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axes = plt.subplots(figsize=(9, 4))
+    axes.barh([row[0] for row in rows][::-1], [row[1] for row in rows][::-1], color="#4477aa")
+    for y, (_, rate, ratio, _, _) in enumerate(rows[::-1]):
+        axes.text(rate, y, f" {rate:,.0f}/s ({ratio:.2f}x)", va="center", fontsize=8)
+    axes.set_xlabel("resources per second (first load)")
+    axes.set_title(f"against {target}", fontsize=9)
+    figure.tight_layout()
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
