@@ -669,7 +669,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
 def print_table(rows: list[tuple[str, str, str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
 
 
 def plot(report: dict[str, Any], path: Path) -> None:

@@ -95,7 +95,7 @@ def print_summary(summaries: list[ElementSummary]) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
     print()
     for line in (headers, tuple("-" * w for w in widths), *rows):
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
     waited = sum(s.quota_wait_seconds for s in summaries)
     print(f"\nwaited {waited:.1f}s on the FHIR quota in all "
           f"({', '.join(f'{s.element} {s.quota_wait_seconds:.1f}s' for s in summaries if s.quota_wait_seconds)})"

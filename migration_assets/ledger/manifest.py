@@ -335,7 +335,7 @@ class Manifest:
                         "updated_at": now,
                         **({"content_hash": attempt.content_hash, "resource_id": rid, "version_id": vid} if ok else {}),
                     }
-                    for attempt, success, rid, vid, reason in zip(results, successful, resource_ids, version_ids, reasons)
+                    for attempt, success, rid, vid, reason in zip(results, successful, resource_ids, version_ids, reasons, strict=True)
                     if success is ok
                 ]
                 if settled:

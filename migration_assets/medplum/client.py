@@ -244,7 +244,7 @@ class MedplumClient:
             _answered(responses)
             refused: list[int] = []
             transient: list[int] = []
-            for index, response in zip(pending, responses):
+            for index, response in zip(pending, responses, strict=True):
                 results[index] = response
                 if response.refused_by_quota:
                     refused.append(index)

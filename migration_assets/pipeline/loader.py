@@ -353,7 +353,7 @@ class _Recorder:
         self.last_flush = time.monotonic()
 
     def add(self, bundle_number: int, *columns: list[Any]) -> None:
-        for stored, new in zip(self.columns, columns):
+        for stored, new in zip(self.columns, columns, strict=True):
             stored.extend(new)
         self.bundles.append(bundle_number)
         if len(self.columns[0]) >= RECORD_FLUSH_ROWS or time.monotonic() - self.last_flush >= RECORD_FLUSH_SECONDS:
@@ -435,7 +435,7 @@ def _row_responses(rows: pl.DataFrame, responses: list[EntryResponse], transacti
         return responses
     per_row: list[EntryResponse] = []
     group_sizes = rows.group_by("bundle_group", maintain_order=True).len()["len"].to_list()
-    for size, response in zip(group_sizes, responses):
+    for size, response in zip(group_sizes, responses, strict=True):
         # A transaction refused by the quota answers 200 with every inner entry 429.
         inner = response.inner_responses() if response.ok or response.refused_by_quota else []
         per_row.extend(inner if len(inner) == size else [response] * size)
@@ -455,9 +455,9 @@ def _record(
     bundle group was not (a project without transaction-bundles writes a transaction like a batch) is
     half written: it stays pending too, so the next run sends the whole group again."""
     groups = rows["bundle_group"].to_list()
-    incomplete = {group for group, response in zip(groups, responses) if not response.ok} if transactional else set()
+    incomplete = {group for group, response in zip(groups, responses, strict=True) if not response.ok} if transactional else set()
     attempts, successes, resource_ids, version_ids, reasons = [], [], [], [], []
-    for entry_number, (row, group, response) in enumerate(zip(rows.iter_rows(named=True), groups, responses), start=1):
+    for entry_number, (row, group, response) in enumerate(zip(rows.iter_rows(named=True), groups, responses, strict=True), start=1):
         attempts.append(
             Attempt(row["source_table"], row["unit_key"], bundle_number, entry_number, response.status,
                     response.location, response.outcome, row["content_hash"])
