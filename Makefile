@@ -39,8 +39,9 @@ test: setup
 test-fast: $(VENV_STAMP)
 	$(VENV)/bin/pytest -m "not integration"
 
+# make demo [V=1]: V=1 prints Dagster's own log lines and warnings too.
 demo: setup
-	$(PY) -m migration_assets.commands.demo
+	$(PY) -m migration_assets.commands.demo $(if $(V),--verbose)
 
 dev: setup
 	$(PY) -m migration_assets.commands.dev

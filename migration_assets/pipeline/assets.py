@@ -17,6 +17,7 @@ from migration_assets.phases import load_phases
 from migration_assets.pipeline.frame_parts import REFERENCE_COLUMNS, FrameParts, build_frame_parts
 from migration_assets.pipeline.loader import migrate
 from migration_assets.pipeline.partitions import DATA_ELEMENTS
+from migration_assets.pipeline.progress import LoadProgress, publish
 from migration_assets.pipeline.reporting import counts, quarantine_summary, table
 from migration_assets.pipeline.resources import (
     LegacySource,
@@ -141,7 +142,7 @@ def medplum_resources(
                                        client.target, migration_settings.incremental_census)
         result = migrate(
             client, ledger, context.run.run_id, element, fhir_frames, legacy_db.display_url, settings,
-            on_progress=lambda done, total: _log_progress(context, done, total),
+            on_progress=lambda done, total: _report_progress(context, element.name, done, total),
             census_of_target=lambda keys: before_load.get(client, keys),
         )
         requests = client.stats
@@ -168,8 +169,10 @@ def target_metadata(target: Target) -> dict[str, MetadataValue]:
             "medplum_project": MetadataValue.text(target.project_id or "(not named by the server)")}
 
 
-def _log_progress(context: AssetExecutionContext, done: int, total: int) -> None:
-    # About twenty lines a load, whatever its size.
+def _report_progress(context: AssetExecutionContext, element: str, done: int, total: int) -> None:
+    # Every bundle to this process's listeners (make demo's live view); about twenty log lines a load,
+    # whatever its size.
+    publish(LoadProgress(element, done, total))
     if done == total or done % max(1, total // 20) == 0:
         context.log.info(f"bundle {done} of {total} sent")
 
