@@ -9,6 +9,7 @@ from migration_assets.commands.demo import ElementSummary, element_line, migrate
 from migration_assets.commands.live import LiveView
 from migration_assets_tests.fixtures_platform import PlatformFactory
 
+
 def test_plain_lines_and_a_failed_check_in_the_summary(platform_factory: PlatformFactory) -> None:
     platform = platform_factory.new(patients=40)
     out = io.StringIO()
