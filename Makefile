@@ -9,7 +9,7 @@ NODE_STAMP := medplum_local/node_modules/.installed
 CHROMIUM := /usr/bin/chromium
 CHROMIUM_STAMP := $(VENV)/.chromium-installed
 
-.PHONY: setup test test-fast demo dev medplum bench lint clean history soak element profile
+.PHONY: setup test test-fast demo dev medplum bench lint clean history soak element profile report
 
 setup: $(VENV_STAMP) $(NODE_STAMP) $(CHROMIUM_STAMP)
 
@@ -48,6 +48,10 @@ dev: setup
 
 medplum: $(NODE_STAMP)
 	medplum_local/node_modules/.bin/node medplum_local/server.mjs
+
+# The cutover report of the latest run: one HTML page under .demo/reports/
+report: $(VENV_STAMP)
+	$(PY) -m migration_assets.commands.report
 
 # What happened to one source key: make history KEY=P0123 [ELEMENT=patients]
 history: $(VENV_STAMP)
