@@ -23,6 +23,7 @@ from migration_assets.commands.environment import ensure_dagster_home, ensure_le
 from migration_assets.commands.live import LiveView
 from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import Target
+from migration_assets.pipeline.cutover_report import write_report
 from migration_assets.pipeline.progress import LoadProgress, listening
 from migration_assets.pipeline.resources import ManifestStore, MedplumResource, MigrationSettings
 
@@ -175,9 +176,10 @@ def _figure(value: float | None, unit: str = "") -> str:
     return "-" if value is None else f"{value:,.1f}{unit}"
 
 
-def summary_lines(summaries: list[ElementSummary], seconds: float, evidence_dir: Path | None = None) -> list[str]:
+def summary_lines(summaries: list[ElementSummary], seconds: float, evidence_dir: Path | None = None,
+                  report: Path | None = None) -> list[str]:
     """The summary a person reads once: per element the counts, the time and the rate; for each failed
-    element what was done before and what failed, in one line each; the total time and the evidence."""
+    element what was done before and what failed, in one line each; the total time, the evidence and the cutover report."""
     show_wait = any(s.figures.get("quota_wait_s") for s in summaries)
     headers = ("element", "result", *SUMMARY_COUNTS, "checks", "time s", "load s", "sent/s",
                *(("quota wait s",) if show_wait else ()))
@@ -207,15 +209,16 @@ def summary_lines(summaries: list[ElementSummary], seconds: float, evidence_dir:
     failed = sum(not s.ok for s in summaries)
     lines.append(f"{len(summaries)} elements in {seconds:.1f} s" + (f", {failed} failed" if failed else ", all ok"))
     if evidence_dir is not None:
-        lines.append(f"evidence: {evidence_dir}/<element>/reconciliation.json and .csv; "
-                     f"the check report: make report")
+        lines.append(f"evidence: {evidence_dir}/<element>/reconciliation.json and .csv")
+    if report is not None:
+        lines.append(f"cutover report: {report}")
     return lines
 
 
 def print_summary(summaries: list[ElementSummary], seconds: float | None = None,
-                  evidence_dir: Path | None = None) -> None:
+                  evidence_dir: Path | None = None, report: Path | None = None) -> None:
     total = seconds if seconds is not None else sum(s.seconds for s in summaries)
-    print("\n".join(summary_lines(summaries, total, evidence_dir)))
+    print("\n".join(summary_lines(summaries, total, evidence_dir, report)))
 
 
 def read_run_config(path: Path | None) -> dict[str, Any]:
@@ -282,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                 with view.element(element):
                     summaries.append(migrate_element(element, instance, defs, run_config, verbose=args.verbose))
                 view.print(element_line(summaries[-1]))
-    print_summary(summaries, time.monotonic() - started, Path(settings.evidence_dir))
+        report = write_report(instance, manifest.url, Path(settings.evidence_dir), target.key)
+    print_summary(summaries, time.monotonic() - started, Path(settings.evidence_dir), report)
     return 0 if all(s.ok for s in summaries) else 1
 
 
