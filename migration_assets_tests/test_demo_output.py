@@ -2,6 +2,7 @@
 that says, for a failed element, what was done before it failed and which check failed and why."""
 
 import io
+import logging
 
 from rich.console import Console
 
@@ -38,3 +39,22 @@ def test_plain_lines_and_a_failed_check_in_the_summary(platform_factory: Platfor
     assert check_line.startswith("  check prerequisites_loaded failed: ") and "patients" in check_line
     assert "2 elements in 12.3 s, 1 failed" in lines
     assert any(str(platform.work / "evidence") in line for line in lines)
+
+
+def test_retries_and_quota_waits_are_shown_as_they_happen() -> None:
+    out = io.StringIO()
+    client_log = logging.getLogger("migration_assets.medplum.client")
+    with LiveView(Console(file=out, width=200)) as view, view.element("observations"):
+        client_log.info("FHIR quota nearly spent (%d points left); waiting %.0fs for its reset", 120, 31.0)
+        view.counted({"retries": 1, "rate_limited": 1})
+    assert "observations: FHIR quota nearly spent (120 points left); waiting 31s for its reset" in out.getvalue()
+    # Outside the view the platform's records go back to Python's own handling.
+    assert logging.getLogger("migration_assets").propagate
+
+
+def test_quota_wait_is_a_column_when_the_load_reports_it() -> None:
+    waited = ElementSummary("patients", run_ok=True, counts={"sent": 10}, figures={"quota_wait_s": 61.5},
+                            checks_passed=["schema"], seconds=70.0, load_seconds=65.0)
+    lines = summary_lines([waited, ElementSummary("practitioners", run_ok=True)], 80.0)
+    assert "quota wait s" in lines[1] and "61.5" in next(line for line in lines if line.startswith("patients"))
+    assert "quota wait s" not in summary_lines([ElementSummary("practitioners", run_ok=True)], 1.0)[1]
