@@ -7,7 +7,6 @@ RUN_CONFIG=file.yaml (or --run-config) gives every run the settings the launchpa
 import argparse
 import sys
 import time
-import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,7 +18,12 @@ from dagster_shared.error import SerializableErrorInfo
 
 from migration_assets import config
 from migration_assets.active import LOAD_ORDER, PROFILE, prerequisites
-from migration_assets.commands.environment import ensure_dagster_home, ensure_legacy_source, medplum_server
+from migration_assets.commands.environment import (
+    ensure_dagster_home,
+    ensure_legacy_source,
+    medplum_server,
+    quiet_dagster_warnings,
+)
 from migration_assets.commands.live import LiveView
 from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import Target
@@ -259,8 +263,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="print Dagster's log lines and warnings too (they are always in the Dagster instance)")
     args = parser.parse_args(argv)
     if not args.verbose:
-        # Dagster's warnings about its own preview features are nothing a person running the demo can act on.
-        warnings.filterwarnings("ignore", category=Warning, module=r"dagster(\.|$)")
+        quiet_dagster_warnings()
     run_config = read_run_config(args.run_config)
     ensure_dagster_home()
     ensure_legacy_source(args.patients)

@@ -3,12 +3,11 @@ under .demo/reports/, from the ledger, the Dagster instance and the evidence fil
 
 import argparse
 import sys
-import warnings
 from pathlib import Path
 
 from dagster import DagsterInstance
 
-from migration_assets.commands.environment import ensure_dagster_home
+from migration_assets.commands.environment import ensure_dagster_home, quiet_dagster_warnings
 from migration_assets.pipeline.cutover_report import write_report
 
 
@@ -16,8 +15,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--target", help="the books of this target (base URL#project); default: the latest run's")
     args = parser.parse_args(argv)
-    # Dagster's warnings about its own preview features are nothing the reader can act on.
-    warnings.filterwarnings("ignore", category=Warning, module=r"dagster(\.|$)")
+    quiet_dagster_warnings()
     ensure_dagster_home()
     from migration_assets.definitions import defs
 
