@@ -185,8 +185,9 @@ def summary_lines(summaries: list[ElementSummary], seconds: float, evidence_dir:
     """The summary a person reads once: per element the counts, the time and the rate; for each failed
     element what was done before and what failed, in one line each; the total time, the evidence and the cutover report."""
     show_wait = any(s.figures.get("quota_wait_s") for s in summaries)
-    headers = ("element", "result", *SUMMARY_COUNTS, "checks", "time s", "load s", "sent/s",
-               *(("quota wait s",) if show_wait else ()))
+    # One word a column: scripts (and the tests) read the table by its header.
+    headers = ("element", "result", *SUMMARY_COUNTS, "checks", "time_s", "load_s", "sent_per_s",
+               *(("quota_wait_s",) if show_wait else ()))
     rows = [
         (s.element, "ok" if s.ok else "FAILED", *(f"{s.counts[name]:,}" if name in s.counts else "-" for name in SUMMARY_COUNTS),
          f"{len(s.checks_passed)}/{len(s.checks_passed) + len(s.checks_failed)}", f"{s.seconds:.1f}",
