@@ -9,7 +9,7 @@ NODE_STAMP := medplum_local/node_modules/.installed
 CHROMIUM := /usr/bin/chromium
 CHROMIUM_STAMP := $(VENV)/.chromium-installed
 
-.PHONY: setup test test-fast demo dev medplum bench test-stock lint clean history soak element profile
+.PHONY: setup test test-fast demo dev medplum bench test-stock lint clean history soak element profile report
 
 setup: $(VENV_STAMP) $(NODE_STAMP) $(CHROMIUM_STAMP)
 
@@ -43,14 +43,19 @@ test-fast: $(VENV_STAMP)
 test-stock: setup
 	$(VENV)/bin/pytest migration_assets_tests/test_stock_project.py
 
+# make demo [V=1]: V=1 prints Dagster's own log lines and warnings too.
 demo: setup
-	$(PY) -m migration_assets.commands.demo
+	$(PY) -m migration_assets.commands.demo $(if $(V),--verbose)
 
 dev: setup
 	$(PY) -m migration_assets.commands.dev
 
 medplum: $(NODE_STAMP)
 	medplum_local/node_modules/.bin/node medplum_local/server.mjs
+
+# The cutover report of the latest run: one HTML page under .demo/reports/
+report: $(VENV_STAMP)
+	$(PY) -m migration_assets.commands.report
 
 # What happened to one source key: make history KEY=P0123 [ELEMENT=patients]
 history: $(VENV_STAMP)

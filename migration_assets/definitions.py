@@ -18,11 +18,12 @@ from migration_assets.pipeline.assets import (
     reconciliation_report,
 )
 from migration_assets.pipeline.checks import ALL_CHECKS
+from migration_assets.pipeline.cutover_report import cutover_report
 from migration_assets.pipeline.resources import build_resources
 
 ASSETS = [
     legacy_source, fhir_frames, medplum_resources, reconciliation_report, mapping_register_asset, terminology_maps,
-    *ADOPTION_ASSETS,
+    cutover_report, *ADOPTION_ASSETS,
 ]
 
 migrate_element_job = define_asset_job(

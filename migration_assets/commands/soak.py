@@ -48,6 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from migration_assets.commands.environment import quiet_dagster_warnings
 from migration_assets.config import REPO_ROOT
 from migration_assets.devtools.local_medplum import start_local_medplum, stop_local_medplum
 from migration_assets.medplum import EntryResponse, MedplumClient
@@ -558,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     parser.add_argument("--keep-work", action="store_true", help="keep the work folder (source, manifest, frames)")
     args = parser.parse_args(argv)
+    quiet_dagster_warnings()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="work-", dir=args.out))
     try:
