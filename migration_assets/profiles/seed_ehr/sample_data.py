@@ -51,6 +51,9 @@ TABLES: tuple[str, ...] = (
     "conditions",
     "patient_conditions",
     "practitioners",
+    "organizations",
+    "locations",
+    "practitioner_roles",
     "encounters",
     "encounter_notes",
     "patient_medications",
@@ -63,6 +66,9 @@ TABLE_PRIMARY_KEYS: dict[str, str] = {
     "conditions": "condition_id",
     "patient_conditions": "patient_condition_id",
     "practitioners": "practitioner_id",
+    "organizations": "organization_id",
+    "locations": "location_id",
+    "practitioner_roles": "practitioner_role_id",
     "encounters": "encounter_id",
     "encounter_notes": "note_id",
     "patient_medications": "patient_medication_id",
@@ -75,6 +81,10 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "conditions": ("condition_id", "condition_name", "icd10_code"),
     "patient_conditions": ("patient_condition_id", "patient_id", "condition_id", "onset_date"),
     "practitioners": ("practitioner_id", "first_name", "last_name", "npi", "specialty"),
+    "organizations": ("organization_id", "name", "kind", "npi", "tax_id", "phone"),
+    "locations": ("location_id", "organization_id", "name", "address_line", "city", "state", "postal_code", "phone"),
+    "practitioner_roles": ("practitioner_role_id", "practitioner_id", "organization_id", "location_id", "specialty",
+                           "active"),
     "encounters": ("encounter_id", "patient_id", "date", "type", "practitioner_id"),
     "encounter_notes": ("note_id", "encounter_id", "note_text"),
     "patient_medications": (
@@ -94,6 +104,9 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
 # Columns that may be empty (NULL) in the legacy tables; every other column is always filled.
 NULLABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "practitioners": ("npi",),
+    "organizations": ("npi", "tax_id", "phone"),
+    "locations": ("phone",),
+    "practitioner_roles": ("location_id", "specialty"),
     "encounters": ("practitioner_id",),
     "patient_medications": ("end_date",),
     "patient_allergies": ("reaction", "severity", "verification_status", "recorded_date"),
@@ -656,6 +669,8 @@ def _build_sample_tables(patients: int, seed: int) -> dict[str, pl.DataFrame]:
     )
 
     practitioners = _practitioners(patients, seed, guide["practitioners"])
+    organizations, locations = _organizations_and_locations()
+    practitioner_roles = _practitioner_roles(practitioners, seed)
     medications = _medications(gen, seed, guide["patient_medications"])
     allergies = _allergies(gen, seed, guide["patient_allergies"])
     observations = _observations(gen, enc, seed, guide["observations"])
@@ -665,6 +680,9 @@ def _build_sample_tables(patients: int, seed: int) -> dict[str, pl.DataFrame]:
         "conditions": conditions,
         "patient_conditions": pl.concat([guide["patient_conditions"], pc]),
         "practitioners": practitioners,
+        "organizations": organizations,
+        "locations": locations,
+        "practitioner_roles": practitioner_roles,
         "encounters": encounters_df,
         "encounter_notes": pl.concat([guide["encounter_notes"], notes]),
         "patient_medications": medications,
@@ -708,6 +726,51 @@ def _practitioners(patients: int, seed: int, guide: pl.DataFrame) -> pl.DataFram
         )
     )
     return pl.concat([guide, generated])
+
+
+# The clinic, its sites, the outside labs it orders from and the practices that refer to it:
+# (organization_id, name, kind, nine NPI digits or None, tax id or None, phone). The check digit of
+# each NPI is computed, so every NPI here is valid; a lab known only by its tax id has no NPI.
+_ORGANIZATIONS: tuple[tuple[str, str, str, str | None, str | None, str | None], ...] = (
+    ("ORG001", "Riverside Family Health", "clinic", "165432178", "12-3456789", "555-0100"),
+    ("ORG002", "Northgate Clinical Laboratory", "lab", "178901234", None, "555-0140"),
+    ("ORG003", "Bayview Pathology Services", "lab", None, "98-7654321", None),
+    ("ORG004", "Lakeside Cardiology Associates", "referring_practice", "112233445", None, "555-0171"),
+    ("ORG005", "Hillcrest Pediatrics", "referring_practice", "154433221", "45-6789012", "555-0172"),
+)
+# (location_id, organization_id, name, address line, city, state, postal code, phone)
+_LOCATIONS: tuple[tuple[str, str, str, str, str, str, str, str | None], ...] = (
+    ("LOC001", "ORG001", "Riverside Family Health - Main Street", "120 Main Street", "Springfield", "MA", "01103",
+     "555-0101"),
+    ("LOC002", "ORG001", "Riverside Family Health - Northside", "48 North Avenue", "Springfield", "MA", "01107",
+     "555-0102"),
+    ("LOC003", "ORG002", "Northgate Patient Service Center", "9 Lab Way", "Chicopee", "MA", "01013", None),
+)
+
+
+def _organizations_and_locations() -> tuple[pl.DataFrame, pl.DataFrame]:
+    organizations = pl.DataFrame(
+        [(key, name, kind, nine, tax, phone) for key, name, kind, nine, tax, phone in _ORGANIZATIONS],
+        schema=dict.fromkeys(TABLE_COLUMNS["organizations"], pl.String),
+        orient="row",
+    ).with_columns(npi=pl.col("npi") + _npi_check_digit(pl.col("npi")))
+    locations = pl.DataFrame(list(_LOCATIONS), schema=dict.fromkeys(TABLE_COLUMNS["locations"], pl.String),
+                             orient="row")
+    return organizations, locations
+
+
+def _practitioner_roles(practitioners: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """One role per practitioner at the clinic, at one of its two sites, in the practitioner's
+    specialty; a few are no longer active."""
+    n = pl.int_range(1, pl.len() + 1, dtype=pl.UInt64)
+    return practitioners.select(
+        practitioner_role_id=pl.lit("PR-") + pl.col("practitioner_id"),
+        practitioner_id="practitioner_id",
+        organization_id=pl.lit("ORG001"),
+        location_id=pl.when(_uniform(n, seed, 36) < 0.6).then(pl.lit("LOC001")).otherwise(pl.lit("LOC002")),
+        specialty="specialty",
+        active=pl.when(_uniform(n, seed, 37) < 0.9).then(pl.lit("Y")).otherwise(pl.lit("N")),
+    )
 
 
 def _partial_date(days: pl.Expr, u: pl.Expr, month_share: float, year_share: float) -> pl.Expr:
