@@ -59,6 +59,11 @@ TABLES: tuple[str, ...] = (
     "patient_medications",
     "patient_allergies",
     "observations",
+    "procedures",
+    "immunizations",
+    "lab_reports",
+    "lab_report_results",
+    "appointments",
 )
 
 TABLE_PRIMARY_KEYS: dict[str, str] = {
@@ -74,6 +79,11 @@ TABLE_PRIMARY_KEYS: dict[str, str] = {
     "patient_medications": "patient_medication_id",
     "patient_allergies": "patient_allergy_id",
     "observations": "observation_id",
+    "procedures": "procedure_id",
+    "immunizations": "immunization_id",
+    "lab_reports": "report_id",
+    "lab_report_results": "report_result_id",
+    "appointments": "appointment_id",
 }
 
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -99,6 +109,16 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
         "observation_id", "patient_id", "encounter_id", "category", "test_code", "test_name", "value", "unit",
         "reference_low", "reference_high", "observed_at",
     ),
+    "procedures": ("procedure_id", "patient_id", "encounter_id", "code_system", "code", "description", "performed_date"),
+    "immunizations": (
+        "immunization_id", "patient_id", "cvx_code", "vaccine_name", "administered_date", "lot_number", "site", "status",
+        "not_given_reason",
+    ),
+    "lab_reports": ("report_id", "patient_id", "panel_code", "panel_name", "collected_date", "lab_id"),
+    "lab_report_results": ("report_result_id", "report_id", "observation_id"),
+    "appointments": (
+        "appointment_id", "patient_id", "practitioner_id", "location_id", "start_at", "end_at", "status", "encounter_id",
+    ),
 }
 
 # Columns that may be empty (NULL) in the legacy tables; every other column is always filled.
@@ -111,6 +131,10 @@ NULLABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "patient_medications": ("end_date",),
     "patient_allergies": ("reaction", "severity", "verification_status", "recorded_date"),
     "observations": ("encounter_id", "unit", "reference_low", "reference_high"),
+    "procedures": ("encounter_id",),
+    "immunizations": ("lot_number", "site", "not_given_reason"),
+    "lab_reports": ("lab_id",),
+    "appointments": ("practitioner_id", "location_id", "start_at", "end_at", "encounter_id"),
 }
 
 # (local code, name, ICD-10-CM code, relative prevalence weight). HT001 / DM002 are the guide's.
@@ -675,6 +699,10 @@ def _build_sample_tables(patients: int, seed: int) -> dict[str, pl.DataFrame]:
     allergies = _allergies(gen, seed, guide["patient_allergies"])
     observations = _observations(gen, enc, seed, guide["observations"])
 
+    history = _procedures_and_immunizations(gen, enc, seed)
+    reports, report_results = _lab_reports(observations)
+    appointments = _appointments(enc, encounters_df, seed)
+
     return {
         "patients": patients_df,
         "conditions": conditions,
@@ -688,6 +716,11 @@ def _build_sample_tables(patients: int, seed: int) -> dict[str, pl.DataFrame]:
         "patient_medications": medications,
         "patient_allergies": allergies,
         "observations": observations,
+        "procedures": history["procedures"],
+        "immunizations": history["immunizations"],
+        "lab_reports": reports,
+        "lab_report_results": report_results,
+        "appointments": appointments,
     }
 
 
@@ -968,6 +1001,161 @@ def _observations(gen: pl.DataFrame, enc: pl.DataFrame, seed: int, guide: pl.Dat
         observed_at="observed_at",
     )
     return pl.concat([guide, generated])
+
+
+# (code system as the legacy app names it, code, description, weight): office procedures in CPT, the
+# history a clinic records from elsewhere in SNOMED CT.
+PROCEDURE_CATALOGUE: tuple[tuple[str, str, str, float], ...] = (
+    ("CPT", "93000", "Electrocardiogram, routine, with interpretation and report", 5.0),
+    ("CPT", "36415", "Collection of venous blood by venipuncture", 8.0),
+    ("CPT", "94010", "Spirometry", 2.0),
+    ("CPT", "20610", "Arthrocentesis, aspiration and/or injection, major joint", 1.0),
+    ("CPT", "11200", "Removal of skin tags, up to and including 15 lesions", 1.0),
+    ("SNOMED", "80146002", "Appendectomy", 1.0),
+    ("SNOMED", "73761001", "Colonoscopy", 2.0),
+    ("SNOMED", "38102005", "Cholecystectomy", 1.0),
+)
+# (CVX code, name, weight). Which codes the map knows is decided by terminology/cvx.csv.
+VACCINE_CATALOGUE: tuple[tuple[str, str, float], ...] = (
+    ("140", "Influenza, seasonal, injectable, preservative free", 10.0),
+    ("208", "COVID-19, mRNA, LNP-S, PF, 30 mcg/0.3 mL dose", 6.0),
+    ("115", "Tdap", 3.0),
+    ("33", "Pneumococcal polysaccharide PPV23", 2.0),
+    ("187", "Zoster vaccine recombinant", 2.0),
+)
+_VACCINE_SITES = ("LA", "RA", "LD", "RD")
+# (legacy status, not-given reason, weight): most doses were given; some were refused or not needed.
+_IMMUNIZATION_OUTCOMES = (("given", None, 0.95), ("not given", "refused", 0.03), ("not given", "immune", 0.02))
+# Lab panels: the panel of each test (tests of one draw and one panel are one report).
+_PANEL_OF_TEST = {
+    "CHOL": ("LIPID", "Lipid panel"), "HDL": ("LIPID", "Lipid panel"), "LDL": ("LIPID", "Lipid panel"),
+    "TRIG": ("LIPID", "Lipid panel"), "GLU": ("BMP", "Basic metabolic panel"), "K": ("BMP", "Basic metabolic panel"),
+    "NA": ("BMP", "Basic metabolic panel"), "CREAT": ("BMP", "Basic metabolic panel"),
+    "HGB": ("CBC", "Complete blood count"), "WBC": ("CBC", "Complete blood count"),
+    "HBA1C": ("A1C", "Hemoglobin A1c"), "TSH": ("THYROID", "Thyroid function"),
+}
+# (legacy appointment status, weight) for the visits that did not become an encounter.
+_MISSED_APPOINTMENTS = (("Cancelled", 0.6), ("No Show", 0.4))
+
+
+def _procedures_and_immunizations(gen: pl.DataFrame, enc: pl.DataFrame, seed: int) -> dict[str, pl.DataFrame]:
+    ekey = pl.col("n") * 16 + pl.col("k").cast(pl.UInt64)
+    procedure = _weighted_index(tuple(p[3] for p in PROCEDURE_CATALOGUE), _uniform(ekey, seed, 71))
+    procedures = (
+        enc.filter(_uniform(ekey, seed, 70) < 0.2)
+        .with_columns(p=procedure)
+        .select(
+            "patient_id", "encounter_id",
+            code_system=pl.lit(pl.Series([p[0] for p in PROCEDURE_CATALOGUE])).gather(pl.col("p")),
+            code=pl.lit(pl.Series([p[1] for p in PROCEDURE_CATALOGUE])).gather(pl.col("p")),
+            description=pl.lit(pl.Series([p[2] for p in PROCEDURE_CATALOGUE])).gather(pl.col("p")),
+            performed_date=_iso(pl.col("days")),
+        )
+    )
+    procedures = procedures.with_columns(
+        procedure_id=_key("PX", pl.int_range(1, pl.len() + 1, dtype=pl.UInt64), _width(procedures.height + 1)),
+    ).select(TABLE_COLUMNS["procedures"])
+    ikey = pl.col("n") * 16 + pl.col("k").cast(pl.UInt64)
+    vaccine = _weighted_index(tuple(v[2] for v in VACCINE_CATALOGUE), _uniform(ikey, seed, 81))
+    outcome = _weighted_index(tuple(o[2] for o in _IMMUNIZATION_OUTCOMES), _uniform(ikey, seed, 82))
+    end, start = _days(_DATA_END), _days(_ENCOUNTERS_START)
+    shots = (
+        gen.select("n", "patient_id", "birth_days", k=pl.int_ranges(0, _poisson(1.0, _uniform(pl.col("n"), seed, 80)),
+                                                                      dtype=pl.UInt32))
+        .explode("k")
+        .drop_nulls("k")
+        .with_columns(v=vaccine, o=outcome, lo=pl.max_horizontal(pl.col("birth_days") + 1, pl.lit(start)))
+        .with_columns(days=pl.col("lo") + (_uniform(ikey, seed, 83) * (end - pl.col("lo") + 1)).floor().cast(pl.Int64))
+        .with_columns(given=pl.lit(pl.Series([o[0] for o in _IMMUNIZATION_OUTCOMES])).gather(pl.col("o")))
+    )
+    immunizations = shots.select(
+        immunization_id=_key("IM", pl.int_range(1, pl.len() + 1, dtype=pl.UInt64), _width(shots.height + 1)),
+        patient_id="patient_id",
+        cvx_code=pl.lit(pl.Series([v[0] for v in VACCINE_CATALOGUE])).gather(pl.col("v")),
+        vaccine_name=pl.lit(pl.Series([v[1] for v in VACCINE_CATALOGUE])).gather(pl.col("v")),
+        administered_date=_iso(pl.col("days")),
+        lot_number=pl.when(pl.col("given") == "given").then(
+            pl.lit("LT") + (_uniform(ikey, seed, 84) * 1e6).floor().cast(pl.Int64).cast(pl.String).str.zfill(6)),
+        site=pl.when(pl.col("given") == "given").then(_pick(_VACCINE_SITES, _uniform(ikey, seed, 85))),
+        status="given",
+        not_given_reason=pl.lit(pl.Series([o[1] for o in _IMMUNIZATION_OUTCOMES], dtype=pl.String)).gather(pl.col("o")),
+    )
+    return {"procedures": procedures, "immunizations": immunizations}
+
+
+def _lab_reports(observations: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A report per patient, draw date and panel, grouping the lab results of that panel; tests of no
+    panel (vitamin D, PSA, CRP) are reported alone, under their own code."""
+    panels = pl.DataFrame(
+        [(code, panel, name) for code, (panel, name) in _PANEL_OF_TEST.items()],
+        schema={"test_code": pl.String, "panel_code": pl.String, "panel_name": pl.String}, orient="row",
+    )
+    labs = (
+        observations.filter(pl.col("category") == "lab")
+        .join(panels, on="test_code", how="left", maintain_order="left")
+        .with_columns(
+            panel_code=pl.coalesce("panel_code", "test_code"), panel_name=pl.coalesce("panel_name", "test_name"),
+        )
+    )
+    reports = labs.unique(["patient_id", "observed_at", "panel_code"], keep="first", maintain_order=True)
+    reports = reports.select(
+        report_id=_key("LR", pl.int_range(1, pl.len() + 1, dtype=pl.UInt64), _width(reports.height + 1)),
+        patient_id="patient_id", panel_code="panel_code", panel_name="panel_name",
+        collected_date="observed_at", lab_id=pl.lit("ORG002"),
+    )
+    results = labs.join(
+        reports.select("report_id", "patient_id", "panel_code", observed_at="collected_date"),
+        on=["patient_id", "observed_at", "panel_code"], how="left", maintain_order="left",
+    )
+    results = results.select(
+        report_result_id=_key("LRR", pl.int_range(1, pl.len() + 1, dtype=pl.UInt64), _width(results.height + 1)),
+        report_id="report_id", observation_id="observation_id",
+    )
+    return reports, results
+
+
+def _appointments(enc: pl.DataFrame, encounters: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """Every encounter was an appointment the patient arrived at; some appointments were cancelled or
+    missed (no encounter), and a few are booked after the data end. Twenty minutes, clinic time."""
+    visits = encounters.with_row_index("r").with_columns(
+        minutes=480 + (_uniform(pl.col("r").cast(pl.UInt64), seed, 90) * 26).floor().cast(pl.Int64) * 20,
+        days=pl.col("date").str.to_date().cast(pl.Int64),
+        status=pl.lit("Arrived"),
+        site=pl.when(_uniform(pl.col("r").cast(pl.UInt64), seed, 91) < 0.6).then(pl.lit("LOC001")).otherwise(pl.lit("LOC002")),
+    )
+    ekey = pl.col("n") * 16 + pl.col("k").cast(pl.UInt64)
+    missed = enc.filter(_uniform(ekey, seed, 92) < 0.12).select(
+        "patient_id", "practitioner_id",
+        date=pl.lit(None, pl.String), type=pl.lit(None, pl.String), encounter_id=pl.lit(None, pl.String),
+        # A week before the visit that happened instead.
+        days=pl.col("days") - 7,
+        minutes=480 + (_uniform(ekey, seed, 93) * 26).floor().cast(pl.Int64) * 20,
+        status=_pick_weighted(tuple(m[0] for m in _MISSED_APPOINTMENTS), tuple(m[1] for m in _MISSED_APPOINTMENTS),
+                              _uniform(ekey, seed, 94)),
+        site=pl.lit("LOC001"),
+    )
+    booked = enc.filter(_uniform(ekey, seed, 95) < 0.05).select(
+        "patient_id", "practitioner_id",
+        date=pl.lit(None, pl.String), type=pl.lit(None, pl.String), encounter_id=pl.lit(None, pl.String),
+        days=pl.lit(_days(_DATA_END)) + 1 + (_uniform(ekey, seed, 96) * 60).floor().cast(pl.Int64),
+        minutes=480 + (_uniform(ekey, seed, 97) * 26).floor().cast(pl.Int64) * 20,
+        status=pl.lit("Scheduled"),
+        site=pl.lit("LOC002"),
+    )
+    columns = ["patient_id", "practitioner_id", "encounter_id", "days", "minutes", "status", "site"]
+    every = pl.concat([visits.select(columns), missed.select(columns), booked.select(columns)])
+    start = pl.col("days").cast(pl.Int32).cast(pl.Date).cast(pl.Datetime("us")) + pl.duration(minutes=pl.col("minutes"))
+    local = "%Y-%m-%dT%H:%M:%S%:z"
+    return every.select(
+        appointment_id=_key("AP", pl.int_range(1, pl.len() + 1, dtype=pl.UInt64), _width(every.height + 1)),
+        patient_id="patient_id",
+        practitioner_id="practitioner_id",
+        location_id="site",
+        start_at=start.dt.replace_time_zone(_CLINIC_TIME_ZONE).dt.strftime(local),
+        end_at=(start + pl.duration(minutes=20)).dt.replace_time_zone(_CLINIC_TIME_ZONE).dt.strftime(local),
+        status="status",
+        encounter_id="encounter_id",
+    )
 
 
 # ---------------------------------------------------------------------------------------------------
