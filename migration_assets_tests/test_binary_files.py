@@ -41,7 +41,7 @@ def uploader(client: MedplumClient, tmp_path: Path, **limits: object) -> FileUpl
 
 
 def test_binaries_are_served_back_byte_for_byte(local_medplum, tmp_path):
-    files = {"scan.png": ("image/png", PNG), "letter.txt": ("text/plain", "Dear colleague,\nthank you.\n".encode()),
+    files = {"scan.png": ("image/png", PNG), "letter.txt": ("text/plain", b"Dear colleague,\nthank you.\n"),
              "empty.txt": ("text/plain", b"")}
     with client_of(local_medplum) as client:
         upload = uploader(client, tmp_path)
