@@ -14,6 +14,7 @@ from pathlib import Path
 
 import sqlalchemy as sa
 
+from migration_assets.elements.files import DEFAULT_ALLOWED_TYPES, DEFAULT_MAX_FILE_BYTES
 from migration_assets.ledger.manifest import engine_for
 from migration_assets.medplum.binary import FileFacts, file_facts, upload_binary
 from migration_assets.medplum.client import MedplumClient
@@ -32,16 +33,13 @@ uploaded_files = sa.Table(
     sa.Column("uploaded_at", sa.DateTime(timezone=True), nullable=False),
 )
 
-# Medplum's default limit on a request body is far above a scanned document; a clinic sets its own.
-DEFAULT_MAX_FILE_BYTES = 100 * 1024 * 1024
-DEFAULT_ALLOWED_TYPES = frozenset({"application/pdf", "image/png", "image/jpeg", "image/tiff", "text/plain"})
 
 
 class UploadedFiles:
     """The uploaded-files table of one target (a server and a project)."""
 
-    def __init__(self, url: str, target: str = "") -> None:
-        self.engine = engine_for(url)
+    def __init__(self, url_or_engine: str | sa.Engine, target: str = "") -> None:
+        self.engine = engine_for(url_or_engine) if isinstance(url_or_engine, str) else url_or_engine
         self.target = target
         metadata.create_all(self.engine)
 

@@ -21,8 +21,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import math
+import struct
 import sys
+import tempfile
+import zlib
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -42,6 +47,8 @@ __all__ = [
     "VITAL_SIGNS",
     "build_sample_tables",
     "generate_sample_ehr",
+    "sample_with_files",
+    "write_sample_files",
     "with_updated_at",
 ]
 
@@ -64,6 +71,7 @@ TABLES: tuple[str, ...] = (
     "lab_reports",
     "lab_report_results",
     "appointments",
+    "documents",
 )
 
 TABLE_PRIMARY_KEYS: dict[str, str] = {
@@ -84,6 +92,7 @@ TABLE_PRIMARY_KEYS: dict[str, str] = {
     "lab_reports": "report_id",
     "lab_report_results": "report_result_id",
     "appointments": "appointment_id",
+    "documents": "document_id",
 }
 
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -119,6 +128,9 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "appointments": (
         "appointment_id", "patient_id", "practitioner_id", "location_id", "start_at", "end_at", "status", "encounter_id",
     ),
+    "documents": (
+        "document_id", "patient_id", "encounter_id", "doc_type", "title", "file_path", "content_type", "created_date",
+    ),
 }
 
 # Columns that may be empty (NULL) in the legacy tables; every other column is always filled.
@@ -135,6 +147,7 @@ NULLABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "immunizations": ("lot_number", "site", "not_given_reason"),
     "lab_reports": ("lab_id",),
     "appointments": ("practitioner_id", "location_id", "start_at", "end_at", "encounter_id"),
+    "documents": ("encounter_id",),
 }
 
 # (local code, name, ICD-10-CM code, relative prevalence weight). HT001 / DM002 are the guide's.
@@ -702,6 +715,7 @@ def _build_sample_tables(patients: int, seed: int) -> dict[str, pl.DataFrame]:
     history = _procedures_and_immunizations(gen, enc, seed)
     reports, report_results = _lab_reports(observations)
     appointments = _appointments(enc, encounters_df, seed)
+    documents = _documents(encounters_df, seed)
 
     return {
         "patients": patients_df,
@@ -721,6 +735,7 @@ def _build_sample_tables(patients: int, seed: int) -> dict[str, pl.DataFrame]:
         "lab_reports": reports,
         "lab_report_results": report_results,
         "appointments": appointments,
+        "documents": documents,
     }
 
 
@@ -1158,13 +1173,153 @@ def _appointments(enc: pl.DataFrame, encounters: pl.DataFrame, seed: int) -> pl.
     )
 
 
+# (document type, title, file extension, content type, weight): what a clinic scans and keeps.
+_DOCUMENT_KINDS = (
+    ("referral", "Referral letter", "txt", "text/plain", 0.35),
+    ("consent", "Signed consent form", "pdf", "application/pdf", 0.25),
+    ("lab_report", "Outside laboratory report", "pdf", "application/pdf", 0.25),
+    ("scan", "Scanned insurance card", "png", "image/png", 0.15),
+)
+
+
+def _documents(encounters: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """One document for about a fifth of the encounters, its file named `docs/<id>.<ext>` (relative to
+    the legacy system's document folder). Three rows are odd on purpose, as in every document store:
+    one names an empty file, one a file that is not on disk, and two rows share one file (from 60
+    documents up, about 150 patients)."""
+    r = pl.int_range(pl.len(), dtype=pl.UInt64)
+    kinds = encounters.filter(_uniform(r, seed, 100) < 0.2).with_columns(
+        kind=_weighted_index(tuple(k[4] for k in _DOCUMENT_KINDS), _uniform(pl.int_range(pl.len(), dtype=pl.UInt64),
+                                                                           seed, 101))
+    )
+    pick = pl.col("kind")
+    rows = kinds.with_columns(
+        document_id=_key("DOC", pl.int_range(1, pl.len() + 1, dtype=pl.UInt64), _width(kinds.height + 1)),
+        doc_type=pl.lit(pl.Series([k[0] for k in _DOCUMENT_KINDS])).gather(pick),
+        title=pl.lit(pl.Series([k[1] for k in _DOCUMENT_KINDS])).gather(pick),
+        extension=pl.lit(pl.Series([k[2] for k in _DOCUMENT_KINDS])).gather(pick),
+        content_type=pl.lit(pl.Series([k[3] for k in _DOCUMENT_KINDS])).gather(pick),
+        created_date=pl.col("date"),
+    ).with_columns(file_path=pl.format("docs/{}.{}", pl.col("document_id"), pl.col("extension")))
+    # Only in a sample large enough that they stay far below the quarantine threshold.
+    if rows.height >= 60:
+        # The odd ones: DOC..1 names an empty file (written so by write_sample_files), DOC..2 a file
+        # nobody saved, DOC..4 the same file as DOC..3 (a letter filed twice).
+        _, missing, first, second = rows["document_id"][:4].to_list()
+        rows = rows.with_columns(
+            file_path=pl.when(pl.col("document_id") == missing).then(pl.format("docs/{}-lost.pdf", pl.col("document_id")))
+            .when(pl.col("document_id") == second).then(pl.lit(rows.filter(pl.col("document_id") == first)["file_path"].item()))
+            .otherwise(pl.col("file_path")),
+            # Filed twice for the same patient and visit.
+            patient_id=pl.when(pl.col("document_id") == second).then(
+                pl.lit(rows.filter(pl.col("document_id") == first)["patient_id"].item())).otherwise(pl.col("patient_id")),
+            encounter_id=pl.when(pl.col("document_id") == second).then(
+                pl.lit(rows.filter(pl.col("document_id") == first)["encounter_id"].item())).otherwise(pl.col("encounter_id")),
+            content_type=pl.when(pl.col("document_id") == missing).then(pl.lit("application/pdf"))
+            .when(pl.col("document_id") == second).then(pl.lit(rows.filter(pl.col("document_id") == first)["content_type"].item()))
+            .otherwise(pl.col("content_type")),
+        )
+    return rows.select(TABLE_COLUMNS["documents"])
+
+
+# The sample's empty file and its lost one (named in the documents table, never written).
+EMPTY_DOCUMENT_NUMBER = 1
+LOST_SUFFIX = "-lost.pdf"
+
+
+def write_sample_files(tables: dict[str, pl.DataFrame], folder: Path) -> dict[str, pl.DataFrame]:
+    """Write the files the documents table names into `folder` (small PDFs, PNG scans, plain-text
+    letters; the first document's file empty; the lost one not at all) and return the tables with
+    each document's file path made absolute, as a legacy application stores it."""
+    documents = tables["documents"]
+    for number, row in enumerate(documents.iter_rows(named=True), start=1):
+        path = folder / row["file_path"]
+        if row["file_path"].endswith(LOST_SUFFIX) or path.exists():
+            continue  # the lost file, or a file an earlier row shares
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if number == EMPTY_DOCUMENT_NUMBER:
+            path.write_bytes(b"")
+        else:
+            path.write_bytes(_document_bytes(row["content_type"], f"{row['title']} {row['document_id']} "
+                                                                  f"({row['created_date']})"))
+    absolute = documents.with_columns(file_path=pl.lit(str(folder.resolve()) + "/") + pl.col("file_path"))
+    return {**tables, "documents": absolute}
+
+
+def _document_bytes(content_type: str, text: str) -> bytes:
+    if content_type == "application/pdf":
+        return _pdf(text)
+    if content_type == "image/png":
+        return _png(text)
+    return f"{text}\n\nDear colleague,\nplease see the patient named above.\n".encode()
+
+
+def _pdf(text: str) -> bytes:
+    """A one-page PDF showing `text`, with a correct cross-reference table."""
+    safe = text.replace("\\", "").replace("(", "[").replace(")", "]")
+    stream = f"BT /F1 12 Tf 72 720 Td ({safe}) Tj ET".encode("latin-1", "replace")
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return bytes(out)
+
+
+def _png(text: str) -> bytes:
+    """A small grey-scale PNG whose pixels follow the text (a stand-in for a scan)."""
+    width, height = 64, 40
+    seed_bytes = hashlib.sha256(text.encode()).digest()
+    raw = b"".join(b"\x00" + bytes((seed_bytes[(x + y) % 32] ^ (x * y)) & 0xFF for x in range(width))
+                   for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def sample_files_folder(url: str) -> Path:
+    """Where the sample's document files go: beside a SQLite database (`<name>_files/`), inside a CSV
+    or Parquet folder (`files/`), else in the temporary folder, one per database URL."""
+    if url.startswith("sqlite:///"):
+        database = Path(url.removeprefix("sqlite:///"))
+        return database.parent / f"{database.stem}_files"
+    for scheme in ("csv://", "parquet://"):
+        if url.startswith(scheme):
+            return Path(url.removeprefix(scheme)) / "files"
+    if "://" not in url:
+        return Path(url) / "files"
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"seed_ehr_files_{digest}"
+
+
+def sample_with_files(tables: dict[str, pl.DataFrame], url: str) -> dict[str, pl.DataFrame]:
+    """The sample tables with their document files written beside the database at `url`."""
+    if "documents" not in tables:
+        return tables
+    return write_sample_files(tables, sample_files_folder(url))
+
+
 # ---------------------------------------------------------------------------------------------------
 # Writing
 
 
 def generate_sample_ehr(url: str, patients: int = 1000, seed: int = 7, updated_at: bool = False) -> dict[str, int]:
     """(Re)create the legacy EHR tables at ``url`` (with UPDATED_AT columns if asked); returns table -> row count."""
-    tables = build_sample_tables(patients, seed, updated_at=updated_at)
+    tables = sample_with_files(build_sample_tables(patients, seed, updated_at=updated_at), url)
     return write_tables(url, {name: tables[name] for name in TABLES}, TABLE_PRIMARY_KEYS)
 
 
