@@ -15,7 +15,6 @@ from pathlib import Path
 import polars as pl
 
 from migration_assets import config
-
 from migration_assets.medplum.binary import file_facts
 
 LEGACY_FILE_URL_PREFIX = "urn:legacy-file:"

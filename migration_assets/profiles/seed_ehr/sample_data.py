@@ -48,8 +48,8 @@ __all__ = [
     "build_sample_tables",
     "generate_sample_ehr",
     "sample_with_files",
-    "write_sample_files",
     "with_updated_at",
+    "write_sample_files",
 ]
 
 # Parents first: the order in which tables are written and (in reverse) dropped.

@@ -36,7 +36,6 @@ from migration_assets.elements.base import (
     quarantine_orphans,
 )
 from migration_assets.elements.builders import text
-from migration_assets.elements.files import LEGACY_FILE_URL_PREFIX, file_facts_frame, file_limits, resolved_path
 from migration_assets.elements.fhir_json import (
     codeable_concept,
     coding,
@@ -44,6 +43,12 @@ from migration_assets.elements.fhir_json import (
     identifier,
     present,
     reference,
+)
+from migration_assets.elements.files import (
+    LEGACY_FILE_URL_PREFIX,
+    file_facts_frame,
+    file_limits,
+    resolved_path,
 )
 from migration_assets.profiles.seed_ehr.sample_data import UPDATED_AT
 from migration_assets.profiles.seed_ehr.terminology import LOINC, read_map
