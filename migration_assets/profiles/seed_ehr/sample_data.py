@@ -1202,7 +1202,7 @@ def _documents(encounters: pl.DataFrame, seed: int) -> pl.DataFrame:
         created_date=pl.col("date"),
     ).with_columns(file_path=pl.format("docs/{}.{}", pl.col("document_id"), pl.col("extension")))
     # Only in a sample large enough that they stay far below the quarantine threshold.
-    if rows.height >= 60:
+    if rows.height >= ODD_DOCUMENTS_FROM:
         # The odd ones: DOC..1 names an empty file (written so by write_sample_files), DOC..2 a file
         # nobody saved, DOC..4 the same file as DOC..3 (a letter filed twice).
         _, missing, first, second = rows["document_id"][:4].to_list()
@@ -1222,7 +1222,9 @@ def _documents(encounters: pl.DataFrame, seed: int) -> pl.DataFrame:
     return rows.select(TABLE_COLUMNS["documents"])
 
 
-# The sample's empty file and its lost one (named in the documents table, never written).
+# The sample's empty file and its lost one (named in the documents table, never written), from this
+# many documents up.
+ODD_DOCUMENTS_FROM = 60
 EMPTY_DOCUMENT_NUMBER = 1
 LOST_SUFFIX = "-lost.pdf"
 
@@ -1237,7 +1239,7 @@ def write_sample_files(tables: dict[str, pl.DataFrame], folder: Path) -> dict[st
         if row["file_path"].endswith(LOST_SUFFIX) or path.exists():
             continue  # the lost file, or a file an earlier row shares
         path.parent.mkdir(parents=True, exist_ok=True)
-        if number == EMPTY_DOCUMENT_NUMBER:
+        if number == EMPTY_DOCUMENT_NUMBER and documents.height >= ODD_DOCUMENTS_FROM:
             path.write_bytes(b"")
         else:
             path.write_bytes(_document_bytes(row["content_type"], f"{row['title']} {row['document_id']} "
