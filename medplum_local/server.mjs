@@ -23,7 +23,9 @@
 import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import http from 'node:http';
+import os from 'node:os';
 import nodePath from 'node:path';
+import { pipeline } from 'node:stream/promises';
 import { pathToFileURL } from 'node:url';
 import {
   accepted,
@@ -152,8 +154,13 @@ export function createLocalMedplum(config) {
   for (const clientId of clients.keys()) {
     const repo = new LocalRepository();
     const file = config.dataFile && (clientId === config.clientId ? config.dataFile : `${config.dataFile}.${clientId}`);
+    // Binary content lives in files, one per Binary id, as Medplum keeps it in its storage (never in the
+    // database): beside the data file when there is one, else in a temporary folder.
+    const binaries = file ? `${file}.binaries` : fs.mkdtempSync(nodePath.join(os.tmpdir(), 'medplum-local-binaries-'));
+    fs.mkdirSync(binaries, { recursive: true });
     projects.set(clientId, {
       id: projectIdOf(clientId),
+      binaries,
       repo,
       jobs: new AsyncJobs({
         repo,
@@ -198,12 +205,54 @@ export function createLocalMedplum(config) {
       }
       rateKey = 'client:' + clientId;
       limiter.countRequest(rateKey);
-      const { repo, jobs, id: projectId } = projects.get(clientId);
+      const { repo, jobs, id: projectId, binaries } = projects.get(clientId);
       if (req.method === 'GET' && url.pathname === '/auth/me') {
         return sendJson(200, { project: { resourceType: 'Project', id: projectId, name: clientId } });
       }
 
       const path = url.pathname.slice(FHIR_PREFIX.length).replace(/^\/+|\/+$/g, '');
+
+      // Binary upload: the raw bytes with their own Content-Type (not FHIR JSON), streamed to storage.
+      const contentType = req.headers['content-type'] ?? '';
+      if (req.method === 'POST' && path === 'Binary' && !/fhir\+json/.test(contentType)) {
+        const upload = nodePath.join(binaries, `upload-${process.pid}-${Date.now()}-${Math.random().toString(16).slice(2)}`);
+        await pipeline(req, fs.createWriteStream(upload));
+        const [outcome, created] = await serialize(async () => {
+          repo.budget = limiter.budgetFor(clientId);
+          try {
+            return await router.handleRequest(
+              fhirRequest('POST', 'Binary', { resourceType: 'Binary', contentType: contentType || 'application/octet-stream' }, {}),
+              repo
+            );
+          } finally {
+            repo.budget = null;
+          }
+        });
+        if (!created) {
+          fs.rmSync(upload, { force: true });
+          return sendJson(getStatus(outcome), outcome);
+        }
+        fs.renameSync(upload, nodePath.join(binaries, created.id));
+        return sendJson(201, created, {
+          ETag: `W/"${created.meta.versionId}"`,
+          Location: `${baseUrl}fhir/R4/Binary/${created.id}/_history/${created.meta.versionId}`,
+        });
+      }
+      // Binary read without asking for FHIR JSON: the stored bytes, streamed, with their Content-Type.
+      const binaryRead = /^Binary\/([A-Za-z0-9-]+)$/.exec(path);
+      if (req.method === 'GET' && binaryRead && !/fhir\+json/.test(req.headers.accept ?? '')) {
+        const stored = nodePath.join(binaries, binaryRead[1]);
+        if (fs.existsSync(stored)) {
+          const binary = await serialize(() => repo.readResource('Binary', binaryRead[1]));
+          res.writeHead(200, {
+            'Content-Type': binary.contentType ?? 'application/octet-stream',
+            'Content-Length': fs.statSync(stored).size,
+            RateLimit: limiter.header(rateKey, clientId),
+          });
+          await pipeline(fs.createReadStream(stored), res);
+          return undefined;
+        }
+      }
       const body = parseBody(await readBody(req), req.headers['content-type']);
 
       // Async job status: GET /fhir/R4/job/<id>/status

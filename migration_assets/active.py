@@ -30,4 +30,7 @@ def prerequisites(name: str) -> tuple[str, ...]:
 
 def write_sample(url: str, patients: int, seed: int = 7, updated_at: bool = False) -> dict[str, int]:
     """(Re)create the profile's sample legacy database at `url`; returns table -> rows."""
-    return write_tables(url, PROFILE.sample(patients, seed, updated_at), PROFILE.primary_keys())
+    tables = PROFILE.sample(patients, seed, updated_at)
+    if PROFILE.sample_files is not None:
+        tables = PROFILE.sample_files(tables, url)
+    return write_tables(url, tables, PROFILE.primary_keys())

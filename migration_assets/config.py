@@ -68,3 +68,20 @@ def run_config_file() -> Path | None:
     """RUN_CONFIG: a run-config YAML file (as the launchpad takes it) for every run `make demo` launches."""
     chosen = _text("RUN_CONFIG")
     return Path(chosen) if chosen else None
+
+
+def max_file_bytes() -> int | None:
+    """MAX_FILE_BYTES: the largest legacy file uploaded as a Binary; a larger one is quarantined."""
+    value = _text("MAX_FILE_BYTES")
+    return int(value) if value else None
+
+
+def allowed_file_types() -> frozenset[str] | None:
+    """ALLOWED_FILE_TYPES: the content types of legacy files the clinic allows (comma-separated)."""
+    value = _text("ALLOWED_FILE_TYPES")
+    return frozenset(kind.strip() for kind in value.split(",") if kind.strip()) if value else None
+
+
+def legacy_files_dir() -> str | None:
+    """LEGACY_FILES_DIR: the legacy system's document folder, for file paths its tables hold relative."""
+    return _text("LEGACY_FILES_DIR")

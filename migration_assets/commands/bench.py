@@ -118,6 +118,8 @@ def write_source(patients: int, folder: Path) -> dict[str, Any]:
     started = time.perf_counter()
     tables = PROFILE.sample(patients)
     generated = time.perf_counter() - started
+    if PROFILE.sample_files is not None:  # the documents' files, beside the source
+        tables = PROFILE.sample_files(tables, f"parquet://{folder}")
     write_tables(f"parquet://{folder}", tables, PROFILE.primary_keys())
     return {"patients": patients, "rows": {name: frame.height for name, frame in tables.items()},
             "generate_seconds": round(generated, 2), "seconds": round(time.perf_counter() - started, 2)}

@@ -484,6 +484,8 @@ def soak(patients: int, quota: int, window: int, work: Path, idempotency_sample:
     started = time.monotonic()
     source = work / "source"
     tables = PROFILE.sample(patients)
+    if PROFILE.sample_files is not None:  # the documents' files, beside the source
+        tables = PROFILE.sample_files(tables, f"parquet://{source}")
     write_tables(f"parquet://{source}", tables, PROFILE.primary_keys())
     report["source_rows"] = {name: frame.height for name, frame in tables.items()}
     del tables

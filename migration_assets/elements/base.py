@@ -9,6 +9,7 @@ pandera can validate them.
 
 import datetime
 import hashlib
+import json
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -61,6 +62,11 @@ class SourceSystem:
 
     def code_system(self, name: str) -> str:
         return f"{self.base_uri.rstrip('/')}/CodeSystem/{name}"
+
+    def provenance(self, element: str, mapping_version: str) -> str:
+        """The `meta.source` of every resource an element writes: the legacy system and the mapping
+        (element and version) that made it, so a Medplum user can tell migrated data apart."""
+        return f"{self.base_uri.rstrip('/')}/mapping/{element}/{mapping_version}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -195,15 +201,16 @@ def build_frame(element: DataElement, source: pl.DataFrame | pl.LazyFrame, syste
 
     (frame_parts.py builds the same frame slice by slice for large elements: `apply_row_rules` per
     slice, `apply_frame_rules` once over the slices' key columns.)"""
-    frame = apply_row_rules(element, element.transform(source.lazy(), system))
+    frame = apply_row_rules(element, element.transform(source.lazy(), system), system)
     ruled = apply_frame_rules(element, frame.select(RULED_BY_FRAME_INPUTS))
     frame = frame.with_columns(ruled.select(RULED_BY_FRAME_OUTPUTS))
     return frame.select(*FRAME_COLUMNS, *[name for name in frame.columns if name not in FRAME_COLUMNS])
 
 
-def apply_row_rules(element: DataElement, frame: pl.DataFrame | pl.LazyFrame) -> pl.DataFrame:
+def apply_row_rules(element: DataElement, frame: pl.DataFrame | pl.LazyFrame, system: SourceSystem) -> pl.DataFrame:
     """The shared rules that look at one row at a time (a missing key, a control character, the
-    pandera schema) and the row's content hash: the same whether the frame is whole or a slice.
+    pandera schema), the resource's provenance (`meta.source`) and the row's content hash: the same
+    whether the frame is whole or a slice.
 
     Given the element's transform as a LazyFrame, the mapping, these rules and the hash run as one
     polars query (on POLARS_ENGINE), which spreads them over every core."""
@@ -224,9 +231,19 @@ def apply_row_rules(element: DataElement, frame: pl.DataFrame | pl.LazyFrame) ->
         code.is_not_null(),
         pl.format("a text value holds control character U+{}, which FHIR strings may not contain", code),
     )
+    # Provenance goes in before the hash: the hash covers exactly what is sent, so an unchanged
+    # reload sends nothing, and a new mapping version (a new meta.source) sends every row once.
+    frame = frame.with_columns(with_provenance(pl.col("resource"), system.provenance(element.name, element.mapping_version)))
     hashed = frame.with_columns(content_hash=sha256_hex(pl.col("resource"))).collect(engine=POLARS_ENGINE)
     check_frame_columns(element, hashed.columns)
     return _quarantine_schema_failures(hashed, element.schemas)
+
+
+def with_provenance(resource: pl.Expr, source: str) -> pl.Expr:
+    """The resource JSON with `"meta":{"source":...}` as its first member. Element mappings write no
+    meta (Medplum keeps a written meta.source and meta.tag and adds its own versionId and lastUpdated)."""
+    opening = "{" + json.dumps({"meta": {"source": source}}, separators=(",", ":"))[1:-1] + ","
+    return pl.when(resource.str.starts_with("{")).then(pl.lit(opening) + resource.str.slice(1)).otherwise(resource).alias("resource")
 
 
 # The engine an element's lazy transform runs on. Not the streaming one: in polars 2.1 it panicked on

@@ -14,7 +14,7 @@ file, its terminology maps and its sample-data generator. The platform imports n
 import importlib
 import importlib.util
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from graphlib import CycleError, TopologicalSorter
 from importlib.metadata import entry_points
@@ -54,6 +54,9 @@ class Profile:
     # The folder of the profile's terminology maps (one CSV per map and VERSIONS.csv), if it has any.
     terminology_dir: Path | None = None
     identifier_base_uri: str = "https://ehr.example-clinic.org/fhir"
+    # Writes the files the sample tables name (documents) beside the sample database at a URL and
+    # returns the tables pointing at them; None: the sample has no files.
+    sample_files: Callable[[dict[str, pl.DataFrame], str], dict[str, pl.DataFrame]] | None = None
     by_name: Mapping[str, DataElement] = field(init=False, repr=False)
     load_order: tuple[str, ...] = field(init=False)
 

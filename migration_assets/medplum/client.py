@@ -163,6 +163,20 @@ class MedplumClient:
                                        f"attempts: {exc}") from exc
                 time.sleep(self.retry.backoff(attempt))
 
+    # -- for uploads that stream their body (medplum/binary.py) ---------------------------------
+
+    @property
+    def http(self) -> httpx.Client:
+        return self._http
+
+    def bearer(self) -> str:
+        """The current access token (fetched or renewed when needed)."""
+        self._fetch_token()
+        return self._token.bearer()
+
+    def invalidate_token(self, token: str) -> None:
+        self._token.invalidate(token)
+
     # -- plain requests -------------------------------------------------------------------------
 
     def get_json(self, path: str, params: dict[str, str] | None = None) -> dict[str, Any]:

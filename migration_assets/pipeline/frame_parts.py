@@ -121,7 +121,7 @@ def build_frame_parts(
     heights, keys = [], []
     for number in range(slice_count):
         rows = source.slice(number * part_rows, part_rows)
-        frame = apply_row_rules(element, element.transform(rows, system))
+        frame = apply_row_rules(element, element.transform(rows, system), system)
         if slice_count == 1:
             kept = frame
         else:

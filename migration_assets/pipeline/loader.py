@@ -21,6 +21,7 @@ from migration_assets.elements.base import DataElement
 from migration_assets.elements.fhir_json import conditional_reference
 from migration_assets.ledger.manifest import Attempt, Manifest
 from migration_assets.medplum import EntryResponse, MedplumClient
+from migration_assets.pipeline.attachments import attaches_files, uploader_for, with_uploaded_files
 from migration_assets.pipeline.frame_parts import REFERENCE_COLUMNS, FrameParts, shard_of
 from migration_assets.verify.census import Censuses
 from migration_assets.verify.prerequisites import check_prerequisites, quarantine_unloadable
@@ -284,6 +285,9 @@ def load_frame(
     )
     if direct_ids is not None:
         outgoing = with_direct_references(outgoing, direct_ids).drop("references")
+    if attaches_files(outgoing):
+        # Legacy files go up as Binaries (booked before their resources are sent) just before sending.
+        outgoing = with_uploaded_files(outgoing, uploader_for(client, manifest))
     if held is not None:
         outgoing = outgoing.join(held, on=["resource_type", "identifier_system", "identifier_value"], how="left",
                                  maintain_order="left")

@@ -4,7 +4,7 @@ guide and the rest of a clinic's chart (practitioners, medications, allergies, o
 from pathlib import Path
 
 from migration_assets.elements.profile import Profile, discover_elements
-from migration_assets.profiles.seed_ehr.sample_data import build_sample_tables
+from migration_assets.profiles.seed_ehr.sample_data import build_sample_tables, sample_with_files
 
 HERE = Path(__file__).parent
 
@@ -17,4 +17,5 @@ PROFILE = Profile(
     sample_tables=build_sample_tables,
     sample_folder=HERE / "samples",
     terminology_dir=HERE / "terminology",
+    sample_files=sample_with_files,
 )

@@ -21,8 +21,13 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import hashlib
 import math
+import struct
 import sys
+import tempfile
+import zlib
+from pathlib import Path
 from typing import Any
 
 import polars as pl
@@ -42,7 +47,9 @@ __all__ = [
     "VITAL_SIGNS",
     "build_sample_tables",
     "generate_sample_ehr",
+    "sample_with_files",
     "with_updated_at",
+    "write_sample_files",
 ]
 
 # Parents first: the order in which tables are written and (in reverse) dropped.
@@ -51,11 +58,20 @@ TABLES: tuple[str, ...] = (
     "conditions",
     "patient_conditions",
     "practitioners",
+    "organizations",
+    "locations",
+    "practitioner_roles",
     "encounters",
     "encounter_notes",
     "patient_medications",
     "patient_allergies",
     "observations",
+    "procedures",
+    "immunizations",
+    "lab_reports",
+    "lab_report_results",
+    "appointments",
+    "documents",
 )
 
 TABLE_PRIMARY_KEYS: dict[str, str] = {
@@ -63,11 +79,20 @@ TABLE_PRIMARY_KEYS: dict[str, str] = {
     "conditions": "condition_id",
     "patient_conditions": "patient_condition_id",
     "practitioners": "practitioner_id",
+    "organizations": "organization_id",
+    "locations": "location_id",
+    "practitioner_roles": "practitioner_role_id",
     "encounters": "encounter_id",
     "encounter_notes": "note_id",
     "patient_medications": "patient_medication_id",
     "patient_allergies": "patient_allergy_id",
     "observations": "observation_id",
+    "procedures": "procedure_id",
+    "immunizations": "immunization_id",
+    "lab_reports": "report_id",
+    "lab_report_results": "report_result_id",
+    "appointments": "appointment_id",
+    "documents": "document_id",
 }
 
 TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
@@ -75,6 +100,10 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "conditions": ("condition_id", "condition_name", "icd10_code"),
     "patient_conditions": ("patient_condition_id", "patient_id", "condition_id", "onset_date"),
     "practitioners": ("practitioner_id", "first_name", "last_name", "npi", "specialty"),
+    "organizations": ("organization_id", "name", "kind", "npi", "tax_id", "phone"),
+    "locations": ("location_id", "organization_id", "name", "address_line", "city", "state", "postal_code", "phone"),
+    "practitioner_roles": ("practitioner_role_id", "practitioner_id", "organization_id", "location_id", "specialty",
+                           "active"),
     "encounters": ("encounter_id", "patient_id", "date", "type", "practitioner_id"),
     "encounter_notes": ("note_id", "encounter_id", "note_text"),
     "patient_medications": (
@@ -89,15 +118,36 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
         "observation_id", "patient_id", "encounter_id", "category", "test_code", "test_name", "value", "unit",
         "reference_low", "reference_high", "observed_at",
     ),
+    "procedures": ("procedure_id", "patient_id", "encounter_id", "code_system", "code", "description", "performed_date"),
+    "immunizations": (
+        "immunization_id", "patient_id", "cvx_code", "vaccine_name", "administered_date", "lot_number", "site", "status",
+        "not_given_reason",
+    ),
+    "lab_reports": ("report_id", "patient_id", "panel_code", "panel_name", "collected_date", "lab_id"),
+    "lab_report_results": ("report_result_id", "report_id", "observation_id"),
+    "appointments": (
+        "appointment_id", "patient_id", "practitioner_id", "location_id", "start_at", "end_at", "status", "encounter_id",
+    ),
+    "documents": (
+        "document_id", "patient_id", "encounter_id", "doc_type", "title", "file_path", "content_type", "created_date",
+    ),
 }
 
 # Columns that may be empty (NULL) in the legacy tables; every other column is always filled.
 NULLABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "practitioners": ("npi",),
+    "organizations": ("npi", "tax_id", "phone"),
+    "locations": ("phone",),
+    "practitioner_roles": ("location_id", "specialty"),
     "encounters": ("practitioner_id",),
     "patient_medications": ("end_date",),
     "patient_allergies": ("reaction", "severity", "verification_status", "recorded_date"),
     "observations": ("encounter_id", "unit", "reference_low", "reference_high"),
+    "procedures": ("encounter_id",),
+    "immunizations": ("lot_number", "site", "not_given_reason"),
+    "lab_reports": ("lab_id",),
+    "appointments": ("practitioner_id", "location_id", "start_at", "end_at", "encounter_id"),
+    "documents": ("encounter_id",),
 }
 
 # (local code, name, ICD-10-CM code, relative prevalence weight). HT001 / DM002 are the guide's.
@@ -656,20 +706,36 @@ def _build_sample_tables(patients: int, seed: int) -> dict[str, pl.DataFrame]:
     )
 
     practitioners = _practitioners(patients, seed, guide["practitioners"])
+    organizations, locations = _organizations_and_locations()
+    practitioner_roles = _practitioner_roles(practitioners, seed)
     medications = _medications(gen, seed, guide["patient_medications"])
     allergies = _allergies(gen, seed, guide["patient_allergies"])
     observations = _observations(gen, enc, seed, guide["observations"])
+
+    history = _procedures_and_immunizations(gen, enc, seed)
+    reports, report_results = _lab_reports(observations)
+    appointments = _appointments(enc, encounters_df, seed)
+    documents = _documents(encounters_df, seed)
 
     return {
         "patients": patients_df,
         "conditions": conditions,
         "patient_conditions": pl.concat([guide["patient_conditions"], pc]),
         "practitioners": practitioners,
+        "organizations": organizations,
+        "locations": locations,
+        "practitioner_roles": practitioner_roles,
         "encounters": encounters_df,
         "encounter_notes": pl.concat([guide["encounter_notes"], notes]),
         "patient_medications": medications,
         "patient_allergies": allergies,
         "observations": observations,
+        "procedures": history["procedures"],
+        "immunizations": history["immunizations"],
+        "lab_reports": reports,
+        "lab_report_results": report_results,
+        "appointments": appointments,
+        "documents": documents,
     }
 
 
@@ -708,6 +774,51 @@ def _practitioners(patients: int, seed: int, guide: pl.DataFrame) -> pl.DataFram
         )
     )
     return pl.concat([guide, generated])
+
+
+# The clinic, its sites, the outside labs it orders from and the practices that refer to it:
+# (organization_id, name, kind, nine NPI digits or None, tax id or None, phone). The check digit of
+# each NPI is computed, so every NPI here is valid; a lab known only by its tax id has no NPI.
+_ORGANIZATIONS: tuple[tuple[str, str, str, str | None, str | None, str | None], ...] = (
+    ("ORG001", "Riverside Family Health", "clinic", "165432178", "12-3456789", "555-0100"),
+    ("ORG002", "Northgate Clinical Laboratory", "lab", "178901234", None, "555-0140"),
+    ("ORG003", "Bayview Pathology Services", "lab", None, "98-7654321", None),
+    ("ORG004", "Lakeside Cardiology Associates", "referring_practice", "112233445", None, "555-0171"),
+    ("ORG005", "Hillcrest Pediatrics", "referring_practice", "154433221", "45-6789012", "555-0172"),
+)
+# (location_id, organization_id, name, address line, city, state, postal code, phone)
+_LOCATIONS: tuple[tuple[str, str, str, str, str, str, str, str | None], ...] = (
+    ("LOC001", "ORG001", "Riverside Family Health - Main Street", "120 Main Street", "Springfield", "MA", "01103",
+     "555-0101"),
+    ("LOC002", "ORG001", "Riverside Family Health - Northside", "48 North Avenue", "Springfield", "MA", "01107",
+     "555-0102"),
+    ("LOC003", "ORG002", "Northgate Patient Service Center", "9 Lab Way", "Chicopee", "MA", "01013", None),
+)
+
+
+def _organizations_and_locations() -> tuple[pl.DataFrame, pl.DataFrame]:
+    organizations = pl.DataFrame(
+        [(key, name, kind, nine, tax, phone) for key, name, kind, nine, tax, phone in _ORGANIZATIONS],
+        schema=dict.fromkeys(TABLE_COLUMNS["organizations"], pl.String),
+        orient="row",
+    ).with_columns(npi=pl.col("npi") + _npi_check_digit(pl.col("npi")))
+    locations = pl.DataFrame(list(_LOCATIONS), schema=dict.fromkeys(TABLE_COLUMNS["locations"], pl.String),
+                             orient="row")
+    return organizations, locations
+
+
+def _practitioner_roles(practitioners: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """One role per practitioner at the clinic, at one of its two sites, in the practitioner's
+    specialty; a few are no longer active."""
+    n = pl.int_range(1, pl.len() + 1, dtype=pl.UInt64)
+    return practitioners.select(
+        practitioner_role_id=pl.lit("PR-") + pl.col("practitioner_id"),
+        practitioner_id="practitioner_id",
+        organization_id=pl.lit("ORG001"),
+        location_id=pl.when(_uniform(n, seed, 36) < 0.6).then(pl.lit("LOC001")).otherwise(pl.lit("LOC002")),
+        specialty="specialty",
+        active=pl.when(_uniform(n, seed, 37) < 0.9).then(pl.lit("Y")).otherwise(pl.lit("N")),
+    )
 
 
 def _partial_date(days: pl.Expr, u: pl.Expr, month_share: float, year_share: float) -> pl.Expr:
@@ -907,13 +1018,310 @@ def _observations(gen: pl.DataFrame, enc: pl.DataFrame, seed: int, guide: pl.Dat
     return pl.concat([guide, generated])
 
 
+# (code system as the legacy app names it, code, description, weight): office procedures in CPT, the
+# history a clinic records from elsewhere in SNOMED CT.
+PROCEDURE_CATALOGUE: tuple[tuple[str, str, str, float], ...] = (
+    ("CPT", "93000", "Electrocardiogram, routine, with interpretation and report", 5.0),
+    ("CPT", "36415", "Collection of venous blood by venipuncture", 8.0),
+    ("CPT", "94010", "Spirometry", 2.0),
+    ("CPT", "20610", "Arthrocentesis, aspiration and/or injection, major joint", 1.0),
+    ("CPT", "11200", "Removal of skin tags, up to and including 15 lesions", 1.0),
+    ("SNOMED", "80146002", "Appendectomy", 1.0),
+    ("SNOMED", "73761001", "Colonoscopy", 2.0),
+    ("SNOMED", "38102005", "Cholecystectomy", 1.0),
+)
+# (CVX code, name, weight). Which codes the map knows is decided by terminology/cvx.csv.
+VACCINE_CATALOGUE: tuple[tuple[str, str, float], ...] = (
+    ("140", "Influenza, seasonal, injectable, preservative free", 10.0),
+    ("208", "COVID-19, mRNA, LNP-S, PF, 30 mcg/0.3 mL dose", 6.0),
+    ("115", "Tdap", 3.0),
+    ("33", "Pneumococcal polysaccharide PPV23", 2.0),
+    ("187", "Zoster vaccine recombinant", 2.0),
+)
+_VACCINE_SITES = ("LA", "RA", "LD", "RD")
+# (legacy status, not-given reason, weight): most doses were given; some were refused or not needed.
+_IMMUNIZATION_OUTCOMES = (("given", None, 0.95), ("not given", "refused", 0.03), ("not given", "immune", 0.02))
+# Lab panels: the panel of each test (tests of one draw and one panel are one report).
+_PANEL_OF_TEST = {
+    "CHOL": ("LIPID", "Lipid panel"), "HDL": ("LIPID", "Lipid panel"), "LDL": ("LIPID", "Lipid panel"),
+    "TRIG": ("LIPID", "Lipid panel"), "GLU": ("BMP", "Basic metabolic panel"), "K": ("BMP", "Basic metabolic panel"),
+    "NA": ("BMP", "Basic metabolic panel"), "CREAT": ("BMP", "Basic metabolic panel"),
+    "HGB": ("CBC", "Complete blood count"), "WBC": ("CBC", "Complete blood count"),
+    "HBA1C": ("A1C", "Hemoglobin A1c"), "TSH": ("THYROID", "Thyroid function"),
+}
+# (legacy appointment status, weight) for the visits that did not become an encounter.
+_MISSED_APPOINTMENTS = (("Cancelled", 0.6), ("No Show", 0.4))
+
+
+def _procedures_and_immunizations(gen: pl.DataFrame, enc: pl.DataFrame, seed: int) -> dict[str, pl.DataFrame]:
+    ekey = pl.col("n") * 16 + pl.col("k").cast(pl.UInt64)
+    procedure = _weighted_index(tuple(p[3] for p in PROCEDURE_CATALOGUE), _uniform(ekey, seed, 71))
+    procedures = (
+        enc.filter(_uniform(ekey, seed, 70) < 0.2)
+        .with_columns(p=procedure)
+        .select(
+            "patient_id", "encounter_id",
+            code_system=pl.lit(pl.Series([p[0] for p in PROCEDURE_CATALOGUE])).gather(pl.col("p")),
+            code=pl.lit(pl.Series([p[1] for p in PROCEDURE_CATALOGUE])).gather(pl.col("p")),
+            description=pl.lit(pl.Series([p[2] for p in PROCEDURE_CATALOGUE])).gather(pl.col("p")),
+            performed_date=_iso(pl.col("days")),
+        )
+    )
+    procedures = procedures.with_columns(
+        procedure_id=_key("PX", pl.int_range(1, pl.len() + 1, dtype=pl.UInt64), _width(procedures.height + 1)),
+    ).select(TABLE_COLUMNS["procedures"])
+    ikey = pl.col("n") * 16 + pl.col("k").cast(pl.UInt64)
+    vaccine = _weighted_index(tuple(v[2] for v in VACCINE_CATALOGUE), _uniform(ikey, seed, 81))
+    outcome = _weighted_index(tuple(o[2] for o in _IMMUNIZATION_OUTCOMES), _uniform(ikey, seed, 82))
+    end, start = _days(_DATA_END), _days(_ENCOUNTERS_START)
+    shots = (
+        gen.select("n", "patient_id", "birth_days", k=pl.int_ranges(0, _poisson(1.0, _uniform(pl.col("n"), seed, 80)),
+                                                                      dtype=pl.UInt32))
+        .explode("k")
+        .drop_nulls("k")
+        .with_columns(v=vaccine, o=outcome, lo=pl.max_horizontal(pl.col("birth_days") + 1, pl.lit(start)))
+        .with_columns(days=pl.col("lo") + (_uniform(ikey, seed, 83) * (end - pl.col("lo") + 1)).floor().cast(pl.Int64))
+        .with_columns(given=pl.lit(pl.Series([o[0] for o in _IMMUNIZATION_OUTCOMES])).gather(pl.col("o")))
+    )
+    immunizations = shots.select(
+        immunization_id=_key("IM", pl.int_range(1, pl.len() + 1, dtype=pl.UInt64), _width(shots.height + 1)),
+        patient_id="patient_id",
+        cvx_code=pl.lit(pl.Series([v[0] for v in VACCINE_CATALOGUE])).gather(pl.col("v")),
+        vaccine_name=pl.lit(pl.Series([v[1] for v in VACCINE_CATALOGUE])).gather(pl.col("v")),
+        administered_date=_iso(pl.col("days")),
+        lot_number=pl.when(pl.col("given") == "given").then(
+            pl.lit("LT") + (_uniform(ikey, seed, 84) * 1e6).floor().cast(pl.Int64).cast(pl.String).str.zfill(6)),
+        site=pl.when(pl.col("given") == "given").then(_pick(_VACCINE_SITES, _uniform(ikey, seed, 85))),
+        status="given",
+        not_given_reason=pl.lit(pl.Series([o[1] for o in _IMMUNIZATION_OUTCOMES], dtype=pl.String)).gather(pl.col("o")),
+    )
+    return {"procedures": procedures, "immunizations": immunizations}
+
+
+def _lab_reports(observations: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
+    """A report per patient, draw date and panel, grouping the lab results of that panel; tests of no
+    panel (vitamin D, PSA, CRP) are reported alone, under their own code."""
+    panels = pl.DataFrame(
+        [(code, panel, name) for code, (panel, name) in _PANEL_OF_TEST.items()],
+        schema={"test_code": pl.String, "panel_code": pl.String, "panel_name": pl.String}, orient="row",
+    )
+    labs = (
+        observations.filter(pl.col("category") == "lab")
+        .join(panels, on="test_code", how="left", maintain_order="left")
+        .with_columns(
+            panel_code=pl.coalesce("panel_code", "test_code"), panel_name=pl.coalesce("panel_name", "test_name"),
+        )
+    )
+    reports = labs.unique(["patient_id", "observed_at", "panel_code"], keep="first", maintain_order=True)
+    reports = reports.select(
+        report_id=_key("LR", pl.int_range(1, pl.len() + 1, dtype=pl.UInt64), _width(reports.height + 1)),
+        patient_id="patient_id", panel_code="panel_code", panel_name="panel_name",
+        collected_date="observed_at", lab_id=pl.lit("ORG002"),
+    )
+    results = labs.join(
+        reports.select("report_id", "patient_id", "panel_code", observed_at="collected_date"),
+        on=["patient_id", "observed_at", "panel_code"], how="left", maintain_order="left",
+    )
+    results = results.select(
+        report_result_id=_key("LRR", pl.int_range(1, pl.len() + 1, dtype=pl.UInt64), _width(results.height + 1)),
+        report_id="report_id", observation_id="observation_id",
+    )
+    return reports, results
+
+
+def _appointments(enc: pl.DataFrame, encounters: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """Every encounter was an appointment the patient arrived at; some appointments were cancelled or
+    missed (no encounter), and a few are booked after the data end. Twenty minutes, clinic time."""
+    visits = encounters.with_row_index("r").with_columns(
+        minutes=480 + (_uniform(pl.col("r").cast(pl.UInt64), seed, 90) * 26).floor().cast(pl.Int64) * 20,
+        days=pl.col("date").str.to_date().cast(pl.Int64),
+        status=pl.lit("Arrived"),
+        site=pl.when(_uniform(pl.col("r").cast(pl.UInt64), seed, 91) < 0.6).then(pl.lit("LOC001")).otherwise(pl.lit("LOC002")),
+    )
+    ekey = pl.col("n") * 16 + pl.col("k").cast(pl.UInt64)
+    missed = enc.filter(_uniform(ekey, seed, 92) < 0.12).select(
+        "patient_id", "practitioner_id",
+        date=pl.lit(None, pl.String), type=pl.lit(None, pl.String), encounter_id=pl.lit(None, pl.String),
+        # A week before the visit that happened instead.
+        days=pl.col("days") - 7,
+        minutes=480 + (_uniform(ekey, seed, 93) * 26).floor().cast(pl.Int64) * 20,
+        status=_pick_weighted(tuple(m[0] for m in _MISSED_APPOINTMENTS), tuple(m[1] for m in _MISSED_APPOINTMENTS),
+                              _uniform(ekey, seed, 94)),
+        site=pl.lit("LOC001"),
+    )
+    booked = enc.filter(_uniform(ekey, seed, 95) < 0.05).select(
+        "patient_id", "practitioner_id",
+        date=pl.lit(None, pl.String), type=pl.lit(None, pl.String), encounter_id=pl.lit(None, pl.String),
+        days=pl.lit(_days(_DATA_END)) + 1 + (_uniform(ekey, seed, 96) * 60).floor().cast(pl.Int64),
+        minutes=480 + (_uniform(ekey, seed, 97) * 26).floor().cast(pl.Int64) * 20,
+        status=pl.lit("Scheduled"),
+        site=pl.lit("LOC002"),
+    )
+    columns = ["patient_id", "practitioner_id", "encounter_id", "days", "minutes", "status", "site"]
+    every = pl.concat([visits.select(columns), missed.select(columns), booked.select(columns)])
+    start = pl.col("days").cast(pl.Int32).cast(pl.Date).cast(pl.Datetime("us")) + pl.duration(minutes=pl.col("minutes"))
+    local = "%Y-%m-%dT%H:%M:%S%:z"
+    return every.select(
+        appointment_id=_key("AP", pl.int_range(1, pl.len() + 1, dtype=pl.UInt64), _width(every.height + 1)),
+        patient_id="patient_id",
+        practitioner_id="practitioner_id",
+        location_id="site",
+        start_at=start.dt.replace_time_zone(_CLINIC_TIME_ZONE).dt.strftime(local),
+        end_at=(start + pl.duration(minutes=20)).dt.replace_time_zone(_CLINIC_TIME_ZONE).dt.strftime(local),
+        status="status",
+        encounter_id="encounter_id",
+    )
+
+
+# (document type, title, file extension, content type, weight): what a clinic scans and keeps.
+_DOCUMENT_KINDS = (
+    ("referral", "Referral letter", "txt", "text/plain", 0.35),
+    ("consent", "Signed consent form", "pdf", "application/pdf", 0.25),
+    ("lab_report", "Outside laboratory report", "pdf", "application/pdf", 0.25),
+    ("scan", "Scanned insurance card", "png", "image/png", 0.15),
+)
+
+
+def _documents(encounters: pl.DataFrame, seed: int) -> pl.DataFrame:
+    """One document for about a fifth of the encounters, its file named `docs/<id>.<ext>` (relative to
+    the legacy system's document folder). Three rows are odd on purpose, as in every document store:
+    one names an empty file, one a file that is not on disk, and two rows share one file (from 60
+    documents up, about 150 patients)."""
+    r = pl.int_range(pl.len(), dtype=pl.UInt64)
+    kinds = encounters.filter(_uniform(r, seed, 100) < 0.2).with_columns(
+        kind=_weighted_index(tuple(k[4] for k in _DOCUMENT_KINDS), _uniform(pl.int_range(pl.len(), dtype=pl.UInt64),
+                                                                           seed, 101))
+    )
+    pick = pl.col("kind")
+    rows = kinds.with_columns(
+        document_id=_key("DOC", pl.int_range(1, pl.len() + 1, dtype=pl.UInt64), _width(kinds.height + 1)),
+        doc_type=pl.lit(pl.Series([k[0] for k in _DOCUMENT_KINDS])).gather(pick),
+        title=pl.lit(pl.Series([k[1] for k in _DOCUMENT_KINDS])).gather(pick),
+        extension=pl.lit(pl.Series([k[2] for k in _DOCUMENT_KINDS])).gather(pick),
+        content_type=pl.lit(pl.Series([k[3] for k in _DOCUMENT_KINDS])).gather(pick),
+        created_date=pl.col("date"),
+    ).with_columns(file_path=pl.format("docs/{}.{}", pl.col("document_id"), pl.col("extension")))
+    # Only in a sample large enough that they stay far below the quarantine threshold.
+    if rows.height >= ODD_DOCUMENTS_FROM:
+        # The odd ones: DOC..1 names an empty file (written so by write_sample_files), DOC..2 a file
+        # nobody saved, DOC..4 the same file as DOC..3 (a letter filed twice).
+        _, missing, first, second = rows["document_id"][:4].to_list()
+        rows = rows.with_columns(
+            file_path=pl.when(pl.col("document_id") == missing).then(pl.format("docs/{}-lost.pdf", pl.col("document_id")))
+            .when(pl.col("document_id") == second).then(pl.lit(rows.filter(pl.col("document_id") == first)["file_path"].item()))
+            .otherwise(pl.col("file_path")),
+            # Filed twice for the same patient and visit.
+            patient_id=pl.when(pl.col("document_id") == second).then(
+                pl.lit(rows.filter(pl.col("document_id") == first)["patient_id"].item())).otherwise(pl.col("patient_id")),
+            encounter_id=pl.when(pl.col("document_id") == second).then(
+                pl.lit(rows.filter(pl.col("document_id") == first)["encounter_id"].item())).otherwise(pl.col("encounter_id")),
+            content_type=pl.when(pl.col("document_id") == missing).then(pl.lit("application/pdf"))
+            .when(pl.col("document_id") == second).then(pl.lit(rows.filter(pl.col("document_id") == first)["content_type"].item()))
+            .otherwise(pl.col("content_type")),
+        )
+    return rows.select(TABLE_COLUMNS["documents"])
+
+
+# The sample's empty file and its lost one (named in the documents table, never written), from this
+# many documents up.
+ODD_DOCUMENTS_FROM = 60
+EMPTY_DOCUMENT_NUMBER = 1
+LOST_SUFFIX = "-lost.pdf"
+
+
+def write_sample_files(tables: dict[str, pl.DataFrame], folder: Path) -> dict[str, pl.DataFrame]:
+    """Write the files the documents table names into `folder` (small PDFs, PNG scans, plain-text
+    letters; the first document's file empty; the lost one not at all) and return the tables with
+    each document's file path made absolute, as a legacy application stores it."""
+    documents = tables["documents"]
+    for number, row in enumerate(documents.iter_rows(named=True), start=1):
+        path = folder / row["file_path"]
+        if row["file_path"].endswith(LOST_SUFFIX) or path.exists():
+            continue  # the lost file, or a file an earlier row shares
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if number == EMPTY_DOCUMENT_NUMBER and documents.height >= ODD_DOCUMENTS_FROM:
+            path.write_bytes(b"")
+        else:
+            path.write_bytes(_document_bytes(row["content_type"], f"{row['title']} {row['document_id']} "
+                                                                  f"({row['created_date']})"))
+    absolute = documents.with_columns(file_path=pl.lit(str(folder.resolve()) + "/") + pl.col("file_path"))
+    return {**tables, "documents": absolute}
+
+
+def _document_bytes(content_type: str, text: str) -> bytes:
+    if content_type == "application/pdf":
+        return _pdf(text)
+    if content_type == "image/png":
+        return _png(text)
+    return f"{text}\n\nDear colleague,\nplease see the patient named above.\n".encode()
+
+
+def _pdf(text: str) -> bytes:
+    """A one-page PDF showing `text`, with a correct cross-reference table."""
+    safe = text.replace("\\", "").replace("(", "[").replace(")", "]")
+    stream = f"BT /F1 12 Tf 72 720 Td ({safe}) Tj ET".encode("latin-1", "replace")
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    out = bytearray(b"%PDF-1.4\n")
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(out))
+        out += f"{number} 0 obj\n".encode() + body + b"\nendobj\n"
+    xref = len(out)
+    out += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    out += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
+    out += f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
+    return bytes(out)
+
+
+def _png(text: str) -> bytes:
+    """A small grey-scale PNG whose pixels follow the text (a stand-in for a scan)."""
+    width, height = 64, 40
+    seed_bytes = hashlib.sha256(text.encode()).digest()
+    raw = b"".join(b"\x00" + bytes((seed_bytes[(x + y) % 32] ^ (x * y)) & 0xFF for x in range(width))
+                   for y in range(height))
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+
+
+def sample_files_folder(url: str) -> Path:
+    """Where the sample's document files go: beside a SQLite database (`<name>_files/`), inside a CSV
+    or Parquet folder (`files/`), else in the temporary folder, one per database URL."""
+    if url.startswith("sqlite:///"):
+        database = Path(url.removeprefix("sqlite:///"))
+        return database.parent / f"{database.stem}_files"
+    for scheme in ("csv://", "parquet://"):
+        if url.startswith(scheme):
+            return Path(url.removeprefix(scheme)) / "files"
+    if "://" not in url:
+        return Path(url) / "files"
+    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
+    return Path(tempfile.gettempdir()) / f"seed_ehr_files_{digest}"
+
+
+def sample_with_files(tables: dict[str, pl.DataFrame], url: str) -> dict[str, pl.DataFrame]:
+    """The sample tables with their document files written beside the database at `url`."""
+    if "documents" not in tables:
+        return tables
+    return write_sample_files(tables, sample_files_folder(url))
+
+
 # ---------------------------------------------------------------------------------------------------
 # Writing
 
 
 def generate_sample_ehr(url: str, patients: int = 1000, seed: int = 7, updated_at: bool = False) -> dict[str, int]:
     """(Re)create the legacy EHR tables at ``url`` (with UPDATED_AT columns if asked); returns table -> row count."""
-    tables = build_sample_tables(patients, seed, updated_at=updated_at)
+    tables = sample_with_files(build_sample_tables(patients, seed, updated_at=updated_at), url)
     return write_tables(url, {name: tables[name] for name in TABLES}, TABLE_PRIMARY_KEYS)
 
 

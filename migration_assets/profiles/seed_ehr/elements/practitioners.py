@@ -26,8 +26,8 @@ REGISTER_NOTES = {
 }
 # Source columns this element cannot map yet, and why.
 UNSUPPORTED = {
-    "specialty": "FHIR R4 puts a specialty on PractitionerRole, which this element does not write yet; "
-    "the value stays in the legacy table",
+    "specialty": "FHIR R4 puts a specialty on PractitionerRole: the practitioner_roles element writes it from "
+    "its own table",
 }
 
 

@@ -25,7 +25,15 @@ def seed_tables() -> dict[str, pl.DataFrame]:
 def resources(element: str, tables: dict[str, pl.DataFrame]) -> dict[str, dict]:
     frame = build_frame(PROFILE.element(element), PROFILE.element(element).extract(tables), SYSTEM)
     assert frame["quarantine_rule"].null_count() == frame.height
-    return {row["source_key"]: json.loads(row["resource"]) for row in frame.iter_rows(named=True)}
+    return {row["source_key"]: without_provenance(element, row["resource"]) for row in frame.iter_rows(named=True)}
+
+
+def without_provenance(element: str, text: str) -> dict:
+    """The resource without its meta, after checking that meta names the legacy system and the mapping."""
+    resource = json.loads(text)
+    version = PROFILE.element(element).mapping_version
+    assert resource.pop("meta") == {"source": f"{BASE}/mapping/{element}/{version}"}
+    return resource
 
 
 def test_seed_patients(seed_tables):
@@ -160,7 +168,7 @@ def test_odd_patients_are_kept_or_quarantined_with_their_rule():
         "P8": "invalid_date",
         "P9": None,
     }
-    by_key = {row["unit_key"]: json.loads(row["resource"]) for row in frame.iter_rows(named=True)}
+    by_key = {row["unit_key"]: without_provenance("patients", row["resource"]) for row in frame.iter_rows(named=True)}
     assert by_key["P2"]["birthDate"] == "1980"
     assert by_key["P3"]["birthDate"] == "1980-07" and by_key["P3"]["gender"] == "male"
     assert by_key["P9"] == {"resourceType": "Patient", "identifier": [{"system": PATIENT, "value": "P9"}]}

@@ -29,7 +29,13 @@ def frame_of(element: str, tables: dict[str, pl.DataFrame]) -> pl.DataFrame:
 
 
 def by_key(frame: pl.DataFrame) -> dict[str, dict]:
-    return {row["source_key"]: json.loads(row["resource"]) for row in frame.iter_rows(named=True)}
+    """Each resource by source key, without its meta (checked to be the provenance of its mapping)."""
+    written = {}
+    for row in frame.iter_rows(named=True):
+        resource = json.loads(row["resource"])
+        assert resource.pop("meta")["source"].startswith(f"{BASE}/mapping/")
+        written[row["source_key"]] = resource
+    return written
 
 
 def rules(frame: pl.DataFrame) -> dict[str, str | None]:
