@@ -4,6 +4,8 @@ against them, a subprocess of the platform) is `integration`; the rest are unit 
 
 import pytest
 
+from migration_assets.medplum.auth import forget_tokens
+
 pytest_plugins = [
     "migration_assets_tests.fixtures_local_medplum",
     "migration_assets_tests.fixtures_platform",
@@ -18,3 +20,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(autouse=True)
+def fresh_tokens() -> None:
+    """Every test fetches its own tokens: the process shares them between clients (medplum/auth.py), and a
+    test that counts token requests must not find one left by another."""
+    forget_tokens()

@@ -29,7 +29,7 @@ PATIENT_DATA_FILES = ("legacy.db", "frames")
 
 
 def test_a_full_run_leaks_no_secret_no_token_and_no_patient_detail(platform_factory, monkeypatch, capfd):
-    platform = platform_factory.new(patients=40)
+    platform = platform_factory.new(patients=60)
     server = platform.server
     for name, value in {
         "MEDPLUM_BASE_URL": server.base_url,
@@ -51,7 +51,7 @@ def test_a_full_run_leaks_no_secret_no_token_and_no_patient_detail(platform_fact
 
     summaries = [migrate_element(element, platform.instance, defs) for element in LOAD_ORDER]
 
-    assert all(s.ok for s in summaries), [(s.element, s.failure_messages) for s in summaries]
+    assert all(s.ok for s in summaries), [(s.element, s.error, s.failure_messages) for s in summaries if not s.ok]
     assert issued, "the run fetched no token: the spy is not in the path"
     secrets = [server.client_secret, *issued]
     console = "".join(capfd.readouterr())
