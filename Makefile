@@ -16,7 +16,7 @@ setup: $(VENV_STAMP) $(NODE_STAMP) $(CHROMIUM_STAMP)
 $(VENV_STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	$(VENV)/bin/pip install --quiet -e '.[dev,celery]'
 	touch $@
 
 $(NODE_STAMP): medplum_local/package.json medplum_local/package-lock.json

@@ -68,3 +68,13 @@ def run_config_file() -> Path | None:
     """RUN_CONFIG: a run-config YAML file (as the launchpad takes it) for every run `make demo` launches."""
     chosen = _text("RUN_CONFIG")
     return Path(chosen) if chosen else None
+
+
+def executor_name() -> str | None:
+    """DAGSTER_EXECUTOR: `in_process` (default), `multiprocess` or `celery` (pipeline/executors.py)."""
+    return _text("DAGSTER_EXECUTOR")
+
+
+def celery_broker_url() -> str:
+    """CELERY_BROKER_URL: the broker of `make workers` and of the Celery runs' default config."""
+    return _text("CELERY_BROKER_URL") or "pyamqp://guest:guest@127.0.0.1:5672//"
