@@ -9,7 +9,7 @@ NODE_STAMP := medplum_local/node_modules/.installed
 CHROMIUM := /usr/bin/chromium
 CHROMIUM_STAMP := $(VENV)/.chromium-installed
 
-.PHONY: setup test test-fast demo dev medplum bench lint clean history soak element profile
+.PHONY: setup test test-fast demo dev medplum bench lint clean history soak element profile workers
 
 setup: $(VENV_STAMP) $(NODE_STAMP) $(CHROMIUM_STAMP)
 
@@ -44,6 +44,12 @@ demo: setup
 
 dev: setup
 	$(PY) -m migration_assets.commands.dev
+
+# Celery workers for the code location (runs launched with DAGSTER_EXECUTOR=celery): make workers [WORKERS=2]
+# (broker CELERY_BROKER_URL, default RabbitMQ on 127.0.0.1:5672; queue CELERY_QUEUE; instance DAGSTER_HOME)
+WORKERS ?= 2
+workers: setup
+	$(PY) -m migration_assets.commands.workers --workers $(WORKERS)
 
 medplum: $(NODE_STAMP)
 	medplum_local/node_modules/.bin/node medplum_local/server.mjs

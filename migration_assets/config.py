@@ -78,3 +78,8 @@ def executor_name() -> str | None:
 def celery_broker_url() -> str:
     """CELERY_BROKER_URL: the broker of `make workers` and of the Celery runs' default config."""
     return _text("CELERY_BROKER_URL") or "pyamqp://guest:guest@127.0.0.1:5672//"
+
+
+def celery_queue() -> str:
+    """CELERY_QUEUE: the Celery queue the workers of `make workers` listen to and Celery runs send to."""
+    return _text("CELERY_QUEUE") or "dagster"
