@@ -9,7 +9,7 @@ NODE_STAMP := medplum_local/node_modules/.installed
 CHROMIUM := /usr/bin/chromium
 CHROMIUM_STAMP := $(VENV)/.chromium-installed
 
-.PHONY: setup test test-fast demo dev medplum bench lint clean history soak element profile workers
+.PHONY: setup test test-fast demo dev medplum bench test-stock lint clean history soak element profile report workers
 
 setup: $(VENV_STAMP) $(NODE_STAMP) $(CHROMIUM_STAMP)
 
@@ -39,8 +39,13 @@ test: setup
 test-fast: $(VENV_STAMP)
 	$(VENV)/bin/pytest -m "not integration"
 
+# The stock-project tier: the local server as Medplum creates a project (quota on, transaction-bundles off).
+test-stock: setup
+	$(VENV)/bin/pytest migration_assets_tests/test_stock_project.py
+
+# make demo [V=1]: V=1 prints Dagster's own log lines and warnings too.
 demo: setup
-	$(PY) -m migration_assets.commands.demo
+	$(PY) -m migration_assets.commands.demo $(if $(V),--verbose)
 
 dev: setup
 	$(PY) -m migration_assets.commands.dev
@@ -53,6 +58,10 @@ workers: setup
 
 medplum: $(NODE_STAMP)
 	medplum_local/node_modules/.bin/node medplum_local/server.mjs
+
+# The cutover report of the latest run: one HTML page under .demo/reports/
+report: $(VENV_STAMP)
+	$(PY) -m migration_assets.commands.report
 
 # What happened to one source key: make history KEY=P0123 [ELEMENT=patients]
 history: $(VENV_STAMP)

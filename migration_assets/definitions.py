@@ -13,13 +13,14 @@ from migration_assets.adoption.assets import (
 from migration_assets.mapping.assets import mapping_register_asset, terminology_maps
 from migration_assets.pipeline.assets import fhir_frames, legacy_source, reconciliation_report
 from migration_assets.pipeline.checks import ALL_CHECKS
+from migration_assets.pipeline.cutover_report import cutover_report
 from migration_assets.pipeline.executors import chosen_executor
 from migration_assets.pipeline.resources import build_resources
 from migration_assets.pipeline.sharded import medplum_resources
 
 ASSETS = [
     legacy_source, fhir_frames, medplum_resources, reconciliation_report, mapping_register_asset, terminology_maps,
-    *ADOPTION_ASSETS,
+    cutover_report, *ADOPTION_ASSETS,
 ]
 
 migrate_element_job = define_asset_job(

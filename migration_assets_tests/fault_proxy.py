@@ -28,6 +28,7 @@ When the upstream cannot be reached the proxy answers 502, as a gateway in front
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import struct
@@ -139,10 +140,8 @@ class FaultProxy:
         server.shutdown()
         server.server_close()
         for connection in connections:
-            try:
+            with contextlib.suppress(OSError):
                 connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
 
     def refuse_for(self, seconds: float) -> threading.Timer:
         self.refuse()

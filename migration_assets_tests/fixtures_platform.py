@@ -81,15 +81,21 @@ class PlatformFactory:
 
     def new(
         self, patients: int = 60, source_url: str | None = None, name: str = "p", manifest_url: str | None = None,
-        more_clients: dict[str, str] | None = None,
+        more_clients: dict[str, str] | None = None, fhir_quota: int = 0, quota_window_seconds: int = 60,
+        transaction_bundles: bool = True,
     ) -> Platform:
+        """A platform on a server of its own; `fhir_quota`, `quota_window_seconds` and `transaction_bundles`
+        configure that server as running_local_medplum does (a stock Medplum project: quota 50,000 a
+        minute, transaction_bundles False)."""
         work = self.work / name
         work.mkdir(parents=True)
         if source_url is None:
             source_url = f"sqlite:///{work / 'legacy.db'}"
             generate_sample_ehr(source_url, patients=patients)
-        server = self._stack.enter_context(running_local_medplum(log_path=work / "medplum.log",
-                                                                 more_clients=more_clients))
+        server = self._stack.enter_context(running_local_medplum(
+            log_path=work / "medplum.log", more_clients=more_clients, fhir_quota=fhir_quota,
+            quota_window_seconds=quota_window_seconds, transaction_bundles=transaction_bundles,
+        ))
         (work / "dagster_home").mkdir()
         instance = DagsterInstance.local_temp(tempdir=str(work / "dagster_home"))
         self._stack.callback(instance.dispose)

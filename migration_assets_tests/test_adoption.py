@@ -101,11 +101,11 @@ def test_the_sync_picks_up_every_change_the_old_application_writes(platform_fact
 
     patients = read_table(url, "patients")
     assert medplum_values(platform, "Patient", PATIENT_SYSTEM, ("name", 0, "family")) == dict(
-        zip(patients["patient_id"], patients["last_name"])
+        zip(patients["patient_id"], patients["last_name"], strict=True)
     )
     conditions = read_table(url, "patient_conditions")
     assert medplum_values(platform, "Condition", CONDITION_SYSTEM, ("onsetDateTime",)) == dict(
-        zip(conditions["patient_condition_id"], conditions["onset_date"])
+        zip(conditions["patient_condition_id"], conditions["onset_date"], strict=True)
     )
     with platform.manifest() as manifest:
         assert set(manifest.units("patients")["disposition"].to_list()) == {"successful"}

@@ -224,7 +224,7 @@ def test_no_partition_crashes_every_check_passes_and_every_source_row_has_one_di
     for element, summary in migrated.summaries.items():
         assert summary.run_ok, (element, summary.error)
         assert not summary.checks_failed, (element, summary.failure_messages)
-    for element, summary in migrated.summaries.items():
+    for element in migrated.summaries:
         units = migrated.units[element]
         for table in SOURCE_TABLES[element]:
             # One ledger unit per source row: null, blank and repeated keys included.
@@ -310,7 +310,7 @@ def test_each_accepted_patient_kind_is_found_once_by_its_identifier_and_reads_ba
     patient = migrated.find(client, "Patient", PATIENT_SYSTEM, key)
     assert patient["name"] == [{"given": [given], "family": family}]
     source = dict(zip(("patient_id", "first_name", "last_name", "birth_date", "gender"),
-                      next(row for _, row in PATIENT_ROWS if row[0] == key)))
+                      next(row for _, row in PATIENT_ROWS if row[0] == key), strict=True))
     # Partial dates keep their precision (1975, 1975-06), never stretched to a day.
     assert patient["birthDate"] == source["birth_date"]
     assert patient["gender"] == {"M": "male", "F": "female", " f ": "female"}[source["gender"]]

@@ -200,7 +200,8 @@ def test_the_loader_recovers_from_each_fault_within_bounded_retries(
     # Bounded: one retry (request or entry resend) per strike at most, and no more time than the
     # waits asked for plus the work.
     assert stats.retries + stats.entries_resent // 10 <= strikes, stats
-    assert stats.retries + stats.entries_resent > 0, "the fault was seen and retried"
+    # A whole request refused by the quota is waited for (rate_limited), not counted as a retry.
+    assert stats.retries + stats.entries_resent + stats.rate_limited > 0, "the fault was seen and retried"
     assert min_wait <= elapsed < min_wait + strikes * (FAST.max_delay + kwargs.get("timeout", 0)) + WORK
     load.assert_settled(local_medplum)
 
@@ -249,7 +250,7 @@ EXHAUSTING = [
     # A reset time far beyond the request's time budget: the client gives up at once instead of
     # sleeping an hour.
     ("quota_reset_beyond_budget", [Fault("status", status=429, count=99, headers=rate_limit(0, 3600), method="POST",
-                                         path=BATCH, skip=1)], {}, r"gave up after 1 attempts: 429: rate limited", 1),
+                                         path=BATCH, skip=1)], {}, r"gave up after 1 attempts: 429: still refused by the FHIR quota", 1),
 ]
 
 
@@ -285,26 +286,30 @@ def test_a_fault_that_outlasts_the_retries_fails_clearly_and_a_rerun_settles_eve
     load.assert_settled(local_medplum)
 
 
-def test_entries_refused_on_every_attempt_end_rejected_with_their_reason_and_a_rerun_loads_them(
+def test_entries_refused_by_the_quota_until_its_wait_runs_out_stay_pending_and_a_rerun_loads_them(
     fresh_proxy, local_medplum, tmp_path
 ):
-    # Entry-level 429s on every try: submit_batch stops after max_attempts and the units are
-    # recorded `rejected` with the server's reason, so the run finishes and the books balance.
+    # Entry-level 429s for longer than the client may wait on the quota (0.5 s here): the entries are
+    # resent after each wait, never counted as failed, and once the wait runs out their units stay
+    # `pending` with the reason "quota"; the run finishes and the next one loads them.
     load = Load.new(tmp_path, "entries-refused")
-    fresh_proxy.plan(Fault("rewrite", count=FAST.max_attempts, method="POST", path=BATCH, skip=1,
+    fresh_proxy.plan(Fault("rewrite", count=99, method="POST", path=BATCH, skip=1,
                            headers=rate_limit(0, 0.1), rewrite=entries_answered("429 Too Many Requests")))
+    patient_quota = RetryPolicy(max_attempts=5, base_delay=0.05, max_delay=0.4, max_total_seconds=10.0,
+                                max_quota_wait_seconds=0.5)
 
-    result, stats = load.run(fresh_proxy.base_url, local_medplum, "throttled")
+    result, stats = load.run(fresh_proxy.base_url, local_medplum, "throttled", retry=patient_quota)
 
-    assert result.counts["failed"] == 10 and stats.entries_resent == 10 * (FAST.max_attempts - 1)
+    assert result.counts["failed"] == 0 and result.counts["pending_quota"] == 10
+    assert stats.entries_resent >= 10 and 0.3 <= stats.quota_wait_seconds <= 0.5
     units = load.units()
-    rejected = units.filter(pl.col("disposition") == "rejected")
-    assert rejected.height == 10
-    assert set(rejected["rule"]) == {"server_rejected"} and set(rejected["reason"]) == {"429: injected 429 Too Many Requests"}
-    assert accounting(load.frame, units).balanced
+    pending = units.filter(pl.col("disposition") == "pending")
+    assert pending.height == 10 and units.filter(pl.col("disposition") == "rejected").is_empty()
+    assert all(reason.startswith("quota: ") for reason in pending["reason"])
 
+    fresh_proxy.clear()
     result, _ = load.run(fresh_proxy.base_url, local_medplum, "rerun")
-    assert result.counts["sent"] == 10 and result.counts["failed"] == 0
+    assert result.counts["sent"] == 10 and result.counts["failed"] == 0 and result.counts["pending_quota"] == 0
     load.assert_settled(local_medplum)
 
 

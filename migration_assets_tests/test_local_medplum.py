@@ -599,7 +599,10 @@ def test_fhir_quota_answers_429() -> None:
         ]
         assert [r.status_code for r in responses] == [201, 201, 429]
         assert '"fhirInteractions";r=130;t=' in responses[0].headers["RateLimit"]
-        assert '"fhirInteractions";r=10;t=' in responses[2].headers["RateLimit"]
+        # As on Medplum, a refusal spends the window, and the outcome says how long until it resets.
+        assert '"fhirInteractions";r=0;t=' in responses[2].headers["RateLimit"]
+        (issue,) = responses[2].json()["issue"]
+        assert issue["code"] == "throttled" and 0 < json.loads(issue["diagnostics"])["_msBeforeNext"] <= 60_000
 
 
 def test_paced_server_holds_to_its_capacity_whatever_is_in_flight() -> None:

@@ -3,6 +3,7 @@ the faults the server cannot be made to produce (a short batch-response, a non-J
 
 import json
 import time
+import uuid
 
 import httpx
 import pytest
@@ -98,6 +99,75 @@ def test_pacing_waits_for_the_reset_instead_of_running_into_429():
         results = client.submit_batch([put_patient(f"P-{n}") for n in range(5, 10)])
     assert [r.status for r in results] == [201] * 5
     assert client.stats.entries_resent == 0 and client.stats.rate_limited == 0
+
+
+def put_transaction(value: str, create: bool = False) -> str:
+    """A batch entry holding a transaction: a Patient and an Observation linked by urn:uuid, written by
+    conditional PUT, or with `create` by plain POST (no search: only the client can keep it from
+    creating twice)."""
+    full_url = f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, value)}"
+    observation = {"resourceType": "Observation", "status": "final", "code": {"text": "weight"},
+                   "identifier": [{"system": SYSTEM, "value": f"obs-{value}"}], "subject": {"reference": full_url}}
+    inner = [json.loads(put_patient(value)) | {"fullUrl": full_url},
+             {"request": {"method": "PUT", "url": conditional_url("Observation", SYSTEM, f"obs-{value}")},
+              "resource": observation}]
+    if create:
+        for entry in inner:
+            entry["request"] = {"method": "POST", "url": entry["resource"]["resourceType"]}
+    return json.dumps({"request": {"method": "POST", "url": "/"},
+                       "resource": {"resourceType": "Bundle", "type": "transaction", "entry": inner}})
+
+
+@pytest.mark.parametrize("create", [False, True], ids=["conditional_put", "plain_post"])
+def test_transactions_refused_inside_a_batch_entry_that_says_200_are_resent_whole_after_the_quota_resets(create):
+    # transaction-bundles off, as a stock project: 8 transactions of 2 creates (280 points each, 200 by
+    # POST) overrun a 1,500-point window; the refused ones answer 200 with every inner entry 429 (code
+    # throttled, `_msBeforeNext` in the diagnostics), or inner 201 then 429 when the quota ran out
+    # between them. Resent whole, what they wrote goes again as an update by id: never a second copy.
+    refusals = Refusals()
+    with running_local_medplum(fhir_quota=1500, quota_window_seconds=2, transaction_bundles=False) as server, \
+            client_for(server) as client, observed_by(refusals):
+        results = client.submit_batch([put_transaction(f"T-{n}", create) for n in range(8)])
+        patients = list(client.search("Patient", {"identifier": f"{SYSTEM}|", "_count": "100"}))
+        observations = list(client.search("Observation", {"identifier": f"{SYSTEM}|", "_count": "100"}))
+    assert refusals.nested > 0 and client.stats.entries_resent > 0 and client.stats.quota_wait_seconds > 0
+    assert [r.status for r in results] == [200] * 8
+    assert all(inner.ok for r in results for inner in r.inner_responses())
+    assert len(patients) == len(observations) == 8
+    ids = {patient["id"] for patient in patients}
+    assert {observation["subject"]["reference"].removeprefix("Patient/") for observation in observations} == ids
+
+
+class Refusals:
+    """Counts batch entries that answer 200 while an inner entry of their transaction says 429."""
+
+    def __init__(self) -> None:
+        self.nested = 0
+
+    def counted(self, increments) -> None:
+        pass
+
+    def answered(self, entries) -> None:
+        self.nested += sum(1 for e in entries if e.ok and any(i.status == 429 for i in e.inner_responses()))
+
+
+def test_pacing_spends_the_quota_evenly_over_its_window_without_a_429():
+    # 1,400 points a 2 s window; 8 batches of two creates (280 points each, 2,240 in all) paced by the
+    # RateLimit header: each waits for its share of the window, and none runs into the quota.
+    with running_local_medplum(fhir_quota=1400, quota_window_seconds=2) as server, client_for(server) as client:
+        for batch in range(8):
+            client.pace(cost=280)
+            results = client.submit_batch([put_patient(f"E-{batch}-{n}") for n in range(2)])
+            assert [r.status for r in results] == [201, 201]
+    assert client.stats.rate_limited == 0 and client.stats.entries_resent == 0
+    assert client.stats.quota_wait_seconds > 0.5
+
+
+def test_the_transaction_bundles_feature_is_told_by_a_probe_that_writes_nothing():
+    for feature in (True, False):
+        with running_local_medplum(transaction_bundles=feature) as server, client_for(server) as client:
+            assert client.transaction_bundles() is feature
+            assert client.get_json("Patient", {"_summary": "count"})["total"] == 0
 
 
 def test_a_short_batch_response_is_resent_then_reported():

@@ -5,7 +5,7 @@
 //    0 = off (the header then reports the full default budget, never decreasing).
 // Both use fixed one-minute windows. Every response carries
 //   RateLimit: "requests";r=<remaining>;t=<seconds to reset>, "fhirInteractions";r=<remaining>;t=<seconds>
-import { OperationOutcomeError, tooManyRequests } from '@medplum/core';
+import { deepClone, OperationOutcomeError, tooManyRequests } from '@medplum/core';
 
 const WINDOW_MS = 60_000;
 export const REQUESTS_PER_MINUTE = 60_000;
@@ -38,11 +38,23 @@ class Window {
     return Math.max(1, Math.ceil((this.resetAt - Date.now()) / 1000));
   }
 
-  /** Consumes `amount`, or throws a 429 OperationOutcomeError if that would exceed the limit. */
+  /** Consumes `amount`, or throws a 429 OperationOutcomeError if that would exceed the limit. As on
+   * Medplum, a refusal spends the window: every later request of the window is refused too (in a batch,
+   * every entry from the first 429 on), and the outcome's diagnostics carry the limiter's state as JSON,
+   * `_msBeforeNext` included. */
   consume(amount) {
     this.roll();
     if (this.used + amount > this.limit) {
-      throw new OperationOutcomeError(tooManyRequests);
+      this.used = Math.max(this.used, this.limit);
+      const outcome = deepClone(tooManyRequests);
+      outcome.issue[0].diagnostics = JSON.stringify({
+        _remainingPoints: 0,
+        _msBeforeNext: Math.max(0, this.resetAt - Date.now()),
+        _consumedPoints: this.used + amount,
+        _isFirstInDuration: false,
+        limit: this.limit,
+      });
+      throw new OperationOutcomeError(outcome);
     }
     this.used += amount;
   }

@@ -47,6 +47,7 @@ import polars as pl
 
 from migration_assets import config
 from migration_assets.active import LOAD_ORDER, PROFILE, get_element
+from migration_assets.commands.environment import quiet_dagster_warnings
 from migration_assets.config import REPO_ROOT
 from migration_assets.devtools.local_medplum import SERVER_DIR, LocalMedplum, running_local_medplum
 from migration_assets.elements.base import POLARS_ENGINE, SourceSystem, build_frame
@@ -669,7 +670,7 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
 def print_table(rows: list[tuple[str, str, str]]) -> None:
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -712,6 +713,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stages", default=os.environ.get("BENCH_STAGES", ",".join(STAGES)))
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     args = parser.parse_args(argv)
+    quiet_dagster_warnings()
     stages = [s.strip() for s in args.stages.split(",") if s.strip()]
     unknown = set(stages) - set(STAGES)
     if unknown:

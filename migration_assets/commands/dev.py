@@ -11,6 +11,7 @@ non-interactive shell, it would otherwise inherit an ignored SIGINT and never st
 """
 
 import argparse
+import contextlib
 import os
 import signal
 import socket
@@ -114,10 +115,8 @@ def stop_process_group(process: subprocess.Popen[bytes], timeout: float = STOP_T
     whatever is left of the group after `timeout`."""
     pgid = process.pid  # start_new_session: the child leads its own group
     if _group_alive(pgid):
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGINT)
-        except ProcessLookupError:
-            pass
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         process.poll()
@@ -126,10 +125,8 @@ def stop_process_group(process: subprocess.Popen[bytes], timeout: float = STOP_T
         time.sleep(0.2)
     else:
         print(f"dagster dev did not stop within {timeout:.0f} s: killing it", file=sys.stderr, flush=True)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     process.wait()
 
 

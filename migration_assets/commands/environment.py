@@ -2,6 +2,7 @@
 server (the local one unless MEDPLUM_BASE_URL points at another)."""
 
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -87,3 +88,9 @@ def medplum_server(port: int | None = None) -> Iterator[str]:
         finally:
             for name in MEDPLUM_ENV:
                 os.environ.pop(name, None)
+
+
+def quiet_dagster_warnings() -> None:
+    """Dagster's warnings about its own preview features (the partitioned asset checks) are nothing a
+    person running a command can act on: not printed (`make demo V=1` shows them)."""
+    warnings.filterwarnings("ignore", category=Warning, module=r"dagster(\.|$)")

@@ -48,6 +48,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from migration_assets.commands.environment import quiet_dagster_warnings
 from migration_assets.config import REPO_ROOT
 from migration_assets.devtools.local_medplum import start_local_medplum, stop_local_medplum
 from migration_assets.medplum import EntryResponse, MedplumClient
@@ -400,7 +401,7 @@ def print_report(report: dict[str, Any]) -> None:
 def _print_table(headers: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     widths = [max(len(h), *(len(r[i]) for r in rows)) if rows else len(h) for i, h in enumerate(headers)]
     for line in (headers, tuple("-" * w for w in widths), *rows):
-        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths)))
+        print("  ".join(cell.ljust(width) for cell, width in zip(line, widths, strict=True)))
 
 
 def plot(report: dict[str, Any], path: Path) -> None:
@@ -415,7 +416,7 @@ def plot(report: dict[str, Any], path: Path) -> None:
     # Writes a second, averaged over 10 s so the plot shows the rate rather than each bundle.
     span = 10
     rate_t, written, created, throttled = [], [], [], []
-    for a, b in zip(samples, samples[span:]):
+    for a, b in zip(samples, samples[span:], strict=False):
         seconds = b["t"] - a["t"] or 1
         rate_t.append(b["t"] / 60)
         written.append((b["created"] + b["other_ok"] - a["created"] - a["other_ok"]) / seconds)
@@ -558,6 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     parser.add_argument("--keep-work", action="store_true", help="keep the work folder (source, manifest, frames)")
     args = parser.parse_args(argv)
+    quiet_dagster_warnings()
     args.out.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="work-", dir=args.out))
     try:

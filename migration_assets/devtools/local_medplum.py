@@ -17,7 +17,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
@@ -28,6 +28,10 @@ from migration_assets.config import REPO_ROOT
 
 SERVER_DIR = REPO_ROOT / "medplum_local"
 NODE_BINARY = SERVER_DIR / "node_modules" / ".bin" / "node"
+
+# A project as Medplum creates it: the FHIR quota at its default (50,000 points a minute per user) and
+# the transaction-bundles feature off. `running_local_medplum(**STOCK_PROJECT)`.
+STOCK_PROJECT = {"fhir_quota": 50_000, "quota_window_seconds": 60, "transaction_bundles": False}
 SERVER_SCRIPT = SERVER_DIR / "server.mjs"
 
 DEFAULT_CLIENT_ID = "local-migration-client"
@@ -169,17 +173,13 @@ def _wait_until_healthy(server: LocalMedplum, process: subprocess.Popen[bytes], 
 def stop_local_medplum(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
     """SIGTERM to the server's process group, then SIGKILL if it does not exit in time."""
     if process.poll() is None:
-        try:
+        with suppress(ProcessLookupError):
             os.killpg(process.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
         try:
             process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            try:
+            with suppress(ProcessLookupError):
                 os.killpg(process.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
             process.wait(timeout=timeout)
 
 

@@ -293,10 +293,12 @@ class Manifest:
         self._upsert(records, update=("resource_type", "identifier_system", "identifier_value", "disposition",
                                       "rule", "reason", "last_run_id", "updated_at"))
 
-    def record_results(self, run_id: str, element: str, results: Sequence[Attempt], successful: Sequence[bool],
-                       resource_ids: Sequence[str | None], version_ids: Sequence[str | None],
-                       reasons: Sequence[str | None]) -> None:
-        """Store the attempts of one bundle and the dispositions they settle."""
+    def record_results(self, run_id: str, element: str, results: Sequence[Attempt],
+                       successful: Sequence[bool | None], resource_ids: Sequence[str | None],
+                       version_ids: Sequence[str | None], reasons: Sequence[str | None]) -> None:
+        """Store the attempts of one bundle and the dispositions they settle: True successful, False
+        rejected, None still pending (refused by the quota, or written only in part), with its reason;
+        the next run sends it again."""
         now = _now()
         outcome_text = _OutcomeTexts()
         with self.engine.begin() as db:
@@ -321,23 +323,24 @@ class Manifest:
                     for attempt in results
                 ],
             )
-            for ok in (True, False):
+            for ok in (True, False, None):
                 settled = [
                     {
                         "k_table": attempt.source_table,
                         "k_unit": attempt.unit_key,
-                        "disposition": "successful" if ok else "rejected",
-                        "rule": None if ok else "server_rejected",
+                        "disposition": {True: "successful", False: "rejected", None: "pending"}[ok],
+                        "rule": "server_rejected" if ok is False else None,
                         "reason": reason,
                         "last_run_id": run_id,
                         "updated_at": now,
                         **({"content_hash": attempt.content_hash, "resource_id": rid, "version_id": vid} if ok else {}),
                     }
-                    for attempt, success, rid, vid, reason in zip(results, successful, resource_ids, version_ids, reasons)
-                    if success == ok
+                    for attempt, success, rid, vid, reason in zip(results, successful, resource_ids, version_ids, reasons, strict=True)
+                    if success is ok
                 ]
                 if settled:
-                    # A rejection keeps the hash, id and version of the unit's last success.
+                    # A rejection or a pending unit keeps the hash, id and version of the unit's last
+                    # success.
                     _executemany(
                         db,
                         sa.update(units)

@@ -222,7 +222,7 @@ def _probe_column(
 
 def _source_value(frame: pl.DataFrame, changed: pl.Series, column: str) -> str | None:
     # An example only: the first perturbed value that differs from the original.
-    for old, new in zip(frame[column].to_list(), changed.to_list()):
+    for old, new in zip(frame[column].to_list(), changed.to_list(), strict=True):
         if old != new:
             return str(new)
     return None

@@ -1,6 +1,6 @@
 """A small synchronous Medplum client for migrations: one keep-alive connection pool per run,
-cached client-credentials token, bounded retries with jitter, and batch bundles whose transient
-entry failures (429, 409, 5xx) are resent alone.
+cached client-credentials token, bounded retries with jitter, batch bundles whose transient entry
+failures (429 at any depth, 409, 5xx) are resent alone, and requests paced to the FHIR quota.
 
 No Dagster import: an application can reuse it for dual writes.
 """
@@ -11,6 +11,7 @@ import random
 import ssl
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -41,6 +42,8 @@ T = TypeVar("T")
 # Entry statuses worth resending: quota (429), serialization conflicts between concurrent
 # transactions (409, measured on a real server) and server-side failures.
 TRANSIENT_ENTRY_STATUSES = frozenset({409, 429, 500, 502, 503, 504})
+# Waits for the quota's reset end this much after it: Medplum's reset time is rounded.
+QUOTA_RESET_MARGIN_SECONDS = 0.05
 
 
 class ClientObserver(Protocol):
@@ -70,8 +73,12 @@ class RetryPolicy:
     max_attempts: int = 6
     base_delay: float = 0.5
     max_delay: float = 30.0
-    # No request, resends of its entries included, goes on longer than this.
+    # No request, resends of its entries included, goes on longer than this (entries refused by the
+    # FHIR quota excepted: they have their own budget below).
     max_total_seconds: float = 900.0
+    # At most this long, in all, waiting for the FHIR quota to resend the entries of one batch that it
+    # refused; past it they stay refused (429) and the loader leaves their units pending ("quota").
+    max_quota_wait_seconds: float = 600.0
 
     def backoff(self, attempt: int) -> float:
         """Exponential backoff with jitter, so concurrent loaders do not retry in step."""
@@ -85,6 +92,8 @@ class RequestStats:
     retries: int = 0
     entries_resent: int = 0
     rate_limited: int = 0
+    # Time spent waiting on the FHIR quota: pacing, and waits before resending refused entries.
+    quota_wait_seconds: float = 0.0
 
 
 class MedplumClient:
@@ -116,7 +125,9 @@ class MedplumClient:
         self._token = ClientCredentialsToken(self._http, self.base_url + "oauth2/token", client_id, client_secret)
         self.last_rate_limit: str | None = None
         self._quota_seen = 0
+        self._last_answer_at = time.monotonic()
         self._target: Target | None = None
+        self._transaction_bundles: bool | None = None
 
     def __enter__(self) -> Self:
         return self
@@ -191,48 +202,86 @@ class MedplumClient:
         body = json.dumps(bundle).encode()
         return _answered(self._send("POST", "", content=body, parse=partial(_bundle_entries, expected=expected)))
 
+    def transaction_bundles(self) -> bool | None:
+        """Whether the project writes transactions atomically (its `transaction-bundles` feature), which
+        a client credential cannot read from the Project (403). Asked by a transaction of one read of a
+        resource that cannot exist: atomic, the whole transaction fails (404); processed like a batch,
+        it answers a transaction-response whose one entry is 404. One read point; nothing written.
+        None when the answer is neither."""
+        if self._transaction_bundles is None:
+            probe = {"resourceType": "Bundle", "type": "transaction",
+                     "entry": [{"request": {"method": "GET", "url": f"Patient/{uuid.uuid4()}"}}]}
+            self._transaction_bundles = self._send("POST", "", content=json.dumps(probe).encode(),
+                                                   parse=_atomic_transactions)
+        return self._transaction_bundles
+
     # -- batches --------------------------------------------------------------------------------
 
     def submit_batch(self, entries: Sequence[str], *, respond_async: bool = False) -> list[EntryResponse]:
         """Send `entries` (each a bundle entry as JSON text, so large loads never build Python dicts)
-        as one batch bundle and resend only the entries that failed transiently (429, 409, 5xx).
+        as one batch bundle and resend exactly the entries that were refused.
 
         `respond_async`: send it as an async job (`Prefer: respond-async`, see asyncbundle.py), which
         hosted Medplum does not charge to the FHIR quota; the entries are handled the same way.
 
-        Inside a batch, the first 429 marks every later entry 429 while the bundle answers 200: those
-        are resent after the reset time of the `RateLimit` header.
+        An entry refused by the FHIR quota (429 itself, or in any inner entry of its transaction, whole
+        inner transaction resent) is never a failure: it is resent after the quota's own wait, for as
+        long as `retry.max_quota_wait_seconds` allows in all; past that it keeps its 429 and the caller
+        leaves it pending. Other transient failures (409, 5xx) are resent `retry.max_attempts` times.
         """
         results: list[EntryResponse | None] = [None] * len(entries)
+        entries = list(entries)
         pending = list(range(len(entries)))
         started = time.monotonic()
-        for attempt in range(1, self.retry.max_attempts + 1):
+        quota_waited = 0.0
+        attempt = 1
+        while True:
             body = ('{"resourceType":"Bundle","type":"batch","entry":[' + ",".join(entries[i] for i in pending) + "]}").encode()
             if respond_async:
                 responses = submit_async(self, body, len(pending), self.async_polling, self._send)
             else:
                 responses = self._send("POST", "", content=body, parse=partial(_bundle_entries, expected=len(pending)))
             _answered(responses)
-            retry_later = []
-            for index, response in zip(pending, responses):
+            refused: list[int] = []
+            transient: list[int] = []
+            for index, response in zip(pending, responses, strict=True):
                 results[index] = response
-                if response.status in TRANSIENT_ENTRY_STATUSES:
-                    retry_later.append(index)
-            if not retry_later or attempt == self.retry.max_attempts:
+                if response.refused_by_quota:
+                    refused.append(index)
+                    entries[index] = _written_entries_by_id(entries[index], response)
+                elif response.status in TRANSIENT_ENTRY_STATUSES:
+                    transient.append(index)
+            quota_delay = self._quota_delay([r for r in responses if r.refused_by_quota], attempt) if refused else 0.0
+            if refused and quota_waited + quota_delay > self.retry.max_quota_wait_seconds:
+                log.warning("%d batch entries still refused by the FHIR quota after %.0fs of waiting: left pending",
+                            len(refused), quota_waited)
+                refused = []
+            if transient and (attempt >= self.retry.max_attempts
+                              or time.monotonic() - started + self.retry.backoff(attempt) > self.retry.max_total_seconds):
+                transient = []
+            if not refused and not transient:
                 break
-            rate_limited = any(results[i].status == 429 for i in retry_later)  # type: ignore[union-attr]
-            delay = (
-                seconds_until_reset(self.last_rate_limit, self.retry.backoff(attempt))
-                if rate_limited
-                else self.retry.backoff(attempt)
-            )
-            if time.monotonic() - started + delay > self.retry.max_total_seconds:
-                break
-            self._count(entries_resent=len(retry_later), rate_limited=int(rate_limited))
-            log.info("resending %d of %d batch entries in %.1fs", len(retry_later), len(entries), delay)
+            delay = quota_delay if refused else self.retry.backoff(attempt)
+            if transient:
+                attempt += 1
+            self._count(entries_resent=len(refused) + len(transient), rate_limited=int(bool(refused)))
+            log.info("resending %d of %d batch entries in %.1fs", len(refused) + len(transient), len(entries), delay)
             time.sleep(delay)
-            pending = retry_later
+            if refused:
+                quota_waited += delay
+                self._waited_on_quota(delay)
+                # The header is from before the wait; the next answer brings the new window's.
+                self.last_rate_limit = None
+            pending = sorted(refused + transient)
         return [result for result in results if result is not None]
+
+    def _quota_delay(self, refused: Sequence[EntryResponse], attempt: int) -> float:
+        """How long to wait before resending entries the quota refused: what Medplum's throttled outcome
+        says (`_msBeforeNext`), else the `RateLimit` header's reset, else a backoff; plus a small margin
+        so the resend arrives after the reset and not just before it."""
+        said = [wait for wait in (response.quota_wait_seconds() for response in refused) if wait is not None]
+        wait = max(said) if said else seconds_until_reset(self.last_rate_limit, self.retry.backoff(attempt))
+        return wait + QUOTA_RESET_MARGIN_SECONDS
 
     def quota_allows(self, cost: int) -> bool:
         """True when the last `RateLimit` header leaves `cost` points of the FHIR quota, or as many as
@@ -245,17 +294,33 @@ class MedplumClient:
         return limit.remaining >= min(cost, self._quota_seen)
 
     def pace(self, cost: int) -> None:
-        """Wait for the FHIR quota to reset when the last `RateLimit` header says fewer than `cost`
-        points are left, instead of running into 429s."""
+        """Before a request of about `cost` quota points: spend the FHIR quota evenly over its window
+        instead of running into its wall. Once the `RateLimit` header shows the quota being charged,
+        each request waits until its share of the window has passed since the last answer (`cost`
+        points of the `r` left take `cost * t / r` of the `t` seconds left); when fewer than `cost` are
+        left it waits for the reset. A server that charges nothing (the header never goes down) is
+        never paced."""
         with self._pace_lock:
             limit = parse_rate_limit(self.last_rate_limit).get("fhirInteractions")
-            if limit is None or self.quota_allows(cost):
+            if limit is None:
                 return
-            log.info("FHIR quota nearly spent (%d points left); waiting %.0fs for its reset", limit.remaining,
-                     limit.reset_seconds)
-            time.sleep(limit.reset_seconds)
-            # The header is stale now; the next answer brings the new remaining quota.
-            self.last_rate_limit = None
+            if not self.quota_allows(cost):
+                wait = limit.reset_seconds + QUOTA_RESET_MARGIN_SECONDS
+                log.info("FHIR quota nearly spent (%d points left); waiting %.1fs for its reset", limit.remaining, wait)
+                # The header is stale after the wait; the next answer brings the new remaining quota.
+                self.last_rate_limit = None
+            elif limit.remaining < self._quota_seen:
+                share = min(cost, self._quota_seen) * limit.reset_seconds / max(limit.remaining, 1)
+                wait = min(share, limit.reset_seconds) - (time.monotonic() - self._last_answer_at)
+            else:
+                return
+            if wait > 0:
+                time.sleep(wait)
+                self._waited_on_quota(wait)
+
+    def _waited_on_quota(self, seconds: float) -> None:
+        with self._stats_lock:
+            self.stats.quota_wait_seconds += seconds
 
     def remaining_quota(self) -> dict[str, int]:
         """What the last response's `RateLimit` header said is left, by limit name."""
@@ -276,7 +341,10 @@ class MedplumClient:
         url = path if path.startswith("http") else self.fhir_base + path
         started = time.monotonic()
         problem = ""
-        for attempt in range(1, self.retry.max_attempts + 1):
+        quota_waited = 0.0
+        attempt = 0
+        while attempt < self.retry.max_attempts:
+            attempt += 1
             self._count(requests=1)
             try:
                 # The token request is retried like any other: a fetch happens on the first request,
@@ -292,13 +360,25 @@ class MedplumClient:
                 problem, delay = str(exc), self.retry.backoff(attempt)
             else:
                 self.last_rate_limit = response.headers.get("ratelimit", self.last_rate_limit)
+                self._last_answer_at = time.monotonic()
                 if response.status_code == 401:
                     self._token.invalidate(token)
                     problem, delay = "401: token refused", 0.0
                 elif response.status_code == 429:
-                    problem = "429: rate limited"
-                    delay = seconds_until_reset(response.headers.get("ratelimit"), self.retry.backoff(attempt))
+                    # The quota refused the whole request: a wait, not a failed attempt, within the
+                    # quota's own budget.
                     self._count(rate_limited=1)
+                    delay = self._quota_delay([_throttled(response)], attempt)
+                    if quota_waited + delay <= self.retry.max_quota_wait_seconds:
+                        log.info("%s %s refused by the FHIR quota; again in %.1fs", method, display_url(url), delay)
+                        time.sleep(delay)
+                        quota_waited += delay
+                        self._waited_on_quota(delay)
+                        self.last_rate_limit = None
+                        attempt -= 1
+                        continue
+                    problem = f"429: still refused by the FHIR quota after {quota_waited:.0f}s of waiting"
+                    break
                 elif response.status_code >= 500:
                     problem, delay = f"{response.status_code}: {short_body(response)}", self.retry.backoff(attempt)
                 elif response.status_code >= 400 and response.status_code != 404:
@@ -336,6 +416,40 @@ def _total_and_date(response: httpx.Response) -> tuple[int, datetime | None]:
         raise MedplumError(f"a _summary=count search answered without a total: {short_body(response)}")
     date = response.headers.get("date")
     return total, parsedate_to_datetime(date) if date else None
+
+
+def _written_entries_by_id(entry: str, response: EntryResponse) -> str:
+    """A transaction entry to send again after the quota refused part of it: the inner entries it did
+    write (a project without transaction-bundles writes a transaction like a batch) become updates by
+    the id Medplum gave them, so that resending the whole transaction (its urn:uuid links need it
+    whole) never creates them twice, whatever their request was (a plain POST included)."""
+    written = [(number, inner) for number, inner in enumerate(response.inner_responses())
+               if inner.ok and inner.resource_id]
+    if not written:
+        return entry
+    parsed = json.loads(entry)
+    inner_entries = parsed["resource"]["entry"]
+    for number, inner in written:
+        resource = inner_entries[number]["resource"]
+        resource["id"] = inner.resource_id
+        inner_entries[number]["request"] = {"method": "PUT", "url": f"{resource['resourceType']}/{inner.resource_id}"}
+    return json.dumps(parsed)
+
+
+def _throttled(response: httpx.Response) -> EntryResponse:
+    """A 429 answer as an entry response, so its OperationOutcome's `_msBeforeNext` can be read."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    return EntryResponse(429, outcome=body if isinstance(body, dict) else None)
+
+
+def _atomic_transactions(response: httpx.Response) -> bool | None:
+    if response.status_code == 404:
+        return True
+    body = json_object(response)
+    return False if body.get("type") == "transaction-response" else None
 
 
 def _json_or_none_if_missing(response: httpx.Response) -> dict[str, Any] | None:

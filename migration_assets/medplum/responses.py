@@ -4,6 +4,7 @@ HTTP success is not migration success: a batch answers 200 while its entries fai
 own `response` is read.
 """
 
+import json
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +36,34 @@ class EntryResponse:
         if not self.resource or self.resource.get("resourceType") != "Bundle":
             return []
         return [parse_entry_response(entry) for entry in self.resource.get("entry", [])]
+
+    @property
+    def refused_by_quota(self) -> bool:
+        """429 here or in any entry of its nested transaction: Medplum answers a transaction it refused
+        for the quota with 200, and only the inner entries say 429 (MEDPLUM_FACTS.md)."""
+        return self.status == 429 or any(inner.refused_by_quota for inner in self.inner_responses())
+
+    def quota_wait_seconds(self) -> float | None:
+        """How long the quota said to wait (`_msBeforeNext` of a throttled outcome, at any depth), or
+        None when no outcome says it."""
+        waits = [_ms_before_next(self.outcome)] + [inner.quota_wait_seconds() for inner in self.inner_responses()]
+        known = [wait for wait in waits if wait is not None]
+        return max(known) if known else None
+
+
+def _ms_before_next(outcome: dict[str, Any] | None) -> float | None:
+    """Medplum puts its rate limiter's state, as JSON, in a throttled issue's diagnostics."""
+    for issue in (outcome or {}).get("issue", []):
+        if issue.get("code") != "throttled" or not str(issue.get("diagnostics", "")).startswith("{"):
+            continue
+        try:
+            state = json.loads(issue["diagnostics"])
+        except ValueError:
+            continue
+        wait = state.get("_msBeforeNext", state.get("msBeforeNext")) if isinstance(state, dict) else None
+        if isinstance(wait, int | float) and wait >= 0:
+            return float(wait) / 1000
+    return None
 
 
 def parse_status(status: str | int) -> int:

@@ -1,16 +1,17 @@
 """The three assets of every data element: source rows, FHIR frame, Medplum resources.
 
-Thin wrappers: the work is in elements/, loader.py and verify/. medplum_resources, fanned out into shard
-steps, is in sharded.py."""
+Thin wrappers: the work is in elements/, loader.py and verify/."""
 
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import polars as pl
 from dagster import AssetExecutionContext, AssetIn, MaterializeResult, MetadataValue, Output, asset
 
 from migration_assets.active import get_element, prerequisites
+from migration_assets.elements.base import DataElement
 from migration_assets.medplum import Target
 from migration_assets.pipeline.frame_parts import REFERENCE_COLUMNS, FrameParts, build_frame_parts
 from migration_assets.pipeline.partitions import DATA_ELEMENTS
@@ -74,26 +75,29 @@ def fhir_frames(
     staging = Path(tempfile.mkdtemp(prefix=f"fhir_frames-{element.name}-"))
     try:
         parts = build_frame_parts(element, legacy_source, migration_settings.source_system, staging / "parts")
+        return Output(parts, metadata=_frame_metadata(element, parts))
     except BaseException:
+        # The IO manager moves the parts (and their staging folder) into place; before it does, a
+        # failure leaves nothing behind in the temporary folder.
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+def _frame_metadata(element: DataElement, parts: FrameParts) -> dict[str, Any]:
     # The metadata needs the rules and review flags of every row, not the resources.
     frame = parts.read([*_SUMMARY_COLUMNS, *element.review_flags])
     quarantined = int(frame["quarantine_rule"].is_not_null().sum())
-    return Output(
-        parts,
-        metadata={
-            "mapping_version": element.mapping_version,
-            "requires": ", ".join(prerequisites(element.name)) or "nothing",
-            **counts({"resources": frame.height, "quarantined": quarantined, "eligible": frame.height - quarantined,
-                      "parts": len(parts)}),
-            "quarantine": table(quarantine_summary(frame)),
-            "resources_by_type": table(frame.group_by("resource_type").len().sort("resource_type")),
-            # The rows each of the element's review flags marks: local codes with no approved standard
-            # mapping (kept local, never guessed), values dropped rather than written invalid, ...
-            **counts({f"flagged/{name}": int((frame[name] == flagged).sum()) for name, flagged in element.review_flags.items()}),
-        },
-    )
+    return {
+        "mapping_version": element.mapping_version,
+        "requires": ", ".join(prerequisites(element.name)) or "nothing",
+        **counts({"resources": frame.height, "quarantined": quarantined, "eligible": frame.height - quarantined,
+                  "parts": len(parts)}),
+        "quarantine": table(quarantine_summary(frame)),
+        "resources_by_type": table(frame.group_by("resource_type").len().sort("resource_type")),
+        # The rows each of the element's review flags marks: local codes with no approved standard
+        # mapping (kept local, never guessed), values dropped rather than written invalid, ...
+        **counts({f"flagged/{name}": int((frame[name] == flagged).sum()) for name, flagged in element.review_flags.items()}),
+    }
 
 
 _SUMMARY_COLUMNS = ("source_table", "unit_key", "resource_type", "quarantine_rule", "quarantine_reason")

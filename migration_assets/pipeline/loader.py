@@ -28,9 +28,19 @@ from migration_assets.verify.reconcile import RECONCILE_UNIT_COLUMNS, lost_in_ta
 
 log = logging.getLogger(__name__)
 
-# quota_points: what the bundles sent cost of Medplum's FHIR quota (quota_cost; resent entries not counted).
+# `pending_quota`: still refused by the FHIR quota when its wait ran out; `half_written`: written while
+# a partner of its transaction was not (transaction-bundles off). Both stay pending: the next run sends them.
+# `quota_points`: what the bundles sent cost of Medplum's FHIR quota (quota_cost; resent entries not counted).
 COUNT_NAMES = ("source_rows", "quarantined", "not_sent_unchanged", "lost_in_target", "sent", "created", "updated",
-               "unchanged", "failed", "quota_points")
+               "unchanged", "failed", "pending_quota", "half_written", "quota_points")
+
+# What a project without the `transaction-bundles` feature means for a load, said once per run.
+TRANSACTIONS_OFF = (
+    "the Medplum project's transaction-bundles feature is off: Medplum processes each transaction like a batch, "
+    "so an encounter and its notes are not written atomically. A unit written while a partner of its "
+    "transaction was refused stays pending (half_written) and the next run sends the whole transaction again. "
+    "Turn the feature on for atomic writes."
+)
 
 
 CREATE_MODES = ("conditional", "post")
@@ -80,6 +90,9 @@ class LoadResult:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNT_NAMES, 0))
     failures: list[dict[str, Any]] = field(default_factory=list)
     bundles: int = 0
+    # Whether the project writes transactions atomically; None when not asked (no transactional element,
+    # async mode) or the server's answer said neither.
+    transaction_bundles: bool | None = None
 
     def add(self, name: str, amount: int = 1) -> None:
         self.counts[name] += amount
@@ -89,6 +102,8 @@ class LoadResult:
             self.add(name, amount)
         self.failures.extend(other.failures)
         self.bundles += other.bundles
+        if other.transaction_bundles is not None:
+            self.transaction_bundles = other.transaction_bundles
 
 
 def held_in_target(censuses: Censuses) -> pl.DataFrame:
@@ -287,7 +302,8 @@ def load_frame(
         # In submission order, while the next bundle is already in flight.
         while answered:
             number, rows, responses = answered.popleft()
-            _record(recorder, bundle_offset + number, rows, _row_responses(rows, responses, transactional), result)
+            _record(recorder, bundle_offset + number, rows, _row_responses(rows, responses, transactional), result,
+                    transactional)
 
     try:
         with ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="bundle") as pool:
@@ -337,7 +353,7 @@ class _Recorder:
         self.last_flush = time.monotonic()
 
     def add(self, bundle_number: int, *columns: list[Any]) -> None:
-        for stored, new in zip(self.columns, columns):
+        for stored, new in zip(self.columns, columns, strict=True):
             stored.extend(new)
         self.bundles.append(bundle_number)
         if len(self.columns[0]) >= RECORD_FLUSH_ROWS or time.monotonic() - self.last_flush >= RECORD_FLUSH_SECONDS:
@@ -419,8 +435,9 @@ def _row_responses(rows: pl.DataFrame, responses: list[EntryResponse], transacti
         return responses
     per_row: list[EntryResponse] = []
     group_sizes = rows.group_by("bundle_group", maintain_order=True).len()["len"].to_list()
-    for size, response in zip(group_sizes, responses):
-        inner = response.inner_responses() if response.ok else []
+    for size, response in zip(group_sizes, responses, strict=True):
+        # A transaction refused by the quota answers 200 with every inner entry 429.
+        inner = response.inner_responses() if response.ok or response.refused_by_quota else []
         per_row.extend(inner if len(inner) == size else [response] * size)
     return per_row
 
@@ -431,30 +448,47 @@ def _record(
     rows: pl.DataFrame,
     responses: list[EntryResponse],
     result: LoadResult,
+    transactional: bool,
 ) -> None:
+    """Each row's attempt and the disposition it settles. A row refused by the quota after its wait ran
+    out stays pending ("quota"). In a transactional element, a row written while another row of its
+    bundle group was not (a project without transaction-bundles writes a transaction like a batch) is
+    half written: it stays pending too, so the next run sends the whole group again."""
+    groups = rows["bundle_group"].to_list()
+    incomplete = {group for group, response in zip(groups, responses, strict=True) if not response.ok} if transactional else set()
     attempts, successes, resource_ids, version_ids, reasons = [], [], [], [], []
-    for entry_number, (row, response) in enumerate(zip(rows.iter_rows(named=True), responses), start=1):
+    for entry_number, (row, group, response) in enumerate(zip(rows.iter_rows(named=True), groups, responses, strict=True), start=1):
         attempts.append(
             Attempt(row["source_table"], row["unit_key"], bundle_number, entry_number, response.status,
                     response.location, response.outcome, row["content_hash"])
         )
-        successes.append(response.ok)
         resource_ids.append(response.resource_id)
         version_ids.append(response.version_id)
-        reasons.append(None if response.ok else f"{response.status}: {response.diagnostics}")
         result.add("sent")
-        if not response.ok:
+        success: bool | None = response.ok
+        reason = None
+        if response.refused_by_quota:
+            success, reason = None, f"quota: refused by the FHIR quota (429) until the wait allowed ran out: {response.diagnostics}"
+            result.add("pending_quota")
+        elif not response.ok:
+            reason = f"{response.status}: {response.diagnostics}"
             result.add("failed")
             result.failures.append(
                 {"source_table": row["source_table"], "unit_key": row["unit_key"], "resource_type": row["resource_type"],
                  "status": response.status, "outcome": response.diagnostics}
             )
+        elif group in incomplete:
+            success, reason = None, ("half written: written while another entry of its transaction was not "
+                                     "(transaction-bundles off); the whole transaction is sent again")
+            result.add("half_written")
         elif response.status == 201:
             result.add("created")
         elif response.version_id is not None and response.version_id == row["previous_version"]:
             result.add("unchanged")
         else:
             result.add("updated")
+        successes.append(success)
+        reasons.append(reason)
     recorder.add(bundle_number, attempts, successes, resource_ids, version_ids, reasons)
 
 
@@ -525,6 +559,9 @@ def migrate(
             if not lost.is_empty():
                 log.warning("%s: %d units the ledger records as loaded are not in the target as written: sent again",
                             element.name, lost.height)
+        if element.transactional and settings.mode == "sync":
+            # Asked once per run; the caller warns (TRANSACTIONS_OFF) when the answer is no.
+            result.transaction_bundles = client.transaction_bundles()
         known = manifest.units(element.name, LEDGER_COLUMNS)
         bundles_sent = 0
         for part in parts:

@@ -29,6 +29,9 @@ class MedplumResource(ConfigurableResource):
     client_secret: str
     timeout_seconds: float = 120.0
     max_attempts: int = 6
+    # At most this long, in all, waiting on the FHIR quota to resend one batch's refused entries (or one
+    # refused request); past it those units stay pending with the reason "quota" and the next run sends them.
+    max_quota_wait_seconds: float = 600.0
 
     @contextmanager
     def open_client(self) -> Iterator[MedplumClient]:
@@ -37,7 +40,7 @@ class MedplumResource(ConfigurableResource):
             self.client_id,
             self.client_secret,
             timeout_seconds=self.timeout_seconds,
-            retry=RetryPolicy(max_attempts=self.max_attempts),
+            retry=RetryPolicy(max_attempts=self.max_attempts, max_quota_wait_seconds=self.max_quota_wait_seconds),
         )
         try:
             yield client

@@ -21,6 +21,7 @@ from dagster import (
     DynamicOutput,
     Failure,
     In,
+    MetadataValue,
     OpExecutionContext,
     Output,
     graph_asset,
@@ -32,8 +33,9 @@ from migration_assets.medplum import Target
 from migration_assets.phases import load_phases
 from migration_assets.pipeline.assets import OWNERS, target_metadata
 from migration_assets.pipeline.frame_parts import FrameParts
-from migration_assets.pipeline.loader import COUNT_NAMES, migrate
+from migration_assets.pipeline.loader import COUNT_NAMES, TRANSACTIONS_OFF, migrate
 from migration_assets.pipeline.partitions import DATA_ELEMENTS
+from migration_assets.pipeline.progress import LoadProgress, publish
 from migration_assets.pipeline.reporting import counts, table
 from migration_assets.pipeline.resources import (
     LegacySource,
@@ -96,16 +98,20 @@ def load_shard(
         result = migrate(
             client, ledger, ledger_run_id(run_id, shard_index, shard_count), element, fhir_frames,
             legacy_db.display_url, settings,
-            on_progress=lambda done, total: _log_progress(context, done, total),
+            on_progress=lambda done, total: _report_progress(context, element.name, done, total),
             census_of_target=lambda keys: before_load.get(client, keys),
         )
         stats = client.stats
         target = client.target
-    context.log.info(f"{element.name} shard {shard_index} of {shard_count} into {target}: {result.counts}")
+    context.log.info(f"{element.name} shard {shard_index} of {shard_count} into {target}: {result.counts}, "
+                     f"{stats.quota_wait_seconds:.1f}s waited on the FHIR quota")
+    if result.transaction_bundles is False:
+        context.log.warning(f"{element.name}: {TRANSACTIONS_OFF}")
     summary = {**result.counts, "http_requests": stats.requests, "http_retries": stats.retries,
                "entries_resent": stats.entries_resent}
     return Output(
-        {"counts": summary, "failures": result.failures, "target": target.key},
+        {"counts": summary, "failures": result.failures, "target": target.key,
+         "quota_wait_seconds": stats.quota_wait_seconds, "transactions_off": result.transaction_bundles is False},
         # Where the step ran: with Celery, the worker that took it.
         metadata={"shard": f"{shard_index} of {shard_count}", "hostname": socket.gethostname(),
                   "pid": os.getpid(), **counts(summary)},
@@ -126,6 +132,10 @@ def combine_shards(context: OpExecutionContext, shards: list[dict[str, Any]],
         "load_mode": migration_settings.load_mode or "sync",
         "shards": len(shards),
         **counts(total),
+        # Pacing to the FHIR quota and waits before resending what it refused, in seconds (all shards).
+        "quota_wait_seconds": MetadataValue.float(round(sum(shard["quota_wait_seconds"] for shard in shards), 1)),
+        **({"transaction_bundles": MetadataValue.text(f"off: {TRANSACTIONS_OFF}")}
+           if any(shard["transactions_off"] for shard in shards) else {}),
         "failures": table(pl.DataFrame(failures, schema=_FAILURE_SCHEMA)),
     })
 
@@ -148,7 +158,9 @@ def medplum_resources(fhir_frames: FrameParts) -> Any:
     return combine_shards(loads.collect())
 
 
-def _log_progress(context: OpExecutionContext, done: int, total: int) -> None:
-    # About twenty lines a load, whatever its size.
+def _report_progress(context: OpExecutionContext, element: str, done: int, total: int) -> None:
+    # Every bundle to this process's listeners (make demo's live view); about twenty log lines a load,
+    # whatever its size.
+    publish(LoadProgress(element, done, total))
     if done == total or done % max(1, total // 20) == 0:
         context.log.info(f"bundle {done} of {total} sent")

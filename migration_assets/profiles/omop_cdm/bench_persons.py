@@ -6,10 +6,15 @@ import time
 from migration_assets.elements.base import SourceSystem, build_frame
 from migration_assets.elements.profile import load_profile
 
-s = SourceSystem("https://ehr.example-clinic.org/fhir")
-for prof, el in (("omop_cdm", "persons"), ("seed_ehr", "patients")):
-    p = load_profile(prof)
-    t0 = time.perf_counter(); tables = p.sample(100_000, 7); gen = time.perf_counter() - t0
-    e = p.element(el)
-    t0 = time.perf_counter(); f = build_frame(e, e.extract(tables), s); dt = time.perf_counter() - t0
-    print(f"{prof}.{el}: {f.height} rows in {dt:.2f} s = {f.height/dt:,.0f} rows/s (sample generated in {gen:.1f} s)", flush=True)
+SYSTEM = SourceSystem("https://ehr.example-clinic.org/fhir")
+for profile_name, element_name in (("omop_cdm", "persons"), ("seed_ehr", "patients")):
+    profile = load_profile(profile_name)
+    started = time.perf_counter()
+    tables = profile.sample(100_000, 7)
+    generated = time.perf_counter() - started
+    element = profile.element(element_name)
+    started = time.perf_counter()
+    frame = build_frame(element, element.extract(tables), SYSTEM)
+    seconds = time.perf_counter() - started
+    print(f"{profile_name}.{element_name}: {frame.height} rows in {seconds:.2f} s = {frame.height / seconds:,.0f} rows/s "
+          f"(sample generated in {generated:.1f} s)", flush=True)

@@ -146,7 +146,7 @@ def odd_patients() -> pl.DataFrame:
 def test_odd_patients_are_kept_or_quarantined_with_their_rule():
     element = PROFILE.element("patients")
     frame = build_frame(element, element.extract({"patients": odd_patients()}), SYSTEM)
-    rules = dict(zip(frame["unit_key"], frame["quarantine_rule"]))
+    rules = dict(zip(frame["unit_key"], frame["quarantine_rule"], strict=True))
     assert rules == {
         "P1": "invalid_date",
         "P2": None,

@@ -33,7 +33,7 @@ def by_key(frame: pl.DataFrame) -> dict[str, dict]:
 
 
 def rules(frame: pl.DataFrame) -> dict[str, str | None]:
-    return dict(zip(frame["unit_key"], frame["quarantine_rule"]))
+    return dict(zip(frame["unit_key"], frame["quarantine_rule"], strict=True))
 
 
 def table(name: str, rows: list[tuple]) -> pl.DataFrame:
@@ -134,7 +134,7 @@ def test_medication_statements_typical_and_odd(seed):
         "effectivePeriod": {"start": "2019", "end": "2019-05-02"},
         "dosage": [{"text": "Take 1 tablet at bedtime"}],
     }
-    assert dict(zip(frame["source_key"], frame["code_mapped"]))["PM900"] is False
+    assert dict(zip(frame["source_key"], frame["code_mapped"], strict=True))["PM900"] is False
     assert {k: v for k, v in rules(frame).items() if v} == {
         "PM901": "unknown_code", "PM902": "invalid_date", "PM903": "invalid_period", "PM904": "orphan_reference"
     }
@@ -241,7 +241,7 @@ def test_observations_typical_and_odd(seed):
     raw = frame.filter(pl.col("source_key") == "OB901")["resource"].item()
     assert '"valueQuantity":{"value":98.60,"unit":"F"}' in raw
     assert written["OB901"]["category"][0]["coding"][0]["code"] == "vital-signs"
-    assert dict(zip(frame["source_key"], frame["code_mapped"]))["OB900"] is False
+    assert dict(zip(frame["source_key"], frame["code_mapped"], strict=True))["OB900"] is False
     assert {k: v for k, v in rules(frame).items() if v} == {
         "OB902": "non_numeric_value", "OB903": "invalid_date", "OB904": "mismatched_reference",
         "OB905": "orphan_reference", "OB906": "unknown_code",

@@ -79,7 +79,7 @@ def test_guide_rows_come_first_and_exact(tables: dict[str, pl.DataFrame]) -> Non
     assert tables["patient_conditions"].head(3).rows() == GUIDE_PATIENT_CONDITIONS
     assert tables["encounters"].head(2).rows() == GUIDE_ENCOUNTERS
     assert tables["encounter_notes"].head(2).rows() == GUIDE_NOTES
-    cond = dict(zip(tables["conditions"]["condition_id"], tables["conditions"].select("condition_name", "icd10_code").rows()))
+    cond = dict(zip(tables["conditions"]["condition_id"], tables["conditions"].select("condition_name", "icd10_code").rows(), strict=True))
     assert cond["HT001"] == ("Hypertension", "I10")
     assert cond["DM002"] == ("Diabetes", "E11")
 
