@@ -9,14 +9,14 @@ NODE_STAMP := medplum_local/node_modules/.installed
 CHROMIUM := /usr/bin/chromium
 CHROMIUM_STAMP := $(VENV)/.chromium-installed
 
-.PHONY: setup test test-fast demo dev medplum bench test-stock lint clean history soak element profile report
+.PHONY: setup test test-fast demo dev medplum bench test-stock lint clean history soak element profile report workers
 
 setup: $(VENV_STAMP) $(NODE_STAMP) $(CHROMIUM_STAMP)
 
 $(VENV_STAMP): pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(VENV)/bin/pip install --quiet -e '.[dev]'
+	$(VENV)/bin/pip install --quiet -e '.[dev,celery]'
 	touch $@
 
 $(NODE_STAMP): medplum_local/package.json medplum_local/package-lock.json
@@ -49,6 +49,12 @@ demo: setup
 
 dev: setup
 	$(PY) -m migration_assets.commands.dev
+
+# Celery workers for the code location (runs launched with DAGSTER_EXECUTOR=celery): make workers [WORKERS=2]
+# (broker CELERY_BROKER_URL, default RabbitMQ on 127.0.0.1:5672; queue CELERY_QUEUE; instance DAGSTER_HOME)
+WORKERS ?= 2
+workers: setup
+	$(PY) -m migration_assets.commands.workers --workers $(WORKERS)
 
 medplum: $(NODE_STAMP)
 	medplum_local/node_modules/.bin/node medplum_local/server.mjs

@@ -85,3 +85,18 @@ def allowed_file_types() -> frozenset[str] | None:
 def legacy_files_dir() -> str | None:
     """LEGACY_FILES_DIR: the legacy system's document folder, for file paths its tables hold relative."""
     return _text("LEGACY_FILES_DIR")
+
+
+def executor_name() -> str | None:
+    """DAGSTER_EXECUTOR: `in_process` (default), `multiprocess` or `celery` (pipeline/executors.py)."""
+    return _text("DAGSTER_EXECUTOR")
+
+
+def celery_broker_url() -> str:
+    """CELERY_BROKER_URL: the broker of `make workers` and of the Celery runs' default config."""
+    return _text("CELERY_BROKER_URL") or "pyamqp://guest:guest@127.0.0.1:5672//"
+
+
+def celery_queue() -> str:
+    """CELERY_QUEUE: the Celery queue the workers of `make workers` listen to and Celery runs send to."""
+    return _text("CELERY_QUEUE") or "dagster"

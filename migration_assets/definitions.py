@@ -1,7 +1,7 @@
 """Every asset, check, resource and job of the migration, registered in one place. The resources come
 from the environment (resources.build_resources, config.py)."""
 
-from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
+from dagster import AssetSelection, Definitions, define_asset_job
 
 from migration_assets.adoption.assets import (
     ADOPTION_ASSETS,
@@ -11,15 +11,12 @@ from migration_assets.adoption.assets import (
     ADOPTION_SENSORS,
 )
 from migration_assets.mapping.assets import mapping_register_asset, terminology_maps
-from migration_assets.pipeline.assets import (
-    fhir_frames,
-    legacy_source,
-    medplum_resources,
-    reconciliation_report,
-)
+from migration_assets.pipeline.assets import fhir_frames, legacy_source, reconciliation_report
 from migration_assets.pipeline.checks import ALL_CHECKS
 from migration_assets.pipeline.cutover_report import cutover_report
+from migration_assets.pipeline.executors import chosen_executor
 from migration_assets.pipeline.resources import build_resources
+from migration_assets.pipeline.sharded import medplum_resources
 
 ASSETS = [
     legacy_source, fhir_frames, medplum_resources, reconciliation_report, mapping_register_asset, terminology_maps,
@@ -41,8 +38,8 @@ def make_definitions(resources: dict[str, object]) -> Definitions:
         schedules=ADOPTION_SCHEDULES,
         sensors=ADOPTION_SENSORS,
         resources=resources,
-        # Each step in a subprocess costs 20-45 s a run here; in process it is about 5 s.
-        executor=in_process_executor,
+        # DAGSTER_EXECUTOR: in_process by default, multiprocess or celery (executors.py).
+        executor=chosen_executor(),
     )
 
 

@@ -83,7 +83,7 @@ def grid() -> list[tuple[int, int]]:
         return [(int(b), int(c)) for b, c in (point.split("x") for point in chosen.split(","))]
     return [(batch_size, concurrency) for batch_size in BATCH_SIZES for concurrency in CONCURRENCIES]
 NAIVE_SUBSET = 300  # patients (with their conditions) for the one-request-per-resource run
-STAGES = ("transform", "ceiling", "naive", "cli", "loader", "e2e", "paced", "memory", "ledger")
+STAGES = ("transform", "ceiling", "naive", "cli", "loader", "e2e", "paced", "memory", "ledger", "shards")
 # The paced stage's server: a real Medplum's capacity (MEDPLUM_FACTS.md: 50 to 800 writes a second; the
 # top of that range leaves the platform's own work the largest share), counted in quota points.
 PACED_WRITES_PER_S = float(os.environ.get("BENCH_PACED_WRITES_PER_S", "800"))
@@ -800,8 +800,16 @@ def stage_runners(scope: dict[str, Any]) -> dict[str, Callable[[dict[str, Any]],
     def ledger(report: dict[str, Any]) -> None:
         report["ledger"] = bench_ledger(work)
 
+    def shards(report: dict[str, Any]) -> None:
+        # One launch, in process, in 2 and 4 shards on local processes and on 2 Celery workers (bench_shards.py).
+        from migration_assets.commands.bench_shards import bench_shards
+
+        report["shards"] = bench_shards(scope["source_url"], work, PACED_WRITES_PER_S * WRITE_POINTS)
+        for point in report["shards"]:
+            log(f"shards: {point}")
+
     return {"transform": transform, "ceiling": ceiling, "naive": naive, "cli": cli, "loader": loader, "e2e": e2e,
-            "paced": paced, "memory": memory, "ledger": ledger}
+            "paced": paced, "memory": memory, "ledger": ledger, "shards": shards}
 
 
 @contextmanager

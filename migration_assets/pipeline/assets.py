@@ -8,16 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from dagster import AssetExecutionContext, AssetIn, Failure, MaterializeResult, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, AssetIn, MaterializeResult, MetadataValue, Output, asset
 
 from migration_assets.active import get_element, prerequisites
 from migration_assets.elements.base import DataElement
 from migration_assets.medplum import Target
-from migration_assets.phases import load_phases
 from migration_assets.pipeline.frame_parts import REFERENCE_COLUMNS, FrameParts, build_frame_parts
-from migration_assets.pipeline.loader import TRANSACTIONS_OFF, migrate
 from migration_assets.pipeline.partitions import DATA_ELEMENTS
-from migration_assets.pipeline.progress import LoadProgress, publish
 from migration_assets.pipeline.reporting import counts, quarantine_summary, table
 from migration_assets.pipeline.resources import (
     LegacySource,
@@ -106,91 +103,16 @@ def _frame_metadata(element: DataElement, parts: FrameParts) -> dict[str, Any]:
 _SUMMARY_COLUMNS = ("source_table", "unit_key", "resource_type", "quarantine_rule", "quarantine_reason")
 
 
-@asset(
-    partitions_def=DATA_ELEMENTS,
-    ins={"fhir_frames": AssetIn()},
-    group_name="migration",
-    kinds={"medplum"},
-    owners=OWNERS,
-    tags={"stage": "load"},
-    # Caps the steps writing to Medplum at once across all runs (shards included): set the pool's
-    # limit on the instance (`concurrency: pools: ...` or `dagster instance concurrency set`).
-    pool="medplum_writes",
-    description="The data element's resources in Medplum, written by conditional PUT on their source identifiers.\n\n"
-    "Sent in batches (or batches of transactions); each entry's outcome is in the manifest, the counts and any "
-    "failures in the metadata.",
-)
-def medplum_resources(
-    context: AssetExecutionContext,
-    fhir_frames: FrameParts,
-    medplum: MedplumResource,
-    manifest: ManifestStore,
-    legacy_db: LegacySource,
-    migration_settings: MigrationSettings,
-) -> MaterializeResult:
-    element = get_element(context.partition_key)
-    phase = load_phases().of(element.name)
-    if phase.behaviour.sync != "write":
-        # Past this phase Medplum is the system of record: legacy rows must not overwrite it.
-        raise Failure(f"{element.name} is in phase {phase.phase} (phases.yaml): nothing is loaded from the legacy "
-                      f"store any more. {phase.behaviour.summary}")
-    settings = migration_settings.load_settings(element)
-    with medplum.open_client() as client, manifest.open(client.target) as ledger:
-        # What the target holds before the load (a census of its own, taken before the checks'): the
-        # load sends again what the ledger records as loaded but the target lost.
-        before_load = RunCensus.of_run(migration_settings.evidence_dir, f"{context.run.run_id}-before-load",
-                                       client.target, migration_settings.incremental_census)
-        result = migrate(
-            client, ledger, context.run.run_id, element, fhir_frames, legacy_db.display_url, settings,
-            on_progress=lambda done, total: _report_progress(context, element.name, done, total),
-            census_of_target=lambda keys: before_load.get(client, keys),
-        )
-        requests = client.stats
-        target = client.target
-    context.log.info(f"{element.name} into {target}: {result.counts}, {requests.quota_wait_seconds:.1f}s waited on "
-                     "the FHIR quota")
-    if result.transaction_bundles is False:
-        context.log.warning(f"{element.name}: {TRANSACTIONS_OFF}")
-    return MaterializeResult(
-        metadata={
-            **target_metadata(target),
-            "mapping_version": element.mapping_version,
-            "adoption_phase": phase.phase,
-            "load_mode": settings.mode,
-            "shard": f"{settings.shard_index} of {settings.shard_count}",
-            **counts(result.counts),
-            **counts({"http_requests": requests.requests, "http_retries": requests.retries,
-                      "entries_resent": requests.entries_resent}),
-            # Pacing to the FHIR quota and waits before resending what it refused, in seconds.
-            "quota_wait_seconds": MetadataValue.float(round(requests.quota_wait_seconds, 1)),
-            **({"transaction_bundles": MetadataValue.text(f"off: {TRANSACTIONS_OFF}")}
-               if result.transaction_bundles is False else {}),
-            "failures": table(pl.DataFrame(result.failures, schema=_FAILURE_SCHEMA)),
-        }
-    )
-
-
 def target_metadata(target: Target) -> dict[str, MetadataValue]:
     """The Medplum the step wrote to or read (never a credential)."""
     return {"medplum_base_url": MetadataValue.url(target.base_url),
             "medplum_project": MetadataValue.text(target.project_id or "(not named by the server)")}
 
 
-def _report_progress(context: AssetExecutionContext, element: str, done: int, total: int) -> None:
-    # Every bundle to this process's listeners (make demo's live view); about twenty log lines a load,
-    # whatever its size.
-    publish(LoadProgress(element, done, total))
-    if done == total or done % max(1, total // 20) == 0:
-        context.log.info(f"bundle {done} of {total} sent")
-
-
-_FAILURE_SCHEMA = {"source_table": pl.String, "unit_key": pl.String, "resource_type": pl.String,
-                   "status": pl.Int64, "outcome": pl.String}
-
-
 @asset(
     partitions_def=DATA_ELEMENTS,
-    deps=[medplum_resources],
+    # Written by the shard steps of sharded.py.
+    deps=["medplum_resources"],
     ins={"fhir_frames": AssetIn()},
     group_name="migration",
     kinds={"json", "csv"},

@@ -16,12 +16,13 @@ from dagster import (
 from migration_assets.active import get_element
 from migration_assets.elements.base import schema_failures
 from migration_assets.medplum import Target
-from migration_assets.pipeline.assets import fhir_frames, medplum_resources
+from migration_assets.pipeline.assets import fhir_frames
 from migration_assets.pipeline.frame_parts import KEY_COLUMNS, REFERENCE_COLUMNS, FrameParts
 from migration_assets.pipeline.loader import LEDGER_COLUMNS, LoadResult, held_in_target, in_shard, load_frame
 from migration_assets.pipeline.partitions import DATA_ELEMENTS
 from migration_assets.pipeline.reporting import counts, quarantine_summary, table
 from migration_assets.pipeline.resources import ManifestStore, MedplumResource, MigrationSettings
+from migration_assets.pipeline.sharded import medplum_resources
 from migration_assets.verify.books import accounting, content_fingerprint, sample_groups
 from migration_assets.verify.census import RunCensus, census_kinds
 from migration_assets.verify.prerequisites import check_prerequisites
@@ -165,7 +166,8 @@ def idempotent_reload(
         candidates = keys.filter(~pl.col("bundle_group").is_in(lost_groups.implode()).fill_null(False))
         fingerprint = content_fingerprint(in_shard(candidates.filter(pl.col("quarantine_rule").is_null()), settings),
                                           shard)
-        written_now = units.filter((pl.col("last_run_id") == context.run.run_id)
+        # The run's shard steps record themselves as <run id>.<i>of<n> (sharded.ledger_run_id).
+        written_now = units.filter(pl.col("last_run_id").str.starts_with(context.run.run_id)
                                    & pl.col("disposition").is_in(["successful", "rejected"])).height
         verified_in = (ledger.verified_run(element.name, shard, fingerprint)
                        if migration_settings.idempotency_skip_verified and written_now == 0 and lost.is_empty()

@@ -106,10 +106,10 @@ class MigrationSettings(ConfigurableResource):
         "dual writes begin, a write freeze): 100 quota points a resource instead of 140, faster on a real Medplum.",
     )
     shard_count: int = Field(
-        default=1, description="Key-hash shards of every element: run shard_count runs, each with its shard_index."
+        default=1, description="Key-hash shards of the load: medplum_resources runs one shard step per shard in "
+        "this run (in parallel on the multiprocess or celery executor), each loading the rows whose "
+        "crc32(bundle_group) % shard_count is its index; the checks then see the whole element.",
     )
-    shard_index: int = Field(default=0, description="Which shard this run loads: rows with crc32(bundle_group) % "
-                             "shard_count == shard_index.")
     quarantine_threshold: float = Field(
         default=0.05, description="Share of quarantined rows above which the schema check fails and blocks."
     )
@@ -138,13 +138,12 @@ class MigrationSettings(ConfigurableResource):
         return SourceSystem(self.identifier_base_uri)
 
     def load_settings(self, element: DataElement, resend_unchanged: bool = False) -> LoadSettings:
+        """The settings of a load of the whole element (a shard step narrows them to its shard)."""
         return LoadSettings(
             batch_size=self.batch_size or element.batch_size,
             concurrency=self.concurrency or element.concurrency,
             resend_unchanged=resend_unchanged,
             mode=self.load_mode or config.load_mode() or "sync",
-            shard_count=self.shard_count,
-            shard_index=self.shard_index,
             direct_references=self.direct_references,
             creates=self.creates,
         )

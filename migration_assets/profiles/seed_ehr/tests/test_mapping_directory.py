@@ -34,7 +34,7 @@ def by_key(frame: pl.DataFrame) -> dict[str, dict]:
 
 
 def rules(frame: pl.DataFrame) -> dict[str, str | None]:
-    return dict(zip(frame["unit_key"], frame["quarantine_rule"]))
+    return dict(zip(frame["unit_key"], frame["quarantine_rule"], strict=True))
 
 
 def with_rows(tables: dict[str, pl.DataFrame], name: str, rows: list[tuple]) -> dict[str, pl.DataFrame]:

@@ -68,7 +68,7 @@ def test_a_document_and_the_files_that_are_quarantined(tmp_path, monkeypatch):
         }}],
         "context": {"encounter": [{"reference": f"Encounter?identifier={BASE}/identifier/encounter|E001"}]},
     }
-    rules = {key: rule for key, rule in zip(frame["unit_key"], frame["quarantine_rule"]) if rule}
+    rules = {key: rule for key, rule in zip(frame["unit_key"], frame["quarantine_rule"], strict=True) if rule}
     assert rules == {"D2": "empty_file", "D3": "missing_file", "D4": "file_too_large", "D5": "disallowed_content_type",
                      "D6": "orphan_reference", "D7": "mismatched_reference", "D8": "invalid_date"}
 

@@ -37,7 +37,7 @@ def by_key(frame: pl.DataFrame) -> dict[str, dict]:
 
 
 def quarantined(frame: pl.DataFrame) -> dict[str, str]:
-    return {key: rule for key, rule in zip(frame["unit_key"], frame["quarantine_rule"]) if rule}
+    return {key: rule for key, rule in zip(frame["unit_key"], frame["quarantine_rule"], strict=True) if rule}
 
 
 def with_rows(tables: dict[str, pl.DataFrame], name: str, rows: list[tuple]) -> dict[str, pl.DataFrame]:

@@ -1,0 +1,99 @@
+"""make workers [WORKERS=2]: Celery workers for this code location (dagster-celery), in the foreground
+until Ctrl-C. Each worker runs the steps of runs launched with DAGSTER_EXECUTOR=celery; they need the
+same environment as the code location (MEDPLUM_*, LEGACY_DB_URL, MANIFEST_DB_URL, DAGSTER_HOME: the
+instance the runs use) and reach the broker at CELERY_BROKER_URL, listening to CELERY_QUEUE."""
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import yaml
+from dagster import DagsterInstance
+
+from migration_assets import config
+
+
+def celery_settings(queue: str | None = None) -> dict[str, Any]:
+    """The dagster-celery executor config shared by the workers and the runs: the broker, and a task
+    acknowledged only once its step has finished (acks_late), so a worker killed in the middle of a step
+    hands it back to the broker, which delivers it to another worker."""
+    return {
+        "broker": config.celery_broker_url(),
+        "backend": "rpc://",
+        "config_source": {
+            "task_default_queue": queue or config.celery_queue(),
+            "task_acks_late": True,
+            "task_reject_on_worker_lost": True,
+            # One step at a time per worker process: a worker never holds a shard another could run.
+            "worker_prefetch_multiplier": 1,
+            "worker_concurrency": 1,
+        },
+    }
+
+
+def celery_run_config(queue: str | None = None) -> dict[str, Any]:
+    """The run config's `execution` section of a run on the Celery workers (DAGSTER_EXECUTOR=celery)."""
+    return {"execution": {"config": celery_settings(queue)}}
+
+
+def worker_command(config_file: Path, queue: str, name: str) -> list[str]:
+    dagster_celery = shutil.which("dagster-celery", path=str(Path(sys.executable).parent)) or "dagster-celery"
+    return [dagster_celery, "worker", "start", "-A", "dagster_celery.app", "-y", str(config_file), "-q", queue,
+            "-n", name, "--loglevel", "INFO"]  # dagster-celery names it <name>@<host>
+
+
+def write_worker_config(directory: Path, queue: str) -> Path:
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"celery-{queue}.yaml"
+    # dagster-celery's worker reads the executor config as a run config's `execution` section.
+    path.write_text(yaml.safe_dump(celery_run_config(queue)))
+    return path
+
+
+def start_workers(count: int, queue: str, home: Path, log_dir: Path | None = None) -> list[subprocess.Popen[bytes]]:
+    """`count` workers as processes of their own (each in its own process group: killing one kills its pool)."""
+    # dagster-celery starts the `celery` command of this environment.
+    path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
+    env = {**os.environ, "DAGSTER_EXECUTOR": "celery", "DAGSTER_HOME": str(home), "PATH": path}
+    config_file = write_worker_config(home, queue)
+    # The instance's storage made once here: workers starting together would race to create it.
+    DagsterInstance.from_config(str(home)).dispose()
+    workers = []
+    for number in range(1, count + 1):
+        log = (log_dir / f"worker{number}.log").open("wb") if log_dir else None
+        workers.append(subprocess.Popen(worker_command(config_file, queue, f"worker{number}-{queue}"), env=env,
+                                        stdout=log, stderr=subprocess.STDOUT if log else None,
+                                        start_new_session=True))
+    return workers
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--workers", type=int, default=2)
+    args = parser.parse_args()
+    home = Path(os.environ.get("DAGSTER_HOME") or config.REPO_ROOT / ".dagster_home").resolve()
+    home.mkdir(parents=True, exist_ok=True)
+    queue = config.celery_queue()
+    workers = start_workers(args.workers, queue, home)
+    print(f"{args.workers} Celery workers on queue {queue!r} of {config.celery_broker_url().split('@')[-1]}; "
+          f"launch runs with DAGSTER_EXECUTOR=celery. Ctrl-C stops them.")
+    try:
+        for worker in workers:
+            worker.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGTERM)
+        for worker in workers:
+            worker.wait()
+
+
+if __name__ == "__main__":
+    main()
