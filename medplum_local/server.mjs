@@ -157,6 +157,10 @@ export function createLocalMedplum(config) {
     // Binary content lives in files, one per Binary id, as Medplum keeps it in its storage (never in the
     // database): beside the data file when there is one, else in a temporary folder.
     const binaries = file ? `${file}.binaries` : fs.mkdtempSync(nodePath.join(os.tmpdir(), 'medplum-local-binaries-'));
+    if (!file) {
+      // Memory only: the Binaries go with the process, as its other resources do.
+      process.on('exit', () => fs.rmSync(binaries, { recursive: true, force: true }));
+    }
     fs.mkdirSync(binaries, { recursive: true });
     projects.set(clientId, {
       id: projectIdOf(clientId),

@@ -25,6 +25,7 @@ def test_demo_like_runs_leave_nothing_in_the_temp_folder(fresh_tmpdir: Path, pla
     for element in ("patients", "practitioners", "problem_list"):
         summary = platform.run(element)
         assert summary.ok, summary
+    platform_factory.close()  # the local server too: it keeps its Binaries in a temporary folder while it runs
     assert sorted(path.name for path in fresh_tmpdir.iterdir()) == []
 
 
@@ -40,4 +41,5 @@ def test_a_failed_run_leaves_nothing_in_the_temp_folder(
     monkeypatch.setattr(pipeline_assets, "quarantine_summary", broken_summary)
     summary = platform.run("patients")
     assert not summary.run_ok and "broken on purpose" in summary.error
+    platform_factory.close()
     assert sorted(path.name for path in fresh_tmpdir.iterdir()) == []

@@ -142,17 +142,15 @@ def _steps_done(result: ExecuteInProcessResult) -> list[str]:
 
 
 def _step_seconds(instance: DagsterInstance, run_id: str, step: str) -> float | None:
-    """How long the step ran, from its start and end events in the instance's event log."""
-    started = ended = None
+    """How long the step ran (from its first start to its last end: a graph-backed asset's steps are
+    `<step>.<op>`, its shards among them), from the instance's event log."""
+    starts, ends = [], []
     for entry in instance.all_logs(run_id, of_type={DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS,
                                                     DagsterEventType.STEP_FAILURE}):
-        if entry.step_key != step:
+        if entry.step_key != step and not (entry.step_key or "").startswith(step + "."):
             continue
-        if entry.dagster_event_type == DagsterEventType.STEP_START:
-            started = entry.timestamp
-        else:
-            ended = entry.timestamp
-    return ended - started if started is not None and ended is not None else None
+        (starts if entry.dagster_event_type == DagsterEventType.STEP_START else ends).append(entry.timestamp)
+    return max(ends) - min(starts) if starts and ends else None
 
 
 def _root_message(error: SerializableErrorInfo | None) -> str:

@@ -21,6 +21,7 @@ from migration_assets.profiles.seed_ehr.sample_data import (
     build_sample_tables,
     generate_sample_ehr,
     main,
+    sample_with_files,
 )
 
 GUIDE_PATIENTS = [
@@ -209,6 +210,8 @@ def test_generate_csv_and_parquet(tmp_path: Path) -> None:
     counts = generate_sample_ehr(f"csv:///{tmp_path}/csv", patients=50, seed=3)
     assert counts == {t: df.height for t, df in expected.items()}
     generate_sample_ehr(f"parquet:///{tmp_path}/pq", patients=50, seed=3)
+    # The documents' file paths name the folder their files were written to, beside each database.
+    expected = sample_with_files(expected, f"parquet:///{tmp_path}/pq")
     for table in TABLES:
         assert (tmp_path / "csv" / f"{table}.csv").is_file()
         assert pl.read_parquet(tmp_path / "pq" / f"{table}.parquet").equals(expected[table])
