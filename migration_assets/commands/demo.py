@@ -144,7 +144,8 @@ def _steps_done(result: ExecuteInProcessResult) -> list[str]:
 def _step_seconds(instance: DagsterInstance, run_id: str, step: str) -> float | None:
     """How long the step ran (from its first start to its last end: a graph-backed asset's steps are
     `<step>.<op>`, its shards among them), from the instance's event log."""
-    starts, ends = [], []
+    starts: list[float] = []
+    ends: list[float] = []
     for entry in instance.all_logs(run_id, of_type={DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS,
                                                     DagsterEventType.STEP_FAILURE}):
         if entry.step_key != step and not (entry.step_key or "").startswith(step + "."):
