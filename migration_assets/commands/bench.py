@@ -125,10 +125,10 @@ def write_source(patients: int, folder: Path) -> dict[str, Any]:
             "generate_seconds": round(generated, 2), "seconds": round(time.perf_counter() - started, 2)}
 
 
-def element_frame(source_url: str, name: str) -> pl.DataFrame:
+def element_frame(source_url: str, name: str, system: SourceSystem = SYSTEM) -> pl.DataFrame:
     element = get_element(name)
     tables = {table: read_table(source_url, table) for table in element.source_tables}
-    return build_frame(element, element.extract(tables), SYSTEM)
+    return build_frame(element, element.extract(tables), system)
 
 
 def eligible(frame: pl.DataFrame) -> pl.DataFrame:

@@ -28,11 +28,10 @@ import polars as pl
 from migration_assets.active import get_element
 from migration_assets.config import REPO_ROOT
 from migration_assets.devtools.local_medplum import SERVER_DIR
-from migration_assets.elements.base import SourceSystem, build_frame
+from migration_assets.elements.base import SourceSystem
 from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import MedplumClient
 from migration_assets.pipeline.loader import LoadSettings, migrate
-from migration_assets.source import read_table
 from migration_assets.verify.census import Censuses, RunCensus
 
 OUT_DIR = REPO_ROOT / ".artifacts" / "bench"
@@ -52,12 +51,9 @@ def fresh_system() -> SourceSystem:
 
 
 def frames(source_url: str, system: SourceSystem) -> dict[str, pl.DataFrame]:
-    built = {}
-    for name in ELEMENTS:
-        element = get_element(name)
-        built[name] = build_frame(element, element.extract({t: read_table(source_url, t) for t in element.source_tables}),
-                                  system)
-    return built
+    from migration_assets.commands.bench import element_frame
+
+    return {name: element_frame(source_url, name, system) for name in ELEMENTS}
 
 
 def eligible_count(built: dict[str, pl.DataFrame]) -> int:
