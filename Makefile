@@ -32,7 +32,8 @@ $(CHROMIUM_STAMP):
 	fi
 	@mkdir -p $(@D) && touch $@
 
-test: setup
+# Everything CI runs: the guards (make lint), then every test.
+test: setup lint
 	$(VENV)/bin/pytest
 
 # The unit tier: no server, under a minute.
@@ -80,6 +81,7 @@ soak: setup
 
 lint: $(VENV_STAMP)
 	$(VENV)/bin/ruff check migration_assets migration_assets_tests
+	$(VENV)/bin/ruff format --check migration_assets migration_assets_tests
 	$(VENV)/bin/mypy migration_assets
 	$(VENV)/bin/lint-imports
 

@@ -15,8 +15,16 @@ LOAD_ORDER: tuple[str, ...] = PROFILE.chosen(config.element_selection())
 ELEMENTS: tuple[DataElement, ...] = tuple(PROFILE.element(name) for name in LOAD_ORDER)
 ELEMENTS_BY_NAME: dict[str, DataElement] = dict(PROFILE.by_name)
 
-__all__ = ["ELEMENTS", "ELEMENTS_BY_NAME", "LOAD_ORDER", "PROFILE", "ProfileError", "get_element", "prerequisites",
-           "write_sample"]
+__all__ = [
+    "ELEMENTS",
+    "ELEMENTS_BY_NAME",
+    "LOAD_ORDER",
+    "PROFILE",
+    "ProfileError",
+    "get_element",
+    "prerequisites",
+    "write_sample",
+]
 
 
 def get_element(name: str) -> DataElement:

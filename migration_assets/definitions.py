@@ -19,8 +19,14 @@ from migration_assets.pipeline.resources import build_resources
 from migration_assets.pipeline.sharded import medplum_resources
 
 ASSETS = [
-    legacy_source, fhir_frames, medplum_resources, reconciliation_report, mapping_register_asset, terminology_maps,
-    cutover_report, *ADOPTION_ASSETS,
+    legacy_source,
+    fhir_frames,
+    medplum_resources,
+    reconciliation_report,
+    mapping_register_asset,
+    terminology_maps,
+    cutover_report,
+    *ADOPTION_ASSETS,
 ]
 
 migrate_element_job = define_asset_job(

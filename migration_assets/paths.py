@@ -5,8 +5,15 @@ from pathlib import Path
 from migration_assets import config
 from migration_assets.config import REPO_ROOT, work_dir
 
-__all__ = ["DEFAULT_LEGACY_DB_URL", "DEFAULT_MANIFEST_URL", "EVIDENCE_DIR", "FRAMES_DIR", "REPO_ROOT", "WORK_DIR",
-           "state_dir"]
+__all__ = [
+    "DEFAULT_LEGACY_DB_URL",
+    "DEFAULT_MANIFEST_URL",
+    "EVIDENCE_DIR",
+    "FRAMES_DIR",
+    "REPO_ROOT",
+    "WORK_DIR",
+    "state_dir",
+]
 
 WORK_DIR = work_dir()
 

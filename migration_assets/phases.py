@@ -57,32 +57,66 @@ PHASE_BEHAVIOUR: dict[str, PhaseBehaviour] = {
     behaviour.phase: behaviour
     for behaviour in (
         PhaseBehaviour(
-            "dual_write", 1, sync="write", first_sync_from="phase_start", backfills=False, reads_from="legacy",
-            writes="legacy services, to both stores", readiness_is_blocking=False, archive=False,
+            "dual_write",
+            1,
+            sync="write",
+            first_sync_from="phase_start",
+            backfills=False,
+            reads_from="legacy",
+            writes="legacy services, to both stores",
+            readiness_is_blocking=False,
+            archive=False,
             summary="The old services write to both stores; the sync loads legacy rows changed since the phase "
             "began (what a dual write missed) and the dual-write check compares the stores. History waits.",
         ),
         PhaseBehaviour(
-            "backfill", 2, sync="write", first_sync_from="beginning", backfills=True, reads_from="legacy",
-            writes="legacy services, to both stores", readiness_is_blocking=False, archive=False,
+            "backfill",
+            2,
+            sync="write",
+            first_sync_from="beginning",
+            backfills=True,
+            reads_from="legacy",
+            writes="legacy services, to both stores",
+            readiness_is_blocking=False,
+            archive=False,
             summary="History is loaded: every unit never loaded is sent, then changed rows on every tick.",
         ),
         PhaseBehaviour(
-            "read_from_medplum", 3, sync="write", first_sync_from="beginning", backfills=True,
-            reads_from="medplum_when_ready", writes="legacy services, to both stores", readiness_is_blocking=True,
+            "read_from_medplum",
+            3,
+            sync="write",
+            first_sync_from="beginning",
+            backfills=True,
+            reads_from="medplum_when_ready",
+            writes="legacy services, to both stores",
+            readiness_is_blocking=True,
             archive=False,
             summary="Clients read from Medplum while the readiness file says so (feature flag); writes still go "
             "through the old services and the sync keeps loading changes.",
         ),
         PhaseBehaviour(
-            "front_end_write", 4, sync="verify", first_sync_from="beginning", backfills=False, reads_from="medplum",
-            writes="the front end, to Medplum", readiness_is_blocking=True, archive=False,
+            "front_end_write",
+            4,
+            sync="verify",
+            first_sync_from="beginning",
+            backfills=False,
+            reads_from="medplum",
+            writes="the front end, to Medplum",
+            readiness_is_blocking=True,
+            archive=False,
             summary="The front end writes to Medplum; nothing is written from the legacy side any more. The sync "
             "only reads Medplum back and compares it with the legacy store (kept for rollback).",
         ),
         PhaseBehaviour(
-            "deprecated", 5, sync="off", first_sync_from="beginning", backfills=False, reads_from="medplum",
-            writes="the front end, to Medplum", readiness_is_blocking=True, archive=True,
+            "deprecated",
+            5,
+            sync="off",
+            first_sync_from="beginning",
+            backfills=False,
+            reads_from="medplum",
+            writes="the front end, to Medplum",
+            readiness_is_blocking=True,
+            archive=True,
             summary="The old store is retired: no sync at all (it refuses with a message); a final verification and "
             "a frozen, read-only Parquet export of the legacy tables are kept for the verification period.",
         ),
@@ -166,8 +200,9 @@ def parse_phases(raw: Any, file: Path) -> PhasesConfig:
     if version is None or str(version).strip() == "":
         raise PhaseConfigError(f"{file}: 'version' is required (bump it on every change of phase)")
     default_phase = _phase(raw.get("default_phase", DEFAULT_PHASE), file, "default_phase")
-    period = _positive_int(raw.get("verification_period_days", DEFAULT_VERIFICATION_PERIOD_DAYS), file,
-                           "verification_period_days")
+    period = _positive_int(
+        raw.get("verification_period_days", DEFAULT_VERIFICATION_PERIOD_DAYS), file, "verification_period_days"
+    )
     declared = raw.get("elements") or {}
     if not isinstance(declared, Mapping):
         raise PhaseConfigError(f"{file}: 'elements' must map element names to their phase")
@@ -196,8 +231,9 @@ def parse_phases(raw: Any, file: Path) -> PhasesConfig:
             declared=True,
             note=str(entry.get("note") or ""),
             dual_write_sample=_sample(entry.get("dual_write_sample"), file, name),
-            verification_period_days=_positive_int(entry.get("verification_period_days", period), file,
-                                                   f"elements.{name}.verification_period_days"),
+            verification_period_days=_positive_int(
+                entry.get("verification_period_days", period), file, f"elements.{name}.verification_period_days"
+            ),
         )
     return PhasesConfig(str(version), file, elements, tuple(_warnings(elements)))
 
@@ -248,5 +284,7 @@ def _warnings(elements: Mapping[str, ElementPhase]) -> list[str]:
     for name, current in elements.items():
         for needed in prerequisites(name):
             if current.behaviour.order >= 3 and elements[needed].behaviour.order < 3:
-                found.append(f"{name} is in {current.phase} before its prerequisite {needed} ({elements[needed].phase})")
+                found.append(
+                    f"{name} is in {current.phase} before its prerequisite {needed} ({elements[needed].phase})"
+                )
     return found

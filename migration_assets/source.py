@@ -438,7 +438,7 @@ def _create_table_sql(table: str, columns: list[str], key: str | None, primary_k
     definitions = [f'"{c}" TEXT' + (" NOT NULL" if c == key else "") for c in columns]
     if primary_key and key:
         definitions.append(f'PRIMARY KEY ("{key}")')
-    return f'CREATE TABLE {_check_ident(table, "sqlite")} ({", ".join(definitions)})'
+    return f"CREATE TABLE {_check_ident(table, 'sqlite')} ({', '.join(definitions)})"
 
 
 def _write_sqlite(path: Path, tables: Mapping[str, pl.DataFrame], primary_keys: Mapping[str, str]) -> None:

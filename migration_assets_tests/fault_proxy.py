@@ -44,15 +44,28 @@ import httpx
 KINDS = frozenset({"reset", "status", "slow", "truncate", "cut_json", "non_json", "short_bundle", "rewrite", "call"})
 # Faults that need the upstream's answer to build theirs.
 _NEEDS_UPSTREAM = frozenset({"slow", "truncate", "cut_json", "short_bundle", "rewrite", "call"})
-_HOP_BY_HOP = frozenset({
-    "connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailers",
-    "transfer-encoding", "upgrade", "host", "content-length", "accept-encoding", "content-encoding",
-})
+_HOP_BY_HOP = frozenset(
+    {
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "te",
+        "trailers",
+        "transfer-encoding",
+        "upgrade",
+        "host",
+        "content-length",
+        "accept-encoding",
+        "content-encoding",
+    }
+)
 
 
 def outcome(text: str, code: str = "exception") -> bytes:
-    return json.dumps({"resourceType": "OperationOutcome",
-                       "issue": [{"severity": "error", "code": code, "details": {"text": text}}]}).encode()
+    return json.dumps(
+        {"resourceType": "OperationOutcome", "issue": [{"severity": "error", "code": code, "details": {"text": text}}]}
+    ).encode()
 
 
 @dataclass
@@ -126,8 +139,12 @@ class FaultProxy:
             server.proxy = self
             self.port = server.server_address[1]
             self._server = server
-            self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05},
-                                            name=f"fault-proxy-{self.port}", daemon=True)
+            self._thread = threading.Thread(
+                target=server.serve_forever,
+                kwargs={"poll_interval": 0.05},
+                name=f"fault-proxy-{self.port}",
+                daemon=True,
+            )
             self._thread.start()
 
     def refuse(self) -> None:
@@ -170,8 +187,10 @@ class FaultProxy:
         """Logged requests by method and path prefix; `fault`: True any, a kind, or None for clean ones."""
         with self._lock:
             return [
-                entry for entry in self.log
-                if (method is None or entry.method == method) and entry.path.startswith(path)
+                entry
+                for entry in self.log
+                if (method is None or entry.method == method)
+                and entry.path.startswith(path)
                 and (fault is True or entry.fault == fault)
             ]
 
@@ -199,8 +218,11 @@ class FaultProxy:
         try:
             return self._http.request(method, target, headers=kept, content=body)
         except httpx.TransportError as exc:
-            return httpx.Response(502, content=outcome(f"upstream unreachable: {type(exc).__name__}"),
-                                  headers={"Content-Type": "application/fhir+json"})
+            return httpx.Response(
+                502,
+                content=outcome(f"upstream unreachable: {type(exc).__name__}"),
+                headers={"Content-Type": "application/fhir+json"},
+            )
 
 
 class _Server(ThreadingHTTPServer):
@@ -273,8 +295,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._answer(upstream.status_code, _kept_headers(upstream), content)
         if fault.kind == "truncate":
             proxy._record(method, path, fault, upstream.status_code)
-            return self._answer(upstream.status_code, _kept_headers(upstream), content,
-                                send=content[: len(content) // 2], close=True)
+            return self._answer(
+                upstream.status_code, _kept_headers(upstream), content, send=content[: len(content) // 2], close=True
+            )
         if fault.kind == "cut_json":
             proxy._record(method, path, fault, 200)
             return self._answer(200, _kept_headers(upstream), content[: len(content) // 2])
@@ -284,11 +307,13 @@ class _Handler(BaseHTTPRequestHandler):
         elif fault.kind == "rewrite" and fault.rewrite is not None:
             document = fault.rewrite(document)
         proxy._record(method, path, fault, upstream.status_code)
-        return self._answer(upstream.status_code, {**_kept_headers(upstream), **fault.headers},
-                            json.dumps(document).encode())
+        return self._answer(
+            upstream.status_code, {**_kept_headers(upstream), **fault.headers}, json.dumps(document).encode()
+        )
 
-    def _answer(self, status: int, headers: dict[str, str], body: bytes, send: bytes | None = None,
-                close: bool = False) -> None:
+    def _answer(
+        self, status: int, headers: dict[str, str], body: bytes, send: bytes | None = None, close: bool = False
+    ) -> None:
         try:
             self.send_response(status)
             for name, value in headers.items():

@@ -40,8 +40,13 @@ class Platform:
     def through(self, client_id: str, client_secret: str) -> "Platform":
         """The same platform (source, ledger, Dagster instance, folders) writing through another credential
         of its server (one of `more_clients`): another project, another target."""
-        return build_platform(self.work, self.server.as_client(client_id, client_secret), self.source_url,
-                              self.instance, self.manifest_url)
+        return build_platform(
+            self.work,
+            self.server.as_client(client_id, client_secret),
+            self.source_url,
+            self.instance,
+            self.manifest_url,
+        )
 
     def manifest(self, through: str | None = None) -> Manifest:
         """The books of this platform's Medplum (its server and project); `through`: of the same project
@@ -58,8 +63,12 @@ def build_platform(
 ) -> Platform:
     manifest_url = manifest_url or f"sqlite:///{work / 'manifest.db'}"
     resources = build_resources(
-        medplum=MedplumResource(base_url=server.base_url, client_id=server.client_id, client_secret=server.client_secret),
-        legacy_db_url=source_url, manifest_db_url=manifest_url, work_dir=work,
+        medplum=MedplumResource(
+            base_url=server.base_url, client_id=server.client_id, client_secret=server.client_secret
+        ),
+        legacy_db_url=source_url,
+        manifest_db_url=manifest_url,
+        work_dir=work,
     )
     return Platform(server, source_url, manifest_url, instance, make_definitions(resources), work)
 
@@ -80,8 +89,14 @@ class PlatformFactory:
         self._stack = ExitStack()
 
     def new(
-        self, patients: int = 60, source_url: str | None = None, name: str = "p", manifest_url: str | None = None,
-        more_clients: dict[str, str] | None = None, fhir_quota: int = 0, quota_window_seconds: int = 60,
+        self,
+        patients: int = 60,
+        source_url: str | None = None,
+        name: str = "p",
+        manifest_url: str | None = None,
+        more_clients: dict[str, str] | None = None,
+        fhir_quota: int = 0,
+        quota_window_seconds: int = 60,
         transaction_bundles: bool = True,
     ) -> Platform:
         """A platform on a server of its own; `fhir_quota`, `quota_window_seconds` and `transaction_bundles`
@@ -92,10 +107,15 @@ class PlatformFactory:
         if source_url is None:
             source_url = f"sqlite:///{work / 'legacy.db'}"
             generate_sample_ehr(source_url, patients=patients)
-        server = self._stack.enter_context(running_local_medplum(
-            log_path=work / "medplum.log", more_clients=more_clients, fhir_quota=fhir_quota,
-            quota_window_seconds=quota_window_seconds, transaction_bundles=transaction_bundles,
-        ))
+        server = self._stack.enter_context(
+            running_local_medplum(
+                log_path=work / "medplum.log",
+                more_clients=more_clients,
+                fhir_quota=fhir_quota,
+                quota_window_seconds=quota_window_seconds,
+                transaction_bundles=transaction_bundles,
+            )
+        )
         (work / "dagster_home").mkdir()
         instance = DagsterInstance.local_temp(tempdir=str(work / "dagster_home"))
         self._stack.callback(instance.dispose)

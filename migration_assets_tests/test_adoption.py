@@ -51,9 +51,15 @@ def sensor_tick(platform, element: str):
     context = build_sensor_context(
         instance=platform.instance,
         definitions=platform.defs,
-        resources={"legacy_db": LegacySource(url=platform.source_url), "manifest": ManifestStore(url=platform.manifest_url),
-                   "medplum": MedplumResource(base_url=platform.server.base_url, client_id=platform.server.client_id,
-                                              client_secret=platform.server.client_secret)},
+        resources={
+            "legacy_db": LegacySource(url=platform.source_url),
+            "manifest": ManifestStore(url=platform.manifest_url),
+            "medplum": MedplumResource(
+                base_url=platform.server.base_url,
+                client_id=platform.server.client_id,
+                client_secret=platform.server.client_secret,
+            ),
+        },
     )
     return sensor.evaluate_tick(context)
 
@@ -131,8 +137,16 @@ def test_a_silent_legacy_change_blocks_readiness_until_synced_and_deprecation_fr
     assert dual_write.metadata["units_with_discrepancies"].value == 1
     assert "Doe-Silent" not in json.dumps({k: str(v) for k, v in dual_write.metadata.items()})  # values stay out
     evidence = json.loads((platform.work / "evidence" / "patients" / "dual_write.json").read_text())
-    assert evidence["discrepancies"] == [{"resource_type": "Patient", "identifier_value": "P001", "kind": "differs",
-                                          "field": "name.0.family", "legacy_value": "Doe-Silent", "medplum_value": "Doe"}]
+    assert evidence["discrepancies"] == [
+        {
+            "resource_type": "Patient",
+            "identifier_value": "P001",
+            "kind": "differs",
+            "field": "name.0.family",
+            "legacy_value": "Doe-Silent",
+            "medplum_value": "Doe",
+        }
+    ]
 
     assessed = run(platform, "assess_read_readiness", "patients")
     assert not check(assessed, "reads_can_move_to_medplum").passed
@@ -180,14 +194,21 @@ def test_chart_review_samples_record_their_seed_and_repeat(platform_factory, tmp
     write_phases(monkeypatch, tmp_path, patients="backfill", problem_list="backfill")
     url = legacy_db(tmp_path, patients=12)
     with sqlite3.connect(url.removeprefix("sqlite:///")) as db:  # an odd row: a code not in the catalogue
-        db.execute("INSERT INTO patient_conditions VALUES ('PCODD', 'P000007', 'XX999', '2020-01-01', "
-                   "'2025-01-01T00:00:00.000000Z')")
+        db.execute(
+            "INSERT INTO patient_conditions VALUES ('PCODD', 'P000007', 'XX999', '2020-01-01', "
+            "'2025-01-01T00:00:00.000000Z')"
+        )
     platform = platform_factory.new(source_url=url)
     assert run(platform, "sync_data_element", "patients").success
     assert run(platform, "sync_data_element", "problem_list").success
 
-    config = {"ops": {"chart_review": {"config": {"sample_size": 3, "seed": 11, "elements": ["patients", "problem_list"]}}}}
-    first, second = run(platform, "adoption_overview", run_config=config), run(platform, "adoption_overview", run_config=config)
+    config = {
+        "ops": {"chart_review": {"config": {"sample_size": 3, "seed": 11, "elements": ["patients", "problem_list"]}}}
+    }
+    first, second = (
+        run(platform, "adoption_overview", run_config=config),
+        run(platform, "adoption_overview", run_config=config),
+    )
     assert first.success and second.success
     indexes = []
     for result in (first, second):

@@ -118,14 +118,19 @@ NOTE_ROWS: list[tuple[str, tuple]] = [
     ("note_orphan_encounter", ("N-ORPHAN", "E-NOBODY", "Lost note")),
 ]
 MEDICATION_ROWS: list[tuple[str, tuple]] = [
-    ("unknown_status", ("PM-STATUS", "P001", "LIS10", "Lisinopril 10 mg tablet", "Take 1", "paused-ish", "2022-01-01",
-                        None)),
-    ("end_before_start", ("PM-PERIOD", "P001", "LIS10", "Lisinopril 10 mg tablet", "Take 1", "Completed",
-                          "2022-05-01", "2022-04-30")),
-    ("partial_start", ("PM-PARTIAL", "P001", "LIS10", "Lisinopril 10 mg tablet", "Take 1", "Active", "2020-05",
-                       None)),
-    ("status_case_and_spaces", ("PM-CASE", "P001", "LIS10", "Lisinopril 10 mg tablet", "Take 1", "  ON HOLD ",
-                                "2021", "2021-06")),
+    (
+        "unknown_status",
+        ("PM-STATUS", "P001", "LIS10", "Lisinopril 10 mg tablet", "Take 1", "paused-ish", "2022-01-01", None),
+    ),
+    (
+        "end_before_start",
+        ("PM-PERIOD", "P001", "LIS10", "Lisinopril 10 mg tablet", "Take 1", "Completed", "2022-05-01", "2022-04-30"),
+    ),
+    ("partial_start", ("PM-PARTIAL", "P001", "LIS10", "Lisinopril 10 mg tablet", "Take 1", "Active", "2020-05", None)),
+    (
+        "status_case_and_spaces",
+        ("PM-CASE", "P001", "LIS10", "Lisinopril 10 mg tablet", "Take 1", "  ON HOLD ", "2021", "2021-06"),
+    ),
 ]
 BAD_ROWS = {
     "patients": PATIENT_ROWS,
@@ -193,9 +198,12 @@ def migrated(tmp_path_factory) -> Migrated:
         instance = DagsterInstance.local_temp(tempdir=str(work / "dagster_home"))
         try:
             resources = build_resources(
-                medplum=MedplumResource(base_url=server.base_url, client_id=server.client_id,
-                                        client_secret=server.client_secret),
-                legacy_db_url=source_url, manifest_db_url=manifest_url, work_dir=work,
+                medplum=MedplumResource(
+                    base_url=server.base_url, client_id=server.client_id, client_secret=server.client_secret
+                ),
+                legacy_db_url=source_url,
+                manifest_db_url=manifest_url,
+                work_dir=work,
                 quarantine_threshold=0.25,  # see the module docstring for the threshold
             )
             platform = Platform(server, source_url, manifest_url, instance, make_definitions(resources), work)
@@ -228,7 +236,9 @@ def test_no_partition_crashes_every_check_passes_and_every_source_row_has_one_di
         units = migrated.units[element]
         for table in SOURCE_TABLES[element]:
             # One ledger unit per source row: null, blank and repeated keys included.
-            assert units.filter(pl.col("source_table") == table).height == table_rows(migrated.platform.source_url, table)
+            assert units.filter(pl.col("source_table") == table).height == table_rows(
+                migrated.platform.source_url, table
+            )
         assert set(units["disposition"]) <= {"successful", "quarantined"}, element
         frame = FrameParts(migrated.platform.work / "frames" / "fhir_frames" / element).read()
         books = accounting(frame, units)
@@ -247,36 +257,96 @@ QUARANTINED = [
     ("impossible_date", "patients", "PBADDATE", "invalid_date", "birth_date is not a real date"),
     ("not_a_date", "patients", "PNOTDATE", "invalid_date", "birth_date is not a real date"),
     ("future_birth", "patients", "PFUTURE", "future_date", "birth_date lies in the future"),
-    ("unknown_gender", "patients", "PGENDER", "unknown_code", "gender code has no FHIR mapping (expected M, F, O or U)"),
+    (
+        "unknown_gender",
+        "patients",
+        "PGENDER",
+        "unknown_code",
+        "gender code has no FHIR mapping (expected M, F, O or U)",
+    ),
     ("control_character", "patients", "PCTRL", "control_character", CONTROL.format("0007")),
-    ("orphan_patient", "problem_list", "PC-ORPHAN", "orphan_reference", "patient_id PNOBODY is not in the patients table"),
+    (
+        "orphan_patient",
+        "problem_list",
+        "PC-ORPHAN",
+        "orphan_reference",
+        "patient_id PNOBODY is not in the patients table",
+    ),
     ("missing_patient", "problem_list", "PC-NOPATIENT", "orphan_reference", "patient_id is missing"),
-    ("patient_quarantined", "problem_list", "PC-QUARANTINED", "prerequisite_not_loaded",
-     "Patient PBADDATE was not loaded (invalid_date)"),
-    ("patient_duplicated", "problem_list", "PC-DUPLICATED", "prerequisite_not_loaded",
-     "Patient PDUP was not loaded (duplicate_key)"),
-    ("unknown_condition_code", "problem_list", "PC-UNKNOWN", "unknown_code", "condition_id is not in the conditions catalogue"),
+    (
+        "patient_quarantined",
+        "problem_list",
+        "PC-QUARANTINED",
+        "prerequisite_not_loaded",
+        "Patient PBADDATE was not loaded (invalid_date)",
+    ),
+    (
+        "patient_duplicated",
+        "problem_list",
+        "PC-DUPLICATED",
+        "prerequisite_not_loaded",
+        "Patient PDUP was not loaded (duplicate_key)",
+    ),
+    (
+        "unknown_condition_code",
+        "problem_list",
+        "PC-UNKNOWN",
+        "unknown_code",
+        "condition_id is not in the conditions catalogue",
+    ),
     ("onset_impossible", "problem_list", "PC-BADMONTH", "invalid_date", "onset_date is not a real date"),
     ("onset_future", "problem_list", "PC-FUTURE", "future_date", "onset_date lies in the future"),
     ("note_control_character", "encounters", "N-CTRL", "control_character", CONTROL.format("000B")),
-    ("encounter_of_control_note", "encounters", "E-CTRL", "group_quarantined",
-     "ClinicalImpression N-CTRL was quarantined (control_character)"),
+    (
+        "encounter_of_control_note",
+        "encounters",
+        "E-CTRL",
+        "group_quarantined",
+        "ClinicalImpression N-CTRL was quarantined (control_character)",
+    ),
     ("note_empty", "encounters", "N-EMPTY", "missing_value", "note has no text"),
-    ("encounter_of_empty_note", "encounters", "E-EMPTY", "group_quarantined",
-     "ClinicalImpression N-EMPTY was quarantined (missing_value)"),
-    ("note_orphan_encounter", "encounters", "N-ORPHAN", "orphan_reference", "encounter_id E-NOBODY is not in the encounters table"),
-    ("encounter_orphan_practitioner", "encounters", "E-NODOC", "orphan_reference",
-     "practitioner_id DR-NOBODY is not in the practitioners table"),
-    ("encounter_unknown_type", "encounters", "E-TYPE", "unknown_code",
-     "encounter type has no entry in terminology/encounter_types.csv"),
-    ("unknown_status", "medications", "PM-STATUS", "unknown_code",
-     "status paused-ish has no entry in terminology/medication_status.csv"),
+    (
+        "encounter_of_empty_note",
+        "encounters",
+        "E-EMPTY",
+        "group_quarantined",
+        "ClinicalImpression N-EMPTY was quarantined (missing_value)",
+    ),
+    (
+        "note_orphan_encounter",
+        "encounters",
+        "N-ORPHAN",
+        "orphan_reference",
+        "encounter_id E-NOBODY is not in the encounters table",
+    ),
+    (
+        "encounter_orphan_practitioner",
+        "encounters",
+        "E-NODOC",
+        "orphan_reference",
+        "practitioner_id DR-NOBODY is not in the practitioners table",
+    ),
+    (
+        "encounter_unknown_type",
+        "encounters",
+        "E-TYPE",
+        "unknown_code",
+        "encounter type has no entry in terminology/encounter_types.csv",
+    ),
+    (
+        "unknown_status",
+        "medications",
+        "PM-STATUS",
+        "unknown_code",
+        "status paused-ish has no entry in terminology/medication_status.csv",
+    ),
     ("end_before_start", "medications", "PM-PERIOD", "invalid_period", "end_date lies before start_date"),
 ]
 
 
-@pytest.mark.parametrize(("element", "unit_key", "rule", "reason"), [case[1:] for case in QUARANTINED],
-                         ids=[case[0] for case in QUARANTINED])
+@pytest.mark.parametrize(
+    ("element", "unit_key", "rule", "reason"), [case[1:] for case in QUARANTINED], ids=[case[0] for case in QUARANTINED]
+)
 def test_each_refused_kind_is_quarantined_with_its_rule_and_reason(migrated, element, unit_key, rule, reason):
     unit = migrated.unit(element, unit_key)
     assert (unit["disposition"], unit["rule"], unit["reason"]) == ("quarantined", rule, reason)
@@ -288,7 +358,10 @@ def test_null_and_repeated_keys_are_each_quarantined_under_their_own_row_key(mig
     (null_key,) = patients.filter(pl.col("identifier_value").is_null()).iter_rows(named=True)
     assert null_key["unit_key"].startswith("<missing>#row")
     assert (null_key["disposition"], null_key["rule"], null_key["reason"]) == (
-        "quarantined", "missing_key", "patients has no source key")
+        "quarantined",
+        "missing_key",
+        "patients has no source key",
+    )
     duplicates = patients.filter(pl.col("identifier_value") == "PDUP")
     assert duplicates.height == 2 and duplicates["unit_key"].n_unique() == 2
     assert set(duplicates["rule"]) == {"duplicate_key"}
@@ -296,21 +369,51 @@ def test_null_and_repeated_keys_are_each_quarantined_under_their_own_row_key(mig
 
 
 # (kind, key, given names, family) of patients that must load and read back exactly as in the source.
-LOADED_PATIENTS = [(kind, row[0], row[1], row[2]) for kind, row in PATIENT_ROWS if row[0] and row[0] in {
-    "PCASE", "pcase", "PSPACE", "P,COMMA", "P|PIPE", "P$DOLLAR", "P\\BACK", "P SPACE", "P&A=1%+#", "PYEAR", "PMONTH",
-    "PLEAP", "PGENDERF", "PACCENT", "PCJK", "PEMOJI", "PTAB", "PSQL", "PJSON"}]
+LOADED_PATIENTS = [
+    (kind, row[0], row[1], row[2])
+    for kind, row in PATIENT_ROWS
+    if row[0]
+    and row[0]
+    in {
+        "PCASE",
+        "pcase",
+        "PSPACE",
+        "P,COMMA",
+        "P|PIPE",
+        "P$DOLLAR",
+        "P\\BACK",
+        "P SPACE",
+        "P&A=1%+#",
+        "PYEAR",
+        "PMONTH",
+        "PLEAP",
+        "PGENDERF",
+        "PACCENT",
+        "PCJK",
+        "PEMOJI",
+        "PTAB",
+        "PSQL",
+        "PJSON",
+    }
+]
 
 
-@pytest.mark.parametrize(("key", "given", "family"), [case[1:] for case in LOADED_PATIENTS],
-                         ids=[case[0] for case in LOADED_PATIENTS])
+@pytest.mark.parametrize(
+    ("key", "given", "family"), [case[1:] for case in LOADED_PATIENTS], ids=[case[0] for case in LOADED_PATIENTS]
+)
 def test_each_accepted_patient_kind_is_found_once_by_its_identifier_and_reads_back_exactly(
     migrated, client, key, given, family
 ):
     assert migrated.unit("patients", key)["disposition"] == "successful"
     patient = migrated.find(client, "Patient", PATIENT_SYSTEM, key)
     assert patient["name"] == [{"given": [given], "family": family}]
-    source = dict(zip(("patient_id", "first_name", "last_name", "birth_date", "gender"),
-                      next(row for _, row in PATIENT_ROWS if row[0] == key), strict=True))
+    source = dict(
+        zip(
+            ("patient_id", "first_name", "last_name", "birth_date", "gender"),
+            next(row for _, row in PATIENT_ROWS if row[0] == key),
+            strict=True,
+        )
+    )
     # Partial dates keep their precision (1975, 1975-06), never stretched to a day.
     assert patient["birthDate"] == source["birth_date"]
     assert patient["gender"] == {"M": "male", "F": "female", " f ": "female"}[source["gender"]]

@@ -31,8 +31,10 @@ def client_of(server: LocalMedplum) -> MedplumClient:
 
 
 def read_back(client: MedplumClient, binary_id: str) -> httpx.Response:
-    return client.http.get(client.fhir_base + f"Binary/{binary_id}",
-                           headers={"Authorization": f"Bearer {client.bearer()}", "Accept": "*/*"})
+    return client.http.get(
+        client.fhir_base + f"Binary/{binary_id}",
+        headers={"Authorization": f"Bearer {client.bearer()}", "Accept": "*/*"},
+    )
 
 
 def uploader(client: MedplumClient, tmp_path: Path, **limits: object) -> FileUploader:
@@ -41,8 +43,11 @@ def uploader(client: MedplumClient, tmp_path: Path, **limits: object) -> FileUpl
 
 
 def test_binaries_are_served_back_byte_for_byte(local_medplum, tmp_path):
-    files = {"scan.png": ("image/png", PNG), "letter.txt": ("text/plain", b"Dear colleague,\nthank you.\n"),
-             "empty.txt": ("text/plain", b"")}
+    files = {
+        "scan.png": ("image/png", PNG),
+        "letter.txt": ("text/plain", b"Dear colleague,\nthank you.\n"),
+        "empty.txt": ("text/plain", b""),
+    }
     with client_of(local_medplum) as client:
         upload = uploader(client, tmp_path)
         for name, (content_type, data) in files.items():
@@ -88,24 +93,35 @@ def test_missing_disallowed_and_oversized_files_are_refused_with_their_reason(lo
         upload = uploader(client, tmp_path, max_bytes=1000)
         missing = upload.upload(tmp_path / "gone.pdf", "application/pdf")
         assert (missing.binary_id, missing.refused_rule) == (None, "missing_file")
-        assert upload.upload(tmp_path / "macro.docm", "application/vnd.ms-word.document.macroEnabled.12"
-                             ).refused_rule == "disallowed_content_type"
+        assert (
+            upload.upload(tmp_path / "macro.docm", "application/vnd.ms-word.document.macroEnabled.12").refused_rule
+            == "disallowed_content_type"
+        )
         too_large = upload.upload(tmp_path / "big.pdf", "application/pdf")
-        assert too_large.refused_rule == "file_too_large" and "over the limit of 1000 bytes" in (too_large.refused_reason or "")
+        assert too_large.refused_rule == "file_too_large" and "over the limit of 1000 bytes" in (
+            too_large.refused_reason or ""
+        )
         assert upload.books.count() == 0
 
 
 def run_python(code: str, server: LocalMedplum, tmp_path: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "BASE": server.base_url, "CID": server.client_id, "SECRET": server.client_secret,
-           "WORK": str(tmp_path)}
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True,
-                          timeout=600, check=False)
+    env = {
+        **os.environ,
+        "BASE": server.base_url,
+        "CID": server.client_id,
+        "SECRET": server.client_secret,
+        "WORK": str(tmp_path),
+    }
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)], env=env, capture_output=True, text=True, timeout=600, check=False
+    )
 
 
 def test_a_run_killed_between_upload_and_document_reference_uploads_nothing_twice(local_medplum, tmp_path):
     (tmp_path / "referral.txt").write_text("Referral to cardiology.\n")
     # The one fault injected: the process dies right after the upload, before any DocumentReference.
-    killed = run_python("""
+    killed = run_python(
+        """
         import os
         from pathlib import Path
         from migration_assets.ledger.files import FileUploader, UploadedFiles
@@ -116,7 +132,10 @@ def test_a_run_killed_between_upload_and_document_reference_uploads_nothing_twic
         outcome = FileUploader(client, books).upload(work / "referral.txt", "text/plain")
         print(outcome.binary_id, flush=True)
         os._exit(9)
-    """, local_medplum, tmp_path)
+    """,
+        local_medplum,
+        tmp_path,
+    )
     assert killed.returncode == 9, killed.stderr
     uploaded_id = killed.stdout.strip()
     with client_of(local_medplum) as client:
@@ -135,7 +154,8 @@ def test_memory_stays_bounded_while_moving_a_200_mb_file(local_medplum, tmp_path
             handle.write(number.to_bytes(8, "big") + block[8:])
     expected_sha1 = file_facts(big).sha1_base64
     try:
-        measured = run_python("""
+        measured = run_python(
+            """
             import os, resource, tracemalloc
             from pathlib import Path
             from migration_assets.ledger.files import FileUploader, UploadedFiles
@@ -150,7 +170,10 @@ def test_memory_stays_bounded_while_moving_a_200_mb_file(local_medplum, tmp_path
             _, peak = tracemalloc.get_traced_memory()
             after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
             print(outcome.binary_id, outcome.facts.size, outcome.facts.sha1_base64, peak, (after - before) * 1024)
-        """, local_medplum, tmp_path)
+        """,
+            local_medplum,
+            tmp_path,
+        )
         assert measured.returncode == 0, measured.stderr
         binary_id, sent, sha1, traced_peak, rss_growth = measured.stdout.split()
         assert int(sent) == size and sha1 == expected_sha1
@@ -160,11 +183,17 @@ def test_memory_stays_bounded_while_moving_a_200_mb_file(local_medplum, tmp_path
         with client_of(local_medplum) as client:
             token = client.bearer()
             digest = hashlib.sha1()
-            with client.http.stream("GET", client.fhir_base + f"Binary/{binary_id}",
-                                    headers={"Authorization": f"Bearer {token}", "Accept": "*/*"}) as answer:
+            with client.http.stream(
+                "GET",
+                client.fhir_base + f"Binary/{binary_id}",
+                headers={"Authorization": f"Bearer {token}", "Accept": "*/*"},
+            ) as answer:
                 for chunk in answer.iter_bytes():
                     digest.update(chunk)
             assert base64.b64encode(digest.digest()).decode() == expected_sha1
-        print(f"200 MB upload: traced peak {int(traced_peak) / 2**20:.1f} MiB, RSS growth {int(rss_growth) / 2**20:.1f} MiB")
+        print(
+            f"200 MB upload: traced peak {int(traced_peak) / 2**20:.1f} MiB, "
+            f"RSS growth {int(rss_growth) / 2**20:.1f} MiB"
+        )
     finally:
         big.unlink(missing_ok=True)

@@ -55,16 +55,21 @@ def flags(frame: pl.DataFrame, check: pl.Expr) -> list[bool]:
 
 
 def test_human_name_takes_given_names_from_several_columns_and_drops_blank_parts():
-    names = pl.DataFrame({
-        "last": ["Doe", " Smith ", None, "  "],
-        "first": ["Jane", "John", None, None],
-        "middle": ["Ann", "  ", None, None],
-        "title": ["Dr.", None, None, None],
-        "suffix": [None, "Jr.", None, None],
-    })
+    names = pl.DataFrame(
+        {
+            "last": ["Doe", " Smith ", None, "  "],
+            "first": ["Jane", "John", None, None],
+            "middle": ["Ann", "  ", None, None],
+            "title": ["Dr.", None, None, None],
+            "suffix": [None, "Jr.", None, None],
+        }
+    )
     name = human_name(
-        family=pl.col("last"), given=(pl.col("first"), pl.col("middle")), prefix=(pl.col("title"),),
-        suffix=(pl.col("suffix"),), use="official",
+        family=pl.col("last"),
+        given=(pl.col("first"), pl.col("middle")),
+        prefix=(pl.col("title"),),
+        suffix=(pl.col("suffix"),),
+        use="official",
     )
     assert parsed(names, name=present(name)) == [
         {"name": [{"use": "official", "family": "Doe", "given": ["Jane", "Ann"], "prefix": ["Dr."]}]},
@@ -86,21 +91,37 @@ def test_human_name_text_and_refused_use():
 
 
 def test_address_lines_in_order_without_blanks():
-    rows = pl.DataFrame({
-        "street": ["1 Main St", None],
-        "unit": ["Apt 2", None],
-        "city": ["Springfield", None],
-        "state": ["IL", None],
-        "zip": ["62701", " "],
-        "country": ["US", None],
-    })
+    rows = pl.DataFrame(
+        {
+            "street": ["1 Main St", None],
+            "unit": ["Apt 2", None],
+            "city": ["Springfield", None],
+            "state": ["IL", None],
+            "zip": ["62701", " "],
+            "country": ["US", None],
+        }
+    )
     home = address(
-        lines=(pl.col("street"), pl.col("unit")), city=pl.col("city"), state=pl.col("state"),
-        postal_code=pl.col("zip"), country=pl.col("country"), use="home",
+        lines=(pl.col("street"), pl.col("unit")),
+        city=pl.col("city"),
+        state=pl.col("state"),
+        postal_code=pl.col("zip"),
+        country=pl.col("country"),
+        use="home",
     )
     assert parsed(rows, address=present(home)) == [
-        {"address": [{"use": "home", "line": ["1 Main St", "Apt 2"], "city": "Springfield", "state": "IL",
-                      "postalCode": "62701", "country": "US"}]},
+        {
+            "address": [
+                {
+                    "use": "home",
+                    "line": ["1 Main St", "Apt 2"],
+                    "city": "Springfield",
+                    "state": "IL",
+                    "postalCode": "62701",
+                    "country": "US",
+                }
+            ]
+        },
         {},
     ]
     with pytest.raises(ValueError, match="Address.use"):
@@ -114,8 +135,12 @@ def test_contact_points_with_empty_values_are_dropped():
         contact_point("email", pl.col("email")),
     )
     assert parsed(rows, telecom=points) == [
-        {"telecom": [{"system": "phone", "value": "555-0100", "use": "home"},
-                     {"system": "email", "value": "jane@example.org"}]},
+        {
+            "telecom": [
+                {"system": "phone", "value": "555-0100", "use": "home"},
+                {"system": "email", "value": "jane@example.org"},
+            ]
+        },
         {"telecom": [{"system": "email", "value": "john@example.org"}]},
         {},
     ]
@@ -124,18 +149,27 @@ def test_contact_points_with_empty_values_are_dropped():
 
 
 def test_period_and_end_before_start():
-    rows = pl.DataFrame({
-        "start": ["2020-01-05", "2020-02", "2020", "2020-01-01T10:00:00+05:00", "2020-01-01T10:00:00Z", None, None],
-        "end": ["2020-01-04", "2020-01-31", "2020-06-30", "2020-01-01T06:00:00Z", "2020-01-01T09:59:59Z", "2021",
-                None],
-    })
+    rows = pl.DataFrame(
+        {
+            "start": ["2020-01-05", "2020-02", "2020", "2020-01-01T10:00:00+05:00", "2020-01-01T10:00:00Z", None, None],
+            "end": [
+                "2020-01-04",
+                "2020-01-31",
+                "2020-06-30",
+                "2020-01-01T06:00:00Z",
+                "2020-01-01T09:59:59Z",
+                "2021",
+                None,
+            ],
+        }
+    )
     assert parsed(rows, effectivePeriod=period(pl.col("start"), pl.col("end")))[5:] == [
         {"effectivePeriod": {"end": "2021"}},
         {},
     ]
     assert flags(rows, ends_before_start(pl.col("start"), pl.col("end"))) == [
-        True,   # a day earlier
-        True,   # January is before February, at month precision
+        True,  # a day earlier
+        True,  # January is before February, at month precision
         False,  # 2020 against 2020-06-30: the same year, not certainly before
         False,  # 05:00Z start, 06:00Z end: compared as instants, not as text
         True,
@@ -146,8 +180,18 @@ def test_period_and_end_before_start():
 
 def test_decimals_keep_every_digit_as_given():
     rows = pl.DataFrame({"value": ["5.10", "0.1", "-0.0", "1.5e3", "007", ".5", "5.", "+1", " 5", None]})
-    assert flags(rows, is_decimal(pl.col("value"))) == [True, True, True, True, False, False, False, False, False,
-                                                          False]
+    assert flags(rows, is_decimal(pl.col("value"))) == [
+        True,
+        True,
+        True,
+        True,
+        False,
+        False,
+        False,
+        False,
+        False,
+        False,
+    ]
     texts = written(rows, valueDecimal=decimal(pl.col("value")))
     assert texts[:4] == [
         '{"resourceType":"Basic","valueDecimal":5.10}',
@@ -169,15 +213,21 @@ def test_split_comparator():
     rows = pl.DataFrame({"value": ["<0.5", ">= 10", "7.20", "about 5", None]})
     comparator, number = split_comparator(pl.col("value"))
     assert rows.select(comparator.alias("c"), number.alias("n")).rows() == [
-        ("<", "0.5"), (">=", "10"), (None, "7.20"), (None, None), (None, None)
+        ("<", "0.5"),
+        (">=", "10"),
+        (None, "7.20"),
+        (None, None),
+        (None, None),
     ]
 
 
 def test_quantity_codes_only_ucum_units_and_keeps_the_unit_as_given():
-    rows = pl.DataFrame({
-        "value": ["120", "5.10", "<0.5", "98.60", "QNS", "3"],
-        "unit": ["mm[Hg]", "mmHg", "mg/dL", "[degF]", "mg/dL", " "],
-    })
+    rows = pl.DataFrame(
+        {
+            "value": ["120", "5.10", "<0.5", "98.60", "QNS", "3"],
+            "unit": ["mm[Hg]", "mmHg", "mg/dL", "[degF]", "mg/dL", " "],
+        }
+    )
     ucum_map = pl.DataFrame({"code": ["mm[Hg]", "mg/dL", "[degF]"], "description": ["", "", ""]})
     comparator, number = split_comparator(pl.col("value"))
     texts = written(rows, valueQuantity=quantity(number, pl.col("unit"), ucum_map, comparator))
@@ -197,7 +247,8 @@ def test_quantity_codes_only_ucum_units_and_keeps_the_unit_as_given():
     # An unknown comparator gives no quantity: writing 0.5 without it would change the result.
     odd = pl.DataFrame({"value": ["0.5", "0.5"], "comparator": ["~", None]})
     assert parsed(odd, valueQuantity=quantity(pl.col("value"), None, set(), pl.col("comparator"))) == [
-        {}, {"valueQuantity": {"value": 0.5}}
+        {},
+        {"valueQuantity": {"value": 0.5}},
     ]
     assert ucum_codes(ucum_map) == ["[degF]", "mg/dL", "mm[Hg]"]
     with pytest.raises(ValueError, match="no column 'ucum'"):
@@ -208,13 +259,23 @@ def test_vocabulary_concept_keeps_the_local_code_and_adds_the_mapped_one():
     rows = pl.DataFrame({"test": ["HR", "XYZ", None], "name": ["Heart rate", "Local test", None]})
     vocabulary = pl.DataFrame({"local_code": ["HR", "NA"], "code": ["8867-4", None], "display": ["Heart rate", None]})
     concept, mapped = vocabulary_concept(
-        pl.col("test"), LOCAL, vocabulary, standard_system=LOINC, local_display=pl.col("name"),
+        pl.col("test"),
+        LOCAL,
+        vocabulary,
+        standard_system=LOINC,
+        local_display=pl.col("name"),
         concept_text=pl.col("name"),
     )
     assert parsed(rows, code=concept) == [
-        {"code": {"coding": [{"system": LOCAL, "code": "HR", "display": "Heart rate"},
-                             {"system": LOINC, "code": "8867-4", "display": "Heart rate"}],
-                  "text": "Heart rate"}},
+        {
+            "code": {
+                "coding": [
+                    {"system": LOCAL, "code": "HR", "display": "Heart rate"},
+                    {"system": LOINC, "code": "8867-4", "display": "Heart rate"},
+                ],
+                "text": "Heart rate",
+            }
+        },
         {"code": {"coding": [{"system": LOCAL, "code": "XYZ", "display": "Local test"}], "text": "Local test"}},
         {},
     ]
@@ -223,11 +284,13 @@ def test_vocabulary_concept_keeps_the_local_code_and_adds_the_mapped_one():
 
 def test_vocabulary_concept_with_a_system_column_and_refused_tables():
     rows = pl.DataFrame({"code": ["A", "B"]})
-    vocabulary = pl.DataFrame({"local_code": ["A", "B"], "system": [LOINC, "http://snomed.info/sct"],
-                               "code": ["1-8", "22298006"]})
+    vocabulary = pl.DataFrame(
+        {"local_code": ["A", "B"], "system": [LOINC, "http://snomed.info/sct"], "code": ["1-8", "22298006"]}
+    )
     concept, _ = vocabulary_concept(pl.col("code"), LOCAL, vocabulary)
     assert [row["code"]["coding"][1] for row in parsed(rows, code=concept)] == [
-        {"system": LOINC, "code": "1-8"}, {"system": "http://snomed.info/sct", "code": "22298006"}
+        {"system": LOINC, "code": "1-8"},
+        {"system": "http://snomed.info/sct", "code": "22298006"},
     ]
     with pytest.raises(ValueError, match="more than once: \\['A'\\]"):
         vocabulary_concept(pl.col("code"), LOCAL, pl.concat([vocabulary, vocabulary.head(1)]))
@@ -240,13 +303,25 @@ def test_vocabulary_concept_with_a_system_column_and_refused_tables():
 def test_data_absent_reason_element_and_extension():
     rows = pl.DataFrame({"birth_date": ["1980-07-15", None, " "], "reason": ["masked", "asked-unknown", "bogus"]})
     assert parsed(rows, dataAbsentReason=data_absent_reason(pl.col("reason"))) == [
-        {"dataAbsentReason": {"coding": [{"system": DATA_ABSENT_REASON_SYSTEM, "code": "masked", "display": "Masked"}]}},
-        {"dataAbsentReason": {"coding": [{"system": DATA_ABSENT_REASON_SYSTEM, "code": "asked-unknown",
-                                          "display": "Asked But Unknown"}]}},
+        {
+            "dataAbsentReason": {
+                "coding": [{"system": DATA_ABSENT_REASON_SYSTEM, "code": "masked", "display": "Masked"}]
+            }
+        },
+        {
+            "dataAbsentReason": {
+                "coding": [
+                    {"system": DATA_ABSENT_REASON_SYSTEM, "code": "asked-unknown", "display": "Asked But Unknown"}
+                ]
+            }
+        },
         {},  # not a data-absent-reason code: nothing written
     ]
-    assert parsed(rows, birthDate=pl.col("birth_date").str.strip_chars().replace("", None),
-                  _birthDate=absent_primitive(pl.col("birth_date"), "unknown")) == [
+    assert parsed(
+        rows,
+        birthDate=pl.col("birth_date").str.strip_chars().replace("", None),
+        _birthDate=absent_primitive(pl.col("birth_date"), "unknown"),
+    ) == [
         {"birthDate": "1980-07-15"},
         {"_birthDate": {"extension": [{"url": DATA_ABSENT_REASON_EXTENSION, "valueCode": "unknown"}]}},
         {"_birthDate": {"extension": [{"url": DATA_ABSENT_REASON_EXTENSION, "valueCode": "unknown"}]}},

@@ -38,10 +38,22 @@ def _broker_reachable() -> None:
 def _launch(element: str, run_config_path: Path, env: dict[str, str]) -> subprocess.Popen[bytes]:
     """One launch of the migration job for `element`, as `dagster job execute` does it from a shell."""
     return subprocess.Popen(
-        [str(Path(sys.executable).parent / "dagster"), "job", "execute", "-m", "migration_assets.definitions",
-         "-j", "migrate_data_element", "-c", str(run_config_path), "--tags",
-         json.dumps({"dagster/partition": element})],
-        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        [
+            str(Path(sys.executable).parent / "dagster"),
+            "job",
+            "execute",
+            "-m",
+            "migration_assets.definitions",
+            "-j",
+            "migrate_data_element",
+            "-c",
+            str(run_config_path),
+            "--tags",
+            json.dumps({"dagster/partition": element}),
+        ],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -67,8 +79,11 @@ def _children(pid: int) -> set[int]:
 
 
 def _shard_steps(instance: DagsterInstance, run_id: str, kind: DagsterEventType) -> list:
-    return [record.event_log_entry for record in instance.get_records_for_run(run_id, of_type=kind).records
-            if record.event_log_entry.step_key and ".load_shard[" in record.event_log_entry.step_key]
+    return [
+        record.event_log_entry
+        for record in instance.get_records_for_run(run_id, of_type=kind).records
+        if record.event_log_entry.step_key and ".load_shard[" in record.event_log_entry.step_key
+    ]
 
 
 def test_four_shards_on_two_celery_workers_and_a_killed_worker_loses_nothing(tmp_path: Path):
@@ -82,12 +97,19 @@ def test_four_shards_on_two_celery_workers_and_a_killed_worker_loses_nothing(tmp
     manifest_url = f"sqlite:///{tmp_path / 'manifest.db'}"
     # Paced like a real Medplum so that a shard lasts long enough to be killed in the middle.
     with running_local_medplum(log_path=tmp_path / "medplum.log", points_per_second=12000) as server:
-        env = {**os.environ, "MEDPLUM_BASE_URL": server.base_url, "MEDPLUM_CLIENT_ID": server.client_id,
-               "MEDPLUM_CLIENT_SECRET": server.client_secret, "LEGACY_DB_URL": legacy,
-               "MANIFEST_DB_URL": manifest_url, "MIGRATION_WORK_DIR": str(tmp_path / "work"),
-               "DAGSTER_HOME": str(home), "DAGSTER_EXECUTOR": "celery", "CELERY_QUEUE": queue}
-        run_config = {**celery_run_config(queue),
-                      "resources": {"migration_settings": {"config": {"shard_count": 4}}}}
+        env = {
+            **os.environ,
+            "MEDPLUM_BASE_URL": server.base_url,
+            "MEDPLUM_CLIENT_ID": server.client_id,
+            "MEDPLUM_CLIENT_SECRET": server.client_secret,
+            "LEGACY_DB_URL": legacy,
+            "MANIFEST_DB_URL": manifest_url,
+            "MIGRATION_WORK_DIR": str(tmp_path / "work"),
+            "DAGSTER_HOME": str(home),
+            "DAGSTER_EXECUTOR": "celery",
+            "CELERY_QUEUE": queue,
+        }
+        run_config = {**celery_run_config(queue), "resources": {"migration_settings": {"config": {"shard_count": 4}}}}
         (tmp_path / "run.yaml").write_text(yaml.safe_dump(run_config))
         saved = dict(os.environ)
         os.environ.update(env)
@@ -115,8 +137,11 @@ def test_four_shards_on_two_celery_workers_and_a_killed_worker_loses_nothing(tmp
                 runs = instance.get_runs(limit=1)
                 if runs and runs[0].run_id != first.run_id:
                     victims = _children(workers[0].pid)
-                    started = [entry for entry in _shard_steps(instance, runs[0].run_id, DagsterEventType.STEP_START)
-                               if entry.dagster_event.pid in victims]
+                    started = [
+                        entry
+                        for entry in _shard_steps(instance, runs[0].run_id, DagsterEventType.STEP_START)
+                        if entry.dagster_event.pid in victims
+                    ]
                     if started:
                         killed_step = started[0].step_key
                         os.killpg(workers[0].pid, signal.SIGKILL)
@@ -132,10 +157,13 @@ def test_four_shards_on_two_celery_workers_and_a_killed_worker_loses_nothing(tmp
             redone = [entry for entry in outputs if entry.step_key == killed_step]
             assert redone and redone[0].dagster_event.pid in survivor, "the killed shard was delivered again"
             for run in (first, second):
-                checks = {record.event_log_entry.dagster_event.event_specific_data.check_name:
-                          record.event_log_entry.dagster_event.event_specific_data.passed
-                          for record in instance.get_records_for_run(
-                              run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION).records}
+                evaluations = [
+                    record.event_log_entry.dagster_event.event_specific_data
+                    for record in instance.get_records_for_run(
+                        run.run_id, of_type=DagsterEventType.ASSET_CHECK_EVALUATION
+                    ).records
+                ]
+                checks = {evaluation.check_name: evaluation.passed for evaluation in evaluations}
                 # accounting_balanced: the books balance; reconciliation: every unit found once.
                 assert checks.get("accounting_balanced") and checks.get("reconciliation"), checks
                 assert all(checks.values()), checks
@@ -156,8 +184,12 @@ def test_four_shards_on_two_celery_workers_and_a_killed_worker_loses_nothing(tmp
                     units = manifest.units(element)
                 assert units.filter(units["disposition"] == "pending").is_empty(), f"{element}: units pending"
                 systems = set(units["identifier_system"].to_list())
-                identifiers = [ident["value"] for resource in client.search(resource_type, {"_count": "1000"})
-                               for ident in resource.get("identifier", []) if ident.get("system") in systems]
+                identifiers = [
+                    ident["value"]
+                    for resource in client.search(resource_type, {"_count": "1000"})
+                    for ident in resource.get("identifier", [])
+                    if ident.get("system") in systems
+                ]
                 assert len(identifiers) == len(set(identifiers)), f"{resource_type}: an identifier held twice"
                 expected = set(units.filter(units["disposition"] == "successful")["identifier_value"].to_list())
                 assert set(identifiers) == expected

@@ -67,9 +67,10 @@ def test_the_checks_and_the_report_of_a_run_read_medplum_once(platform_factory, 
     first = platform.run("patients")
 
     assert first.ok, (first.error, first.failure_messages)
-    assert taken == [("Patient", PATIENT_SYSTEM, "whole"), ("Patient", PATIENT_SYSTEM, "changes")], \
-        "the load reads what the target holds before sending, then reference_integrity, idempotent_reload, " \
+    assert taken == [("Patient", PATIENT_SYSTEM, "whole"), ("Patient", PATIENT_SYSTEM, "changes")], (
+        "the load reads what the target holds before sending, then reference_integrity, idempotent_reload, "
         f"reconciliation and the report share one census per run; Medplum was read for {taken}"
+    )
     (census_file,) = folder.glob("*/*.parquet")
     census = pl.read_parquet(census_file)
     assert set(census.columns) == set(CENSUS_SCHEMA), "the census keeps identifiers, ids and references, not resources"
@@ -84,21 +85,29 @@ def test_the_checks_and_the_report_of_a_run_read_medplum_once(platform_factory, 
 
     assert second.ok, (second.error, second.failure_messages)
     assert taken[2:] == [("Patient", PATIENT_SYSTEM, "changes")] * 2, "the next run reads what changed since"
-    assert [path.name for path in folder.glob("*/*.parquet")] == [census_file.name], \
+    assert [path.name for path in folder.glob("*/*.parquet")] == [census_file.name], (
         "one census file per kind and target"
+    )
     evidence = json.loads((platform.work / "evidence" / "patients" / "reconciliation.json").read_text())
     assert evidence["evidence"]["census"].startswith("Patient: ") and "30 in Medplum" in evidence["evidence"]["census"]
 
 
 def test_a_census_reads_only_what_changed_since_the_last_one_and_a_whole_one_when_the_count_disagrees(
-        local_medplum, fhir, tmp_path, monkeypatch):
+    local_medplum, fhir, tmp_path, monkeypatch
+):
     # Values no other test uses: the session server is shared, and `identifier=SYS|A,B` means SYS|A or B.
     system = f"urn:test:census:{uuid.uuid4()}"
 
     def put(value: str, **details: str) -> str:
-        answer = fhir.put(f"Patient?identifier={system}|{value}", json={
-            "resourceType": "Patient", "identifier": [{"system": system, "value": value}],
-            "name": [{"family": "Never-In-A-Census-File"}], **details})
+        answer = fhir.put(
+            f"Patient?identifier={system}|{value}",
+            json={
+                "resourceType": "Patient",
+                "identifier": [{"system": system, "value": value}],
+                "name": [{"family": "Never-In-A-Census-File"}],
+                **details,
+            },
+        )
         assert answer.status_code in (200, 201), answer.text
         return str(answer.json()["id"])
 
@@ -108,37 +117,57 @@ def test_a_census_reads_only_what_changed_since_the_last_one_and_a_whole_one_whe
     time.sleep(4)
     taken = counting_censuses(monkeypatch)
     with MedplumClient(local_medplum.base_url, local_medplum.client_id, local_medplum.client_secret) as client:
+
         def census_in(run_id: str) -> list[tuple[str, str]]:
             found = RunCensus(tmp_path, run_id).of_kind(client, "Patient", system)
             return sorted(found.select("identifier_value", "resource_id").iter_rows())
 
         assert census_in("run-1") == sorted(ids.items())
         requests = client.stats.requests
-        assert census_in("run-1") == sorted(ids.items()) and client.stats.requests == requests, \
+        assert census_in("run-1") == sorted(ids.items()) and client.stats.requests == requests, (
             "the rest of a run reads the file"
+        )
         assert census_in("run-2") == sorted(ids.items())
         assert "0 created or changed since" in RunCensus(tmp_path, "run-2").how([("Patient", system)])
 
         put("census-B", gender="female")
         ids["census-D"] = put("census-D")
         assert census_in("run-3") == sorted(ids.items()), "a change and a creation, merged"
-        duplicate = fhir.post("Patient", json={"resourceType": "Patient", "identifier": [{"system": system, "value": "census-D"}]})
+        duplicate = fhir.post(
+            "Patient", json={"resourceType": "Patient", "identifier": [{"system": system, "value": "census-D"}]}
+        )
         assert census_in("run-4") == sorted([*ids.items(), ("census-D", duplicate.json()["id"])]), "a duplicate shows"
 
         assert fhir.delete(f"Patient/{ids.pop('census-A')}").status_code == 200
         assert fhir.delete(f"Patient/{duplicate.json()['id']}").status_code == 200
         assert census_in("run-5") == sorted(ids.items()), "deleted: the count tells, a whole census follows"
         moved = ids.pop("census-C")
-        answer = fhir.put(f"Patient/{moved}", json={"resourceType": "Patient", "id": moved,
-                                                    "identifier": [{"system": "urn:test:elsewhere", "value": "census-C"}]})
+        answer = fhir.put(
+            f"Patient/{moved}",
+            json={
+                "resourceType": "Patient",
+                "id": moved,
+                "identifier": [{"system": "urn:test:elsewhere", "value": "census-C"}],
+            },
+        )
         assert answer.status_code == 200, answer.text
         assert census_in("run-6") == sorted(ids.items()), "an identifier gone: the count tells too"
 
         assert census_in("run-7") == sorted(ids.items())
         assert RunCensus(tmp_path, "run-8", incremental=False).of_kind(client, "Patient", system).height == 2
 
-    assert [how for _, _, how in taken] == ["whole", "changes", "changes", "changes", "changes", "whole",
-                                            "changes", "whole", "changes", "whole"]
+    assert [how for _, _, how in taken] == [
+        "whole",
+        "changes",
+        "changes",
+        "changes",
+        "changes",
+        "whole",
+        "changes",
+        "whole",
+        "changes",
+        "whole",
+    ]
     (census_file,) = tmp_path.glob("*.parquet")
     assert b"Never-In-A-Census-File" not in census_file.read_bytes()
     assert stat.S_IMODE(census_file.stat().st_mode) == 0o600
@@ -157,8 +186,9 @@ def test_the_idempotency_check_resubmits_the_whole_partition_up_to_its_sample_si
     assert "whole partition: 30 bundle groups" in whole, whole
 
     # An unchanged rerun would resubmit nothing (below): here every run resubmits.
-    settings = MigrationSettings(evidence_dir=str(platform.work / "evidence"), idempotency_sample_size=10,
-                                 idempotency_skip_verified=False)
+    settings = MigrationSettings(
+        evidence_dir=str(platform.work / "evidence"), idempotency_sample_size=10, idempotency_skip_verified=False
+    )
     sampled = _reload_description(platform, make_definitions({**_resources(platform), "migration_settings": settings}))
     assert "resubmitted 10 (sample of 10 of 30 bundle groups (10 rows), seed 20261121)" in sampled, sampled
 
@@ -170,11 +200,14 @@ def test_an_unchanged_rerun_resubmits_nothing_an_earlier_check_verified(platform
 
     # Nothing written and the same content: the first run's resubmission stands; no request is a write.
     unchanged = _reload_description(platform, platform.defs)
-    assert unchanged.startswith(f"resubmitted 0 (not resubmitted: this run wrote nothing, and the content is "
-                                f"what run {first_run} resubmitted without a change)"), unchanged
+    assert unchanged.startswith(
+        f"resubmitted 0 (not resubmitted: this run wrote nothing, and the content is "
+        f"what run {first_run} resubmitted without a change)"
+    ), unchanged
     assert "0 duplicated identifiers" in unchanged, "the census part of the check still runs"
-    assert "resubmitted 0 (not resubmitted" in _reload_description(platform, platform.defs), \
+    assert "resubmitted 0 (not resubmitted" in _reload_description(platform, platform.defs), (
         "a skip passes the verifying run on"
+    )
 
     # One patient changed in the source: that run writes, and the check resubmits again.
     with sqlite3.connect(platform.source_url.removeprefix("sqlite:///")) as db:
@@ -189,8 +222,12 @@ def test_an_unchanged_rerun_resubmits_nothing_an_earlier_check_verified(platform
 def _resources(platform) -> dict[str, object]:
     server = platform.server
     resources = build_resources(
-        medplum=MedplumResource(base_url=server.base_url, client_id=server.client_id, client_secret=server.client_secret),
-        legacy_db_url=platform.source_url, manifest_db_url=platform.manifest_url, work_dir=platform.work,
+        medplum=MedplumResource(
+            base_url=server.base_url, client_id=server.client_id, client_secret=server.client_secret
+        ),
+        legacy_db_url=platform.source_url,
+        manifest_db_url=platform.manifest_url,
+        work_dir=platform.work,
     )
     del resources["migration_settings"]  # each test gives its own
     return resources
@@ -199,7 +236,8 @@ def _resources(platform) -> dict[str, object]:
 def _reload_description(platform, defs) -> str:
     """One patients run; what its idempotent_reload check said (it must pass)."""
     result = defs.resolve_job_def("migrate_data_element").execute_in_process(
-        partition_key="patients", instance=platform.instance, raise_on_error=False)
+        partition_key="patients", instance=platform.instance, raise_on_error=False
+    )
     assert result.success
     (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "idempotent_reload"]
     assert evaluation.passed, evaluation.description
@@ -211,25 +249,46 @@ def _reload_description(platform, defs) -> str:
 
 def test_the_census_keeps_each_reference_at_the_path_the_frames_name():
     encounter = {
-        "resourceType": "Encounter", "id": "e1", "identifier": [{"system": "S", "value": "E1"}],
+        "resourceType": "Encounter",
+        "id": "e1",
+        "identifier": [{"system": "S", "value": "E1"}],
         "subject": {"reference": "Patient/p1", "display": "not kept"},
         "participant": [{"type": [{"text": "x"}]}, {"individual": {"reference": "Practitioner/r2"}}],
         "meta": {"versionId": "1"},
     }
     assert references_in(encounter) == [("participant.1.individual", "Practitioner/r2"), ("subject", "Patient/p1")]
     assert references_in({"resourceType": "Patient", "id": "p"}) == []
-    assert references_in(encounter, roots=frozenset({"subject"})) == [("subject", "Patient/p1")], \
+    assert references_in(encounter, roots=frozenset({"subject"})) == [("subject", "Patient/p1")], (
         "with roots, only the references under those elements"
+    )
 
 
 def test_a_census_keeps_only_the_references_the_frame_expects():
-    expected = [{"path": "participant.0.individual", "resource_type": "Practitioner", "identifier_system": "R",
-                 "identifier_value": "R1"}]
-    frame = pl.DataFrame({"resource_type": ["Encounter"] * 2, "identifier_system": ["S"] * 2,
-                          "identifier_value": ["E1", "E2"], "references": [expected, []]})
-    resources = [{"resourceType": "Encounter", "id": "e1", "identifier": [{"system": "S", "value": "E1"}],
-                  "subject": {"reference": "Patient/p1"},
-                  "participant": [{"individual": {"reference": "Practitioner/r1"}}]}]
+    expected = [
+        {
+            "path": "participant.0.individual",
+            "resource_type": "Practitioner",
+            "identifier_system": "R",
+            "identifier_value": "R1",
+        }
+    ]
+    frame = pl.DataFrame(
+        {
+            "resource_type": ["Encounter"] * 2,
+            "identifier_system": ["S"] * 2,
+            "identifier_value": ["E1", "E2"],
+            "references": [expected, []],
+        }
+    )
+    resources = [
+        {
+            "resourceType": "Encounter",
+            "id": "e1",
+            "identifier": [{"system": "S", "value": "E1"}],
+            "subject": {"reference": "Patient/p1"},
+            "participant": [{"individual": {"reference": "Practitioner/r1"}}],
+        }
+    ]
 
     assert census_module.reference_roots(frame) == {"participant"}
     assert census_module.reference_roots(frame.drop("references")) is None, "no references column: keep them all"
@@ -239,11 +298,20 @@ def test_a_census_keeps_only_the_references_the_frame_expects():
 
 def test_each_census_row_holds_its_own_resources_references():
     resources = [
-        {"resourceType": "Encounter", "id": "e1", "identifier": [{"system": "S", "value": "E1"}],
-         "subject": {"reference": "Patient/p1"}},
+        {
+            "resourceType": "Encounter",
+            "id": "e1",
+            "identifier": [{"system": "S", "value": "E1"}],
+            "subject": {"reference": "Patient/p1"},
+        },
         {"resourceType": "Encounter", "id": "e2", "identifier": [{"system": "S", "value": "E2"}]},
-        {"resourceType": "Encounter", "id": "e3", "identifier": [{"system": "S", "value": "E3"}, {"system": "S", "value": "E3b"}],
-         "participant": [{"individual": {"reference": "Practitioner/r1"}}], "subject": {"reference": "Patient/p3"}},
+        {
+            "resourceType": "Encounter",
+            "id": "e3",
+            "identifier": [{"system": "S", "value": "E3"}, {"system": "S", "value": "E3b"}],
+            "participant": [{"individual": {"reference": "Practitioner/r1"}}],
+            "subject": {"reference": "Patient/p3"},
+        },
     ]
     found = census_module.census(SearchOnly(resources, every=True), "Encounter", "S")
 
@@ -251,10 +319,22 @@ def test_each_census_row_holds_its_own_resources_references():
     assert found.rows() == [
         ("E1", "e1", [{"path": "subject", "reference": "Patient/p1"}]),
         ("E2", "e2", []),
-        ("E3", "e3", [{"path": "participant.0.individual", "reference": "Practitioner/r1"},
-                      {"path": "subject", "reference": "Patient/p3"}]),
-        ("E3b", "e3", [{"path": "participant.0.individual", "reference": "Practitioner/r1"},
-                       {"path": "subject", "reference": "Patient/p3"}]),
+        (
+            "E3",
+            "e3",
+            [
+                {"path": "participant.0.individual", "reference": "Practitioner/r1"},
+                {"path": "subject", "reference": "Patient/p3"},
+            ],
+        ),
+        (
+            "E3b",
+            "e3",
+            [
+                {"path": "participant.0.individual", "reference": "Practitioner/r1"},
+                {"path": "subject", "reference": "Patient/p3"},
+            ],
+        ),
     ]
 
 
@@ -282,28 +362,43 @@ def test_reference_problems_are_found_from_the_census_alone(targets_read_by, mon
     if targets_read_by == "census of the target kind":  # more targets than a census page holds
         monkeypatch.setattr(reconcile, "CENSUS_PAGE_SIZE", 1)
     patient_system, condition_system = "https://x/patient", "https://x/condition"
-    patients = [{"resourceType": "Patient", "id": f"id-{key}", "identifier": [{"system": patient_system, "value": key}]}
-                for key in ("P1", "P2")]
+    patients = [
+        {"resourceType": "Patient", "id": f"id-{key}", "identifier": [{"system": patient_system, "value": key}]}
+        for key in ("P1", "P2")
+    ]
 
     def expecting(patient_key: str) -> list[dict]:
-        return [{"path": "subject", "resource_type": "Patient", "identifier_system": patient_system,
-                 "identifier_value": patient_key}]
+        return [
+            {
+                "path": "subject",
+                "resource_type": "Patient",
+                "identifier_system": patient_system,
+                "identifier_value": patient_key,
+            }
+        ]
 
-    frame = pl.DataFrame({
-        "resource_type": ["Condition"] * 5,
-        "identifier_system": [condition_system] * 5,
-        "identifier_value": ["C-right", "C-wrong-patient", "C-no-subject", "C-wrong-type", "C-not-loaded"],
-        "references": [expecting("P1"), expecting("P1"), expecting("P2"), expecting("P2"), expecting("P2")],
-        "quarantine_rule": [None] * 5,
-    })
-    census = pl.DataFrame({
-        "identifier_value": ["C-right", "C-wrong-patient", "C-no-subject", "C-wrong-type"],
-        "resource_id": ["c1", "c2", "c3", "c4"],
-        "references": [[{"path": "subject", "reference": "Patient/id-P1"}],
-                       [{"path": "subject", "reference": "Patient/id-P2"}],
-                       [],
-                       [{"path": "subject", "reference": "Group/g1"}]],
-    }, schema=CENSUS_SCHEMA)
+    frame = pl.DataFrame(
+        {
+            "resource_type": ["Condition"] * 5,
+            "identifier_system": [condition_system] * 5,
+            "identifier_value": ["C-right", "C-wrong-patient", "C-no-subject", "C-wrong-type", "C-not-loaded"],
+            "references": [expecting("P1"), expecting("P1"), expecting("P2"), expecting("P2"), expecting("P2")],
+            "quarantine_rule": [None] * 5,
+        }
+    )
+    census = pl.DataFrame(
+        {
+            "identifier_value": ["C-right", "C-wrong-patient", "C-no-subject", "C-wrong-type"],
+            "resource_id": ["c1", "c2", "c3", "c4"],
+            "references": [
+                [{"path": "subject", "reference": "Patient/id-P1"}],
+                [{"path": "subject", "reference": "Patient/id-P2"}],
+                [],
+                [{"path": "subject", "reference": "Group/g1"}],
+            ],
+        },
+        schema=CENSUS_SCHEMA,
+    )
 
     checked, problems = reference_problems(SearchOnly(patients), frame, {("Condition", condition_system): census})
 
@@ -391,9 +486,15 @@ def test_a_run_left_running_by_a_killed_process_is_marked_interrupted_by_the_nex
 
         manifest.start_run("next-run", "patients", "1.0.0", "sqlite:///legacy.db", {"patients": 1}, shard=(0, 1))
 
-        status = {run["run_id"]: run["status"] for element in ("patients", "practitioners") for run in manifest.runs(element)}
-        assert status == {"killed-run": "interrupted", "other-shard": "running", "next-run": "running",
-                          "other-element": "running"}
+        status = {
+            run["run_id"]: run["status"] for element in ("patients", "practitioners") for run in manifest.runs(element)
+        }
+        assert status == {
+            "killed-run": "interrupted",
+            "other-shard": "running",
+            "next-run": "running",
+            "other-element": "running",
+        }
         assert manifest.runs("patients", ["killed-run"])[0]["finished_at"] is not None
         story = describe(manifest, "P001", "patients")
     assert "run killed-run  INTERRUPTED" in story, story
@@ -409,12 +510,16 @@ def test_a_ledger_created_before_runs_had_a_shard_gets_the_column(tmp_path: Path
     import sqlite3
 
     with sqlite3.connect(path) as db:
-        db.execute("CREATE TABLE manifest_runs (run_id VARCHAR(64) NOT NULL, element VARCHAR(64) NOT NULL, "
-                   "started_at DATETIME NOT NULL, finished_at DATETIME, status VARCHAR(16) NOT NULL, "
-                   "mapping_version VARCHAR(32) NOT NULL, pipeline_version VARCHAR(64) NOT NULL, source_url TEXT NOT NULL, "
-                   "source_rows TEXT NOT NULL, counts TEXT, PRIMARY KEY (run_id, element))")
-        db.execute("INSERT INTO manifest_runs VALUES ('old', 'patients', '2026-01-01 00:00:00', NULL, 'running', "
-                   "'1.0.0', 'x', 'sqlite:///l.db', '{}', NULL)")
+        db.execute(
+            "CREATE TABLE manifest_runs (run_id VARCHAR(64) NOT NULL, element VARCHAR(64) NOT NULL, "
+            "started_at DATETIME NOT NULL, finished_at DATETIME, status VARCHAR(16) NOT NULL, "
+            "mapping_version VARCHAR(32) NOT NULL, pipeline_version VARCHAR(64) NOT NULL, source_url TEXT NOT NULL, "
+            "source_rows TEXT NOT NULL, counts TEXT, PRIMARY KEY (run_id, element))"
+        )
+        db.execute(
+            "INSERT INTO manifest_runs VALUES ('old', 'patients', '2026-01-01 00:00:00', NULL, 'running', "
+            "'1.0.0', 'x', 'sqlite:///l.db', '{}', NULL)"
+        )
     with Manifest(f"sqlite:///{path}") as manifest:
         manifest.start_run("new", "patients", "1.0.0", "sqlite:///l.db", {})
         runs = {run["run_id"]: (run["status"], run["shard"]) for run in manifest.runs("patients")}
@@ -434,8 +539,14 @@ def test_without_the_servers_clock_every_census_is_a_whole_one(tmp_path: Path):
             return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset", "total": 1})
         searches.append(str(request.url))
         patient = {"resourceType": "Patient", "id": "p1", "identifier": [{"system": "S", "value": "P1"}]}
-        return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset",
-                                         "entry": [{"resource": patient, "search": {"mode": "match"}}]})
+        return httpx.Response(
+            200,
+            json={
+                "resourceType": "Bundle",
+                "type": "searchset",
+                "entry": [{"resource": patient, "search": {"mode": "match"}}],
+            },
+        )
 
     with MedplumClient("http://fake/", "id", "secret", transport=httpx.MockTransport(handler)) as client:
         assert client.count("Patient", {"identifier": "S|"}) == (1, None)

@@ -22,10 +22,18 @@ def test_report_of_a_small_run(platform_factory: PlatformFactory, tmp_path: Path
         units = ledger.units("allergies", ["disposition", "rule"])
     quarantined = units.filter(units["disposition"] == "quarantined")
     # The books of each element, as the ledger holds them, as one sentence.
-    assert f"{units.height:,} source units = {units.height - quarantined.height:,} successful + " \
-           f"{quarantined.height:,} quarantined + 0 rejected + 0 skipped + 0 pending" in page
-    for check in ("prerequisites_loaded", "schema", "reference_integrity", "idempotent_reload", "reconciliation",
-                  "accounting_balanced"):
+    assert (
+        f"{units.height:,} source units = {units.height - quarantined.height:,} successful + "
+        f"{quarantined.height:,} quarantined + 0 rejected + 0 skipped + 0 pending" in page
+    )
+    for check in (
+        "prerequisites_loaded",
+        "schema",
+        "reference_integrity",
+        "idempotent_reload",
+        "reconciliation",
+        "accounting_balanced",
+    ):
         assert f"<td>{check}</td>" in page
     assert '<td class="fail">FAILED</td>' not in page
     # The elements not run yet hold the sign-off back.
@@ -42,8 +50,11 @@ def test_the_asset_writes_the_report(platform_factory: PlatformFactory) -> None:
     platform = platform_factory.new(patients=20)
     assert platform.run("patients").ok
     resources = platform.defs.resources or {}
-    result = materialize([cutover_report], instance=platform.instance,
-                         resources={"manifest": resources["manifest"], "migration_settings": resources["migration_settings"]})
+    result = materialize(
+        [cutover_report],
+        instance=platform.instance,
+        resources={"manifest": resources["manifest"], "migration_settings": resources["migration_settings"]},
+    )
     written = Path(str(result.asset_materializations_for_node("cutover_report")[0].metadata["report"].value))
     assert written.exists() and "patients" in written.read_text()
     assert written.parent == platform.work / "reports"

@@ -123,7 +123,8 @@ def test_example_instance_config_runs_a_migration_on_postgres(
         assert event.run_id == result.run_id
         assert event.asset_materialization.partition == "patients"
         counts = {
-            key: int(str(value.value)) for key, value in event.asset_materialization.metadata.items()
+            key: int(str(value.value))
+            for key, value in event.asset_materialization.metadata.items()
             if key in ("source_rows", "quarantined", "created", "failed")
         }
         assert counts["failed"] == 0

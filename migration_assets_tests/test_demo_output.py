@@ -53,8 +53,15 @@ def test_retries_and_quota_waits_are_shown_as_they_happen() -> None:
 
 
 def test_quota_wait_is_a_column_when_the_load_reports_it() -> None:
-    waited = ElementSummary("patients", run_ok=True, counts={"sent": 10}, figures={"quota_wait_seconds": 61.5},
-                            checks_passed=["schema"], seconds=70.0, load_seconds=65.0)
+    waited = ElementSummary(
+        "patients",
+        run_ok=True,
+        counts={"sent": 10},
+        figures={"quota_wait_seconds": 61.5},
+        checks_passed=["schema"],
+        seconds=70.0,
+        load_seconds=65.0,
+    )
     lines = summary_lines([waited, ElementSummary("practitioners", run_ok=True)], 80.0)
     assert "quota_wait_s" in lines[1] and "61.5" in next(line for line in lines if line.startswith("patients"))
     assert "quota_wait_s" not in summary_lines([ElementSummary("practitioners", run_ok=True)], 1.0)[1]

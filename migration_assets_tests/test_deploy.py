@@ -34,10 +34,17 @@ def test_the_helm_values_run_this_code_location():
 
 def test_the_code_location_image_builds():
     docker = shutil.which("docker")
-    reachable = docker is not None and subprocess.run([docker, "info"], check=False, capture_output=True).returncode == 0
+    reachable = (
+        docker is not None and subprocess.run([docker, "info"], check=False, capture_output=True).returncode == 0
+    )
     if not reachable:
-        pytest.xfail("no Docker daemon reachable here: deploy/Dockerfile was not built "
-                     "(docker build -f deploy/Dockerfile .)")
-    built = subprocess.run([docker, "build", "-q", "-f", str(DEPLOY / "Dockerfile"), str(DEPLOY.parent)],
-                           check=False, capture_output=True, text=True)
+        pytest.xfail(
+            "no Docker daemon reachable here: deploy/Dockerfile was not built (docker build -f deploy/Dockerfile .)"
+        )
+    built = subprocess.run(
+        [docker, "build", "-q", "-f", str(DEPLOY / "Dockerfile"), str(DEPLOY.parent)],
+        check=False,
+        capture_output=True,
+        text=True,
+    )
     assert built.returncode == 0, built.stderr[-3000:]

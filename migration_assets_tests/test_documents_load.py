@@ -30,27 +30,35 @@ SETTINGS = LoadSettings(batch_size=10)
 def documents_table(folder: Path, rows: list[tuple[str, str, str, str]]) -> pl.DataFrame:
     """(document id, patient, file name, content type) rows, files under `folder`."""
     return pl.DataFrame(
-        [(key, patient, None, "referral", "Referral letter", str(folder / name), kind, "2023-06-15")
-         for key, patient, name, kind in rows],
-        schema=dict.fromkeys(TABLE_COLUMNS["documents"], pl.String), orient="row",
+        [
+            (key, patient, None, "referral", "Referral letter", str(folder / name), kind, "2023-06-15")
+            for key, patient, name, kind in rows
+        ],
+        schema=dict.fromkeys(TABLE_COLUMNS["documents"], pl.String),
+        orient="row",
     )
 
 
-def load(client: MedplumClient, manifest: Manifest, element: str, tables: dict[str, pl.DataFrame], run: str) -> dict[str, int]:
+def load(
+    client: MedplumClient, manifest: Manifest, element: str, tables: dict[str, pl.DataFrame], run: str
+) -> dict[str, int]:
     chosen = PROFILE.element(element)
     frame = build_frame(chosen, chosen.extract(tables), SYSTEM)
     return migrate(client, manifest, run, chosen, frame, "memory://test", SETTINGS).counts
 
 
 def read_bytes(client: MedplumClient, reference: str) -> bytes:
-    answer = client.http.get(client.fhir_base + reference,
-                             headers={"Authorization": f"Bearer {client.bearer()}", "Accept": "*/*"})
+    answer = client.http.get(
+        client.fhir_base + reference, headers={"Authorization": f"Bearer {client.bearer()}", "Accept": "*/*"}
+    )
     assert answer.status_code == 200
     return answer.content
 
 
 def attachment_of(client: MedplumClient, document_id: str) -> dict:
-    found = list(client.search("DocumentReference", {"identifier": f"{SYSTEM.identifier_system('document')}|{document_id}"}))
+    found = list(
+        client.search("DocumentReference", {"identifier": f"{SYSTEM.identifier_system('document')}|{document_id}"})
+    )
     assert len(found) == 1
     return found[0]["content"][0]["attachment"]
 
@@ -61,14 +69,19 @@ def test_documents_load_once_follow_a_changed_file_and_survive_a_kill(local_medp
     (files / "a.txt").write_text("Referral of P001 to cardiology.\n")
     (files / "shared.pdf").write_bytes(b"%PDF-1.4\n% consent\n%%EOF\n")
     tables = build_sample_tables(patients=2)
-    tables["documents"] = documents_table(files, [
-        ("D1", "P001", "a.txt", "text/plain"),
-        ("D2", "P002", "shared.pdf", "application/pdf"),
-        ("D3", "P002", "shared.pdf", "application/pdf"),
-    ])
+    tables["documents"] = documents_table(
+        files,
+        [
+            ("D1", "P001", "a.txt", "text/plain"),
+            ("D2", "P002", "shared.pdf", "application/pdf"),
+            ("D3", "P002", "shared.pdf", "application/pdf"),
+        ],
+    )
     manifest_url = f"sqlite:///{tmp_path / 'manifest.db'}"
-    with MedplumClient(local_medplum.base_url, local_medplum.client_id, local_medplum.client_secret) as client, \
-            Manifest(manifest_url, client.target.key) as manifest:
+    with (
+        MedplumClient(local_medplum.base_url, local_medplum.client_id, local_medplum.client_secret) as client,
+        Manifest(manifest_url, client.target.key) as manifest,
+    ):
         books = UploadedFiles(manifest.engine, client.target.key)
         for element in ("patients", "practitioners", "encounters"):
             load(client, manifest, element, tables, f"run-{element}")
@@ -93,7 +106,11 @@ def test_documents_load_once_follow_a_changed_file_and_survive_a_kill(local_medp
     # A run killed after uploading D4's file and before its DocumentReference was written: the one
     # fault injected, the bundle submission replaced by the process's death.
     (files / "late.png").write_bytes(b"\x89PNG\r\n\x1a\n late scan")
-    killed = subprocess.run([sys.executable, "-c", textwrap.dedent("""
+    killed = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent("""
         import os, sys
         import polars as pl
         from migration_assets.elements.base import SourceSystem, build_frame
@@ -108,15 +125,29 @@ def test_documents_load_once_follow_a_changed_file_and_survive_a_kill(local_medp
         frame = build_frame(element, element.extract(tables), SourceSystem("https://ehr.example-clinic.org/fhir"))
         with MedplumClient(base, cid, secret) as client, Manifest(manifest_url, client.target.key) as manifest:
             migrate(client, manifest, "docs-killed", element, frame, "memory://test", LoadSettings(batch_size=10))
-    """), local_medplum.base_url, local_medplum.client_id, local_medplum.client_secret, manifest_url,
-        str(_saved(tables, files, tmp_path))], capture_output=True, text=True, timeout=300, check=False)
+    """),
+            local_medplum.base_url,
+            local_medplum.client_id,
+            local_medplum.client_secret,
+            manifest_url,
+            str(_saved(tables, files, tmp_path)),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
     assert killed.returncode == 9, killed.stderr[-2000:]
-    with MedplumClient(local_medplum.base_url, local_medplum.client_id, local_medplum.client_secret) as client, \
-            Manifest(manifest_url, client.target.key) as manifest:
+    with (
+        MedplumClient(local_medplum.base_url, local_medplum.client_id, local_medplum.client_secret) as client,
+        Manifest(manifest_url, client.target.key) as manifest,
+    ):
         books = UploadedFiles(manifest.engine, client.target.key)
         assert books.count() == 4  # the killed run booked the Binary it uploaded
         booked = books.binary_for(hashlib.sha256((files / "late.png").read_bytes()).hexdigest())
-        tables["documents"] = pl.concat([tables["documents"], documents_table(files, [("D4", "P001", "late.png", "image/png")])])
+        tables["documents"] = pl.concat(
+            [tables["documents"], documents_table(files, [("D4", "P001", "late.png", "image/png")])]
+        )
         resumed = load(client, manifest, "documents", tables, "docs-4")
         assert (resumed["created"], books.count()) == (1, 4)  # nothing uploaded twice
         assert attachment_of(client, "D4")["url"] == f"Binary/{booked}"
@@ -126,8 +157,12 @@ def _saved(tables: dict[str, pl.DataFrame], files: Path, tmp_path: Path) -> Path
     """The tables with document D4 added, as Parquet files for the killed process."""
     folder = tmp_path / "tables"
     folder.mkdir(exist_ok=True)
-    with_late = {**tables, "documents": pl.concat([tables["documents"],
-                                                   documents_table(files, [("D4", "P001", "late.png", "image/png")])])}
+    with_late = {
+        **tables,
+        "documents": pl.concat(
+            [tables["documents"], documents_table(files, [("D4", "P001", "late.png", "image/png")])]
+        ),
+    }
     for name, frame in with_late.items():
         frame.write_parquet(folder / f"{name}.parquet")
     return folder

@@ -74,9 +74,15 @@ def entries_answered(status: str, first_only: bool = False):
         for number, entry in enumerate(bundle.get("entry", [])):
             if not first_only or number == 0:
                 entry.pop("resource", None)
-                entry["response"] = {"status": status, "outcome": {
-                    "resourceType": "OperationOutcome",
-                    "issue": [{"severity": "error", "code": "throttled", "details": {"text": f"injected {status}"}}]}}
+                entry["response"] = {
+                    "status": status,
+                    "outcome": {
+                        "resourceType": "OperationOutcome",
+                        "issue": [
+                            {"severity": "error", "code": "throttled", "details": {"text": f"injected {status}"}}
+                        ],
+                    },
+                }
         return bundle
 
     return rewrite
@@ -133,12 +139,32 @@ class Load:
         frame = build_frame(PATIENTS, source, SourceSystem(base))
         return cls(frame, SourceSystem(base).identifier_system("patient"), f"sqlite:///{tmp_path / 'manifest.db'}")
 
-    def run(self, base_url: str, server, run_id: str, retry: RetryPolicy = FAST, timeout: float = 10.0,
-            batch_size: int = 10, on_progress=None):
-        with MedplumClient(base_url, server.client_id, server.client_secret, retry=retry,
-                           timeout_seconds=timeout) as client, Manifest(self.manifest_url) as manifest:
-            result = migrate(client, manifest, run_id, PATIENTS, self.frame, self.source_url,
-                                LoadSettings(batch_size=batch_size), on_progress)
+    def run(
+        self,
+        base_url: str,
+        server,
+        run_id: str,
+        retry: RetryPolicy = FAST,
+        timeout: float = 10.0,
+        batch_size: int = 10,
+        on_progress=None,
+    ):
+        with (
+            MedplumClient(
+                base_url, server.client_id, server.client_secret, retry=retry, timeout_seconds=timeout
+            ) as client,
+            Manifest(self.manifest_url) as manifest,
+        ):
+            result = migrate(
+                client,
+                manifest,
+                run_id,
+                PATIENTS,
+                self.frame,
+                self.source_url,
+                LoadSettings(batch_size=batch_size),
+                on_progress,
+            )
             return result, client.stats
 
     def units(self) -> pl.DataFrame:
@@ -164,14 +190,35 @@ RECOVERABLE = [
     ("status_500", [Fault("status", status=500, count=2, method="POST", path=BATCH)], {}, 0),
     ("status_503_after_processing", [Fault("status", status=503, forward=True, count=2, path=FHIR)], {}, 0),
     # The header's reset (0.3 s) is waited, not the much shorter backoff: three waits >= 0.9 s.
-    ("storm_429_with_ratelimit", [Fault("status", status=429, count=3, headers=rate_limit(0, 0.3), path=FHIR)], {},
-     0.9),
+    (
+        "storm_429_with_ratelimit",
+        [Fault("status", status=429, count=3, headers=rate_limit(0, 0.3), path=FHIR)],
+        {},
+        0.9,
+    ),
     ("storm_429_without_ratelimit", [Fault("status", status=429, count=3, path=FHIR)], {}, 0),
     # Entry-level 429s: the entries are resent after the reset the RateLimit header gives (0.3 s).
-    ("entries_429_inside_batch", [Fault("rewrite", count=2, method="POST", path=BATCH, headers=rate_limit(0, 0.3),
-                                        rewrite=entries_answered("429 Too Many Requests"))], {}, 0.6),
-    ("entry_503_inside_batch", [Fault("rewrite", count=2, method="POST", path=BATCH,
-                                      rewrite=entries_answered("503", first_only=True))], {}, 0),
+    (
+        "entries_429_inside_batch",
+        [
+            Fault(
+                "rewrite",
+                count=2,
+                method="POST",
+                path=BATCH,
+                headers=rate_limit(0, 0.3),
+                rewrite=entries_answered("429 Too Many Requests"),
+            )
+        ],
+        {},
+        0.6,
+    ),
+    (
+        "entry_503_inside_batch",
+        [Fault("rewrite", count=2, method="POST", path=BATCH, rewrite=entries_answered("503", first_only=True))],
+        {},
+        0,
+    ),
     ("slower_than_timeout", [Fault("slow", delay=2.0, method="POST", path=BATCH)], {"timeout": 1.0}, 1.0),
     ("truncated_body", [Fault("truncate", count=2, method="POST", path=BATCH)], {}, 0),
     ("cut_json_body", [Fault("cut_json", count=2, path=FHIR)], {}, 0),
@@ -182,8 +229,9 @@ RECOVERABLE = [
 ]
 
 
-@pytest.mark.parametrize(("faults", "kwargs", "min_wait"), [case[1:] for case in RECOVERABLE],
-                         ids=[case[0] for case in RECOVERABLE])
+@pytest.mark.parametrize(
+    ("faults", "kwargs", "min_wait"), [case[1:] for case in RECOVERABLE], ids=[case[0] for case in RECOVERABLE]
+)
 def test_the_loader_recovers_from_each_fault_within_bounded_retries(
     fresh_proxy, local_medplum, tmp_path, request, faults, kwargs, min_wait
 ):
@@ -237,25 +285,58 @@ def test_connections_refused_from_the_first_request_are_retried(fresh_proxy, loc
 
 # (id, faults, run arguments, expected message, the most attempts the failing request may take)
 EXHAUSTING = [
-    ("status_503_forever", [Fault("status", status=503, count=99, method="POST", path=BATCH, skip=1)], {},
-     r"POST 127\.0\.0\.1:\d+/fhir/R4/ gave up after 5 attempts: 503: injected 503", 5),
-    ("reset_forever", [Fault("reset", count=99, method="POST", path=BATCH, skip=1)], {},
-     r"gave up after 5 attempts: (ReadError|RemoteProtocolError|WriteError)", 5),
-    ("short_batch_forever", [Fault("short_bundle", count=99, method="POST", path=BATCH, skip=1)], {},
-     r"gave up after 5 attempts: bundle response has 9 entries for 10 sent", 5),
-    ("timeout_forever", [Fault("slow", delay=1.2, count=99, method="POST", path=BATCH, skip=1)], {"timeout": 0.5},
-     r"gave up after 5 attempts: ReadTimeout", 5),
-    ("token_refused_forever", [Fault("status", status=401, count=99, path=FHIR, skip=1)], {},
-     r"gave up after 5 attempts: 401: token refused", 5),
+    (
+        "status_503_forever",
+        [Fault("status", status=503, count=99, method="POST", path=BATCH, skip=1)],
+        {},
+        r"POST 127\.0\.0\.1:\d+/fhir/R4/ gave up after 5 attempts: 503: injected 503",
+        5,
+    ),
+    (
+        "reset_forever",
+        [Fault("reset", count=99, method="POST", path=BATCH, skip=1)],
+        {},
+        r"gave up after 5 attempts: (ReadError|RemoteProtocolError|WriteError)",
+        5,
+    ),
+    (
+        "short_batch_forever",
+        [Fault("short_bundle", count=99, method="POST", path=BATCH, skip=1)],
+        {},
+        r"gave up after 5 attempts: bundle response has 9 entries for 10 sent",
+        5,
+    ),
+    (
+        "timeout_forever",
+        [Fault("slow", delay=1.2, count=99, method="POST", path=BATCH, skip=1)],
+        {"timeout": 0.5},
+        r"gave up after 5 attempts: ReadTimeout",
+        5,
+    ),
+    (
+        "token_refused_forever",
+        [Fault("status", status=401, count=99, path=FHIR, skip=1)],
+        {},
+        r"gave up after 5 attempts: 401: token refused",
+        5,
+    ),
     # A reset time far beyond the request's time budget: the client gives up at once instead of
     # sleeping an hour.
-    ("quota_reset_beyond_budget", [Fault("status", status=429, count=99, headers=rate_limit(0, 3600), method="POST",
-                                         path=BATCH, skip=1)], {}, r"gave up after 1 attempts: 429: still refused by the FHIR quota", 1),
+    (
+        "quota_reset_beyond_budget",
+        [Fault("status", status=429, count=99, headers=rate_limit(0, 3600), method="POST", path=BATCH, skip=1)],
+        {},
+        r"gave up after 1 attempts: 429: still refused by the FHIR quota",
+        1,
+    ),
 ]
 
 
-@pytest.mark.parametrize(("faults", "kwargs", "message", "max_tries"), [case[1:] for case in EXHAUSTING],
-                         ids=[case[0] for case in EXHAUSTING])
+@pytest.mark.parametrize(
+    ("faults", "kwargs", "message", "max_tries"),
+    [case[1:] for case in EXHAUSTING],
+    ids=[case[0] for case in EXHAUSTING],
+)
 def test_a_fault_that_outlasts_the_retries_fails_clearly_and_a_rerun_settles_everything(
     fresh_proxy, local_medplum, tmp_path, request, faults, kwargs, message, max_tries
 ):
@@ -293,10 +374,20 @@ def test_entries_refused_by_the_quota_until_its_wait_runs_out_stay_pending_and_a
     # resent after each wait, never counted as failed, and once the wait runs out their units stay
     # `pending` with the reason "quota"; the run finishes and the next one loads them.
     load = Load.new(tmp_path, "entries-refused")
-    fresh_proxy.plan(Fault("rewrite", count=99, method="POST", path=BATCH, skip=1,
-                           headers=rate_limit(0, 0.1), rewrite=entries_answered("429 Too Many Requests")))
-    patient_quota = RetryPolicy(max_attempts=5, base_delay=0.05, max_delay=0.4, max_total_seconds=10.0,
-                                max_quota_wait_seconds=0.5)
+    fresh_proxy.plan(
+        Fault(
+            "rewrite",
+            count=99,
+            method="POST",
+            path=BATCH,
+            skip=1,
+            headers=rate_limit(0, 0.1),
+            rewrite=entries_answered("429 Too Many Requests"),
+        )
+    )
+    patient_quota = RetryPolicy(
+        max_attempts=5, base_delay=0.05, max_delay=0.4, max_total_seconds=10.0, max_quota_wait_seconds=0.5
+    )
 
     result, stats = load.run(fresh_proxy.base_url, local_medplum, "throttled", retry=patient_quota)
 
@@ -318,8 +409,10 @@ def test_a_token_that_expires_mid_run_is_refetched_after_the_servers_401(tmp_pat
     # keeps using an expired token until the server itself answers 401.
     with running_local_medplum(token_ttl=1) as server, FaultProxy(server.base_url) as proxy:
         # Every batch answer is held 0.3 s, so the load outlives the token.
-        proxy.plan(Fault("rewrite", count=99, path="/oauth2/token", rewrite=lambda body: {**body, "expires_in": 3600}),
-                   Fault("slow", count=99, delay=0.3, method="POST", path=BATCH))
+        proxy.plan(
+            Fault("rewrite", count=99, path="/oauth2/token", rewrite=lambda body: {**body, "expires_in": 3600}),
+            Fault("slow", count=99, delay=0.3, method="POST", path=BATCH),
+        )
         load = Load.new(tmp_path, "token-expiry")
 
         result, stats = load.run(proxy.base_url, server, "expiring", batch_size=5)
@@ -330,7 +423,6 @@ def test_a_token_that_expires_mid_run_is_refetched_after_the_servers_401(tmp_pat
         assert refused and len(tokens) == len(refused) + 1
         assert stats.retries == len(refused)
         load.assert_settled(server)
-
 
 
 def test_the_server_killed_and_restarted_mid_partition_costs_nothing(tmp_path):
@@ -379,26 +471,55 @@ def test_the_server_killed_and_restarted_mid_partition_costs_nothing(tmp_path):
 # -- whole Dagster runs ------------------------------------------------------------------------------
 
 ALL_CHECKS = {
-    "schema", "prerequisites_loaded", "reference_integrity", "idempotent_reload", "reconciliation", "accounting_balanced"
+    "schema",
+    "prerequisites_loaded",
+    "reference_integrity",
+    "idempotent_reload",
+    "reconciliation",
+    "accounting_balanced",
 }
 PATIENT_SYSTEM = "https://ehr.example-clinic.org/fhir/identifier/patient"
 
 
-def platform_resources(medplum_url: str, client_id: str, client_secret: str, source_url: str, manifest_url: str,
-                       work: Path, max_attempts: int = 4, timeout: float = 10.0, batch_size: int = 10) -> dict:
+def platform_resources(
+    medplum_url: str,
+    client_id: str,
+    client_secret: str,
+    source_url: str,
+    manifest_url: str,
+    work: Path,
+    max_attempts: int = 4,
+    timeout: float = 10.0,
+    batch_size: int = 10,
+) -> dict:
     """The platform's resources as fixtures_platform wires them, with the Medplum URL (the proxy),
     the retry count, the timeout and the bundle size of the test."""
     return build_resources(
-        medplum=MedplumResource(base_url=medplum_url, client_id=client_id, client_secret=client_secret,
-                                timeout_seconds=timeout, max_attempts=max_attempts),
-        legacy_db_url=source_url, manifest_db_url=manifest_url, work_dir=work, batch_size=batch_size,
+        medplum=MedplumResource(
+            base_url=medplum_url,
+            client_id=client_id,
+            client_secret=client_secret,
+            timeout_seconds=timeout,
+            max_attempts=max_attempts,
+        ),
+        legacy_db_url=source_url,
+        manifest_db_url=manifest_url,
+        work_dir=work,
+        batch_size=batch_size,
     )
 
 
 def rewired(platform: Platform, medplum_url: str, **options) -> Platform:
     server = platform.server
-    resources = platform_resources(medplum_url, server.client_id, server.client_secret, platform.source_url,
-                                   platform.manifest_url, platform.work, **options)
+    resources = platform_resources(
+        medplum_url,
+        server.client_id,
+        server.client_secret,
+        platform.source_url,
+        platform.manifest_url,
+        platform.work,
+        **options,
+    )
     return dataclasses.replace(platform, defs=make_definitions(resources))
 
 
@@ -426,8 +547,11 @@ def test_a_run_that_outlasts_its_retries_fails_clearly_and_a_rerun_through_every
         failed = faulty.run("patients")
 
         assert not failed.run_ok
-        assert re.fullmatch(r"migration_assets.medplum.errors.MedplumError: POST 127\.0\.0\.1:\d+/fhir/R4/ gave up after 3 attempts: 503: injected 503\n?",
-                            failed.error)
+        assert re.fullmatch(
+            r"migration_assets.medplum.errors.MedplumError: "
+            r"POST 127\.0\.0\.1:\d+/fhir/R4/ gave up after 3 attempts: 503: injected 503\n?",
+            failed.error,
+        )
         assert len(proxy.requests(method="POST", path=BATCH, fault="status")) == 3
         # Three tries of one request: two backoffs of at most 0.5 and 1 s (plus the run's own work).
         assert time.monotonic() - started < 30
@@ -441,15 +565,27 @@ def test_a_run_that_outlasts_its_retries_fails_clearly_and_a_rerun_through_every
         # request; the run searches Medplum once (its census, shared by the checks), and the two search
         # faults strike that search's first two attempts.
         proxy.clear()
-        proxy.plan(*(dataclasses.replace(fault, skip=1) for fault in (
-            Fault("reset", method="POST", path=BATCH),
-            Fault("status", status=503, forward=True, method="POST", path=BATCH),
-            Fault("short_bundle", method="POST", path=BATCH),
-            Fault("rewrite", method="POST", path=BATCH, headers=rate_limit(0, 0.2),
-                  rewrite=entries_answered("429 Too Many Requests")),
-            Fault("status", status=401, method="POST", path=BATCH),
-        )), Fault("reset", path="/oauth2/token"), Fault("status", status=502, method="GET", path=FHIR),
-            Fault("cut_json", method="GET", path=FHIR))
+        proxy.plan(
+            *(
+                dataclasses.replace(fault, skip=1)
+                for fault in (
+                    Fault("reset", method="POST", path=BATCH),
+                    Fault("status", status=503, forward=True, method="POST", path=BATCH),
+                    Fault("short_bundle", method="POST", path=BATCH),
+                    Fault(
+                        "rewrite",
+                        method="POST",
+                        path=BATCH,
+                        headers=rate_limit(0, 0.2),
+                        rewrite=entries_answered("429 Too Many Requests"),
+                    ),
+                    Fault("status", status=401, method="POST", path=BATCH),
+                )
+            ),
+            Fault("reset", path="/oauth2/token"),
+            Fault("status", status=502, method="GET", path=FHIR),
+            Fault("cut_json", method="GET", path=FHIR),
+        )
         strikes = proxy.pending_faults()
         started = time.monotonic()
         rerun = faulty.run("patients")
@@ -487,12 +623,25 @@ def test_a_dagster_run_process_killed_mid_partition_is_resumed_by_the_next_run(p
         run_process: dict[str, subprocess.Popen] = {}
         # The third of four bundles reaches Medplum, but its run process is SIGKILLed before the
         # answer: those units stay pending in the ledger while their resources exist.
-        proxy.plan(Fault("call", method="POST", path=BATCH, skip=2,
-                         action=lambda: os.kill(run_process["p"].pid, signal.SIGKILL)))
+        proxy.plan(
+            Fault(
+                "call", method="POST", path=BATCH, skip=2, action=lambda: os.kill(run_process["p"].pid, signal.SIGKILL)
+            )
+        )
         run_process["p"] = subprocess.Popen(
-            [sys.executable, "-c", DAGSTER_RUN, proxy.base_url, server.client_id, server.client_secret,
-             platform.source_url, platform.manifest_url, str(platform.work)],
-            stdout=subprocess.DEVNULL, stderr=(platform.work / "killed-run.log").open("wb"),
+            [
+                sys.executable,
+                "-c",
+                DAGSTER_RUN,
+                proxy.base_url,
+                server.client_id,
+                server.client_secret,
+                platform.source_url,
+                platform.manifest_url,
+                str(platform.work),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=(platform.work / "killed-run.log").open("wb"),
         )
         assert run_process["p"].wait(timeout=180) == -signal.SIGKILL, (platform.work / "killed-run.log").read_text()
 

@@ -255,9 +255,7 @@ def test_conditional_references_resolved_everywhere(fhir: httpx.Client) -> None:
 
     # Batch and transaction
     for kind in ("batch", "transaction"):
-        response = fhir.post(
-            "", json=bundle(kind, [conditional_put(system, f"{kind}-1", condition(f"{kind}-1"))])
-        )
+        response = fhir.post("", json=bundle(kind, [conditional_put(system, f"{kind}-1", condition(f"{kind}-1"))]))
         assert response.status_code == 200, response.text
         entry = response.json()["entry"][0]
         assert entry["response"]["status"].startswith("201")
@@ -358,7 +356,10 @@ def test_elements_keeps_only_the_elements_asked_for_on_every_page(fhir: httpx.Cl
     for page in (first, second):
         (entry,) = page["entry"]
         assert set(entry["resource"]) == {"resourceType", "id", "meta", "identifier"}, entry["resource"]
-    assert {e["resource"]["identifier"][0]["value"] for e in (first["entry"][0], second["entry"][0])} == {"EL-1", "EL-2"}
+    assert {e["resource"]["identifier"][0]["value"] for e in (first["entry"][0], second["entry"][0])} == {
+        "EL-1",
+        "EL-2",
+    }
     whole = fhir.get("Patient", params={"identifier": f"{system}|EL-1"}).json()["entry"][0]["resource"]
     assert whole["gender"] == "female" and whole["name"], "the stored resource is left whole"
 
@@ -578,8 +579,7 @@ def test_fhir_quota_answers_429() -> None:
         system = new_system()
         # 1,000 points = 10 creates; a batch of 15 creates: 10 written, then every entry 429, bundle 200.
         entries = [
-            {"resource": patient(system, f"q{i}"), "request": {"method": "POST", "url": "Patient"}}
-            for i in range(15)
+            {"resource": patient(system, f"q{i}"), "request": {"method": "POST", "url": "Patient"}} for i in range(15)
         ]
         response = fhir.post("", json=bundle("batch", entries))
         assert response.status_code == 200
@@ -594,9 +594,7 @@ def test_fhir_quota_answers_429() -> None:
     with running_local_medplum(fhir_quota=250) as server, fhir_client(server) as fhir:
         # A conditional PUT costs a search (20) and an update (100): two fit in 250, the third does not.
         system = new_system()
-        responses = [
-            fhir.put(f"Patient?identifier={system}|c{i}", json=patient(system, f"c{i}")) for i in range(3)
-        ]
+        responses = [fhir.put(f"Patient?identifier={system}|c{i}", json=patient(system, f"c{i}")) for i in range(3)]
         assert [r.status_code for r in responses] == [201, 201, 429]
         assert '"fhirInteractions";r=130;t=' in responses[0].headers["RateLimit"]
         # As on Medplum, a refusal spends the window, and the outcome says how long until it resets.
@@ -612,8 +610,10 @@ def test_paced_server_holds_to_its_capacity_whatever_is_in_flight() -> None:
         system = new_system()
 
         def post_batch(start: int) -> httpx.Response:
-            entries = [{"resource": patient(system, f"p{start + i}"), "request": {"method": "POST", "url": "Patient"}}
-                       for i in range(25)]
+            entries = [
+                {"resource": patient(system, f"p{start + i}"), "request": {"method": "POST", "url": "Patient"}}
+                for i in range(25)
+            ]
             return fhir.post("", json=bundle("batch", entries))
 
         # Four batches of 25 creates, two at a time: 10,000 points, a second of this server's work.
@@ -708,9 +708,7 @@ def test_data_file_persists_the_store_across_restarts(tmp_path: Path) -> None:
         assert observation.status_code == 200, observation.text
         o1 = observation.json()["entry"][0]["resource"]["id"]
         assert fhir.delete(f"Patient/{p3}").status_code == 200
-        before = {
-            ref: resource_state(fhir, ref) for ref in (f"Patient/{p1}", f"Patient/{p2}", f"Observation/{o1}")
-        }
+        before = {ref: resource_state(fhir, ref) for ref in (f"Patient/{p1}", f"Patient/{p2}", f"Observation/{o1}")}
     assert data_file.is_file()
 
     with running_local_medplum(data_file=data_file) as server, fhir_client(server) as fhir:

@@ -14,7 +14,12 @@ pytestmark = pytest.mark.integration  # every test here starts a server or a run
 
 PATIENT_SYSTEM = "https://ehr.example-clinic.org/fhir/identifier/patient"
 ALL_CHECKS = {
-    "schema", "prerequisites_loaded", "reference_integrity", "idempotent_reload", "reconciliation", "accounting_balanced"
+    "schema",
+    "prerequisites_loaded",
+    "reference_integrity",
+    "idempotent_reload",
+    "reconciliation",
+    "accounting_balanced",
 }
 
 
@@ -132,7 +137,8 @@ def test_postgresql_as_the_legacy_source(platform_factory, postgres_schema_url):
 def test_the_backfill_refuses_an_element_past_its_write_phases(platform_factory, tmp_path, monkeypatch):
     phases = tmp_path / "phases.yaml"
     phases.write_text(
-        "version: 1\ndefault_phase: backfill\nelements:\n  patients:\n    phase: front_end_write\n    since: 2025-06-01\n"
+        "version: 1\ndefault_phase: backfill\nelements:\n"
+        "  patients:\n    phase: front_end_write\n    since: 2025-06-01\n"
     )
     monkeypatch.setenv("ADOPTION_PHASES_FILE", str(phases))
     platform = platform_factory.new(patients=10)

@@ -18,12 +18,21 @@ from migration_assets.elements.profile import Profile, ProfileError, load_profil
 def demo(work: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """`make demo` in a process of its own (the profile in use is chosen when the platform is imported),
     with its state under `work` and the local Medplum server it starts itself."""
-    environment = {name: value for name, value in os.environ.items()
-                   if not name.startswith("MEDPLUM_") and name not in ("LEGACY_DB_URL", "MANIFEST_DB_URL", "ELEMENTS")}
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("MEDPLUM_") and name not in ("LEGACY_DB_URL", "MANIFEST_DB_URL", "ELEMENTS")
+    }
     environment.update(MIGRATION_WORK_DIR=str(work), DAGSTER_HOME=str(work / "dagster_home"), **env)
     (work / "dagster_home").mkdir(parents=True, exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "migration_assets.commands.demo", *args], env=environment,
-                          capture_output=True, text=True, timeout=300, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "migration_assets.commands.demo", *args],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def summary_row(output: str, element: str) -> dict[str, str]:
@@ -44,8 +53,14 @@ def test_a_new_profile_loads_green_before_it_is_edited_and_reruns_send_nothing(t
     assert "profile my_clinic" in first.stdout
     for element in ("records", "referrals"):
         row = summary_row(first.stdout, element)
-        assert [row[name] for name in ("result", "source_rows", "quarantined", "sent", "created", "checks")] == \
-               ["ok", "3", "0", "3", "3", "6/6"], row
+        assert [row[name] for name in ("result", "source_rows", "quarantined", "sent", "created", "checks")] == [
+            "ok",
+            "3",
+            "0",
+            "3",
+            "3",
+            "6/6",
+        ], row
     again = demo(tmp_path / "work", "--patients", "2", MIGRATION_PROFILE=str(folder))
     assert again.returncode == 0, again.stdout + again.stderr
     assert summary_row(again.stdout, "records")["sent"] == "0"  # nothing sent
@@ -56,7 +71,8 @@ def test_a_prerequisite_neither_chosen_nor_loaded_is_a_clear_error(tmp_path: Pat
     result = demo(tmp_path / "work", "--patients", "5", ELEMENTS="problem_list")
     assert result.returncode == 2, result.stdout + result.stderr
     assert "problem_list needs patients, which is neither chosen nor loaded: ELEMENTS=patients,problem_list" in (
-        result.stderr)
+        result.stderr
+    )
 
 
 def test_an_unknown_element_or_profile_says_what_there_is() -> None:
@@ -101,7 +117,8 @@ def test_a_frame_without_a_declared_column_is_refused_by_name() -> None:
 
 def test_a_table_with_two_keys_is_refused() -> None:
     patients = PROFILE.element("patients")
-    other = replace(PROFILE.element("allergies"), source_tables={"patient_allergies": "patient_allergy_id",
-                                                                  "patients": "mrn"})
+    other = replace(
+        PROFILE.element("allergies"), source_tables={"patient_allergies": "patient_allergy_id", "patients": "mrn"}
+    )
     with pytest.raises(ProfileError, match="gives patients the key 'mrn', but patients gives it 'patient_id'"):
         Profile(name="broken", description="a test", elements=(patients, other), phases_file=PROFILE.phases_file)

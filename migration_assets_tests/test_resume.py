@@ -50,8 +50,16 @@ def test_a_killed_load_resumes_without_duplicates_or_pending_units(platform_fact
     platform = platform_factory.new(patients=200)
     server = platform.server
     process = subprocess.Popen(
-        [sys.executable, "-c", LOADER, server.base_url, server.client_id, server.client_secret,
-         platform.source_url, platform.manifest_url],
+        [
+            sys.executable,
+            "-c",
+            LOADER,
+            server.base_url,
+            server.client_id,
+            server.client_secret,
+            platform.source_url,
+            platform.manifest_url,
+        ],
         stdout=subprocess.PIPE,
         text=True,
         env={**os.environ},
@@ -88,17 +96,38 @@ def test_the_ledger_keeps_one_timestamp_format_whichever_way_a_row_was_written(t
     # The loader's records bypass SQLAlchemy's per-row handling on SQLite; they must still store
     # timestamps as SQLAlchemy does, or the same column would hold two formats.
     path = tmp_path / "ledger.db"
-    frame = pl.DataFrame({"source_table": ["patients"] * 2, "unit_key": ["P1", "P2"], "resource_type": ["Patient"] * 2,
-                          "identifier_system": ["https://x/patient"] * 2, "identifier_value": ["P1", "P2"],
-                          "quarantine_rule": [None, "invalid_date"], "quarantine_reason": [None, "birth_date"]})
+    frame = pl.DataFrame(
+        {
+            "source_table": ["patients"] * 2,
+            "unit_key": ["P1", "P2"],
+            "resource_type": ["Patient"] * 2,
+            "identifier_system": ["https://x/patient"] * 2,
+            "identifier_value": ["P1", "P2"],
+            "quarantine_rule": [None, "invalid_date"],
+            "quarantine_reason": [None, "birth_date"],
+        }
+    )
     with Manifest(f"sqlite:///{path}") as manifest:
         manifest.register_units("run", "patients", frame, pl.Series([True, False]))
-        manifest.record_results("run", "patients", [Attempt("patients", "P1", 1, 0, 201, "Patient/p1/_history/1",
-                                                            None, "hash")], [True], ["p1"], ["1"], [None])
+        manifest.record_results(
+            "run",
+            "patients",
+            [Attempt("patients", "P1", 1, 0, 201, "Patient/p1/_history/1", None, "hash")],
+            [True],
+            ["p1"],
+            ["1"],
+            [None],
+        )
         units = manifest.units("patients").sort("unit_key")
     with sqlite3.connect(path) as db:
-        stored = [row[0] for row in db.execute("SELECT updated_at FROM manifest_units UNION ALL "
-                                               "SELECT attempted_at FROM manifest_attempts")]
-    assert len(stored) == 3 and all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", text) for text in stored), stored
+        stored = [
+            row[0]
+            for row in db.execute(
+                "SELECT updated_at FROM manifest_units UNION ALL SELECT attempted_at FROM manifest_attempts"
+            )
+        ]
+    assert len(stored) == 3 and all(re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{6}", text) for text in stored), (
+        stored
+    )
     assert units["disposition"].to_list() == ["successful", "quarantined"]
     assert units["updated_at"].dtype == pl.Datetime(time_zone="UTC") and units["updated_at"].null_count() == 0

@@ -85,9 +85,24 @@ def test_tls_verification_is_always_on(tmp_path: Path):
     assert "verify" not in MedplumResource.model_fields
     certificate, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(
-        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=localhost", "-days", "1",
-         "-keyout", str(key), "-out", str(certificate)],
-        check=True, capture_output=True,
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-days",
+            "1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(certificate),
+        ],
+        check=True,
+        capture_output=True,
     )
     server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -95,8 +110,9 @@ def test_tls_verification_is_always_on(tmp_path: Path):
     server.socket = context.wrap_socket(server.socket, server_side=True)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        client = MedplumClient(f"https://127.0.0.1:{server.server_address[1]}/", "id", "secret",
-                               retry=RetryPolicy(max_attempts=1))
+        client = MedplumClient(
+            f"https://127.0.0.1:{server.server_address[1]}/", "id", "secret", retry=RetryPolicy(max_attempts=1)
+        )
         with client, pytest.raises(Exception) as error:
             client.read("Patient/x")
     finally:
@@ -120,7 +136,9 @@ def test_a_patient_row_never_reaches_the_logs_of_a_quarantine(platform_factory, 
     summary = platform.run("patients")
     assert summary.counts["quarantined"] == 1
     messages = "\n".join(
-        record.message or "" for run in platform.instance.get_runs() for record in platform.instance.all_logs(run.run_id)
+        record.message or ""
+        for run in platform.instance.get_runs()
+        for record in platform.instance.all_logs(run.run_id)
     ) + "".join(capfd.readouterr())
     assert "Quixotic" not in messages and "1980-02-30" not in messages
     with platform.manifest() as manifest:

@@ -26,9 +26,24 @@ def test_soak_runs_end_to_end_with_the_quota_binding_and_balanced_books(tmp_path
     assert NODE_BINARY.exists(), f"the local Medplum server needs {NODE_BINARY}: run `make setup`"
     out = tmp_path / "soak"
     done = subprocess.run(
-        [sys.executable, "-m", "migration_assets.commands.soak", "--patients", str(PATIENTS), "--quota", str(QUOTA_POINTS),
-         "--window", str(WINDOW_SECONDS), "--out", str(out)],
-        cwd=REPO_ROOT, capture_output=True, text=True, timeout=240, check=False,
+        [
+            sys.executable,
+            "-m",
+            "migration_assets.commands.soak",
+            "--patients",
+            str(PATIENTS),
+            "--quota",
+            str(QUOTA_POINTS),
+            "--window",
+            str(WINDOW_SECONDS),
+            "--out",
+            str(out),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
     )
     assert done.returncode == 0, f"soak failed:\n{done.stdout[-4000:]}\n{done.stderr[-4000:]}"
     report = json.loads((out / "soak.json").read_text())

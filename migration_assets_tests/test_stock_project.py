@@ -27,7 +27,12 @@ pytestmark = pytest.mark.integration
 # conditional PUTs a second), so every bundle of the sample is larger than what is left of the quota.
 STOCK_QUOTA = {**STOCK_PROJECT, "fhir_quota": 6_000, "quota_window_seconds": 1}
 ALL_CHECKS = {
-    "schema", "prerequisites_loaded", "reference_integrity", "idempotent_reload", "reconciliation", "accounting_balanced"
+    "schema",
+    "prerequisites_loaded",
+    "reference_integrity",
+    "idempotent_reload",
+    "reconciliation",
+    "accounting_balanced",
 }
 
 
@@ -110,8 +115,15 @@ class RefuseOneNote:
             self.encounter = self.encounter or identifier
             if identifier == self.encounter:
                 inner[-1].pop("resource", None)
-                inner[-1]["response"] = {"status": "400", "outcome": {"resourceType": "OperationOutcome", "issue": [
-                    {"severity": "error", "code": "invalid", "details": {"text": "injected: note refused"}}]}}
+                inner[-1]["response"] = {
+                    "status": "400",
+                    "outcome": {
+                        "resourceType": "OperationOutcome",
+                        "issue": [
+                            {"severity": "error", "code": "invalid", "details": {"text": "injected: note refused"}}
+                        ],
+                    },
+                }
                 self.rewritten += 1
         return bundle
 
@@ -122,9 +134,14 @@ def test_a_transaction_half_written_on_a_project_without_transaction_bundles_is_
     platform = platform_factory.new(patients=10, transaction_bundles=False)
     with FaultProxy(platform.server.base_url) as proxy:
         resources = build_resources(
-            medplum=MedplumResource(base_url=proxy.base_url, client_id=platform.server.client_id,
-                                    client_secret=platform.server.client_secret),
-            legacy_db_url=platform.source_url, manifest_db_url=platform.manifest_url, work_dir=platform.work,
+            medplum=MedplumResource(
+                base_url=proxy.base_url,
+                client_id=platform.server.client_id,
+                client_secret=platform.server.client_secret,
+            ),
+            legacy_db_url=platform.source_url,
+            manifest_db_url=platform.manifest_url,
+            work_dir=platform.work,
         )
         proxied = dataclasses.replace(platform, defs=make_definitions(resources))
         assert proxied.run("patients").ok and proxied.run("practitioners").ok
@@ -136,8 +153,10 @@ def test_a_transaction_half_written_on_a_project_without_transaction_bundles_is_
         assert refuse.rewritten >= 1
         assert half.counts["failed"] == 1 and half.counts["half_written"] >= 1, half.counts
         assert "transaction-bundles feature is off" in half.transactions_off
-        with MedplumClient(proxy.base_url, platform.server.client_id, platform.server.client_secret) as client, \
-                Manifest(platform.manifest_url, client.target.key) as manifest:
+        with (
+            MedplumClient(proxy.base_url, platform.server.client_id, platform.server.client_secret) as client,
+            Manifest(platform.manifest_url, client.target.key) as manifest,
+        ):
             units = manifest.units("encounters")
             half_written = units.filter(pl.col("reason").str.starts_with("half written"))
             assert half_written.height == half.counts["half_written"]

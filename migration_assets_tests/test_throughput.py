@@ -32,8 +32,10 @@ pytestmark = pytest.mark.integration  # every test here starts a server or a run
 
 SYSTEM = SourceSystem("https://ehr.example-clinic.org/fhir")
 ELEMENTS = ("patients", "problem_list")
-KINDS = {"patients": ("Patient", SYSTEM.identifier_system("patient")),
-         "problem_list": ("Condition", SYSTEM.identifier_system("patient-condition"))}
+KINDS = {
+    "patients": ("Patient", SYSTEM.identifier_system("patient")),
+    "problem_list": ("Condition", SYSTEM.identifier_system("patient-condition")),
+}
 
 
 @pytest.fixture(scope="module")
@@ -47,17 +49,24 @@ def frames() -> dict[str, pl.DataFrame]:
 
 
 def client_for(server: LocalMedplum) -> MedplumClient:
-    return MedplumClient(server.base_url, server.client_id, server.client_secret,
-                         retry=RetryPolicy(base_delay=0.05, max_delay=0.5))
+    return MedplumClient(
+        server.base_url, server.client_id, server.client_secret, retry=RetryPolicy(base_delay=0.05, max_delay=0.5)
+    )
 
 
-def load_all(server: LocalMedplum, manifest_url: str, frames: dict[str, pl.DataFrame], settings: LoadSettings,
-             run_id: str = "run") -> tuple[dict[str, LoadResult], MedplumClient]:
+def load_all(
+    server: LocalMedplum,
+    manifest_url: str,
+    frames: dict[str, pl.DataFrame],
+    settings: LoadSettings,
+    run_id: str = "run",
+) -> tuple[dict[str, LoadResult], MedplumClient]:
     results = {}
     with client_for(server) as client, Manifest(manifest_url) as manifest:
         for name in ELEMENTS:
-            results[name] = load_frame(client, manifest, run_id, name, get_element(name).transactional, frames[name],
-                                       settings)
+            results[name] = load_frame(
+                client, manifest, run_id, name, get_element(name).transactional, frames[name], settings
+            )
     return results, client
 
 
@@ -76,7 +85,8 @@ def snapshot(server: LocalMedplum) -> dict[str, pl.DataFrame]:
                 resource["subject"] = patient_of.get(resource["subject"]["reference"], "?")
             texts.append(json.dumps(resource, sort_keys=True))
         shots[name] = pl.DataFrame({"identifier_value": [value for value, _ in pairs], "resource": texts}).sort(
-            "identifier_value")
+            "identifier_value"
+        )
     return shots
 
 
@@ -96,8 +106,9 @@ def server() -> Iterator[LocalMedplum]:
 def test_async_mode_loads_everything_without_touching_the_quota(frames, tmp_path):
     # A quota far too small for a synchronous load: async jobs are not charged, so nothing waits or 429s.
     with running_local_medplum(fhir_quota=1000, quota_window_seconds=60) as server:
-        results, client = load_all(server, f"sqlite:///{tmp_path / 'm.db'}", frames,
-                                   LoadSettings(batch_size=25, concurrency=2, mode="async"))
+        results, client = load_all(
+            server, f"sqlite:///{tmp_path / 'm.db'}", frames, LoadSettings(batch_size=25, concurrency=2, mode="async")
+        )
         for name in ELEMENTS:
             assert results[name].counts["created"] == eligible(frames[name]) > 0
             assert results[name].counts["failed"] == 0
@@ -126,26 +137,51 @@ class FakeAsyncMedplum:
         if "/job/" in path:
             job_id = path.split("/")[-2]
             if job_id == "1":
-                return httpx.Response(200, json={"resourceType": "AsyncJob", "status": "error", "output": {
-                    "resourceType": "Parameters", "parameter": [{"name": "status", "valueInteger": 503}]}})
-            return httpx.Response(200, json={"resourceType": "AsyncJob", "status": "completed", "output": {
-                "resourceType": "Parameters",
-                "parameter": [{"name": "results", "valueReference": {"reference": f"Binary/{job_id}"}}]}})
+                return httpx.Response(
+                    200,
+                    json={
+                        "resourceType": "AsyncJob",
+                        "status": "error",
+                        "output": {
+                            "resourceType": "Parameters",
+                            "parameter": [{"name": "status", "valueInteger": 503}],
+                        },
+                    },
+                )
+            return httpx.Response(
+                200,
+                json={
+                    "resourceType": "AsyncJob",
+                    "status": "completed",
+                    "output": {
+                        "resourceType": "Parameters",
+                        "parameter": [{"name": "results", "valueReference": {"reference": f"Binary/{job_id}"}}],
+                    },
+                },
+            )
         if "/Binary/" in path:
-            entries = [{"response": {"status": "201 Created", "location": f"Patient/{n}/_history/1"}}
-                       for n in range(self.jobs[path.split("/")[-1]])]
+            entries = [
+                {"response": {"status": "201 Created", "location": f"Patient/{n}/_history/1"}}
+                for n in range(self.jobs[path.split("/")[-1]])
+            ]
             return httpx.Response(200, json={"resourceType": "Bundle", "type": "batch-response", "entry": entries})
         return httpx.Response(404)
 
 
 def test_a_failed_async_job_counts_as_transient_and_its_entries_are_resent():
     fake = FakeAsyncMedplum()
-    client = MedplumClient("http://fake/", "id", "secret", transport=httpx.MockTransport(fake),
-                           retry=RetryPolicy(base_delay=0.01, max_delay=0.02),
-                           async_polling=AsyncPolling(first_delay=0.001, max_delay=0.01))
+    client = MedplumClient(
+        "http://fake/",
+        "id",
+        "secret",
+        transport=httpx.MockTransport(fake),
+        retry=RetryPolicy(base_delay=0.01, max_delay=0.02),
+        async_polling=AsyncPolling(first_delay=0.001, max_delay=0.01),
+    )
     with client:
-        results = client.submit_batch(['{"request":{"method":"PUT","url":"Patient?identifier=s|1"}}'] * 3,
-                                      respond_async=True)
+        results = client.submit_batch(
+            ['{"request":{"method":"PUT","url":"Patient?identifier=s|1"}}'] * 3, respond_async=True
+        )
     assert [r.status for r in results] == [201, 201, 201]
     assert fake.posts == 2 and client.stats.entries_resent == 3
 
@@ -164,8 +200,13 @@ def test_409_entries_are_resent_alone():
         entries = [{"response": {"status": status}} for status in next(answers)]
         return httpx.Response(200, json={"resourceType": "Bundle", "type": "batch-response", "entry": entries})
 
-    with MedplumClient("http://fake/", "id", "secret", transport=httpx.MockTransport(handler),
-                       retry=RetryPolicy(base_delay=0.01, max_delay=0.02)) as client:
+    with MedplumClient(
+        "http://fake/",
+        "id",
+        "secret",
+        transport=httpx.MockTransport(handler),
+        retry=RetryPolicy(base_delay=0.01, max_delay=0.02),
+    ) as client:
         results = client.submit_batch(["{}", "{}"])
     assert [r.status for r in results] == [200, 201]
     assert sent_sizes == [2, 1]
@@ -175,8 +216,12 @@ def test_one_or_four_bundles_in_flight_give_the_same_resources(frames, tmp_path)
     shots = {}
     for concurrency in (1, 4):
         with running_local_medplum() as server:
-            results, _ = load_all(server, f"sqlite:///{tmp_path / f'c{concurrency}.db'}", frames,
-                                  LoadSettings(batch_size=7, concurrency=concurrency))
+            results, _ = load_all(
+                server,
+                f"sqlite:///{tmp_path / f'c{concurrency}.db'}",
+                frames,
+                LoadSettings(batch_size=7, concurrency=concurrency),
+            )
             assert all(r.counts["failed"] == 0 for r in results.values())
             shots[concurrency] = snapshot(server)
     for name in ELEMENTS:
@@ -185,8 +230,7 @@ def test_one_or_four_bundles_in_flight_give_the_same_resources(frames, tmp_path)
         assert shots[1][name].equals(shots[4][name])
 
 
-def test_references_to_resources_already_written_go_direct_and_store_the_same_resources(frames, tmp_path,
-                                                                                         monkeypatch):
+def test_references_to_resources_already_written_go_direct_and_store_the_same_resources(frames, tmp_path, monkeypatch):
     sent: list[str] = []
     real_submit = MedplumClient.submit_batch
 
@@ -199,12 +243,19 @@ def test_references_to_resources_already_written_go_direct_and_store_the_same_re
     for direct in (True, False):
         sent.clear()
         with running_local_medplum() as server:
-            results, _ = load_all(server, f"sqlite:///{tmp_path / f'direct-{direct}.db'}", frames,
-                                  LoadSettings(batch_size=50, direct_references=direct))
+            results, _ = load_all(
+                server,
+                f"sqlite:///{tmp_path / f'direct-{direct}.db'}",
+                frames,
+                LoadSettings(batch_size=50, direct_references=direct),
+            )
             shots[direct] = snapshot(server)
         assert all(result.counts["failed"] == 0 for result in results.values())
-        subjects = [json.loads(entry)["resource"]["subject"]["reference"] for entry in sent
-                    if '"resourceType":"Condition"' in entry]
+        subjects = [
+            json.loads(entry)["resource"]["subject"]["reference"]
+            for entry in sent
+            if '"resourceType":"Condition"' in entry
+        ]
         assert len(subjects) == eligible(frames["problem_list"])
         if direct:
             assert all(subject.startswith("Patient/") and "?" not in subject for subject in subjects), subjects[:3]
@@ -220,18 +271,32 @@ def test_direct_references_replace_only_the_targets_with_a_known_id():
     def ref(path, kind, system, value):
         return {"path": path, "resource_type": kind, "identifier_system": system, "identifier_value": value}
 
-    rows = pl.DataFrame({
-        "resource": [
-            (f'{{"subject":{{"reference":"Patient?identifier={patient}|PÖ1"}},"participant":[{{"individual":'
-             f'{{"reference":"Practitioner?identifier={practitioner}|R1"}}}}],"note":"Patient?identifier={patient}|PÖ1"}}'),
-            f'{{"subject":{{"reference":"Patient?identifier={patient}|P2"}}}}',
-        ],
-        "references": [[ref("subject", "Patient", patient, "PÖ1"), ref("participant.0.individual", "Practitioner",
-                                                                        practitioner, "R1")],
-                       [ref("subject", "Patient", patient, "P2")]],
-    })
-    ids = pl.DataFrame({"resource_type": ["Patient", "Practitioner"], "identifier_system": [patient, practitioner],
-                        "identifier_value": ["PÖ1", "R1"], "resource_id": ["p-1", "r-1"]})
+    rows = pl.DataFrame(
+        {
+            "resource": [
+                (
+                    f'{{"subject":{{"reference":"Patient?identifier={patient}|PÖ1"}},"participant":[{{"individual":'
+                    f'{{"reference":"Practitioner?identifier={practitioner}|R1"}}}}],"note":"Patient?identifier={patient}|PÖ1"}}'
+                ),
+                f'{{"subject":{{"reference":"Patient?identifier={patient}|P2"}}}}',
+            ],
+            "references": [
+                [
+                    ref("subject", "Patient", patient, "PÖ1"),
+                    ref("participant.0.individual", "Practitioner", practitioner, "R1"),
+                ],
+                [ref("subject", "Patient", patient, "P2")],
+            ],
+        }
+    )
+    ids = pl.DataFrame(
+        {
+            "resource_type": ["Patient", "Practitioner"],
+            "identifier_system": [patient, practitioner],
+            "identifier_value": ["PÖ1", "R1"],
+            "resource_id": ["p-1", "r-1"],
+        }
+    )
 
     written = [json.loads(text) for text in with_direct_references(rows, ids)["resource"]]
 
@@ -279,14 +344,17 @@ def test_shards_split_every_bundle_group_into_exactly_one_shard(frames):
     assert shard_of(groups, 3).equals(shards)  # stable
 
 
-def load_shards_concurrently(server: LocalMedplum, manifest_url: str, name: str, frame: pl.DataFrame,
-                             count: int) -> dict[int, LoadResult]:
+def load_shards_concurrently(
+    server: LocalMedplum, manifest_url: str, name: str, frame: pl.DataFrame, count: int
+) -> dict[int, LoadResult]:
     """Every shard of `name` at once, one thread (own client, own manifest connection) each."""
+
     def shard(index: int) -> LoadResult:
         with client_for(server) as client, Manifest(manifest_url) as manifest:
             settings = LoadSettings(batch_size=5, concurrency=2, shard_count=count, shard_index=index)
-            return load_frame(client, manifest, f"shard-{index}", name, get_element(name).transactional, frame,
-                              settings)
+            return load_frame(
+                client, manifest, f"shard-{index}", name, get_element(name).transactional, frame, settings
+            )
 
     with ThreadPoolExecutor(max_workers=count) as pool:
         futures = {index: pool.submit(shard, index) for index in range(count)}

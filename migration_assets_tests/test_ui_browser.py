@@ -166,8 +166,9 @@ def test_materialize_a_partition_from_the_ui_then_backfill_over_graphql(
     for asset in MIGRATION_ASSETS:
         ui.wait_for_partitions(asset, BACKFILL, timeout=RUN_TIMEOUT_MS / 1000)
     step("backfill materialized")
-    backfill_runs = ui.wait_for_finished_runs({"key": "dagster/backfill", "value": backfill_id},
-                                              timeout=RUN_TIMEOUT_MS / 1000)
+    backfill_runs = ui.wait_for_finished_runs(
+        {"key": "dagster/backfill", "value": backfill_id}, timeout=RUN_TIMEOUT_MS / 1000
+    )
     assert backfill_runs and all(run["status"] == "SUCCESS" for run in backfill_runs), backfill_runs
     page.goto(ui.url + "/assets/medplum_resources?view=partitions")
     expect(page.get_by_text("Materialized (3)")).to_be_visible()  # patients from the UI, two backfilled

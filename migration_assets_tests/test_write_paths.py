@@ -28,7 +28,8 @@ def patients_frame(base: str, rows: int = 12) -> pl.DataFrame:
 
 def test_entries_are_updates_by_id_creates_or_conditional_puts_by_what_the_target_holds():
     frame = patients_frame("https://paths.example.org/fhir", rows=3).with_columns(
-        held_id=pl.Series(["p-1", None, None]), held_many=pl.Series([False, None, True]))
+        held_id=pl.Series(["p-1", None, None]), held_many=pl.Series([False, None, True])
+    )
     posted, guarded = (
         [json.loads(text) for text in entry_texts(frame, creates).to_list()] for creates in ("post", "conditional")
     )
@@ -44,8 +45,9 @@ def test_entries_are_updates_by_id_creates_or_conditional_puts_by_what_the_targe
 
 @pytest.mark.integration
 @pytest.mark.parametrize("creates", ["post", "conditional"])
-def test_a_load_that_knows_the_target_creates_updates_by_id_and_never_duplicates(local_medplum, tmp_path: Path,
-                                                                                 creates: str):
+def test_a_load_that_knows_the_target_creates_updates_by_id_and_never_duplicates(
+    local_medplum, tmp_path: Path, creates: str
+):
     base = f"https://paths-{uuid.uuid4().hex[:8]}.example.org/fhir"
     frame = patients_frame(base)
     system = frame["identifier_system"][0]
@@ -53,25 +55,37 @@ def test_a_load_that_knows_the_target_creates_updates_by_id_and_never_duplicates
 
     def load(run_id: str, rows: pl.DataFrame):
         before = RunCensus(tmp_path / "census", run_id)
-        with MedplumClient(local_medplum.base_url, local_medplum.client_id, local_medplum.client_secret) as client, \
-                Manifest(f"sqlite:///{tmp_path / 'ledger.db'}", client.target.key) as ledger:
-            return migrate(client, ledger, run_id, PATIENTS, rows, "sqlite:///legacy.db", settings,
-                           census_of_target=lambda keys: before.get(client, keys))
+        with (
+            MedplumClient(local_medplum.base_url, local_medplum.client_id, local_medplum.client_secret) as client,
+            Manifest(f"sqlite:///{tmp_path / 'ledger.db'}", client.target.key) as ledger,
+        ):
+            return migrate(
+                client,
+                ledger,
+                run_id,
+                PATIENTS,
+                rows,
+                "sqlite:///legacy.db",
+                settings,
+                census_of_target=lambda keys: before.get(client, keys),
+            )
 
     first = load("first", frame)
     assert first.counts["created"] == 12 and first.counts["failed"] == 0
 
     # One source row changed; and a copy of another made by hand, as a racing writer would.
     changed = frame.with_columns(
-        resource=pl.when(pl.int_range(pl.len()) == 0).then(pl.col("resource").str.replace('"gender":"[a-z]+"',
-                                                                                        '"gender":"unknown"'))
+        resource=pl.when(pl.int_range(pl.len()) == 0)
+        .then(pl.col("resource").str.replace('"gender":"[a-z]+"', '"gender":"unknown"'))
         .otherwise(pl.col("resource")),
-        content_hash=pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("changed")).otherwise(pl.col("content_hash")))
+        content_hash=pl.when(pl.int_range(pl.len()) == 0).then(pl.lit("changed")).otherwise(pl.col("content_hash")),
+    )
     copied = json.loads(frame["resource"][1])
     with fhir_client(local_medplum) as fhir:
         assert fhir.post("Patient", json=copied).status_code == 201
-    changed = changed.with_columns(content_hash=pl.when(pl.int_range(pl.len()) == 1).then(pl.lit("also changed"))
-                                   .otherwise(pl.col("content_hash")))
+    changed = changed.with_columns(
+        content_hash=pl.when(pl.int_range(pl.len()) == 1).then(pl.lit("also changed")).otherwise(pl.col("content_hash"))
+    )
 
     second = load("second", changed)
 

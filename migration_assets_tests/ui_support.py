@@ -167,8 +167,9 @@ class DagsterUI:
             if tagged and all(run["status"] in ("SUCCESS", "FAILURE", "CANCELED") for run in tagged):
                 return tagged
             time.sleep(poll)
-        raise AssertionError(f"runs tagged {tag} not finished within {timeout:.0f} s: "
-                             f"{[(r['runId'][:8], r['status']) for r in tagged]}")
+        raise AssertionError(
+            f"runs tagged {tag} not finished within {timeout:.0f} s: {[(r['runId'][:8], r['status']) for r in tagged]}"
+        )
 
     def wait_for_partitions(
         self, asset_key: str, partitions: list[str], timeout: float, poll: float = 2.0

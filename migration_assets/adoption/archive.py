@@ -27,7 +27,11 @@ class LegacyArchive:
 
 
 def export_legacy_tables(
-    url: str, element: DataElement, base_dir: Path, phase: ElementPhase, phases_version: str,
+    url: str,
+    element: DataElement,
+    base_dir: Path,
+    phase: ElementPhase,
+    phases_version: str,
     final_verification: Mapping[str, Any],
 ) -> LegacyArchive:
     """Every legacy table of the element as Parquet in a new folder, with `export.json` (what, when,

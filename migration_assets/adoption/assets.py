@@ -79,11 +79,20 @@ def _phase_metadata(config: PhasesConfig, phase: ElementPhase) -> dict[str, Any]
 
 
 def _behaviour_table() -> pl.DataFrame:
-    return pl.DataFrame([
-        {"phase": b.phase, "sync": b.sync, "first_sync_from": b.first_sync_from, "backfills": str(b.backfills),
-         "reads_from": b.reads_from, "writes": b.writes, "archive": str(b.archive)}
-        for b in PHASE_BEHAVIOUR.values()
-    ])
+    return pl.DataFrame(
+        [
+            {
+                "phase": b.phase,
+                "sync": b.sync,
+                "first_sync_from": b.first_sync_from,
+                "backfills": str(b.backfills),
+                "reads_from": b.reads_from,
+                "writes": b.writes,
+                "archive": str(b.archive),
+            }
+            for b in PHASE_BEHAVIOUR.values()
+        ]
+    )
 
 
 # -- where every element stands --------------------------------------------------------------------
@@ -96,8 +105,12 @@ def _behaviour_table() -> pl.DataFrame:
     "phases.yaml, validated), what the phase lets run, the last sync and its watermark, read readiness and "
     "the legacy archive.",
 )
-def adoption_status(context: AssetExecutionContext, medplum: MedplumResource, manifest: ManifestStore,
-                    migration_settings: MigrationSettings) -> MaterializeResult:
+def adoption_status(
+    context: AssetExecutionContext,
+    medplum: MedplumResource,
+    manifest: ManifestStore,
+    migration_settings: MigrationSettings,
+) -> MaterializeResult:
     config = _phases()
     with manifest.open(medplum.target()) as ledger:
         syncs = SyncState(ledger).last_syncs()
@@ -110,25 +123,38 @@ def adoption_status(context: AssetExecutionContext, medplum: MedplumResource, ma
         readiness = json.loads(readiness_file.read_text()) if readiness_file.is_file() else {}
         archive = latest_archive(archive_dir, name)
         sync = syncs.get(name, {})
-        rows.append({
-            "element": name, "phase": phase.phase + ("" if phase.declared else " (default)"),
-            "since": phase.since.isoformat() if phase.since else "", "sync": phase.behaviour.sync,
-            "reads_from": readiness.get("reads_from", "legacy" if phase.behaviour.reads_from != "medplum" else "medplum"),
-            "read_ready": str(readiness.get("ready", "not assessed")),
-            "last_sync_at": str(sync.get("last_sync_at") or ""), "watermark": str(sync.get("watermark") or ""),
-            "legacy_archive": archive.name if archive else "",
-        })
+        rows.append(
+            {
+                "element": name,
+                "phase": phase.phase + ("" if phase.declared else " (default)"),
+                "since": phase.since.isoformat() if phase.since else "",
+                "sync": phase.behaviour.sync,
+                "reads_from": readiness.get(
+                    "reads_from", "legacy" if phase.behaviour.reads_from != "medplum" else "medplum"
+                ),
+                "read_ready": str(readiness.get("ready", "not assessed")),
+                "last_sync_at": str(sync.get("last_sync_at") or ""),
+                "watermark": str(sync.get("watermark") or ""),
+                "legacy_archive": archive.name if archive else "",
+            }
+        )
     status = pl.DataFrame(rows)
     context.log.info(f"phases version {config.version}: " + ", ".join(f"{r['element']}={r['phase']}" for r in rows))
-    return MaterializeResult(metadata={
-        "phases_version": config.version,
-        "phases_file": MetadataValue.path(str(config.path)),
-        "elements": table(status, limit=100),
-        "phase_behaviour": table(_behaviour_table()),
-        **counts({f"elements_in/{phase}": sum(1 for r in rows if r["phase"].split(" ")[0] == phase)
-                  for phase in PHASE_BEHAVIOUR}),
-        "warnings": "; ".join(config.warnings) or "none",
-    })
+    return MaterializeResult(
+        metadata={
+            "phases_version": config.version,
+            "phases_file": MetadataValue.path(str(config.path)),
+            "elements": table(status, limit=100),
+            "phase_behaviour": table(_behaviour_table()),
+            **counts(
+                {
+                    f"elements_in/{phase}": sum(1 for r in rows if r["phase"].split(" ")[0] == phase)
+                    for phase in PHASE_BEHAVIOUR
+                }
+            ),
+            "warnings": "; ".join(config.warnings) or "none",
+        }
+    )
 
 
 # -- the sync -------------------------------------------------------------------------------------
@@ -155,8 +181,15 @@ def legacy_sync(
     try:
         with medplum.open_client() as client, manifest.open(client.target) as ledger:
             outcome = sync_element(
-                client, ledger, context.run.run_id, element, phase, config.version, legacy_db.url,
-                migration_settings.source_system, migration_settings.load_settings(element),
+                client,
+                ledger,
+                context.run.run_id,
+                element,
+                phase,
+                config.version,
+                legacy_db.url,
+                migration_settings.source_system,
+                migration_settings.load_settings(element),
             )
     except SyncRefused as refused:
         context.log.warning(str(refused))
@@ -167,21 +200,30 @@ def legacy_sync(
     for table_name in outcome.untracked_tables:
         context.log.warning(f"{table_name} has no updated_at column: every unit it feeds is compared by content hash")
     result = outcome.result.counts if outcome.result else {}
-    return MaterializeResult(metadata={
-        **_phase_metadata(config, phase),
-        "mode": outcome.mode,
-        "message": outcome.message,
-        **counts({"candidates": outcome.candidates, "retried": outcome.retried, "backfilled": outcome.backfilled}),
-        **counts({f"changed_rows/{t}": n for t, n in outcome.changed_rows.items() if n >= 0}),
-        **counts({k: v for k, v in result.items()}),
-        "watermarks": table(pl.DataFrame(
-            [{"table": t, "before": outcome.watermarks_before.get(t) or "", "after": mark or "(not tracked)"}
-             for t, mark in outcome.watermarks_after.items()],
-            schema={"table": pl.String, "before": pl.String, "after": pl.String},
-        )),
-        "failures": table(pl.DataFrame(outcome.result.failures) if outcome.result and outcome.result.failures
-                          else pl.DataFrame(schema={"unit_key": pl.String})),
-    })
+    return MaterializeResult(
+        metadata={
+            **_phase_metadata(config, phase),
+            "mode": outcome.mode,
+            "message": outcome.message,
+            **counts({"candidates": outcome.candidates, "retried": outcome.retried, "backfilled": outcome.backfilled}),
+            **counts({f"changed_rows/{t}": n for t, n in outcome.changed_rows.items() if n >= 0}),
+            **counts({k: v for k, v in result.items()}),
+            "watermarks": table(
+                pl.DataFrame(
+                    [
+                        {"table": t, "before": outcome.watermarks_before.get(t) or "", "after": mark or "(not tracked)"}
+                        for t, mark in outcome.watermarks_after.items()
+                    ],
+                    schema={"table": pl.String, "before": pl.String, "after": pl.String},
+                )
+            ),
+            "failures": table(
+                pl.DataFrame(outcome.result.failures)
+                if outcome.result and outcome.result.failures
+                else pl.DataFrame(schema={"unit_key": pl.String})
+            ),
+        }
+    )
 
 
 @asset_check(
@@ -209,8 +251,14 @@ def dual_write_consistency(
         units = ledger.units(element.name)
         if phase.behaviour.first_sync_from == "phase_start":
             frame = frame.filter(select_candidates(element, tables, rows, frame, {}, phase, units, 0).mask)
-        report = compare_stores(client, element.name, frame, units, phase.dual_write_sample,
-                                look_for_extras=phase.behaviour.first_sync_from != "phase_start")
+        report = compare_stores(
+            client,
+            element.name,
+            frame,
+            units,
+            phase.dual_write_sample,
+            look_for_extras=phase.behaviour.first_sync_from != "phase_start",
+        )
     json_path, csv_path = write_discrepancies(report, Path(migration_settings.evidence_dir) / element.name)
     sample = f"seeded sample of {report.compared} (seed {report.sample.seed})" if report.sample.size else "every unit"
     context.log.info(f"{element.name}: {report.units_with_discrepancies} units with discrepancies of {report.compared}")
@@ -218,12 +266,18 @@ def dual_write_consistency(
         passed=report.passed,
         severity=AssetCheckSeverity.ERROR if phase.behaviour.readiness_is_blocking else AssetCheckSeverity.WARN,
         description=f"{report.units_with_discrepancies} of {report.compared} units compared ({sample}) differ between "
-        f"the legacy store and Medplum: " + ", ".join(f"{n} {k}" for k, n in report.counts.items() if n) if not report.passed
+        f"the legacy store and Medplum: " + ", ".join(f"{n} {k}" for k, n in report.counts.items() if n)
+        if not report.passed
         else f"{report.compared} units compared ({sample}): the legacy store and Medplum agree",
         metadata={
-            **counts({"compared": report.compared, "eligible": report.eligible,
-                      "quarantined_not_compared": report.quarantined,
-                      "units_with_discrepancies": report.units_with_discrepancies}),
+            **counts(
+                {
+                    "compared": report.compared,
+                    "eligible": report.eligible,
+                    "quarantined_not_compared": report.quarantined,
+                    "units_with_discrepancies": report.units_with_discrepancies,
+                }
+            ),
             **counts({f"discrepancies/{k}": n for k, n in report.counts.items()}),
             "discrepancies": table(report.summary()),
             "sample_seed": report.sample.seed,
@@ -262,16 +316,18 @@ def read_readiness(
     path = write_readiness(document, state_dir(migration_settings.evidence_dir, "readiness"))
     write_discrepancies(report, Path(migration_settings.evidence_dir) / element.name)
     context.log.info(f"{element.name}: ready={document['ready']} reads_from={document['reads_from']}")
-    return MaterializeResult(metadata={
-        "ready": document["ready"],
-        "reads_from": document["reads_from"],
-        "reasons": "; ".join(document["reasons"]) or "none",
-        **counts(document["criteria"]),
-        "readiness_file": MetadataValue.path(str(path)),
-        "discrepancies": table(report.summary()),
-        "reference_problems": table(problems),
-        **_phase_metadata(config, phase),
-    })
+    return MaterializeResult(
+        metadata={
+            "ready": document["ready"],
+            "reads_from": document["reads_from"],
+            "reasons": "; ".join(document["reasons"]) or "none",
+            **counts(document["criteria"]),
+            "readiness_file": MetadataValue.path(str(path)),
+            "discrepancies": table(report.summary()),
+            "reference_problems": table(problems),
+            **_phase_metadata(config, phase),
+        }
+    )
 
 
 @asset_check(
@@ -280,19 +336,28 @@ def read_readiness(
     description="Reads can move to Medplum: the readiness file says ready. A warning before the element reaches "
     "read_from_medplum, an error from then on (reads already depend on it).",
 )
-def reads_can_move_to_medplum(context: AssetCheckExecutionContext, migration_settings: MigrationSettings) -> AssetCheckResult:
+def reads_can_move_to_medplum(
+    context: AssetCheckExecutionContext, migration_settings: MigrationSettings
+) -> AssetCheckResult:
     name = context.partition_key
     phase = _phases().of(name)
     path = state_dir(migration_settings.evidence_dir, "readiness") / f"{name}.json"
-    document: dict[str, Any] = (json.loads(path.read_text()) if path.is_file()
-                                else {"ready": False, "reasons": ["not assessed"]})
+    document: dict[str, Any] = (
+        json.loads(path.read_text()) if path.is_file() else {"ready": False, "reasons": ["not assessed"]}
+    )
     return AssetCheckResult(
         passed=bool(document["ready"]),
         severity=AssetCheckSeverity.ERROR if phase.behaviour.readiness_is_blocking else AssetCheckSeverity.WARN,
-        description=(f"{name}: reads can move to Medplum" if document["ready"]
-                     else f"{name}: not ready: {'; '.join(document.get('reasons', []))}"),
-        metadata={"readiness_file": MetadataValue.path(str(path)), "reads_from": document.get("reads_from", "legacy"),
-                  "phase": phase.phase},
+        description=(
+            f"{name}: reads can move to Medplum"
+            if document["ready"]
+            else f"{name}: not ready: {'; '.join(document.get('reasons', []))}"
+        ),
+        metadata={
+            "readiness_file": MetadataValue.path(str(path)),
+            "reads_from": document.get("reads_from", "legacy"),
+            "phase": phase.phase,
+        },
     )
 
 
@@ -323,20 +388,32 @@ def legacy_archive(
     with medplum.open_client() as client, manifest.open(client.target) as ledger:
         document, _, _ = assess_readiness(client, ledger, element, frame, phase, config.version)
     if not document["ready"]:
-        raise Failure(description=f"final verification of {element.name} failed: {'; '.join(document['reasons'])}",
-                      metadata=counts(document["criteria"]))
-    archive = export_legacy_tables(legacy_db.url, element, state_dir(migration_settings.evidence_dir, "legacy_archive"), phase,
-                                   config.version, document)
+        raise Failure(
+            description=f"final verification of {element.name} failed: {'; '.join(document['reasons'])}",
+            metadata=counts(document["criteria"]),
+        )
+    archive = export_legacy_tables(
+        legacy_db.url,
+        element,
+        state_dir(migration_settings.evidence_dir, "legacy_archive"),
+        phase,
+        config.version,
+        document,
+    )
     description = json.loads((archive.directory / "export.json").read_text())
     context.log.info(f"{element.name}: legacy tables exported to {archive.directory}")
-    return MaterializeResult(metadata={
-        "archive": MetadataValue.path(str(archive.directory)),
-        "keep_until": description["keep_until"],
-        "checksums": table(pl.DataFrame({"file": list(archive.checksums), "sha256": list(archive.checksums.values())})),
-        **counts({f"rows/{t}": n for t, n in archive.rows.items()}),
-        **counts(document["criteria"]),
-        **_phase_metadata(config, phase),
-    })
+    return MaterializeResult(
+        metadata={
+            "archive": MetadataValue.path(str(archive.directory)),
+            "keep_until": description["keep_until"],
+            "checksums": table(
+                pl.DataFrame({"file": list(archive.checksums), "sha256": list(archive.checksums.values())})
+            ),
+            **counts({f"rows/{t}": n for t, n in archive.rows.items()}),
+            **counts(document["criteria"]),
+            **_phase_metadata(config, phase),
+        }
+    )
 
 
 @asset_check(
@@ -345,7 +422,9 @@ def legacy_archive(
     description="The latest frozen export of the element is intact: every file matches SHA256SUMS, nothing is "
     "missing or unlisted, and files and folder are read-only.",
 )
-def legacy_archive_intact(context: AssetCheckExecutionContext, migration_settings: MigrationSettings) -> AssetCheckResult:
+def legacy_archive_intact(
+    context: AssetCheckExecutionContext, migration_settings: MigrationSettings
+) -> AssetCheckResult:
     directory = latest_archive(state_dir(migration_settings.evidence_dir, "legacy_archive"), context.partition_key)
     problems = verify_archive(directory) if directory else ["no export"]
     return AssetCheckResult(
@@ -381,17 +460,27 @@ def chart_review(
 ) -> MaterializeResult:
     directory = state_dir(migration_settings.evidence_dir, "chart_review") / context.run.run_id
     with medplum.open_client() as client, manifest.open(client.target) as ledger:
-        review = build_chart_review(client, ledger, legacy_db.url, migration_settings.source_system, directory,
-                                    config.sample_size, config.seed, config.elements or None)
+        review = build_chart_review(
+            client,
+            ledger,
+            legacy_db.url,
+            migration_settings.source_system,
+            directory,
+            config.sample_size,
+            config.seed,
+            config.elements or None,
+        )
     seed = next(s.seed for s in review.samples if s.kind == "random")
     context.log.info(f"chart review: {len(review.pages)} pages, random seed {seed}")
-    return MaterializeResult(metadata={
-        "index": MetadataValue.path(str(review.index)),
-        "index_json": MetadataValue.path(str(review.directory / "index.json")),
-        "random_seed": seed,
-        **counts({"pages": len(review.pages)}),
-        **{f"sample/{s.kind}": ", ".join(s.patients) for s in review.samples},
-    })
+    return MaterializeResult(
+        metadata={
+            "index": MetadataValue.path(str(review.index)),
+            "index_json": MetadataValue.path(str(review.directory / "index.json")),
+            "random_seed": seed,
+            **counts({"pages": len(review.pages)}),
+            **{f"sample/{s.kind}": ", ".join(s.patients) for s in review.samples},
+        }
+    )
 
 
 # -- jobs, schedules and sensors ------------------------------------------------------------------
@@ -402,15 +491,18 @@ sync_job = define_asset_job(
     description="One tick of the regular sync of a data element (pick its partition), with the dual-write check.",
 )
 readiness_job = define_asset_job(
-    "assess_read_readiness", selection=AssetSelection.assets(read_readiness),
+    "assess_read_readiness",
+    selection=AssetSelection.assets(read_readiness),
     description="Assess whether reads of a data element can move to Medplum; writes its readiness file.",
 )
 deprecation_job = define_asset_job(
-    "deprecate_data_element", selection=AssetSelection.assets(legacy_archive),
+    "deprecate_data_element",
+    selection=AssetSelection.assets(legacy_archive),
     description="Final verification and frozen export of a deprecated data element's legacy tables.",
 )
 overview_job = define_asset_job(
-    "adoption_overview", selection=AssetSelection.assets(adoption_status, chart_review),
+    "adoption_overview",
+    selection=AssetSelection.assets(adoption_status, chart_review),
     description="Where every element stands, and the chart review samples.",
 )
 
@@ -418,8 +510,12 @@ SYNC_CRON = "*/15 * * * *"
 
 
 def _sync_schedule(element: str):  # type: ignore[no-untyped-def]
-    @schedule(name=f"sync_{element}_every_15_minutes", cron_schedule=SYNC_CRON, job=sync_job,
-              description=f"Sync {element} every 15 minutes (skipped when its phase is deprecated).")
+    @schedule(
+        name=f"sync_{element}_every_15_minutes",
+        cron_schedule=SYNC_CRON,
+        job=sync_job,
+        description=f"Sync {element} every 15 minutes (skipped when its phase is deprecated).",
+    )
     def _schedule(context: ScheduleEvaluationContext) -> RunRequest | SkipReason:
         phase = load_phases().of(element)
         if phase.behaviour.sync == "off":
@@ -430,10 +526,15 @@ def _sync_schedule(element: str):  # type: ignore[no-untyped-def]
 
 
 def _sync_sensor(element: str):  # type: ignore[no-untyped-def]
-    @sensor(name=f"sync_{element}_on_legacy_change", job=sync_job, minimum_interval_seconds=30,
-            description=f"Sync {element} as soon as a legacy row it reads has an updated_at after the watermark.")
-    def _sensor(context: SensorEvaluationContext, legacy_db: LegacySource, medplum: MedplumResource,
-                manifest: ManifestStore) -> RunRequest | SkipReason:
+    @sensor(
+        name=f"sync_{element}_on_legacy_change",
+        job=sync_job,
+        minimum_interval_seconds=30,
+        description=f"Sync {element} as soon as a legacy row it reads has an updated_at after the watermark.",
+    )
+    def _sensor(
+        context: SensorEvaluationContext, legacy_db: LegacySource, medplum: MedplumResource, manifest: ManifestStore
+    ) -> RunRequest | SkipReason:
         phase = load_phases().of(element)
         if phase.behaviour.sync == "off":
             return SkipReason(f"{phase.describe()}: no longer synced")
@@ -445,8 +546,11 @@ def _sync_sensor(element: str):  # type: ignore[no-untyped-def]
             extra = f" ({', '.join(untracked)} not tracked: no updated_at)" if untracked else ""
             return SkipReason(f"no legacy row of {element} changed since the last sync{extra}")
         state = "|".join(f"{t}={newest[t]}" for t in sorted(newest))
-        return RunRequest(partition_key=element, run_key=f"{element}:{phase.phase}:{state}",
-                          tags={"adoption/phase": phase.phase, "adoption/changed_tables": ",".join(changed)})
+        return RunRequest(
+            partition_key=element,
+            run_key=f"{element}:{phase.phase}:{state}",
+            tags={"adoption/phase": phase.phase, "adoption/changed_tables": ",".join(changed)},
+        )
 
     return _sensor
 

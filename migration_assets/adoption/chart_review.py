@@ -55,14 +55,20 @@ def patient_units(frames: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
         odd = pl.col("quarantine_rule").is_not_null() & ~pl.col("quarantine_rule").is_in(IDENTIFIER_CONFLICT_RULES)
         for column, flagged in element.review_flags.items():
             odd = odd | (pl.col(column) == flagged).fill_null(False)
-        parts.append(frame.select(
-            element=pl.lit(element_name), patient_id=pl.col(element.patient_column).cast(pl.String),
-            source_table="source_table",
-            source_key="source_key", unit_key="unit_key", resource_type="resource_type",
-            identifier_value="identifier_value", quarantine_rule="quarantine_rule",
-            conflict=pl.col("quarantine_rule").is_in(IDENTIFIER_CONFLICT_RULES).fill_null(False),
-            odd=odd.fill_null(False),
-        ))
+        parts.append(
+            frame.select(
+                element=pl.lit(element_name),
+                patient_id=pl.col(element.patient_column).cast(pl.String),
+                source_table="source_table",
+                source_key="source_key",
+                unit_key="unit_key",
+                resource_type="resource_type",
+                identifier_value="identifier_value",
+                quarantine_rule="quarantine_rule",
+                conflict=pl.col("quarantine_rule").is_in(IDENTIFIER_CONFLICT_RULES).fill_null(False),
+                odd=odd.fill_null(False),
+            )
+        )
     return pl.concat(parts).filter(pl.col("patient_id").is_not_null())
 
 
@@ -82,12 +88,17 @@ def random_sample(units: pl.DataFrame, size: int, seed: int | None = None) -> Sa
 def risk_sample(units: pl.DataFrame, size: int) -> Sample:
     """Patients in turn from each risk: identifier conflicts, odd values, most records."""
     per_patient = units.group_by("patient_id").agg(
-        records=pl.len(), conflicts=pl.col("conflict").sum(), odd=pl.col("odd").sum(),
+        records=pl.len(),
+        conflicts=pl.col("conflict").sum(),
+        odd=pl.col("odd").sum(),
         conflict_rules=pl.col("quarantine_rule").filter(pl.col("conflict")).unique().sort(),
         odd_rules=pl.col("quarantine_rule").filter(pl.col("odd")).drop_nulls().unique().sort(),
     )
     rankings = [
-        ("identifier conflict", per_patient.filter(pl.col("conflicts") > 0).sort(["conflicts", "patient_id"], descending=[True, False])),
+        (
+            "identifier conflict",
+            per_patient.filter(pl.col("conflicts") > 0).sort(["conflicts", "patient_id"], descending=[True, False]),
+        ),
         ("odd values", per_patient.filter(pl.col("odd") > 0).sort(["odd", "patient_id"], descending=[True, False])),
         ("most records", per_patient.sort(["records", "patient_id"], descending=[True, False])),
     ]
@@ -101,7 +112,8 @@ def risk_sample(units: pl.DataFrame, size: int) -> Sample:
                 continue
             detail = {
                 "identifier conflict": f"{row['conflicts']} units: {', '.join(row['conflict_rules'])}",
-                "odd values": f"{row['odd']} units: {', '.join(row['odd_rules']) or 'unmapped codes or dropped values'}",
+                "odd values": f"{row['odd']} units: "
+                + (", ".join(row["odd_rules"]) or "unmapped codes or dropped values"),
                 "most records": f"{row['records']} records",
             }[label]
             reasons[row["patient_id"]] = [f"{label} ({detail})"]
@@ -149,11 +161,20 @@ def build_chart_review(
         pages[patient] = page
     generated = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     index_json = directory / "index.json"
-    index_json.write_text(json.dumps({
-        "generated_at": generated, "source": "legacy store and Medplum", "size": size,
-        "samples": [{"kind": s.kind, "seed": s.seed, "patients": s.patients, "reasons": s.reasons} for s in samples],
-        "pages": {p: path.name for p, path in pages.items()},
-    }, indent=2))
+    index_json.write_text(
+        json.dumps(
+            {
+                "generated_at": generated,
+                "source": "legacy store and Medplum",
+                "size": size,
+                "samples": [
+                    {"kind": s.kind, "seed": s.seed, "patients": s.patients, "reasons": s.reasons} for s in samples
+                ],
+                "pages": {p: path.name for p, path in pages.items()},
+            },
+            indent=2,
+        )
+    )
     index = directory / "index.html"
     index.write_text(_index_page(samples, pages, generated))
     return ChartReview(directory, index, samples, pages)
@@ -166,9 +187,11 @@ def _file_name(key: str) -> str:
 _STYLE = """
 body{font-family:system-ui,sans-serif;margin:1.5rem;color:#1b1b1b}
 h1{font-size:1.4rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid #ccc}
-.unit{display:grid;grid-template-columns:1fr 1fr;gap:1rem;margin:1rem 0;padding:.5rem;border:1px solid #ddd;border-radius:6px}
+.unit{display:grid;grid-template-columns:1fr 1fr;gap:1rem;margin:1rem 0;padding:.5rem}
+.unit{border:1px solid #ddd;border-radius:6px}
 .unit h3{grid-column:1/3;font-size:.95rem;margin:0}
-table{border-collapse:collapse;font-size:.85rem}td,th{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top}
+table{border-collapse:collapse;font-size:.85rem}
+td,th{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top}
 pre{background:#f6f8fa;padding:.5rem;font-size:.8rem;white-space:pre-wrap;margin:0}
 .ok{color:#1a7f37}.bad{color:#cf222e}.warn{color:#9a6700}
 """
@@ -186,14 +209,18 @@ def _patient_page(
     esc = html.escape
     body = [f"<h1>Chart review: patient {esc(patient)}</h1>", "<ul>"]
     body += [f"<li><b>{esc(kind)} sample</b>: {esc('; '.join(reasons))}</li>" for kind, reasons in why.items()]
-    body.append("</ul><p>Left: the legacy rows. Right: the resource in Medplum (by its source identifier). "
-                "Differences are compared on the fields the mapping writes.</p>")
+    body.append(
+        "</ul><p>Left: the legacy rows. Right: the resource in Medplum (by its source identifier). "
+        "Differences are compared on the fields the mapping writes.</p>"
+    )
     mine = units.filter(pl.col("patient_id") == patient)
     for element in frames:
         keys = mine.filter(pl.col("element") == element)
         if keys.is_empty():
             continue
-        frame = frames[element].join(keys.select("source_table", "unit_key"), on=["source_table", "unit_key"], how="semi")
+        frame = frames[element].join(
+            keys.select("source_table", "unit_key"), on=["source_table", "unit_key"], how="semi"
+        )
         eligible = frame.filter(pl.col("quarantine_rule").is_null())
         found = found_resources(client, eligible, None) if eligible.height else {}
         diffs = compare_stores(client, element, frame, ledger.units(element), look_for_extras=False).discrepancies
@@ -201,23 +228,34 @@ def _patient_page(
         for row in frame.iter_rows(named=True):
             legacy = _legacy_row(tables, row["source_table"], row["source_key"])
             copies = found.get((row["resource_type"], row["identifier_system"], row["identifier_value"]), [])
-            mine_diffs = diffs.filter((pl.col("resource_type") == row["resource_type"])
-                                      & (pl.col("identifier_value") == row["identifier_value"]))
+            mine_diffs = diffs.filter(
+                (pl.col("resource_type") == row["resource_type"])
+                & (pl.col("identifier_value") == row["identifier_value"])
+            )
             if row["quarantine_rule"]:
-                status = f'<span class="warn">quarantined ({esc(row["quarantine_rule"])}: {esc(row["quarantine_reason"] or "")})</span>'
+                quarantine_why = f"{row['quarantine_rule']}: {row['quarantine_reason'] or ''}"
+                status = f'<span class="warn">quarantined ({esc(quarantine_why)})</span>'
             elif mine_diffs.is_empty():
                 status = '<span class="ok">matches</span>'
             else:
-                status = '<span class="bad">' + esc("; ".join(
-                    f"{k} {f}".strip() for k, f in mine_diffs.select("kind", "field").iter_rows())) + "</span>"
-            body.append(f'<div class="unit"><h3>{esc(row["source_table"])} {esc(str(row["source_key"]))} → '
-                        f'{esc(row["resource_type"])}: {status}</h3>')
+                status = (
+                    '<span class="bad">'
+                    + esc("; ".join(f"{k} {f}".strip() for k, f in mine_diffs.select("kind", "field").iter_rows()))
+                    + "</span>"
+                )
+            body.append(
+                f'<div class="unit"><h3>{esc(row["source_table"])} {esc(str(row["source_key"]))} → '
+                f"{esc(row['resource_type'])}: {status}</h3>"
+            )
             body.append("<div><b>Legacy</b>" + _table(legacy) + "</div>")
-            medplum = "".join(f"<pre>{html.escape(json.dumps(c, indent=2, ensure_ascii=False), quote=False)}</pre>"
-                              for c in copies)
+            medplum = "".join(
+                f"<pre>{html.escape(json.dumps(c, indent=2, ensure_ascii=False), quote=False)}</pre>" for c in copies
+            )
             body.append(f"<div><b>Medplum</b>{medplum or '<p class=bad>not in Medplum</p>'}</div></div>")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Chart review {esc(patient)}</title>"
-            f"<style>{_STYLE}</style></head><body>{''.join(body)}</body></html>")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Chart review {esc(patient)}</title>"
+        f"<style>{_STYLE}</style></head><body>{''.join(body)}</body></html>"
+    )
 
 
 def _legacy_row(tables: Mapping[str, pl.DataFrame], table: str, key: str | None) -> list[dict[str, Any]]:
@@ -232,8 +270,11 @@ def _table(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return "<p class='bad'>no legacy row</p>"
     esc = html.escape
+    dash = chr(8212)  # an em dash where the legacy row has no value
     cells = "".join(
-        f"<tr><th>{esc(name)}</th>{''.join(f'<td>{esc(str(r[name]) if r[name] is not None else chr(8212))}</td>' for r in rows)}</tr>"
+        f"<tr><th>{esc(name)}</th>"
+        + "".join(f"<td>{esc(dash if r[name] is None else str(r[name]))}</td>" for r in rows)
+        + "</tr>"
         for name in rows[0]
     )
     return f"<table>{cells}</table>"
@@ -245,8 +286,12 @@ def _index_page(samples: Sequence[Sample], pages: Mapping[str, Path], generated:
     for sample in samples:
         seed = f" (seed {sample.seed})" if sample.seed is not None else ""
         parts.append(f"<h2>{esc(sample.kind)}{esc(seed)}: {len(sample.patients)} patients</h2><ul>")
-        parts += [f'<li><a href="{esc(pages[p].name)}">{esc(p)}</a>: {esc("; ".join(sample.reasons.get(p, [])))}</li>'
-                  for p in sample.patients]
+        parts += [
+            f'<li><a href="{esc(pages[p].name)}">{esc(p)}</a>: {esc("; ".join(sample.reasons.get(p, [])))}</li>'
+            for p in sample.patients
+        ]
         parts.append("</ul>")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>Chart review</title><style>{_STYLE}</style>"
-            f"</head><body>{''.join(parts)}</body></html>")
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>Chart review</title><style>{_STYLE}</style>"
+        f"</head><body>{''.join(parts)}</body></html>"
+    )

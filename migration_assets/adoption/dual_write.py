@@ -21,8 +21,14 @@ from migration_assets.verify.reconcile import target_identifiers
 
 IGNORED_FIELDS = ("id", "meta")
 DISCREPANCY_KINDS = ("missing_in_medplum", "missing_in_legacy", "duplicated_in_medplum", "stale_in_medplum", "differs")
-DISCREPANCY_SCHEMA = {"resource_type": pl.String, "identifier_value": pl.String, "kind": pl.String, "field": pl.String,
-                      "legacy_value": pl.String, "medplum_value": pl.String}
+DISCREPANCY_SCHEMA = {
+    "resource_type": pl.String,
+    "identifier_value": pl.String,
+    "kind": pl.String,
+    "field": pl.String,
+    "legacy_value": pl.String,
+    "medplum_value": pl.String,
+}
 _VALUE_LIMIT = 200
 
 
@@ -43,7 +49,11 @@ class DualWriteReport:
 
     @property
     def units_with_discrepancies(self) -> int:
-        return self.discrepancies.select("resource_type", "identifier_value").n_unique() if self.discrepancies.height else 0
+        return (
+            self.discrepancies.select("resource_type", "identifier_value").n_unique()
+            if self.discrepancies.height
+            else 0
+        )
 
     @property
     def passed(self) -> bool:
@@ -51,9 +61,11 @@ class DualWriteReport:
 
     def summary(self) -> pl.DataFrame:
         """Counts per kind and field (no values): the table the UI shows."""
-        return (self.discrepancies.group_by("resource_type", "kind", "field")
-                .agg(units=pl.len(), examples=pl.col("identifier_value").head(5).str.join(", "))
-                .sort("units", descending=True))
+        return (
+            self.discrepancies.group_by("resource_type", "kind", "field")
+            .agg(units=pl.len(), examples=pl.col("identifier_value").head(5).str.join(", "))
+            .sort("units", descending=True)
+        )
 
 
 def compare_stores(
@@ -73,7 +85,9 @@ def compare_stores(
     load_quarantined = units.filter(pl.col("disposition") == "quarantined").select("source_table", "unit_key")
     in_frame = frame.filter(pl.col("quarantine_rule").is_null())
     eligible = in_frame.join(load_quarantined, on=["source_table", "unit_key"], how="anti")
-    stale_candidates = frame.join(eligible.select("source_table", "unit_key"), on=["source_table", "unit_key"], how="anti")
+    stale_candidates = frame.join(
+        eligible.select("source_table", "unit_key"), on=["source_table", "unit_key"], how="anti"
+    )
     chosen = eligible
     if sample.size is not None and sample.size < eligible.height:
         keys = sorted(eligible.select(pl.format("{}|{}", "resource_type", "identifier_value")).to_series().to_list())
@@ -112,18 +126,33 @@ def compare_stores(
                 problems.append(_problem(row, "differs", path, legacy_leaves.get(path), medplum_leaves.get(path)))
     if censuses is not None:
         known = frame.select("resource_type", "identifier_system", "identifier_value")
-        stale = {(r["resource_type"], r["identifier_system"], r["identifier_value"]): r
-                 for r in stale_candidates.iter_rows(named=True)}
+        stale = {
+            (r["resource_type"], r["identifier_system"], r["identifier_value"]): r
+            for r in stale_candidates.iter_rows(named=True)
+        }
         for (resource_type, system), census in censuses.items():
-            legacy_values = set(known.filter((pl.col("resource_type") == resource_type)
-                                             & (pl.col("identifier_system") == system))["identifier_value"].to_list())
+            legacy_values = set(
+                known.filter((pl.col("resource_type") == resource_type) & (pl.col("identifier_system") == system))[
+                    "identifier_value"
+                ].to_list()
+            )
             for value in sorted(set(census["identifier_value"].to_list())):
                 stale_row = stale.get((resource_type, system, value))
                 if stale_row is not None:
-                    problems.append(_problem(stale_row, "stale_in_medplum", "", stale_row["quarantine_rule"] or "quarantined", None))
+                    problems.append(
+                        _problem(stale_row, "stale_in_medplum", "", stale_row["quarantine_rule"] or "quarantined", None)
+                    )
                 elif value not in legacy_values:
-                    problems.append({"resource_type": resource_type, "identifier_value": value,
-                                     "kind": "missing_in_legacy", "field": "", "legacy_value": None, "medplum_value": None})
+                    problems.append(
+                        {
+                            "resource_type": resource_type,
+                            "identifier_value": value,
+                            "kind": "missing_in_legacy",
+                            "field": "",
+                            "legacy_value": None,
+                            "medplum_value": None,
+                        }
+                    )
     return DualWriteReport(
         element=element_name,
         eligible=eligible.height,
@@ -136,8 +165,14 @@ def compare_stores(
 
 
 def _problem(row: Mapping[str, Any], kind: str, path: str, legacy: Any, medplum: Any) -> dict[str, Any]:
-    return {"resource_type": row["resource_type"], "identifier_value": row["identifier_value"], "kind": kind,
-            "field": path, "legacy_value": _text(legacy), "medplum_value": _text(medplum)}
+    return {
+        "resource_type": row["resource_type"],
+        "identifier_value": row["identifier_value"],
+        "kind": kind,
+        "field": path,
+        "legacy_value": _text(legacy),
+        "medplum_value": _text(medplum),
+    }
 
 
 def _text(value: Any) -> str | None:
@@ -163,14 +198,23 @@ def found_resources(
 
 
 def _expectations(frame: pl.DataFrame) -> pl.DataFrame:
-    schema = {"target_resource_type": pl.String, "target_identifier_system": pl.String, "target_identifier_value": pl.String}
+    schema = {
+        "target_resource_type": pl.String,
+        "target_identifier_system": pl.String,
+        "target_identifier_value": pl.String,
+    }
     refs = frame.select(pl.col("references").explode()).filter(pl.col("references").is_not_null())
     if refs.is_empty():
         return pl.DataFrame(schema=schema)
-    return refs.unnest("references").select(
-        target_resource_type="resource_type", target_identifier_system="identifier_system",
-        target_identifier_value="identifier_value",
-    ).unique()
+    return (
+        refs.unnest("references")
+        .select(
+            target_resource_type="resource_type",
+            target_identifier_system="identifier_system",
+            target_identifier_value="identifier_value",
+        )
+        .unique()
+    )
 
 
 def _mapped_fields(frame: pl.DataFrame) -> dict[str, set[str]]:
@@ -182,7 +226,9 @@ def _mapped_fields(frame: pl.DataFrame) -> dict[str, set[str]]:
 
 
 def _with_resolved_references(
-    resource: dict[str, Any], references: Sequence[Mapping[str, Any]] | None, target_ids: Mapping[tuple[str, str, str], str]
+    resource: dict[str, Any],
+    references: Sequence[Mapping[str, Any]] | None,
+    target_ids: Mapping[tuple[str, str, str], str],
 ) -> dict[str, Any]:
     """The built resource with each conditional (or urn:uuid) reference replaced by the `Type/id` its
     target has in Medplum, as the server stores it; an unresolvable one names what was expected."""
@@ -211,11 +257,15 @@ def write_discrepancies(report: DualWriteReport, directory: Path) -> tuple[Path,
     directory.mkdir(parents=True, exist_ok=True)
     json_path, csv_path = directory / "dual_write.json", directory / "dual_write.csv"
     payload = {
-        "element": report.element, "generated_at": _now().isoformat(timespec="seconds"),
-        "passed": report.passed, "eligible": report.eligible, "compared": report.compared,
+        "element": report.element,
+        "generated_at": _now().isoformat(timespec="seconds"),
+        "passed": report.passed,
+        "eligible": report.eligible,
+        "compared": report.compared,
         "quarantined_not_compared": report.quarantined,
         "sample": {"size": report.sample.size, "seed": report.sample.seed},
-        "counts": report.counts, "discrepancies": report.discrepancies.to_dicts(),
+        "counts": report.counts,
+        "discrepancies": report.discrepancies.to_dicts(),
     }
     for path in (json_path, csv_path):
         path.touch(mode=0o600, exist_ok=True)

@@ -19,7 +19,11 @@ from migration_assets.verify.reconcile import reference_problems
 
 
 def assess_readiness(
-    client: MedplumClient, ledger: Manifest, element: DataElement, frame: pl.DataFrame, phase: ElementPhase,
+    client: MedplumClient,
+    ledger: Manifest,
+    element: DataElement,
+    frame: pl.DataFrame,
+    phase: ElementPhase,
     phases_version: str,
 ) -> tuple[dict[str, Any], DualWriteReport, pl.DataFrame]:
     """Whether reads of the element can move to Medplum: every unit compared (no sample), nothing
@@ -30,8 +34,14 @@ def assess_readiness(
     report = compare_stores(client, element.name, frame, units)
     assert report.censuses is not None
     checked, problems = reference_problems(client, frame, report.censuses)
-    pending = int((frame.select("source_table", "unit_key")
-                   .join(units, on=["source_table", "unit_key"], how="inner")["disposition"] == "pending").sum())
+    pending = int(
+        (
+            frame.select("source_table", "unit_key").join(units, on=["source_table", "unit_key"], how="inner")[
+                "disposition"
+            ]
+            == "pending"
+        ).sum()
+    )
     counts = report.counts
     criteria = {
         "missing_in_medplum": counts["missing_in_medplum"],
@@ -39,16 +49,15 @@ def assess_readiness(
         "duplicated_in_medplum": counts["duplicated_in_medplum"],
         "stale_in_medplum": counts["stale_in_medplum"],
         "units_with_differing_fields": report.discrepancies.filter(pl.col("kind") == "differs")
-        .select("resource_type", "identifier_value").n_unique(),
+        .select("resource_type", "identifier_value")
+        .n_unique(),
         "reference_problems": problems.height,
         "units_pending": pending,
     }
     ready = all(value == 0 for value in criteria.values())
     reasons = [f"{value} {name.replace('_', ' ')}" for name, value in criteria.items() if value]
     behaviour = phase.behaviour
-    reads_from = {"legacy": "legacy", "medplum": "medplum"}.get(
-        behaviour.reads_from, "medplum" if ready else "legacy"
-    )
+    reads_from = {"legacy": "legacy", "medplum": "medplum"}.get(behaviour.reads_from, "medplum" if ready else "legacy")
     document = {
         "element": element.name,
         "ready": ready,
@@ -60,8 +69,12 @@ def assess_readiness(
         "phases_version": phases_version,
         "mapping_version": element.mapping_version,
         "generated_at": _now().isoformat(timespec="seconds"),
-        "criteria": {**criteria, "units_compared": report.compared, "references_checked": checked,
-                     "quarantined_not_expected": report.quarantined},
+        "criteria": {
+            **criteria,
+            "units_compared": report.compared,
+            "references_checked": checked,
+            "quarantined_not_expected": report.quarantined,
+        },
         "reasons": reasons,
     }
     return document, report, problems

@@ -1,4 +1,5 @@
-"""The regular sync of one data element (phases dual_write and backfill), as plain functions over the legacy source, the manifest and Medplum (no Dagster import).
+"""The regular sync of one data element (phases dual_write and backfill), as plain functions over the legacy
+source, the manifest and Medplum (no Dagster import).
 
 Sync: each legacy table has an `updated_at` column (ISO text, UTC, fixed width). The sync keeps, per
 element and table, the largest `updated_at` of its last successful run (the watermark, in the
@@ -38,11 +39,15 @@ def read_legacy(url: str, element: DataElement) -> dict[str, pl.DataFrame]:
     return {table: read_table(url, table) for table in element.source_tables}
 
 
-def legacy_frame(element: DataElement, tables: Mapping[str, pl.DataFrame], system: SourceSystem) -> tuple[pl.DataFrame, pl.DataFrame]:
+def legacy_frame(
+    element: DataElement, tables: Mapping[str, pl.DataFrame], system: SourceSystem
+) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The element's extracted rows and FHIR frame, exactly as a full migration builds them (the
     mapping never sees the change column)."""
-    plain = {name: frame.drop(element.change_column, strict=False) if element.change_column else frame
-             for name, frame in tables.items()}
+    plain = {
+        name: frame.drop(element.change_column, strict=False) if element.change_column else frame
+        for name, frame in tables.items()
+    }
     rows = element.extract(plain)
     return rows, build_frame(element, rows, system)
 
@@ -95,8 +100,9 @@ def select_candidates(
             continue
         newest = data[changed_at].max()
         new_marks[table] = None if newest is None else str(newest)
-        since = _since(marks.get(table), table in marks, phase, behaviour.first_sync_from, lookback_seconds,
-                       element.change_format)
+        since = _since(
+            marks.get(table), table in marks, phase, behaviour.first_sync_from, lookback_seconds, element.change_format
+        )
         changed = data if since is None else data.filter(pl.col(changed_at) > since)
         changed_rows[table] = changed.height
         if changed.is_empty():
@@ -106,29 +112,47 @@ def select_candidates(
             touched = everything  # cannot tell which units a change of this table touches: all are candidates
             continue
         touched = touched | rows[key].cast(pl.String).is_in(changed[key].cast(pl.String).to_list()).fill_null(False)
-    keys = rows.with_columns(_source_key=_key_of_row(element, rows)).filter(touched).select(
-        "source_table", source_key="_source_key").unique()
-    mask = frame.select("source_table", "source_key").join(
-        keys.with_columns(_hit=pl.lit(True)), on=["source_table", "source_key"], how="left", maintain_order="left"
-    )["_hit"].fill_null(False)
+    keys = (
+        rows.with_columns(_source_key=_key_of_row(element, rows))
+        .filter(touched)
+        .select("source_table", source_key="_source_key")
+        .unique()
+    )
+    mask = (
+        frame.select("source_table", "source_key")
+        .join(
+            keys.with_columns(_hit=pl.lit(True)), on=["source_table", "source_key"], how="left", maintain_order="left"
+        )["_hit"]
+        .fill_null(False)
+    )
     if touched.all():
         mask = pl.Series([True] * frame.height, dtype=pl.Boolean)
     ledger = frame.select("source_table", "unit_key").join(
-        known.select("source_table", "unit_key", "disposition"), on=["source_table", "unit_key"], how="left",
+        known.select("source_table", "unit_key", "disposition"),
+        on=["source_table", "unit_key"],
+        how="left",
         maintain_order="left",
     )["disposition"]
     retry = ledger.is_in(["pending", "rejected"]).fill_null(False)
     backfill = ledger.is_null() if behaviour.backfills else pl.Series([False] * frame.height, dtype=pl.Boolean)
-    result = Candidates(mask | retry | backfill, changed_rows, new_marks, untracked,
-                        retried=int((retry & ~mask).sum()), backfilled=int((backfill & ~mask & ~retry).sum()))
+    result = Candidates(
+        mask | retry | backfill,
+        changed_rows,
+        new_marks,
+        untracked,
+        retried=int((retry & ~mask).sum()),
+        backfilled=int((backfill & ~mask & ~retry).sum()),
+    )
     # A transaction goes whole: a note's change sends its encounter with it, and the other way round.
-    result.mask = pl.DataFrame({"g": frame["bundle_group"], "m": result.mask}).select(
-        pl.col("m").any().over("g")).to_series()
+    result.mask = (
+        pl.DataFrame({"g": frame["bundle_group"], "m": result.mask}).select(pl.col("m").any().over("g")).to_series()
+    )
     return result
 
 
-def _since(mark: str | None, has_mark: bool, phase: ElementPhase, first_from: str, lookback: int,
-           change_format: str) -> str | None:
+def _since(
+    mark: str | None, has_mark: bool, phase: ElementPhase, first_from: str, lookback: int, change_format: str
+) -> str | None:
     """The change time after which rows count as changed; None: every row."""
     if mark is None:
         if has_mark or first_from == "beginning" or phase.since is None:
@@ -186,21 +210,36 @@ def sync_element(
     outcome = SyncOutcome(element.name, phase.phase, behaviour.sync, watermarks_before=state.watermarks(element.name))
     state.start(run_id, element.name, phase, phases_version)
     if behaviour.sync == "verify":
-        outcome.message = (f"{phase.describe()}: Medplum is the system of record; nothing is written from the "
-                           "legacy side, the dual-write check of this run reads Medplum back and compares.")
+        outcome.message = (
+            f"{phase.describe()}: Medplum is the system of record; nothing is written from the "
+            "legacy side, the dual-write check of this run reads Medplum back and compares."
+        )
         state.finish(run_id, element.name, "verified", 0, {})
         return outcome
     try:
         tables = read_legacy(source_url, element)
         rows, frame = legacy_frame(element, tables, system)
-        chosen = select_candidates(element, tables, rows, frame, outcome.watermarks_before, phase, ledger.units(element.name),
-                                   lookback_seconds)
+        chosen = select_candidates(
+            element, tables, rows, frame, outcome.watermarks_before, phase, ledger.units(element.name), lookback_seconds
+        )
         outcome.changed_rows, outcome.watermarks_after = chosen.changed_rows, chosen.new_marks
-        outcome.untracked_tables, outcome.retried, outcome.backfilled = chosen.untracked, chosen.retried, chosen.backfilled
+        outcome.untracked_tables, outcome.retried, outcome.backfilled = (
+            chosen.untracked,
+            chosen.retried,
+            chosen.backfilled,
+        )
         outcome.candidates = int(chosen.mask.sum())
         if outcome.candidates:
-            outcome.result = migrate(client, ledger, run_id, element, frame.filter(chosen.mask),
-                                        redact_url(source_url), settings, on_progress)
+            outcome.result = migrate(
+                client,
+                ledger,
+                run_id,
+                element,
+                frame.filter(chosen.mask),
+                redact_url(source_url),
+                settings,
+                on_progress,
+            )
     except Exception:
         state.finish(run_id, element.name, "failed", outcome.candidates, {})
         raise
@@ -208,12 +247,16 @@ def sync_element(
     state.advance(element.name, run_id, outcome.watermarks_after)
     counts = outcome.result.counts if outcome.result else {}
     state.finish(run_id, element.name, "finished", outcome.candidates, counts)
-    outcome.message = (f"{phase.describe()}: {outcome.candidates} of {frame.height} units touched by a change "
-                       f"({counts.get('sent', 0)} sent, {counts.get('not_sent_unchanged', 0)} unchanged)")
+    outcome.message = (
+        f"{phase.describe()}: {outcome.candidates} of {frame.height} units touched by a change "
+        f"({counts.get('sent', 0)} sent, {counts.get('not_sent_unchanged', 0)} unchanged)"
+    )
     return outcome
 
 
-def pending_changes(url: str, element: DataElement, marks: Mapping[str, str | None]) -> tuple[dict[str, str | None], list[str]]:
+def pending_changes(
+    url: str, element: DataElement, marks: Mapping[str, str | None]
+) -> tuple[dict[str, str | None], list[str]]:
     """For a sensor: the newest change time of each table (one MAX query each), and the tables that
     changed after their watermark (every tracked table when there is no watermark yet)."""
     newest: dict[str, str | None] = {}

@@ -82,6 +82,8 @@ def grid() -> list[tuple[int, int]]:
     if chosen:
         return [(int(b), int(c)) for b, c in (point.split("x") for point in chosen.split(","))]
     return [(batch_size, concurrency) for batch_size in BATCH_SIZES for concurrency in CONCURRENCIES]
+
+
 NAIVE_SUBSET = 300  # patients (with their conditions) for the one-request-per-resource run
 STAGES = ("transform", "ceiling", "naive", "cli", "loader", "e2e", "paced", "memory", "ledger", "shards")
 # The paced stage's server: a real Medplum's capacity (MEDPLUM_FACTS.md: 50 to 800 writes a second; the
@@ -121,8 +123,12 @@ def write_source(patients: int, folder: Path) -> dict[str, Any]:
     if PROFILE.sample_files is not None:  # the documents' files, beside the source
         tables = PROFILE.sample_files(tables, f"parquet://{folder}")
     write_tables(f"parquet://{folder}", tables, PROFILE.primary_keys())
-    return {"patients": patients, "rows": {name: frame.height for name, frame in tables.items()},
-            "generate_seconds": round(generated, 2), "seconds": round(time.perf_counter() - started, 2)}
+    return {
+        "patients": patients,
+        "rows": {name: frame.height for name, frame in tables.items()},
+        "generate_seconds": round(generated, 2),
+        "seconds": round(time.perf_counter() - started, 2),
+    }
 
 
 def element_frame(source_url: str, name: str, system: SourceSystem = SYSTEM) -> pl.DataFrame:
@@ -177,25 +183,32 @@ def bench_transform(source_url: str) -> dict[str, Any]:
 
 
 def token(server: LocalMedplum) -> str:
-    answer = httpx.post(server.token_url, data={"grant_type": "client_credentials", "client_id": server.client_id,
-                                                "client_secret": server.client_secret}, trust_env=False)
+    answer = httpx.post(
+        server.token_url,
+        data={"grant_type": "client_credentials", "client_id": server.client_id, "client_secret": server.client_secret},
+        trust_env=False,
+    )
     answer.raise_for_status()
     return str(answer.json()["access_token"])
 
 
 def bundles(texts: list[str], batch_size: int) -> list[bytes]:
-    return [('{"resourceType":"Bundle","type":"batch","entry":[' + ",".join(texts[i:i + batch_size]) + "]}").encode()
-            for i in range(0, len(texts), batch_size)]
+    return [
+        ('{"resourceType":"Bundle","type":"batch","entry":[' + ",".join(texts[i : i + batch_size]) + "]}").encode()
+        for i in range(0, len(texts), batch_size)
+    ]
 
 
-def send_bundles(server: LocalMedplum, phases: list[list[bytes]], concurrency: int,
-                 written_ids: list[str | None] | None = None) -> tuple[float, int, int]:
+def send_bundles(
+    server: LocalMedplum, phases: list[list[bytes]], concurrency: int, written_ids: list[str | None] | None = None
+) -> tuple[float, int, int]:
     """Send each phase's bundles `concurrency` at a time (a phase ends before the next starts:
     Conditions reference Patients); seconds, entries ok, entries failed. The ids of the resources
     written are appended to `written_ids` when given."""
     headers = {"Authorization": f"Bearer {token(server)}", "Content-Type": "application/fhir+json"}
     ok = failed = 0
     with httpx.Client(base_url=server.fhir_base_url, headers=headers, timeout=300, trust_env=False) as http:
+
         def post(body: bytes) -> list[dict[str, Any]]:
             answer = http.post("", content=body)
             answer.raise_for_status()
@@ -213,39 +226,59 @@ def send_bundles(server: LocalMedplum, phases: list[list[bytes]], concurrency: i
         return time.perf_counter() - started, ok, failed
 
 
-def bench_ceiling(texts: dict[str, list[str]], settings: list[tuple[int, int]],
-                  points_per_second: float = 0) -> list[dict[str, Any]]:
+def bench_ceiling(
+    texts: dict[str, list[str]], settings: list[tuple[int, int]], points_per_second: float = 0
+) -> list[dict[str, Any]]:
     points = []
     total = sum(len(t) for t in texts.values())
     for batch_size, concurrency in settings:
         phases = [bundles(texts[name], batch_size) for name in ELEMENTS]
         with running_local_medplum(points_per_second=points_per_second) as server:
             seconds, ok, failed = send_bundles(server, phases, concurrency)
-        points.append({"batch_size": batch_size, "concurrency": concurrency, "resources": total, "ok": ok,
-                       "failed": failed, "seconds": round(seconds, 3), "resources_per_s": round(ok / seconds, 1)})
+        points.append(
+            {
+                "batch_size": batch_size,
+                "concurrency": concurrency,
+                "resources": total,
+                "ok": ok,
+                "failed": failed,
+                "seconds": round(seconds, 3),
+                "resources_per_s": round(ok / seconds, 1),
+            }
+        )
         log(f"ceiling batch {batch_size:>4} x {concurrency}: {ok / seconds:8.1f} resources/s ({failed} failed)")
     return points
 
 
-def bench_ceiling_direct(frames: dict[str, pl.DataFrame], batch_size: int, concurrency: int,
-                         points_per_second: float = 0) -> dict[str, Any]:
+def bench_ceiling_direct(
+    frames: dict[str, pl.DataFrame], batch_size: int, concurrency: int, points_per_second: float = 0
+) -> dict[str, Any]:
     """The ceiling again, with what the platform sends by default: the Conditions' subjects as
     `Patient/<id>` (ids from the Patients' batch-response; the Conditions' bundles are built between
     the two timed phases)."""
     patients, conditions = (eligible(frames[name]) for name in ELEMENTS)
     written_ids: list[str | None] = []
     with running_local_medplum(points_per_second=points_per_second) as server:
-        first, ok, failed = send_bundles(server, [bundles(entry_texts(patients).to_list(), batch_size)], concurrency,
-                                         written_ids)
+        first, ok, failed = send_bundles(
+            server, [bundles(entry_texts(patients).to_list(), batch_size)], concurrency, written_ids
+        )
         ids = patients.select("resource_type", "identifier_system", "identifier_value").with_columns(
-            resource_id=pl.Series(written_ids, dtype=pl.String))
+            resource_id=pl.Series(written_ids, dtype=pl.String)
+        )
         direct = with_direct_references(conditions, ids)
         second, ok_then, failed_then = send_bundles(
-            server, [bundles(entry_texts(direct).to_list(), batch_size)], concurrency)
+            server, [bundles(entry_texts(direct).to_list(), batch_size)], concurrency
+        )
     seconds, ok, failed = first + second, ok + ok_then, failed + failed_then
     log(f"ceiling with direct references, batch {batch_size} x {concurrency}: {ok / seconds:8.1f} resources/s")
-    return {"batch_size": batch_size, "concurrency": concurrency, "ok": ok, "failed": failed,
-            "seconds": round(seconds, 3), "resources_per_s": round(ok / seconds, 1)}
+    return {
+        "batch_size": batch_size,
+        "concurrency": concurrency,
+        "ok": ok,
+        "failed": failed,
+        "seconds": round(seconds, 3),
+        "resources_per_s": round(ok / seconds, 1),
+    }
 
 
 # -- naive: one conditional PUT per request ----------------------------------------------------------
@@ -255,8 +288,11 @@ def bench_naive(frames: dict[str, pl.DataFrame], subset_patients: int) -> dict[s
     patients = eligible(frames["patients"]).head(subset_patients)
     keys = patients["identifier_value"].to_list()
     conditions = eligible(frames["problem_list"]).filter(pl.col("patient_id").is_in(keys))
-    rows = [row for frame in (patients, conditions) for row in frame.select(
-        "resource_type", "identifier_system", "identifier_value", "resource").iter_rows()]
+    rows = [
+        row
+        for frame in (patients, conditions)
+        for row in frame.select("resource_type", "identifier_system", "identifier_value", "resource").iter_rows()
+    ]
     with running_local_medplum() as server:
         headers = {"Authorization": f"Bearer {token(server)}", "Content-Type": "application/fhir+json"}
         ok = 0
@@ -275,7 +311,10 @@ def bench_naive(frames: dict[str, pl.DataFrame], subset_patients: int) -> dict[s
 
 def bench_cli(frames: dict[str, pl.DataFrame], work: Path) -> dict[str, Any]:
     if not MEDPLUM_CLI.exists():
-        return {"ran": False, "why": f"{MEDPLUM_CLI} not installed (make setup installs @medplum/cli as a devDependency)"}
+        return {
+            "ran": False,
+            "why": f"{MEDPLUM_CLI} not installed (make setup installs @medplum/cli as a devDependency)",
+        }
     files = []
     for name in ELEMENTS:
         frame = eligible(frames[name])
@@ -286,30 +325,53 @@ def bench_cli(frames: dict[str, pl.DataFrame], work: Path) -> dict[str, Any]:
     with running_local_medplum() as server:
         home = work / "cli_home"
         home.mkdir(exist_ok=True)
-        env = {**os.environ, "HOME": str(home), "MEDPLUM_BASE_URL": server.base_url,
-               "MEDPLUM_CLIENT_ID": server.client_id, "MEDPLUM_CLIENT_SECRET": server.client_secret}
+        env = {
+            **os.environ,
+            "HOME": str(home),
+            "MEDPLUM_BASE_URL": server.base_url,
+            "MEDPLUM_CLIENT_ID": server.client_id,
+            "MEDPLUM_CLIENT_SECRET": server.client_secret,
+        }
         node = SERVER_DIR / "node_modules" / ".bin" / "node"
         runs = []
         for attempt in (1, 2):
             started = time.perf_counter()
             errors = []
             for path, _ in files:
-                done = subprocess.run([str(node), str(MEDPLUM_CLI), "bulk", "import", str(path),
-                                       "--num-resources-per-request", "25"], check=False, env=env, capture_output=True,
-                                      text=True, timeout=3600)
+                done = subprocess.run(
+                    [str(node), str(MEDPLUM_CLI), "bulk", "import", str(path), "--num-resources-per-request", "25"],
+                    check=False,
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    timeout=3600,
+                )
                 if done.returncode != 0:
                     errors.append(f"{path.name}: exit {done.returncode}: {last_error_line(done.stderr or done.stdout)}")
             seconds = time.perf_counter() - started
             with MedplumClient(server.base_url, server.client_id, server.client_secret) as client:
-                stored = {rt: int(client.get_json(rt, {"_summary": "count", "_total": "accurate"}).get("total", -1))
-                          for rt in ("Patient", "Condition")}
-            runs.append({"seconds": round(seconds, 3), "resources_per_s": round(total / seconds, 1),
-                         "stored_after": stored, "errors": errors})
+                stored = {
+                    rt: int(client.get_json(rt, {"_summary": "count", "_total": "accurate"}).get("total", -1))
+                    for rt in ("Patient", "Condition")
+                }
+            runs.append(
+                {
+                    "seconds": round(seconds, 3),
+                    "resources_per_s": round(total / seconds, 1),
+                    "stored_after": stored,
+                    "errors": errors,
+                }
+            )
             log(f"medplum bulk import run {attempt}: {seconds:.1f} s, stored {stored}, errors {errors}")
             if attempt == 1 and errors:
                 return {"ran": False, "why": "; ".join(errors)}
-    return {"ran": True, "resources": total, "first": runs[0], "second": runs[1],
-            "note": "POSTs in transactions of 25: not idempotent, a second run stores every resource again"}
+    return {
+        "ran": True,
+        "resources": total,
+        "first": runs[0],
+        "second": runs[1],
+        "note": "POSTs in transactions of 25: not idempotent, a second run stores every resource again",
+    }
 
 
 def last_error_line(output: str) -> str:
@@ -329,23 +391,41 @@ def bench_loader(frames: dict[str, pl.DataFrame], work: Path) -> tuple[list[dict
         manifest_url = f"sqlite:///{work / f'loader-{batch_size}-{concurrency}.db'}"
         with running_local_medplum() as server:
             seconds, counts, _ = run_loader(server, manifest_url, frames, settings)
-            point = {"batch_size": batch_size, "concurrency": concurrency, "resources": total,
-                     "created": counts["created"], "failed": counts["failed"], "seconds": round(seconds, 3),
-                     "resources_per_s": round(counts["created"] / seconds, 1)}
+            point = {
+                "batch_size": batch_size,
+                "concurrency": concurrency,
+                "resources": total,
+                "created": counts["created"],
+                "failed": counts["failed"],
+                "seconds": round(seconds, 3),
+                "resources_per_s": round(counts["created"] / seconds, 1),
+            }
             if not reload:
                 again, counts, requests = run_loader(server, manifest_url, frames, settings, run_id="reload")
-                reload = {"resources": total, "seconds": round(again, 3), "requests": requests,
-                          "sent": counts["sent"], "not_sent_unchanged": counts["not_sent_unchanged"]}
+                reload = {
+                    "resources": total,
+                    "seconds": round(again, 3),
+                    "requests": requests,
+                    "sent": counts["sent"],
+                    "not_sent_unchanged": counts["not_sent_unchanged"],
+                }
         points.append(point)
         log(f"loader  batch {batch_size:>4} x {concurrency}: {point['resources_per_s']:8.1f} resources/s")
     return points, reload
 
 
-def run_loader(server: LocalMedplum, manifest_url: str, frames: dict[str, pl.DataFrame], settings: LoadSettings,
-               run_id: str = "bench") -> tuple[float, dict[str, int], int]:
+def run_loader(
+    server: LocalMedplum,
+    manifest_url: str,
+    frames: dict[str, pl.DataFrame],
+    settings: LoadSettings,
+    run_id: str = "bench",
+) -> tuple[float, dict[str, int], int]:
     totals: dict[str, int] = {}
-    with MedplumClient(server.base_url, server.client_id, server.client_secret) as client, \
-            Manifest(manifest_url) as manifest:
+    with (
+        MedplumClient(server.base_url, server.client_id, server.client_secret) as client,
+        Manifest(manifest_url) as manifest,
+    ):
         started = time.perf_counter()
         for name in ELEMENTS:
             result = load_frame(client, manifest, run_id, name, get_element(name).transactional, frames[name], settings)
@@ -363,22 +443,34 @@ def run_loader(server: LocalMedplum, manifest_url: str, frames: dict[str, pl.Dat
 E2E_PHASES = ("first", "reload", "reload_again")
 
 
-def bench_e2e(source_url: str, work: Path, batch_size: int, concurrency: int, points_per_second: float = 0,
-              phases: tuple[str, ...] = E2E_PHASES) -> dict[str, Any]:
+def bench_e2e(
+    source_url: str,
+    work: Path,
+    batch_size: int,
+    concurrency: int,
+    points_per_second: float = 0,
+    phases: tuple[str, ...] = E2E_PHASES,
+) -> dict[str, Any]:
     from dagster import DagsterInstance
 
     from migration_assets.definitions import make_definitions
     from migration_assets.pipeline.resources import MedplumResource, build_resources
 
     report: dict[str, Any] = {"batch_size": batch_size, "concurrency": concurrency}
-    with running_local_medplum(points_per_second=points_per_second) as server, \
-            tempfile.TemporaryDirectory(dir=work) as home:
+    with (
+        running_local_medplum(points_per_second=points_per_second) as server,
+        tempfile.TemporaryDirectory(dir=work) as home,
+    ):
         state = Path(home)  # the run's own ledger, evidence and frames: each call starts afresh
         resources = build_resources(
-            medplum=MedplumResource(base_url=server.base_url, client_id=server.client_id,
-                                    client_secret=server.client_secret),
-            legacy_db_url=source_url, manifest_db_url=f"sqlite:///{state / 'manifest.db'}", work_dir=state,
-            batch_size=batch_size, concurrency=concurrency,
+            medplum=MedplumResource(
+                base_url=server.base_url, client_id=server.client_id, client_secret=server.client_secret
+            ),
+            legacy_db_url=source_url,
+            manifest_db_url=f"sqlite:///{state / 'manifest.db'}",
+            work_dir=state,
+            batch_size=batch_size,
+            concurrency=concurrency,
         )
         job = make_definitions(resources).resolve_job_def("migrate_data_element")
         with DagsterInstance.local_temp(tempdir=home) as instance:
@@ -392,8 +484,10 @@ def bench_e2e(source_url: str, work: Path, batch_size: int, concurrency: int, po
                     phase[key] = round(sum(e[key] for e in phase["elements"].values()), 3)
                 phase["ok"] = all(e["ok"] for e in phase["elements"].values())
                 report[label] = phase
-                log(f"e2e {label}: {phase['seconds']:.1f} s, load steps {phase['load_step_seconds']:.1f} s, "
-                    f"sent {phase['sent']}, ok={phase['ok']}")
+                log(
+                    f"e2e {label}: {phase['seconds']:.1f} s, load steps {phase['load_step_seconds']:.1f} s, "
+                    f"sent {phase['sent']}, ok={phase['ok']}"
+                )
     first = report["first"]
     report["first"]["resources_per_s"] = round(first["loaded"] / first["seconds"], 1)
     report["first"]["load_step_resources_per_s"] = round(first["loaded"] / first["load_step_seconds"], 1)
@@ -404,8 +498,12 @@ def run_element(job: Any, instance: Any, name: str) -> dict[str, Any]:
     from dagster import DagsterEventType
 
     started = time.perf_counter()
-    result = job.execute_in_process(partition_key=name, instance=instance, raise_on_error=False,
-                                    run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}})
+    result = job.execute_in_process(
+        partition_key=name,
+        instance=instance,
+        raise_on_error=False,
+        run_config={"loggers": {"console": {"config": {"log_level": "WARNING"}}}},
+    )
     seconds = time.perf_counter() - started
     steps: dict[str, float] = {}
     starts: dict[str, float] = {}
@@ -422,16 +520,31 @@ def run_element(job: Any, instance: Any, name: str) -> dict[str, Any]:
     evaluations = result.get_asset_check_evaluations()
     checks = {e.check_name: e.passed for e in evaluations}
     # What the idempotency check resubmitted: writes too, though they change nothing.
-    resubmitted = sum(int(e.metadata["sent"].value) for e in evaluations
-                      if e.check_name == "idempotent_reload" and "sent" in e.metadata)
-    return {"ok": result.success and all(checks.values()), "seconds": round(seconds, 3), "steps": steps,
-            "load_step_seconds": steps.get("medplum_resources", 0.0),
-            # The checks of the loaded resources and the report: they read Medplum back.
-            "after_load_check_seconds": round(sum(seconds for step, seconds in steps.items()
-                                                  if step.startswith("medplum_resources_") or step == "reconciliation_report"), 3),
-            "loaded": int(counts.get("created", 0)) + int(counts.get("updated", 0)) + int(counts.get("unchanged", 0)),
-            "sent": int(counts.get("sent", 0)), "resubmitted_by_checks": resubmitted, "checks": checks,
-            "quota_points": int(counts.get("quota_points", 0))}
+    resubmitted = sum(
+        int(e.metadata["sent"].value)
+        for e in evaluations
+        if e.check_name == "idempotent_reload" and "sent" in e.metadata
+    )
+    return {
+        "ok": result.success and all(checks.values()),
+        "seconds": round(seconds, 3),
+        "steps": steps,
+        "load_step_seconds": steps.get("medplum_resources", 0.0),
+        # The checks of the loaded resources and the report: they read Medplum back.
+        "after_load_check_seconds": round(
+            sum(
+                seconds
+                for step, seconds in steps.items()
+                if step.startswith("medplum_resources_") or step == "reconciliation_report"
+            ),
+            3,
+        ),
+        "loaded": int(counts.get("created", 0)) + int(counts.get("updated", 0)) + int(counts.get("unchanged", 0)),
+        "sent": int(counts.get("sent", 0)),
+        "resubmitted_by_checks": resubmitted,
+        "checks": checks,
+        "quota_points": int(counts.get("quota_points", 0)),
+    }
 
 
 # -- the ledger alone ---------------------------------------------------------------------------------
@@ -446,10 +559,18 @@ def bench_ledger(work: Path) -> dict[str, Any]:
     if os.environ.get("BENCH_LEDGER_PG_URL"):
         urls["postgresql"] = os.environ["BENCH_LEDGER_PG_URL"]
     keys = [f"P{number:07d}" for number in range(LEDGER_UNITS)]
-    frame = pl.DataFrame({"source_table": "patients", "unit_key": keys, "resource_type": "Patient",
-                          "identifier_system": SYSTEM.identifier_system("patient"), "identifier_value": keys,
-                          "quarantine_rule": None, "quarantine_reason": None},
-                         schema_overrides={"quarantine_rule": pl.String, "quarantine_reason": pl.String})
+    frame = pl.DataFrame(
+        {
+            "source_table": "patients",
+            "unit_key": keys,
+            "resource_type": "Patient",
+            "identifier_system": SYSTEM.identifier_system("patient"),
+            "identifier_value": keys,
+            "quarantine_rule": None,
+            "quarantine_reason": None,
+        },
+        schema_overrides={"quarantine_rule": pl.String, "quarantine_reason": pl.String},
+    )
     outcome = {"resourceType": "OperationOutcome", "issue": [{"severity": "information", "code": "informational"}]}
     measured = {}
     for name, url in urls.items():
@@ -460,17 +581,30 @@ def bench_ledger(work: Path) -> dict[str, Any]:
             registered = time.perf_counter() - started
             started = time.perf_counter()
             for start in range(0, LEDGER_UNITS, RECORD_FLUSH_ROWS):
-                chunk = [Attempt("patients", key, 1, number, 201, f"Patient/{key}/_history/1", outcome, "0" * 64)
-                         for number, key in enumerate(keys[start:start + RECORD_FLUSH_ROWS])]
-                manifest.record_results("bench", element, chunk, [True] * len(chunk), [a.unit_key for a in chunk],
-                                        ["1"] * len(chunk), [None] * len(chunk))
+                chunk = [
+                    Attempt("patients", key, 1, number, 201, f"Patient/{key}/_history/1", outcome, "0" * 64)
+                    for number, key in enumerate(keys[start : start + RECORD_FLUSH_ROWS])
+                ]
+                manifest.record_results(
+                    "bench",
+                    element,
+                    chunk,
+                    [True] * len(chunk),
+                    [a.unit_key for a in chunk],
+                    ["1"] * len(chunk),
+                    [None] * len(chunk),
+                )
             recorded = time.perf_counter() - started
             started = time.perf_counter()
             manifest.units(element, LEDGER_COLUMNS)  # what a load reads before it sends
             read = time.perf_counter() - started
-        measured[name] = {"units": LEDGER_UNITS, "register_seconds": round(registered, 2),
-                          "record_seconds": round(recorded, 2), "read_seconds": round(read, 3),
-                          "units_per_s": round(LEDGER_UNITS / (registered + recorded))}
+        measured[name] = {
+            "units": LEDGER_UNITS,
+            "register_seconds": round(registered, 2),
+            "record_seconds": round(recorded, 2),
+            "read_seconds": round(read, 3),
+            "units_per_s": round(LEDGER_UNITS / (registered + recorded)),
+        }
         log(f"ledger {name}: {measured[name]}")
     return measured
 
@@ -488,10 +622,14 @@ class StubMedplum:
         if request.method == "GET":
             return httpx.Response(200, json={"resourceType": "Bundle", "type": "searchset", "entry": []})
         count = len(json.loads(request.content)["entry"])
-        entries = [{"response": {"status": "201 Created", "location": f"X/{uuid.uuid4()}/_history/1"}}
-                   for _ in range(count)]
-        return httpx.Response(200, json={"resourceType": "Bundle", "type": "batch-response", "entry": entries},
-                              headers={"RateLimit": '"fhirInteractions";r=50000;t=60'})
+        entries = [
+            {"response": {"status": "201 Created", "location": f"X/{uuid.uuid4()}/_history/1"}} for _ in range(count)
+        ]
+        return httpx.Response(
+            200,
+            json={"resourceType": "Bundle", "type": "batch-response", "entry": entries},
+            headers={"RateLimit": '"fhirInteractions";r=50000;t=60'},
+        )
 
 
 # The three steps of a data element as Dagster runs them, each in its own process: the legacy_source
@@ -510,8 +648,12 @@ def probe_extract(source_url: str, element_name: str, out: Path) -> dict[str, An
 def probe_transform(source_path: Path, element_name: str, out: Path) -> dict[str, Any]:
     started = time.perf_counter()
     parts = build_frame_parts(get_element(element_name), pl.scan_parquet(source_path), SYSTEM, out)
-    return {"rows": parts.height, "parts": len(parts), "seconds": round(time.perf_counter() - started, 2),
-            "peak_rss_mb": round(rss_mb())}
+    return {
+        "rows": parts.height,
+        "parts": len(parts),
+        "seconds": round(time.perf_counter() - started, 2),
+        "peak_rss_mb": round(rss_mb()),
+    }
 
 
 def probe_load(parts_path: Path, element_name: str, manifest_url: str) -> dict[str, Any]:
@@ -520,10 +662,21 @@ def probe_load(parts_path: Path, element_name: str, manifest_url: str) -> dict[s
     client = MedplumClient("http://stub/", "stub", "stub", transport=httpx.MockTransport(StubMedplum()))
     with client, Manifest(manifest_url) as manifest:
         # Prerequisites are found in the probe's own ledger (the stub holds nothing to search).
-        result = migrate(client, manifest, f"probe-{element_name}", element, FrameParts(parts_path), "probe",
-                         LoadSettings(batch_size=element.batch_size, concurrency=element.concurrency))
-    return {"rows": result.counts["source_rows"], "sent": result.counts["sent"],
-            "seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(rss_mb())}
+        result = migrate(
+            client,
+            manifest,
+            f"probe-{element_name}",
+            element,
+            FrameParts(parts_path),
+            "probe",
+            LoadSettings(batch_size=element.batch_size, concurrency=element.concurrency),
+        )
+    return {
+        "rows": result.counts["source_rows"],
+        "sent": result.counts["sent"],
+        "seconds": round(time.perf_counter() - started, 2),
+        "peak_rss_mb": round(rss_mb()),
+    }
 
 
 def bench_memory(patients: int, work: Path) -> dict[str, Any]:
@@ -539,18 +692,31 @@ def bench_memory(patients: int, work: Path) -> dict[str, Any]:
         transform = run_probe(["transform", str(source_path), name, str(parts_path)])
         load = run_probe(["load", str(parts_path), name, manifest_url])
         steps[name] = {"extract": extract, "transform": transform, "load": load}
-        log(f"memory {name}: {transform['rows']} rows in {transform['parts']} parts; extract "
+        log(
+            f"memory {name}: {transform['rows']} rows in {transform['parts']} parts; extract "
             f"{extract['peak_rss_mb']} MB, transform {transform['peak_rss_mb']} MB ({transform['seconds']} s), "
-            f"load {load['peak_rss_mb']} MB ({load['seconds']} s)")
+            f"load {load['peak_rss_mb']} MB ({load['seconds']} s)"
+        )
     shutil.rmtree(folder, ignore_errors=True)
-    return {"patients": patients, "source": generated, "steps": steps,
-            **{f"peak_{step}_mb": max(s[step]["peak_rss_mb"] for s in steps.values())
-               for step in ("extract", "transform", "load")}}
+    return {
+        "patients": patients,
+        "source": generated,
+        "steps": steps,
+        **{
+            f"peak_{step}_mb": max(s[step]["peak_rss_mb"] for s in steps.values())
+            for step in ("extract", "transform", "load")
+        },
+    }
 
 
 def run_probe(args: list[str]) -> dict[str, Any]:
-    done = subprocess.run([sys.executable, "-m", "migration_assets.commands.bench", "--probe", *args], check=False, capture_output=True,
-                          text=True, timeout=7200)
+    done = subprocess.run(
+        [sys.executable, "-m", "migration_assets.commands.bench", "--probe", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=7200,
+    )
     if done.returncode != 0:
         raise RuntimeError(f"probe {args} failed: {done.stderr[-2000:]}")
     return dict(json.loads(done.stdout.strip().splitlines()[-1]))
@@ -589,82 +755,178 @@ def summary_rows(report: dict[str, Any]) -> list[tuple[str, str, str]]:
     rows: list[tuple[str, str, str]] = []
     ceiling = best(report["ceiling"]) if report.get("ceiling") else None
     if ceiling:
-        rows.append(("ceiling (pre-built batches of conditional PUTs)", f"{ceiling['resources_per_s']:,.0f} res/s",
-                     f"batch {ceiling['batch_size']} x {ceiling['concurrency']} in flight"))
+        rows.append(
+            (
+                "ceiling (pre-built batches of conditional PUTs)",
+                f"{ceiling['resources_per_s']:,.0f} res/s",
+                f"batch {ceiling['batch_size']} x {ceiling['concurrency']} in flight",
+            )
+        )
     if report.get("ceiling_direct"):
-        rows.append(("ceiling, references to Patients direct", f"{report['ceiling_direct']['resources_per_s']:,.0f} res/s",
-                     "as the platform sends them (direct_references on)"))
+        rows.append(
+            (
+                "ceiling, references to Patients direct",
+                f"{report['ceiling_direct']['resources_per_s']:,.0f} res/s",
+                "as the platform sends them (direct_references on)",
+            )
+        )
     if "naive" in report:
         n = report["naive"]
-        rows.append(("naive: one conditional PUT per request", f"{n['resources_per_s']:,.0f} res/s",
-                     f"{n['resources']} resources in sequence"))
+        rows.append(
+            (
+                "naive: one conditional PUT per request",
+                f"{n['resources_per_s']:,.0f} res/s",
+                f"{n['resources']} resources in sequence",
+            )
+        )
     if "cli" in report:
         c = report["cli"]
         if c["ran"]:
-            rows.append(("medplum bulk import (@medplum/cli)", f"{c['first']['resources_per_s']:,.0f} res/s",
-                         f"POSTs; rerun left {c['second']['stored_after']}"
-                         + (f", failed: {c['second']['errors'][0][:70]}" if c["second"]["errors"] else "")))
+            rows.append(
+                (
+                    "medplum bulk import (@medplum/cli)",
+                    f"{c['first']['resources_per_s']:,.0f} res/s",
+                    f"POSTs; rerun left {c['second']['stored_after']}"
+                    + (f", failed: {c['second']['errors'][0][:70]}" if c["second"]["errors"] else ""),
+                )
+            )
         else:
             rows.append(("medplum bulk import (@medplum/cli)", "did not run", c["why"][:100]))
     if report.get("loader"):
         b = best(report["loader"])
-        rows.append(("platform loader alone (load_frame)", f"{b['resources_per_s']:,.0f} res/s",
-                     f"batch {b['batch_size']} x {b['concurrency']}"
-                     + (f"; {b['resources_per_s'] / ceiling['resources_per_s']:.0%} of ceiling" if ceiling else "")))
+        rows.append(
+            (
+                "platform loader alone (load_frame)",
+                f"{b['resources_per_s']:,.0f} res/s",
+                f"batch {b['batch_size']} x {b['concurrency']}"
+                + (f"; {b['resources_per_s'] / ceiling['resources_per_s']:.0%} of ceiling" if ceiling else ""),
+            )
+        )
         r = report["loader_reload"]
-        rows.append(("platform loader, unchanged reload", f"{r['seconds']:.2f} s",
-                     f"{r['resources']} resources, {r['requests']} requests"))
+        rows.append(
+            (
+                "platform loader, unchanged reload",
+                f"{r['seconds']:.2f} s",
+                f"{r['resources']} resources, {r['requests']} requests",
+            )
+        )
     if "e2e" in report:
         e = report["e2e"]
         first = e["first"]
-        rows.append(("platform end to end, first load (with checks)", f"{first['resources_per_s']:,.0f} res/s",
-                     f"{first['seconds']:.1f} s" + (f" = {first['resources_per_s'] / ceiling['resources_per_s']:.0%} of ceiling"
-                                                    if ceiling else "")))
+        rows.append(
+            (
+                "platform end to end, first load (with checks)",
+                f"{first['resources_per_s']:,.0f} res/s",
+                f"{first['seconds']:.1f} s"
+                + (f" = {first['resources_per_s'] / ceiling['resources_per_s']:.0%} of ceiling" if ceiling else ""),
+            )
+        )
         without = first["loaded"] / (first["seconds"] - first["after_load_check_seconds"])
-        rows.append(("  the same without the after-load checks", f"{without:,.0f} res/s",
-                     f"checks {first['after_load_check_seconds']:.1f} s"
-                     + (f"; {without / ceiling['resources_per_s']:.0%} of ceiling" if ceiling else "")))
-        rows.append(("  its load steps alone", f"{first['load_step_resources_per_s']:,.0f} res/s",
-                     f"{first['load_step_seconds']:.1f} s"
-                     + (f" = {first['load_step_resources_per_s'] / ceiling['resources_per_s']:.0%} of ceiling"
-                        if ceiling else "")))
+        rows.append(
+            (
+                "  the same without the after-load checks",
+                f"{without:,.0f} res/s",
+                f"checks {first['after_load_check_seconds']:.1f} s"
+                + (f"; {without / ceiling['resources_per_s']:.0%} of ceiling" if ceiling else ""),
+            )
+        )
+        rows.append(
+            (
+                "  its load steps alone",
+                f"{first['load_step_resources_per_s']:,.0f} res/s",
+                f"{first['load_step_seconds']:.1f} s"
+                + (
+                    f" = {first['load_step_resources_per_s'] / ceiling['resources_per_s']:.0%} of ceiling"
+                    if ceiling
+                    else ""
+                ),
+            )
+        )
         for label, what in (("reload", "unchanged reload"), ("reload_again", "unchanged reload again")):
             again = e[label]
-            rows.append((f"platform end to end, {what}", f"{again['seconds']:.1f} s",
-                         (f"sent {again['sent']}, resubmitted by the checks {again['resubmitted_by_checks']}; "
-                          f"load steps {again['load_step_seconds']:.2f} s, checks {again['after_load_check_seconds']:.2f} s")))
+            rows.append(
+                (
+                    f"platform end to end, {what}",
+                    f"{again['seconds']:.1f} s",
+                    (
+                        f"sent {again['sent']}, resubmitted by the checks {again['resubmitted_by_checks']}; "
+                        f"load steps {again['load_step_seconds']:.2f} s, "
+                        f"checks {again['after_load_check_seconds']:.2f} s"
+                    ),
+                )
+            )
     if "paced" in report:
         p = report["paced"]
         top = max(p["ceiling"]["resources_per_s"], p["ceiling_direct"]["resources_per_s"])
-        rows.append((f"server paced to {p['writes_per_s']:,.0f} writes/s ({p['points_per_second']:,.0f} points/s): ceiling",
-                     f"{top:,.0f} res/s",
-                     (f"the better of conditional ({p['ceiling']['resources_per_s']:,.0f}) and direct "
-                     f"({p['ceiling_direct']['resources_per_s']:,.0f}) references")))
+        rows.append(
+            (
+                f"server paced to {p['writes_per_s']:,.0f} writes/s ({p['points_per_second']:,.0f} points/s): ceiling",
+                f"{top:,.0f} res/s",
+                (
+                    f"the better of conditional ({p['ceiling']['resources_per_s']:,.0f}) and direct "
+                    f"({p['ceiling_direct']['resources_per_s']:,.0f}) references"
+                ),
+            )
+        )
         first = p["e2e"]["first"]
-        rows.append(("  platform end to end, first load (with checks)", f"{first['resources_per_s']:,.0f} res/s",
-                     (f"{first['seconds']:.1f} s = {first['resources_per_s'] / top:.0%} of that ceiling; "
-                     f"load steps {first['load_step_resources_per_s'] / top:.0%}; the checks resubmitted "
-                     f"{first['resubmitted_by_checks']:,}")))
+        rows.append(
+            (
+                "  platform end to end, first load (with checks)",
+                f"{first['resources_per_s']:,.0f} res/s",
+                (
+                    f"{first['seconds']:.1f} s = {first['resources_per_s'] / top:.0%} of that ceiling; "
+                    f"load steps {first['load_step_resources_per_s'] / top:.0%}; the checks resubmitted "
+                    f"{first['resubmitted_by_checks']:,}"
+                ),
+            )
+        )
         again = p["e2e"]["reload"]
-        rows.append(("  platform end to end, unchanged reload", f"{again['seconds']:.1f} s",
-                     f"sent {again['sent']}, resubmitted by the checks {again['resubmitted_by_checks']}"))
+        rows.append(
+            (
+                "  platform end to end, unchanged reload",
+                f"{again['seconds']:.1f} s",
+                f"sent {again['sent']}, resubmitted by the checks {again['resubmitted_by_checks']}",
+            )
+        )
     if "transform" in report:
         t = report["transform"]
-        rows.append(("transform alone, patients (mapping, rules, pandera, SHA-256)",
-                     f"{t['transform_rows_per_s']:,.0f} rows/s",
-                     f"{t['source_rows']:,} rows, best of {t['repeats']}; median {t['transform_rows_per_s_median']:,.0f}"))
-        rows.append(("  the mapping alone", f"{t['mapping_rows_per_s']:,.0f} rows/s",
-                     f"median {t['mapping_rows_per_s_median']:,.0f}"))
+        rows.append(
+            (
+                "transform alone, patients (mapping, rules, pandera, SHA-256)",
+                f"{t['transform_rows_per_s']:,.0f} rows/s",
+                f"{t['source_rows']:,} rows, best of {t['repeats']}; median {t['transform_rows_per_s_median']:,.0f}",
+            )
+        )
+        rows.append(
+            (
+                "  the mapping alone",
+                f"{t['mapping_rows_per_s']:,.0f} rows/s",
+                f"median {t['mapping_rows_per_s_median']:,.0f}",
+            )
+        )
     if "memory" in report:
         m = report["memory"]
-        rows.append((f"peak memory, {m['patients']:,} patients + conditions + encounters",
-                     f"{max(m['peak_extract_mb'], m['peak_transform_mb'], m['peak_load_mb']):,} MB",
-                     (f"extract step {m['peak_extract_mb']} MB, transform step {m['peak_transform_mb']} MB, "
-                     f"load step {m['peak_load_mb']} MB")))
+        rows.append(
+            (
+                f"peak memory, {m['patients']:,} patients + conditions + encounters",
+                f"{max(m['peak_extract_mb'], m['peak_transform_mb'], m['peak_load_mb']):,} MB",
+                (
+                    f"extract step {m['peak_extract_mb']} MB, transform step {m['peak_transform_mb']} MB, "
+                    f"load step {m['peak_load_mb']} MB"
+                ),
+            )
+        )
     for name, ledger in report.get("ledger", {}).items():
-        rows.append((f"ledger in {name}", f"{ledger['units_per_s']:,.0f} units/s",
-                     (f"{ledger['units']:,} units registered in {ledger['register_seconds']} s, outcomes recorded in "
-                      f"{ledger['record_seconds']} s, read back in {ledger['read_seconds']} s")))
+        rows.append(
+            (
+                f"ledger in {name}",
+                f"{ledger['units_per_s']:,.0f} units/s",
+                (
+                    f"{ledger['units']:,} units registered in {ledger['register_seconds']} s, outcomes recorded in "
+                    f"{ledger['record_seconds']} s, read back in {ledger['read_seconds']} s"
+                ),
+            )
+        )
     rows.append(("peak memory of this bench process", f"{rss_mb():,.0f} MB", "ru_maxrss"))
     return rows
 
@@ -684,11 +946,17 @@ def plot(report: dict[str, Any], path: Path) -> None:
     figure, axis = plt.subplots(figsize=(8, 5))
     for key, style, label in (("ceiling", "-", "ceiling"), ("loader", "--", "platform loader")):
         for concurrency in CONCURRENCIES:
-            points = sorted((p for p in report.get(key, []) if p["concurrency"] == concurrency),
-                            key=lambda p: p["batch_size"])
+            points = sorted(
+                (p for p in report.get(key, []) if p["concurrency"] == concurrency), key=lambda p: p["batch_size"]
+            )
             if points:
-                axis.plot([p["batch_size"] for p in points], [p["resources_per_s"] for p in points], style,
-                          marker="o", label=f"{label}, {concurrency} in flight")
+                axis.plot(
+                    [p["batch_size"] for p in points],
+                    [p["resources_per_s"] for p in points],
+                    style,
+                    marker="o",
+                    label=f"{label}, {concurrency} in flight",
+                )
     if "naive" in report:
         axis.axhline(report["naive"]["resources_per_s"], color="grey", linestyle=":", label="naive (1 PUT/request)")
     axis.set_xscale("log")
@@ -710,8 +978,12 @@ def main(argv: list[str] | None = None) -> int:
         return bench_remote.run(int(os.environ.get("BENCH_PATIENTS", "500")))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patients", type=int, default=int(os.environ.get("BENCH_PATIENTS", "2000")))
-    parser.add_argument("--memory-patients", type=int, default=int(os.environ.get("BENCH_MEMORY_PATIENTS", "0")),
-                        help="patients for the memory probe (default: --patients)")
+    parser.add_argument(
+        "--memory-patients",
+        type=int,
+        default=int(os.environ.get("BENCH_MEMORY_PATIENTS", "0")),
+        help="patients for the memory probe (default: --patients)",
+    )
     parser.add_argument("--stages", default=os.environ.get("BENCH_STAGES", ",".join(STAGES)))
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     args = parser.parse_args(argv)
@@ -721,8 +993,13 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown stages {sorted(unknown)}; known: {', '.join(STAGES)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"patients": args.patients, "stages": stages, "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                              "cpus": os.cpu_count(), "targets": TARGETS}
+    report: dict[str, Any] = {
+        "patients": args.patients,
+        "stages": stages,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "cpus": os.cpu_count(),
+        "targets": TARGETS,
+    }
     with work_dir(args.out) as work:
         if set(stages) - {"memory", "ledger"}:
             source = work / "source"
@@ -746,8 +1023,10 @@ def main(argv: list[str] | None = None) -> int:
         plot(report, args.out / "throughput.png")
     print()
     print_table(rows)
-    print(f"\nwrote {args.out / 'bench.json'}" + (f" and {args.out / 'throughput.png'}"
-                                                  if report.get("ceiling") or report.get("loader") else ""))
+    print(
+        f"\nwrote {args.out / 'bench.json'}"
+        + (f" and {args.out / 'throughput.png'}" if report.get("ceiling") or report.get("loader") else "")
+    )
     return 0
 
 
@@ -788,7 +1067,8 @@ def stage_runners(scope: dict[str, Any]) -> dict[str, Callable[[dict[str, Any]],
         points_per_second = PACED_WRITES_PER_S * WRITE_POINTS
         setting = tuned(report)
         report["paced"] = {
-            "writes_per_s": PACED_WRITES_PER_S, "points_per_second": points_per_second,
+            "writes_per_s": PACED_WRITES_PER_S,
+            "points_per_second": points_per_second,
             "ceiling": bench_ceiling(scope["texts"], [setting], points_per_second)[0],
             "ceiling_direct": bench_ceiling_direct(scope["frames"], *setting, points_per_second),
             "e2e": bench_e2e(scope["source_url"], work, *setting, points_per_second, phases=("first", "reload")),
@@ -808,8 +1088,18 @@ def stage_runners(scope: dict[str, Any]) -> dict[str, Callable[[dict[str, Any]],
         for point in report["shards"]:
             log(f"shards: {point}")
 
-    return {"transform": transform, "ceiling": ceiling, "naive": naive, "cli": cli, "loader": loader, "e2e": e2e,
-            "paced": paced, "memory": memory, "ledger": ledger, "shards": shards}
+    return {
+        "transform": transform,
+        "ceiling": ceiling,
+        "naive": naive,
+        "cli": cli,
+        "loader": loader,
+        "e2e": e2e,
+        "paced": paced,
+        "memory": memory,
+        "ledger": ledger,
+        "shards": shards,
+    }
 
 
 @contextmanager

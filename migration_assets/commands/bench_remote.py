@@ -61,8 +61,9 @@ def eligible_count(built: dict[str, pl.DataFrame]) -> int:
 
 
 def client() -> MedplumClient:
-    return MedplumClient(os.environ["MEDPLUM_BASE_URL"], os.environ["MEDPLUM_CLIENT_ID"],
-                         os.environ["MEDPLUM_CLIENT_SECRET"])
+    return MedplumClient(
+        os.environ["MEDPLUM_BASE_URL"], os.environ["MEDPLUM_CLIENT_ID"], os.environ["MEDPLUM_CLIENT_SECRET"]
+    )
 
 
 def bench_cli(source_url: str, work: Path) -> dict[str, Any]:
@@ -75,19 +76,37 @@ def bench_cli(source_url: str, work: Path) -> dict[str, Any]:
     env = {**os.environ, "HOME": str(work)}  # the CLI keeps its own state under HOME
     started = time.perf_counter()
     for path in files:
-        done = subprocess.run([str(SERVER_DIR / "node_modules" / ".bin" / "node"), str(MEDPLUM_CLI), "bulk", "import",
-                               str(path), "--num-resources-per-request", "25"], env=env, capture_output=True, text=True,
-                              timeout=7200, check=False)
+        done = subprocess.run(
+            [
+                str(SERVER_DIR / "node_modules" / ".bin" / "node"),
+                str(MEDPLUM_CLI),
+                "bulk",
+                "import",
+                str(path),
+                "--num-resources-per-request",
+                "25",
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=7200,
+            check=False,
+        )
         if done.returncode != 0:
             raise SystemExit(f"medplum bulk import {path.name} failed: {(done.stderr or done.stdout)[-500:]}")
     seconds = time.perf_counter() - started
     resources = eligible_count(built)
-    return {"resources": resources, "seconds": round(seconds, 2), "resources_per_s": round(resources / seconds, 1),
-            "quota_points_per_resource": CLI_POINTS_PER_RESOURCE}
+    return {
+        "resources": resources,
+        "seconds": round(seconds, 2),
+        "resources_per_s": round(resources / seconds, 1),
+        "quota_points_per_resource": CLI_POINTS_PER_RESOURCE,
+    }
 
 
-def bench_loader(source_url: str, work: Path, creates: str | None, concurrency: int = CONCURRENCY,
-                 mode: str = "sync") -> dict[str, Any]:
+def bench_loader(
+    source_url: str, work: Path, creates: str | None, concurrency: int = CONCURRENCY, mode: str = "sync"
+) -> dict[str, Any]:
     """The loader alone: by conditional PUT (`creates` None: no census of the target), or by what the
     census before the load says the target holds; then an unchanged reload."""
     built = frames(source_url, fresh_system())
@@ -99,20 +118,32 @@ def bench_loader(source_url: str, work: Path, creates: str | None, concurrency: 
         with client() as medplum, Manifest(ledger_url, medplum.target.key) as ledger:
             census = RunCensus(work / f"census-{ledger_url[-9:-3]}", f"{label}-{creates}")
 
-            def census_of_target(keys: pl.DataFrame, medplum: MedplumClient = medplum,
-                                 census: RunCensus = census) -> Censuses:
+            def census_of_target(
+                keys: pl.DataFrame, medplum: MedplumClient = medplum, census: RunCensus = census
+            ) -> Censuses:
                 return census.get(medplum, keys)
 
             for name in ELEMENTS:
-                result = migrate(medplum, ledger, label, get_element(name), built[name], "bench",
-                                 LoadSettings(batch_size=BATCH_SIZE, concurrency=concurrency, creates=creates or "post",
-                                              mode=mode),
-                                 census_of_target=census_of_target if creates else None)
+                result = migrate(
+                    medplum,
+                    ledger,
+                    label,
+                    get_element(name),
+                    built[name],
+                    "bench",
+                    LoadSettings(batch_size=BATCH_SIZE, concurrency=concurrency, creates=creates or "post", mode=mode),
+                    census_of_target=census_of_target if creates else None,
+                )
                 for key, value in result.counts.items():
                     totals[key] = totals.get(key, 0) + value
         seconds = time.perf_counter() - started
-        figures[label] = {"seconds": round(seconds, 2), "sent": totals["sent"], "created": totals["created"],
-                          "failed": totals["failed"], "quota_points": totals["quota_points"]}
+        figures[label] = {
+            "seconds": round(seconds, 2),
+            "sent": totals["sent"],
+            "created": totals["created"],
+            "failed": totals["failed"],
+            "quota_points": totals["quota_points"],
+        }
     first = figures["first"]
     figures["resources_per_s"] = round(figures["resources"] / first["seconds"], 1)
     figures["quota_points_per_resource"] = round(first["quota_points"] / max(1, first["sent"]), 1)
@@ -129,10 +160,17 @@ def bench_e2e(source_url: str, work: Path, creates: str) -> dict[str, Any]:
 
     state = Path(tempfile.mkdtemp(dir=work, prefix=f"e2e-{creates}-"))
     resources = build_resources(
-        medplum=MedplumResource(base_url=EnvVar("MEDPLUM_BASE_URL"), client_id=EnvVar("MEDPLUM_CLIENT_ID"),
-                                client_secret=EnvVar("MEDPLUM_CLIENT_SECRET")),
-        legacy_db_url=source_url, manifest_db_url=f"sqlite:///{state / 'manifest.db'}", work_dir=state,
-        batch_size=BATCH_SIZE, concurrency=CONCURRENCY, creates=creates,
+        medplum=MedplumResource(
+            base_url=EnvVar("MEDPLUM_BASE_URL"),
+            client_id=EnvVar("MEDPLUM_CLIENT_ID"),
+            client_secret=EnvVar("MEDPLUM_CLIENT_SECRET"),
+        ),
+        legacy_db_url=source_url,
+        manifest_db_url=f"sqlite:///{state / 'manifest.db'}",
+        work_dir=state,
+        batch_size=BATCH_SIZE,
+        concurrency=CONCURRENCY,
+        creates=creates,
         identifier_base_uri=fresh_system().base_uri,
     )
     job = make_definitions(resources).resolve_job_def("migrate_data_element")
@@ -141,11 +179,20 @@ def bench_e2e(source_url: str, work: Path, creates: str) -> dict[str, Any]:
         for label in ("first", "reload"):
             started = time.perf_counter()
             elements = [run_element(job, instance, name) for name in ELEMENTS]
-            figures[label] = {"seconds": round(time.perf_counter() - started, 2),
-                              "ok": all(element["ok"] for element in elements),
-                              **{key: round(sum(element[key] for element in elements), 2)
-                                 for key in ("sent", "quota_points", "load_step_seconds", "after_load_check_seconds",
-                                             "resubmitted_by_checks")}}
+            figures[label] = {
+                "seconds": round(time.perf_counter() - started, 2),
+                "ok": all(element["ok"] for element in elements),
+                **{
+                    key: round(sum(element[key] for element in elements), 2)
+                    for key in (
+                        "sent",
+                        "quota_points",
+                        "load_step_seconds",
+                        "after_load_check_seconds",
+                        "resubmitted_by_checks",
+                    )
+                },
+            }
     figures["resources_per_s"] = round(figures["resources"] / figures["first"]["seconds"], 1)
     figures["quota_points_per_resource"] = round(figures["first"]["quota_points"] / max(1, figures["first"]["sent"]), 1)
     return figures
@@ -156,13 +203,20 @@ def run(patients: int, out: Path = OUT_DIR) -> int:
 
     missing = [n for n in ("MEDPLUM_BASE_URL", "MEDPLUM_CLIENT_ID", "MEDPLUM_CLIENT_SECRET") if not os.environ.get(n)]
     if missing:
-        raise SystemExit(f"BENCH_TARGET=remote needs {', '.join(missing)}: the Medplum to measure (it writes test data)")
+        raise SystemExit(
+            f"BENCH_TARGET=remote needs {', '.join(missing)}: the Medplum to measure (it writes test data)"
+        )
     out.mkdir(parents=True, exist_ok=True)
     with client() as medplum:
         target = str(medplum.target)
     log(f"measuring against {target} with {patients} patients and their conditions")
-    report: dict[str, Any] = {"target": target, "patients": patients, "batch_size": BATCH_SIZE,
-                              "concurrency": CONCURRENCY, "started": time.strftime("%Y-%m-%d %H:%M:%S")}
+    report: dict[str, Any] = {
+        "target": target,
+        "patients": patients,
+        "batch_size": BATCH_SIZE,
+        "concurrency": CONCURRENCY,
+        "started": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
     with tempfile.TemporaryDirectory(dir=out, prefix="remote-") as folder:
         work = Path(folder)
         write_source(patients, work / "source")
@@ -181,9 +235,16 @@ def run(patients: int, out: Path = OUT_DIR) -> int:
             report[name] = measure()
             log(f"{name}: {json.dumps(report[name])}")
     cli_rate = report["medplum bulk import (@medplum/cli)"]["resources_per_s"]
-    rows = [(name, report[name]["resources_per_s"], report[name]["resources_per_s"] / cli_rate,
-             report[name]["quota_points_per_resource"], report[name].get("reload", {}).get("sent", "-"))
-            for name in measures]
+    rows = [
+        (
+            name,
+            report[name]["resources_per_s"],
+            report[name]["resources_per_s"] / cli_rate,
+            report[name]["quota_points_per_resource"],
+            report[name].get("reload", {}).get("sent", "-"),
+        )
+        for name in measures
+    ]
     report["table"] = rows
     (out / "remote.json").write_text(json.dumps(report, indent=2))
     plot(rows, target, out / "remote.png")

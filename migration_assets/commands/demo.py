@@ -34,8 +34,19 @@ from migration_assets.pipeline.resources import ManifestStore, MedplumResource, 
 # Dagster's own log lines stay in the instance (and the UI); the console gets them with -v.
 VERBOSE_CONSOLE = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
 QUIET_CONSOLE = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
-SUMMARY_COUNTS = ("source_rows", "quarantined", "sent", "created", "updated", "unchanged", "not_sent_unchanged",
-                  "lost_in_target", "failed", "pending_quota", "half_written")
+SUMMARY_COUNTS = (
+    "source_rows",
+    "quarantined",
+    "sent",
+    "created",
+    "updated",
+    "unchanged",
+    "not_sent_unchanged",
+    "lost_in_target",
+    "failed",
+    "pending_quota",
+    "half_written",
+)
 # Figures of the load's metadata that are not counts (the seconds spent waiting for the FHIR quota).
 SUMMARY_FIGURES = ("quota_wait_seconds",)
 LOAD_STEP = "medplum_resources"
@@ -82,8 +93,13 @@ class _LastProgress:
             self.last = (progress.bundles_done, progress.bundles_total)
 
 
-def migrate_element(element: str, instance: DagsterInstance, defs: Definitions,
-                    run_config: Mapping[str, Any] | None = None, verbose: bool = False) -> ElementSummary:
+def migrate_element(
+    element: str,
+    instance: DagsterInstance,
+    defs: Definitions,
+    run_config: Mapping[str, Any] | None = None,
+    verbose: bool = False,
+) -> ElementSummary:
     """One run of the migration job for one partition, on the real Dagster instance."""
     summary = ElementSummary(element)
     job = defs.resolve_job_def("migrate_data_element")
@@ -91,7 +107,9 @@ def migrate_element(element: str, instance: DagsterInstance, defs: Definitions,
     progress = _LastProgress(element)
     with listening(progress):
         result = job.execute_in_process(
-            partition_key=element, instance=instance, raise_on_error=False,
+            partition_key=element,
+            instance=instance,
+            raise_on_error=False,
             run_config={**(VERBOSE_CONSOLE if verbose else QUIET_CONSOLE), **(run_config or {})},
         )
     summary.seconds = time.monotonic() - started
@@ -115,8 +133,11 @@ def migrate_element(element: str, instance: DagsterInstance, defs: Definitions,
         # The load did not finish: what the element's frame holds is still known.
         for materialization in result.asset_materializations_for_node("fhir_frames"):
             meta = materialization.metadata
-            summary.counts = {name: int(meta[key].value) for name, key in  # type: ignore[arg-type]
-                              (("source_rows", "resources"), ("quarantined", "quarantined")) if key in meta}
+            summary.counts = {
+                name: int(meta[key].value)  # type: ignore[arg-type]
+                for name, key in (("source_rows", "resources"), ("quarantined", "quarantined"))
+                if key in meta
+            }
     summary.load_seconds = _step_seconds(instance, result.run_id, LOAD_STEP)
     for evaluation in result.get_asset_check_evaluations():
         (summary.checks_passed if evaluation.passed else summary.checks_failed).append(evaluation.check_name)
@@ -132,8 +153,12 @@ def migrate_element(element: str, instance: DagsterInstance, defs: Definitions,
 def _steps_done(result: ExecuteInProcessResult) -> list[str]:
     """One phrase per asset the run materialized, with its main figures."""
     done = []
-    for node, figures in (("legacy_source", ("rows",)), ("fhir_frames", ("resources", "quarantined")),
-                          (LOAD_STEP, ("sent", "failed")), ("reconciliation_report", ("missing",))):
+    for node, figures in (
+        ("legacy_source", ("rows",)),
+        ("fhir_frames", ("resources", "quarantined")),
+        (LOAD_STEP, ("sent", "failed")),
+        ("reconciliation_report", ("missing",)),
+    ):
         for materialization in result.asset_materializations_for_node(node):
             meta = materialization.metadata
             said = ", ".join(f"{meta[name].value:,} {name}" for name in figures if name in meta)
@@ -146,8 +171,9 @@ def _step_seconds(instance: DagsterInstance, run_id: str, step: str) -> float | 
     `<step>.<op>`, its shards among them), from the instance's event log."""
     starts: list[float] = []
     ends: list[float] = []
-    for entry in instance.all_logs(run_id, of_type={DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS,
-                                                    DagsterEventType.STEP_FAILURE}):
+    for entry in instance.all_logs(
+        run_id, of_type={DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE}
+    ):
         if entry.step_key != step and not (entry.step_key or "").startswith(step + "."):
             continue
         (starts if entry.dagster_event_type == DagsterEventType.STEP_START else ends).append(entry.timestamp)
@@ -171,31 +197,54 @@ def element_line(s: ElementSummary) -> str:
     """The element's line of the summary, as the live view prints it when the element ends."""
     counts = s.counts
     sent = counts.get("sent")
-    said = [f"{sent:,} sent ({counts.get('created', 0):,} created, {counts.get('updated', 0):,} updated)" if sent
-            else f"nothing sent ({counts.get('not_sent_unchanged', 0):,} unchanged)" if sent == 0 else "",
-            f"{counts['failed']:,} failed" if counts.get("failed") else "",
-            f"{s.rate:,.0f}/s" if s.rate else "",
-            f"checks {len(s.checks_passed)}/{len(s.checks_passed) + len(s.checks_failed)}"]
-    return f"{s.element}: {'ok' if s.ok else 'FAILED'} in {s.seconds:.1f} s, " + ", ".join(part for part in said if part)
+    said = [
+        f"{sent:,} sent ({counts.get('created', 0):,} created, {counts.get('updated', 0):,} updated)"
+        if sent
+        else f"nothing sent ({counts.get('not_sent_unchanged', 0):,} unchanged)"
+        if sent == 0
+        else "",
+        f"{counts['failed']:,} failed" if counts.get("failed") else "",
+        f"{s.rate:,.0f}/s" if s.rate else "",
+        f"checks {len(s.checks_passed)}/{len(s.checks_passed) + len(s.checks_failed)}",
+    ]
+    return f"{s.element}: {'ok' if s.ok else 'FAILED'} in {s.seconds:.1f} s, " + ", ".join(
+        part for part in said if part
+    )
 
 
 def _figure(value: float | None, unit: str = "") -> str:
     return "-" if value is None else f"{value:,.1f}{unit}"
 
 
-def summary_lines(summaries: list[ElementSummary], seconds: float, evidence_dir: Path | None = None,
-                  report: Path | None = None) -> list[str]:
+def summary_lines(
+    summaries: list[ElementSummary], seconds: float, evidence_dir: Path | None = None, report: Path | None = None
+) -> list[str]:
     """The summary a person reads once: per element the counts, the time and the rate; for each failed
-    element what was done before and what failed, in one line each; the total time, the evidence and the cutover report."""
+    element what was done before and what failed, in one line each; the total time, the evidence and the cutover
+    report."""
     show_wait = any(s.figures.get("quota_wait_seconds") for s in summaries)
     # One word a column: scripts (and the tests) read the table by its header.
-    headers = ("element", "result", *SUMMARY_COUNTS, "checks", "time_s", "load_s", "sent_per_s",
-               *(("quota_wait_s",) if show_wait else ()))
+    headers = (
+        "element",
+        "result",
+        *SUMMARY_COUNTS,
+        "checks",
+        "time_s",
+        "load_s",
+        "sent_per_s",
+        *(("quota_wait_s",) if show_wait else ()),
+    )
     rows = [
-        (s.element, "ok" if s.ok else "FAILED", *(f"{s.counts[name]:,}" if name in s.counts else "-" for name in SUMMARY_COUNTS),
-         f"{len(s.checks_passed)}/{len(s.checks_passed) + len(s.checks_failed)}", f"{s.seconds:.1f}",
-         _figure(s.load_seconds), "-" if s.rate is None else f"{s.rate:,.0f}",
-         *((_figure(s.figures.get("quota_wait_seconds")),) if show_wait else ()))
+        (
+            s.element,
+            "ok" if s.ok else "FAILED",
+            *(f"{s.counts[name]:,}" if name in s.counts else "-" for name in SUMMARY_COUNTS),
+            f"{len(s.checks_passed)}/{len(s.checks_passed) + len(s.checks_failed)}",
+            f"{s.seconds:.1f}",
+            _figure(s.load_seconds),
+            "-" if s.rate is None else f"{s.rate:,.0f}",
+            *((_figure(s.figures.get("quota_wait_seconds")),) if show_wait else ()),
+        )
         for s in summaries
     ]
     widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(headers)]
@@ -207,8 +256,10 @@ def summary_lines(summaries: list[ElementSummary], seconds: float, evidence_dir:
             continue
         lines.append("")
         what = f"{s.element} FAILED" + (f" in step {s.failed_step}" if s.failed_step else "")
-        lines.append(f"{what}; done before: {', '.join(s.done) or 'nothing'}"
-                     + (f"; {s.bundles[0]:,} of {s.bundles[1]:,} bundles sent" if s.bundles else ""))
+        lines.append(
+            f"{what}; done before: {', '.join(s.done) or 'nothing'}"
+            + (f"; {s.bundles[0]:,} of {s.bundles[1]:,} bundles sent" if s.bundles else "")
+        )
         for check, message in s.failure_messages.items():
             lines.append(f"  check {check} failed: {one_line(message)}")
         if s.error and not s.failure_messages:  # a blocking check's failure is the run's error too
@@ -232,8 +283,12 @@ def summary_lines(summaries: list[ElementSummary], seconds: float, evidence_dir:
     return lines
 
 
-def print_summary(summaries: list[ElementSummary], seconds: float | None = None,
-                  evidence_dir: Path | None = None, report: Path | None = None) -> None:
+def print_summary(
+    summaries: list[ElementSummary],
+    seconds: float | None = None,
+    evidence_dir: Path | None = None,
+    report: Path | None = None,
+) -> None:
     total = seconds if seconds is not None else sum(s.seconds for s in summaries)
     print("\n".join(summary_lines(summaries, total, evidence_dir, report)))
 
@@ -262,18 +317,28 @@ def missing_prerequisites(chosen: Sequence[str], manifest_url: str, target: Targ
                     continue
                 loaded = ledger.units(needed, columns=["disposition"])["disposition"].eq("successful").any()
                 if not loaded:
-                    problems.append(f"{element} needs {needed}, which is neither chosen nor loaded: "
-                                    f"ELEMENTS={','.join(sorted({needed, *chosen}, key=PROFILE.load_order.index))}")
+                    problems.append(
+                        f"{element} needs {needed}, which is neither chosen nor loaded: "
+                        f"ELEMENTS={','.join(sorted({needed, *chosen}, key=PROFILE.load_order.index))}"
+                    )
     return problems
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--patients", type=int, default=1000, help="size of the generated sample (default 1000)")
-    parser.add_argument("--run-config", type=Path, default=config.run_config_file(),
-                        help="a run-config YAML file for every run (default: RUN_CONFIG)")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="print Dagster's log lines and warnings too (they are always in the Dagster instance)")
+    parser.add_argument(
+        "--run-config",
+        type=Path,
+        default=config.run_config_file(),
+        help="a run-config YAML file for every run (default: RUN_CONFIG)",
+    )
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="print Dagster's log lines and warnings too (they are always in the Dagster instance)",
+    )
     args = parser.parse_args(argv)
     if not args.verbose:
         quiet_dagster_warnings()

@@ -56,11 +56,18 @@ class LiveView:
         self._drawn = 0.0
         self._stack = ExitStack()
         self._progress = Progress(
-            TextColumn("{task.description:<14}"), BarColumn(), MofNCompleteColumn(), TextColumn("bundles"),
-            TextColumn("{task.fields[rate]:>12}"), TimeRemainingColumn(), TextColumn("{task.fields[trouble]}"),
+            TextColumn("{task.description:<14}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("bundles"),
+            TextColumn("{task.fields[rate]:>12}"),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[trouble]}"),
             # Not redirected: Dagster swaps sys.stdout and sys.stderr around each step, which would cut the
             # display off from the terminal.
-            console=self.console, redirect_stdout=False, redirect_stderr=False,
+            console=self.console,
+            redirect_stdout=False,
+            redirect_stderr=False,
         )
 
     def __enter__(self) -> Self:
@@ -107,8 +114,13 @@ class LiveView:
             if not self.live:
                 self.print(f"{state.name}: sending {progress.bundles_total} bundles")
         if state.task is not None:
-            self._progress.update(state.task, completed=progress.bundles_done, total=progress.bundles_total,
-                                  rate=f"{state.rate():,.0f} entries/s", trouble=self._trouble(state))
+            self._progress.update(
+                state.task,
+                completed=progress.bundles_done,
+                total=progress.bundles_total,
+                rate=f"{state.rate():,.0f} entries/s",
+                trouble=self._trouble(state),
+            )
             if progress.bundles_done == progress.bundles_total:
                 self._progress.update(state.task, rate="checking")
             # Drawn from here: the busy load leaves the display's own refresh thread little time.
@@ -119,8 +131,10 @@ class LiveView:
         quarter = progress.bundles_done * PLAIN_STEPS // max(1, progress.bundles_total)
         if quarter > state.reported_quarter:
             state.reported_quarter = quarter
-            self.print(f"{state.name}: {progress.bundles_done} of {progress.bundles_total} bundles sent, "
-                       f"{state.rate():,.0f} entries/s")
+            self.print(
+                f"{state.name}: {progress.bundles_done} of {progress.bundles_total} bundles sent, "
+                f"{state.rate():,.0f} entries/s"
+            )
 
     def answered(self, entries: Sequence[EntryResponse]) -> None:
         state = self._current
@@ -140,8 +154,9 @@ class LiveView:
 
     @staticmethod
     def _trouble(state: _Element) -> str:
-        parts = ([f"{state.retries} retries"] if state.retries else []) + \
-                ([f"{state.rate_limited} × 429"] if state.rate_limited else [])
+        parts = ([f"{state.retries} retries"] if state.retries else []) + (
+            [f"{state.rate_limited} × 429"] if state.rate_limited else []
+        )
         return ", ".join(parts)
 
     def _event(self, message: str) -> None:

@@ -21,8 +21,9 @@ def main(argv: list[str] | None = None) -> int:
 
     resources = defs.resources or {}
     with DagsterInstance.get() as instance:
-        path = write_report(instance, resources["manifest"].url, Path(resources["migration_settings"].evidence_dir),
-                            args.target)
+        path = write_report(
+            instance, resources["manifest"].url, Path(resources["migration_settings"].evidence_dir), args.target
+        )
     print(f"cutover report: {path}")
     return 0
 

@@ -147,7 +147,8 @@ PROFILE = Profile(
 )
 '''
 
-_PHASES = """# The phase of each data element (the platform's README, "Phased adoption"). Bump `version` with every change.
+_PHASES = """# The phase of each data element (the platform's README, "Phased adoption").
+# Bump `version` with every change.
 version: 1
 updated: {today}
 default_phase: backfill

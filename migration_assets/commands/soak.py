@@ -94,8 +94,17 @@ class Tally:
             return {name: getattr(self, name) for name in TALLY_FIELDS}
 
 
-TALLY_FIELDS = ("created", "other_ok", "throttled", "failed", "bundles", "requests", "retries", "entries_resent",
-                "rate_limited")
+TALLY_FIELDS = (
+    "created",
+    "other_ok",
+    "throttled",
+    "failed",
+    "bundles",
+    "requests",
+    "retries",
+    "entries_resent",
+    "rate_limited",
+)
 
 
 def _count_entry(tally: Tally, status: int, inner: list[Any]) -> None:
@@ -167,8 +176,12 @@ class Sampler(threading.Thread):
             self._halt.wait(max(0.0, self.started + tick * self.interval - time.monotonic()))
 
     def take(self) -> None:
-        sample: dict[str, Any] = {"t": round(time.monotonic() - self.started, 2), "element": self.element,
-                                  "python_rss_mb": _round(resident_mb()), "node_rss_mb": _round(resident_mb(self.node_pid))}
+        sample: dict[str, Any] = {
+            "t": round(time.monotonic() - self.started, 2),
+            "element": self.element,
+            "python_rss_mb": _round(resident_mb()),
+            "node_rss_mb": _round(resident_mb(self.node_pid)),
+        }
         sample.update(self.tally.snapshot())
         self.samples.append(sample)
 
@@ -217,12 +230,17 @@ def run_element(element: str, instance: Any, defs: Any) -> ElementRun:
     run.seconds = round(time.monotonic() - started, 1)
     run.run_ok = result.success
     for materialization in result.asset_materializations_for_node("medplum_resources"):
-        run.counts = {name: int(value.value) for name, value in materialization.metadata.items()
-                      if name in (*SUMMARY_COUNTS, "http_requests", "http_retries", "entries_resent")
-                      and isinstance(value.value, int)}
+        run.counts = {
+            name: int(value.value)
+            for name, value in materialization.metadata.items()
+            if name in (*SUMMARY_COUNTS, "http_requests", "http_retries", "entries_resent")
+            and isinstance(value.value, int)
+        }
     for evaluation in result.get_asset_check_evaluations():
-        run.checks[evaluation.check_name] = {"passed": bool(evaluation.passed),
-                                             "description": evaluation.description or ""}
+        run.checks[evaluation.check_name] = {
+            "passed": bool(evaluation.passed),
+            "description": evaluation.description or "",
+        }
     if not result.success:
         failure = next((event for event in result.all_events if event.is_step_failure), None)
         error = failure.step_failure_data.error if failure else None
@@ -251,8 +269,12 @@ def books(element: str, frames_dir: Path, manifest_url: str, target: str) -> dic
         figures[name] = int((joined["disposition"] == name).sum())
     figures["unrecorded"] = int(joined["disposition"].is_null().sum())
     settled = sum(figures[name] for name in ("successful", "rejected", "skipped", "quarantined"))
-    figures["balanced"] = (settled == units.height and figures["pending"] == 0 and figures["unrecorded"] == 0
-                           and joined.height == units.height)
+    figures["balanced"] = (
+        settled == units.height
+        and figures["pending"] == 0
+        and figures["unrecorded"] == 0
+        and joined.height == units.height
+    )
     return figures
 
 
@@ -276,9 +298,14 @@ def memory_figures(samples: list[dict[str, Any]], key: str) -> dict[str, float]:
     values = [v for _, v in points]
     if not values:
         return {}
-    return {"min_mb": round(min(values), 1), "median_mb": round(statistics.median(values), 1),
-            "max_mb": round(max(values), 1), "first_mb": round(values[0], 1), "last_mb": round(values[-1], 1),
-            "slope_mb_per_min": round(slope_per_minute(points), 2)}
+    return {
+        "min_mb": round(min(values), 1),
+        "median_mb": round(statistics.median(values), 1),
+        "max_mb": round(max(values), 1),
+        "first_mb": round(values[0], 1),
+        "last_mb": round(values[-1], 1),
+        "slope_mb_per_min": round(slope_per_minute(points), 2),
+    }
 
 
 def per_minute(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -291,17 +318,19 @@ def per_minute(samples: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for minute in range(int(samples[-1]["t"] // 60) + 1):
         inside = [s for s in samples if minute * 60 <= s["t"] < (minute + 1) * 60] or [previous]
         last = inside[-1]
-        minutes.append({
-            "minute": minute + 1,
-            "created": last["created"] - previous["created"],
-            "written": last["created"] + last["other_ok"] - previous["created"] - previous["other_ok"],
-            "throttled_429": last["throttled"] - previous["throttled"],
-            "entries_resent": last["entries_resent"] - previous["entries_resent"],
-            "python_rss_max_mb": max((s["python_rss_mb"] or 0) for s in inside),
-            "node_rss_max_mb": max((s["node_rss_mb"] or 0) for s in inside),
-            "elements": sorted({s["element"] for s in inside if s["element"]}),
-            "seconds": round(last["t"] - previous["t"], 1),
-        })
+        minutes.append(
+            {
+                "minute": minute + 1,
+                "created": last["created"] - previous["created"],
+                "written": last["created"] + last["other_ok"] - previous["created"] - previous["other_ok"],
+                "throttled_429": last["throttled"] - previous["throttled"],
+                "entries_resent": last["entries_resent"] - previous["entries_resent"],
+                "python_rss_max_mb": max((s["python_rss_mb"] or 0) for s in inside),
+                "node_rss_max_mb": max((s["node_rss_mb"] or 0) for s in inside),
+                "elements": sorted({s["element"] for s in inside if s["element"]}),
+                "seconds": round(last["t"] - previous["t"], 1),
+            }
+        )
         previous = last
     return minutes
 
@@ -328,20 +357,41 @@ def steadiness(samples: list[dict[str, Any]]) -> dict[str, Any]:
         return {"minutes": len(rates), "steady": len(rates) > 0, "rates": rates}
     mean = statistics.fmean(rates)
     cv = statistics.pstdev(rates) / mean if mean else 0.0
-    return {"minutes": len(rates), "median_per_min": statistics.median(rates), "min_per_min": min(rates),
-            "max_per_min": max(rates), "mean_per_min": round(mean), "cv": round(cv, 3), "steady": cv < STEADY_CV,
-            "pause_minutes": len(window) - len(rates)}
+    return {
+        "minutes": len(rates),
+        "median_per_min": statistics.median(rates),
+        "min_per_min": min(rates),
+        "max_per_min": max(rates),
+        "mean_per_min": round(mean),
+        "cv": round(cv, 3),
+        "steady": cv < STEADY_CV,
+        "pause_minutes": len(window) - len(rates),
+    }
 
 
 def summarize(report: dict[str, Any]) -> None:
     samples, runs = report["samples"], report["elements"]
     last = samples[-1] if samples else {}
-    report["totals"] = {name: last.get(name, 0) for name in
-                        ("created", "other_ok", "throttled", "failed", "bundles", "requests", "retries",
-                         "entries_resent", "rate_limited")}
+    report["totals"] = {
+        name: last.get(name, 0)
+        for name in (
+            "created",
+            "other_ok",
+            "throttled",
+            "failed",
+            "bundles",
+            "requests",
+            "retries",
+            "entries_resent",
+            "rate_limited",
+        )
+    }
     report["per_minute"] = per_minute(samples)
     report["throughput"] = steadiness(samples)
-    report["memory"] = {"python": memory_figures(samples, "python_rss_mb"), "node": memory_figures(samples, "node_rss_mb")}
+    report["memory"] = {
+        "python": memory_figures(samples, "python_rss_mb"),
+        "node": memory_figures(samples, "node_rss_mb"),
+    }
     after = [r["python_rss_after_mb"] for r in runs if r.get("python_rss_after_mb") is not None]
     report["memory"]["python_after_each_element_mb"] = {r["element"]: r["python_rss_after_mb"] for r in runs}
     report["memory"]["python_flat"] = bool(after) and after[-1] - after[0] <= FLAT_GROWTH_MB
@@ -365,34 +415,70 @@ def summarize(report: dict[str, Any]) -> None:
 
 
 def print_report(report: dict[str, Any]) -> None:
-    print(f"\nsoak: {report['patients']:,} patients, quota {report['quota_points']:,} points per "
-          f"{report['quota_window_seconds']} s, {report['seconds'] / 60:.1f} min")
+    print(
+        f"\nsoak: {report['patients']:,} patients, quota {report['quota_points']:,} points per "
+        f"{report['quota_window_seconds']} s, {report['seconds'] / 60:.1f} min"
+    )
     print("\nper minute")
-    _print_table(("min", "created", "written", "429s", "resent", "python MB", "node MB", "elements"),
-                 [(str(m["minute"]), f"{m['created']:,}", f"{m['written']:,}", f"{m['throttled_429']:,}",
-                   f"{m['entries_resent']:,}", f"{m['python_rss_max_mb']:,.0f}", f"{m['node_rss_max_mb']:,.0f}",
-                   ",".join(m["elements"])) for m in report["per_minute"]])
+    _print_table(
+        ("min", "created", "written", "429s", "resent", "python MB", "node MB", "elements"),
+        [
+            (
+                str(m["minute"]),
+                f"{m['created']:,}",
+                f"{m['written']:,}",
+                f"{m['throttled_429']:,}",
+                f"{m['entries_resent']:,}",
+                f"{m['python_rss_max_mb']:,.0f}",
+                f"{m['node_rss_max_mb']:,.0f}",
+                ",".join(m["elements"]),
+            )
+            for m in report["per_minute"]
+        ],
+    )
     t = report["throughput"]
     print(f"\nthroughput while loading: {t}")
     for name in ("python", "node"):
         print(f"memory {name}: {report['memory'][name]}")
-    print(f"python memory after each element: {report['memory']['python_after_each_element_mb']} "
-          f"(flat: {report['memory']['python_flat']})")
+    print(
+        f"python memory after each element: {report['memory']['python_after_each_element_mb']} "
+        f"(flat: {report['memory']['python_flat']})"
+    )
     totals = report["totals"]
-    print(f"totals: {totals['created']:,} created, {totals['other_ok']:,} other successful entries, "
-          f"{totals['throttled']:,} entries answered 429, {totals['entries_resent']:,} entries resent, "
-          f"{totals['rate_limited']:,} rate-limited rounds, {totals['failed']:,} entries failed, "
-          f"{totals['requests']:,} requests")
+    print(
+        f"totals: {totals['created']:,} created, {totals['other_ok']:,} other successful entries, "
+        f"{totals['throttled']:,} entries answered 429, {totals['entries_resent']:,} entries resent, "
+        f"{totals['rate_limited']:,} rate-limited rounds, {totals['failed']:,} entries failed, "
+        f"{totals['requests']:,} requests"
+    )
     print("\nelements")
     _print_table(
-        ("element", "seconds", "source units", "successful", "rejected", "skipped", "quarantined", "pending",
-         "balanced", "checks"),
-        [(r["element"], f"{r['seconds']:,.0f}", *(f"{r['books'].get(k, '-'):,}" if isinstance(r["books"].get(k), int)
-                                                  else "-" for k in ("source_units", "successful", "rejected",
-                                                                      "skipped", "quarantined", "pending")),
-          str(r["books"].get("balanced")),
-          f"{sum(c['passed'] for c in r['checks'].values())}/{len(r['checks'])} passed")
-         for r in report["elements"]])
+        (
+            "element",
+            "seconds",
+            "source units",
+            "successful",
+            "rejected",
+            "skipped",
+            "quarantined",
+            "pending",
+            "balanced",
+            "checks",
+        ),
+        [
+            (
+                r["element"],
+                f"{r['seconds']:,.0f}",
+                *(
+                    f"{r['books'].get(k, '-'):,}" if isinstance(r["books"].get(k), int) else "-"
+                    for k in ("source_units", "successful", "rejected", "skipped", "quarantined", "pending")
+                ),
+                str(r["books"].get("balanced")),
+                f"{sum(c['passed'] for c in r['checks'].values())}/{len(r['checks'])} passed",
+            )
+            for r in report["elements"]
+        ],
+    )
     for problem in report["problems"]:
         print(f"PROBLEM: {problem}")
     print(f"\nsoak {'passed' if report['ok'] else 'FAILED'}")
@@ -427,8 +513,10 @@ def plot(report: dict[str, Any], path: Path) -> None:
     rate_axis.plot(rate_t, throttled, label="entries answered 429 / s", linewidth=0.8, color="red")
     rate_axis.set_ylabel("entries / s (10 s average)")
     rate_axis.legend(fontsize=8, loc="upper right")
-    rate_axis.set_title(f"Soak: {report['patients']:,} patients, quota {report['quota_points']:,} points / "
-                        f"{report['quota_window_seconds']} s")
+    rate_axis.set_title(
+        f"Soak: {report['patients']:,} patients, quota {report['quota_points']:,} points / "
+        f"{report['quota_window_seconds']} s"
+    )
     memory_axis.plot(minutes, [s["python_rss_mb"] for s in samples], label="Python (Dagster, in-process executor)")
     memory_axis.plot(minutes, [s["node_rss_mb"] for s in samples], label="Node (local Medplum server)")
     memory_axis.set_ylabel("resident memory (MB)")
@@ -438,8 +526,15 @@ def plot(report: dict[str, Any], path: Path) -> None:
     for run in report["elements"]:
         for axis in (rate_axis, memory_axis):
             axis.axvline(run["started_s"] / 60, color="grey", linewidth=0.5, linestyle=":")
-        memory_axis.annotate(run["element"], (run["started_s"] / 60, 0), xytext=(2, 2), textcoords="offset points",
-                             fontsize=7, rotation=90, va="bottom")
+        memory_axis.annotate(
+            run["element"],
+            (run["started_s"] / 60, 0),
+            xytext=(2, 2),
+            textcoords="offset points",
+            fontsize=7,
+            rotation=90,
+            va="bottom",
+        )
     figure.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=110)
@@ -467,8 +562,14 @@ def log(message: str) -> None:
     print(f"[soak {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def soak(patients: int, quota: int, window: int, work: Path, idempotency_sample: int,
-         on_element: Callable[[ElementRun], None] | None = None) -> dict[str, Any]:
+def soak(
+    patients: int,
+    quota: int,
+    window: int,
+    work: Path,
+    idempotency_sample: int,
+    on_element: Callable[[ElementRun], None] | None = None,
+) -> dict[str, Any]:
     from dagster import DagsterInstance
 
     from migration_assets.active import LOAD_ORDER, PROFILE
@@ -477,10 +578,17 @@ def soak(patients: int, quota: int, window: int, work: Path, idempotency_sample:
     from migration_assets.pipeline.resources import build_resources
     from migration_assets.source import write_tables
 
-    report: dict[str, Any] = {"patients": patients, "quota_points": quota, "quota_window_seconds": window,
-                              "idempotency_sample_size": idempotency_sample, "load_order": list(LOAD_ORDER),
-                              "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cpus": os.cpu_count(),
-                              "elements": [], "samples": []}
+    report: dict[str, Any] = {
+        "patients": patients,
+        "quota_points": quota,
+        "quota_window_seconds": window,
+        "idempotency_sample_size": idempotency_sample,
+        "load_order": list(LOAD_ORDER),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "cpus": os.cpu_count(),
+        "elements": [],
+        "samples": [],
+    }
     started = time.monotonic()
     source = work / "source"
     tables = PROFILE.sample(patients)
@@ -501,18 +609,33 @@ def soak(patients: int, quota: int, window: int, work: Path, idempotency_sample:
     node_options = os.environ.get("NODE_OPTIONS") or f"--max-old-space-size={NODE_HEAP_MB}"
     report["node_options"] = node_options
     with environment({"NODE_OPTIONS": node_options}):
-        server, process = start_local_medplum(fhir_quota=quota, quota_window_seconds=window,
-                                              log_path=work / "medplum_local.log")
+        server, process = start_local_medplum(
+            fhir_quota=quota, quota_window_seconds=window, log_path=work / "medplum_local.log"
+        )
     tally = Tally()
     sampler = Sampler(tally, process.pid)
     try:
-        with environment({"DAGSTER_HOME": str(home), "MEDPLUM_BASE_URL": server.base_url,
-                          "MEDPLUM_CLIENT_ID": server.client_id, "MEDPLUM_CLIENT_SECRET": server.client_secret}):
+        with environment(
+            {
+                "DAGSTER_HOME": str(home),
+                "MEDPLUM_BASE_URL": server.base_url,
+                "MEDPLUM_CLIENT_ID": server.client_id,
+                "MEDPLUM_CLIENT_SECRET": server.client_secret,
+            }
+        ):
             # The credentials stay in the environment (EnvVar): never in the run config or the instance.
-            defs = make_definitions(build_resources(legacy_db_url=f"parquet://{source}", manifest_db_url=manifest_url,
-                                                    work_dir=work, idempotency_sample_size=idempotency_sample))
-            log(f"local Medplum at {server.base_url} (pid {process.pid}), quota {quota:,} points per {window} s; "
-                f"elements in order: {', '.join(LOAD_ORDER)}")
+            defs = make_definitions(
+                build_resources(
+                    legacy_db_url=f"parquet://{source}",
+                    manifest_db_url=manifest_url,
+                    work_dir=work,
+                    idempotency_sample_size=idempotency_sample,
+                )
+            )
+            log(
+                f"local Medplum at {server.base_url} (pid {process.pid}), quota {quota:,} points per {window} s; "
+                f"elements in order: {', '.join(LOAD_ORDER)}"
+            )
             with MedplumClient(server.base_url, server.client_id, server.client_secret) as client:
                 target = client.target  # whose books the soak reads
             with DagsterInstance.get() as instance, observed_by(TallyObserver(tally)):
@@ -526,11 +649,13 @@ def soak(patients: int, quota: int, window: int, work: Path, idempotency_sample:
                     record = asdict(run)
                     record["started_s"] = round(element_started, 1)
                     report["elements"].append(record)
-                    log(f"{element}: {'ok' if run.ok else 'FAILED'} in {run.seconds:,.0f} s; counts {run.counts}; "
+                    log(
+                        f"{element}: {'ok' if run.ok else 'FAILED'} in {run.seconds:,.0f} s; counts {run.counts}; "
                         f"books {run.books}; checks passed "
                         f"{sum(c['passed'] for c in run.checks.values())}/{len(run.checks)}; "
                         f"python {run.python_rss_after_mb} MB, node {_round(resident_mb(process.pid))} MB; "
-                        f"429 entries so far {tally.throttled:,}")
+                        f"429 entries so far {tally.throttled:,}"
+                    )
                     if on_element:
                         on_element(run)
                     if not run.run_ok:
@@ -551,13 +676,25 @@ def soak(patients: int, quota: int, window: int, work: Path, idempotency_sample:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patients", type=int, default=int(os.environ.get("SOAK_PATIENTS", "100000")))
-    parser.add_argument("--quota", type=int, default=int(os.environ.get("SOAK_QUOTA", str(DEFAULT_QUOTA))),
-                        help=f"FHIR quota points per client and window (default {DEFAULT_QUOTA:,})")
-    parser.add_argument("--window", type=int, default=int(os.environ.get("SOAK_WINDOW", str(DEFAULT_WINDOW_SECONDS))),
-                        help="quota window in seconds (default 60, as Medplum)")
-    parser.add_argument("--idempotency-sample", type=int, default=DEFAULT_IDEMPOTENCY_SAMPLE,
-                        help=f"bundle groups the idempotent_reload check resubmits per element (default "
-                        f"{DEFAULT_IDEMPOTENCY_SAMPLE:,}; 0: the whole partition)")
+    parser.add_argument(
+        "--quota",
+        type=int,
+        default=int(os.environ.get("SOAK_QUOTA", str(DEFAULT_QUOTA))),
+        help=f"FHIR quota points per client and window (default {DEFAULT_QUOTA:,})",
+    )
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=int(os.environ.get("SOAK_WINDOW", str(DEFAULT_WINDOW_SECONDS))),
+        help="quota window in seconds (default 60, as Medplum)",
+    )
+    parser.add_argument(
+        "--idempotency-sample",
+        type=int,
+        default=DEFAULT_IDEMPOTENCY_SAMPLE,
+        help=f"bundle groups the idempotent_reload check resubmits per element (default "
+        f"{DEFAULT_IDEMPOTENCY_SAMPLE:,}; 0: the whole partition)",
+    )
     parser.add_argument("--out", type=Path, default=OUT_DIR)
     parser.add_argument("--keep-work", action="store_true", help="keep the work folder (source, manifest, frames)")
     args = parser.parse_args(argv)

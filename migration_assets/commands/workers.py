@@ -43,8 +43,21 @@ def celery_run_config(queue: str | None = None) -> dict[str, Any]:
 
 def worker_command(config_file: Path, queue: str, name: str) -> list[str]:
     dagster_celery = shutil.which("dagster-celery", path=str(Path(sys.executable).parent)) or "dagster-celery"
-    return [dagster_celery, "worker", "start", "-A", "dagster_celery.app", "-y", str(config_file), "-q", queue,
-            "-n", name, "--loglevel", "INFO"]  # dagster-celery names it <name>@<host>
+    return [
+        dagster_celery,
+        "worker",
+        "start",
+        "-A",
+        "dagster_celery.app",
+        "-y",
+        str(config_file),
+        "-q",
+        queue,
+        "-n",
+        name,
+        "--loglevel",
+        "INFO",
+    ]  # dagster-celery names it <name>@<host>
 
 
 def write_worker_config(directory: Path, queue: str) -> Path:
@@ -66,9 +79,15 @@ def start_workers(count: int, queue: str, home: Path, log_dir: Path | None = Non
     workers = []
     for number in range(1, count + 1):
         log = (log_dir / f"worker{number}.log").open("wb") if log_dir else None
-        workers.append(subprocess.Popen(worker_command(config_file, queue, f"worker{number}-{queue}"), env=env,
-                                        stdout=log, stderr=subprocess.STDOUT if log else None,
-                                        start_new_session=True))
+        workers.append(
+            subprocess.Popen(
+                worker_command(config_file, queue, f"worker{number}-{queue}"),
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT if log else None,
+                start_new_session=True,
+            )
+        )
     return workers
 
 
@@ -80,8 +99,10 @@ def main() -> None:
     home.mkdir(parents=True, exist_ok=True)
     queue = config.celery_queue()
     workers = start_workers(args.workers, queue, home)
-    print(f"{args.workers} Celery workers on queue {queue!r} of {config.celery_broker_url().split('@')[-1]}; "
-          f"launch runs with DAGSTER_EXECUTOR=celery. Ctrl-C stops them.")
+    print(
+        f"{args.workers} Celery workers on queue {queue!r} of {config.celery_broker_url().split('@')[-1]}; "
+        f"launch runs with DAGSTER_EXECUTOR=celery. Ctrl-C stops them."
+    )
     try:
         for worker in workers:
             worker.wait()

@@ -122,7 +122,9 @@ def check_element_contract(element: DataElement) -> None:
         if not isinstance(getattr(element, name), str) or not getattr(element, name).strip():
             raise wrong(name, "is empty")
     if not isinstance(element.source_tables, Mapping) or not element.source_tables:
-        raise wrong("source_tables", "must map each source table to its primary key column, e.g. {'patients': 'patient_id'}")
+        raise wrong(
+            "source_tables", "must map each source table to its primary key column, e.g. {'patients': 'patient_id'}"
+        )
     for table, key in element.source_tables.items():
         if not isinstance(key, str) or not key:
             raise wrong("source_tables", f"gives table {table!r} no primary key column")
@@ -146,13 +148,17 @@ def check_element_contract(element: DataElement) -> None:
 def check_frame_columns(element: DataElement, columns: Iterable[str]) -> None:
     """The frame columns the element's contract names are there: a clear error, never a silent skip."""
     present = set(columns)
-    declared = {"patient_column": [element.patient_column] if element.patient_column else [],
-                "review_flags": list(element.review_flags)}
+    declared = {
+        "patient_column": [element.patient_column] if element.patient_column else [],
+        "review_flags": list(element.review_flags),
+    }
     for field_name, names in declared.items():
         missing = [name for name in names if name not in present]
         if missing:
-            raise ContractError(f"data element {element.name!r}: field `{field_name}` names {missing}, "
-                                f"which its transform does not produce")
+            raise ContractError(
+                f"data element {element.name!r}: field `{field_name}` names {missing}, "
+                f"which its transform does not produce"
+            )
 
 
 class ContractError(ValueError):
@@ -233,7 +239,9 @@ def apply_row_rules(element: DataElement, frame: pl.DataFrame | pl.LazyFrame, sy
     )
     # Provenance goes in before the hash: the hash covers exactly what is sent, so an unchanged
     # reload sends nothing, and a new mapping version (a new meta.source) sends every row once.
-    frame = frame.with_columns(with_provenance(pl.col("resource"), system.provenance(element.name, element.mapping_version)))
+    frame = frame.with_columns(
+        with_provenance(pl.col("resource"), system.provenance(element.name, element.mapping_version))
+    )
     hashed = frame.with_columns(content_hash=sha256_hex(pl.col("resource"))).collect(engine=POLARS_ENGINE)
     check_frame_columns(element, hashed.columns)
     return _quarantine_schema_failures(hashed, element.schemas)
@@ -243,7 +251,12 @@ def with_provenance(resource: pl.Expr, source: str) -> pl.Expr:
     """The resource JSON with `"meta":{"source":...}` as its first member. Element mappings write no
     meta (Medplum keeps a written meta.source and meta.tag and adds its own versionId and lastUpdated)."""
     opening = "{" + json.dumps({"meta": {"source": source}}, separators=(",", ":"))[1:-1] + ","
-    return pl.when(resource.str.starts_with("{")).then(pl.lit(opening) + resource.str.slice(1)).otherwise(resource).alias("resource")
+    return (
+        pl.when(resource.str.starts_with("{"))
+        .then(pl.lit(opening) + resource.str.slice(1))
+        .otherwise(resource)
+        .alias("resource")
+    )
 
 
 # The engine an element's lazy transform runs on. Not the streaming one: in polars 2.1 it panicked on
@@ -252,8 +265,15 @@ POLARS_ENGINE: Final = "in-memory"
 
 
 # What the whole-frame rules read, and what they decide.
-RULED_BY_FRAME_INPUTS = ("source_table", "source_key", "resource_type", "identifier_value", "bundle_group",
-                         "quarantine_rule", "quarantine_reason")
+RULED_BY_FRAME_INPUTS = (
+    "source_table",
+    "source_key",
+    "resource_type",
+    "identifier_value",
+    "bundle_group",
+    "quarantine_rule",
+    "quarantine_reason",
+)
 RULED_BY_FRAME_OUTPUTS = ("unit_key", "quarantine_rule", "quarantine_reason")
 
 
@@ -286,8 +306,8 @@ def _repeated(frame: pl.DataFrame, column: str, key: tuple[str, ...]) -> pl.Seri
     # finds none: distinct hashes mean distinct values (a collision only sends us the exact way).
     if values.hash().n_unique() == values.len() - max(values.null_count() - 1, 0):
         return repeated
-    candidates = frame.select(key).with_row_index("_row").filter(
-        pl.col(column).is_not_null() & pl.col(column).is_duplicated()
+    candidates = (
+        frame.select(key).with_row_index("_row").filter(pl.col(column).is_not_null() & pl.col(column).is_duplicated())
     )
     rows = candidates.filter(pl.struct(key).is_duplicated())["_row"]
     return repeated.scatter(rows, True) if len(rows) else repeated
@@ -314,8 +334,10 @@ def _control_characters(texts: pl.Series) -> pl.Series:
         return found
     escape = texts.filter(maybe).str.extract(_CONTROL_ESCAPE, 1)
     codes = pl.select(
-        pl.when(pl.lit(escape) == "b").then(pl.lit("0008"))
-        .when(pl.lit(escape) == "f").then(pl.lit("000C"))
+        pl.when(pl.lit(escape) == "b")
+        .then(pl.lit("0008"))
+        .when(pl.lit(escape) == "f")
+        .then(pl.lit("000C"))
         .otherwise(pl.lit(escape).str.slice(1).str.to_uppercase())
     ).to_series()
     return found.scatter(maybe.arg_true(), codes)
@@ -341,8 +363,15 @@ def schema_failures(frame: pl.DataFrame, schemas: Mapping[str, type[pa.DataFrame
                 )
             )
     if not failures:
-        return pl.DataFrame(schema={"_row": pl.UInt32, "resource_type": pl.String, "column": pl.String,
-                                    "check": pl.String, "failure_case": pl.String})
+        return pl.DataFrame(
+            schema={
+                "_row": pl.UInt32,
+                "resource_type": pl.String,
+                "column": pl.String,
+                "check": pl.String,
+                "failure_case": pl.String,
+            }
+        )
     return pl.concat(failures, how="vertical")
 
 
@@ -364,12 +393,16 @@ def _quarantine_whole_groups(frame: pl.DataFrame) -> pl.DataFrame:
     first_problems = (
         frame.filter(pl.col("quarantine_rule").is_not_null() & pl.col("bundle_group").is_not_null())
         .group_by("bundle_group", maintain_order=True)
-        .agg(_first_problem=pl.format("{} {} was quarantined ({})", pl.col("resource_type"), pl.col("source_key"),
-                                      pl.col("quarantine_rule")).first())
+        .agg(
+            _first_problem=pl.format(
+                "{} {} was quarantined ({})", pl.col("resource_type"), pl.col("source_key"), pl.col("quarantine_rule")
+            ).first()
+        )
     )
     marked = frame.join(first_problems, on="bundle_group", how="left", maintain_order="left")
-    return quarantine(marked, "group_quarantined", pl.col("_first_problem").is_not_null(),
-                      pl.col("_first_problem")).drop("_first_problem")
+    return quarantine(
+        marked, "group_quarantined", pl.col("_first_problem").is_not_null(), pl.col("_first_problem")
+    ).drop("_first_problem")
 
 
 def sha256_hex(text: pl.Expr) -> pl.Expr:
@@ -414,7 +447,9 @@ def reference_list(references: list[pl.Expr]) -> pl.Expr:
     # polars' concat_list of several struct columns costs about 7 µs a row; going through a long
     # frame (one row per reference, then grouped back) costs a twentieth of that.
     fields = [reference.alias(f"r{number}") for number, reference in enumerate(references)]
-    return pl.struct(fields).map_batches(_long_reference_list, return_dtype=pl.List(REFERENCE_DTYPE), is_elementwise=True)
+    return pl.struct(fields).map_batches(
+        _long_reference_list, return_dtype=pl.List(REFERENCE_DTYPE), is_elementwise=True
+    )
 
 
 def _long_reference_list(rows: pl.Series) -> pl.Series:
@@ -496,7 +531,9 @@ def quarantine_orphans(frame: Frame, key: str, table: str, flag: str, required: 
     missing key is an orphan too when the reference is required."""
     missing = pl.col(key).is_null()
     orphan = ~pl.col(flag).fill_null(False) & (~missing | pl.lit(required))
-    reason = pl.when(missing).then(pl.lit(f"{key} is missing")).otherwise(
-        pl.format(f"{key} {{}} is not in the {table} table", pl.col(key))
+    reason = (
+        pl.when(missing)
+        .then(pl.lit(f"{key} is missing"))
+        .otherwise(pl.format(f"{key} {{}} is not in the {table} table", pl.col(key)))
     )
     return quarantine(frame, "orphan_reference", orphan, reason)

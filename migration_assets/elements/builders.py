@@ -316,8 +316,9 @@ def vocabulary_concept(
         raise ValueError(f"vocabulary table maps local codes more than once: {repeated[:10]}")
 
     def looked_up(column: str) -> pl.Expr:
-        return local_code.replace_strict(mapped_rows["local_code"], mapped_rows[column].cast(pl.String),
-                                         default=None, return_dtype=pl.String)
+        return local_code.replace_strict(
+            mapped_rows["local_code"], mapped_rows[column].cast(pl.String), default=None, return_dtype=pl.String
+        )
 
     standard_code = looked_up("code")
     system = looked_up("system") if "system" in vocabulary.columns else pl.lit(standard_system, dtype=pl.String)

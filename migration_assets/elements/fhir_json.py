@@ -12,14 +12,14 @@ import polars as pl
 
 from migration_assets.medplum.search import SEARCH_ESCAPES, URL_ESCAPES
 
-_EMPTY = r'(?:null|\[\]|\{\}|\[\{\}\])'
+_EMPTY = r"(?:null|\[\]|\{\}|\[\{\}\])"
 # `,"key":empty` goes entirely; `{"key":empty,` keeps its brace (captured as $1).
-_EMPTY_MEMBER = r',"[A-Za-z0-9_]+":' + _EMPTY + r'|(\{)"[A-Za-z0-9_]+":' + _EMPTY + ',?'
+_EMPTY_MEMBER = r',"[A-Za-z0-9_]+":' + _EMPTY + r'|(\{)"[A-Za-z0-9_]+":' + _EMPTY + ",?"
 # Each pass removes one level of emptiness ({"a":{"b":null}} needs two); our resources nest less.
 _PASSES = 3
 
 
-_MAY_HOLD_EMPTY = r':(?:null|\[\]|\{\}|\[\{\}\])[,}\]]'
+_MAY_HOLD_EMPTY = r":(?:null|\[\]|\{\}|\[\{\}\])[,}\]]"
 
 
 def fhir_json(resource: pl.Expr) -> pl.Expr:

@@ -47,5 +47,8 @@ def file_facts_frame(paths: Iterable[str | None]) -> pl.DataFrame:
             rows.append((name, True, facts.size, facts.sha1_base64))
         else:
             rows.append((name, False, None, None))
-    return pl.DataFrame(rows, schema={"file_path": pl.String, "file_exists": pl.Boolean, "file_size": pl.Int64,
-                                      "file_sha1": pl.String}, orient="row")
+    return pl.DataFrame(
+        rows,
+        schema={"file_path": pl.String, "file_exists": pl.Boolean, "file_size": pl.Int64, "file_sha1": pl.String},
+        orient="row",
+    )

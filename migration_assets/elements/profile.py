@@ -105,13 +105,17 @@ class Profile:
 
     def sample(self, patients: int, seed: int = 7, updated_at: bool = False) -> dict[str, pl.DataFrame]:
         """The profile's sample legacy tables, parents first: the generator's, then the sample folder's."""
-        tables = dict(self.sample_tables(patients=patients, seed=seed, updated_at=updated_at)) if self.sample_tables else {}
+        tables = (
+            dict(self.sample_tables(patients=patients, seed=seed, updated_at=updated_at)) if self.sample_tables else {}
+        )
         if self.sample_folder is not None and self.sample_folder.is_dir():
             for file in sorted(self.sample_folder.glob("*.csv")):
                 tables[file.stem] = pl.read_csv(file, infer_schema=False)
         if not tables:
-            raise ProfileError(f"profile {self.name} has no sample data (sample_tables or sample_folder): "
-                               "set LEGACY_DB_URL to your legacy database")
+            raise ProfileError(
+                f"profile {self.name} has no sample data (sample_tables or sample_folder): "
+                "set LEGACY_DB_URL to your legacy database"
+            )
         return tables
 
     def primary_keys(self) -> dict[str, str]:
@@ -174,8 +178,9 @@ def profile_module(spec: str | None) -> ModuleType:
     except ModuleNotFoundError as missing:
         if missing.name != spec.split(".")[0] and missing.name != spec:
             raise
-        shipped = sorted(p.stem for p in Path(__file__).parent.parent.joinpath("profiles").iterdir()
-                         if (p / "__init__.py").is_file())
+        shipped = sorted(
+            p.stem for p in Path(__file__).parent.parent.joinpath("profiles").iterdir() if (p / "__init__.py").is_file()
+        )
         raise ProfileError(
             f"no profile {spec!r}: not a folder, an installed profile ({', '.join(sorted(offered)) or 'none'}), "
             f"a shipped one ({', '.join(shipped)}) or an importable module"
@@ -205,4 +210,3 @@ def _check_shared_tables(elements: Iterable[DataElement]) -> None:
                     f"but {other} gives it {seen[table][1]!r}"
                 )
             seen.setdefault(table, (element.name, key))
-

@@ -48,8 +48,9 @@ class TerminologyMaps:
                 f"terminology maps and VERSIONS.csv disagree in {self.folder}: files without a version "
                 f"{sorted(files - listed)}, versions without a file {sorted(listed - files)}"
             )
-        return catalogue.with_columns(codes=pl.Series([self.read_map(name).height for name in catalogue["map"]],
-                                                      dtype=pl.Int64))
+        return catalogue.with_columns(
+            codes=pl.Series([self.read_map(name).height for name in catalogue["map"]], dtype=pl.Int64)
+        )
 
 
 @cache

@@ -34,7 +34,6 @@ uploaded_files = sa.Table(
 )
 
 
-
 class UploadedFiles:
     """The uploaded-files table of one target (a server and a project)."""
 
@@ -56,16 +55,23 @@ class UploadedFiles:
         with self.engine.begin() as connection:
             connection.execute(
                 uploaded_files.insert().values(
-                    target=self.target, sha256=facts.sha256_hex, binary_id=binary_id, size=facts.size,
-                    sha1_base64=facts.sha1_base64, content_type=content_type, uploaded_at=datetime.now(UTC),
+                    target=self.target,
+                    sha256=facts.sha256_hex,
+                    binary_id=binary_id,
+                    size=facts.size,
+                    sha1_base64=facts.sha1_base64,
+                    content_type=content_type,
+                    uploaded_at=datetime.now(UTC),
                 )
             )
 
     def count(self) -> int:
         with self.engine.connect() as connection:
-            return int(connection.execute(
-                sa.select(sa.func.count()).select_from(uploaded_files).where(uploaded_files.c.target == self.target)
-            ).scalar_one())
+            return int(
+                connection.execute(
+                    sa.select(sa.func.count()).select_from(uploaded_files).where(uploaded_files.c.target == self.target)
+                ).scalar_one()
+            )
 
 
 @dataclass(frozen=True)
@@ -99,12 +105,18 @@ class FileUploader:
         if not path.is_file():
             return FileOutcome(None, None, False, "missing_file", "the file named in the row is not on disk")
         if content_type not in self.allowed_types:
-            return FileOutcome(None, None, False, "disallowed_content_type",
-                               f"content type {content_type} is not one the clinic allows")
+            return FileOutcome(
+                None,
+                None,
+                False,
+                "disallowed_content_type",
+                f"content type {content_type} is not one the clinic allows",
+            )
         size = path.stat().st_size
         if size > self.max_bytes:
-            return FileOutcome(None, None, False, "file_too_large",
-                               f"file of {size} bytes is over the limit of {self.max_bytes} bytes")
+            return FileOutcome(
+                None, None, False, "file_too_large", f"file of {size} bytes is over the limit of {self.max_bytes} bytes"
+            )
         facts = file_facts(path)
         known = self.books.binary_for(facts.sha256_hex)
         if known is not None:

@@ -24,6 +24,7 @@ DISPOSITIONS = ("successful", "rejected", "skipped", "quarantined", "pending")
 
 metadata = sa.MetaData()
 
+
 # Every table of the books starts with the target they describe (Target.key; "" in tools and tests that
 # name none).
 def _target_column() -> sa.Column[str]:
@@ -184,7 +185,12 @@ class Manifest:
     # -- runs -----------------------------------------------------------------------------------
 
     def start_run(
-        self, run_id: str, element: str, mapping_version: str, source_url: str, source_rows: Mapping[str, int],
+        self,
+        run_id: str,
+        element: str,
+        mapping_version: str,
+        source_url: str,
+        source_rows: Mapping[str, int],
         shard: tuple[int, int] = (0, 1),
     ) -> None:
         """Record a run of `element` (of `shard`: index, count) as running. Earlier runs of the same
@@ -195,10 +201,14 @@ class Manifest:
         with self.engine.begin() as db:
             db.execute(
                 sa.update(runs)
-                .where(runs.c.target == self.target, runs.c.element == element, runs.c.status == "running",
-                       runs.c.run_id != run_id,
-                       # Rows of ledgers older than the shard column: no shard can be told apart.
-                       sa.or_(runs.c.shard == shard_label, runs.c.shard.is_(None)))
+                .where(
+                    runs.c.target == self.target,
+                    runs.c.element == element,
+                    runs.c.status == "running",
+                    runs.c.run_id != run_id,
+                    # Rows of ledgers older than the shard column: no shard can be told apart.
+                    sa.or_(runs.c.shard == shard_label, runs.c.shard.is_(None)),
+                )
                 .values(status="interrupted", finished_at=now)
             )
             db.execute(sa.delete(runs).where(*self._run(run_id, element)))
@@ -227,7 +237,9 @@ class Manifest:
 
     def runs(self, element: str, run_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """The runs of `element` (only `run_ids` when given), oldest first."""
-        query = sa.select(runs).where(runs.c.target == self.target, runs.c.element == element).order_by(runs.c.started_at)
+        query = (
+            sa.select(runs).where(runs.c.target == self.target, runs.c.element == element).order_by(runs.c.started_at)
+        )
         if run_ids is not None:
             query = query.where(runs.c.run_id.in_(list(run_ids)))
         with self.engine.connect() as db:
@@ -236,8 +248,10 @@ class Manifest:
     def last_run(self, element: str) -> dict[str, Any] | None:
         with self.engine.connect() as db:
             row = db.execute(
-                sa.select(runs).where(runs.c.target == self.target, runs.c.element == element)
-                .order_by(runs.c.started_at.desc()).limit(1)
+                sa.select(runs)
+                .where(runs.c.target == self.target, runs.c.element == element)
+                .order_by(runs.c.started_at.desc())
+                .limit(1)
             ).first()
         return dict(row._mapping) if row else None
 
@@ -252,13 +266,18 @@ class Manifest:
         with self.engine.connect() as db:
             sqlite = db.dialect.name == "sqlite"
             # SQLite's timestamps arrive as the text SQLAlchemy stored, parsed below a column at a time.
-            read_as = {name: pl.String() if sqlite and kind == pl.Datetime(time_zone="UTC") else kind
-                       for name, kind in schema.items()}
+            read_as = {
+                name: pl.String() if sqlite and kind == pl.Datetime(time_zone="UTC") else kind
+                for name, kind in schema.items()
+            }
             fetch = _driver_rows(db, statement) if sqlite else db.execute(statement).fetchmany
             chunks = [pl.DataFrame(rows, schema=read_as, orient="row") for rows in iter(lambda: fetch(50_000), [])]
         frame = pl.concat(chunks) if chunks else pl.DataFrame(schema=read_as)
-        return frame.with_columns(pl.col(name).str.to_datetime(SQLITE_TIMESTAMP, time_zone="UTC")
-                                  for name, kind in read_as.items() if kind != schema[name])
+        return frame.with_columns(
+            pl.col(name).str.to_datetime(SQLITE_TIMESTAMP, time_zone="UTC")
+            for name, kind in read_as.items()
+            if kind != schema[name]
+        )
 
     def register_units(self, run_id: str, element: str, frame: pl.DataFrame, to_send: pl.Series) -> None:
         """Record this run's view of every unit before anything is sent.
@@ -269,9 +288,18 @@ class Manifest:
         """
         now = _now()
         # Filtered in polars: an unchanged reload registers nothing, and its rows never reach Python.
-        rows = frame.with_columns(send=to_send).filter(pl.col("quarantine_rule").is_not_null() | pl.col("send")).select(
-            "source_table", "unit_key", "resource_type", "identifier_system", "identifier_value",
-            "quarantine_rule", "quarantine_reason",
+        rows = (
+            frame.with_columns(send=to_send)
+            .filter(pl.col("quarantine_rule").is_not_null() | pl.col("send"))
+            .select(
+                "source_table",
+                "unit_key",
+                "resource_type",
+                "identifier_system",
+                "identifier_value",
+                "quarantine_rule",
+                "quarantine_reason",
+            )
         )
         records = [
             {
@@ -288,14 +316,34 @@ class Manifest:
                 "last_run_id": run_id,
                 "updated_at": now,
             }
-            for source_table, unit_key, resource_type, identifier_system, identifier_value, rule, reason in rows.iter_rows()
+            for (source_table, unit_key, resource_type, identifier_system, identifier_value, rule, reason) in (
+                rows.iter_rows()
+            )
         ]
-        self._upsert(records, update=("resource_type", "identifier_system", "identifier_value", "disposition",
-                                      "rule", "reason", "last_run_id", "updated_at"))
+        self._upsert(
+            records,
+            update=(
+                "resource_type",
+                "identifier_system",
+                "identifier_value",
+                "disposition",
+                "rule",
+                "reason",
+                "last_run_id",
+                "updated_at",
+            ),
+        )
 
-    def record_results(self, run_id: str, element: str, results: Sequence[Attempt],
-                       successful: Sequence[bool | None], resource_ids: Sequence[str | None],
-                       version_ids: Sequence[str | None], reasons: Sequence[str | None]) -> None:
+    def record_results(
+        self,
+        run_id: str,
+        element: str,
+        results: Sequence[Attempt],
+        successful: Sequence[bool | None],
+        resource_ids: Sequence[str | None],
+        version_ids: Sequence[str | None],
+        reasons: Sequence[str | None],
+    ) -> None:
         """Store the attempts of one bundle and the dispositions they settle: True successful, False
         rejected, None still pending (refused by the quota, or written only in part), with its reason;
         the next run sends it again."""
@@ -335,7 +383,9 @@ class Manifest:
                         "updated_at": now,
                         **({"content_hash": attempt.content_hash, "resource_id": rid, "version_id": vid} if ok else {}),
                     }
-                    for attempt, success, rid, vid, reason in zip(results, successful, resource_ids, version_ids, reasons, strict=True)
+                    for attempt, success, rid, vid, reason in zip(
+                        results, successful, resource_ids, version_ids, reasons, strict=True
+                    )
                     if success is ok
                 ]
                 if settled:
@@ -361,8 +411,10 @@ class Manifest:
                 sa.update(units)
                 .where(*self._each_unit(element), units.c.disposition == "successful")
                 .values(disposition="pending", content_hash=None, reason=sa.bindparam("why"), updated_at=now),
-                [{"k_table": table, "k_unit": key, "why": reason} for table, key, reason in
-                 lost.select("source_table", "unit_key", "reason").iter_rows()],
+                [
+                    {"k_table": table, "k_unit": key, "why": reason}
+                    for table, key, reason in lost.select("source_table", "unit_key", "reason").iter_rows()
+                ],
             )
 
     def history(self, element: str | None, unit_key: str) -> dict[str, Any]:
@@ -378,10 +430,21 @@ class Manifest:
             ]
             # The load runs that registered or sent them (the idempotency check's resubmissions,
             # `<run>-reload`, have no run row of their own).
-            touched = {(row["target"], row.get("last_run_id") or row.get("run_id")) for row in (*found_units, *found_attempts)}
-            found_runs = [dict(r._mapping) for r in db.execute(
-                sa.select(runs).where(sa.tuple_(runs.c.target, runs.c.run_id).in_(list(touched))).order_by(runs.c.started_at)
-            )] if touched else []
+            touched = {
+                (row["target"], row.get("last_run_id") or row.get("run_id")) for row in (*found_units, *found_attempts)
+            }
+            found_runs = (
+                [
+                    dict(r._mapping)
+                    for r in db.execute(
+                        sa.select(runs)
+                        .where(sa.tuple_(runs.c.target, runs.c.run_id).in_(list(touched)))
+                        .order_by(runs.c.started_at)
+                    )
+                ]
+                if touched
+                else []
+            )
         return {"units": found_units, "attempts": found_attempts, "runs": found_runs}
 
     def attempt_counts(self, run_id: str, element: str) -> dict[str, int]:
@@ -404,8 +467,11 @@ class Manifest:
         """The run whose resubmission verified exactly this content of `element` (`shard`: its label),
         when the check's latest verdict there passed; None otherwise."""
         with self.engine.connect() as db:
-            found = db.execute(sa.select(verified_content.c.run_id).where(
-                *self._verified(element, shard), verified_content.c.fingerprint == fingerprint)).scalar()
+            found = db.execute(
+                sa.select(verified_content.c.run_id).where(
+                    *self._verified(element, shard), verified_content.c.fingerprint == fingerprint
+                )
+            ).scalar()
         return str(found) if found is not None else None
 
     def record_verified(self, element: str, shard: str, fingerprint: str | None, run_id: str) -> None:
@@ -413,9 +479,16 @@ class Manifest:
         with self.engine.begin() as db:
             db.execute(sa.delete(verified_content).where(*self._verified(element, shard)))
             if fingerprint is not None:
-                db.execute(sa.insert(verified_content).values(target=self.target, element=element, shard=shard,
-                                                              fingerprint=fingerprint, run_id=run_id,
-                                                              verified_at=_now()))
+                db.execute(
+                    sa.insert(verified_content).values(
+                        target=self.target,
+                        element=element,
+                        shard=shard,
+                        fingerprint=fingerprint,
+                        run_id=run_id,
+                        verified_at=_now(),
+                    )
+                )
 
     # -- scoping ----------------------------------------------------------------------------------
 
@@ -423,8 +496,11 @@ class Manifest:
         return runs.c.target == self.target, runs.c.run_id == run_id, runs.c.element == element
 
     def _verified(self, element: str, shard: str) -> tuple[Any, ...]:
-        return (verified_content.c.target == self.target, verified_content.c.element == element,
-                verified_content.c.shard == shard)
+        return (
+            verified_content.c.target == self.target,
+            verified_content.c.element == element,
+            verified_content.c.shard == shard,
+        )
 
     def _each_unit(self, element: str) -> tuple[Any, ...]:
         """The unit of `element` named by each parameter set's `k_table` and `k_unit` (executemany)."""
@@ -483,8 +559,11 @@ def _executemany(db: sa.Connection, statement: sa.Insert | sa.Update, rows: list
     compiled = statement.compile(dialect=db.dialect)
     names = compiled.positiontup or []
     # What SQLAlchemy would do to a value on its way in (only timestamps need it here).
-    processors = {name: processor for name in names
-                  if (processor := compiled.binds[name].type.dialect_impl(db.dialect).bind_processor(db.dialect))}
+    processors = {
+        name: processor
+        for name in names
+        if (processor := compiled.binds[name].type.dialect_impl(db.dialect).bind_processor(db.dialect))
+    }
     fixed = compiled.params  # values bound in the statement itself (the element's name)
     stored: dict[Any, Any] = {}  # a run's rows share their timestamps: converted once each
 
@@ -551,9 +630,9 @@ def keep_books_per_target(engine: sa.Engine, tables: sa.MetaData) -> None:
         with engine.begin() as db:
             for index in inspector.get_indexes(table.name):
                 db.execute(sa.text(f'DROP INDEX "{index["name"]}"'))
-            db.execute(sa.text(f'ALTER TABLE {table.name} RENAME TO {aside}'))
+            db.execute(sa.text(f"ALTER TABLE {table.name} RENAME TO {aside}"))
             table.create(db)
             kept = [name for name in old_columns if name in table.c]
             names = ", ".join(f'"{name}"' for name in kept)
-            db.execute(sa.text(f'INSERT INTO {table.name} (target, {names}) SELECT \'\', {names} FROM {aside}'))
+            db.execute(sa.text(f"INSERT INTO {table.name} (target, {names}) SELECT '', {names} FROM {aside}"))
             db.execute(sa.text(f"DROP TABLE {aside}"))

@@ -55,42 +55,80 @@ class SyncState:
 
     def watermarks(self, element: str) -> dict[str, str | None]:
         with self.engine.connect() as db:
-            rows = db.execute(sa.select(watermarks.c.source_table, watermarks.c.watermark)
-                              .where(watermarks.c.target == self.target, watermarks.c.element == element)).all()
+            rows = db.execute(
+                sa.select(watermarks.c.source_table, watermarks.c.watermark).where(
+                    watermarks.c.target == self.target, watermarks.c.element == element
+                )
+            ).all()
         return {table: mark for table, mark in rows}
 
     def advance(self, element: str, run_id: str, marks: Mapping[str, str | None]) -> None:
         now = _now()
         with self.engine.begin() as db:
-            db.execute(sa.delete(watermarks).where(watermarks.c.target == self.target, watermarks.c.element == element,
-                                                   watermarks.c.source_table.in_(list(marks))))
-            db.execute(sa.insert(watermarks), [
-                {"target": self.target, "element": element, "source_table": table, "watermark": mark, "run_id": run_id, "synced_at": now}
-                for table, mark in marks.items()
-            ])
+            db.execute(
+                sa.delete(watermarks).where(
+                    watermarks.c.target == self.target,
+                    watermarks.c.element == element,
+                    watermarks.c.source_table.in_(list(marks)),
+                )
+            )
+            db.execute(
+                sa.insert(watermarks),
+                [
+                    {
+                        "target": self.target,
+                        "element": element,
+                        "source_table": table,
+                        "watermark": mark,
+                        "run_id": run_id,
+                        "synced_at": now,
+                    }
+                    for table, mark in marks.items()
+                ],
+            )
 
     def start(self, run_id: str, element: str, phase: ElementPhase, phases_version: str) -> None:
         with self.engine.begin() as db:
             db.execute(sa.delete(sync_log).where(*self._sync(run_id, element)))
-            db.execute(sa.insert(sync_log).values(target=self.target, run_id=run_id, element=element, started_at=_now(), status="running",
-                                                  phase=phase.phase, phases_version=phases_version))
+            db.execute(
+                sa.insert(sync_log).values(
+                    target=self.target,
+                    run_id=run_id,
+                    element=element,
+                    started_at=_now(),
+                    status="running",
+                    phase=phase.phase,
+                    phases_version=phases_version,
+                )
+            )
 
     def finish(self, run_id: str, element: str, status: str, candidates: int | None, counts: Mapping[str, int]) -> None:
         with self.engine.begin() as db:
-            db.execute(sa.update(sync_log).where(*self._sync(run_id, element))
-                       .values(finished_at=_now(), status=status, candidates=candidates, counts=json.dumps(dict(counts))))
+            db.execute(
+                sa.update(sync_log)
+                .where(*self._sync(run_id, element))
+                .values(finished_at=_now(), status=status, candidates=candidates, counts=json.dumps(dict(counts)))
+            )
 
     def last_syncs(self) -> dict[str, dict[str, Any]]:
         """Per element: its last finished sync (or verification) and the oldest watermark of its tables."""
         out: dict[str, dict[str, Any]] = {}
         with self.engine.connect() as db:
-            for row in db.execute(sa.select(sync_log).where(sync_log.c.target == self.target,
-                                                            sync_log.c.status.in_(["finished", "verified"]))
-                                  .order_by(sync_log.c.finished_at)):
-                out[row.element] = {"last_sync_at": row.finished_at, "last_sync_run": row.run_id,
-                                    "last_sync_status": row.status}
-            for row in db.execute(sa.select(watermarks.c.element, sa.func.min(watermarks.c.watermark).label("mark"))
-                                  .where(watermarks.c.target == self.target).group_by(watermarks.c.element)):
+            for row in db.execute(
+                sa.select(sync_log)
+                .where(sync_log.c.target == self.target, sync_log.c.status.in_(["finished", "verified"]))
+                .order_by(sync_log.c.finished_at)
+            ):
+                out[row.element] = {
+                    "last_sync_at": row.finished_at,
+                    "last_sync_run": row.run_id,
+                    "last_sync_status": row.status,
+                }
+            for row in db.execute(
+                sa.select(watermarks.c.element, sa.func.min(watermarks.c.watermark).label("mark"))
+                .where(watermarks.c.target == self.target)
+                .group_by(watermarks.c.element)
+            ):
                 out.setdefault(row.element, {})["watermark"] = row.mark
         return out
 

@@ -33,12 +33,14 @@ def mapping_register_asset(context: AssetExecutionContext) -> Output[pl.DataFram
             "mapping_version": element.mapping_version,
             **counts({f"fields/{name}": value for name, value in by_disposition.items()}),
             "register": table(register.drop("element"), limit=200),
-            **({"terminology_versions": table(TerminologyMaps(PROFILE.terminology_dir).versions(), limit=50)}
-               if PROFILE.terminology_dir else {}),
+            **(
+                {"terminology_versions": table(TerminologyMaps(PROFILE.terminology_dir).versions(), limit=50)}
+                if PROFILE.terminology_dir
+                else {}
+            ),
             "markdown": MetadataValue.path(str(REGISTER_PATH)),
         },
     )
-
 
 
 @asset(
@@ -56,4 +58,6 @@ def terminology_maps() -> Output[pl.DataFrame]:
         maps = pl.DataFrame(schema={"map": pl.String, "version": pl.String, "codes": pl.Int64})
     else:
         maps = TerminologyMaps(PROFILE.terminology_dir).catalogue()
-    return Output(maps, metadata={**counts({"maps": maps.height, "codes": int(maps["codes"].sum())}), "maps": table(maps)})
+    return Output(
+        maps, metadata={**counts({"maps": maps.height, "codes": int(maps["codes"].sum())}), "maps": table(maps)}
+    )

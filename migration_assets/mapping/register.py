@@ -103,8 +103,14 @@ def mapping_register(element: DataElement, tables: Mapping[str, pl.DataFrame] | 
 
 
 def _row(element: DataElement, table: str, column: str, path: str, rule: str, disposition: str) -> dict[str, str]:
-    return {"element": element.name, "source_table": table, "source_field": column, "target_path": path,
-            "rule": rule, "disposition": disposition}
+    return {
+        "element": element.name,
+        "source_table": table,
+        "source_field": column,
+        "target_path": path,
+        "rule": rule,
+        "disposition": disposition,
+    }
 
 
 # -- probing ---------------------------------------------------------------------------------------
@@ -118,7 +124,9 @@ class _Run:
         self.rules: dict[RowKey, str | None] = {}
         self.keys: dict[tuple[str, str], list[str]] = {}
         counters: dict[tuple[str, str], int] = {}
-        for row in frame.select("source_table", "resource_type", "source_key", "resource", "quarantine_rule").iter_rows():
+        for row in frame.select(
+            "source_table", "resource_type", "source_key", "resource", "quarantine_rule"
+        ).iter_rows():
             table, resource_type, key, resource, rule = row
             group = (table, resource_type)
             index = counters.get(group, 0)
@@ -208,7 +216,9 @@ def _probe_column(
                     source_value = _source_value(tables[table], changed, column)
                     examples[path] = f"{_short(source_value)} → {_short(after_value)}"
     paths: dict[str, tuple[str, str]] = {}
-    direct = {path for path, found in kinds.items() if "verbatim" in found and found <= {"verbatim", "dropped", "appeared"}}
+    direct = {
+        path for path, found in kinds.items() if "verbatim" in found and found <= {"verbatim", "dropped", "appeared"}
+    }
     for path in sorted(kinds, key=_path_order):
         found = kinds[path]
         if path in direct:

@@ -63,8 +63,13 @@ def submit_async(
     """POST `body` (a batch Bundle) as an async job, wait for it and return one response per entry.
 
     `send` is the client's retrying request function (`MedplumClient._send`)."""
-    accepted: str | list[EntryResponse] = send("POST", "", content=body, headers={"Prefer": "respond-async"},
-                                               parse=lambda response: _accepted(response, expected))
+    accepted: str | list[EntryResponse] = send(
+        "POST",
+        "",
+        content=body,
+        headers={"Prefer": "respond-async"},
+        parse=lambda response: _accepted(response, expected),
+    )
     if isinstance(accepted, list):
         return accepted  # the server answered synchronously: a plain batch-response
     job_url = accepted
@@ -75,8 +80,12 @@ def submit_async(
         reference = (binary or {}).get("valueReference", {}).get("reference")
         if not reference:
             raise MedplumError(f"async job {_job_id(job_url)} completed without a results reference")
-        results: list[EntryResponse] = send("GET", reference, headers={"Accept": "application/json, */*"},
-                                            parse=lambda response: _results(response, expected))
+        results: list[EntryResponse] = send(
+            "GET",
+            reference,
+            headers={"Accept": "application/json, */*"},
+            parse=lambda response: _results(response, expected),
+        )
         return results
     # error or cancelled: every entry carries the job's outcome and status.
     outcome_parameter = _output_parameter(job, "outcome") or {}
@@ -86,7 +95,9 @@ def submit_async(
         "resourceType": "OperationOutcome",
         "issue": [{"severity": "error", "code": "exception", "diagnostics": f"async job {status}"}],
     }
-    log.warning("async job %s ended %s (%d); its %d entries count as %d", _job_id(job_url), status, code, expected, code)
+    log.warning(
+        "async job %s ended %s (%d); its %d entries count as %d", _job_id(job_url), status, code, expected, code
+    )
     return [EntryResponse(status=code, outcome=outcome) for _ in range(expected)]
 
 
@@ -99,7 +110,9 @@ def _accepted(response: httpx.Response, expected: int) -> str | list[EntryRespon
     return batch_response_entries(json_object(response), expected)
 
 
-def _wait(job_url: str, polling: AsyncPolling, send: Callable[..., Any], sleep: Callable[[float], None]) -> dict[str, Any]:
+def _wait(
+    job_url: str, polling: AsyncPolling, send: Callable[..., Any], sleep: Callable[[float], None]
+) -> dict[str, Any]:
     started = time.monotonic()
     for delay in polling.delays():
         sleep(delay)
@@ -109,7 +122,8 @@ def _wait(job_url: str, polling: AsyncPolling, send: Callable[..., Any], sleep: 
         if time.monotonic() - started > polling.timeout_seconds:
             break
     raise MedplumError(
-        f"async job {_job_id(job_url)} not finished after {polling.timeout_seconds:.0f} s (status {job.get('status')}); "
+        f"async job {_job_id(job_url)} not finished after {polling.timeout_seconds:.0f} s "
+        f"(status {job.get('status')}); "
         "its entries stay pending in the manifest and the next run sends them again"
     )
 
@@ -135,4 +149,3 @@ def _output_parameter(job: dict[str, Any], name: str) -> dict[str, Any] | None:
 def _job_id(job_url: str) -> str:
     parts = job_url.rstrip("/").split("/")
     return parts[-2] if parts[-1] == "status" and len(parts) >= 2 else parts[-1]
-

@@ -56,8 +56,11 @@ class ClientCredentialsToken:
         # The project the credential acts in, as the token response names it (Medplum's does).
         self.project_id: str | None = None
         # Shared with the process's other clients of this credential (not under a test's own clock).
-        self._shared_key = ((token_url, client_id, hashlib.sha256(client_secret.encode()).hexdigest())
-                            if clock is time.monotonic else None)
+        self._shared_key = (
+            (token_url, client_id, hashlib.sha256(client_secret.encode()).hexdigest())
+            if clock is time.monotonic
+            else None
+        )
 
     def bearer(self) -> str:
         with self._lock:

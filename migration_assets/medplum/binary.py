@@ -77,8 +77,9 @@ def upload_binary(client: MedplumClient, path: Path, content_type: str) -> str:
             if response.status_code == 401:
                 client.invalidate_token(token)
             elif response.status_code != 429 and response.status_code < 500:
-                raise MedplumError(f"POST Binary answered {response.status_code} for {path.name}: "
-                                   f"{response.text[:300]}")
+                raise MedplumError(
+                    f"POST Binary answered {response.status_code} for {path.name}: {response.text[:300]}"
+                )
             problem = f"{response.status_code}"
         if attempt < client.retry.max_attempts:
             delay = client.retry.backoff(attempt)

@@ -159,8 +159,9 @@ class MedplumClient:
                 return
             except (httpx.TransportError, MedplumResponseError) as exc:
                 if attempt == self.retry.max_attempts:
-                    raise MedplumError(f"no token from {display_url(self.base_url)}oauth2/token after {attempt} "
-                                       f"attempts: {exc}") from exc
+                    raise MedplumError(
+                        f"no token from {display_url(self.base_url)}oauth2/token after {attempt} attempts: {exc}"
+                    ) from exc
                 time.sleep(self.retry.backoff(attempt))
 
     # -- for uploads that stream their body (medplum/binary.py) ---------------------------------
@@ -205,7 +206,9 @@ class MedplumClient:
         the moment it started counting: its `Date` header (whole seconds, rounded down) less a second
         and the request's own duration. None when the server sent no date."""
         started = time.monotonic()
-        total, answered = self._send("GET", resource_type, params={**params, "_summary": "count"}, parse=_total_and_date)
+        total, answered = self._send(
+            "GET", resource_type, params={**params, "_summary": "count"}, parse=_total_and_date
+        )
         if answered is None:
             return total, None
         return total, answered - timedelta(seconds=1 + time.monotonic() - started)
@@ -223,10 +226,14 @@ class MedplumClient:
         it answers a transaction-response whose one entry is 404. One read point; nothing written.
         None when the answer is neither."""
         if self._transaction_bundles is None:
-            probe = {"resourceType": "Bundle", "type": "transaction",
-                     "entry": [{"request": {"method": "GET", "url": f"Patient/{uuid.uuid4()}"}}]}
-            self._transaction_bundles = self._send("POST", "", content=json.dumps(probe).encode(),
-                                                   parse=_atomic_transactions)
+            probe = {
+                "resourceType": "Bundle",
+                "type": "transaction",
+                "entry": [{"request": {"method": "GET", "url": f"Patient/{uuid.uuid4()}"}}],
+            }
+            self._transaction_bundles = self._send(
+                "POST", "", content=json.dumps(probe).encode(), parse=_atomic_transactions
+            )
         return self._transaction_bundles
 
     # -- batches --------------------------------------------------------------------------------
@@ -250,7 +257,9 @@ class MedplumClient:
         quota_waited = 0.0
         attempt = 1
         while True:
-            body = ('{"resourceType":"Bundle","type":"batch","entry":[' + ",".join(entries[i] for i in pending) + "]}").encode()
+            body = (
+                '{"resourceType":"Bundle","type":"batch","entry":[' + ",".join(entries[i] for i in pending) + "]}"
+            ).encode()
             if respond_async:
                 responses = submit_async(self, body, len(pending), self.async_polling, self._send)
             else:
@@ -267,11 +276,16 @@ class MedplumClient:
                     transient.append(index)
             quota_delay = self._quota_delay([r for r in responses if r.refused_by_quota], attempt) if refused else 0.0
             if refused and quota_waited + quota_delay > self.retry.max_quota_wait_seconds:
-                log.warning("%d batch entries still refused by the FHIR quota after %.0fs of waiting: left pending",
-                            len(refused), quota_waited)
+                log.warning(
+                    "%d batch entries still refused by the FHIR quota after %.0fs of waiting: left pending",
+                    len(refused),
+                    quota_waited,
+                )
                 refused = []
-            if transient and (attempt >= self.retry.max_attempts
-                              or time.monotonic() - started + self.retry.backoff(attempt) > self.retry.max_total_seconds):
+            if transient and (
+                attempt >= self.retry.max_attempts
+                or time.monotonic() - started + self.retry.backoff(attempt) > self.retry.max_total_seconds
+            ):
                 transient = []
             if not refused and not transient:
                 break
@@ -396,7 +410,9 @@ class MedplumClient:
                 elif response.status_code >= 500:
                     problem, delay = f"{response.status_code}: {short_body(response)}", self.retry.backoff(attempt)
                 elif response.status_code >= 400 and response.status_code != 404:
-                    raise MedplumError(f"{method} {display_url(url)} answered {response.status_code}: {short_body(response)}")
+                    raise MedplumError(
+                        f"{method} {display_url(url)} answered {response.status_code}: {short_body(response)}"
+                    )
                 else:
                     try:
                         return parse(response)
@@ -437,8 +453,9 @@ def _written_entries_by_id(entry: str, response: EntryResponse) -> str:
     write (a project without transaction-bundles writes a transaction like a batch) become updates by
     the id Medplum gave them, so that resending the whole transaction (its urn:uuid links need it
     whole) never creates them twice, whatever their request was (a plain POST included)."""
-    written = [(number, inner) for number, inner in enumerate(response.inner_responses())
-               if inner.ok and inner.resource_id]
+    written = [
+        (number, inner) for number, inner in enumerate(response.inner_responses()) if inner.ok and inner.resource_id
+    ]
     if not written:
         return entry
     parsed = json.loads(entry)

@@ -89,9 +89,9 @@ def parse_entry_response(entry: dict[str, Any]) -> EntryResponse:
         outcome=outcome,
         resource=resource if resource.get("resourceType") == "Bundle" else None,
         resource_id=resource.get("id") if is_written else (parts[1] if len(parts) >= 2 else None),
-        version_id=(resource.get("meta") or {}).get("versionId") if is_written else (
-            parts[3] if len(parts) >= 4 and parts[2] == "_history" else None
-        ),
+        version_id=(resource.get("meta") or {}).get("versionId")
+        if is_written
+        else (parts[3] if len(parts) >= 4 and parts[2] == "_history" else None),
     )
 
 

@@ -90,13 +90,21 @@ def _frame_metadata(element: DataElement, parts: FrameParts) -> dict[str, Any]:
     return {
         "mapping_version": element.mapping_version,
         "requires": ", ".join(prerequisites(element.name)) or "nothing",
-        **counts({"resources": frame.height, "quarantined": quarantined, "eligible": frame.height - quarantined,
-                  "parts": len(parts)}),
+        **counts(
+            {
+                "resources": frame.height,
+                "quarantined": quarantined,
+                "eligible": frame.height - quarantined,
+                "parts": len(parts),
+            }
+        ),
         "quarantine": table(quarantine_summary(frame)),
         "resources_by_type": table(frame.group_by("resource_type").len().sort("resource_type")),
         # The rows each of the element's review flags marks: local codes with no approved standard
         # mapping (kept local, never guessed), values dropped rather than written invalid, ...
-        **counts({f"flagged/{name}": int((frame[name] == flagged).sum()) for name, flagged in element.review_flags.items()}),
+        **counts(
+            {f"flagged/{name}": int((frame[name] == flagged).sum()) for name, flagged in element.review_flags.items()}
+        ),
     }
 
 
@@ -105,8 +113,10 @@ _SUMMARY_COLUMNS = ("source_table", "unit_key", "resource_type", "quarantine_rul
 
 def target_metadata(target: Target) -> dict[str, MetadataValue]:
     """The Medplum the step wrote to or read (never a credential)."""
-    return {"medplum_base_url": MetadataValue.url(target.base_url),
-            "medplum_project": MetadataValue.text(target.project_id or "(not named by the server)")}
+    return {
+        "medplum_base_url": MetadataValue.url(target.base_url),
+        "medplum_project": MetadataValue.text(target.project_id or "(not named by the server)"),
+    }
 
 
 @asset(
@@ -133,9 +143,17 @@ def reconciliation_report(
     element = get_element(context.partition_key)
     with medplum.open_client() as client, manifest.open(client.target) as ledger:
         report = build_reconciliation_report(
-            client, ledger, element, fhir_frames.read(REFERENCE_COLUMNS), legacy_db.display_url,
-            RunCensus.of_run(migration_settings.evidence_dir, context.run.run_id, client.target,
-                             migration_settings.incremental_census),
+            client,
+            ledger,
+            element,
+            fhir_frames.read(REFERENCE_COLUMNS),
+            legacy_db.display_url,
+            RunCensus.of_run(
+                migration_settings.evidence_dir,
+                context.run.run_id,
+                client.target,
+                migration_settings.incremental_census,
+            ),
         )
         target = client.target
     json_path, csv_path = write_evidence(report, Path(migration_settings.evidence_dir) / element.name)

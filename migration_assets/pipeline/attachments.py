@@ -27,8 +27,9 @@ def uploader_for(client: MedplumClient, manifest: Manifest) -> FileUploader:
     """The uploader of this target, booking its uploads beside the manifest, with the clinic's limits
     (MAX_FILE_BYTES, ALLOWED_FILE_TYPES)."""
     max_bytes, allowed_types = file_limits()
-    return FileUploader(client, UploadedFiles(manifest.engine, client.target.key), max_bytes=max_bytes,
-                        allowed_types=allowed_types)
+    return FileUploader(
+        client, UploadedFiles(manifest.engine, client.target.key), max_bytes=max_bytes, allowed_types=allowed_types
+    )
 
 
 def attaches_files(rows: pl.DataFrame) -> bool:
@@ -68,8 +69,10 @@ def _upload(attachment: dict[str, Any], uploader: FileUploader, source_key: str)
     path = Path(attachment["url"].removeprefix(LEGACY_FILE_URL_PREFIX))
     outcome = uploader.upload(path, str(attachment.get("contentType", "")))
     if outcome.binary_id is None or outcome.facts is None:
-        raise MedplumError(f"unit {source_key}: its file was refused at load time ({outcome.refused_rule}: "
-                           f"{outcome.refused_reason}); rebuild the frame, which quarantines it")
+        raise MedplumError(
+            f"unit {source_key}: its file was refused at load time ({outcome.refused_rule}: "
+            f"{outcome.refused_reason}); rebuild the frame, which quarantines it"
+        )
     if outcome.facts.sha1_base64 != attachment.get("hash") or outcome.facts.size != attachment.get("size"):
         raise MedplumError(f"unit {source_key}: its file changed since the frame was built; rebuild the frame")
     attachment["url"] = f"Binary/{outcome.binary_id}"

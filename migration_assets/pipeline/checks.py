@@ -60,7 +60,9 @@ def schema(
         description=f"{quarantined} of {keys.height} rows quarantined ({share:.1%}; threshold "
         f"{migration_settings.quarantine_threshold:.0%})",
         metadata={
-            **counts({"rows": keys.height, "quarantined": quarantined, "failing_after_quarantine": still_failing.height}),
+            **counts(
+                {"rows": keys.height, "quarantined": quarantined, "failing_after_quarantine": still_failing.height}
+            ),
             "quarantined_share": MetadataValue.float(round(share, 4)),
             "quarantine": table(quarantine_summary(keys)),
             "failing_rules": table(still_failing.drop("_row", "failure_case")),
@@ -84,8 +86,13 @@ def prerequisites_loaded(
         passed=not report.blocking_elements,
         description=report.message(),
         metadata={
-            **counts({"referenced": report.checked, "missing": report.unexplained.height,
-                      "explained_missing": report.explained.height}),
+            **counts(
+                {
+                    "referenced": report.checked,
+                    "missing": report.unexplained.height,
+                    "explained_missing": report.explained.height,
+                }
+            ),
             "missing_targets": table(report.unexplained),
         },
     )
@@ -107,8 +114,9 @@ def reference_integrity(
     frame = fhir_frames.read(REFERENCE_COLUMNS)
     with medplum.open_client() as client:
         run_census = _run_census(context, migration_settings, client.target)
-        checked, problems = reference_problems(client, frame, run_census.get(client, frame),
-                                               partial(run_census.of_kind, client))
+        checked, problems = reference_problems(
+            client, frame, run_census.get(client, frame), partial(run_census.of_kind, client)
+        )
     return AssetCheckResult(
         passed=problems.is_empty(),
         description=f"{checked - problems.height} of {checked} references resolve to the expected resource",
@@ -142,15 +150,19 @@ def idempotent_reload(
     keys = fhir_frames.read((*REFERENCE_COLUMNS, "content_hash"))
     with medplum.open_client() as client, manifest.open(client.target) as ledger:
         # One read of the element's ledger serves the reconciliation and the resubmission.
-        units = ledger.units(element.name, list(dict.fromkeys([*RECONCILE_UNIT_COLUMNS, *LEDGER_COLUMNS,
-                                                               "last_run_id"])))
-        unsettled = in_shard(keys.join(units.filter(pl.col("disposition") == "pending"),
-                                       on=["source_table", "unit_key"], how="semi"), settings)
+        units = ledger.units(
+            element.name, list(dict.fromkeys([*RECONCILE_UNIT_COLUMNS, *LEDGER_COLUMNS, "last_run_id"]))
+        )
+        unsettled = in_shard(
+            keys.join(units.filter(pl.col("disposition") == "pending"), on=["source_table", "unit_key"], how="semi"),
+            settings,
+        )
         if not unsettled.is_empty():
             # The load did not settle these (the quota's wait ran out, the run was stopped): a resubmission
             # now would write them, and this check's verdict would depend on it.
             return AssetCheckResult(
-                passed=False, severity=AssetCheckSeverity.WARN,
+                passed=False,
+                severity=AssetCheckSeverity.WARN,
                 description=f"not resubmitted: the load left {unsettled.height} units pending (the next load sends "
                 "them); the check runs again after a load that settles them",
                 metadata=counts({"pending_units": unsettled.height}),
@@ -164,23 +176,36 @@ def idempotent_reload(
         lost = report.lost_writes
         lost_groups = keys.join(lost, on=["source_table", "unit_key"], how="semi")["bundle_group"]
         candidates = keys.filter(~pl.col("bundle_group").is_in(lost_groups.implode()).fill_null(False))
-        fingerprint = content_fingerprint(in_shard(candidates.filter(pl.col("quarantine_rule").is_null()), settings),
-                                          shard)
+        fingerprint = content_fingerprint(
+            in_shard(candidates.filter(pl.col("quarantine_rule").is_null()), settings), shard
+        )
         # The run's shard steps record themselves as <run id>.<i>of<n> (sharded.ledger_run_id).
-        written_now = units.filter(pl.col("last_run_id").str.starts_with(context.run.run_id)
-                                   & pl.col("disposition").is_in(["successful", "rejected"])).height
-        verified_in = (ledger.verified_run(element.name, shard, fingerprint)
-                       if migration_settings.idempotency_skip_verified and written_now == 0 and lost.is_empty()
-                       else None)
+        written_now = units.filter(
+            pl.col("last_run_id").str.starts_with(context.run.run_id)
+            & pl.col("disposition").is_in(["successful", "rejected"])
+        ).height
+        verified_in = (
+            ledger.verified_run(element.name, shard, fingerprint)
+            if migration_settings.idempotency_skip_verified and written_now == 0 and lost.is_empty()
+            else None
+        )
         if verified_in is None:
             # Whole rows (resources included) only for the groups resubmitted.
             chosen_groups = sample_groups(candidates, size, seed)["bundle_group"].unique()
             resubmitted = fhir_frames.scan().filter(pl.col("bundle_group").is_in(chosen_groups.implode())).collect()
             # Each to the resource the census found for its identifier (an update by id, no search): the
             # census itself shows an identifier held twice, and Medplum answers an unchanged update fast.
-            result = load_frame(client, ledger, f"{context.run.run_id}-reload", element.name, element.transactional,
-                                resubmitted, settings, known=units.select(LEDGER_COLUMNS),
-                                held=held_in_target(censuses))
+            result = load_frame(
+                client,
+                ledger,
+                f"{context.run.run_id}-reload",
+                element.name,
+                element.transactional,
+                resubmitted,
+                settings,
+                known=units.select(LEDGER_COLUMNS),
+                held=held_in_target(censuses),
+            )
         else:
             resubmitted, result = candidates.clear(), LoadResult()
         duplicates = report.duplicates
@@ -190,8 +215,10 @@ def idempotent_reload(
         ledger.record_verified(element.name, shard, fingerprint if passed else None, verified_in or context.run.run_id)
     groups, chosen = candidates["bundle_group"].n_unique(), resubmitted["bundle_group"].n_unique()
     if verified_in is not None:
-        sample = (f"not resubmitted: this run wrote nothing, and the content is what run {verified_in} "
-                  "resubmitted without a change")
+        sample = (
+            f"not resubmitted: this run wrote nothing, and the content is what run {verified_in} "
+            "resubmitted without a change"
+        )
     elif resubmitted.height == candidates.height:
         sample = f"whole partition: {groups} bundle groups"
     else:
@@ -201,15 +228,23 @@ def idempotent_reload(
     return AssetCheckResult(
         passed=passed,
         description=f"resubmitted {result.counts['sent']} ({sample}): {result.counts['created']} created, "
-        f"{result.counts['updated']} updated, {result.counts['failed']} failed; {duplicates.height} duplicated identifiers",
-        metadata={**counts({k: result.counts[k] for k in ("sent", "created", "updated", "unchanged", "failed")}),
-                  **counts({"bundle_groups": groups, "bundle_groups_resubmitted": chosen,
-                            "lost_writes_not_resubmitted": lost.height}),
-                  "sample": sample,
-                  # What a later unchanged run compares, and the run whose resubmission verified it.
-                  "content_fingerprint": fingerprint,
-                  "verified_in_run": verified_in or context.run.run_id,
-                  "duplicates": table(duplicates)},
+        f"{result.counts['updated']} updated, {result.counts['failed']} failed; "
+        f"{duplicates.height} duplicated identifiers",
+        metadata={
+            **counts({k: result.counts[k] for k in ("sent", "created", "updated", "unchanged", "failed")}),
+            **counts(
+                {
+                    "bundle_groups": groups,
+                    "bundle_groups_resubmitted": chosen,
+                    "lost_writes_not_resubmitted": lost.height,
+                }
+            ),
+            "sample": sample,
+            # What a later unchanged run compares, and the run whose resubmission verified it.
+            "content_fingerprint": fingerprint,
+            "verified_in_run": verified_in or context.run.run_id,
+            "duplicates": table(duplicates),
+        },
     )
 
 
@@ -237,8 +272,11 @@ def reconciliation(
     lost = report.lost_writes.select("resource_type", "identifier_value", "source_table", "unit_key")
     details = ""
     if not report.missing.is_empty():
-        details = f" (missing: {', '.join(report.missing['identifier_value'].head(5).to_list())}" + \
-            (", ..." if report.missing.height > 5 else "") + ")"
+        details = (
+            f" (missing: {', '.join(report.missing['identifier_value'].head(5).to_list())}"
+            + (", ..." if report.missing.height > 5 else "")
+            + ")"
+        )
     if not lost.is_empty():
         details += f"; {lost.height} of the missing were acknowledged by Medplum: the next load sends them again"
     return AssetCheckResult(
@@ -247,9 +285,16 @@ def reconciliation(
         f"{report.missing.height} missing, {report.unexpected.height} unexpected, "
         f"{report.duplicates.height} duplicated{details}",
         metadata={
-            **counts({"expected": report.expected, "found": report.found, "missing": report.missing.height,
-                      "unexpected": report.unexpected.height, "duplicated": report.duplicates.height,
-                      "lost_writes": lost.height}),
+            **counts(
+                {
+                    "expected": report.expected,
+                    "found": report.found,
+                    "missing": report.missing.height,
+                    "unexpected": report.unexpected.height,
+                    "duplicated": report.duplicates.height,
+                    "lost_writes": lost.height,
+                }
+            ),
             "medplum_project": MetadataValue.text(target.project_id),
             "missing_identifiers": table(report.missing),
             "lost_writes": table(lost),
@@ -278,8 +323,12 @@ def accounting_balanced(
         description=f"{books.source_units} source units = {d['successful']} successful + {d['rejected']} rejected + "
         f"{d['skipped']} skipped + {d['quarantined']} quarantined; {d['pending']} pending, {d['none']} unrecorded",
         # "none" in the books is a unit the ledger has no disposition for: shown as "unrecorded".
-        metadata=counts({"source_units": books.source_units,
-                         **{("unrecorded" if name == "none" else name): n for name, n in d.items()}}),
+        metadata=counts(
+            {
+                "source_units": books.source_units,
+                **{("unrecorded" if name == "none" else name): n for name, n in d.items()},
+            }
+        ),
     )
 
 

@@ -76,8 +76,9 @@ def latest_target(manifest_url: str) -> str | None:
         return db.execute(sa.select(runs.c.target).order_by(runs.c.started_at.desc()).limit(1)).scalar()
 
 
-def gather(instance: DagsterInstance, manifest_url: str, target: str, evidence_dir: Path,
-           elements: list[str] | None = None) -> list[ElementReport]:
+def gather(
+    instance: DagsterInstance, manifest_url: str, target: str, evidence_dir: Path, elements: list[str] | None = None
+) -> list[ElementReport]:
     reports = []
     with Manifest(manifest_url, target) as ledger:
         for element in elements or LOAD_ORDER:
@@ -86,8 +87,10 @@ def gather(instance: DagsterInstance, manifest_url: str, target: str, evidence_d
             report = ElementReport(element, {name: int(counted.get(name, 0)) for name in DISPOSITIONS})
             report.quarantine = (
                 units.filter(pl.col("disposition") == "quarantined")
-                .group_by("rule").agg(units=pl.len(), reason=pl.col("reason").first())
-                .sort("units", descending=True).to_dicts()
+                .group_by("rule")
+                .agg(units=pl.len(), reason=pl.col("reason").first())
+                .sort("units", descending=True)
+                .to_dicts()
             )
             report.throughput = _throughput(ledger, element)
             _add_checks(report, instance)
@@ -115,11 +118,14 @@ def _throughput(ledger: Manifest, element: str) -> list[tuple[float, int]]:
     """Writes answered per second over the element's latest run that wrote anything (its attempts' times)."""
     where = (attempts.c.target == ledger.target, attempts.c.element == element)
     with ledger.engine.connect() as db:
-        run_id = db.execute(sa.select(attempts.c.run_id).where(*where)
-                            .order_by(attempts.c.attempt_id.desc()).limit(1)).scalar()
+        run_id = db.execute(
+            sa.select(attempts.c.run_id).where(*where).order_by(attempts.c.attempt_id.desc()).limit(1)
+        ).scalar()
         if run_id is None:
             return []
-        times = db.execute(sa.select(attempts.c.attempted_at).where(*where, attempts.c.run_id == run_id)).scalars().all()
+        times = (
+            db.execute(sa.select(attempts.c.attempted_at).where(*where, attempts.c.run_id == run_id)).scalars().all()
+        )
     stamps = sorted(_seconds(value) for value in times)
     start, span = stamps[0], stamps[-1] - stamps[0]
     # About sixty points whatever the load's length, each a rate per second (a tenth of a second at least).
@@ -147,28 +153,40 @@ def throughput_svg(points: list[tuple[float, int]], width: int = 440, height: in
     bars = "".join(
         f'<rect x="{left + number * bar:.1f}" y="{bottom - (count / top) * (bottom - 10):.1f}" '
         f'width="{max(bar - 1, 1):.1f}" height="{(count / top) * (bottom - 10):.1f}" fill="#2563eb"/>'
-        for number, (_, count) in enumerate(points))
-    return (f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
-            f'aria-label="writes per second over {span:.1f} s">{bars}'
-            f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#999"/>'
-            f'<line x1="{left}" y1="10" x2="{left}" y2="{bottom}" stroke="#999"/>'
-            f'<text x="{left - 4}" y="14" text-anchor="end" font-size="10">{top:,}/s</text>'
-            f'<text x="{left - 4}" y="{bottom}" text-anchor="end" font-size="10">0</text>'
-            f'<text x="{right}" y="{height - 4}" text-anchor="end" font-size="10">{span:.1f} s</text></svg>')
+        for number, (_, count) in enumerate(points)
+    )
+    return (
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+        f'aria-label="writes per second over {span:.1f} s">{bars}'
+        f'<line x1="{left}" y1="{bottom}" x2="{right}" y2="{bottom}" stroke="#999"/>'
+        f'<line x1="{left}" y1="10" x2="{left}" y2="{bottom}" stroke="#999"/>'
+        f'<text x="{left - 4}" y="14" text-anchor="end" font-size="10">{top:,}/s</text>'
+        f'<text x="{left - 4}" y="{bottom}" text-anchor="end" font-size="10">0</text>'
+        f'<text x="{right}" y="{height - 4}" text-anchor="end" font-size="10">{span:.1f} s</text></svg>'
+    )
 
 
 def render(reports: list[ElementReport], target: str, generated_at: datetime) -> str:
-    environment = Environment(loader=PackageLoader("migration_assets.pipeline", "templates"),
-                              autoescape=select_autoescape(["html"]))
+    environment = Environment(
+        loader=PackageLoader("migration_assets.pipeline", "templates"), autoescape=select_autoescape(["html"])
+    )
     return environment.get_template("cutover_report.html").render(
-        reports=reports, target=str(Target.from_key(target)), generated_at=generated_at.isoformat(timespec="seconds"),
-        dispositions=DISPOSITIONS, all_ok=all(report.ok for report in reports),
+        reports=reports,
+        target=str(Target.from_key(target)),
+        generated_at=generated_at.isoformat(timespec="seconds"),
+        dispositions=DISPOSITIONS,
+        all_ok=all(report.ok for report in reports),
         evidence_href=lambda path: Path(path).resolve().as_uri(),
     )
 
 
-def write_report(instance: DagsterInstance, manifest_url: str, evidence_dir: Path, target: str | None = None,
-                 directory: Path | None = None) -> Path:
+def write_report(
+    instance: DagsterInstance,
+    manifest_url: str,
+    evidence_dir: Path,
+    target: str | None = None,
+    directory: Path | None = None,
+) -> Path:
     """Renders the report of `target` (default: the ledger's latest) into `directory` (default:
     .demo/reports beside the evidence) as cutover-<UTC time>.html, and returns its path."""
     target = target or latest_target(manifest_url)
@@ -191,8 +209,13 @@ def write_report(instance: DagsterInstance, manifest_url: str, evidence_dir: Pat
     "throughput over time and evidence links, for the people who sign off a cutover.\n\n"
     "Of the target of the ledger's latest run; written beside the evidence folder (reports/).",
 )
-def cutover_report(context: AssetExecutionContext, manifest: ManifestStore,
-                   migration_settings: MigrationSettings) -> MaterializeResult:
+def cutover_report(
+    context: AssetExecutionContext, manifest: ManifestStore, migration_settings: MigrationSettings
+) -> MaterializeResult:
     path = write_report(context.instance, manifest.url, Path(migration_settings.evidence_dir))
-    return MaterializeResult(metadata={"report": MetadataValue.path(str(path)),
-                                       "target": str(Target.from_key(latest_target(manifest.url) or ""))})
+    return MaterializeResult(
+        metadata={
+            "report": MetadataValue.path(str(path)),
+            "target": str(Target.from_key(latest_target(manifest.url) or "")),
+        }
+    )

@@ -27,8 +27,9 @@ def chosen_executor() -> ExecutorDefinition:
         try:
             from dagster_celery import celery_executor
         except ImportError as missing:
-            raise RuntimeError("DAGSTER_EXECUTOR=celery needs dagster-celery: pip install -e '.[celery]' "
-                               "(make setup installs it)") from missing
+            raise RuntimeError(
+                "DAGSTER_EXECUTOR=celery needs dagster-celery: pip install -e '.[celery]' (make setup installs it)"
+            ) from missing
         executor: ExecutorDefinition = celery_executor
         return executor
     raise ValueError(f"DAGSTER_EXECUTOR must be one of {', '.join(EXECUTORS)}, got {name!r}")

@@ -32,8 +32,16 @@ from migration_assets.elements.base import (
 
 # What the checks and the report read of a frame: its keys, rules and expected references, never
 # the resources themselves (the bulk of it).
-KEY_COLUMNS = ("source_table", "unit_key", "resource_type", "identifier_system", "identifier_value", "bundle_group",
-               "quarantine_rule", "quarantine_reason")
+KEY_COLUMNS = (
+    "source_table",
+    "unit_key",
+    "resource_type",
+    "identifier_system",
+    "identifier_value",
+    "bundle_group",
+    "quarantine_rule",
+    "quarantine_reason",
+)
 REFERENCE_COLUMNS = (*KEY_COLUMNS, "references")
 
 # Source rows per slice, and about the resources per part (an element makes about one resource per
@@ -81,8 +89,10 @@ class FrameParts:
 
     @property
     def height(self) -> int:
-        return sum(pl.scan_parquet(path).select(pl.len()).collect().item()
-                   for path in self.directory.glob("part-*/slice-*.parquet"))
+        return sum(
+            pl.scan_parquet(path).select(pl.len()).collect().item()
+            for path in self.directory.glob("part-*/slice-*.parquet")
+        )
 
     def move_to(self, directory: Path) -> "FrameParts":
         """The same parts at `directory` (replacing what was there)."""
@@ -134,10 +144,13 @@ def build_frame_parts(
     for number, height in enumerate(heights):
         path = staged / f"{number:05d}.parquet"
         frame = (kept if kept is not None else pl.read_parquet(path)).with_columns(
-            decided.slice(offset, height).get_columns())
+            decided.slice(offset, height).get_columns()
+        )
         offset += height
         frame = frame.select(*FRAME_COLUMNS, *[name for name in frame.columns if name not in FRAME_COLUMNS])
-        part_of_row = shard_of(frame["bundle_group"], slice_count) if slice_count > 1 else pl.repeat(0, frame.height, eager=True)
+        part_of_row = (
+            shard_of(frame["bundle_group"], slice_count) if slice_count > 1 else pl.repeat(0, frame.height, eager=True)
+        )
         # An empty slice is still written once: its columns are the frame's schema.
         pieces = frame.with_columns(_part=part_of_row).partition_by("_part", as_dict=True) or {(0,): frame}
         for (part,), piece in pieces.items():

@@ -32,8 +32,20 @@ log = logging.getLogger(__name__)
 # `pending_quota`: still refused by the FHIR quota when its wait ran out; `half_written`: written while
 # a partner of its transaction was not (transaction-bundles off). Both stay pending: the next run sends them.
 # `quota_points`: what the bundles sent cost of Medplum's FHIR quota (quota_cost; resent entries not counted).
-COUNT_NAMES = ("source_rows", "quarantined", "not_sent_unchanged", "lost_in_target", "sent", "created", "updated",
-               "unchanged", "failed", "pending_quota", "half_written", "quota_points")
+COUNT_NAMES = (
+    "source_rows",
+    "quarantined",
+    "not_sent_unchanged",
+    "lost_in_target",
+    "sent",
+    "created",
+    "updated",
+    "unchanged",
+    "failed",
+    "pending_quota",
+    "half_written",
+    "quota_points",
+)
 
 # What a project without the `transaction-bundles` feature means for a load, said once per run.
 TRANSACTIONS_OFF = (
@@ -112,13 +124,29 @@ def held_in_target(censuses: Censuses) -> pl.DataFrame:
     `held_many` when several resources carry it (a duplicate: written by conditional PUT, which Medplum
     refuses, so that the load never adds a copy)."""
     return pl.concat(
-        [pl.DataFrame(schema={"resource_type": pl.String, "identifier_system": pl.String, "identifier_value": pl.String,
-                              "held_id": pl.String, "held_many": pl.Boolean}),
-         *(found.group_by("identifier_value").agg(copies=pl.len(), held_id=pl.col("resource_id").first())
-           .select(pl.lit(resource_type).alias("resource_type"), pl.lit(system).alias("identifier_system"),
-                   "identifier_value", held_id=pl.when(pl.col("copies") == 1).then("held_id"),
-                   held_many=pl.col("copies") > 1)
-           for (resource_type, system), found in censuses.items())],
+        [
+            pl.DataFrame(
+                schema={
+                    "resource_type": pl.String,
+                    "identifier_system": pl.String,
+                    "identifier_value": pl.String,
+                    "held_id": pl.String,
+                    "held_many": pl.Boolean,
+                }
+            ),
+            *(
+                found.group_by("identifier_value")
+                .agg(copies=pl.len(), held_id=pl.col("resource_id").first())
+                .select(
+                    pl.lit(resource_type).alias("resource_type"),
+                    pl.lit(system).alias("identifier_system"),
+                    "identifier_value",
+                    held_id=pl.when(pl.col("copies") == 1).then("held_id"),
+                    held_many=pl.col("copies") > 1,
+                )
+                for (resource_type, system), found in censuses.items()
+            ),
+        ],
         how="vertical_relaxed",
     )
 
@@ -134,19 +162,35 @@ def entry_texts(frame: pl.DataFrame, creates: str | None = None) -> pl.Series:
     if creates is not None:
         held = pl.col("held_id").is_not_null()
         by_id = pl.struct(pl.lit("PUT").alias("method"), pl.format("{}/{}", "resource_type", "held_id").alias("url"))
-        create = (pl.struct(pl.lit("POST").alias("method"), pl.col("resource_type").alias("url")).struct.json_encode()
-                  if creates == "post" else request)
-        request = (pl.when(pl.col("held_many").fill_null(False)).then(request)
-                   .when(held).then(by_id.struct.json_encode()).otherwise(create))
+        create = (
+            pl.struct(pl.lit("POST").alias("method"), pl.col("resource_type").alias("url")).struct.json_encode()
+            if creates == "post"
+            else request
+        )
+        request = (
+            pl.when(pl.col("held_many").fill_null(False))
+            .then(request)
+            .when(held)
+            .then(by_id.struct.json_encode())
+            .otherwise(create)
+        )
         # An update by id carries the id in the resource too (Medplum refuses it otherwise).
-        resource = pl.when(held).then(pl.concat_str(pl.lit('{"id":"'), "held_id", pl.lit('",'), resource.str.slice(1)))\
+        resource = (
+            pl.when(held)
+            .then(pl.concat_str(pl.lit('{"id":"'), "held_id", pl.lit('",'), resource.str.slice(1)))
             .otherwise(resource)
+        )
     opening = pl.when(pl.col("full_url").is_not_null()).then(
         pl.concat_str(pl.lit('{"fullUrl":"'), pl.col("full_url"), pl.lit('",'))
     )
     return frame.select(
         pl.concat_str(
-            opening.otherwise(pl.lit("{")), pl.lit('"request":'), request, pl.lit(',"resource":'), resource, pl.lit("}"),
+            opening.otherwise(pl.lit("{")),
+            pl.lit('"request":'),
+            request,
+            pl.lit(',"resource":'),
+            resource,
+            pl.lit("}"),
         )
     ).to_series()
 
@@ -202,8 +246,19 @@ def in_shard(frame: pl.DataFrame, settings: LoadSettings) -> pl.DataFrame:
     return frame.filter(shard_of(frame["bundle_group"], settings.shard_count) == settings.shard_index)
 
 
-LOAD_COLUMNS = ("source_table", "unit_key", "resource_type", "identifier_system", "identifier_value", "bundle_group",
-                "full_url", "resource", "content_hash", "quarantine_rule", "quarantine_reason")
+LOAD_COLUMNS = (
+    "source_table",
+    "unit_key",
+    "resource_type",
+    "identifier_system",
+    "identifier_value",
+    "bundle_group",
+    "full_url",
+    "resource",
+    "content_hash",
+    "quarantine_rule",
+    "quarantine_reason",
+)
 
 # What the loader needs of the ledger: whether a unit changed since its last success, and its version.
 LEDGER_COLUMNS = ("source_table", "unit_key", "disposition", "content_hash", "version_id")
@@ -224,9 +279,9 @@ def rows_to_send(frame: pl.DataFrame, known: pl.DataFrame, settings: LoadSetting
     changed = settings.resend_unchanged | (marked["last_hash"] != marked["content_hash"]).fill_null(True)
     eligible = marked["quarantine_rule"].is_null()
     send = (eligible & changed).alias("send")
-    group_changes = pl.DataFrame({"g": frame["bundle_group"], "send": send}).select(
-        pl.col("send").any().over("g")
-    ).to_series()
+    group_changes = (
+        pl.DataFrame({"g": frame["bundle_group"], "send": send}).select(pl.col("send").any().over("g")).to_series()
+    )
     return eligible & group_changes
 
 
@@ -263,8 +318,9 @@ def load_frame(
         report = check_prerequisites(client, manifest, element_name, frame)
         frame, target_ids = quarantine_unloadable(frame, report), report.loaded_ids
     # The targets written as `Type/id` in this load, when there are any and the settings allow it.
-    direct_ids = target_ids if settings.direct_references and target_ids is not None and not target_ids.is_empty() \
-        else None
+    direct_ids = (
+        target_ids if settings.direct_references and target_ids is not None and not target_ids.is_empty() else None
+    )
     # Only the columns the load needs: the joins and filters below copy what they are given, and the
     # references lists and element columns of a large frame weigh hundreds of megabytes.
     frame = in_shard(frame.select(*LOAD_COLUMNS, *(["references"] if direct_ids is not None else [])), settings)
@@ -276,8 +332,9 @@ def load_frame(
     send = rows_to_send(frame, known, settings)
     result.add("not_sent_unchanged", int((~send & frame["quarantine_rule"].is_null()).sum()))
     for start in range(0, frame.height, REGISTER_CHUNK):
-        manifest.register_units(run_id, element_name, frame.slice(start, REGISTER_CHUNK),
-                                send.slice(start, REGISTER_CHUNK))
+        manifest.register_units(
+            run_id, element_name, frame.slice(start, REGISTER_CHUNK), send.slice(start, REGISTER_CHUNK)
+        )
 
     previous_versions = known.select("source_table", "unit_key", previous_version=pl.col("version_id"))
     outgoing = frame.filter(send).join(
@@ -289,8 +346,9 @@ def load_frame(
         # Legacy files go up as Binaries (booked before their resources are sent) just before sending.
         outgoing = with_uploaded_files(outgoing, uploader_for(client, manifest))
     if held is not None:
-        outgoing = outgoing.join(held, on=["resource_type", "identifier_system", "identifier_value"], how="left",
-                                 maintain_order="left")
+        outgoing = outgoing.join(
+            held, on=["resource_type", "identifier_system", "identifier_value"], how="left", maintain_order="left"
+        )
     bundles = Bundles(outgoing, transactional, settings.batch_size, settings.creates if held is not None else None)
     result.bundles = len(bundles)
     in_flight: deque[tuple[int, pl.DataFrame, Future[list[EntryResponse]], int]] = deque()
@@ -306,8 +364,14 @@ def load_frame(
         # In submission order, while the next bundle is already in flight.
         while answered:
             number, rows, responses = answered.popleft()
-            _record(recorder, bundle_offset + number, rows, _row_responses(rows, responses, transactional), result,
-                    transactional)
+            _record(
+                recorder,
+                bundle_offset + number,
+                rows,
+                _row_responses(rows, responses, transactional),
+                result,
+                transactional,
+            )
 
     try:
         with ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="bundle") as pool:
@@ -348,8 +412,14 @@ class _Recorder:
     loses at most that much of the record: those units stay pending and the next run sends them again
     (every write is conditional)."""
 
-    def __init__(self, manifest: Manifest, run_id: str, element_name: str, total: int,
-                 on_progress: Callable[[int, int], None] | None) -> None:
+    def __init__(
+        self,
+        manifest: Manifest,
+        run_id: str,
+        element_name: str,
+        total: int,
+        on_progress: Callable[[int, int], None] | None,
+    ) -> None:
         self.manifest, self.run_id, self.element_name = manifest, run_id, element_name
         self.total, self.on_progress = total, on_progress
         self.columns: tuple[list[Any], ...] = ([], [], [], [], [])
@@ -396,7 +466,9 @@ class Bundles:
     (rows, batch entries) per bundle; for a transactional element each entry is one bundle group's
     transaction and carries all rows of that group."""
 
-    def __init__(self, outgoing: pl.DataFrame, transactional: bool, batch_size: int, creates: str | None = None) -> None:
+    def __init__(
+        self, outgoing: pl.DataFrame, transactional: bool, batch_size: int, creates: str | None = None
+    ) -> None:
         self.transactional = transactional
         self.batch_size = batch_size
         self.creates = creates
@@ -459,12 +531,26 @@ def _record(
     bundle group was not (a project without transaction-bundles writes a transaction like a batch) is
     half written: it stays pending too, so the next run sends the whole group again."""
     groups = rows["bundle_group"].to_list()
-    incomplete = {group for group, response in zip(groups, responses, strict=True) if not response.ok} if transactional else set()
+    incomplete = (
+        {group for group, response in zip(groups, responses, strict=True) if not response.ok}
+        if transactional
+        else set()
+    )
     attempts, successes, resource_ids, version_ids, reasons = [], [], [], [], []
-    for entry_number, (row, group, response) in enumerate(zip(rows.iter_rows(named=True), groups, responses, strict=True), start=1):
+    for entry_number, (row, group, response) in enumerate(
+        zip(rows.iter_rows(named=True), groups, responses, strict=True), start=1
+    ):
         attempts.append(
-            Attempt(row["source_table"], row["unit_key"], bundle_number, entry_number, response.status,
-                    response.location, response.outcome, row["content_hash"])
+            Attempt(
+                row["source_table"],
+                row["unit_key"],
+                bundle_number,
+                entry_number,
+                response.status,
+                response.location,
+                response.outcome,
+                row["content_hash"],
+            )
         )
         resource_ids.append(response.resource_id)
         version_ids.append(response.version_id)
@@ -472,18 +558,31 @@ def _record(
         success: bool | None = response.ok
         reason = None
         if response.refused_by_quota:
-            success, reason = None, f"quota: refused by the FHIR quota (429) until the wait allowed ran out: {response.diagnostics}"
+            success, reason = (
+                None,
+                f"quota: refused by the FHIR quota (429) until the wait allowed ran out: {response.diagnostics}",
+            )
             result.add("pending_quota")
         elif not response.ok:
             reason = f"{response.status}: {response.diagnostics}"
             result.add("failed")
             result.failures.append(
-                {"source_table": row["source_table"], "unit_key": row["unit_key"], "resource_type": row["resource_type"],
-                 "status": response.status, "outcome": response.diagnostics}
+                {
+                    "source_table": row["source_table"],
+                    "unit_key": row["unit_key"],
+                    "resource_type": row["resource_type"],
+                    "status": response.status,
+                    "outcome": response.diagnostics,
+                }
             )
         elif group in incomplete:
-            success, reason = None, ("half written: written while another entry of its transaction was not "
-                                     "(transaction-bundles off); the whole transaction is sent again")
+            success, reason = (
+                None,
+                (
+                    "half written: written while another entry of its transaction was not "
+                    "(transaction-bundles off); the whole transaction is sent again"
+                ),
+            )
             result.add("half_written")
         elif response.status == 201:
             result.add("created")
@@ -546,23 +645,35 @@ def migrate(
         raise PrerequisitesMissing(report.message())
     per_table = pl.concat([tables for _, tables in summaries]).group_by("source_table").agg(pl.col("len").sum())
     del summaries
-    manifest.start_run(run_id, element.name, element.mapping_version, source_url, dict(per_table.iter_rows()),
-                       shard=(settings.shard_index, settings.shard_count))
+    manifest.start_run(
+        run_id,
+        element.name,
+        element.mapping_version,
+        source_url,
+        dict(per_table.iter_rows()),
+        shard=(settings.shard_index, settings.shard_count),
+    )
     result = LoadResult()
     try:
         held = None
         if census_of_target is not None:
-            keys = in_shard(frame.read(REFERENCE_COLUMNS) if isinstance(frame, FrameParts)
-                            else frame.select(REFERENCE_COLUMNS), settings)
+            keys = in_shard(
+                frame.read(REFERENCE_COLUMNS) if isinstance(frame, FrameParts) else frame.select(REFERENCE_COLUMNS),
+                settings,
+            )
             censuses = census_of_target(keys)
             held = held_in_target(censuses)
-            lost = lost_in_target(keys, manifest.units(element.name, RECONCILE_UNIT_COLUMNS), censuses,
-                                  report.loaded_ids)
+            lost = lost_in_target(
+                keys, manifest.units(element.name, RECONCILE_UNIT_COLUMNS), censuses, report.loaded_ids
+            )
             manifest.mark_for_resend(element.name, lost)
             result.add("lost_in_target", lost.height)
             if not lost.is_empty():
-                log.warning("%s: %d units the ledger records as loaded are not in the target as written: sent again",
-                            element.name, lost.height)
+                log.warning(
+                    "%s: %d units the ledger records as loaded are not in the target as written: sent again",
+                    element.name,
+                    lost.height,
+                )
         if element.transactional and settings.mode == "sync":
             # Asked once per run; the caller warns (TRANSACTIONS_OFF) when the answer is no.
             result.transaction_bundles = client.transaction_bundles()
@@ -570,9 +681,19 @@ def migrate(
         bundles_sent = 0
         for part in parts:
             part_result = load_frame(
-                client, manifest, run_id, element.name, element.transactional, quarantine_unloadable(part, report),
-                settings, on_progress, prerequisites_checked=True, known=known, bundle_offset=bundles_sent,
-                target_ids=report.loaded_ids, held=held,
+                client,
+                manifest,
+                run_id,
+                element.name,
+                element.transactional,
+                quarantine_unloadable(part, report),
+                settings,
+                on_progress,
+                prerequisites_checked=True,
+                known=known,
+                bundle_offset=bundles_sent,
+                target_ids=report.loaded_ids,
+                held=held,
             )
             result.merge(part_result)
             bundles_sent = result.bundles

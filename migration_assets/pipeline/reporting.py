@@ -15,7 +15,9 @@ def table(frame: pl.DataFrame, limit: int = TABLE_ROW_LIMIT) -> MetadataValue:
     """A frame as a UI table (the first `limit` rows; the count says how many there were)."""
     shown = frame.head(limit).with_columns(pl.all().cast(pl.String))
     schema = TableSchema(columns=[TableColumn(name, "string") for name in shown.columns])
-    records = [TableRecord({k: ("" if v is None else v) for k, v in row.items()}) for row in shown.iter_rows(named=True)]
+    records = [
+        TableRecord({k: ("" if v is None else v) for k, v in row.items()}) for row in shown.iter_rows(named=True)
+    ]
     return MetadataValue.table(records=records, schema=schema)
 
 

@@ -82,7 +82,8 @@ class MigrationSettings(ConfigurableResource):
         description="Base URI of the legacy system: identifier and local code systems derive from it.",
     )
     batch_size: int | None = Field(
-        default=None, description="Entries (or transactions) per batch bundle for every element; unset: each element's own."
+        default=None,
+        description="Entries (or transactions) per batch bundle for every element; unset: each element's own.",
     )
     concurrency: int | None = Field(
         default=None, description="Bundles in flight at once for every element; unset: each element's own."
@@ -106,7 +107,8 @@ class MigrationSettings(ConfigurableResource):
         "dual writes begin, a write freeze): 100 quota points a resource instead of 140, faster on a real Medplum.",
     )
     shard_count: int = Field(
-        default=1, description="Key-hash shards of the load: medplum_resources runs one shard step per shard in "
+        default=1,
+        description="Key-hash shards of the load: medplum_resources runs one shard step per shard in "
         "this run (in parallel on the multiprocess or celery executor), each loading the rows whose "
         "crc32(bundle_group) % shard_count is its index; the checks then see the whole element.",
     )
@@ -206,10 +208,14 @@ def build_resources(
     frames = work_dir / "frames" if work_dir else FRAMES_DIR
     evidence = work_dir / "evidence" if work_dir else EVIDENCE_DIR
     base_uri = config.identifier_base_uri()
-    fields: dict[str, Any] = {"evidence_dir": str(evidence), **({"identifier_base_uri": base_uri} if base_uri else {}),
-                              **settings}
+    fields: dict[str, Any] = {
+        "evidence_dir": str(evidence),
+        **({"identifier_base_uri": base_uri} if base_uri else {}),
+        **settings,
+    }
     return {
-        "medplum": medplum or MedplumResource(
+        "medplum": medplum
+        or MedplumResource(
             base_url=EnvVar("MEDPLUM_BASE_URL"),
             client_id=EnvVar("MEDPLUM_CLIENT_ID"),
             client_secret=EnvVar("MEDPLUM_CLIENT_SECRET"),

@@ -49,8 +49,13 @@ from migration_assets.verify.census import RunCensus
 # instance (`concurrency: pools: ...` or `dagster instance concurrency set medplum_writes 2`).
 WRITES_POOL = "medplum_writes"
 
-_FAILURE_SCHEMA = {"source_table": pl.String, "unit_key": pl.String, "resource_type": pl.String,
-                   "status": pl.Int64, "outcome": pl.String}
+_FAILURE_SCHEMA = {
+    "source_table": pl.String,
+    "unit_key": pl.String,
+    "resource_type": pl.String,
+    "status": pl.Int64,
+    "outcome": pl.String,
+}
 
 
 def ledger_run_id(run_id: str, shard_index: int, shard_count: int) -> str:
@@ -65,16 +70,21 @@ def plan_shards(context: OpExecutionContext, migration_settings: MigrationSettin
     phase = load_phases().of(element.name)
     if phase.behaviour.sync != "write":
         # Past this phase Medplum is the system of record: legacy rows must not overwrite it.
-        raise Failure(f"{element.name} is in phase {phase.phase} (phases.yaml): nothing is loaded from the legacy "
-                      f"store any more. {phase.behaviour.summary}")
+        raise Failure(
+            f"{element.name} is in phase {phase.phase} (phases.yaml): nothing is loaded from the legacy "
+            f"store any more. {phase.behaviour.summary}"
+        )
     if migration_settings.shard_count < 1:
         raise Failure(f"shard_count must be at least 1, got {migration_settings.shard_count}")
     for index in range(migration_settings.shard_count):
         yield DynamicOutput(index, mapping_key=f"shard_{index}")
 
 
-@op(pool=WRITES_POOL, ins={"fhir_frames": In(FrameParts)},
-    description="The units of one shard written to Medplum, each outcome in the manifest.")
+@op(
+    pool=WRITES_POOL,
+    ins={"fhir_frames": In(FrameParts)},
+    description="The units of one shard written to Medplum, each outcome in the manifest.",
+)
 def load_shard(
     context: OpExecutionContext,
     fhir_frames: FrameParts,
@@ -86,58 +96,92 @@ def load_shard(
 ) -> Output[dict[str, Any]]:
     element = get_element(context.partition_key)
     shard_count = migration_settings.shard_count
-    settings = dataclasses.replace(migration_settings.load_settings(element), shard_count=shard_count,
-                                   shard_index=shard_index)
+    settings = dataclasses.replace(
+        migration_settings.load_settings(element), shard_count=shard_count, shard_index=shard_index
+    )
     run_id = context.run.run_id
     with medplum.open_client() as client, manifest.open(client.target) as ledger:
         # What the target holds before the load, one census per run shared by its shards (the first
         # shard takes it, the others read it as it was): units the ledger records as loaded that the
         # target lost are sent again.
-        before_load = RunCensus.of_run(migration_settings.evidence_dir, f"{run_id}-before-load", client.target,
-                                       migration_settings.incremental_census)
+        before_load = RunCensus.of_run(
+            migration_settings.evidence_dir,
+            f"{run_id}-before-load",
+            client.target,
+            migration_settings.incremental_census,
+        )
         result = migrate(
-            client, ledger, ledger_run_id(run_id, shard_index, shard_count), element, fhir_frames,
-            legacy_db.display_url, settings,
+            client,
+            ledger,
+            ledger_run_id(run_id, shard_index, shard_count),
+            element,
+            fhir_frames,
+            legacy_db.display_url,
+            settings,
             on_progress=lambda done, total: _report_progress(context, element.name, done, total),
             census_of_target=lambda keys: before_load.get(client, keys),
         )
         stats = client.stats
         target = client.target
-    context.log.info(f"{element.name} shard {shard_index} of {shard_count} into {target}: {result.counts}, "
-                     f"{stats.quota_wait_seconds:.1f}s waited on the FHIR quota")
+    context.log.info(
+        f"{element.name} shard {shard_index} of {shard_count} into {target}: {result.counts}, "
+        f"{stats.quota_wait_seconds:.1f}s waited on the FHIR quota"
+    )
     if result.transaction_bundles is False:
         context.log.warning(f"{element.name}: {TRANSACTIONS_OFF}")
-    summary = {**result.counts, "http_requests": stats.requests, "http_retries": stats.retries,
-               "entries_resent": stats.entries_resent}
+    summary = {
+        **result.counts,
+        "http_requests": stats.requests,
+        "http_retries": stats.retries,
+        "entries_resent": stats.entries_resent,
+    }
     return Output(
-        {"counts": summary, "failures": result.failures, "target": target.key,
-         "quota_wait_seconds": stats.quota_wait_seconds, "transactions_off": result.transaction_bundles is False},
+        {
+            "counts": summary,
+            "failures": result.failures,
+            "target": target.key,
+            "quota_wait_seconds": stats.quota_wait_seconds,
+            "transactions_off": result.transaction_bundles is False,
+        },
         # Where the step ran: with Celery, the worker that took it.
-        metadata={"shard": f"{shard_index} of {shard_count}", "hostname": socket.gethostname(),
-                  "pid": os.getpid(), **counts(summary)},
+        metadata={
+            "shard": f"{shard_index} of {shard_count}",
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            **counts(summary),
+        },
     )
 
 
 @op(description="The shards' counts added up: the materialization of medplum_resources.")
-def combine_shards(context: OpExecutionContext, shards: list[dict[str, Any]],
-                   migration_settings: MigrationSettings) -> Output[dict[str, int]]:
+def combine_shards(
+    context: OpExecutionContext, shards: list[dict[str, Any]], migration_settings: MigrationSettings
+) -> Output[dict[str, int]]:
     element = get_element(context.partition_key)
-    total = {name: sum(shard["counts"].get(name, 0) for shard in shards)
-             for name in (*COUNT_NAMES, "http_requests", "http_retries", "entries_resent")}
+    total = {
+        name: sum(shard["counts"].get(name, 0) for shard in shards)
+        for name in (*COUNT_NAMES, "http_requests", "http_retries", "entries_resent")
+    }
     failures = [failure for shard in shards for failure in shard["failures"]]
-    return Output(total, metadata={
-        **target_metadata(Target.from_key(shards[0]["target"])),
-        "mapping_version": element.mapping_version,
-        "adoption_phase": load_phases().of(element.name).phase,
-        "load_mode": migration_settings.load_mode or "sync",
-        "shards": len(shards),
-        **counts(total),
-        # Pacing to the FHIR quota and waits before resending what it refused, in seconds (all shards).
-        "quota_wait_seconds": MetadataValue.float(round(sum(shard["quota_wait_seconds"] for shard in shards), 1)),
-        **({"transaction_bundles": MetadataValue.text(f"off: {TRANSACTIONS_OFF}")}
-           if any(shard["transactions_off"] for shard in shards) else {}),
-        "failures": table(pl.DataFrame(failures, schema=_FAILURE_SCHEMA)),
-    })
+    return Output(
+        total,
+        metadata={
+            **target_metadata(Target.from_key(shards[0]["target"])),
+            "mapping_version": element.mapping_version,
+            "adoption_phase": load_phases().of(element.name).phase,
+            "load_mode": migration_settings.load_mode or "sync",
+            "shards": len(shards),
+            **counts(total),
+            # Pacing to the FHIR quota and waits before resending what it refused, in seconds (all shards).
+            "quota_wait_seconds": MetadataValue.float(round(sum(shard["quota_wait_seconds"] for shard in shards), 1)),
+            **(
+                {"transaction_bundles": MetadataValue.text(f"off: {TRANSACTIONS_OFF}")}
+                if any(shard["transactions_off"] for shard in shards)
+                else {}
+            ),
+            "failures": table(pl.DataFrame(failures, schema=_FAILURE_SCHEMA)),
+        },
+    )
 
 
 @graph_asset(

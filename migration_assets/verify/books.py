@@ -1,7 +1,6 @@
 """The books (every source unit with its one disposition), the content fingerprint of an element and the
 sample of bundle groups the idempotency check resubmits."""
 
-
 import hashlib
 from dataclasses import dataclass
 
@@ -42,8 +41,11 @@ FINGERPRINT_SLICE = 100_000
 def content_fingerprint(frame: pl.DataFrame, scope: str) -> str:
     """SHA-256 of `scope` and the rows' (source table, unit key, content hash), in any order: the same
     exactly when the same units carry the same content."""
-    lines = frame.select(pl.concat_str("source_table", "unit_key", pl.col("content_hash").fill_null(""),
-                                       separator="\t")).to_series().sort()
+    lines = (
+        frame.select(pl.concat_str("source_table", "unit_key", pl.col("content_hash").fill_null(""), separator="\t"))
+        .to_series()
+        .sort()
+    )
     digest = hashlib.sha256(scope.encode())
     # A slice at a time: millions of lines never become Python strings at once.
     for start in range(0, len(lines), FINGERPRINT_SLICE):

@@ -1,7 +1,6 @@
 """The census: what Medplum holds of an element, by identifier (the identifier value, the resource id
 and the references it holds), taken page by page and kept per run in census files."""
 
-
 import fcntl
 import hashlib
 import json
@@ -29,7 +28,9 @@ LOOKUP_CHUNK = 100
 # gigabytes, and the census files would hold patient data the checks do not need.
 
 CENSUS_REFERENCE = pl.Struct({"path": pl.String, "reference": pl.String})
-CENSUS_SCHEMA = pl.Schema([("identifier_value", pl.String()), ("resource_id", pl.String()), ("references", pl.List(CENSUS_REFERENCE))])
+CENSUS_SCHEMA = pl.Schema(
+    [("identifier_value", pl.String()), ("resource_id", pl.String()), ("references", pl.List(CENSUS_REFERENCE))]
+)
 # (resource type, identifier system) -> its census, one row per (identifier value, resource).
 Censuses = dict[tuple[str, str], pl.DataFrame]
 # Called with (resource type, identifier system, identifier value, resource) for each census row, for
@@ -40,7 +41,10 @@ KindCensusReader = Callable[[str, str], pl.DataFrame]
 
 
 def resources_with_identifier(
-    client: MedplumClient, resource_type: str, identifier_system: str, since: datetime | None = None,
+    client: MedplumClient,
+    resource_type: str,
+    identifier_system: str,
+    since: datetime | None = None,
     elements: frozenset[str] | None = None,
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """(identifier value, resource) for every resource of `resource_type` carrying an identifier in
@@ -65,7 +69,9 @@ def references_in(resource: dict[str, Any], roots: frozenset[str] | None = None)
     census's own time)."""
     found: list[tuple[str, str]] = []
     pending: list[tuple[Any, str]] = [
-        (child, key) for key, child in resource.items() if isinstance(child, dict | list) and (roots is None or key in roots)
+        (child, key)
+        for key, child in resource.items()
+        if isinstance(child, dict | list) and (roots is None or key in roots)
     ]
     while pending:
         node, path = pending.pop()
@@ -110,7 +116,9 @@ def census(
     # References gathered flat and nested once at the end: polars builds a list-of-struct column from
     # Python dicts about six times slower (4 s for 100,000 resources).
     owners, paths, references = [], [], []
-    for row, (value, resource) in enumerate(resources_with_identifier(client, resource_type, identifier_system, since, elements)):
+    for row, (value, resource) in enumerate(
+        resources_with_identifier(client, resource_type, identifier_system, since, elements)
+    ):
         if visit is not None:
             visit(resource_type, identifier_system, value, resource)
         values.append(value)
@@ -120,18 +128,25 @@ def census(
             paths.append(path)
             references.append(reference)
     held = (
-        pl.DataFrame({"row": owners, "path": paths, "reference": references},
-                     schema={"row": pl.UInt32, "path": pl.String, "reference": pl.String})
+        pl.DataFrame(
+            {"row": owners, "path": paths, "reference": references},
+            schema={"row": pl.UInt32, "path": pl.String, "reference": pl.String},
+        )
         .group_by("row")
         .agg(references=pl.struct("path", "reference"))
     )
     return (
-        pl.DataFrame({"identifier_value": values, "resource_id": ids}, schema={"identifier_value": pl.String,
-                                                                             "resource_id": pl.String})
+        pl.DataFrame(
+            {"identifier_value": values, "resource_id": ids},
+            schema={"identifier_value": pl.String, "resource_id": pl.String},
+        )
         .with_row_index("row")
         .join(held, on="row", how="left", maintain_order="left")
-        .select("identifier_value", "resource_id",
-                pl.col("references").fill_null(pl.lit([], dtype=CENSUS_SCHEMA["references"])))
+        .select(
+            "identifier_value",
+            "resource_id",
+            pl.col("references").fill_null(pl.lit([], dtype=CENSUS_SCHEMA["references"])),
+        )
     )
 
 
@@ -203,8 +218,13 @@ class RunCensus:
         roots = reference_roots(frame)
         return {(rt, system): self.of_kind(client, rt, system, roots) for rt, system in census_kinds(frame)}
 
-    def of_kind(self, client: MedplumClient, resource_type: str, identifier_system: str,
-                roots: frozenset[str] | None = frozenset()) -> pl.DataFrame:
+    def of_kind(
+        self,
+        client: MedplumClient,
+        resource_type: str,
+        identifier_system: str,
+        roots: frozenset[str] | None = frozenset(),
+    ) -> pl.DataFrame:
         """This run's census of one kind, with the references under `roots` (None: all). One process at
         a time per kind, so two checks of a run never both read Medplum."""
         path = self.path(resource_type, identifier_system)
@@ -223,8 +243,14 @@ class RunCensus:
         found = [(rt, pl.read_parquet_metadata(path)) for rt, path in paths if path.exists()]
         return "; ".join(f"{rt}: {meta['how']}" for rt, meta in found if meta["run_id"] == self.run_id)
 
-    def _bring_up_to_date(self, client: MedplumClient, resource_type: str, identifier_system: str,
-                          roots: frozenset[str] | None, stored: KindCensus | None) -> KindCensus:
+    def _bring_up_to_date(
+        self,
+        client: MedplumClient,
+        resource_type: str,
+        identifier_system: str,
+        roots: frozenset[str] | None,
+        stored: KindCensus | None,
+    ) -> KindCensus:
         total, started = client.count(resource_type, {"identifier": identifier_token(identifier_system, "")})
         as_of = started - CENSUS_CLOCK_MARGIN if started is not None else None
         if self.incremental and stored is not None and stored.as_of is not None and _covers(stored.roots, roots):
@@ -233,8 +259,13 @@ class RunCensus:
             merged = pl.concat([kept, changed])
             if merged["resource_id"].n_unique() == total:
                 since = stored.as_of.strftime("%Y-%m-%d %H:%M:%S")
-                return KindCensus(merged, as_of, stored.roots, self.run_id,
-                                  f"{changed.height:,} created or changed since {since} UTC read, {total:,} in Medplum")
+                return KindCensus(
+                    merged,
+                    as_of,
+                    stored.roots,
+                    self.run_id,
+                    f"{changed.height:,} created or changed since {since} UTC read, {total:,} in Medplum",
+                )
         keep = roots if stored is None or roots is None or stored.roots is None else stored.roots | roots
         table = census(client, resource_type, identifier_system, roots=keep)
         # A census whose count differs saw changes while it paged: not a base for the next one.
@@ -251,7 +282,9 @@ def _only_roots(table: pl.DataFrame, kept: frozenset[str] | None, wanted: frozen
     if wanted is None or kept == wanted:
         return table
     root = pl.element().struct.field("path").str.split(".").list.first()
-    return table.with_columns(pl.col("references").list.filter(root.is_in(pl.Series(sorted(wanted), dtype=pl.String).implode())))
+    return table.with_columns(
+        pl.col("references").list.filter(root.is_in(pl.Series(sorted(wanted), dtype=pl.String).implode()))
+    )
 
 
 def _read_kind(path: Path) -> KindCensus | None:
@@ -259,8 +292,13 @@ def _read_kind(path: Path) -> KindCensus | None:
         return None
     meta = pl.read_parquet_metadata(path)
     roots = json.loads(meta["roots"])
-    return KindCensus(pl.read_parquet(path), datetime.fromisoformat(meta["as_of"]) if meta["as_of"] else None,
-                      None if roots is None else frozenset(roots), meta["run_id"], meta["how"])
+    return KindCensus(
+        pl.read_parquet(path),
+        datetime.fromisoformat(meta["as_of"]) if meta["as_of"] else None,
+        None if roots is None else frozenset(roots),
+        meta["run_id"],
+        meta["how"],
+    )
 
 
 def _write_kind(stored: KindCensus, path: Path) -> None:
@@ -268,10 +306,15 @@ def _write_kind(stored: KindCensus, path: Path) -> None:
     partial = path.with_name(path.name + ".partial")
     partial.touch(mode=0o600, exist_ok=True)
     partial.chmod(0o600)
-    stored.table.write_parquet(partial, metadata={
-        "as_of": stored.as_of.isoformat() if stored.as_of else "",
-        "roots": json.dumps(None if stored.roots is None else sorted(stored.roots)),
-        "run_id": stored.run_id, "how": stored.how})
+    stored.table.write_parquet(
+        partial,
+        metadata={
+            "as_of": stored.as_of.isoformat() if stored.as_of else "",
+            "roots": json.dumps(None if stored.roots is None else sorted(stored.roots)),
+            "run_id": stored.run_id,
+            "how": stored.how,
+        },
+    )
     partial.replace(path)
 
 
@@ -302,5 +345,3 @@ def find_by_identifiers(
 def existing_identifiers(client: MedplumClient, resource_type: str, system: str, values: Sequence[str]) -> set[str]:
     """Which of `values` exist in Medplum under `system`."""
     return {value for value, _ in find_by_identifiers(client, resource_type, system, values)} & set(values)
-
-

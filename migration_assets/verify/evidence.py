@@ -55,7 +55,10 @@ def reconciliation_report(
             "census": run_census.how(census_kinds(frame)) if run_census else "whole census, read for this report",
         },
         "figures": {
-            **{f"source_rows/{table}": n for table, n in frame.group_by("source_table").len().sort("source_table").iter_rows()},
+            **{
+                f"source_rows/{table}": n
+                for table, n in frame.group_by("source_table").len().sort("source_table").iter_rows()
+            },
             "source_units": books.source_units,
             "eligible": books.source_units - books.dispositions["quarantined"],
             **{f"disposition/{name}": n for name, n in books.dispositions.items()},

@@ -1,7 +1,6 @@
 """Prerequisites: the resources of earlier elements that an element's rows reference, which of them are
 missing in Medplum, and why (the ledger's quarantine or rejection)."""
 
-
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -12,8 +11,14 @@ from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import MedplumClient
 from migration_assets.verify.census import existing_identifiers
 
-LOADED_ID_SCHEMA = pl.Schema({"resource_type": pl.String, "identifier_system": pl.String,
-                               "identifier_value": pl.String, "resource_id": pl.String})
+LOADED_ID_SCHEMA = pl.Schema(
+    {
+        "resource_type": pl.String,
+        "identifier_system": pl.String,
+        "identifier_value": pl.String,
+        "resource_id": pl.String,
+    }
+)
 
 
 @dataclass(frozen=True)
@@ -100,8 +105,12 @@ def quarantine_unloadable(frame: pl.DataFrame, report: PrerequisiteReport) -> pl
     reasons = report.explained.select(
         "identifier_system",
         "identifier_value",
-        why=pl.format("{} {} was not loaded ({})", pl.col("resource_type"), pl.col("identifier_value"),
-                      pl.col("rule").fill_null(pl.col("disposition"))),
+        why=pl.format(
+            "{} {} was not loaded ({})",
+            pl.col("resource_type"),
+            pl.col("identifier_value"),
+            pl.col("rule").fill_null(pl.col("disposition")),
+        ),
     )
     blocked = (
         frame.with_row_index("_row")
@@ -114,5 +123,3 @@ def quarantine_unloadable(frame: pl.DataFrame, report: PrerequisiteReport) -> pl
     )
     marked = frame.with_row_index("_row").join(blocked, on="_row", how="left")
     return quarantine(marked, "prerequisite_not_loaded", pl.col("why").is_not_null(), pl.col("why")).drop("_row", "why")
-
-

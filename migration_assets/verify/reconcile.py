@@ -1,7 +1,6 @@
 """Reconciliation (every eligible unit found in Medplum once, at the resource the ledger recorded) and
 reference integrity (every reference resolves to the resource its identifier names)."""
 
-
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -42,8 +41,10 @@ class Reconciliation:
 def _census_rows(censuses: Censuses) -> pl.DataFrame:
     """Every census as one frame, with its resource type and identifier system."""
     empty = pl.DataFrame(schema={**CENSUS_SCHEMA, "resource_type": pl.String, "identifier_system": pl.String})
-    parts = [found.with_columns(resource_type=pl.lit(rt), identifier_system=pl.lit(system))
-             for (rt, system), found in censuses.items()]
+    parts = [
+        found.with_columns(resource_type=pl.lit(rt), identifier_system=pl.lit(system))
+        for (rt, system), found in censuses.items()
+    ]
     return pl.concat([empty, *parts], how="vertical_relaxed")
 
 
@@ -71,7 +72,10 @@ def reconcile(frame: pl.DataFrame, units: pl.DataFrame, censuses: Censuses) -> R
     )
     unexpected = found.join(in_source, on=keys, how="anti").select("resource_type", "identifier_value", "resource_id")
     duplicates = (
-        found.group_by(keys).agg(copies=pl.len()).filter(pl.col("copies") > 1).select("resource_type", "identifier_value", "copies")
+        found.group_by(keys)
+        .agg(copies=pl.len())
+        .filter(pl.col("copies") > 1)
+        .select("resource_type", "identifier_value", "copies")
     )
     return Reconciliation(
         expected=expected.height,
@@ -82,7 +86,9 @@ def reconcile(frame: pl.DataFrame, units: pl.DataFrame, censuses: Censuses) -> R
     )
 
 
-def lost_in_target(frame: pl.DataFrame, units: pl.DataFrame, censuses: Censuses, target_ids: pl.DataFrame) -> pl.DataFrame:
+def lost_in_target(
+    frame: pl.DataFrame, units: pl.DataFrame, censuses: Censuses, target_ids: pl.DataFrame
+) -> pl.DataFrame:
     """The units the ledger records as loaded whose resource the target no longer holds as written:
     missing (deleted by hand, or the server was restored from an older backup), or pointing at a
     resource of an earlier element that is gone or was written again under a new id (`target_ids`:
@@ -90,40 +96,68 @@ def lost_in_target(frame: pl.DataFrame, units: pl.DataFrame, censuses: Censuses,
 
     `frame` holds REFERENCE_COLUMNS, `units` RECONCILE_UNIT_COLUMNS, `censuses` the element's kinds."""
     missing = reconcile(frame, units, censuses).lost_writes.select(
-        "source_table", "unit_key", reason=pl.lit("not found in the target"))
+        "source_table", "unit_key", reason=pl.lit("not found in the target")
+    )
     keys = ["resource_type", "identifier_system", "identifier_value"]
     held = (
-        _census_rows(censuses).unique(subset=keys, keep="last")
-        .select(*keys, "references").explode("references").drop_nulls("references").unnest("references")
+        _census_rows(censuses)
+        .unique(subset=keys, keep="last")
+        .select(*keys, "references")
+        .explode("references")
+        .drop_nulls("references")
+        .unnest("references")
         .rename({"reference": "held"})
     )
-    expected = target_ids.select(target_resource_type="resource_type", target_identifier_system="identifier_system",
-                                 target_identifier_value="identifier_value",
-                                 wanted=pl.format("{}/{}", pl.col("resource_type"), pl.col("resource_id")))
+    expected = target_ids.select(
+        target_resource_type="resource_type",
+        target_identifier_system="identifier_system",
+        target_identifier_value="identifier_value",
+        wanted=pl.format("{}/{}", pl.col("resource_type"), pl.col("resource_id")),
+    )
     successful = units.filter(pl.col("disposition") == "successful").select("source_table", "unit_key")
     stale = (
         frame.filter(pl.col("quarantine_rule").is_null())
         .join(successful, on=["source_table", "unit_key"], how="semi")
-        .select(*keys, "source_table", "unit_key", "references").explode("references").drop_nulls("references")
-        .with_columns(pl.col("references").struct.rename_fields(
-            ["path", "target_resource_type", "target_identifier_system", "target_identifier_value"]))
+        .select(*keys, "source_table", "unit_key", "references")
+        .explode("references")
+        .drop_nulls("references")
+        .with_columns(
+            pl.col("references").struct.rename_fields(
+                ["path", "target_resource_type", "target_identifier_system", "target_identifier_value"]
+            )
+        )
         .unnest("references")
         .join(expected, on=["target_resource_type", "target_identifier_system", "target_identifier_value"])
         .join(held, on=[*keys, "path"])
         .filter(pl.col("held") != pl.col("wanted"))
-        .select("source_table", "unit_key",
-                reason=pl.format("{} points at {}, which the target no longer holds as {}", pl.col("path"),
-                                 pl.col("held"), pl.col("target_identifier_value")))
+        .select(
+            "source_table",
+            "unit_key",
+            reason=pl.format(
+                "{} points at {}, which the target no longer holds as {}",
+                pl.col("path"),
+                pl.col("held"),
+                pl.col("target_identifier_value"),
+            ),
+        )
     )
     return pl.concat([missing, stale]).unique(subset=["source_table", "unit_key"], keep="first", maintain_order=True)
 
 
-REFERENCE_PROBLEM_SCHEMA = pl.Schema({"resource_type": pl.String, "identifier_value": pl.String, "path": pl.String,
-                                      "reference": pl.String, "problem": pl.String})
+REFERENCE_PROBLEM_SCHEMA = pl.Schema(
+    {
+        "resource_type": pl.String,
+        "identifier_value": pl.String,
+        "path": pl.String,
+        "reference": pl.String,
+        "problem": pl.String,
+    }
+)
 
 
-def reference_problems(client: MedplumClient, frame: pl.DataFrame, censuses: Censuses,
-                       census_of: KindCensusReader | None = None) -> tuple[int, pl.DataFrame]:
+def reference_problems(
+    client: MedplumClient, frame: pl.DataFrame, censuses: Censuses, census_of: KindCensusReader | None = None
+) -> tuple[int, pl.DataFrame]:
     """Check every reference of every loaded resource: it must point at an existing resource of the
     expected type that carries the expected identifier (the row's own patient, encounter, ...). The
     references held by the resources come from the census; the expected targets are searched, or
@@ -151,23 +185,34 @@ def reference_problems(client: MedplumClient, frame: pl.DataFrame, censuses: Cen
     )
     targets = pl.DataFrame(
         [(*key, reference) for key, reference in target_identifiers(client, expectations, census_of).items()],
-        schema={"target_resource_type": pl.String, "target_identifier_system": pl.String,
-                "target_identifier_value": pl.String, "expected_reference": pl.String},
+        schema={
+            "target_resource_type": pl.String,
+            "target_identifier_system": pl.String,
+            "target_identifier_value": pl.String,
+            "expected_reference": pl.String,
+        },
         orient="row",
     )
     actual, wanted_type = pl.col("actual"), pl.col("target_resource_type")
     problem = (
-        pl.when(actual.is_null()).then(pl.lit("reference missing"))
+        pl.when(actual.is_null())
+        .then(pl.lit("reference missing"))
         .when(~actual.str.starts_with(wanted_type + "/"))
         .then(pl.format("points at {}, expected {}", actual.str.split("/").list.first(), wanted_type))
-        .when(pl.col("expected_reference").is_null()).then(pl.lit("expected target not found in Medplum"))
-        .when(actual != pl.col("expected_reference")).then(pl.lit("points at another resource than the source row's"))
+        .when(pl.col("expected_reference").is_null())
+        .then(pl.lit("expected target not found in Medplum"))
+        .when(actual != pl.col("expected_reference"))
+        .then(pl.lit("points at another resource than the source row's"))
     )
     problems = (
         expectations.join(loaded.select(keys), on=keys, how="semi", maintain_order="left")  # not loaded: reconciliation
         .join(held, on=[*keys, "target_path"], how="left", maintain_order="left")
-        .join(targets, on=["target_resource_type", "target_identifier_system", "target_identifier_value"], how="left",
-              maintain_order="left")
+        .join(
+            targets,
+            on=["target_resource_type", "target_identifier_system", "target_identifier_value"],
+            how="left",
+            maintain_order="left",
+        )
         .with_columns(problem=problem)
         .filter(pl.col("problem").is_not_null())
         .select("resource_type", "identifier_value", path="target_path", reference="actual", problem="problem")
@@ -175,32 +220,41 @@ def reference_problems(client: MedplumClient, frame: pl.DataFrame, censuses: Cen
     return expectations.height, problems.cast(REFERENCE_PROBLEM_SCHEMA)
 
 
-def target_identifiers(client: MedplumClient, expectations: pl.DataFrame,
-                       census_of: KindCensusReader | None = None) -> dict[tuple[str, str, str], str]:
+def target_identifiers(
+    client: MedplumClient, expectations: pl.DataFrame, census_of: KindCensusReader | None = None
+) -> dict[tuple[str, str, str], str]:
     """`Type/id` of each expected target, found by its identifier: searched LOOKUP_CHUNK identifiers at
     a time, or, for more than a census page's worth of targets, from the census of their kind
     (`census_of(resource type, identifier system)`, which reads only what changed since the last one)
     or else read with every resource of the kind in pages of CENSUS_PAGE_SIZE."""
-    targets = expectations.select("target_resource_type", "target_identifier_system", "target_identifier_value").unique()
+    targets = expectations.select(
+        "target_resource_type", "target_identifier_system", "target_identifier_value"
+    ).unique()
     found: dict[tuple[str, str, str], str] = {}
     for (rt, system), group in targets.group_by("target_resource_type", "target_identifier_system"):
         rt, system = str(rt), str(system)
         values = group["target_identifier_value"].to_list()
         matches: Iterator[tuple[str, dict[str, Any]]]
         if len(values) > CENSUS_PAGE_SIZE and census_of is not None:
-            held = census_of(rt, system).join(group.select(identifier_value="target_identifier_value"),
-                                              on="identifier_value", how="semi")
-            found.update({(rt, system, value): f"{rt}/{rid}"
-                          for value, rid in held.select("identifier_value", "resource_id").iter_rows()})
+            held = census_of(rt, system).join(
+                group.select(identifier_value="target_identifier_value"), on="identifier_value", how="semi"
+            )
+            found.update(
+                {
+                    (rt, system, value): f"{rt}/{rid}"
+                    for value, rid in held.select("identifier_value", "resource_id").iter_rows()
+                }
+            )
             continue
         if len(values) > CENSUS_PAGE_SIZE:
             wanted = set(values)
-            matches = ((value, resource) for value, resource in resources_with_identifier(client, rt, system, elements=frozenset())
-                       if value in wanted)
+            matches = (
+                (value, resource)
+                for value, resource in resources_with_identifier(client, rt, system, elements=frozenset())
+                if value in wanted
+            )
         else:
             matches = find_by_identifiers(client, rt, system, values)
         for value, resource in matches:
             found[(rt, system, value)] = f"{rt}/{resource['id']}"
     return found
-
-

@@ -16,5 +16,8 @@ for profile_name, element_name in (("omop_cdm", "persons"), ("seed_ehr", "patien
     started = time.perf_counter()
     frame = build_frame(element, element.extract(tables), SYSTEM)
     seconds = time.perf_counter() - started
-    print(f"{profile_name}.{element_name}: {frame.height} rows in {seconds:.2f} s = {frame.height / seconds:,.0f} rows/s "
-          f"(sample generated in {generated:.1f} s)", flush=True)
+    print(
+        f"{profile_name}.{element_name}: {frame.height} rows in {seconds:.2f} s = {frame.height / seconds:,.0f} rows/s "
+        f"(sample generated in {generated:.1f} s)",
+        flush=True,
+    )

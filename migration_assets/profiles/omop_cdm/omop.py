@@ -48,11 +48,15 @@ def table(tables: Mapping[str, pl.DataFrame], name: str) -> pl.DataFrame:
 
 def with_concept(frame: pl.DataFrame, tables: Mapping[str, pl.DataFrame], id_column: str, prefix: str) -> pl.DataFrame:
     """`frame` with the CONCEPT row of `id_column`: `<prefix>_vocabulary`, `_code`, `_name`."""
-    concepts = table(tables, "concept").unique(CONCEPT_KEY, keep="first").select(
-        pl.col(CONCEPT_KEY).alias(id_column),
-        pl.col("vocabulary_id").alias(f"{prefix}_vocabulary"),
-        pl.col("concept_code").alias(f"{prefix}_code"),
-        pl.col("concept_name").alias(f"{prefix}_name"),
+    concepts = (
+        table(tables, "concept")
+        .unique(CONCEPT_KEY, keep="first")
+        .select(
+            pl.col(CONCEPT_KEY).alias(id_column),
+            pl.col("vocabulary_id").alias(f"{prefix}_vocabulary"),
+            pl.col("concept_code").alias(f"{prefix}_code"),
+            pl.col("concept_name").alias(f"{prefix}_name"),
+        )
     )
     return frame.join(concepts, on=id_column, how="left", maintain_order="left")
 
@@ -100,8 +104,10 @@ def expected_encounter(system: SourceSystem, path: str = "encounter") -> pl.Expr
 def event_rows(tables: Mapping[str, pl.DataFrame], name: str, concept_column: str) -> pl.DataFrame:
     """A clinical event table with its person and visit known or not, and its concept."""
     persons = key_flags(table(tables, "person"), "person_id", "person_in_source")
-    visits = table(tables, "visit_occurrence").unique("visit_occurrence_id", keep="first").select(
-        "visit_occurrence_id", visit_person_id=pl.col("person_id")
+    visits = (
+        table(tables, "visit_occurrence")
+        .unique("visit_occurrence_id", keep="first")
+        .select("visit_occurrence_id", visit_person_id=pl.col("person_id"))
     )
     rows = (
         table(tables, name)
@@ -117,12 +123,15 @@ def event_rules(frame: pl.LazyFrame, date_column: str) -> pl.LazyFrame:
 
     frame = quarantine_orphans(frame, "person_id", "person", "person_in_source")
     frame = quarantine(
-        frame, "orphan_reference",
+        frame,
+        "orphan_reference",
         pl.col("visit_occurrence_id").is_not_null() & pl.col("visit_person_id").is_null(),
         pl.format("visit_occurrence_id {} is not in the visit_occurrence table", pl.col("visit_occurrence_id")),
     )
     frame = quarantine(
-        frame, "mismatched_reference", pl.col("visit_person_id") != pl.col("person_id"),
+        frame,
+        "mismatched_reference",
+        pl.col("visit_person_id") != pl.col("person_id"),
         pl.format("visit_occurrence_id {} belongs to another person", pl.col("visit_occurrence_id")),
     )
     frame = quarantine(frame, "missing_value", pl.col(date_column).is_null(), f"{date_column} is empty")

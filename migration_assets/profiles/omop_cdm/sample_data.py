@@ -28,18 +28,39 @@ CONCEPTS = [
     (201826, "Type 2 diabetes mellitus", "Condition", "SNOMED", "Clinical Finding", "S", "44054006"),
     (320128, "Essential hypertension", "Condition", "SNOMED", "Clinical Finding", "S", "59621000"),
     (317009, "Asthma", "Condition", "SNOMED", "Clinical Finding", "S", "195967001"),
-    (45576876, "Type 2 diabetes mellitus without complications", "Condition", "ICD10CM", "5-char billing code",
-     None, "E11.9"),
-    (40163924, "24 HR metformin hydrochloride 500 MG Extended Release Oral Tablet", "Drug", "RxNorm",
-     "Clinical Drug", "S", "860975"),
+    (
+        45576876,
+        "Type 2 diabetes mellitus without complications",
+        "Condition",
+        "ICD10CM",
+        "5-char billing code",
+        None,
+        "E11.9",
+    ),
+    (
+        40163924,
+        "24 HR metformin hydrochloride 500 MG Extended Release Oral Tablet",
+        "Drug",
+        "RxNorm",
+        "Clinical Drug",
+        "S",
+        "860975",
+    ),
     (1308216, "lisinopril 10 MG Oral Tablet", "Drug", "RxNorm", "Clinical Drug", "S", "314076"),
     (4249893, "Colonoscopy", "Procedure", "SNOMED", "Procedure", "S", "73761001"),
     (2514404, "Office or other outpatient visit, established patient", "Procedure", "CPT4", "CPT4", "S", "99213"),
     (3004410, "Hemoglobin A1c/Hemoglobin.total in Blood", "Measurement", "LOINC", "Lab Test", "S", "4548-4"),
     (3027018, "Heart rate", "Measurement", "LOINC", "Clinical Observation", "S", "8867-4"),
     (3004249, "Systolic blood pressure", "Measurement", "LOINC", "Clinical Observation", "S", "8480-6"),
-    (706163, "SARS-CoV-2 (COVID-19) RNA [Presence] in Respiratory specimen by NAA with probe detection",
-     "Measurement", "LOINC", "Lab Test", "S", "94500-6"),
+    (
+        706163,
+        "SARS-CoV-2 (COVID-19) RNA [Presence] in Respiratory specimen by NAA with probe detection",
+        "Measurement",
+        "LOINC",
+        "Lab Test",
+        "S",
+        "94500-6",
+    ),
     (45884084, "Positive", "Meas Value", "LOINC", "Answer", "S", "LA6576-8"),
     (45878583, "Negative", "Meas Value", "LOINC", "Answer", "S", "LA6577-6"),
     (8554, "percent", "Unit", "UCUM", "Unit", "S", "%"),
@@ -49,8 +70,15 @@ CONCEPTS = [
     (45765920, "Never smoked tobacco", "Observation", "SNOMED", "Clinical Finding", "S", "266919005"),
     (40766240, "Alcohol intake [Volume/time]", "Observation", "LOINC", "Clinical Observation", "S", "11287-0"),
 ]
-CONCEPT_COLUMNS = ["concept_id", "concept_name", "domain_id", "vocabulary_id", "concept_class_id",
-                   "standard_concept", "concept_code"]
+CONCEPT_COLUMNS = [
+    "concept_id",
+    "concept_name",
+    "domain_id",
+    "vocabulary_id",
+    "concept_class_id",
+    "standard_concept",
+    "concept_code",
+]
 
 CONDITIONS = [(201826, "E11.9"), (320128, "I10"), (317009, "J45.909"), (0, "LOCAL-COND-17")]
 DRUGS = [(40163924, "860975"), (1308216, "314076"), (0, "HOUSE-MIX-3")]
@@ -64,80 +92,186 @@ MEASUREMENTS: list[tuple[int, int, str, str, str, Callable[[random.Random], str]
 
 
 def _text(rows: list[dict[str, Any]], columns: list[str]) -> pl.DataFrame:
-    return pl.DataFrame([{c: (None if row.get(c) is None else str(row[c])) for c in columns} for row in rows],
-                        schema={c: pl.String for c in columns}, orient="row")
+    return pl.DataFrame(
+        [{c: (None if row.get(c) is None else str(row[c])) for c in columns} for row in rows],
+        schema={c: pl.String for c in columns},
+        orient="row",
+    )
 
 
 def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) -> dict[str, pl.DataFrame]:
     """OMOP tables for `patients` persons, parents first. (OMOP has no change column: `updated_at` is ignored.)"""
     r = random.Random(seed)
-    locations = [{"location_id": i, "address_1": f"{10 + i} Main St", "city": "Springfield", "state": "MA",
-                  "zip": f"0110{i}", "location_source_value": f"LOC{i}"} for i in range(1, 4)]
-    care_sites = [{"care_site_id": i, "care_site_name": name, "place_of_service_concept_id": 0, "location_id": i,
-                   "care_site_source_value": f"CS{i}"}
-                  for i, name in enumerate(["Springfield General", "Riverside Clinic", "Hilltop Family Practice"], 1)]
+    locations = [
+        {
+            "location_id": i,
+            "address_1": f"{10 + i} Main St",
+            "city": "Springfield",
+            "state": "MA",
+            "zip": f"0110{i}",
+            "location_source_value": f"LOC{i}",
+        }
+        for i in range(1, 4)
+    ]
+    care_sites = [
+        {
+            "care_site_id": i,
+            "care_site_name": name,
+            "place_of_service_concept_id": 0,
+            "location_id": i,
+            "care_site_source_value": f"CS{i}",
+        }
+        for i, name in enumerate(["Springfield General", "Riverside Clinic", "Hilltop Family Practice"], 1)
+    ]
     # 1234567893 passes the NPI check digit; 1234567890 does not (kept in the source, not written as an NPI).
-    providers = [{"provider_id": i, "provider_name": f"Dr. {name}", "npi": npi, "care_site_id": (i % 3) + 1,
-                  "gender_concept_id": 8532 if i % 2 else 8507, "provider_source_value": f"PRV{i}"}
-                 for i, (name, npi) in enumerate([("Alice Smith", "1234567893"), ("Bob Jones", "1234567890"),
-                                                  ("Carol Wu", None), ("Dev Patel", "1245319599")], 1)]
+    providers = [
+        {
+            "provider_id": i,
+            "provider_name": f"Dr. {name}",
+            "npi": npi,
+            "care_site_id": (i % 3) + 1,
+            "gender_concept_id": 8532 if i % 2 else 8507,
+            "provider_source_value": f"PRV{i}",
+        }
+        for i, (name, npi) in enumerate(
+            [
+                ("Alice Smith", "1234567893"),
+                ("Bob Jones", "1234567890"),
+                ("Carol Wu", None),
+                ("Dev Patel", "1245319599"),
+            ],
+            1,
+        )
+    ]
     persons, deaths, visits, conditions, drugs, procedures, measurements, observations = [], [], [], [], [], [], [], []
     for p in range(1, patients + 1):
         year, month, day = r.randint(1930, 2015), r.randint(1, 12), r.randint(1, 28)
         precision = r.random()
         gender = r.choice([8507, 8532, 8532, 8507, 0])
-        person = {"person_id": p, "gender_concept_id": gender, "year_of_birth": year,
-                  "month_of_birth": month if precision > 0.1 else None,
-                  "day_of_birth": day if precision > 0.2 else None,
-                  "birth_datetime": f"{year}-{month:02d}-{day:02d} 00:00:00" if precision > 0.6 else None,
-                  "race_concept_id": r.choice([8527, 8516, 8515, 0]), "ethnicity_concept_id": r.choice([38003563, 38003564, 0]),
-                  "location_id": r.randint(1, 3), "person_source_value": f"MRN{p:07d}",
-                  "gender_source_value": {8507: "M", 8532: "F", 0: "X"}[gender]}
+        person = {
+            "person_id": p,
+            "gender_concept_id": gender,
+            "year_of_birth": year,
+            "month_of_birth": month if precision > 0.1 else None,
+            "day_of_birth": day if precision > 0.2 else None,
+            "birth_datetime": f"{year}-{month:02d}-{day:02d} 00:00:00" if precision > 0.6 else None,
+            "race_concept_id": r.choice([8527, 8516, 8515, 0]),
+            "ethnicity_concept_id": r.choice([38003563, 38003564, 0]),
+            "location_id": r.randint(1, 3),
+            "person_source_value": f"MRN{p:07d}",
+            "gender_source_value": {8507: "M", 8532: "F", 0: "X"}[gender],
+        }
         persons.append(person)
         if r.random() < 0.05:
-            deaths.append({"person_id": p, "death_date": f"{r.randint(2016, 2023)}-0{r.randint(1, 9)}-1{r.randint(0, 9)}",
-                           "death_type_concept_id": 32817})
+            deaths.append(
+                {
+                    "person_id": p,
+                    "death_date": f"{r.randint(2016, 2023)}-0{r.randint(1, 9)}-1{r.randint(0, 9)}",
+                    "death_type_concept_id": 32817,
+                }
+            )
         for v in range(r.randint(1, 3)):
             vid = p * 10 + v
             start = f"{r.randint(2016, 2024)}-{r.randint(1, 12):02d}-{r.randint(1, 28):02d}"
             kind = r.choice([9202, 9202, 9202, 9201, 9203])
-            visits.append({"visit_occurrence_id": vid, "person_id": p, "visit_concept_id": kind,
-                           "visit_start_date": start, "visit_end_date": start, "visit_type_concept_id": 32817,
-                           "provider_id": r.choice([1, 2, 3, 4, None]), "care_site_id": r.randint(1, 3),
-                           "visit_source_value": {9201: "IP", 9202: "OP", 9203: "ER"}[kind]})
+            visits.append(
+                {
+                    "visit_occurrence_id": vid,
+                    "person_id": p,
+                    "visit_concept_id": kind,
+                    "visit_start_date": start,
+                    "visit_end_date": start,
+                    "visit_type_concept_id": 32817,
+                    "provider_id": r.choice([1, 2, 3, 4, None]),
+                    "care_site_id": r.randint(1, 3),
+                    "visit_source_value": {9201: "IP", 9202: "OP", 9203: "ER"}[kind],
+                }
+            )
             concept, source = r.choice(CONDITIONS)
-            conditions.append({"condition_occurrence_id": vid, "person_id": p, "condition_concept_id": concept,
-                               "condition_start_date": start, "condition_type_concept_id": 32817,
-                               "visit_occurrence_id": vid, "condition_source_value": source,
-                               "condition_source_concept_id": 45576876 if source == "E11.9" else 0})
+            conditions.append(
+                {
+                    "condition_occurrence_id": vid,
+                    "person_id": p,
+                    "condition_concept_id": concept,
+                    "condition_start_date": start,
+                    "condition_type_concept_id": 32817,
+                    "visit_occurrence_id": vid,
+                    "condition_source_value": source,
+                    "condition_source_concept_id": 45576876 if source == "E11.9" else 0,
+                }
+            )
             concept, source = r.choice(DRUGS)
-            drugs.append({"drug_exposure_id": vid, "person_id": p, "drug_concept_id": concept,
-                          "drug_exposure_start_date": start, "drug_exposure_end_date": start,
-                          "drug_type_concept_id": r.choice([32838, 32838, 32865]), "quantity": "30",
-                          "days_supply": "30", "sig": "1 tablet by mouth daily", "visit_occurrence_id": vid,
-                          "drug_source_value": source})
+            drugs.append(
+                {
+                    "drug_exposure_id": vid,
+                    "person_id": p,
+                    "drug_concept_id": concept,
+                    "drug_exposure_start_date": start,
+                    "drug_exposure_end_date": start,
+                    "drug_type_concept_id": r.choice([32838, 32838, 32865]),
+                    "quantity": "30",
+                    "days_supply": "30",
+                    "sig": "1 tablet by mouth daily",
+                    "visit_occurrence_id": vid,
+                    "drug_source_value": source,
+                }
+            )
             if r.random() < 0.3:
                 concept, source = r.choice(PROCEDURES)
-                procedures.append({"procedure_occurrence_id": vid, "person_id": p, "procedure_concept_id": concept,
-                                   "procedure_date": start, "procedure_type_concept_id": 32817,
-                                   "visit_occurrence_id": vid, "procedure_source_value": source})
+                procedures.append(
+                    {
+                        "procedure_occurrence_id": vid,
+                        "person_id": p,
+                        "procedure_concept_id": concept,
+                        "procedure_date": start,
+                        "procedure_type_concept_id": 32817,
+                        "visit_occurrence_id": vid,
+                        "procedure_source_value": source,
+                    }
+                )
             for m, (concept, unit, unit_source, low, high, value) in enumerate(MEASUREMENTS):
-                measurements.append({"measurement_id": vid * 10 + m, "person_id": p, "measurement_concept_id": concept,
-                                     "measurement_date": start, "measurement_type_concept_id": 32817,
-                                     # A measurement with no value, as exports have (ordered, never resulted).
-                                     "value_as_number": value(r) if r.random() > 0.05 else None,
-                                     "unit_concept_id": unit, "range_low": low, "range_high": high,
-                                     "visit_occurrence_id": vid, "measurement_source_value": {3004410: "4548-4", 3027018: "8867-4", 3004249: "8480-6"}[concept],
-                                     "unit_source_value": unit_source})
+                measurements.append(
+                    {
+                        "measurement_id": vid * 10 + m,
+                        "person_id": p,
+                        "measurement_concept_id": concept,
+                        "measurement_date": start,
+                        "measurement_type_concept_id": 32817,
+                        # A measurement with no value, as exports have (ordered, never resulted).
+                        "value_as_number": value(r) if r.random() > 0.05 else None,
+                        "unit_concept_id": unit,
+                        "range_low": low,
+                        "range_high": high,
+                        "visit_occurrence_id": vid,
+                        "measurement_source_value": {3004410: "4548-4", 3027018: "8867-4", 3004249: "8480-6"}[concept],
+                        "unit_source_value": unit_source,
+                    }
+                )
             if r.random() < 0.3:
-                measurements.append({"measurement_id": vid * 10 + 5, "person_id": p, "measurement_concept_id": 706163,
-                                     "measurement_date": start, "measurement_type_concept_id": 32817,
-                                     "value_as_concept_id": r.choice([45884084, 45878583]), "visit_occurrence_id": vid,
-                                     "measurement_source_value": "94500-6"})
-            observations.append({"observation_id": vid, "person_id": p, "observation_concept_id": 4275495,
-                                 "observation_date": start, "observation_type_concept_id": 32817,
-                                 "value_as_concept_id": 45765920, "visit_occurrence_id": vid,
-                                 "observation_source_value": "smoking"})
+                measurements.append(
+                    {
+                        "measurement_id": vid * 10 + 5,
+                        "person_id": p,
+                        "measurement_concept_id": 706163,
+                        "measurement_date": start,
+                        "measurement_type_concept_id": 32817,
+                        "value_as_concept_id": r.choice([45884084, 45878583]),
+                        "visit_occurrence_id": vid,
+                        "measurement_source_value": "94500-6",
+                    }
+                )
+            observations.append(
+                {
+                    "observation_id": vid,
+                    "person_id": p,
+                    "observation_concept_id": 4275495,
+                    "observation_date": start,
+                    "observation_type_concept_id": 32817,
+                    "value_as_concept_id": 45765920,
+                    "visit_occurrence_id": vid,
+                    "observation_source_value": "smoking",
+                }
+            )
     concepts = [dict(zip(CONCEPT_COLUMNS, row, strict=True)) for row in CONCEPTS]
     return {
         "concept": _text(concepts, CONCEPT_COLUMNS),
@@ -157,49 +291,198 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
 
 # The CDM 5.4 columns of each table (OHDSI's CDM documentation), in their official order.
 COLUMNS = {
-    "location": ["location_id", "address_1", "address_2", "city", "state", "zip", "county", "location_source_value",
-                 "country_concept_id", "country_source_value", "latitude", "longitude"],
-    "care_site": ["care_site_id", "care_site_name", "place_of_service_concept_id", "location_id",
-                  "care_site_source_value", "place_of_service_source_value"],
-    "provider": ["provider_id", "provider_name", "npi", "dea", "specialty_concept_id", "care_site_id", "year_of_birth",
-                 "gender_concept_id", "provider_source_value", "specialty_source_value", "specialty_source_concept_id",
-                 "gender_source_value", "gender_source_concept_id"],
-    "person": ["person_id", "gender_concept_id", "year_of_birth", "month_of_birth", "day_of_birth", "birth_datetime",
-               "race_concept_id", "ethnicity_concept_id", "location_id", "provider_id", "care_site_id",
-               "person_source_value", "gender_source_value", "gender_source_concept_id", "race_source_value",
-               "race_source_concept_id", "ethnicity_source_value", "ethnicity_source_concept_id"],
-    "death": ["person_id", "death_date", "death_datetime", "death_type_concept_id", "cause_concept_id",
-              "cause_source_value", "cause_source_concept_id"],
-    "visit_occurrence": ["visit_occurrence_id", "person_id", "visit_concept_id", "visit_start_date",
-                         "visit_start_datetime", "visit_end_date", "visit_end_datetime", "visit_type_concept_id",
-                         "provider_id", "care_site_id", "visit_source_value", "visit_source_concept_id",
-                         "admitted_from_concept_id", "admitted_from_source_value", "discharged_to_concept_id",
-                         "discharged_to_source_value", "preceding_visit_occurrence_id"],
-    "condition_occurrence": ["condition_occurrence_id", "person_id", "condition_concept_id", "condition_start_date",
-                             "condition_start_datetime", "condition_end_date", "condition_end_datetime",
-                             "condition_type_concept_id", "condition_status_concept_id", "stop_reason", "provider_id",
-                             "visit_occurrence_id", "visit_detail_id", "condition_source_value",
-                             "condition_source_concept_id", "condition_status_source_value"],
-    "drug_exposure": ["drug_exposure_id", "person_id", "drug_concept_id", "drug_exposure_start_date",
-                      "drug_exposure_start_datetime", "drug_exposure_end_date", "drug_exposure_end_datetime",
-                      "verbatim_end_date", "drug_type_concept_id", "stop_reason", "refills", "quantity", "days_supply",
-                      "sig", "route_concept_id", "lot_number", "provider_id", "visit_occurrence_id", "visit_detail_id",
-                      "drug_source_value", "drug_source_concept_id", "route_source_value", "dose_unit_source_value"],
-    "procedure_occurrence": ["procedure_occurrence_id", "person_id", "procedure_concept_id", "procedure_date",
-                             "procedure_datetime", "procedure_end_date", "procedure_end_datetime",
-                             "procedure_type_concept_id", "modifier_concept_id", "quantity", "provider_id",
-                             "visit_occurrence_id", "visit_detail_id", "procedure_source_value",
-                             "procedure_source_concept_id", "modifier_source_value"],
-    "measurement": ["measurement_id", "person_id", "measurement_concept_id", "measurement_date", "measurement_datetime",
-                    "measurement_time", "measurement_type_concept_id", "operator_concept_id", "value_as_number",
-                    "value_as_concept_id", "unit_concept_id", "range_low", "range_high", "provider_id",
-                    "visit_occurrence_id", "visit_detail_id", "measurement_source_value",
-                    "measurement_source_concept_id", "unit_source_value", "unit_source_concept_id",
-                    "value_source_value", "measurement_event_id", "meas_event_field_concept_id"],
-    "observation": ["observation_id", "person_id", "observation_concept_id", "observation_date", "observation_datetime",
-                    "observation_type_concept_id", "value_as_number", "value_as_string", "value_as_concept_id",
-                    "qualifier_concept_id", "unit_concept_id", "provider_id", "visit_occurrence_id",
-                    "visit_detail_id", "observation_source_value", "observation_source_concept_id",
-                    "unit_source_value", "qualifier_source_value", "value_source_value", "observation_event_id",
-                    "obs_event_field_concept_id"],
+    "location": [
+        "location_id",
+        "address_1",
+        "address_2",
+        "city",
+        "state",
+        "zip",
+        "county",
+        "location_source_value",
+        "country_concept_id",
+        "country_source_value",
+        "latitude",
+        "longitude",
+    ],
+    "care_site": [
+        "care_site_id",
+        "care_site_name",
+        "place_of_service_concept_id",
+        "location_id",
+        "care_site_source_value",
+        "place_of_service_source_value",
+    ],
+    "provider": [
+        "provider_id",
+        "provider_name",
+        "npi",
+        "dea",
+        "specialty_concept_id",
+        "care_site_id",
+        "year_of_birth",
+        "gender_concept_id",
+        "provider_source_value",
+        "specialty_source_value",
+        "specialty_source_concept_id",
+        "gender_source_value",
+        "gender_source_concept_id",
+    ],
+    "person": [
+        "person_id",
+        "gender_concept_id",
+        "year_of_birth",
+        "month_of_birth",
+        "day_of_birth",
+        "birth_datetime",
+        "race_concept_id",
+        "ethnicity_concept_id",
+        "location_id",
+        "provider_id",
+        "care_site_id",
+        "person_source_value",
+        "gender_source_value",
+        "gender_source_concept_id",
+        "race_source_value",
+        "race_source_concept_id",
+        "ethnicity_source_value",
+        "ethnicity_source_concept_id",
+    ],
+    "death": [
+        "person_id",
+        "death_date",
+        "death_datetime",
+        "death_type_concept_id",
+        "cause_concept_id",
+        "cause_source_value",
+        "cause_source_concept_id",
+    ],
+    "visit_occurrence": [
+        "visit_occurrence_id",
+        "person_id",
+        "visit_concept_id",
+        "visit_start_date",
+        "visit_start_datetime",
+        "visit_end_date",
+        "visit_end_datetime",
+        "visit_type_concept_id",
+        "provider_id",
+        "care_site_id",
+        "visit_source_value",
+        "visit_source_concept_id",
+        "admitted_from_concept_id",
+        "admitted_from_source_value",
+        "discharged_to_concept_id",
+        "discharged_to_source_value",
+        "preceding_visit_occurrence_id",
+    ],
+    "condition_occurrence": [
+        "condition_occurrence_id",
+        "person_id",
+        "condition_concept_id",
+        "condition_start_date",
+        "condition_start_datetime",
+        "condition_end_date",
+        "condition_end_datetime",
+        "condition_type_concept_id",
+        "condition_status_concept_id",
+        "stop_reason",
+        "provider_id",
+        "visit_occurrence_id",
+        "visit_detail_id",
+        "condition_source_value",
+        "condition_source_concept_id",
+        "condition_status_source_value",
+    ],
+    "drug_exposure": [
+        "drug_exposure_id",
+        "person_id",
+        "drug_concept_id",
+        "drug_exposure_start_date",
+        "drug_exposure_start_datetime",
+        "drug_exposure_end_date",
+        "drug_exposure_end_datetime",
+        "verbatim_end_date",
+        "drug_type_concept_id",
+        "stop_reason",
+        "refills",
+        "quantity",
+        "days_supply",
+        "sig",
+        "route_concept_id",
+        "lot_number",
+        "provider_id",
+        "visit_occurrence_id",
+        "visit_detail_id",
+        "drug_source_value",
+        "drug_source_concept_id",
+        "route_source_value",
+        "dose_unit_source_value",
+    ],
+    "procedure_occurrence": [
+        "procedure_occurrence_id",
+        "person_id",
+        "procedure_concept_id",
+        "procedure_date",
+        "procedure_datetime",
+        "procedure_end_date",
+        "procedure_end_datetime",
+        "procedure_type_concept_id",
+        "modifier_concept_id",
+        "quantity",
+        "provider_id",
+        "visit_occurrence_id",
+        "visit_detail_id",
+        "procedure_source_value",
+        "procedure_source_concept_id",
+        "modifier_source_value",
+    ],
+    "measurement": [
+        "measurement_id",
+        "person_id",
+        "measurement_concept_id",
+        "measurement_date",
+        "measurement_datetime",
+        "measurement_time",
+        "measurement_type_concept_id",
+        "operator_concept_id",
+        "value_as_number",
+        "value_as_concept_id",
+        "unit_concept_id",
+        "range_low",
+        "range_high",
+        "provider_id",
+        "visit_occurrence_id",
+        "visit_detail_id",
+        "measurement_source_value",
+        "measurement_source_concept_id",
+        "unit_source_value",
+        "unit_source_concept_id",
+        "value_source_value",
+        "measurement_event_id",
+        "meas_event_field_concept_id",
+    ],
+    "observation": [
+        "observation_id",
+        "person_id",
+        "observation_concept_id",
+        "observation_date",
+        "observation_datetime",
+        "observation_type_concept_id",
+        "value_as_number",
+        "value_as_string",
+        "value_as_concept_id",
+        "qualifier_concept_id",
+        "unit_concept_id",
+        "provider_id",
+        "visit_occurrence_id",
+        "visit_detail_id",
+        "observation_source_value",
+        "observation_source_concept_id",
+        "unit_source_value",
+        "qualifier_source_value",
+        "value_source_value",
+        "observation_event_id",
+        "obs_event_field_concept_id",
+    ],
 }

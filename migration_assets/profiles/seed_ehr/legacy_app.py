@@ -9,7 +9,8 @@ that only the dual-write reconciliation check catches.
 What it did is returned as (table, key, kind) triples: identifiers only, never the values.
 `RunningApp` runs it in its own process while a test or the demo migrates.
 
-CLI (the demo): ``python -m migration_assets.profiles.seed_ehr.legacy_app --url sqlite:///.demo/legacy_ehr.db --seconds 60``
+CLI (the demo):
+``python -m migration_assets.profiles.seed_ehr.legacy_app --url sqlite:///.demo/legacy_ehr.db --seconds 60``
 """
 
 from __future__ import annotations
@@ -104,8 +105,11 @@ class LegacyApp:
 
     def _count_own_rows(self) -> int:
         with self.engine.connect() as db:
-            return int(db.execute(sa.text("SELECT COUNT(*) FROM patients WHERE patient_id LIKE :p"),
-                                  {"p": f"{self._prefix()}%"}).scalar_one())
+            return int(
+                db.execute(
+                    sa.text("SELECT COUNT(*) FROM patients WHERE patient_id LIKE :p"), {"p": f"{self._prefix()}%"}
+                ).scalar_one()
+            )
 
     def _prefix(self) -> str:
         return f"PAPP{self.seed:02d}-"
@@ -126,10 +130,17 @@ class LegacyApp:
             self._counter += 1
             key = f"{self._prefix()}{self._counter:05d}"
             birth = dt.date(1940, 1, 1) + dt.timedelta(days=self.random.randrange(0, 29000))
-            self._insert("patients", {
-                "patient_id": key, "first_name": self.random.choice(_FIRST_NAMES), "last_name": self.random.choice(_LAST),
-                "birth_date": birth.isoformat(), "gender": self.random.choice("MF"),
-            }, key)
+            self._insert(
+                "patients",
+                {
+                    "patient_id": key,
+                    "first_name": self.random.choice(_FIRST_NAMES),
+                    "last_name": self.random.choice(_LAST),
+                    "birth_date": birth.isoformat(),
+                    "gender": self.random.choice("MF"),
+                },
+                key,
+            )
             return key
 
     def rename_patient(self, key: str | None = None) -> str:
@@ -145,10 +156,16 @@ class LegacyApp:
             patient_id = patient_id or self._random_key("patients")
             key = f"PCAPP{self.seed:02d}-{len(self.changes) + 1:06d}-{self.random.randrange(10**6):06d}"
             onset = dt.date(2015, 1, 1) + dt.timedelta(days=self.random.randrange(0, 3800))
-            self._insert("patient_conditions", {
-                "patient_condition_id": key, "patient_id": patient_id,
-                "condition_id": self.random.choice(CONDITION_CATALOGUE)[0], "onset_date": onset.isoformat(),
-            }, key)
+            self._insert(
+                "patient_conditions",
+                {
+                    "patient_condition_id": key,
+                    "patient_id": patient_id,
+                    "condition_id": self.random.choice(CONDITION_CATALOGUE)[0],
+                    "onset_date": onset.isoformat(),
+                },
+                key,
+            )
             return key
 
     def change_onset(self, key: str | None = None) -> str:
@@ -184,7 +201,6 @@ class LegacyApp:
             stop.wait(interval)
         return done
 
-
     # -- SQL ------------------------------------------------------------------------------------
 
     def _insert(self, table: str, values: dict[str, Any], key: str) -> None:
@@ -212,10 +228,12 @@ class LegacyApp:
         pk = TABLE_PRIMARY_KEYS[table]
         with self.engine.connect() as db:
             count = int(db.execute(sa.text(f'SELECT COUNT(*) FROM "{table}"')).scalar_one())
-            return str(db.execute(
-                sa.text(f'SELECT "{pk}" FROM "{table}" ORDER BY "{pk}" LIMIT 1 OFFSET :n'),
-                {"n": self.random.randrange(count)},
-            ).scalar_one())
+            return str(
+                db.execute(
+                    sa.text(f'SELECT "{pk}" FROM "{table}" ORDER BY "{pk}" LIMIT 1 OFFSET :n'),
+                    {"n": self.random.randrange(count)},
+                ).scalar_one()
+            )
 
 
 class RunningApp:
@@ -225,16 +243,33 @@ class RunningApp:
 
     def __init__(self, url: str, seed: int = 0, interval: float = 0.02, seconds: float = 3600.0) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "migration_assets.profiles.seed_ehr.legacy_app", "--url", url, "--seed", str(seed),
-             "--interval", str(interval), "--seconds", str(seconds), "--jsonl"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [
+                sys.executable,
+                "-m",
+                "migration_assets.profiles.seed_ehr.legacy_app",
+                "--url",
+                url,
+                "--seed",
+                str(seed),
+                "--interval",
+                str(interval),
+                "--seconds",
+                str(seconds),
+                "--jsonl",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
         )
         assert self.process.stdout is not None
         # The first line says the application is up (columns added): wait for it.
         ready = self.process.stdout.readline()
         if not ready.startswith('{"ready"'):
             self.process.kill()
-            raise RuntimeError(f"simulated application did not start: {ready}{self.process.stderr.read() if self.process.stderr else ''}")
+            raise RuntimeError(
+                f"simulated application did not start: {ready}"
+                + (self.process.stderr.read() if self.process.stderr else "")
+            )
 
     def stop(self, timeout: float = 30.0) -> list[Change]:
         """Ask it to stop (SIGTERM ends its loop after the current write) and return what it wrote."""

@@ -102,34 +102,91 @@ TABLE_COLUMNS: dict[str, tuple[str, ...]] = {
     "practitioners": ("practitioner_id", "first_name", "last_name", "npi", "specialty"),
     "organizations": ("organization_id", "name", "kind", "npi", "tax_id", "phone"),
     "locations": ("location_id", "organization_id", "name", "address_line", "city", "state", "postal_code", "phone"),
-    "practitioner_roles": ("practitioner_role_id", "practitioner_id", "organization_id", "location_id", "specialty",
-                           "active"),
+    "practitioner_roles": (
+        "practitioner_role_id",
+        "practitioner_id",
+        "organization_id",
+        "location_id",
+        "specialty",
+        "active",
+    ),
     "encounters": ("encounter_id", "patient_id", "date", "type", "practitioner_id"),
     "encounter_notes": ("note_id", "encounter_id", "note_text"),
     "patient_medications": (
-        "patient_medication_id", "patient_id", "drug_code", "drug_name", "dosage_text", "status", "start_date",
+        "patient_medication_id",
+        "patient_id",
+        "drug_code",
+        "drug_name",
+        "dosage_text",
+        "status",
+        "start_date",
         "end_date",
     ),
     "patient_allergies": (
-        "patient_allergy_id", "patient_id", "allergen_code", "allergen_name", "reaction", "severity",
-        "clinical_status", "verification_status", "recorded_date",
+        "patient_allergy_id",
+        "patient_id",
+        "allergen_code",
+        "allergen_name",
+        "reaction",
+        "severity",
+        "clinical_status",
+        "verification_status",
+        "recorded_date",
     ),
     "observations": (
-        "observation_id", "patient_id", "encounter_id", "category", "test_code", "test_name", "value", "unit",
-        "reference_low", "reference_high", "observed_at",
+        "observation_id",
+        "patient_id",
+        "encounter_id",
+        "category",
+        "test_code",
+        "test_name",
+        "value",
+        "unit",
+        "reference_low",
+        "reference_high",
+        "observed_at",
     ),
-    "procedures": ("procedure_id", "patient_id", "encounter_id", "code_system", "code", "description", "performed_date"),
+    "procedures": (
+        "procedure_id",
+        "patient_id",
+        "encounter_id",
+        "code_system",
+        "code",
+        "description",
+        "performed_date",
+    ),
     "immunizations": (
-        "immunization_id", "patient_id", "cvx_code", "vaccine_name", "administered_date", "lot_number", "site", "status",
+        "immunization_id",
+        "patient_id",
+        "cvx_code",
+        "vaccine_name",
+        "administered_date",
+        "lot_number",
+        "site",
+        "status",
         "not_given_reason",
     ),
     "lab_reports": ("report_id", "patient_id", "panel_code", "panel_name", "collected_date", "lab_id"),
     "lab_report_results": ("report_result_id", "report_id", "observation_id"),
     "appointments": (
-        "appointment_id", "patient_id", "practitioner_id", "location_id", "start_at", "end_at", "status", "encounter_id",
+        "appointment_id",
+        "patient_id",
+        "practitioner_id",
+        "location_id",
+        "start_at",
+        "end_at",
+        "status",
+        "encounter_id",
     ),
     "documents": (
-        "document_id", "patient_id", "encounter_id", "doc_type", "title", "file_path", "content_type", "created_date",
+        "document_id",
+        "patient_id",
+        "encounter_id",
+        "doc_type",
+        "title",
+        "file_path",
+        "content_type",
+        "created_date",
     ),
 }
 
@@ -183,8 +240,16 @@ ENCOUNTER_TYPES: tuple[tuple[str, float], ...] = (
 )
 
 _SPECIALTIES = (
-    "Family Medicine", "Internal Medicine", "Pediatrics", "Cardiology", "Endocrinology", "Pulmonology",
-    "Psychiatry", "Orthopedic Surgery", "Emergency Medicine", "Geriatrics",
+    "Family Medicine",
+    "Internal Medicine",
+    "Pediatrics",
+    "Cardiology",
+    "Endocrinology",
+    "Pulmonology",
+    "Psychiatry",
+    "Orthopedic Surgery",
+    "Emergency Medicine",
+    "Geriatrics",
 )
 
 # (local drug code, name on the legacy medication list, sig, weight). Which codes have an RxNorm
@@ -207,8 +272,13 @@ MEDICATION_CATALOGUE: tuple[tuple[str, str, str, float], ...] = (
     ("MISC-CREAM", "Compounded hydrocortisone cream (pharmacy mix)", "Apply thinly twice daily", 1.0),
 )
 # Legacy medication statuses and their weights; the last is an odd value with no FHIR mapping.
-_MEDICATION_STATUSES = (("Active", 0.60), ("Discontinued", 0.24), ("Completed", 0.12), ("On Hold", 0.035),
-                        ("Pending review", 0.005))
+_MEDICATION_STATUSES = (
+    ("Active", 0.60),
+    ("Discontinued", 0.24),
+    ("Completed", 0.12),
+    ("On Hold", 0.035),
+    ("Pending review", 0.005),
+)
 
 # (local allergen code, name, weight). terminology/allergy_snomed.csv maps some of them.
 ALLERGEN_CATALOGUE: tuple[tuple[str, str, float], ...] = (
@@ -240,15 +310,22 @@ VITAL_SIGNS: tuple[tuple[str, str, tuple[tuple[str, float, float, float], ...], 
     ("BP-SYS", "Systolic blood pressure", (("mm[Hg]", 0.85, 95, 165), ("mmHg", 0.15, 95, 165)), 0, 3.0),
     ("BP-DIA", "Diastolic blood pressure", (("mm[Hg]", 0.85, 55, 100), ("mmHg", 0.15, 55, 100)), 0, 3.0),
     ("HR", "Heart rate", (("/min", 0.85, 50, 110), ("bpm", 0.15, 50, 110)), 0, 2.0),
-    ("TEMP", "Body temperature", (("Cel", 0.80, 36.0, 38.5), ("[degF]", 0.15, 96.8, 101.3), ("F", 0.05, 96.8, 101.3)),
-     1, 1.0),
+    (
+        "TEMP",
+        "Body temperature",
+        (("Cel", 0.80, 36.0, 38.5), ("[degF]", 0.15, 96.8, 101.3), ("F", 0.05, 96.8, 101.3)),
+        1,
+        1.0,
+    ),
     ("WT", "Body weight", (("kg", 0.80, 45, 130), ("[lb_av]", 0.10, 100, 285), ("lbs", 0.10, 100, 285)), 1, 1.5),
     ("HT", "Body height", (("cm", 0.90, 150, 195), ("[in_i]", 0.10, 59, 77)), 0, 0.5),
     ("SPO2", "Oxygen saturation", (("%", 1.0, 90, 100),), 0, 1.0),
     ("RR", "Respiratory rate", (("/min", 1.0, 12, 22),), 0, 0.5),
 )
 # Labs: (local code, name, [(unit, weight, low, high, reference low, reference high)], decimals, weight).
-LAB_TESTS: tuple[tuple[str, str, tuple[tuple[str, float, float, float, str | None, str | None], ...], int, float], ...] = (
+LAB_TESTS: tuple[
+    tuple[str, str, tuple[tuple[str, float, float, float, str | None, str | None], ...], int, float], ...
+] = (
     ("HBA1C", "Hemoglobin A1c", (("%", 1.0, 4.8, 10.5, "4.0", "5.6"),), 1, 2.0),
     ("GLU", "Glucose", (("mg/dL", 0.95, 70, 220, "70", "99"), ("mmol/L", 0.05, 3.9, 12.2, "3.9", "5.5")), 0, 2.0),
     ("CHOL", "Cholesterol, total", (("mg/dL", 1.0, 140, 280, None, "200"),), 0, 1.5),
@@ -258,8 +335,13 @@ LAB_TESTS: tuple[tuple[str, str, tuple[tuple[str, float, float, float, str | Non
     ("CREAT", "Creatinine", (("mg/dL", 1.0, 0.6, 1.8, "0.60", "1.30"),), 2, 1.5),
     ("HGB", "Hemoglobin", (("g/dL", 1.0, 10.5, 17.5, "12.0", "17.5"),), 1, 1.0),
     ("WBC", "White blood cell count", (("10*3/uL", 1.0, 3.5, 12.0, "4.0", "11.0"),), 1, 1.0),
-    ("TSH", "Thyrotropin", (("m[IU]/L", 0.7, 0.3, 6.0, "0.40", "4.00"), ("uIU/mL", 0.3, 0.3, 6.0, "0.40", "4.00")),
-     2, 1.0),
+    (
+        "TSH",
+        "Thyrotropin",
+        (("m[IU]/L", 0.7, 0.3, 6.0, "0.40", "4.00"), ("uIU/mL", 0.3, 0.3, 6.0, "0.40", "4.00")),
+        2,
+        1.0,
+    ),
     ("K", "Potassium", (("mmol/L", 1.0, 3.3, 5.4, "3.5", "5.1"),), 1, 1.0),
     ("NA", "Sodium", (("mmol/L", 1.0, 133, 146, "135", "145"),), 0, 1.0),
     ("VITD", "Vitamin D, 25-hydroxy", (("ng/mL", 1.0, 12, 60, "30", "100"),), 0, 0.7),
@@ -270,22 +352,121 @@ LAB_TESTS: tuple[tuple[str, str, tuple[tuple[str, float, float, float, str | Non
 _NON_NUMERIC_RESULTS = ("hemolyzed", "QNS", "see comment")
 
 _MALE_FIRST = (
-    "John", "Michael", "David", "James", "Robert", "William", "Daniel", "Thomas", "Christopher", "Matthew",
-    "Anthony", "Mark", "Joseph", "Carlos", "José", "Luis", "Mohammed", "Ahmed", "Wei", "Hiroshi", "Raj",
-    "Arjun", "Liam", "Noah", "Ethan", "Lucas", "Mateo", "François", "Björn", "Seán",
+    "John",
+    "Michael",
+    "David",
+    "James",
+    "Robert",
+    "William",
+    "Daniel",
+    "Thomas",
+    "Christopher",
+    "Matthew",
+    "Anthony",
+    "Mark",
+    "Joseph",
+    "Carlos",
+    "José",
+    "Luis",
+    "Mohammed",
+    "Ahmed",
+    "Wei",
+    "Hiroshi",
+    "Raj",
+    "Arjun",
+    "Liam",
+    "Noah",
+    "Ethan",
+    "Lucas",
+    "Mateo",
+    "François",
+    "Björn",
+    "Seán",
 )
 _FEMALE_FIRST = (
-    "Jane", "Mary", "Patricia", "Jennifer", "Linda", "Elizabeth", "Susan", "Jessica", "Sarah", "Karen",
-    "Emily", "Olivia", "Emma", "Sophia", "Isabella", "María", "Zoë", "Chloé", "Renée", "Fatima", "Aisha",
-    "Mei", "Yuki", "Priya", "Ananya", "Ingrid", "Siobhán", "Lucía", "Amélie", "Noor",
+    "Jane",
+    "Mary",
+    "Patricia",
+    "Jennifer",
+    "Linda",
+    "Elizabeth",
+    "Susan",
+    "Jessica",
+    "Sarah",
+    "Karen",
+    "Emily",
+    "Olivia",
+    "Emma",
+    "Sophia",
+    "Isabella",
+    "María",
+    "Zoë",
+    "Chloé",
+    "Renée",
+    "Fatima",
+    "Aisha",
+    "Mei",
+    "Yuki",
+    "Priya",
+    "Ananya",
+    "Ingrid",
+    "Siobhán",
+    "Lucía",
+    "Amélie",
+    "Noor",
 )
 _NEUTRAL_FIRST = ("Alex", "Sam", "Jordan", "Taylor", "Robin", "Casey", "Morgan", "Jamie", "Riley", "Avery")
 _LAST = (
-    "Smith", "Johnson", "Williams", "Brown", "Jones", "Garcia", "Miller", "Davis", "Rodriguez", "Martinez",
-    "Hernández", "Lopez", "Gonzalez", "Wilson", "Anderson", "Thomas", "Taylor", "Moore", "Jackson", "Martin",
-    "Lee", "Pérez", "Thompson", "White", "Harris", "Clark", "Lewis", "Robinson", "Walker", "Young",
-    "Nguyễn", "Trần", "Kim", "Park", "Chen", "Wang", "Patel", "Singh", "Khan", "O'Brien", "O'Connor",
-    "Müller", "Schröder", "Dubois", "Ødegård", "Kowalski", "Novák", "Silva", "Gonçalves", "Ivanova",
+    "Smith",
+    "Johnson",
+    "Williams",
+    "Brown",
+    "Jones",
+    "Garcia",
+    "Miller",
+    "Davis",
+    "Rodriguez",
+    "Martinez",
+    "Hernández",
+    "Lopez",
+    "Gonzalez",
+    "Wilson",
+    "Anderson",
+    "Thomas",
+    "Taylor",
+    "Moore",
+    "Jackson",
+    "Martin",
+    "Lee",
+    "Pérez",
+    "Thompson",
+    "White",
+    "Harris",
+    "Clark",
+    "Lewis",
+    "Robinson",
+    "Walker",
+    "Young",
+    "Nguyễn",
+    "Trần",
+    "Kim",
+    "Park",
+    "Chen",
+    "Wang",
+    "Patel",
+    "Singh",
+    "Khan",
+    "O'Brien",
+    "O'Connor",
+    "Müller",
+    "Schröder",
+    "Dubois",
+    "Ødegård",
+    "Kowalski",
+    "Novák",
+    "Silva",
+    "Gonçalves",
+    "Ivanova",
 )
 
 _NOTE_OPENERS: dict[str, tuple[str, ...]] = {
@@ -488,12 +669,36 @@ def _guide_tables() -> dict[str, pl.DataFrame]:
         ),
         "patient_medications": pl.DataFrame(
             [
-                ("PM001", "P001", "LIS10", "Lisinopril 10 mg tablet", "Take 1 tablet by mouth once daily", "Active",
-                 "2022-03-20", None),
-                ("PM002", "P001", "MET500", "Metformin 500 mg tablet", "Take 1 tablet by mouth twice daily with meals",
-                 "Active", "2023-01", None),
-                ("PM003", "P002", "IBU200", "Ibuprofen 200 mg tablet",
-                 "Take 2 tablets by mouth every 8 hours as needed with food", "Completed", "2023-06-16", "2023-06-23"),
+                (
+                    "PM001",
+                    "P001",
+                    "LIS10",
+                    "Lisinopril 10 mg tablet",
+                    "Take 1 tablet by mouth once daily",
+                    "Active",
+                    "2022-03-20",
+                    None,
+                ),
+                (
+                    "PM002",
+                    "P001",
+                    "MET500",
+                    "Metformin 500 mg tablet",
+                    "Take 1 tablet by mouth twice daily with meals",
+                    "Active",
+                    "2023-01",
+                    None,
+                ),
+                (
+                    "PM003",
+                    "P002",
+                    "IBU200",
+                    "Ibuprofen 200 mg tablet",
+                    "Take 2 tablets by mouth every 8 hours as needed with food",
+                    "Completed",
+                    "2023-06-16",
+                    "2023-06-23",
+                ),
             ],
             schema=dict.fromkeys(TABLE_COLUMNS["patient_medications"], s),
             orient="row",
@@ -505,13 +710,46 @@ def _guide_tables() -> dict[str, pl.DataFrame]:
         ),
         "observations": pl.DataFrame(
             [
-                ("OB001", "P001", "E001", "vital", "BP-SYS", "Systolic blood pressure", "128", "mm[Hg]", None, None,
-                 "2023-06-15T09:30:00-04:00"),
-                ("OB002", "P001", "E001", "vital", "BP-DIA", "Diastolic blood pressure", "82", "mm[Hg]", None, None,
-                 "2023-06-15T09:30:00-04:00"),
+                (
+                    "OB001",
+                    "P001",
+                    "E001",
+                    "vital",
+                    "BP-SYS",
+                    "Systolic blood pressure",
+                    "128",
+                    "mm[Hg]",
+                    None,
+                    None,
+                    "2023-06-15T09:30:00-04:00",
+                ),
+                (
+                    "OB002",
+                    "P001",
+                    "E001",
+                    "vital",
+                    "BP-DIA",
+                    "Diastolic blood pressure",
+                    "82",
+                    "mm[Hg]",
+                    None,
+                    None,
+                    "2023-06-15T09:30:00-04:00",
+                ),
                 ("OB003", "P001", None, "lab", "HBA1C", "Hemoglobin A1c", "7.2", "%", "4.0", "5.6", "2023-06-10"),
-                ("OB004", "P002", "E002", "vital", "HR", "Heart rate", "96", "/min", None, None,
-                 "2023-06-16T22:15:00-04:00"),
+                (
+                    "OB004",
+                    "P002",
+                    "E002",
+                    "vital",
+                    "HR",
+                    "Heart rate",
+                    "96",
+                    "/min",
+                    None,
+                    None,
+                    "2023-06-16T22:15:00-04:00",
+                ),
             ],
             schema=dict.fromkeys(TABLE_COLUMNS["observations"], s),
             orient="row",
@@ -521,10 +759,7 @@ def _guide_tables() -> dict[str, pl.DataFrame]:
                 "note_id": ["N001", "N002"],
                 "encounter_id": ["E001", "E002"],
                 "note_text": [
-                    (
-                        "Routine check-up. Patient's hypertension is well-controlled. "
-                        "Diabetes management plan reviewed."
-                    ),
+                    ("Routine check-up. Patient's hypertension is well-controlled. Diabetes management plan reviewed."),
                     (
                         "Emergency visit due to severe headache. Patient's hypertension may need adjustment. "
                         "Further tests ordered."
@@ -609,9 +844,7 @@ def _build_sample_tables(patients: int, seed: int) -> dict[str, pl.DataFrame]:
     patients_df = pl.concat(
         [
             guide["patients"],
-            gen.select(
-                "patient_id", "first_name", "last_name", birth_date=_iso(pl.col("birth_days")), gender="gender"
-            ),
+            gen.select("patient_id", "first_name", "last_name", birth_date=_iso(pl.col("birth_days")), gender="gender"),
         ]
     )
 
@@ -667,17 +900,22 @@ def _build_sample_tables(patients: int, seed: int) -> dict[str, pl.DataFrame]:
     )
     enc_width = _width(enc.height + 2)
     practitioner_count = _practitioner_count(patients)
-    practitioner = (pl.lit(1, dtype=pl.UInt64) + (_uniform(rowkey, seed, 15) * practitioner_count).floor().cast(pl.UInt64))
+    practitioner = pl.lit(1, dtype=pl.UInt64) + (_uniform(rowkey, seed, 15) * practitioner_count).floor().cast(
+        pl.UInt64
+    )
     enc = enc.with_columns(
         encounter_id=_key("E", pl.int_range(3, pl.len() + 3, dtype=pl.UInt64), enc_width),
         # Most visits name their practitioner; some legacy rows do not.
-        practitioner_id=pl.when(_uniform(rowkey, seed, 16) >= 0.08).then(_practitioner_id(practitioner, practitioner_count)),
+        practitioner_id=pl.when(_uniform(rowkey, seed, 16) >= 0.08).then(
+            _practitioner_id(practitioner, practitioner_count)
+        ),
     )
     encounters_df = pl.concat(
         [
             guide["encounters"],
-            enc.select("encounter_id", "patient_id", date=_iso(pl.col("days")), type="type",
-                       practitioner_id="practitioner_id"),
+            enc.select(
+                "encounter_id", "patient_id", date=_iso(pl.col("days")), type="type", practitioner_id="practitioner_id"
+            ),
         ]
     )
 
@@ -757,9 +995,12 @@ def _practitioners(patients: int, seed: int, guide: pl.DataFrame) -> pl.DataFram
     check = _npi_check_digit(pl.col("nine"))
     u_npi = _uniform(n, seed, 35)
     npi = (
-        pl.when(u_npi < 0.03).then(pl.lit(None, pl.String))  # no NPI recorded
-        .when(u_npi < 0.06).then(pl.col("nine") + ((check.cast(pl.Int64) + 1) % 10).cast(pl.String))  # typo
-        .when(u_npi < 0.08).then(pl.col("nine"))  # a digit short
+        pl.when(u_npi < 0.03)
+        .then(pl.lit(None, pl.String))  # no NPI recorded
+        .when(u_npi < 0.06)
+        .then(pl.col("nine") + ((check.cast(pl.Int64) + 1) % 10).cast(pl.String))  # typo
+        .when(u_npi < 0.08)
+        .then(pl.col("nine"))  # a digit short
         .otherwise(pl.col("nine") + check)
     )
     generated = (
@@ -788,10 +1029,26 @@ _ORGANIZATIONS: tuple[tuple[str, str, str, str | None, str | None, str | None], 
 )
 # (location_id, organization_id, name, address line, city, state, postal code, phone)
 _LOCATIONS: tuple[tuple[str, str, str, str, str, str, str, str | None], ...] = (
-    ("LOC001", "ORG001", "Riverside Family Health - Main Street", "120 Main Street", "Springfield", "MA", "01103",
-     "555-0101"),
-    ("LOC002", "ORG001", "Riverside Family Health - Northside", "48 North Avenue", "Springfield", "MA", "01107",
-     "555-0102"),
+    (
+        "LOC001",
+        "ORG001",
+        "Riverside Family Health - Main Street",
+        "120 Main Street",
+        "Springfield",
+        "MA",
+        "01103",
+        "555-0101",
+    ),
+    (
+        "LOC002",
+        "ORG001",
+        "Riverside Family Health - Northside",
+        "48 North Avenue",
+        "Springfield",
+        "MA",
+        "01107",
+        "555-0102",
+    ),
     ("LOC003", "ORG002", "Northgate Patient Service Center", "9 Lab Way", "Chicopee", "MA", "01013", None),
 )
 
@@ -802,8 +1059,9 @@ def _organizations_and_locations() -> tuple[pl.DataFrame, pl.DataFrame]:
         schema=dict.fromkeys(TABLE_COLUMNS["organizations"], pl.String),
         orient="row",
     ).with_columns(npi=pl.col("npi") + _npi_check_digit(pl.col("npi")))
-    locations = pl.DataFrame(list(_LOCATIONS), schema=dict.fromkeys(TABLE_COLUMNS["locations"], pl.String),
-                             orient="row")
+    locations = pl.DataFrame(
+        list(_LOCATIONS), schema=dict.fromkeys(TABLE_COLUMNS["locations"], pl.String), orient="row"
+    )
     return organizations, locations
 
 
@@ -825,8 +1083,10 @@ def _partial_date(days: pl.Expr, u: pl.Expr, month_share: float, year_share: flo
     """An ISO date, cut to YYYY-MM or YYYY for a share of rows (legacy systems allowed partial dates)."""
     text = _iso(days)
     return (
-        pl.when(u < year_share).then(text.str.slice(0, 4))
-        .when(u < year_share + month_share).then(text.str.slice(0, 7))
+        pl.when(u < year_share)
+        .then(text.str.slice(0, 4))
+        .when(u < year_share + month_share)
+        .then(text.str.slice(0, 7))
         .otherwise(text)
     )
 
@@ -835,11 +1095,16 @@ def _medications(gen: pl.DataFrame, seed: int, guide: pl.DataFrame) -> pl.DataFr
     end = _days(_DATA_END)
     rowkey = pl.col("n") * 16 + pl.col("k").cast(pl.UInt64)
     drug = _weighted_index(tuple(m[3] for m in MEDICATION_CATALOGUE), _uniform(rowkey, seed, 21))
-    status = _pick_weighted(tuple(s for s, _ in _MEDICATION_STATUSES), tuple(w for _, w in _MEDICATION_STATUSES),
-                            _uniform(rowkey, seed, 22))
+    status = _pick_weighted(
+        tuple(s for s, _ in _MEDICATION_STATUSES), tuple(w for _, w in _MEDICATION_STATUSES), _uniform(rowkey, seed, 22)
+    )
     meds = (
-        gen.select("n", "patient_id", "birth_days", k=pl.int_ranges(0, _poisson(1.5, _uniform(pl.col("n"), seed, 20)),
-                                                                      dtype=pl.UInt32))
+        gen.select(
+            "n",
+            "patient_id",
+            "birth_days",
+            k=pl.int_ranges(0, _poisson(1.5, _uniform(pl.col("n"), seed, 20)), dtype=pl.UInt32),
+        )
         .explode("k")
         .drop_nulls("k")
         .with_columns(
@@ -849,18 +1114,23 @@ def _medications(gen: pl.DataFrame, seed: int, guide: pl.DataFrame) -> pl.DataFr
             u_prec=_uniform(rowkey, seed, 25),
             u_odd=_uniform(rowkey, seed, 26),
         )
-        .with_columns(start_days=pl.col("lo") + (_uniform(rowkey, seed, 23) * (end - pl.col("lo") + 1)).floor().cast(pl.Int64))
+        .with_columns(
+            start_days=pl.col("lo") + (_uniform(rowkey, seed, 23) * (end - pl.col("lo") + 1)).floor().cast(pl.Int64)
+        )
         .with_columns(
             end_days=pl.when(pl.col("status").is_in(["Discontinued", "Completed"])).then(
-                pl.min_horizontal(pl.col("start_days") + 7 + (_uniform(rowkey, seed, 24) * 1100).floor().cast(pl.Int64),
-                                  pl.lit(end))
+                pl.min_horizontal(
+                    pl.col("start_days") + 7 + (_uniform(rowkey, seed, 24) * 1100).floor().cast(pl.Int64), pl.lit(end)
+                )
             )
         )
         .sort("n", "start_days", "k")
     )
     start = _partial_date(pl.col("start_days"), pl.col("u_prec"), 0.05, 0.02)
     # A few impossible dates, as typed into a free-text date field.
-    start = pl.when(pl.col("u_odd") < 0.003).then(_iso(pl.col("start_days")).str.slice(0, 4) + "-02-30").otherwise(start)
+    start = (
+        pl.when(pl.col("u_odd") < 0.003).then(_iso(pl.col("start_days")).str.slice(0, 4) + "-02-30").otherwise(start)
+    )
     width = _width(meds.height + 3)
     generated = meds.select(
         patient_medication_id=_key("PM", pl.int_range(4, pl.len() + 4, dtype=pl.UInt64), width),
@@ -885,13 +1155,22 @@ def _allergies(gen: pl.DataFrame, seed: int, guide: pl.DataFrame) -> pl.DataFram
     group = pl.lit(pl.Series([0, 1, 1, 2, 2], dtype=pl.UInt32)).gather(pl.col("severity"))
     no_reaction = _uniform(rowkey, seed, 44) < 0.08
     allergies = (
-        gen.select("n", "patient_id", "birth_days", k=pl.int_ranges(0, _poisson(0.5, _uniform(pl.col("n"), seed, 40)),
-                                                                      dtype=pl.UInt32))
+        gen.select(
+            "n",
+            "patient_id",
+            "birth_days",
+            k=pl.int_ranges(0, _poisson(0.5, _uniform(pl.col("n"), seed, 40)), dtype=pl.UInt32),
+        )
         .explode("k")
         .drop_nulls("k")
-        .with_columns(allergen=allergen, severity=severity,
-                      lo=pl.max_horizontal(pl.col("birth_days") + 1, pl.lit(_days(_MEDICATIONS_START))))
-        .with_columns(recorded_days=pl.col("lo") + (_uniform(rowkey, seed, 45) * (end - pl.col("lo") + 1)).floor().cast(pl.Int64))
+        .with_columns(
+            allergen=allergen,
+            severity=severity,
+            lo=pl.max_horizontal(pl.col("birth_days") + 1, pl.lit(_days(_MEDICATIONS_START))),
+        )
+        .with_columns(
+            recorded_days=pl.col("lo") + (_uniform(rowkey, seed, 45) * (end - pl.col("lo") + 1)).floor().cast(pl.Int64)
+        )
         # A patient has each allergen once on the list.
         .unique(subset=["n", "allergen"], keep="first", maintain_order=True)
         .sort("n", "recorded_days", "k")
@@ -912,7 +1191,9 @@ def _allergies(gen: pl.DataFrame, seed: int, guide: pl.DataFrame) -> pl.DataFram
         severity=pl.when(~no_reaction).then(
             pl.lit(pl.Series([s for s, _ in _SEVERITIES], dtype=pl.String)).gather(pl.col("severity"))
         ),
-        clinical_status=_pick_weighted(("Active", "Inactive", "Resolved"), (0.9, 0.06, 0.04), _uniform(rowkey, seed, 48)),
+        clinical_status=_pick_weighted(
+            ("Active", "Inactive", "Resolved"), (0.9, 0.06, 0.04), _uniform(rowkey, seed, 48)
+        ),
         verification_status=pl.when(verification != "").then(verification),
         recorded_date=pl.when(u_recorded >= 0.03).then(
             _partial_date(pl.col("recorded_days"), u_recorded - 0.03, 0.04, 0.0)
@@ -929,12 +1210,32 @@ def _variants(tests: tuple[Any, ...], with_reference: bool) -> pl.DataFrame:
         unit_total = sum(unit[1] for unit in units)
         for unit in units:
             low_ref, high_ref = (unit[4], unit[5]) if with_reference else (None, None)
-            rows.append((code, name, unit[0], float(unit[2]), float(unit[3]), low_ref, high_ref, decimals,
-                         weight / total * unit[1] / unit_total))
+            rows.append(
+                (
+                    code,
+                    name,
+                    unit[0],
+                    float(unit[2]),
+                    float(unit[3]),
+                    low_ref,
+                    high_ref,
+                    decimals,
+                    weight / total * unit[1] / unit_total,
+                )
+            )
     return pl.DataFrame(
         rows,
-        schema={"code": pl.String, "name": pl.String, "unit": pl.String, "low": pl.Float64, "high": pl.Float64,
-                "reference_low": pl.String, "reference_high": pl.String, "decimals": pl.UInt32, "weight": pl.Float64},
+        schema={
+            "code": pl.String,
+            "name": pl.String,
+            "unit": pl.String,
+            "low": pl.Float64,
+            "high": pl.Float64,
+            "reference_low": pl.String,
+            "reference_high": pl.String,
+            "decimals": pl.UInt32,
+            "weight": pl.Float64,
+        },
         orient="row",
     )
 
@@ -949,10 +1250,20 @@ def _observations(gen: pl.DataFrame, enc: pl.DataFrame, seed: int, guide: pl.Dat
     # Vital signs: taken at encounters (0 to 4 per visit), at a local time with its UTC offset.
     vkey = (pl.col("n") * 16 + pl.col("k").cast(pl.UInt64)) * 8 + pl.col("j").cast(pl.UInt64)
     vitals = (
-        enc.select("n", "k", "patient_id", "encounter_id", "days",
-                   j=pl.int_ranges(0, _weighted_index((0.2, 0.15, 0.25, 0.2, 0.2),
-                                                      _uniform(pl.col("n") * 16 + pl.col("k").cast(pl.UInt64), seed, 50)),
-                                   dtype=pl.UInt32))
+        enc.select(
+            "n",
+            "k",
+            "patient_id",
+            "encounter_id",
+            "days",
+            j=pl.int_ranges(
+                0,
+                _weighted_index(
+                    (0.2, 0.15, 0.25, 0.2, 0.2), _uniform(pl.col("n") * 16 + pl.col("k").cast(pl.UInt64), seed, 50)
+                ),
+                dtype=pl.UInt32,
+            ),
+        )
         .explode("j")
         .drop_nulls("j")
         .with_columns(_draw_test(_variants(VITAL_SIGNS, with_reference=False), _uniform(vkey, seed, 51)))
@@ -960,15 +1271,19 @@ def _observations(gen: pl.DataFrame, enc: pl.DataFrame, seed: int, guide: pl.Dat
         .with_columns(
             value=_decimal_text(pl.col("low"), pl.col("high"), pl.col("decimals"), _uniform(vkey, seed, 52)),
             local_time=pl.col("days").cast(pl.Int32).cast(pl.Date).cast(pl.Datetime("us"))
-            + pl.duration(minutes=480 + (_uniform(pl.col("n") * 16 + pl.col("k").cast(pl.UInt64), seed, 53) * 600)
-                          .floor().cast(pl.Int64)),
+            + pl.duration(
+                minutes=480
+                + (_uniform(pl.col("n") * 16 + pl.col("k").cast(pl.UInt64), seed, 53) * 600).floor().cast(pl.Int64)
+            ),
             u_odd=_uniform(vkey, seed, 54),
         )
         .with_columns(
             observed_at=pl.when(pl.col("u_odd") < 0.004)
             # Now and then a time without its UTC offset (quarantined: FHIR requires one).
             .then(pl.col("local_time").dt.strftime("%Y-%m-%d %H:%M"))
-            .otherwise(pl.col("local_time").dt.replace_time_zone(_CLINIC_TIME_ZONE).dt.strftime("%Y-%m-%dT%H:%M:%S%:z")),
+            .otherwise(
+                pl.col("local_time").dt.replace_time_zone(_CLINIC_TIME_ZONE).dt.strftime("%Y-%m-%dT%H:%M:%S%:z")
+            ),
             category=pl.lit("vital"),
         )
     )
@@ -976,8 +1291,12 @@ def _observations(gen: pl.DataFrame, enc: pl.DataFrame, seed: int, guide: pl.Dat
     lkey = pl.col("n") * 16 + pl.col("k").cast(pl.UInt64)
     u_value = _uniform(lkey, seed, 62)
     labs = (
-        gen.select("n", "patient_id", "birth_days", k=pl.int_ranges(0, _poisson(1.5, _uniform(pl.col("n"), seed, 60)),
-                                                                      dtype=pl.UInt32))
+        gen.select(
+            "n",
+            "patient_id",
+            "birth_days",
+            k=pl.int_ranges(0, _poisson(1.5, _uniform(pl.col("n"), seed, 60)), dtype=pl.UInt32),
+        )
         .explode("k")
         .drop_nulls("k")
         .with_columns(_draw_test(_variants(LAB_TESTS, with_reference=True), _uniform(lkey, seed, 61)))
@@ -990,17 +1309,31 @@ def _observations(gen: pl.DataFrame, enc: pl.DataFrame, seed: int, guide: pl.Dat
             value=pl.when(pl.col("u_odd") < 0.008)
             .then(_pick(_NON_NUMERIC_RESULTS, _uniform(lkey, seed, 65)))
             # Below the assay's detection limit, reported with a comparator.
-            .when((pl.col("code") == "CRP") & (u_value < 0.3)).then(pl.lit("<0.5"))
+            .when((pl.col("code") == "CRP") & (u_value < 0.3))
+            .then(pl.lit("<0.5"))
             .otherwise(_decimal_text(pl.col("low"), pl.col("high"), pl.col("decimals"), u_value)),
             observed_at=_partial_date(pl.col("days"), _uniform(lkey, seed, 66), 0.02, 0.0),
             encounter_id=pl.lit(None, pl.String),
             category=pl.lit("lab"),
         )
     )
-    columns = ["n", "days", "patient_id", "encounter_id", "category", "code", "name", "value", "unit", "reference_low",
-               "reference_high", "observed_at"]
-    both = pl.concat([vitals.select(columns), labs.select(columns)]).sort("n", "days", "category", "code",
-                                                                         maintain_order=True)
+    columns = [
+        "n",
+        "days",
+        "patient_id",
+        "encounter_id",
+        "category",
+        "code",
+        "name",
+        "value",
+        "unit",
+        "reference_low",
+        "reference_high",
+        "observed_at",
+    ]
+    both = pl.concat([vitals.select(columns), labs.select(columns)]).sort(
+        "n", "days", "category", "code", maintain_order=True
+    )
     width = _width(both.height + 4)
     generated = both.select(
         observation_id=_key("OB", pl.int_range(5, pl.len() + 5, dtype=pl.UInt64), width),
@@ -1043,11 +1376,18 @@ _VACCINE_SITES = ("LA", "RA", "LD", "RD")
 _IMMUNIZATION_OUTCOMES = (("given", None, 0.95), ("not given", "refused", 0.03), ("not given", "immune", 0.02))
 # Lab panels: the panel of each test (tests of one draw and one panel are one report).
 _PANEL_OF_TEST = {
-    "CHOL": ("LIPID", "Lipid panel"), "HDL": ("LIPID", "Lipid panel"), "LDL": ("LIPID", "Lipid panel"),
-    "TRIG": ("LIPID", "Lipid panel"), "GLU": ("BMP", "Basic metabolic panel"), "K": ("BMP", "Basic metabolic panel"),
-    "NA": ("BMP", "Basic metabolic panel"), "CREAT": ("BMP", "Basic metabolic panel"),
-    "HGB": ("CBC", "Complete blood count"), "WBC": ("CBC", "Complete blood count"),
-    "HBA1C": ("A1C", "Hemoglobin A1c"), "TSH": ("THYROID", "Thyroid function"),
+    "CHOL": ("LIPID", "Lipid panel"),
+    "HDL": ("LIPID", "Lipid panel"),
+    "LDL": ("LIPID", "Lipid panel"),
+    "TRIG": ("LIPID", "Lipid panel"),
+    "GLU": ("BMP", "Basic metabolic panel"),
+    "K": ("BMP", "Basic metabolic panel"),
+    "NA": ("BMP", "Basic metabolic panel"),
+    "CREAT": ("BMP", "Basic metabolic panel"),
+    "HGB": ("CBC", "Complete blood count"),
+    "WBC": ("CBC", "Complete blood count"),
+    "HBA1C": ("A1C", "Hemoglobin A1c"),
+    "TSH": ("THYROID", "Thyroid function"),
 }
 # (legacy appointment status, weight) for the visits that did not become an encounter.
 _MISSED_APPOINTMENTS = (("Cancelled", 0.6), ("No Show", 0.4))
@@ -1060,7 +1400,8 @@ def _procedures_and_immunizations(gen: pl.DataFrame, enc: pl.DataFrame, seed: in
         enc.filter(_uniform(ekey, seed, 70) < 0.2)
         .with_columns(p=procedure)
         .select(
-            "patient_id", "encounter_id",
+            "patient_id",
+            "encounter_id",
             code_system=pl.lit(pl.Series([p[0] for p in PROCEDURE_CATALOGUE])).gather(pl.col("p")),
             code=pl.lit(pl.Series([p[1] for p in PROCEDURE_CATALOGUE])).gather(pl.col("p")),
             description=pl.lit(pl.Series([p[2] for p in PROCEDURE_CATALOGUE])).gather(pl.col("p")),
@@ -1075,8 +1416,12 @@ def _procedures_and_immunizations(gen: pl.DataFrame, enc: pl.DataFrame, seed: in
     outcome = _weighted_index(tuple(o[2] for o in _IMMUNIZATION_OUTCOMES), _uniform(ikey, seed, 82))
     end, start = _days(_DATA_END), _days(_ENCOUNTERS_START)
     shots = (
-        gen.select("n", "patient_id", "birth_days", k=pl.int_ranges(0, _poisson(1.0, _uniform(pl.col("n"), seed, 80)),
-                                                                      dtype=pl.UInt32))
+        gen.select(
+            "n",
+            "patient_id",
+            "birth_days",
+            k=pl.int_ranges(0, _poisson(1.0, _uniform(pl.col("n"), seed, 80)), dtype=pl.UInt32),
+        )
         .explode("k")
         .drop_nulls("k")
         .with_columns(v=vaccine, o=outcome, lo=pl.max_horizontal(pl.col("birth_days") + 1, pl.lit(start)))
@@ -1090,7 +1435,8 @@ def _procedures_and_immunizations(gen: pl.DataFrame, enc: pl.DataFrame, seed: in
         vaccine_name=pl.lit(pl.Series([v[1] for v in VACCINE_CATALOGUE])).gather(pl.col("v")),
         administered_date=_iso(pl.col("days")),
         lot_number=pl.when(pl.col("given") == "given").then(
-            pl.lit("LT") + (_uniform(ikey, seed, 84) * 1e6).floor().cast(pl.Int64).cast(pl.String).str.zfill(6)),
+            pl.lit("LT") + (_uniform(ikey, seed, 84) * 1e6).floor().cast(pl.Int64).cast(pl.String).str.zfill(6)
+        ),
         site=pl.when(pl.col("given") == "given").then(_pick(_VACCINE_SITES, _uniform(ikey, seed, 85))),
         status="given",
         not_given_reason=pl.lit(pl.Series([o[1] for o in _IMMUNIZATION_OUTCOMES], dtype=pl.String)).gather(pl.col("o")),
@@ -1103,28 +1449,36 @@ def _lab_reports(observations: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame
     panel (vitamin D, PSA, CRP) are reported alone, under their own code."""
     panels = pl.DataFrame(
         [(code, panel, name) for code, (panel, name) in _PANEL_OF_TEST.items()],
-        schema={"test_code": pl.String, "panel_code": pl.String, "panel_name": pl.String}, orient="row",
+        schema={"test_code": pl.String, "panel_code": pl.String, "panel_name": pl.String},
+        orient="row",
     )
     labs = (
         observations.filter(pl.col("category") == "lab")
         .join(panels, on="test_code", how="left", maintain_order="left")
         .with_columns(
-            panel_code=pl.coalesce("panel_code", "test_code"), panel_name=pl.coalesce("panel_name", "test_name"),
+            panel_code=pl.coalesce("panel_code", "test_code"),
+            panel_name=pl.coalesce("panel_name", "test_name"),
         )
     )
     reports = labs.unique(["patient_id", "observed_at", "panel_code"], keep="first", maintain_order=True)
     reports = reports.select(
         report_id=_key("LR", pl.int_range(1, pl.len() + 1, dtype=pl.UInt64), _width(reports.height + 1)),
-        patient_id="patient_id", panel_code="panel_code", panel_name="panel_name",
-        collected_date="observed_at", lab_id=pl.lit("ORG002"),
+        patient_id="patient_id",
+        panel_code="panel_code",
+        panel_name="panel_name",
+        collected_date="observed_at",
+        lab_id=pl.lit("ORG002"),
     )
     results = labs.join(
         reports.select("report_id", "patient_id", "panel_code", observed_at="collected_date"),
-        on=["patient_id", "observed_at", "panel_code"], how="left", maintain_order="left",
+        on=["patient_id", "observed_at", "panel_code"],
+        how="left",
+        maintain_order="left",
     )
     results = results.select(
         report_result_id=_key("LRR", pl.int_range(1, pl.len() + 1, dtype=pl.UInt64), _width(results.height + 1)),
-        report_id="report_id", observation_id="observation_id",
+        report_id="report_id",
+        observation_id="observation_id",
     )
     return reports, results
 
@@ -1136,22 +1490,33 @@ def _appointments(enc: pl.DataFrame, encounters: pl.DataFrame, seed: int) -> pl.
         minutes=480 + (_uniform(pl.col("r").cast(pl.UInt64), seed, 90) * 26).floor().cast(pl.Int64) * 20,
         days=pl.col("date").str.to_date().cast(pl.Int64),
         status=pl.lit("Arrived"),
-        site=pl.when(_uniform(pl.col("r").cast(pl.UInt64), seed, 91) < 0.6).then(pl.lit("LOC001")).otherwise(pl.lit("LOC002")),
+        site=pl.when(_uniform(pl.col("r").cast(pl.UInt64), seed, 91) < 0.6)
+        .then(pl.lit("LOC001"))
+        .otherwise(pl.lit("LOC002")),
     )
     ekey = pl.col("n") * 16 + pl.col("k").cast(pl.UInt64)
     missed = enc.filter(_uniform(ekey, seed, 92) < 0.12).select(
-        "patient_id", "practitioner_id",
-        date=pl.lit(None, pl.String), type=pl.lit(None, pl.String), encounter_id=pl.lit(None, pl.String),
+        "patient_id",
+        "practitioner_id",
+        date=pl.lit(None, pl.String),
+        type=pl.lit(None, pl.String),
+        encounter_id=pl.lit(None, pl.String),
         # A week before the visit that happened instead.
         days=pl.col("days") - 7,
         minutes=480 + (_uniform(ekey, seed, 93) * 26).floor().cast(pl.Int64) * 20,
-        status=_pick_weighted(tuple(m[0] for m in _MISSED_APPOINTMENTS), tuple(m[1] for m in _MISSED_APPOINTMENTS),
-                              _uniform(ekey, seed, 94)),
+        status=_pick_weighted(
+            tuple(m[0] for m in _MISSED_APPOINTMENTS),
+            tuple(m[1] for m in _MISSED_APPOINTMENTS),
+            _uniform(ekey, seed, 94),
+        ),
         site=pl.lit("LOC001"),
     )
     booked = enc.filter(_uniform(ekey, seed, 95) < 0.05).select(
-        "patient_id", "practitioner_id",
-        date=pl.lit(None, pl.String), type=pl.lit(None, pl.String), encounter_id=pl.lit(None, pl.String),
+        "patient_id",
+        "practitioner_id",
+        date=pl.lit(None, pl.String),
+        type=pl.lit(None, pl.String),
+        encounter_id=pl.lit(None, pl.String),
         days=pl.lit(_days(_DATA_END)) + 1 + (_uniform(ekey, seed, 96) * 60).floor().cast(pl.Int64),
         minutes=480 + (_uniform(ekey, seed, 97) * 26).floor().cast(pl.Int64) * 20,
         status=pl.lit("Scheduled"),
@@ -1189,8 +1554,9 @@ def _documents(encounters: pl.DataFrame, seed: int) -> pl.DataFrame:
     documents up, about 150 patients)."""
     r = pl.int_range(pl.len(), dtype=pl.UInt64)
     kinds = encounters.filter(_uniform(r, seed, 100) < 0.2).with_columns(
-        kind=_weighted_index(tuple(k[4] for k in _DOCUMENT_KINDS), _uniform(pl.int_range(pl.len(), dtype=pl.UInt64),
-                                                                           seed, 101))
+        kind=_weighted_index(
+            tuple(k[4] for k in _DOCUMENT_KINDS), _uniform(pl.int_range(pl.len(), dtype=pl.UInt64), seed, 101)
+        )
     )
     pick = pl.col("kind")
     rows = kinds.with_columns(
@@ -1207,16 +1573,22 @@ def _documents(encounters: pl.DataFrame, seed: int) -> pl.DataFrame:
         # nobody saved, DOC..4 the same file as DOC..3 (a letter filed twice).
         _, missing, first, second = rows["document_id"][:4].to_list()
         rows = rows.with_columns(
-            file_path=pl.when(pl.col("document_id") == missing).then(pl.format("docs/{}-lost.pdf", pl.col("document_id")))
-            .when(pl.col("document_id") == second).then(pl.lit(rows.filter(pl.col("document_id") == first)["file_path"].item()))
+            file_path=pl.when(pl.col("document_id") == missing)
+            .then(pl.format("docs/{}-lost.pdf", pl.col("document_id")))
+            .when(pl.col("document_id") == second)
+            .then(pl.lit(rows.filter(pl.col("document_id") == first)["file_path"].item()))
             .otherwise(pl.col("file_path")),
             # Filed twice for the same patient and visit.
-            patient_id=pl.when(pl.col("document_id") == second).then(
-                pl.lit(rows.filter(pl.col("document_id") == first)["patient_id"].item())).otherwise(pl.col("patient_id")),
-            encounter_id=pl.when(pl.col("document_id") == second).then(
-                pl.lit(rows.filter(pl.col("document_id") == first)["encounter_id"].item())).otherwise(pl.col("encounter_id")),
-            content_type=pl.when(pl.col("document_id") == missing).then(pl.lit("application/pdf"))
-            .when(pl.col("document_id") == second).then(pl.lit(rows.filter(pl.col("document_id") == first)["content_type"].item()))
+            patient_id=pl.when(pl.col("document_id") == second)
+            .then(pl.lit(rows.filter(pl.col("document_id") == first)["patient_id"].item()))
+            .otherwise(pl.col("patient_id")),
+            encounter_id=pl.when(pl.col("document_id") == second)
+            .then(pl.lit(rows.filter(pl.col("document_id") == first)["encounter_id"].item()))
+            .otherwise(pl.col("encounter_id")),
+            content_type=pl.when(pl.col("document_id") == missing)
+            .then(pl.lit("application/pdf"))
+            .when(pl.col("document_id") == second)
+            .then(pl.lit(rows.filter(pl.col("document_id") == first)["content_type"].item()))
             .otherwise(pl.col("content_type")),
         )
     return rows.select(TABLE_COLUMNS["documents"])
@@ -1242,8 +1614,9 @@ def write_sample_files(tables: dict[str, pl.DataFrame], folder: Path) -> dict[st
         if number == EMPTY_DOCUMENT_NUMBER and documents.height >= ODD_DOCUMENTS_FROM:
             path.write_bytes(b"")
         else:
-            path.write_bytes(_document_bytes(row["content_type"], f"{row['title']} {row['document_id']} "
-                                                                  f"({row['created_date']})"))
+            path.write_bytes(
+                _document_bytes(row["content_type"], f"{row['title']} {row['document_id']} ({row['created_date']})")
+            )
     absolute = documents.with_columns(file_path=pl.lit(str(folder.resolve()) + "/") + pl.col("file_path"))
     return {**tables, "documents": absolute}
 
@@ -1263,7 +1636,8 @@ def _pdf(text: str) -> bytes:
     objects = [
         b"<< /Type /Catalog /Pages 2 0 R >>",
         b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
-        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R /Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
         b"<< /Length " + str(len(stream)).encode() + b" >>\nstream\n" + stream + b"\nendstream",
         b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
     ]
@@ -1283,8 +1657,9 @@ def _png(text: str) -> bytes:
     """A small grey-scale PNG whose pixels follow the text (a stand-in for a scan)."""
     width, height = 64, 40
     seed_bytes = hashlib.sha256(text.encode()).digest()
-    raw = b"".join(b"\x00" + bytes((seed_bytes[(x + y) % 32] ^ (x * y)) & 0xFF for x in range(width))
-                   for y in range(height))
+    raw = b"".join(
+        b"\x00" + bytes((seed_bytes[(x + y) % 32] ^ (x * y)) & 0xFF for x in range(width)) for y in range(height)
+    )
 
     def chunk(kind: bytes, data: bytes) -> bytes:
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
@@ -1327,10 +1702,14 @@ def generate_sample_ehr(url: str, patients: int = 1000, seed: int = 7, updated_a
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Generate a sample legacy EHR (Medplum migration guide tables).")
-    parser.add_argument("--url", required=True, help="sqlite:///x.db | postgresql://user@host:port/db | csv:///dir | parquet:///dir")
+    parser.add_argument(
+        "--url", required=True, help="sqlite:///x.db | postgresql://user@host:port/db | csv:///dir | parquet:///dir"
+    )
     parser.add_argument("--patients", type=int, default=1000)
     parser.add_argument("--seed", type=int, default=7)
-    parser.add_argument("--updated-at", action="store_true", help=f"add an {UPDATED_AT} column to every table (for the sync)")
+    parser.add_argument(
+        "--updated-at", action="store_true", help=f"add an {UPDATED_AT} column to every table (for the sync)"
+    )
     args = parser.parse_args(argv)
     counts = generate_sample_ehr(args.url, patients=args.patients, seed=args.seed, updated_at=args.updated_at)
     print(f"wrote {redact_url(args.url)}")

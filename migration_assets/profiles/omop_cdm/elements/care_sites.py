@@ -13,14 +13,23 @@ ADDRESS_COLUMNS = ["location_id", "address_1", "address_2", "city", "state", "zi
 
 
 def location_address() -> pl.Expr:
-    return address(lines=(pl.col("address_1"), pl.col("address_2")), city=pl.col("city"), state=pl.col("state"),
-                   postal_code=pl.col("zip"))
+    return address(
+        lines=(pl.col("address_1"), pl.col("address_2")),
+        city=pl.col("city"),
+        state=pl.col("state"),
+        postal_code=pl.col("zip"),
+    )
 
 
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
-    locations = table(tables, "location").select(*[c for c in ADDRESS_COLUMNS if c in table(tables, "location").columns])
-    return table(tables, "care_site").join(locations.unique("location_id"), on="location_id", how="left",
-                                           maintain_order="left").with_columns(source_table=pl.lit("care_site"))
+    locations = table(tables, "location").select(
+        *[c for c in ADDRESS_COLUMNS if c in table(tables, "location").columns]
+    )
+    return (
+        table(tables, "care_site")
+        .join(locations.unique("location_id"), on="location_id", how="left", maintain_order="left")
+        .with_columns(source_table=pl.lit("care_site"))
+    )
 
 
 def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
@@ -31,8 +40,9 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         pl.coalesce(text(pl.col("care_site_name")), text(pl.col("care_site_source_value"))).alias("name"),
         pl.concat_list(location_address()).list.filter(pl.element().is_not_null()).alias("address"),
     )
-    return source.select(frame_columns("Organization", system.identifier_system("care-site"), pl.col("care_site_id"),
-                                       resource))
+    return source.select(
+        frame_columns("Organization", system.identifier_system("care-site"), pl.col("care_site_id"), resource)
+    )
 
 
 ELEMENT = DataElement(

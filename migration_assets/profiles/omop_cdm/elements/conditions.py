@@ -37,12 +37,20 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     resource = pl.struct(
         pl.lit("Condition").alias("resourceType"),
         identifier(system.identifier_system("condition"), pl.col("condition_occurrence_id")).alias("identifier"),
-        codeable_concept(coding(CLINICAL, pl.when(ended).then(pl.lit("resolved")).otherwise(pl.lit("active")))
-                         ).alias("clinicalStatus"),
+        codeable_concept(coding(CLINICAL, pl.when(ended).then(pl.lit("resolved")).otherwise(pl.lit("active")))).alias(
+            "clinicalStatus"
+        ),
         codeable_concept(coding(VERIFICATION, pl.lit("confirmed"))).alias("verificationStatus"),
-        pl.concat_list(codeable_concept(coding(
-            CATEGORY, pl.when(pl.col("visit_occurrence_id").is_not_null()).then(pl.lit("encounter-diagnosis"))
-            .otherwise(pl.lit("problem-list-item"))))).alias("category"),
+        pl.concat_list(
+            codeable_concept(
+                coding(
+                    CATEGORY,
+                    pl.when(pl.col("visit_occurrence_id").is_not_null())
+                    .then(pl.lit("encounter-diagnosis"))
+                    .otherwise(pl.lit("problem-list-item")),
+                )
+            )
+        ).alias("category"),
         concept(system, "condition_concept_id", "code", "condition_source_value").alias("code"),
         reference(patient_reference(system)).alias("subject"),
         reference(encounter_reference(system)).alias("encounter"),
@@ -50,9 +58,18 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         pl.col("end").alias("abatementDateTime"),
     )
     frame = rows.select(
-        *frame_columns("Condition", system.identifier_system("condition"), pl.col("condition_occurrence_id"), resource,
-                       references=[expected_patient(system), expected_encounter(system)]),
-        "person_id", "visit_occurrence_id", "visit_person_id", "person_in_source", "start",
+        *frame_columns(
+            "Condition",
+            system.identifier_system("condition"),
+            pl.col("condition_occurrence_id"),
+            resource,
+            references=[expected_patient(system), expected_encounter(system)],
+        ),
+        "person_id",
+        "visit_occurrence_id",
+        "visit_person_id",
+        "person_in_source",
+        "start",
         code_mapped=concept_mapped("condition_concept_id", "code"),
     )
     frame = event_rules(frame.with_columns(without_nulls(pl.col("references"))), "start")
@@ -67,8 +84,12 @@ ELEMENT = DataElement(
     name="conditions",
     description="OMOP CONDITION_OCCURRENCE to FHIR Condition, codes from CONCEPT.",
     mapping_version="1.0.0",
-    source_tables={"condition_occurrence": "condition_occurrence_id", "person": "person_id",
-                   "visit_occurrence": "visit_occurrence_id", "concept": "concept_id"},
+    source_tables={
+        "condition_occurrence": "condition_occurrence_id",
+        "person": "person_id",
+        "visit_occurrence": "visit_occurrence_id",
+        "concept": "concept_id",
+    },
     requires=("persons", "visits"),
     extract=extract,
     transform=transform,

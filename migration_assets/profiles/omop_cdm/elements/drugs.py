@@ -37,11 +37,14 @@ def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
 
 def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     rows = source.with_columns(
-        start=day("drug_exposure_start_date"), end=day("drug_exposure_end_date"),
+        start=day("drug_exposure_start_date"),
+        end=day("drug_exposure_end_date"),
         is_request=pl.col("drug_type_concept_id").is_in(REQUEST_TYPES).fill_null(False),
     )
     drug_system = system.identifier_system("drug-exposure")
-    dosage = pl.when(text(pl.col("sig")).is_not_null()).then(pl.concat_list(pl.struct(text(pl.col("sig")).alias("text"))))
+    dosage = pl.when(text(pl.col("sig")).is_not_null()).then(
+        pl.concat_list(pl.struct(text(pl.col("sig")).alias("text")))
+    )
     medication = concept(system, "drug_concept_id", "code", "drug_source_value")
     request = pl.struct(
         pl.lit("MedicationRequest").alias("resourceType"),
@@ -54,12 +57,19 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         pl.col("start").alias("authoredOn"),
         dosage.alias("dosageInstruction"),
         pl.struct(
-            pl.when(decimal(text(pl.col("quantity"))).is_not_null()).then(
-                pl.struct(decimal(text(pl.col("quantity"))).alias("value"))).alias("quantity"),
-            pl.when(decimal(text(pl.col("days_supply"))).is_not_null()).then(pl.struct(
-                decimal(text(pl.col("days_supply"))).alias("value"), pl.lit("d").alias("unit"),
-                pl.lit("http://unitsofmeasure.org").alias("system"), pl.lit("d").alias("code"))
-            ).alias("expectedSupplyDuration"),
+            pl.when(decimal(text(pl.col("quantity"))).is_not_null())
+            .then(pl.struct(decimal(text(pl.col("quantity"))).alias("value")))
+            .alias("quantity"),
+            pl.when(decimal(text(pl.col("days_supply"))).is_not_null())
+            .then(
+                pl.struct(
+                    decimal(text(pl.col("days_supply"))).alias("value"),
+                    pl.lit("d").alias("unit"),
+                    pl.lit("http://unitsofmeasure.org").alias("system"),
+                    pl.lit("d").alias("code"),
+                )
+            )
+            .alias("expectedSupplyDuration"),
         ).alias("dispenseRequest"),
     )
     statement = pl.struct(
@@ -73,14 +83,27 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         dosage.alias("dosage"),
     )
     frames = []
-    for resource_type, resource, wanted, encounter_path in (("MedicationRequest", request, True, "encounter"),
-                                                             ("MedicationStatement", statement, False, "context")):
-        frames.append(rows.filter(pl.col("is_request") == wanted).select(
-            *frame_columns(resource_type, drug_system, pl.col("drug_exposure_id"), resource,
-                           references=[expected_patient(system), expected_encounter(system, encounter_path)]),
-            "person_id", "visit_occurrence_id", "visit_person_id", "person_in_source", "start",
-            code_mapped=concept_mapped("drug_concept_id", "code"),
-        ))
+    for resource_type, resource, wanted, encounter_path in (
+        ("MedicationRequest", request, True, "encounter"),
+        ("MedicationStatement", statement, False, "context"),
+    ):
+        frames.append(
+            rows.filter(pl.col("is_request") == wanted).select(
+                *frame_columns(
+                    resource_type,
+                    drug_system,
+                    pl.col("drug_exposure_id"),
+                    resource,
+                    references=[expected_patient(system), expected_encounter(system, encounter_path)],
+                ),
+                "person_id",
+                "visit_occurrence_id",
+                "visit_person_id",
+                "person_in_source",
+                "start",
+                code_mapped=concept_mapped("drug_concept_id", "code"),
+            )
+        )
     frame = pl.concat(frames, how="diagonal_relaxed")
     frame = frame.with_columns(without_nulls(pl.col("references")), embed_decimals(pl.col("resource")))
     frame = event_rules(frame, "start")
@@ -95,8 +118,12 @@ ELEMENT = DataElement(
     name="drugs",
     description="OMOP DRUG_EXPOSURE to FHIR MedicationRequest (prescriptions) or MedicationStatement (other records).",
     mapping_version="1.0.0",
-    source_tables={"drug_exposure": "drug_exposure_id", "person": "person_id",
-                   "visit_occurrence": "visit_occurrence_id", "concept": "concept_id"},
+    source_tables={
+        "drug_exposure": "drug_exposure_id",
+        "person": "person_id",
+        "visit_occurrence": "visit_occurrence_id",
+        "concept": "concept_id",
+    },
     requires=("persons", "visits"),
     extract=extract,
     transform=transform,

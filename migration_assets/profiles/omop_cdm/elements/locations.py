@@ -23,11 +23,13 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         pl.lit("active").alias("status"),
         text(pl.col("location_source_value")).alias("name"),
         location_address().alias("address"),
-        pl.when(latitude.is_not_null() & longitude.is_not_null()).then(
-            pl.struct(longitude.alias("longitude"), latitude.alias("latitude"))).alias("position"),
+        pl.when(latitude.is_not_null() & longitude.is_not_null())
+        .then(pl.struct(longitude.alias("longitude"), latitude.alias("latitude")))
+        .alias("position"),
     )
-    frame = source.select(frame_columns("Location", system.identifier_system("location"), pl.col("location_id"),
-                                        resource))
+    frame = source.select(
+        frame_columns("Location", system.identifier_system("location"), pl.col("location_id"), resource)
+    )
     return frame.with_columns(embed_decimals(pl.col("resource")))
 
 

@@ -51,13 +51,23 @@ def observation_rows(tables: Mapping[str, pl.DataFrame], name: str, concept_colu
     rows = event_rows(tables, name, concept_column)
     rows = with_concept(rows, tables, "value_as_concept_id", "value")
     rows = with_concept(rows, tables, "unit_concept_id", "unit")
-    classes = table(tables, "concept").unique("concept_id").select(
-        pl.col("concept_id").alias(concept_column), code_class=pl.col("concept_class_id"))
+    classes = (
+        table(tables, "concept")
+        .unique("concept_id")
+        .select(pl.col("concept_id").alias(concept_column), code_class=pl.col("concept_class_id"))
+    )
     return rows.join(classes, on=concept_column, how="left", maintain_order="left")
 
 
-def observation_transform(source: pl.LazyFrame, system: SourceSystem, *, id_column: str, concept_column: str,
-                          date_column: str, source_column: str) -> pl.LazyFrame:
+def observation_transform(
+    source: pl.LazyFrame,
+    system: SourceSystem,
+    *,
+    id_column: str,
+    concept_column: str,
+    date_column: str,
+    source_column: str,
+) -> pl.LazyFrame:
     for column in ("operator_concept_id", "range_low", "range_high", "value_as_string", "unit_source_value"):
         if column not in source.collect_schema().names():
             source = source.with_columns(pl.lit(None, pl.String).alias(column))
@@ -74,8 +84,11 @@ def observation_transform(source: pl.LazyFrame, system: SourceSystem, *, id_colu
         fields = [decimal(number).alias("value")]
         if comparator is not None:
             fields.append(comparator.alias("comparator"))
-        fields += [pl.col("unit_text").alias("unit"), pl.when(pl.col("unit_ucum").is_not_null()).then(pl.lit(UCUM))
-                   .alias("system"), pl.col("unit_ucum").alias("code")]
+        fields += [
+            pl.col("unit_text").alias("unit"),
+            pl.when(pl.col("unit_ucum").is_not_null()).then(pl.lit(UCUM)).alias("system"),
+            pl.col("unit_ucum").alias("code"),
+        ]
         return pl.when(is_decimal(number)).then(pl.struct(fields))
 
     has_number = is_decimal(pl.col("number"))
@@ -85,26 +98,43 @@ def observation_transform(source: pl.LazyFrame, system: SourceSystem, *, id_colu
         pl.lit("Observation").alias("resourceType"),
         identifier(observation_system, pl.col(id_column)).alias("identifier"),
         pl.lit("final").alias("status"),
-        pl.when(pl.col("code_class") == "Lab Test").then(pl.concat_list(codeable_concept(
-            coding(CATEGORY, pl.lit("laboratory"), pl.lit("Laboratory"))))).alias("category"),
+        pl.when(pl.col("code_class") == "Lab Test")
+        .then(pl.concat_list(codeable_concept(coding(CATEGORY, pl.lit("laboratory"), pl.lit("Laboratory")))))
+        .alias("category"),
         concept(system, concept_column, "code", source_column).alias("code"),
         reference(patient_reference(system)).alias("subject"),
         reference(encounter_reference(system)).alias("encounter"),
         pl.col("effective").alias("effectiveDateTime"),
-        quantity(pl.col("number"), pl.col("operator_concept_id").replace_strict(
-            OPERATORS, default=None, return_dtype=pl.String)).alias("valueQuantity"),
-        pl.when(~has_number & pl.col("value_concept")).then(
-            concept(system, "value_as_concept_id", "value", None)).alias("valueCodeableConcept"),
+        quantity(
+            pl.col("number"),
+            pl.col("operator_concept_id").replace_strict(OPERATORS, default=None, return_dtype=pl.String),
+        ).alias("valueQuantity"),
+        pl.when(~has_number & pl.col("value_concept"))
+        .then(concept(system, "value_as_concept_id", "value", None))
+        .alias("valueCodeableConcept"),
         pl.when(~has_number & ~pl.col("value_concept")).then(text(pl.col("value_as_string"))).alias("valueString"),
-        pl.when(~has_number & ~pl.col("value_concept") & ~has_string).then(
-            data_absent_reason("unknown")).alias("dataAbsentReason"),
-        pl.concat_list(pl.struct(quantity(text(pl.col("range_low"))).alias("low"),
-                                 quantity(text(pl.col("range_high"))).alias("high"))).alias("referenceRange"),
+        pl.when(~has_number & ~pl.col("value_concept") & ~has_string)
+        .then(data_absent_reason("unknown"))
+        .alias("dataAbsentReason"),
+        pl.concat_list(
+            pl.struct(
+                quantity(text(pl.col("range_low"))).alias("low"), quantity(text(pl.col("range_high"))).alias("high")
+            )
+        ).alias("referenceRange"),
     )
     frame = rows.select(
-        *frame_columns("Observation", observation_system, pl.col(id_column), resource,
-                       references=[expected_patient(system), expected_encounter(system)]),
-        "person_id", "visit_occurrence_id", "visit_person_id", "person_in_source", "effective",
+        *frame_columns(
+            "Observation",
+            observation_system,
+            pl.col(id_column),
+            resource,
+            references=[expected_patient(system), expected_encounter(system)],
+        ),
+        "person_id",
+        "visit_occurrence_id",
+        "visit_person_id",
+        "person_in_source",
+        "effective",
         code_mapped=concept_mapped(concept_column, "code"),
         bad_number=pl.col("number").is_not_null() & ~has_number,
     )
@@ -119,8 +149,14 @@ def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
 
 
 def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
-    return observation_transform(source, system, id_column="measurement_id", concept_column="measurement_concept_id",
-                                 date_column="measurement_date", source_column="measurement_source_value")
+    return observation_transform(
+        source,
+        system,
+        id_column="measurement_id",
+        concept_column="measurement_concept_id",
+        date_column="measurement_date",
+        source_column="measurement_source_value",
+    )
 
 
 class ObservationFrame(FrameModel):
@@ -131,8 +167,12 @@ ELEMENT = DataElement(
     name="measurements",
     description="OMOP MEASUREMENT to FHIR Observation (valueQuantity with UCUM, coded values, reference ranges).",
     mapping_version="1.0.0",
-    source_tables={"measurement": "measurement_id", "person": "person_id",
-                   "visit_occurrence": "visit_occurrence_id", "concept": "concept_id"},
+    source_tables={
+        "measurement": "measurement_id",
+        "person": "person_id",
+        "visit_occurrence": "visit_occurrence_id",
+        "concept": "concept_id",
+    },
     requires=("persons", "visits"),
     extract=extract,
     transform=transform,

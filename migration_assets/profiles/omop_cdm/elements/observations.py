@@ -18,16 +18,26 @@ def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
 
 
 def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
-    return observation_transform(source, system, id_column="observation_id", concept_column="observation_concept_id",
-                                 date_column="observation_date", source_column="observation_source_value")
+    return observation_transform(
+        source,
+        system,
+        id_column="observation_id",
+        concept_column="observation_concept_id",
+        date_column="observation_date",
+        source_column="observation_source_value",
+    )
 
 
 ELEMENT = DataElement(
     name="observations",
     description="OMOP OBSERVATION to FHIR Observation (coded, numeric and text values).",
     mapping_version="1.0.0",
-    source_tables={"observation": "observation_id", "person": "person_id",
-                   "visit_occurrence": "visit_occurrence_id", "concept": "concept_id"},
+    source_tables={
+        "observation": "observation_id",
+        "person": "person_id",
+        "visit_occurrence": "visit_occurrence_id",
+        "concept": "concept_id",
+    },
     requires=("persons", "visits"),
     extract=extract,
     transform=transform,

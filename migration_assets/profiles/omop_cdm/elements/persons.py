@@ -38,38 +38,49 @@ REGISTER_NOTES = {
 GENDER = {"8507": "male", "8532": "female", "8551": "unknown", "8521": "other"}
 OMB = "urn:oid:2.16.840.1.113883.6.238"
 # OMOP Race / Ethnicity concepts -> (OMB code, display)
-RACE = {"8527": ("2106-3", "White"), "8516": ("2054-5", "Black or African American"), "8515": ("2028-9", "Asian"),
-        "8657": ("1002-5", "American Indian or Alaska Native"),
-        "8557": ("2076-8", "Native Hawaiian or Other Pacific Islander")}
+RACE = {
+    "8527": ("2106-3", "White"),
+    "8516": ("2054-5", "Black or African American"),
+    "8515": ("2028-9", "Asian"),
+    "8657": ("1002-5", "American Indian or Alaska Native"),
+    "8557": ("2076-8", "Native Hawaiian or Other Pacific Islander"),
+}
 ETHNICITY = {"38003563": ("2135-2", "Hispanic or Latino"), "38003564": ("2186-5", "Not Hispanic or Latino")}
 US_CORE = "http://hl7.org/fhir/us/core/StructureDefinition"
 
 
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
     deaths = table(tables, "death").unique("person_id", keep="first").select("person_id", "death_date")
-    return table(tables, "person").join(deaths, on="person_id", how="left", maintain_order="left").with_columns(
-        source_table=pl.lit("person"))
+    return (
+        table(tables, "person")
+        .join(deaths, on="person_id", how="left", maintain_order="left")
+        .with_columns(source_table=pl.lit("person"))
+    )
 
 
 def _omb_extension(kind: str, column: str, codes: dict[str, tuple[str, str]]) -> pl.Expr:
     code = pl.col(column).replace_strict({k: v[0] for k, v in codes.items()}, default=None, return_dtype=pl.String)
     display = pl.col(column).replace_strict({k: v[1] for k, v in codes.items()}, default=None, return_dtype=pl.String)
-    return pl.when(code.is_not_null()).then(pl.struct(
-        pl.lit(f"{US_CORE}/us-core-{kind}").alias("url"),
-        pl.concat_list(
-            pl.struct(pl.lit("ombCategory").alias("url"), coding(OMB, code, display).alias("valueCoding")),
-            pl.struct(pl.lit("text").alias("url"), display.alias("valueString")),
-        ).alias("extension"),
-    ))
+    return pl.when(code.is_not_null()).then(
+        pl.struct(
+            pl.lit(f"{US_CORE}/us-core-{kind}").alias("url"),
+            pl.concat_list(
+                pl.struct(pl.lit("ombCategory").alias("url"), coding(OMB, code, display).alias("valueCoding")),
+                pl.struct(pl.lit("text").alias("url"), display.alias("valueString")),
+            ).alias("extension"),
+        )
+    )
 
 
 def _extensions() -> pl.LazyFrame:
     """Every race and ethnicity pair (either unknown) with its extension list, built once and joined on:
     building the nested list per row cost about 40 µs a person."""
     pairs = pl.DataFrame({"race": [*RACE, None]}, schema={"race": pl.String}).join(
-        pl.DataFrame({"ethnicity": [*ETHNICITY, None]}, schema={"ethnicity": pl.String}), how="cross")
+        pl.DataFrame({"ethnicity": [*ETHNICITY, None]}, schema={"ethnicity": pl.String}), how="cross"
+    )
     return pairs.select(
-        race_key=pl.col("race").fill_null(""), ethnicity_key=pl.col("ethnicity").fill_null(""),
+        race_key=pl.col("race").fill_null(""),
+        ethnicity_key=pl.col("ethnicity").fill_null(""),
         extension=present(_omb_extension("race", "race", RACE), _omb_extension("ethnicity", "ethnicity", ETHNICITY)),
     ).lazy()
 
@@ -80,14 +91,19 @@ def _two(column: str) -> pl.Expr:
 
 def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     year = text(pl.col("year_of_birth"))
-    parts = (pl.when(pl.col("month_of_birth").is_null()).then(year)
-             .when(pl.col("day_of_birth").is_null()).then(pl.format("{}-{}", year, _two("month_of_birth")))
-             .otherwise(pl.format("{}-{}-{}", year, _two("month_of_birth"), _two("day_of_birth"))))
+    parts = (
+        pl.when(pl.col("month_of_birth").is_null())
+        .then(year)
+        .when(pl.col("day_of_birth").is_null())
+        .then(pl.format("{}-{}", year, _two("month_of_birth")))
+        .otherwise(pl.format("{}-{}-{}", year, _two("month_of_birth"), _two("day_of_birth")))
+    )
     known = pl.col("race_concept_id").is_in(list(RACE)).fill_null(False)
     frame = source.with_columns(
         race_key=pl.when(known).then(pl.col("race_concept_id")).otherwise(pl.lit("")),
         ethnicity_key=pl.when(pl.col("ethnicity_concept_id").is_in(list(ETHNICITY)).fill_null(False))
-        .then(pl.col("ethnicity_concept_id")).otherwise(pl.lit("")),
+        .then(pl.col("ethnicity_concept_id"))
+        .otherwise(pl.lit("")),
     ).join(_extensions(), on=["race_key", "ethnicity_key"], how="left", maintain_order="left")
     frame = frame.with_columns(
         birth_date=pl.coalesce(day("birth_datetime"), parts),
@@ -99,9 +115,12 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         pl.lit("Patient").alias("resourceType"),
         present(
             pl.struct(pl.lit(person_system).alias("system"), pl.col("person_id").alias("value")),
-            pl.when(text(pl.col("person_source_value")).is_not_null()).then(pl.struct(
-                pl.lit(system.identifier_system("person-source-value")).alias("system"),
-                text(pl.col("person_source_value")).alias("value"))),
+            pl.when(text(pl.col("person_source_value")).is_not_null()).then(
+                pl.struct(
+                    pl.lit(system.identifier_system("person-source-value")).alias("system"),
+                    text(pl.col("person_source_value")).alias("value"),
+                )
+            ),
         ).alias("identifier"),
         pl.col("extension"),
         pl.col("fhir_gender").alias("gender"),

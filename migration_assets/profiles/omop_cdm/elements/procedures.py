@@ -38,9 +38,18 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         pl.when(pl.col("end").is_not_null()).then(period(pl.col("start"), pl.col("end"))).alias("performedPeriod"),
     )
     frame = rows.select(
-        *frame_columns("Procedure", system.identifier_system("procedure"), pl.col("procedure_occurrence_id"), resource,
-                       references=[expected_patient(system), expected_encounter(system)]),
-        "person_id", "visit_occurrence_id", "visit_person_id", "person_in_source", "start",
+        *frame_columns(
+            "Procedure",
+            system.identifier_system("procedure"),
+            pl.col("procedure_occurrence_id"),
+            resource,
+            references=[expected_patient(system), expected_encounter(system)],
+        ),
+        "person_id",
+        "visit_occurrence_id",
+        "visit_person_id",
+        "person_in_source",
+        "start",
         code_mapped=concept_mapped("procedure_concept_id", "code"),
     )
     frame = event_rules(frame.with_columns(without_nulls(pl.col("references"))), "start")
@@ -55,8 +64,12 @@ ELEMENT = DataElement(
     name="procedures",
     description="OMOP PROCEDURE_OCCURRENCE to FHIR Procedure, codes from CONCEPT.",
     mapping_version="1.0.0",
-    source_tables={"procedure_occurrence": "procedure_occurrence_id", "person": "person_id",
-                   "visit_occurrence": "visit_occurrence_id", "concept": "concept_id"},
+    source_tables={
+        "procedure_occurrence": "procedure_occurrence_id",
+        "person": "person_id",
+        "visit_occurrence": "visit_occurrence_id",
+        "concept": "concept_id",
+    },
     requires=("persons", "visits"),
     extract=extract,
     transform=transform,

@@ -8,18 +8,38 @@ from pathlib import Path
 
 import pytest
 
-ELEMENTS = ("care_sites", "locations", "persons", "providers", "visits", "conditions", "drugs", "procedures",
-            "measurements", "observations")
+ELEMENTS = (
+    "care_sites",
+    "locations",
+    "persons",
+    "providers",
+    "visits",
+    "conditions",
+    "drugs",
+    "procedures",
+    "measurements",
+    "observations",
+)
 
 
 def demo(work: Path) -> subprocess.CompletedProcess[str]:
-    environment = {name: value for name, value in os.environ.items()
-                   if not name.startswith("MEDPLUM_") and name not in ("LEGACY_DB_URL", "MANIFEST_DB_URL", "ELEMENTS")}
-    environment.update(MIGRATION_WORK_DIR=str(work), DAGSTER_HOME=str(work / "dagster_home"),
-                       MIGRATION_PROFILE="omop_cdm")
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("MEDPLUM_") and name not in ("LEGACY_DB_URL", "MANIFEST_DB_URL", "ELEMENTS")
+    }
+    environment.update(
+        MIGRATION_WORK_DIR=str(work), DAGSTER_HOME=str(work / "dagster_home"), MIGRATION_PROFILE="omop_cdm"
+    )
     (work / "dagster_home").mkdir(parents=True, exist_ok=True)
-    return subprocess.run([sys.executable, "-m", "migration_assets.commands.demo", "--patients", "30"],
-                          env=environment, capture_output=True, text=True, timeout=600, check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "migration_assets.commands.demo", "--patients", "30"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
 
 
 def summary(output: str) -> dict[str, dict[str, str]]:
@@ -27,9 +47,12 @@ def summary(output: str) -> dict[str, dict[str, str]]:
     lines = output.splitlines()
     header = next(number for number, line in enumerate(lines) if line.startswith("element ") and "result" in line)
     columns = lines[header].split()
-    rows = (line.split() for line in lines[header + 2:] if line.strip())
-    return {row[0]: dict(zip(columns, (cell.replace(",", "") for cell in row), strict=True)) for row in rows
-            if row[0] in ELEMENTS and len(row) == len(columns)}
+    rows = (line.split() for line in lines[header + 2 :] if line.strip())
+    return {
+        row[0]: dict(zip(columns, (cell.replace(",", "") for cell in row), strict=True))
+        for row in rows
+        if row[0] in ELEMENTS and len(row) == len(columns)
+    }
 
 
 @pytest.mark.integration

@@ -20,8 +20,11 @@ def tables(**rows: list[dict]) -> dict[str, pl.DataFrame]:
     out = {"concept": pl.DataFrame([dict(zip(CONCEPT_COLUMNS, c, strict=True)) for c in CONCEPTS]).cast(pl.String)}
     for name, columns in OMOP_COLUMNS.items():
         given = rows.get(name, [])
-        out[name] = pl.DataFrame([{c: (None if r.get(c) is None else str(r[c])) for c in columns} for r in given],
-                                 schema={c: pl.String for c in columns}, orient="row")
+        out[name] = pl.DataFrame(
+            [{c: (None if r.get(c) is None else str(r[c])) for c in columns} for r in given],
+            schema={c: pl.String for c in columns},
+            orient="row",
+        )
     return out
 
 
@@ -34,20 +37,48 @@ def resources(built: pl.DataFrame) -> list[dict]:
     return [json.loads(text) for text in built["resource"]]
 
 
-PERSON = {"person_id": 1, "gender_concept_id": 8532, "year_of_birth": 1950, "race_concept_id": 8516,
-          "ethnicity_concept_id": 38003563, "person_source_value": "MRN1"}
-VISIT = {"visit_occurrence_id": 7, "person_id": 1, "visit_concept_id": 9203, "visit_start_date": "2020-05-01",
-         "visit_end_date": "2020-05-02", "provider_id": None, "care_site_id": None}
+PERSON = {
+    "person_id": 1,
+    "gender_concept_id": 8532,
+    "year_of_birth": 1950,
+    "race_concept_id": 8516,
+    "ethnicity_concept_id": 38003563,
+    "person_source_value": "MRN1",
+}
+VISIT = {
+    "visit_occurrence_id": 7,
+    "person_id": 1,
+    "visit_concept_id": 9203,
+    "visit_start_date": "2020-05-01",
+    "visit_end_date": "2020-05-02",
+    "provider_id": None,
+    "care_site_id": None,
+}
 
 
 def test_a_person_becomes_a_patient_with_year_precision_race_ethnicity_and_death() -> None:
-    built = frame("persons", tables(person=[PERSON, {**PERSON, "person_id": 2, "month_of_birth": 3,
-                                                      "birth_datetime": "1950-03-04 10:00:00", "gender_concept_id": 0}],
-                                    death=[{"person_id": 1, "death_date": "2021-06-30"}]))
+    built = frame(
+        "persons",
+        tables(
+            person=[
+                PERSON,
+                {
+                    **PERSON,
+                    "person_id": 2,
+                    "month_of_birth": 3,
+                    "birth_datetime": "1950-03-04 10:00:00",
+                    "gender_concept_id": 0,
+                },
+            ],
+            death=[{"person_id": 1, "death_date": "2021-06-30"}],
+        ),
+    )
     first, second = resources(built)
     assert built["quarantine_rule"].null_count() == 2
     assert first["gender"] == "female" and first["birthDate"] == "1950" and first["deceasedDateTime"] == "2021-06-30"
-    assert {"system": "https://omop.example.org/fhir/identifier/person-source-value", "value": "MRN1"} in first["identifier"]
+    assert {"system": "https://omop.example.org/fhir/identifier/person-source-value", "value": "MRN1"} in first[
+        "identifier"
+    ]
     race, ethnicity = first["extension"]
     assert race["url"].endswith("us-core-race") and race["extension"][0]["valueCoding"]["code"] == "2054-5"
     assert ethnicity["extension"][0]["valueCoding"]["code"] == "2135-2"
@@ -61,16 +92,27 @@ def test_an_impossible_birth_date_is_quarantined() -> None:
 
 
 def test_a_provider_keeps_its_npi_only_when_valid() -> None:
-    built = frame("providers", tables(provider=[{"provider_id": 1, "provider_name": "Dr A", "npi": "1234567893"},
-                                                {"provider_id": 2, "provider_name": "Dr B", "npi": "1234567890"}]))
+    built = frame(
+        "providers",
+        tables(
+            provider=[
+                {"provider_id": 1, "provider_name": "Dr A", "npi": "1234567893"},
+                {"provider_id": 2, "provider_name": "Dr B", "npi": "1234567890"},
+            ]
+        ),
+    )
     good, bad = resources(built)
     assert {"system": "http://hl7.org/fhir/sid/us-npi", "value": "1234567893"} in good["identifier"]
     assert len(bad["identifier"]) == 1 and built["npi_dropped"].to_list() == [False, True]
 
 
 def test_a_visit_becomes_an_encounter_with_its_class_and_no_participant_without_a_provider() -> None:
-    built = frame("visits", tables(person=[PERSON], visit_occurrence=[VISIT, {**VISIT, "visit_occurrence_id": 8,
-                                                                             "visit_concept_id": 12345}]))
+    built = frame(
+        "visits",
+        tables(
+            person=[PERSON], visit_occurrence=[VISIT, {**VISIT, "visit_occurrence_id": 8, "visit_concept_id": 12345}]
+        ),
+    )
     encounter = resources(built)[0]
     assert encounter["class"]["code"] == "EMER" and encounter["period"] == {"start": "2020-05-01", "end": "2020-05-02"}
     assert "participant" not in encounter
@@ -78,33 +120,72 @@ def test_a_visit_becomes_an_encounter_with_its_class_and_no_participant_without_
 
 
 def test_codes_come_from_concept_and_concept_zero_keeps_the_source_value_unmapped() -> None:
-    conditions = [{"condition_occurrence_id": 1, "person_id": 1, "condition_concept_id": 201826,
-                   "condition_start_date": "2020-05-01", "visit_occurrence_id": 7, "condition_source_value": "E11.9"},
-                  {"condition_occurrence_id": 2, "person_id": 1, "condition_concept_id": 0,
-                   "condition_start_date": "2020-05-01", "condition_source_value": "LOCAL-9"}]
+    conditions = [
+        {
+            "condition_occurrence_id": 1,
+            "person_id": 1,
+            "condition_concept_id": 201826,
+            "condition_start_date": "2020-05-01",
+            "visit_occurrence_id": 7,
+            "condition_source_value": "E11.9",
+        },
+        {
+            "condition_occurrence_id": 2,
+            "person_id": 1,
+            "condition_concept_id": 0,
+            "condition_start_date": "2020-05-01",
+            "condition_source_value": "LOCAL-9",
+        },
+    ]
     built = frame("conditions", tables(person=[PERSON], visit_occurrence=[VISIT], condition_occurrence=conditions))
     mapped, local = resources(built)
-    assert mapped["code"]["coding"][0] == {"system": "http://snomed.info/sct", "code": "44054006",
-                                           "display": "Type 2 diabetes mellitus"}
+    assert mapped["code"]["coding"][0] == {
+        "system": "http://snomed.info/sct",
+        "code": "44054006",
+        "display": "Type 2 diabetes mellitus",
+    }
     assert mapped["encounter"]["reference"].endswith("visit|7")
     assert local["code"] == {"coding": [{"system": LOCAL, "code": "LOCAL-9"}], "text": "LOCAL-9"}
     assert built["code_mapped"].to_list() == [True, False]
 
 
 def test_an_event_of_an_unknown_person_or_another_persons_visit_is_quarantined() -> None:
-    conditions = [{"condition_occurrence_id": 1, "person_id": 99, "condition_concept_id": 201826,
-                   "condition_start_date": "2020-05-01"},
-                  {"condition_occurrence_id": 2, "person_id": 2, "condition_concept_id": 201826,
-                   "condition_start_date": "2020-05-01", "visit_occurrence_id": 7}]
-    built = frame("conditions", tables(person=[PERSON, {**PERSON, "person_id": 2}], visit_occurrence=[VISIT],
-                                       condition_occurrence=conditions))
+    conditions = [
+        {
+            "condition_occurrence_id": 1,
+            "person_id": 99,
+            "condition_concept_id": 201826,
+            "condition_start_date": "2020-05-01",
+        },
+        {
+            "condition_occurrence_id": 2,
+            "person_id": 2,
+            "condition_concept_id": 201826,
+            "condition_start_date": "2020-05-01",
+            "visit_occurrence_id": 7,
+        },
+    ]
+    built = frame(
+        "conditions",
+        tables(person=[PERSON, {**PERSON, "person_id": 2}], visit_occurrence=[VISIT], condition_occurrence=conditions),
+    )
     assert built["quarantine_rule"].to_list() == ["orphan_reference", "mismatched_reference"]
 
 
-@pytest.mark.parametrize(("type_concept", "resource_type"), [(32838, "MedicationRequest"), (32865, "MedicationStatement")])
+@pytest.mark.parametrize(
+    ("type_concept", "resource_type"), [(32838, "MedicationRequest"), (32865, "MedicationStatement")]
+)
 def test_a_drug_exposure_is_a_request_or_a_statement_by_its_type(type_concept: int, resource_type: str) -> None:
-    drug = {"drug_exposure_id": 1, "person_id": 1, "drug_concept_id": 1308216, "drug_exposure_start_date": "2020-05-01",
-            "drug_type_concept_id": type_concept, "quantity": "30", "sig": "1 daily", "drug_source_value": "314076"}
+    drug = {
+        "drug_exposure_id": 1,
+        "person_id": 1,
+        "drug_concept_id": 1308216,
+        "drug_exposure_start_date": "2020-05-01",
+        "drug_type_concept_id": type_concept,
+        "quantity": "30",
+        "sig": "1 daily",
+        "drug_source_value": "314076",
+    }
     built = frame("drugs", tables(person=[PERSON], drug_exposure=[drug]))
     resource = resources(built)[0]
     assert resource["resourceType"] == resource_type and built["quarantine_rule"][0] is None
@@ -113,24 +194,47 @@ def test_a_drug_exposure_is_a_request_or_a_statement_by_its_type(type_concept: i
 
 def test_measurements_have_ucum_quantities_ranges_coded_values_and_absent_values() -> None:
     base = {"person_id": 1, "measurement_date": "2020-05-01", "measurement_concept_id": 3004410}
-    rows = [{**base, "measurement_id": 1, "value_as_number": "7.20", "unit_concept_id": 8554, "range_low": "4.0",
-             "range_high": "5.6", "operator_concept_id": None},
-            {**base, "measurement_id": 2, "value_as_number": "0.5", "operator_concept_id": 4171756,
-             "unit_source_value": "mg/dl", "unit_concept_id": 0},
-            {**base, "measurement_id": 3, "measurement_concept_id": 706163, "value_as_concept_id": 45884084},
-            {**base, "measurement_id": 4}]
+    rows = [
+        {
+            **base,
+            "measurement_id": 1,
+            "value_as_number": "7.20",
+            "unit_concept_id": 8554,
+            "range_low": "4.0",
+            "range_high": "5.6",
+            "operator_concept_id": None,
+        },
+        {
+            **base,
+            "measurement_id": 2,
+            "value_as_number": "0.5",
+            "operator_concept_id": 4171756,
+            "unit_source_value": "mg/dl",
+            "unit_concept_id": 0,
+        },
+        {**base, "measurement_id": 3, "measurement_concept_id": 706163, "value_as_concept_id": 45884084},
+        {**base, "measurement_id": 4},
+    ]
     numeric, below, coded, empty = resources(frame("measurements", tables(person=[PERSON], measurement=rows)))
     assert numeric["valueQuantity"] == {"value": 7.20, "unit": "%", "system": "http://unitsofmeasure.org", "code": "%"}
     assert numeric["referenceRange"][0]["low"]["value"] == 4.0 and numeric["code"]["coding"][0]["code"] == "4548-4"
     assert below["valueQuantity"] == {"value": 0.5, "comparator": "<", "unit": "mg/dl"}
-    assert coded["valueCodeableConcept"]["coding"][0] == {"system": "http://loinc.org", "code": "LA6576-8",
-                                                          "display": "Positive"}
+    assert coded["valueCodeableConcept"]["coding"][0] == {
+        "system": "http://loinc.org",
+        "code": "LA6576-8",
+        "display": "Positive",
+    }
     assert empty["dataAbsentReason"]["coding"][0]["code"] == "unknown" and "valueQuantity" not in empty
 
 
 def test_an_observation_keeps_a_text_value() -> None:
-    row = {"observation_id": 1, "person_id": 1, "observation_concept_id": 4275495, "observation_date": "2020-05-01",
-           "value_as_string": "former smoker"}
+    row = {
+        "observation_id": 1,
+        "person_id": 1,
+        "observation_concept_id": 4275495,
+        "observation_date": "2020-05-01",
+        "value_as_string": "former smoker",
+    }
     resource = resources(frame("observations", tables(person=[PERSON], observation=[row])))[0]
     assert resource["valueString"] == "former smoker"
 
@@ -160,9 +264,19 @@ def test_the_register_in_the_repository_is_up_to_date() -> None:
     import subprocess
     import sys
 
-    check = ("from migration_assets.mapping.register import REGISTER_PATH, render_markdown; "
-             "import sys; sys.exit(0 if REGISTER_PATH.read_text(encoding='utf-8') == render_markdown() else 1)")
-    result = subprocess.run([sys.executable, "-c", check], env={**os.environ, "MIGRATION_PROFILE": "omop_cdm"},
-                            capture_output=True, text=True, timeout=300, check=False)
-    assert result.returncode == 0, ("mapping_register.md is out of date: run MIGRATION_PROFILE=omop_cdm "
-                                    "python -m migration_assets.mapping.register\n" + result.stderr[-2000:])
+    check = (
+        "from migration_assets.mapping.register import REGISTER_PATH, render_markdown; "
+        "import sys; sys.exit(0 if REGISTER_PATH.read_text(encoding='utf-8') == render_markdown() else 1)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", check],
+        env={**os.environ, "MIGRATION_PROFILE": "omop_cdm"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert result.returncode == 0, (
+        "mapping_register.md is out of date: run MIGRATION_PROFILE=omop_cdm "
+        "python -m migration_assets.mapping.register\n" + result.stderr[-2000:]
+    )

@@ -67,12 +67,19 @@ def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
 
 
 def _status(column: str, mapping: dict[str, str]) -> pl.Expr:
-    return pl.col(column).str.strip_chars().str.to_lowercase().replace_strict(mapping, default=None, return_dtype=pl.String)
+    return (
+        pl.col(column)
+        .str.strip_chars()
+        .str.to_lowercase()
+        .replace_strict(mapping, default=None, return_dtype=pl.String)
+    )
 
 
 def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
-    snomed = read_map("allergy_snomed").lazy().rename(
-        {"local_code": "allergen_code", "code": "snomed_code", "display": "snomed_display"}
+    snomed = (
+        read_map("allergy_snomed")
+        .lazy()
+        .rename({"local_code": "allergen_code", "code": "snomed_code", "display": "snomed_display"})
     )
     patient_system = system.identifier_system("patient")
     allergy_system = system.identifier_system("patient-allergy")
@@ -88,7 +95,9 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         pl.lit("AllergyIntolerance").alias("resourceType"),
         identifier(allergy_system, pl.col("patient_allergy_id")).alias("identifier"),
         codeable_concept(coding(CLINICAL_STATUS_SYSTEM, pl.col("fhir_clinical_status"))).alias("clinicalStatus"),
-        codeable_concept(coding(VERIFICATION_STATUS_SYSTEM, pl.col("fhir_verification_status"))).alias("verificationStatus"),
+        codeable_concept(coding(VERIFICATION_STATUS_SYSTEM, pl.col("fhir_verification_status"))).alias(
+            "verificationStatus"
+        ),
         codeable_concept(
             coding(system.code_system("allergen"), pl.col("allergen_code"), pl.col("allergen_name")),
             coding(SNOMED_CT, pl.col("snomed_code"), pl.col("snomed_display")),
@@ -136,7 +145,9 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         frame,
         "unknown_code",
         legacy.field("verification_status").is_not_null() & pl.col("verification_status").is_null(),
-        pl.format("verification_status {} is not confirmed, unconfirmed or refuted", legacy.field("verification_status")),
+        pl.format(
+            "verification_status {} is not confirmed, unconfirmed or refuted", legacy.field("verification_status")
+        ),
     )
     frame = quarantine(
         frame,

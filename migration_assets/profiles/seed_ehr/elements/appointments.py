@@ -48,17 +48,31 @@ REGISTER_NOTES = {
 
 
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
-    encounters = tables["encounters"].unique("encounter_id", keep="first").select(
-        "encounter_id", encounter_patient="patient_id", encounter_in_source=pl.lit(True)
+    encounters = (
+        tables["encounters"]
+        .unique("encounter_id", keep="first")
+        .select("encounter_id", encounter_patient="patient_id", encounter_in_source=pl.lit(True))
     )
     return (
         tables["appointments"]
-        .join(key_flags(tables["patients"], "patient_id", "patient_in_source"), on="patient_id", how="left",
-              maintain_order="left")
-        .join(key_flags(tables["practitioners"], "practitioner_id", "practitioner_in_source"), on="practitioner_id",
-              how="left", maintain_order="left")
-        .join(key_flags(tables["locations"], "location_id", "location_in_source"), on="location_id", how="left",
-              maintain_order="left")
+        .join(
+            key_flags(tables["patients"], "patient_id", "patient_in_source"),
+            on="patient_id",
+            how="left",
+            maintain_order="left",
+        )
+        .join(
+            key_flags(tables["practitioners"], "practitioner_id", "practitioner_in_source"),
+            on="practitioner_id",
+            how="left",
+            maintain_order="left",
+        )
+        .join(
+            key_flags(tables["locations"], "location_id", "location_in_source"),
+            on="location_id",
+            how="left",
+            maintain_order="left",
+        )
         .join(encounters, on="encounter_id", how="left", maintain_order="left")
         .with_columns(source_table=pl.lit("appointments"))
     )
@@ -92,27 +106,40 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         pl.col("fhir_status").alias("status"),
         pl.col("start_at").alias("start"),
         pl.col("end_at").alias("end"),
-        present(pl.when(pl.col("encounter_id").is_not_null()).then(reference(pl.col("encounter_reference"))))
-        .alias("supportingInformation"),
-        present(participant("subject_reference"), participant("practitioner_reference"),
-                participant("location_reference")).alias("participant"),
+        present(pl.when(pl.col("encounter_id").is_not_null()).then(reference(pl.col("encounter_reference")))).alias(
+            "supportingInformation"
+        ),
+        present(
+            participant("subject_reference"), participant("practitioner_reference"), participant("location_reference")
+        ).alias("participant"),
     )
     # Participant positions follow the ones present: the patient first, then practitioner, then location.
     practitioner_position = pl.lit(1)
     location_position = pl.lit(1) + pl.col("practitioner_id").is_not_null().cast(pl.Int32)
     frame = rows.select(
         frame_columns(
-            "Appointment", appointment_system, pl.col("appointment_id"), resource,
+            "Appointment",
+            appointment_system,
+            pl.col("appointment_id"),
+            resource,
             references=[
                 expected_reference("participant.0.actor", "Patient", patient_system, pl.col("patient_id")),
-                pl.when(pl.col("practitioner_id").is_not_null()).then(pl.struct(
-                    pl.format("participant.{}.actor", practitioner_position).alias("path"),
-                    pl.lit("Practitioner").alias("resource_type"), pl.lit(practitioner_system).alias("identifier_system"),
-                    pl.col("practitioner_id").alias("identifier_value"))),
-                pl.when(pl.col("location_id").is_not_null()).then(pl.struct(
-                    pl.format("participant.{}.actor", location_position).alias("path"),
-                    pl.lit("Location").alias("resource_type"), pl.lit(location_system).alias("identifier_system"),
-                    pl.col("location_id").alias("identifier_value"))),
+                pl.when(pl.col("practitioner_id").is_not_null()).then(
+                    pl.struct(
+                        pl.format("participant.{}.actor", practitioner_position).alias("path"),
+                        pl.lit("Practitioner").alias("resource_type"),
+                        pl.lit(practitioner_system).alias("identifier_system"),
+                        pl.col("practitioner_id").alias("identifier_value"),
+                    )
+                ),
+                pl.when(pl.col("location_id").is_not_null()).then(
+                    pl.struct(
+                        pl.format("participant.{}.actor", location_position).alias("path"),
+                        pl.lit("Location").alias("resource_type"),
+                        pl.lit(location_system).alias("identifier_system"),
+                        pl.col("location_id").alias("identifier_value"),
+                    )
+                ),
                 pl.when(pl.col("encounter_id").is_not_null()).then(
                     expected_reference("supportingInformation.0", "Encounter", encounter_system, pl.col("encounter_id"))
                 ),
@@ -134,28 +161,47 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         & (pl.col("encounter_patient") != pl.col("patient_id")),
     )
     instant_bad = (pl.col("start_at").is_not_null() & ~pl.col("start_at").str.contains(INSTANT)) | (
-        pl.col("end_at").is_not_null() & ~pl.col("end_at").str.contains(INSTANT))
+        pl.col("end_at").is_not_null() & ~pl.col("end_at").str.contains(INSTANT)
+    )
     as_time = "%Y-%m-%dT%H:%M:%S%:z"
     frame = quarantine_orphans(frame, "patient_id", "patients", "patient_in_source")
     frame = quarantine_orphans(frame, "practitioner_id", "practitioners", "practitioner_in_source", required=False)
     frame = quarantine_orphans(frame, "location_id", "locations", "location_in_source", required=False)
     frame = quarantine_orphans(frame, "encounter_id", "encounters", "encounter_in_source", required=False)
-    frame = quarantine(frame, "mismatched_reference", pl.col("other_patients_encounter"),
-                       "encounter_id names another patient's encounter")
-    frame = quarantine(frame, "unknown_code", pl.col("status").is_null(),
-                       "status has no entry in terminology/appointment_status.csv")
-    frame = quarantine(frame, "invalid_date", instant_bad, "start_at or end_at is not a time with its UTC offset")
-    frame = quarantine(frame, "missing_value",
-                       (pl.col("status") == "booked") & (pl.col("start_at").is_null() | pl.col("end_at").is_null()),
-                       "a booked appointment has no start_at or end_at")
     frame = quarantine(
-        frame, "ends_before_start",
-        pl.col("end_at").str.to_datetime(as_time, strict=False) < pl.col("start_at").str.to_datetime(as_time, strict=False),
+        frame,
+        "mismatched_reference",
+        pl.col("other_patients_encounter"),
+        "encounter_id names another patient's encounter",
+    )
+    frame = quarantine(
+        frame, "unknown_code", pl.col("status").is_null(), "status has no entry in terminology/appointment_status.csv"
+    )
+    frame = quarantine(frame, "invalid_date", instant_bad, "start_at or end_at is not a time with its UTC offset")
+    frame = quarantine(
+        frame,
+        "missing_value",
+        (pl.col("status") == "booked") & (pl.col("start_at").is_null() | pl.col("end_at").is_null()),
+        "a booked appointment has no start_at or end_at",
+    )
+    frame = quarantine(
+        frame,
+        "ends_before_start",
+        pl.col("end_at").str.to_datetime(as_time, strict=False)
+        < pl.col("start_at").str.to_datetime(as_time, strict=False),
         "end_at lies before start_at",
     )
     frame = frame.with_columns(pl.col("references").list.filter(pl.element().is_not_null()))
-    return frame.drop("practitioner_id", "location_id", "encounter_id", "patient_in_source", "practitioner_in_source",
-                      "location_in_source", "encounter_in_source", "other_patients_encounter")
+    return frame.drop(
+        "practitioner_id",
+        "location_id",
+        "encounter_id",
+        "patient_in_source",
+        "practitioner_in_source",
+        "location_in_source",
+        "encounter_in_source",
+        "other_patients_encounter",
+    )
 
 
 class AppointmentFrame(FrameModel):
@@ -168,8 +214,13 @@ ELEMENT = DataElement(
     description="Appointments (booked, arrived, cancelled, no-show) to FHIR Appointment with participants and "
     "the Encounter each became.",
     mapping_version="1.0.0",
-    source_tables={"appointments": "appointment_id", "patients": "patient_id", "practitioners": "practitioner_id",
-                   "locations": "location_id", "encounters": "encounter_id"},
+    source_tables={
+        "appointments": "appointment_id",
+        "patients": "patient_id",
+        "practitioners": "practitioner_id",
+        "locations": "location_id",
+        "encounters": "encounter_id",
+    },
     requires=("patients", "practitioners", "locations", "encounters"),
     extract=extract,
     transform=transform,

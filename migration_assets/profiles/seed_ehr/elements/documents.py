@@ -66,8 +66,10 @@ REGISTER_NOTES = {
 
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
     known_patients = key_flags(tables["patients"], "patient_id", "patient_in_source")
-    encounters = tables["encounters"].unique("encounter_id", keep="first").select(
-        "encounter_id", encounter_patient="patient_id", encounter_in_source=pl.lit(True)
+    encounters = (
+        tables["encounters"]
+        .unique("encounter_id", keep="first")
+        .select("encounter_id", encounter_patient="patient_id", encounter_in_source=pl.lit(True))
     )
     documents = tables["documents"].with_columns(
         local_path=pl.col("file_path").str.strip_chars().map_elements(resolved_path, return_dtype=pl.String)
@@ -87,8 +89,11 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     encounter_system = system.identifier_system("encounter")
     document_system = system.identifier_system("document")
     max_bytes, allowed_types = file_limits()
-    types = read_map("document_types").lazy().rename({"local_code": "doc_type", "code": "loinc_code",
-                                                      "display": "loinc_display"})
+    types = (
+        read_map("document_types")
+        .lazy()
+        .rename({"local_code": "doc_type", "code": "loinc_code", "display": "loinc_display"})
+    )
     rows = source.with_columns(
         doc_type=text(pl.col("doc_type")),
         content_type=text(pl.col("content_type")),
@@ -116,13 +121,17 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         text(pl.col("title")).alias("description"),
         pl.concat_list(pl.struct(attachment.alias("attachment"))).alias("content"),
         pl.struct(
-            present(pl.when(pl.col("encounter_id").is_not_null()).then(reference(pl.col("encounter_reference"))))
-            .alias("encounter")
+            present(pl.when(pl.col("encounter_id").is_not_null()).then(reference(pl.col("encounter_reference")))).alias(
+                "encounter"
+            )
         ).alias("context"),
     )
     frame = rows.select(
         frame_columns(
-            "DocumentReference", document_system, pl.col("document_id"), resource,
+            "DocumentReference",
+            document_system,
+            pl.col("document_id"),
+            resource,
             references=[
                 expected_reference("subject", "Patient", patient_system, pl.col("patient_id")),
                 pl.when(pl.col("encounter_id").is_not_null()).then(
@@ -145,19 +154,32 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     )
     frame = quarantine_orphans(frame, "patient_id", "patients", "patient_in_source")
     frame = quarantine_orphans(frame, "encounter_id", "encounters", "encounter_in_source", required=False)
-    frame = quarantine(frame, "mismatched_reference", pl.col("other_patients_encounter"),
-                       "encounter_id names another patient's encounter")
+    frame = quarantine(
+        frame,
+        "mismatched_reference",
+        pl.col("other_patients_encounter"),
+        "encounter_id names another patient's encounter",
+    )
     frame = quarantine(frame, "missing_file", ~pl.col("file_exists"), "the file named in file_path is not on disk")
     frame = quarantine(frame, "empty_file", pl.col("file_size") == 0, "the file named in file_path is empty")
-    frame = quarantine(frame, "disallowed_content_type", ~pl.col("content_type").is_in(sorted(allowed_types)),
-                       "content_type is not one the clinic allows (ALLOWED_FILE_TYPES)")
-    frame = quarantine(frame, "file_too_large", pl.col("file_size") > max_bytes,
-                       f"the file is over the limit of {max_bytes} bytes (MAX_FILE_BYTES)")
+    frame = quarantine(
+        frame,
+        "disallowed_content_type",
+        ~pl.col("content_type").is_in(sorted(allowed_types)),
+        "content_type is not one the clinic allows (ALLOWED_FILE_TYPES)",
+    )
+    frame = quarantine(
+        frame,
+        "file_too_large",
+        pl.col("file_size") > max_bytes,
+        f"the file is over the limit of {max_bytes} bytes (MAX_FILE_BYTES)",
+    )
     frame = quarantine(frame, "invalid_date", invalid_date("created_date"), "created_date is not a real date")
     frame = quarantine(frame, "future_date", future_date("created_date"), "created_date lies in the future")
     frame = frame.with_columns(pl.col("references").list.filter(pl.element().is_not_null()))
-    return frame.drop("file_exists", "encounter_id", "patient_in_source", "encounter_in_source",
-                      "other_patients_encounter")
+    return frame.drop(
+        "file_exists", "encounter_id", "patient_in_source", "encounter_in_source", "other_patients_encounter"
+    )
 
 
 class DocumentReferenceFrame(FrameModel):

@@ -104,7 +104,9 @@ def _encounters(rows: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         rows.join(types, on="type", how="left", maintain_order="left")
         .with_columns(
             type_known=pl.col("type_known").fill_null(False),
-            practitioner_reference=conditional_reference("Practitioner", practitioner_system, pl.col("practitioner_id")),
+            practitioner_reference=conditional_reference(
+                "Practitioner", practitioner_system, pl.col("practitioner_id")
+            ),
         )
         .select(
             frame_columns(
@@ -158,7 +160,9 @@ def _notes(rows: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
             resource,
             references=[
                 _subject(system),
-                expected_reference("encounter", "Encounter", system.identifier_system("encounter"), pl.col("encounter_id")),
+                expected_reference(
+                    "encounter", "Encounter", system.identifier_system("encounter"), pl.col("encounter_id")
+                ),
             ],
             bundle_group=pl.col("encounter_id"),
         ),
@@ -174,7 +178,6 @@ def _notes(rows: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     )
     frame = quarantine_orphans(frame, "encounter_id", "encounters", "encounter_in_source")
     return quarantine(frame, "missing_value", pl.col("note_empty"), "note has no text").drop("note_empty")
-
 
 
 def _subject(system: SourceSystem) -> pl.Expr:
@@ -197,7 +200,12 @@ ELEMENT = DataElement(
     name="encounters",
     description="Encounters to FHIR Encounter, each with its notes as ClinicalImpression in one transaction.",
     mapping_version="1.0.0",
-    source_tables={"encounters": "encounter_id", "encounter_notes": "note_id", "patients": "patient_id", "practitioners": "practitioner_id"},
+    source_tables={
+        "encounters": "encounter_id",
+        "encounter_notes": "note_id",
+        "patients": "patient_id",
+        "practitioners": "practitioner_id",
+    },
     requires=("patients", "practitioners"),
     extract=extract,
     transform=transform,

@@ -67,10 +67,16 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     patient_system = system.identifier_system("patient")
     immunization_system = system.identifier_system("immunization")
     cvx = read_map("cvx").lazy().rename({"local_code": "cvx_code", "code": "cvx", "display": "cvx_display"})
-    sites = read_map("immunization_sites").lazy().rename({"local_code": "site", "code": "site_code",
-                                                          "display": "site_display"})
-    reasons = read_map("immunization_reasons").lazy().rename({"local_code": "not_given_reason",
-                                                              "code": "reason_code", "display": "reason_display"})
+    sites = (
+        read_map("immunization_sites")
+        .lazy()
+        .rename({"local_code": "site", "code": "site_code", "display": "site_display"})
+    )
+    reasons = (
+        read_map("immunization_reasons")
+        .lazy()
+        .rename({"local_code": "not_given_reason", "code": "reason_code", "display": "reason_display"})
+    )
     statuses = read_map("immunization_status").lazy().rename({"status": "fhir_status"})
     rows = (
         source.with_columns(
@@ -91,22 +97,30 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         pl.lit("Immunization").alias("resourceType"),
         identifier(immunization_system, pl.col("immunization_id")).alias("identifier"),
         pl.col("fhir_status").alias("status"),
-        pl.when(not_done).then(
-            codeable_concept(coding(ACT_REASON, pl.col("reason_code"), pl.col("reason_display")))
-        ).alias("statusReason"),
-        codeable_concept(coding(CVX, pl.col("cvx"), pl.col("cvx_display")), text=text(pl.col("vaccine_name")))
-        .alias("vaccineCode"),
+        pl.when(not_done)
+        .then(codeable_concept(coding(ACT_REASON, pl.col("reason_code"), pl.col("reason_display"))))
+        .alias("statusReason"),
+        codeable_concept(coding(CVX, pl.col("cvx"), pl.col("cvx_display")), text=text(pl.col("vaccine_name"))).alias(
+            "vaccineCode"
+        ),
         reference(pl.col("subject_reference")).alias("patient"),
         pl.col("administered_date").alias("occurrenceDateTime"),
         text(pl.col("lot_number")).alias("lotNumber"),
-        pl.when(pl.col("site").is_not_null()).then(codeable_concept(
-            coding(system.code_system("immunization-site"), pl.col("site")),
-            coding(ACT_SITE, pl.col("site_code"), pl.col("site_display")),
-        )).alias("site"),
+        pl.when(pl.col("site").is_not_null())
+        .then(
+            codeable_concept(
+                coding(system.code_system("immunization-site"), pl.col("site")),
+                coding(ACT_SITE, pl.col("site_code"), pl.col("site_display")),
+            )
+        )
+        .alias("site"),
     )
     frame = rows.select(
         frame_columns(
-            "Immunization", immunization_system, pl.col("immunization_id"), resource,
+            "Immunization",
+            immunization_system,
+            pl.col("immunization_id"),
+            resource,
             references=[expected_reference("patient", "Patient", patient_system, pl.col("patient_id"))],
         ),
         patient_id=pl.col("patient_id"),
@@ -119,10 +133,12 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     )
     frame = quarantine_orphans(frame, "patient_id", "patients", "patient_in_source")
     frame = quarantine(frame, "unknown_code", ~pl.col("cvx_known"), "cvx_code has no entry in terminology/cvx.csv")
-    frame = quarantine(frame, "unknown_code", pl.col("status").is_null(),
-                       "status has no entry in terminology/immunization_status.csv")
-    frame = quarantine(frame, "missing_value", pl.col("reason_missing"),
-                       "a dose not given has no known not_given_reason")
+    frame = quarantine(
+        frame, "unknown_code", pl.col("status").is_null(), "status has no entry in terminology/immunization_status.csv"
+    )
+    frame = quarantine(
+        frame, "missing_value", pl.col("reason_missing"), "a dose not given has no known not_given_reason"
+    )
     frame = quarantine(frame, "invalid_date", invalid_date("administered_date"), "administered_date is not a real date")
     frame = quarantine(frame, "future_date", future_date("administered_date"), "administered_date lies in the future")
     return frame.drop("patient_in_source", "cvx_known", "reason_missing")

@@ -59,10 +59,14 @@ REGISTER_NOTES = {
 
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
     known_patients = key_flags(tables["patients"], "patient_id", "patient_in_source")
-    known_labs = key_flags(tables["organizations"], "organization_id", "lab_in_source").rename({"organization_id": "lab_id"})
-    observed = build_frame(observations.ELEMENT, observations.extract(tables), _PROBE).select(
-        observation_id="source_key", observation_quarantined=pl.col("quarantine_rule").is_not_null()
-    ).unique("observation_id", keep="first")
+    known_labs = key_flags(tables["organizations"], "organization_id", "lab_in_source").rename(
+        {"organization_id": "lab_id"}
+    )
+    observed = (
+        build_frame(observations.ELEMENT, observations.extract(tables), _PROBE)
+        .select(observation_id="source_key", observation_quarantined=pl.col("quarantine_rule").is_not_null())
+        .unique("observation_id", keep="first")
+    )
     results = (
         tables["lab_report_results"]
         .join(observed, on="observation_id", how="left", maintain_order="left")
@@ -70,7 +74,9 @@ def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
         .agg(
             result_ids=pl.col("observation_id"),
             unknown_result=pl.col("observation_id").filter(pl.col("observation_quarantined").is_null()).first(),
-            quarantined_result=pl.col("observation_id").filter(pl.col("observation_quarantined").fill_null(False)).first(),
+            quarantined_result=pl.col("observation_id")
+            .filter(pl.col("observation_quarantined").fill_null(False))
+            .first(),
         )
     )
     return (
@@ -87,8 +93,11 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     report_system = system.identifier_system("lab-report")
     observation_system = system.identifier_system("observation")
     organization_system = system.identifier_system("organization")
-    panels = read_map("lab_panels").lazy().rename({"local_code": "panel_code", "code": "loinc_code",
-                                                   "display": "loinc_display"})
+    panels = (
+        read_map("lab_panels")
+        .lazy()
+        .rename({"local_code": "panel_code", "code": "loinc_code", "display": "loinc_display"})
+    )
     rows = source.with_columns(
         panel_code=text(pl.col("panel_code")),
         collected_date=text(pl.col("collected_date")),
@@ -110,9 +119,9 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         ).alias("code"),
         reference(pl.col("subject_reference")).alias("subject"),
         pl.col("collected_date").alias("effectiveDateTime"),
-        pl.when(pl.col("lab_id").is_not_null()).then(
-            pl.concat_list(reference(pl.col("lab_reference")))
-        ).alias("performer"),
+        pl.when(pl.col("lab_id").is_not_null())
+        .then(pl.concat_list(reference(pl.col("lab_reference"))))
+        .alias("performer"),
         pl.col("result_references").alias("result"),
     )
     result_paths = pl.col("result_ids").list.eval(
@@ -125,7 +134,10 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     )
     frame = rows.select(
         frame_columns(
-            "DiagnosticReport", report_system, pl.col("report_id"), resource,
+            "DiagnosticReport",
+            report_system,
+            pl.col("report_id"),
+            resource,
             references=[
                 expected_reference("subject", "Patient", patient_system, pl.col("patient_id")),
                 pl.when(pl.col("lab_id").is_not_null()).then(
@@ -146,21 +158,38 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         quarantined_result=pl.col("quarantined_result"),
     )
     frame = frame.with_columns(
-        references=pl.concat_list(pl.col("references").list.filter(pl.element().is_not_null()),
-                                  pl.col("result_paths").fill_null([]))
+        references=pl.concat_list(
+            pl.col("references").list.filter(pl.element().is_not_null()), pl.col("result_paths").fill_null([])
+        )
     )
     frame = quarantine_orphans(frame, "patient_id", "patients", "patient_in_source")
     frame = quarantine_orphans(frame, "lab_id", "organizations", "lab_in_source", required=False)
-    frame = quarantine(frame, "missing_value", pl.col("result_count") == 0, "report has no result in lab_report_results")
-    frame = quarantine(frame, "orphan_reference", pl.col("unknown_result").is_not_null(),
-                       pl.format("observation_id {} is not in the observations table", pl.col("unknown_result")))
-    frame = quarantine(frame, "result_quarantined", pl.col("quarantined_result").is_not_null(),
-                       pl.format("result observation {} was quarantined by the observations element",
-                                 pl.col("quarantined_result")))
+    frame = quarantine(
+        frame, "missing_value", pl.col("result_count") == 0, "report has no result in lab_report_results"
+    )
+    frame = quarantine(
+        frame,
+        "orphan_reference",
+        pl.col("unknown_result").is_not_null(),
+        pl.format("observation_id {} is not in the observations table", pl.col("unknown_result")),
+    )
+    frame = quarantine(
+        frame,
+        "result_quarantined",
+        pl.col("quarantined_result").is_not_null(),
+        pl.format("result observation {} was quarantined by the observations element", pl.col("quarantined_result")),
+    )
     frame = quarantine(frame, "invalid_date", invalid_date("collected_date"), "collected_date is not a real date")
     frame = quarantine(frame, "future_date", future_date("collected_date"), "collected_date lies in the future")
-    return frame.drop("result_paths", "lab_id", "patient_in_source", "lab_in_source", "result_count",
-                      "unknown_result", "quarantined_result")
+    return frame.drop(
+        "result_paths",
+        "lab_id",
+        "patient_in_source",
+        "lab_in_source",
+        "result_count",
+        "unknown_result",
+        "quarantined_result",
+    )
 
 
 class DiagnosticReportFrame(FrameModel):
@@ -173,8 +202,12 @@ ELEMENT = DataElement(
     description="Lab reports to FHIR DiagnosticReport grouping the Observations of one panel (LOINC panels).",
     mapping_version="1.0.0",
     # The observations' own tables too: extract asks the observations element which results it quarantines.
-    source_tables={**observations.ELEMENT.source_tables, "lab_reports": "report_id",
-                   "lab_report_results": "report_result_id", "organizations": "organization_id"},
+    source_tables={
+        **observations.ELEMENT.source_tables,
+        "lab_reports": "report_id",
+        "lab_report_results": "report_result_id",
+        "organizations": "organization_id",
+    },
     requires=("patients", "organizations", "observations"),
     extract=extract,
     transform=transform,

@@ -47,8 +47,13 @@ def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
 def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     location_system = system.identifier_system("location")
     organization_system = system.identifier_system("organization")
-    site = address(lines=(pl.col("address_line"),), city=pl.col("city"), state=pl.col("state"),
-                   postal_code=pl.col("postal_code"), use="work")
+    site = address(
+        lines=(pl.col("address_line"),),
+        city=pl.col("city"),
+        state=pl.col("state"),
+        postal_code=pl.col("postal_code"),
+        use="work",
+    )
     rows = source.with_columns(
         organization_reference=conditional_reference("Organization", organization_system, pl.col("organization_id")),
     )
@@ -63,9 +68,15 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     )
     frame = rows.select(
         frame_columns(
-            "Location", location_system, pl.col("location_id"), resource,
-            references=[expected_reference("managingOrganization", "Organization", organization_system,
-                                           pl.col("organization_id"))],
+            "Location",
+            location_system,
+            pl.col("location_id"),
+            resource,
+            references=[
+                expected_reference(
+                    "managingOrganization", "Organization", organization_system, pl.col("organization_id")
+                )
+            ],
         ),
         organization_id=pl.col("organization_id"),
         organization_reference=pl.col("organization_reference"),

@@ -65,18 +65,29 @@ def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
 
 
 def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
-    rxnorm = read_map("rxnorm").lazy().rename({"local_code": "drug_code", "code": "rxnorm_code", "display": "rxnorm_display"})
+    rxnorm = (
+        read_map("rxnorm")
+        .lazy()
+        .rename({"local_code": "drug_code", "code": "rxnorm_code", "display": "rxnorm_display"})
+    )
     statuses = read_map("medication_status").lazy()
     patient_system = system.identifier_system("patient")
     medication_system = system.identifier_system("patient-medication")
     subject = conditional_reference("Patient", patient_system, pl.col("patient_id"))
-    rows = source.with_columns(
-        start_date=pl.col("start_date").str.strip_chars(),
-        end_date=pl.col("end_date").str.strip_chars(),
-        legacy_status=pl.col("status").str.strip_chars().str.to_lowercase(),
-    ).join(rxnorm, on="drug_code", how="left", maintain_order="left").join(
-        statuses.rename({"status": "fhir_status"}), left_on="legacy_status", right_on="legacy_status", how="left",
-        maintain_order="left",
+    rows = (
+        source.with_columns(
+            start_date=pl.col("start_date").str.strip_chars(),
+            end_date=pl.col("end_date").str.strip_chars(),
+            legacy_status=pl.col("status").str.strip_chars().str.to_lowercase(),
+        )
+        .join(rxnorm, on="drug_code", how="left", maintain_order="left")
+        .join(
+            statuses.rename({"status": "fhir_status"}),
+            left_on="legacy_status",
+            right_on="legacy_status",
+            how="left",
+            maintain_order="left",
+        )
     )
     resource = pl.struct(
         pl.lit("MedicationStatement").alias("resourceType"),
@@ -118,8 +129,12 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     for column in ("start_date", "end_date"):
         frame = quarantine(frame, "invalid_date", invalid_date(column), f"{column} is not a real date")
         frame = quarantine(frame, "future_date", future_date(column), f"{column} lies in the future")
-    frame = quarantine(frame, "invalid_period", ends_before_start(pl.col("start_date"), pl.col("end_date")),
-                       "end_date lies before start_date")
+    frame = quarantine(
+        frame,
+        "invalid_period",
+        ends_before_start(pl.col("start_date"), pl.col("end_date")),
+        "end_date lies before start_date",
+    )
     return frame.drop("legacy_status", "patient_in_source")
 
 

@@ -71,8 +71,10 @@ REGISTER_NOTES = {
 
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
     known_patients = key_flags(tables["patients"], "patient_id", "patient_in_source")
-    encounters = tables["encounters"].select("encounter_id", encounter_patient_id=pl.col("patient_id")).unique(
-        "encounter_id", keep="first"
+    encounters = (
+        tables["encounters"]
+        .select("encounter_id", encounter_patient_id=pl.col("patient_id"))
+        .unique("encounter_id", keep="first")
     )
     return (
         tables["observations"]
@@ -87,28 +89,29 @@ def _number(column: str) -> pl.Expr:
 
 
 def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
-    loinc = read_map("loinc").lazy().rename({"local_code": "test_code", "code": "loinc_code", "display": "loinc_display"})
+    loinc = (
+        read_map("loinc").lazy().rename({"local_code": "test_code", "code": "loinc_code", "display": "loinc_display"})
+    )
     ucum = read_map("ucum_units")
     patient_system = system.identifier_system("patient")
     encounter_system = system.identifier_system("encounter")
     observation_system = system.identifier_system("observation")
     legacy_category = pl.col("category").str.strip_chars().str.to_lowercase()
-    rows = (
-        source.with_columns(
-            observed_at=pl.col("observed_at").str.strip_chars(),
-            value_number=_number("value"),
-            comparator=pl.col("value").str.strip_chars().str.extract(QUANTITY, 1),
-            low_number=_number("reference_low"),
-            high_number=_number("reference_high"),
-            category_code=legacy_category.replace_strict({k: v[0] for k, v in CATEGORIES.items()}, default=None,
-                                                         return_dtype=pl.String),
-            category_display=legacy_category.replace_strict({k: v[1] for k, v in CATEGORIES.items()}, default=None,
-                                                            return_dtype=pl.String),
-            subject_reference=conditional_reference("Patient", patient_system, pl.col("patient_id")),
-            encounter_reference=conditional_reference("Encounter", encounter_system, pl.col("encounter_id")),
-        )
-        .join(loinc, on="test_code", how="left", maintain_order="left")
-    )
+    rows = source.with_columns(
+        observed_at=pl.col("observed_at").str.strip_chars(),
+        value_number=_number("value"),
+        comparator=pl.col("value").str.strip_chars().str.extract(QUANTITY, 1),
+        low_number=_number("reference_low"),
+        high_number=_number("reference_high"),
+        category_code=legacy_category.replace_strict(
+            {k: v[0] for k, v in CATEGORIES.items()}, default=None, return_dtype=pl.String
+        ),
+        category_display=legacy_category.replace_strict(
+            {k: v[1] for k, v in CATEGORIES.items()}, default=None, return_dtype=pl.String
+        ),
+        subject_reference=conditional_reference("Patient", patient_system, pl.col("patient_id")),
+        encounter_reference=conditional_reference("Encounter", encounter_system, pl.col("encounter_id")),
+    ).join(loinc, on="test_code", how="left", maintain_order="left")
     resource = pl.struct(
         pl.lit("Observation").alias("resourceType"),
         identifier(observation_system, pl.col("observation_id")).alias("identifier"),
@@ -192,7 +195,8 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         frame = quarantine(
             frame,
             "non_numeric_value",
-            legacy.field(column).is_not_null() & legacy.field(column).str.strip_chars().str.extract(QUANTITY, 2).is_null(),
+            legacy.field(column).is_not_null()
+            & legacy.field(column).str.strip_chars().str.extract(QUANTITY, 2).is_null(),
             f"{column} is not a number",
         )
     has_time = pl.col("effective").str.contains("T|:|\\s")

@@ -84,10 +84,15 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         tax_id=pl.col("written_tax_id"),
         type_known=pl.col("type_code").is_not_null(),
     )
-    frame = quarantine(frame, "unknown_code", ~pl.col("type_known"),
-                       "kind has no entry in terminology/organization_types.csv")
-    frame = quarantine(frame, "missing_value", pl.col("npi").is_null() & pl.col("tax_id").is_null(),
-                       "organization has neither a valid npi nor a valid tax_id")
+    frame = quarantine(
+        frame, "unknown_code", ~pl.col("type_known"), "kind has no entry in terminology/organization_types.csv"
+    )
+    frame = quarantine(
+        frame,
+        "missing_value",
+        pl.col("npi").is_null() & pl.col("tax_id").is_null(),
+        "organization has neither a valid npi nor a valid tax_id",
+    )
     return frame.drop("type_known")
 
 

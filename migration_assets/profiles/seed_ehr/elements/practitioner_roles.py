@@ -53,12 +53,24 @@ REGISTER_NOTES = {
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
     return (
         tables["practitioner_roles"]
-        .join(key_flags(tables["practitioners"], "practitioner_id", "practitioner_in_source"), on="practitioner_id",
-              how="left", maintain_order="left")
-        .join(key_flags(tables["organizations"], "organization_id", "organization_in_source"), on="organization_id",
-              how="left", maintain_order="left")
-        .join(key_flags(tables["locations"], "location_id", "location_in_source"), on="location_id",
-              how="left", maintain_order="left")
+        .join(
+            key_flags(tables["practitioners"], "practitioner_id", "practitioner_in_source"),
+            on="practitioner_id",
+            how="left",
+            maintain_order="left",
+        )
+        .join(
+            key_flags(tables["organizations"], "organization_id", "organization_in_source"),
+            on="organization_id",
+            how="left",
+            maintain_order="left",
+        )
+        .join(
+            key_flags(tables["locations"], "location_id", "location_in_source"),
+            on="location_id",
+            how="left",
+            maintain_order="left",
+        )
         .with_columns(source_table=pl.lit("practitioner_roles"))
     )
 
@@ -70,12 +82,18 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     location_system = system.identifier_system("location")
     nucc = read_map("specialty_nucc").lazy().rename({"code": "nucc_code", "display": "nucc_display"})
     active = text(pl.col("active")).str.to_uppercase()
-    rows = source.with_columns(specialty=text(pl.col("specialty")), active_flag=active).join(
-        nucc, on="specialty", how="left", maintain_order="left"
-    ).with_columns(
-        practitioner_reference=conditional_reference("Practitioner", practitioner_system, pl.col("practitioner_id")),
-        organization_reference=conditional_reference("Organization", organization_system, pl.col("organization_id")),
-        location_reference=conditional_reference("Location", location_system, pl.col("location_id")),
+    rows = (
+        source.with_columns(specialty=text(pl.col("specialty")), active_flag=active)
+        .join(nucc, on="specialty", how="left", maintain_order="left")
+        .with_columns(
+            practitioner_reference=conditional_reference(
+                "Practitioner", practitioner_system, pl.col("practitioner_id")
+            ),
+            organization_reference=conditional_reference(
+                "Organization", organization_system, pl.col("organization_id")
+            ),
+            location_reference=conditional_reference("Location", location_system, pl.col("location_id")),
+        )
     )
     resource = pl.struct(
         pl.lit("PractitionerRole").alias("resourceType"),
@@ -83,19 +101,26 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         pl.when(pl.col("active_flag") == "Y").then(True).when(pl.col("active_flag") == "N").then(False).alias("active"),
         reference(pl.col("practitioner_reference")).alias("practitioner"),
         reference(pl.col("organization_reference")).alias("organization"),
+        present(pl.when(pl.col("location_id").is_not_null()).then(reference(pl.col("location_reference")))).alias(
+            "location"
+        ),
         present(
-            pl.when(pl.col("location_id").is_not_null()).then(reference(pl.col("location_reference")))
-        ).alias("location"),
-        present(
-            pl.when(pl.col("specialty").is_not_null()).then(codeable_concept(
-                coding(system.code_system("specialty"), pl.col("specialty"), pl.col("specialty")),
-                pl.when(pl.col("nucc_code").is_not_null()).then(coding(NUCC, pl.col("nucc_code"), pl.col("nucc_display"))),
-            ))
+            pl.when(pl.col("specialty").is_not_null()).then(
+                codeable_concept(
+                    coding(system.code_system("specialty"), pl.col("specialty"), pl.col("specialty")),
+                    pl.when(pl.col("nucc_code").is_not_null()).then(
+                        coding(NUCC, pl.col("nucc_code"), pl.col("nucc_display"))
+                    ),
+                )
+            )
         ).alias("specialty"),
     )
     frame = rows.select(
         frame_columns(
-            "PractitionerRole", role_system, pl.col("practitioner_role_id"), resource,
+            "PractitionerRole",
+            role_system,
+            pl.col("practitioner_role_id"),
+            resource,
             references=[
                 expected_reference("practitioner", "Practitioner", practitioner_system, pl.col("practitioner_id")),
                 expected_reference("organization", "Organization", organization_system, pl.col("organization_id")),
@@ -118,11 +143,19 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     frame = quarantine_orphans(frame, "practitioner_id", "practitioners", "practitioner_in_source")
     frame = quarantine_orphans(frame, "organization_id", "organizations", "organization_in_source")
     frame = quarantine_orphans(frame, "location_id", "locations", "location_in_source", required=False)
-    frame = quarantine(frame, "unknown_code", ~pl.col("active_flag").is_in(["Y", "N"]).fill_null(False),
-                       "active is neither Y nor N")
+    frame = quarantine(
+        frame, "unknown_code", ~pl.col("active_flag").is_in(["Y", "N"]).fill_null(False), "active is neither Y nor N"
+    )
     frame = frame.with_columns(without_nulls(pl.col("references")))
-    return frame.drop("practitioner_in_source", "organization_in_source", "location_in_source", "active_flag",
-                      "practitioner_id", "organization_id", "location_id")
+    return frame.drop(
+        "practitioner_in_source",
+        "organization_in_source",
+        "location_in_source",
+        "active_flag",
+        "practitioner_id",
+        "organization_id",
+        "location_id",
+    )
 
 
 class PractitionerRoleFrame(FrameModel):
@@ -135,8 +168,12 @@ ELEMENT = DataElement(
     description="Practitioner roles to FHIR PractitionerRole: practitioner, organization, location and "
     "specialty (NUCC where mapped).",
     mapping_version="1.0.0",
-    source_tables={"practitioner_roles": "practitioner_role_id", "practitioners": "practitioner_id",
-                   "organizations": "organization_id", "locations": "location_id"},
+    source_tables={
+        "practitioner_roles": "practitioner_role_id",
+        "practitioners": "practitioner_id",
+        "organizations": "organization_id",
+        "locations": "location_id",
+    },
     requires=("practitioners", "organizations", "locations"),
     extract=extract,
     transform=transform,

@@ -93,7 +93,11 @@ ELEMENT = DataElement(
     name="problem_list",
     description="The problem list: patient_conditions with their local and ICD-10 codes to FHIR Condition.",
     mapping_version="1.0.0",
-    source_tables={"patient_conditions": "patient_condition_id", "conditions": "condition_id", "patients": "patient_id"},
+    source_tables={
+        "patient_conditions": "patient_condition_id",
+        "conditions": "condition_id",
+        "patients": "patient_id",
+    },
     requires=("patients",),
     extract=extract,
     transform=transform,

@@ -52,8 +52,10 @@ REGISTER_NOTES = {
 
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
     known_patients = key_flags(tables["patients"], "patient_id", "patient_in_source")
-    encounters = tables["encounters"].unique("encounter_id", keep="first").select(
-        "encounter_id", encounter_patient="patient_id", encounter_in_source=pl.lit(True)
+    encounters = (
+        tables["encounters"]
+        .unique("encounter_id", keep="first")
+        .select("encounter_id", encounter_patient="patient_id", encounter_in_source=pl.lit(True))
     )
     return (
         tables["procedures"]
@@ -85,15 +87,19 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         pl.lit("Procedure").alias("resourceType"),
         identifier(procedure_system, pl.col("procedure_id")).alias("identifier"),
         pl.lit("completed").alias("status"),
-        codeable_concept(coding(pl.col("system_uri"), pl.col("code"), text(pl.col("description"))),
-                         text=text(pl.col("description"))).alias("code"),
+        codeable_concept(
+            coding(pl.col("system_uri"), pl.col("code"), text(pl.col("description"))), text=text(pl.col("description"))
+        ).alias("code"),
         reference(pl.col("subject_reference")).alias("subject"),
         reference(pl.col("encounter_reference")).alias("encounter"),
         pl.col("performed_date").alias("performedDateTime"),
     )
     frame = rows.select(
         frame_columns(
-            "Procedure", procedure_system, pl.col("procedure_id"), resource,
+            "Procedure",
+            procedure_system,
+            pl.col("procedure_id"),
+            resource,
             references=[
                 expected_reference("subject", "Patient", patient_system, pl.col("patient_id")),
                 pl.when(pl.col("encounter_id").is_not_null()).then(
@@ -113,14 +119,24 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     )
     frame = quarantine_orphans(frame, "patient_id", "patients", "patient_in_source")
     frame = quarantine_orphans(frame, "encounter_id", "encounters", "encounter_in_source", required=False)
-    frame = quarantine(frame, "mismatched_reference", pl.col("other_patients_encounter"),
-                       "encounter_id names another patient's encounter")
-    frame = quarantine(frame, "unknown_code", ~pl.col("code_valid"),
-                       "code_system is not CPT or SNOMED, or code does not have that system's shape")
+    frame = quarantine(
+        frame,
+        "mismatched_reference",
+        pl.col("other_patients_encounter"),
+        "encounter_id names another patient's encounter",
+    )
+    frame = quarantine(
+        frame,
+        "unknown_code",
+        ~pl.col("code_valid"),
+        "code_system is not CPT or SNOMED, or code does not have that system's shape",
+    )
     frame = quarantine(frame, "invalid_date", invalid_date("performed_date"), "performed_date is not a real date")
     frame = quarantine(frame, "future_date", future_date("performed_date"), "performed_date lies in the future")
     frame = frame.with_columns(pl.col("references").list.filter(pl.element().is_not_null()))
-    return frame.drop("code_valid", "encounter_id", "patient_in_source", "encounter_in_source", "other_patients_encounter")
+    return frame.drop(
+        "code_valid", "encounter_id", "patient_in_source", "encounter_in_source", "other_patients_encounter"
+    )
 
 
 class ProcedureFrame(FrameModel):

@@ -13,8 +13,18 @@ from migration_assets.elements.terminology import (
     TerminologyMaps,
 )
 
-__all__ = ["ICD10CM", "LOINC", "MAPS", "NPI", "RXNORM", "SNOMED_CT", "TERMINOLOGY_DIR", "UCUM", "V3_ACT_CODE",
-           "read_map"]
+__all__ = [
+    "ICD10CM",
+    "LOINC",
+    "MAPS",
+    "NPI",
+    "RXNORM",
+    "SNOMED_CT",
+    "TERMINOLOGY_DIR",
+    "UCUM",
+    "V3_ACT_CODE",
+    "read_map",
+]
 
 TERMINOLOGY_DIR = Path(__file__).parent
 MAPS = TerminologyMaps(TERMINOLOGY_DIR)

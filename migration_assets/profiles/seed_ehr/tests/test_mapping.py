@@ -59,15 +59,20 @@ def test_seed_conditions(seed_tables):
         "code": {
             "coding": [
                 {"system": f"{BASE}/CodeSystem/condition", "code": "HT001", "display": "Hypertension"},
-                {"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "I10",
-                 "display": "Essential (primary) hypertension"},
+                {
+                    "system": "http://hl7.org/fhir/sid/icd-10-cm",
+                    "code": "I10",
+                    "display": "Essential (primary) hypertension",
+                },
             ],
             "text": "Hypertension",
         },
         "onsetDateTime": "2022-03-15",
     }
     assert conditions["PC002"]["code"]["coding"][1] == {
-        "system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "E11", "display": "Type 2 diabetes mellitus"
+        "system": "http://hl7.org/fhir/sid/icd-10-cm",
+        "code": "E11",
+        "display": "Type 2 diabetes mellitus",
     }
     assert conditions["PC003"]["subject"] == {"reference": f"Patient?identifier={PATIENT}|P002"}
     assert conditions["PC003"]["onsetDateTime"] == "2023-02-22"
@@ -81,7 +86,9 @@ def test_seed_encounters_and_notes(seed_tables):
         "identifier": [{"system": f"{BASE}/identifier/encounter", "value": "E002"}],
         "status": "finished",
         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "EMER", "display": "emergency"},
-        "type": [{"coding": [{"system": f"{BASE}/CodeSystem/encounter-type", "code": "emergency", "display": "Emergency"}]}],
+        "type": [
+            {"coding": [{"system": f"{BASE}/CodeSystem/encounter-type", "code": "emergency", "display": "Emergency"}]}
+        ],
         "subject": {"reference": f"Patient?identifier={PATIENT}|P002"},
         # The source has a date: kept at day precision rather than the seed's invented midnight.
         "period": {"start": "2023-06-16"},
@@ -121,8 +128,10 @@ def test_conditional_references_escape_like_the_client(value):
 
 
 def test_fhir_json_drops_null_empty_arrays_and_empty_objects_but_not_text_that_looks_like_them():
-    frame = pl.DataFrame({"a": [None], "b": [[]], "text": ['x,"k":null}{"k":[]']}, schema={
-        "a": pl.String, "b": pl.List(pl.String), "text": pl.String})
+    frame = pl.DataFrame(
+        {"a": [None], "b": [[]], "text": ['x,"k":null}{"k":[]']},
+        schema={"a": pl.String, "b": pl.List(pl.String), "text": pl.String},
+    )
     resource = pl.struct(
         pl.lit("Patient").alias("resourceType"),
         pl.col("a").alias("gender"),

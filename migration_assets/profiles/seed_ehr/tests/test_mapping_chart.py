@@ -54,10 +54,14 @@ def with_rows(tables: dict[str, pl.DataFrame], name: str, rows: list[tuple]) -> 
 
 
 def test_practitioner_with_a_valid_npi_and_one_whose_invalid_npi_is_dropped_not_the_practitioner(seed):
-    tables = with_rows(seed, "practitioners", [
-        ("DR900", "Ann", "Lee", "1234567890", "Cardiology"),  # wrong check digit
-        ("DR901", "Bo", None, " 1234567893 ", "Pediatrics"),  # valid once trimmed; no last name
-    ])
+    tables = with_rows(
+        seed,
+        "practitioners",
+        [
+            ("DR900", "Ann", "Lee", "1234567890", "Cardiology"),  # wrong check digit
+            ("DR901", "Bo", None, " 1234567893 ", "Pediatrics"),  # valid once trimmed; no last name
+        ],
+    )
     frame = frame_of("practitioners", tables)
     written = by_key(frame)
     assert written["DR001"] == {
@@ -92,7 +96,8 @@ def test_encounter_participant_and_unknown_practitioner_quarantined_with_its_not
     assert "participant" not in written["E002"]
     expected_paths = frame.filter(pl.col("source_key") == "E001")["references"].to_list()[0]
     assert [(r["path"], r["resource_type"], r["identifier_value"]) for r in expected_paths] == [
-        ("subject", "Patient", "P001"), ("participant.0.individual", "Practitioner", "DR001")
+        ("subject", "Patient", "P001"),
+        ("participant.0.individual", "Practitioner", "DR001"),
     ]
     quarantined = rules(frame)
     assert quarantined["E900"] == "orphan_reference" and quarantined["N900"] == "group_quarantined"
@@ -103,14 +108,26 @@ def test_encounter_participant_and_unknown_practitioner_quarantined_with_its_not
 
 
 def test_medication_statements_typical_and_odd(seed):
-    tables = with_rows(seed, "patient_medications", [
-        ("PM900", "P002", "ATV20", "Atorvastatin 20 mg tablet", "Take 1 tablet at bedtime", " discontinued ", "2019",
-         "2019-05-02"),  # unmapped local code, year-only start, status in other case and padded
-        ("PM901", "P002", "LIS10", "Lisinopril 10 mg tablet", "daily", "Pending review", "2020-01-01", None),
-        ("PM902", "P002", "LIS10", "Lisinopril 10 mg tablet", "daily", "Active", "2021-02-30", None),
-        ("PM903", "P002", "LIS10", "Lisinopril 10 mg tablet", "daily", "Completed", "2021-05", "2021-04-30"),
-        ("PM904", "P404", "LIS10", "Lisinopril 10 mg tablet", "daily", "Active", "2021-05", None),
-    ])
+    tables = with_rows(
+        seed,
+        "patient_medications",
+        [
+            (
+                "PM900",
+                "P002",
+                "ATV20",
+                "Atorvastatin 20 mg tablet",
+                "Take 1 tablet at bedtime",
+                " discontinued ",
+                "2019",
+                "2019-05-02",
+            ),  # unmapped local code, year-only start, status in other case and padded
+            ("PM901", "P002", "LIS10", "Lisinopril 10 mg tablet", "daily", "Pending review", "2020-01-01", None),
+            ("PM902", "P002", "LIS10", "Lisinopril 10 mg tablet", "daily", "Active", "2021-02-30", None),
+            ("PM903", "P002", "LIS10", "Lisinopril 10 mg tablet", "daily", "Completed", "2021-05", "2021-04-30"),
+            ("PM904", "P404", "LIS10", "Lisinopril 10 mg tablet", "daily", "Active", "2021-05", None),
+        ],
+    )
     frame = frame_of("medications", tables)
     written = by_key(frame)
     assert written["PM002"] == {
@@ -142,7 +159,10 @@ def test_medication_statements_typical_and_odd(seed):
     }
     assert dict(zip(frame["source_key"], frame["code_mapped"], strict=True))["PM900"] is False
     assert {k: v for k, v in rules(frame).items() if v} == {
-        "PM901": "unknown_code", "PM902": "invalid_date", "PM903": "invalid_period", "PM904": "orphan_reference"
+        "PM901": "unknown_code",
+        "PM902": "invalid_date",
+        "PM903": "invalid_period",
+        "PM904": "orphan_reference",
     }
 
 
@@ -150,22 +170,42 @@ def test_medication_statements_typical_and_odd(seed):
 
 
 def test_allergy_intolerances_typical_and_odd(seed):
-    tables = with_rows(seed, "patient_allergies", [
-        ("AL900", "P001", "ALG-SHELL", "Shellfish", None, None, "Resolved", None, "2019-07"),  # unmapped, no reaction
-        ("AL901", "P001", "ALG-PCN", "Penicillin", "Rash", "high", "Active", "Confirmed", None),
-        ("AL902", "P001", "ALG-PCN", "Penicillin", None, "mild", "Active", "Confirmed", None),
-        ("AL903", "P001", "ALG-PCN", "Penicillin", "Rash", "Mild", None, "Confirmed", None),
-        ("AL904", "P001", "ALG-PCN", "Penicillin", "Rash", "MILD", "Active", "maybe", None),
-    ])
+    tables = with_rows(
+        seed,
+        "patient_allergies",
+        [
+            (
+                "AL900",
+                "P001",
+                "ALG-SHELL",
+                "Shellfish",
+                None,
+                None,
+                "Resolved",
+                None,
+                "2019-07",
+            ),  # unmapped, no reaction
+            ("AL901", "P001", "ALG-PCN", "Penicillin", "Rash", "high", "Active", "Confirmed", None),
+            ("AL902", "P001", "ALG-PCN", "Penicillin", None, "mild", "Active", "Confirmed", None),
+            ("AL903", "P001", "ALG-PCN", "Penicillin", "Rash", "Mild", None, "Confirmed", None),
+            ("AL904", "P001", "ALG-PCN", "Penicillin", "Rash", "MILD", "Active", "maybe", None),
+        ],
+    )
     frame = frame_of("allergies", tables)
     written = by_key(frame)
     assert written["AL001"] == {
         "resourceType": "AllergyIntolerance",
         "identifier": [{"system": f"{BASE}/identifier/patient-allergy", "value": "AL001"}],
-        "clinicalStatus": {"coding": [
-            {"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": "active"}]},
-        "verificationStatus": {"coding": [
-            {"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification", "code": "confirmed"}]},
+        "clinicalStatus": {
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": "active"}
+            ]
+        },
+        "verificationStatus": {
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-verification", "code": "confirmed"}
+            ]
+        },
         "code": {
             "coding": [
                 {"system": f"{BASE}/CodeSystem/allergen", "code": "ALG-PCN", "display": "Penicillin"},
@@ -180,15 +220,23 @@ def test_allergy_intolerances_typical_and_odd(seed):
     assert written["AL900"] == {
         "resourceType": "AllergyIntolerance",
         "identifier": [{"system": f"{BASE}/identifier/patient-allergy", "value": "AL900"}],
-        "clinicalStatus": {"coding": [
-            {"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": "resolved"}]},
-        "code": {"coding": [{"system": f"{BASE}/CodeSystem/allergen", "code": "ALG-SHELL", "display": "Shellfish"}],
-                 "text": "Shellfish"},
+        "clinicalStatus": {
+            "coding": [
+                {"system": "http://terminology.hl7.org/CodeSystem/allergyintolerance-clinical", "code": "resolved"}
+            ]
+        },
+        "code": {
+            "coding": [{"system": f"{BASE}/CodeSystem/allergen", "code": "ALG-SHELL", "display": "Shellfish"}],
+            "text": "Shellfish",
+        },
         "patient": {"reference": f"{PATIENT_REF}P001"},
         "recordedDate": "2019-07",
     }
     assert {k: v for k, v in rules(frame).items() if v} == {
-        "AL901": "unknown_code", "AL902": "missing_value", "AL903": "missing_value", "AL904": "unknown_code"
+        "AL901": "unknown_code",
+        "AL902": "missing_value",
+        "AL903": "missing_value",
+        "AL904": "unknown_code",
     }
 
 
@@ -196,21 +244,45 @@ def test_allergy_intolerances_typical_and_odd(seed):
 
 
 def test_observations_typical_and_odd(seed):
-    tables = with_rows(seed, "observations", [
-        # Unmapped test, comparator, date-only; a Fahrenheit value in a non-UCUM unit, two decimals kept.
-        ("OB900", "P001", None, "lab", "CRP", "C-reactive protein", "<0.5", "mg/L", None, "5.0", "2024-08-09"),
-        ("OB901", "P001", "E001", "Vital", "TEMP", "Body temperature", "98.60", "F", None, None,
-         "2023-06-15T09:30:00-04:00"),
-        ("OB902", "P001", None, "lab", "GLU", "Glucose", "hemolyzed", "mg/dL", "70", "99", "2024-01-02"),
-        ("OB903", "P001", "E001", "vital", "HR", "Heart rate", "72", "/min", None, None, "2023-06-15 09:30"),
-        ("OB904", "P001", "E002", "vital", "HR", "Heart rate", "72", "/min", None, None, "2023-06-16"),
-        ("OB905", "P001", "E404", "vital", "HR", "Heart rate", "72", "/min", None, None, "2023-06-16"),
-        ("OB906", "P001", None, "imaging", "HR", "Heart rate", "72", "/min", None, None, "2023-06-16"),
-    ])
+    tables = with_rows(
+        seed,
+        "observations",
+        [
+            # Unmapped test, comparator, date-only; a Fahrenheit value in a non-UCUM unit, two decimals kept.
+            ("OB900", "P001", None, "lab", "CRP", "C-reactive protein", "<0.5", "mg/L", None, "5.0", "2024-08-09"),
+            (
+                "OB901",
+                "P001",
+                "E001",
+                "Vital",
+                "TEMP",
+                "Body temperature",
+                "98.60",
+                "F",
+                None,
+                None,
+                "2023-06-15T09:30:00-04:00",
+            ),
+            ("OB902", "P001", None, "lab", "GLU", "Glucose", "hemolyzed", "mg/dL", "70", "99", "2024-01-02"),
+            ("OB903", "P001", "E001", "vital", "HR", "Heart rate", "72", "/min", None, None, "2023-06-15 09:30"),
+            ("OB904", "P001", "E002", "vital", "HR", "Heart rate", "72", "/min", None, None, "2023-06-16"),
+            ("OB905", "P001", "E404", "vital", "HR", "Heart rate", "72", "/min", None, None, "2023-06-16"),
+            ("OB906", "P001", None, "imaging", "HR", "Heart rate", "72", "/min", None, None, "2023-06-16"),
+        ],
+    )
     frame = frame_of("observations", tables)
     written = by_key(frame)
-    lab_category = [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category",
-                                 "code": "laboratory", "display": "Laboratory"}]}]
+    lab_category = [
+        {
+            "coding": [
+                {
+                    "system": "http://terminology.hl7.org/CodeSystem/observation-category",
+                    "code": "laboratory",
+                    "display": "Laboratory",
+                }
+            ]
+        }
+    ]
     assert written["OB003"] == {
         "resourceType": "Observation",
         "identifier": [{"system": f"{BASE}/identifier/observation", "value": "OB003"}],
@@ -226,8 +298,12 @@ def test_observations_typical_and_odd(seed):
         "subject": {"reference": f"{PATIENT_REF}P001"},
         "effectiveDateTime": "2023-06-10",
         "valueQuantity": {"value": 7.2, "unit": "%", "system": UCUM, "code": "%"},
-        "referenceRange": [{"low": {"value": 4.0, "unit": "%", "system": UCUM, "code": "%"},
-                            "high": {"value": 5.6, "unit": "%", "system": UCUM, "code": "%"}}],
+        "referenceRange": [
+            {
+                "low": {"value": 4.0, "unit": "%", "system": UCUM, "code": "%"},
+                "high": {"value": 5.6, "unit": "%", "system": UCUM, "code": "%"},
+            }
+        ],
     }
     assert written["OB001"]["encounter"] == {"reference": f"Encounter?identifier={BASE}/identifier/encounter|E001"}
     assert written["OB001"]["effectiveDateTime"] == "2023-06-15T09:30:00-04:00"
@@ -236,8 +312,12 @@ def test_observations_typical_and_odd(seed):
         "identifier": [{"system": f"{BASE}/identifier/observation", "value": "OB900"}],
         "status": "final",
         "category": lab_category,
-        "code": {"coding": [{"system": f"{BASE}/CodeSystem/observation-test", "code": "CRP",
-                             "display": "C-reactive protein"}], "text": "C-reactive protein"},
+        "code": {
+            "coding": [
+                {"system": f"{BASE}/CodeSystem/observation-test", "code": "CRP", "display": "C-reactive protein"}
+            ],
+            "text": "C-reactive protein",
+        },
         "subject": {"reference": f"{PATIENT_REF}P001"},
         "effectiveDateTime": "2024-08-09",
         "valueQuantity": {"value": 0.5, "comparator": "<", "unit": "mg/L", "system": UCUM, "code": "mg/L"},
@@ -249,12 +329,16 @@ def test_observations_typical_and_odd(seed):
     assert written["OB901"]["category"][0]["coding"][0]["code"] == "vital-signs"
     assert dict(zip(frame["source_key"], frame["code_mapped"], strict=True))["OB900"] is False
     assert {k: v for k, v in rules(frame).items() if v} == {
-        "OB902": "non_numeric_value", "OB903": "invalid_date", "OB904": "mismatched_reference",
-        "OB905": "orphan_reference", "OB906": "unknown_code",
+        "OB902": "non_numeric_value",
+        "OB903": "invalid_date",
+        "OB904": "mismatched_reference",
+        "OB905": "orphan_reference",
+        "OB906": "unknown_code",
     }
     refs = frame.filter(pl.col("source_key") == "OB001")["references"].to_list()[0]
     assert [(r["path"], r["resource_type"], r["identifier_value"]) for r in refs] == [
-        ("subject", "Patient", "P001"), ("encounter", "Encounter", "E001")
+        ("subject", "Patient", "P001"),
+        ("encounter", "Encounter", "E001"),
     ]
 
 
@@ -301,7 +385,9 @@ def test_the_terminology_maps_asset_loads_every_versioned_map(tmp_path):
     from migration_assets.mapping.assets import terminology_maps
     from migration_assets.pipeline.resources import PolarsParquetIOManager
 
-    result = materialize([terminology_maps], resources={"frames_io_manager": PolarsParquetIOManager(base_dir=str(tmp_path))})
+    result = materialize(
+        [terminology_maps], resources={"frames_io_manager": PolarsParquetIOManager(base_dir=str(tmp_path))}
+    )
 
     maps = result.output_for_node("terminology_maps")
     assert {"icd10cm", "rxnorm", "loinc", "allergy_snomed"} <= set(maps["map"].to_list())

@@ -37,16 +37,27 @@ def test_a_document_and_the_files_that_are_quarantined(tmp_path, monkeypatch):
     (tmp_path / "big.pdf").write_bytes(b"%PDF" + b"0" * 2000)
     (tmp_path / "macro.docm").write_bytes(b"PK")
     tables = build_sample_tables(patients=2)
-    tables["documents"] = documents([
-        ("D1", "P001", "E001", "referral", "Referral letter", str(tmp_path / "letter.txt"), "text/plain", "2023-06-15"),
-        ("D2", "P001", None, "scan", "Scan", str(tmp_path / "empty.pdf"), "application/pdf", "2023-06-15"),
-        ("D3", "P001", None, "scan", "Scan", str(tmp_path / "gone.pdf"), "application/pdf", "2023-06-15"),
-        ("D4", "P001", None, "scan", "Scan", str(tmp_path / "big.pdf"), "application/pdf", "2023-06-15"),
-        ("D5", "P001", None, "scan", "Scan", str(tmp_path / "macro.docm"), "application/vnd.ms-word", "2023-06-15"),
-        ("D6", "P404", None, "scan", "Scan", str(tmp_path / "letter.txt"), "text/plain", "2023-06-15"),
-        ("D7", "P002", "E001", "scan", "Scan", str(tmp_path / "letter.txt"), "text/plain", "2023-06-15"),
-        ("D8", "P002", None, "referral", "Copy", str(tmp_path / "letter.txt"), "text/plain", "2023-06-31"),
-    ])
+    tables["documents"] = documents(
+        [
+            (
+                "D1",
+                "P001",
+                "E001",
+                "referral",
+                "Referral letter",
+                str(tmp_path / "letter.txt"),
+                "text/plain",
+                "2023-06-15",
+            ),
+            ("D2", "P001", None, "scan", "Scan", str(tmp_path / "empty.pdf"), "application/pdf", "2023-06-15"),
+            ("D3", "P001", None, "scan", "Scan", str(tmp_path / "gone.pdf"), "application/pdf", "2023-06-15"),
+            ("D4", "P001", None, "scan", "Scan", str(tmp_path / "big.pdf"), "application/pdf", "2023-06-15"),
+            ("D5", "P001", None, "scan", "Scan", str(tmp_path / "macro.docm"), "application/vnd.ms-word", "2023-06-15"),
+            ("D6", "P404", None, "scan", "Scan", str(tmp_path / "letter.txt"), "text/plain", "2023-06-15"),
+            ("D7", "P002", "E001", "scan", "Scan", str(tmp_path / "letter.txt"), "text/plain", "2023-06-15"),
+            ("D8", "P002", None, "referral", "Copy", str(tmp_path / "letter.txt"), "text/plain", "2023-06-31"),
+        ]
+    )
     frame = frame_of(tables)
     written = json.loads(frame.filter(pl.col("unit_key") == "D1")["resource"].item())
     assert written.pop("meta") == {"source": f"{BASE}/mapping/documents/1.0.0"}
@@ -54,23 +65,38 @@ def test_a_document_and_the_files_that_are_quarantined(tmp_path, monkeypatch):
         "resourceType": "DocumentReference",
         "identifier": [{"system": f"{BASE}/identifier/document", "value": "D1"}],
         "status": "current",
-        "type": {"coding": [{"system": f"{BASE}/CodeSystem/document-type", "code": "referral"},
-                            {"system": "http://loinc.org", "code": "57133-1", "display": "Referral note"}]},
+        "type": {
+            "coding": [
+                {"system": f"{BASE}/CodeSystem/document-type", "code": "referral"},
+                {"system": "http://loinc.org", "code": "57133-1", "display": "Referral note"},
+            ]
+        },
         "subject": {"reference": f"Patient?identifier={BASE}/identifier/patient|P001"},
         "description": "Referral letter",
-        "content": [{"attachment": {
-            "contentType": "text/plain",
-            "url": f"urn:legacy-file:{tmp_path / 'letter.txt'}",
-            "size": len(letter),
-            "hash": base64.b64encode(hashlib.sha1(letter).digest()).decode(),
-            "title": "Referral letter",
-            "creation": "2023-06-15",
-        }}],
+        "content": [
+            {
+                "attachment": {
+                    "contentType": "text/plain",
+                    "url": f"urn:legacy-file:{tmp_path / 'letter.txt'}",
+                    "size": len(letter),
+                    "hash": base64.b64encode(hashlib.sha1(letter).digest()).decode(),
+                    "title": "Referral letter",
+                    "creation": "2023-06-15",
+                }
+            }
+        ],
         "context": {"encounter": [{"reference": f"Encounter?identifier={BASE}/identifier/encounter|E001"}]},
     }
     rules = {key: rule for key, rule in zip(frame["unit_key"], frame["quarantine_rule"], strict=True) if rule}
-    assert rules == {"D2": "empty_file", "D3": "missing_file", "D4": "file_too_large", "D5": "disallowed_content_type",
-                     "D6": "orphan_reference", "D7": "mismatched_reference", "D8": "invalid_date"}
+    assert rules == {
+        "D2": "empty_file",
+        "D3": "missing_file",
+        "D4": "file_too_large",
+        "D5": "disallowed_content_type",
+        "D6": "orphan_reference",
+        "D7": "mismatched_reference",
+        "D8": "invalid_date",
+    }
 
 
 @pytest.fixture(scope="module")

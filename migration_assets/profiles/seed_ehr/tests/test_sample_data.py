@@ -46,10 +46,7 @@ GUIDE_NOTES = [
     (
         "N002",
         "E002",
-        (
-            "Emergency visit due to severe headache. Patient's hypertension may need adjustment. "
-            "Further tests ordered."
-        ),
+        ("Emergency visit due to severe headache. Patient's hypertension may need adjustment. Further tests ordered."),
     ),
 ]
 
@@ -80,7 +77,13 @@ def test_guide_rows_come_first_and_exact(tables: dict[str, pl.DataFrame]) -> Non
     assert tables["patient_conditions"].head(3).rows() == GUIDE_PATIENT_CONDITIONS
     assert tables["encounters"].head(2).rows() == GUIDE_ENCOUNTERS
     assert tables["encounter_notes"].head(2).rows() == GUIDE_NOTES
-    cond = dict(zip(tables["conditions"]["condition_id"], tables["conditions"].select("condition_name", "icd10_code").rows(), strict=True))
+    cond = dict(
+        zip(
+            tables["conditions"]["condition_id"],
+            tables["conditions"].select("condition_name", "icd10_code").rows(),
+            strict=True,
+        )
+    )
     assert cond["HT001"] == ("Hypertension", "I10")
     assert cond["DM002"] == ("Diabetes", "E11")
 
