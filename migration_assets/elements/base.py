@@ -102,9 +102,10 @@ class DataElement:
     change_column: str | None = None
     change_format: str = "%Y-%m-%dT%H:%M:%S.%fZ"
     transactional: bool = False
-    # Load tuning: entries (or transactions) per batch bundle, and bundles in flight at once.
+    # Load tuning: entries (or transactions) per batch bundle, and the most bundles in flight at once (the
+    # load starts with one and adds more while the server does not push back).
     batch_size: int = 100
-    concurrency: int = 1
+    concurrency: int = 4
 
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 # `pending_quota`: still refused by the FHIR quota when its wait ran out; `half_written`: written while
 # a partner of its transaction was not (transaction-bundles off). Both stay pending: the next run sends them.
 # `quota_points`: what the bundles sent cost of Medplum's FHIR quota (quota_cost; resent entries not counted).
+# `in_flight_halved`: how often the server's pushback halved the bundles in flight (InFlight).
 COUNT_NAMES = (
     "source_rows",
     "quarantined",
@@ -45,6 +46,7 @@ COUNT_NAMES = (
     "pending_quota",
     "half_written",
     "quota_points",
+    "in_flight_halved",
 )
 
 # What a project without the `transaction-bundles` feature means for a load, said once per run.
@@ -62,9 +64,11 @@ CREATE_MODES = ("conditional", "post")
 @dataclass(frozen=True)
 class LoadSettings:
     batch_size: int = 100
-    # Bundles in flight at once. A real server answers concurrent batches with 409 serialization
-    # conflicts (resent, but they cost time): measure before raising it.
-    concurrency: int = 1
+    # The most bundles in flight at once. With `adaptive` the load starts with one and adds one while
+    # the server answers without pushing back (InFlight): a real Medplum answers overlapping batches
+    # with 409 serialization conflicts, and a quota with 429.
+    concurrency: int = 4
+    adaptive: bool = True
     # Send rows even when their content hash matches their last successful write (the idempotency
     # check uses this to prove that a resubmission changes nothing).
     resend_unchanged: bool = False
@@ -98,6 +102,49 @@ class LoadSettings:
             raise ValueError("batch_size and concurrency must be at least 1")
 
 
+# Bundles answered without pushback before one more may be in flight; doubled after each pushback
+# (up to PROBE_MAX) so that a server which conflicts at a level is not probed there again and again.
+PROBE_BUNDLES = 4
+PROBE_MAX = 64
+
+
+class InFlight:
+    """How many bundles may be in flight: additive increase, multiplicative decrease, on the server's
+    pushback (entries resent for a 409, 429 or 5xx, and whole requests retried, in the client's counts
+    since the last answered bundle). Without `adaptive` it is the ceiling all along."""
+
+    def __init__(self, client: MedplumClient, ceiling: int, adaptive: bool) -> None:
+        self.client, self.ceiling, self.adaptive = client, ceiling, adaptive
+        self.limit = 1 if adaptive else ceiling
+        self.highest = self.limit
+        self.decreases = 0
+        self.probe = PROBE_BUNDLES
+        self.clean = 0
+        self.seen = self._pushback()
+
+    def _pushback(self) -> int:
+        return self.client.stats.entries_resent + self.client.stats.retries
+
+    def answered(self) -> None:
+        """After each answered bundle: halve on pushback, else add one after `probe` clean answers."""
+        now = self._pushback()
+        pushed, self.seen = now > self.seen, now
+        if not self.adaptive:
+            return
+        if pushed:
+            if self.limit > 1:
+                self.limit //= 2
+                self.decreases += 1
+            self.probe = min(PROBE_MAX, self.probe * 2)
+            self.clean = 0
+            return
+        self.clean += 1
+        if self.clean >= self.probe and self.limit < self.ceiling:
+            self.limit += 1
+            self.highest = max(self.highest, self.limit)
+            self.clean = 0
+
+
 @dataclass
 class LoadResult:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNT_NAMES, 0))
@@ -106,6 +153,8 @@ class LoadResult:
     # Whether the project writes transactions atomically; None when not asked (no transactional element,
     # async mode) or the server's answer said neither.
     transaction_bundles: bool | None = None
+    # The most bundles the load had in flight at once (InFlight).
+    most_in_flight: int = 0
 
     def add(self, name: str, amount: int = 1) -> None:
         self.counts[name] += amount
@@ -115,6 +164,7 @@ class LoadResult:
             self.add(name, amount)
         self.failures.extend(other.failures)
         self.bundles += other.bundles
+        self.most_in_flight = max(self.most_in_flight, other.most_in_flight)
         if other.transaction_bundles is not None:
             self.transaction_bundles = other.transaction_bundles
 
@@ -356,9 +406,12 @@ def load_frame(
     respond_async = settings.mode == "async"
     recorder = _Recorder(manifest, run_id, element_name, bundle_offset + len(bundles), on_progress)
 
+    limit = InFlight(client, settings.concurrency, settings.adaptive)
+
     def wait_for_oldest() -> None:
         number, rows, future, _ = in_flight.popleft()
         answered.append((number, rows, future.result()))
+        limit.answered()
 
     def record_answered() -> None:
         # In submission order, while the next bundle is already in flight.
@@ -385,7 +438,7 @@ def load_frame(
                     while in_flight and not client.quota_allows(cost + sum(item[3] for item in in_flight)):
                         wait_for_oldest()
                     client.pace(cost=cost)
-                while len(in_flight) >= settings.concurrency:
+                while len(in_flight) >= limit.limit:
                     wait_for_oldest()
                 future = pool.submit(client.submit_batch, entries, respond_async=respond_async)
                 in_flight.append((number, rows, future, cost))
@@ -395,6 +448,8 @@ def load_frame(
     finally:
         record_answered()
         recorder.flush()
+    result.most_in_flight = limit.highest
+    result.add("in_flight_halved", limit.decreases)
     return result
 
 

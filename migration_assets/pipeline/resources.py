@@ -16,6 +16,7 @@ from migration_assets.elements.base import DataElement, SourceSystem
 from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import MedplumClient, RetryPolicy, Target
 from migration_assets.paths import DEFAULT_LEGACY_DB_URL, DEFAULT_MANIFEST_URL, EVIDENCE_DIR, FRAMES_DIR
+from migration_assets.phases import load_phases
 from migration_assets.pipeline.frame_parts import FrameParts
 from migration_assets.pipeline.loader import LoadSettings
 from migration_assets.source import read_table, redact_url
@@ -86,7 +87,15 @@ class MigrationSettings(ConfigurableResource):
         description="Entries (or transactions) per batch bundle for every element; unset: each element's own.",
     )
     concurrency: int | None = Field(
-        default=None, description="Bundles in flight at once for every element; unset: each element's own."
+        default=None,
+        description="The most bundles in flight at once for every element; unset: each element's own (4 unless it "
+        "says). With adaptive_concurrency the load starts with one and adds one while the server answers without "
+        "pushback.",
+    )
+    adaptive_concurrency: bool = Field(
+        default=True,
+        description="Start with one bundle in flight, add one after a run of answers with no entry resent, halve "
+        "on a 409 (Medplum's serializable transactions colliding), 429 or 5xx. Off: always `concurrency`.",
     )
     load_mode: str | None = Field(
         default=None,
@@ -99,12 +108,12 @@ class MigrationSettings(ConfigurableResource):
         "instead of a conditional reference: Medplum then skips a search per reference. Off: always conditional.",
     )
     creates: str = Field(
-        default="conditional",
-        description="How the load creates a resource the target does not hold (it updates the ones it holds by id, "
-        "and knows which from its census before sending): 'conditional', a conditional PUT on its identifier, safe "
-        "while the old services may create the same record in Medplum (every phase that loads writes to both "
-        "stores); 'post', a plain create with no search, for a load nothing else races (a first bulk load before "
-        "dual writes begin, a write freeze): 100 quota points a resource instead of 140, faster on a real Medplum.",
+        default="phase",
+        description="How the load creates a resource its census did not find in the target (the ones it finds "
+        "are updated by id): 'phase', as the element's adoption phase says (phases.yaml): plain POSTs in "
+        "initial_load, where the platform is Medplum's one writer, else conditional PUTs, because the old services "
+        "may create the same record meanwhile; 'conditional' or 'post' to say it for every element. A plain POST "
+        "costs 100 quota points instead of 140 and writes faster on a real Medplum.",
     )
     shard_count: int = Field(
         default=1,
@@ -144,10 +153,11 @@ class MigrationSettings(ConfigurableResource):
         return LoadSettings(
             batch_size=self.batch_size or element.batch_size,
             concurrency=self.concurrency or element.concurrency,
+            adaptive=self.adaptive_concurrency,
             resend_unchanged=resend_unchanged,
             mode=self.load_mode or config.load_mode() or "sync",
             direct_references=self.direct_references,
-            creates=self.creates,
+            creates=load_phases().of(element.name).behaviour.creates if self.creates == "phase" else self.creates,
         )
 
 

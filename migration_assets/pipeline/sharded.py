@@ -125,7 +125,7 @@ def load_shard(
         target = client.target
     context.log.info(
         f"{element.name} shard {shard_index} of {shard_count} into {target}: {result.counts}, "
-        f"{stats.quota_wait_seconds:.1f}s waited on the FHIR quota"
+        f"{stats.quota_wait_seconds:.1f}s waited on the FHIR quota, at most {result.most_in_flight} bundles in flight"
     )
     if result.transaction_bundles is False:
         context.log.warning(f"{element.name}: {TRANSACTIONS_OFF}")
@@ -141,6 +141,7 @@ def load_shard(
             "failures": result.failures,
             "target": target.key,
             "quota_wait_seconds": stats.quota_wait_seconds,
+            "most_in_flight": result.most_in_flight,
             "transactions_off": result.transaction_bundles is False,
         },
         # Where the step ran: with Celery, the worker that took it.
@@ -174,6 +175,8 @@ def combine_shards(
             **counts(total),
             # Pacing to the FHIR quota and waits before resending what it refused, in seconds (all shards).
             "quota_wait_seconds": MetadataValue.float(round(sum(shard["quota_wait_seconds"] for shard in shards), 1)),
+            # The most bundles one shard had in flight (the load adapts it to the server's pushback).
+            "most_in_flight": MetadataValue.int(max(shard["most_in_flight"] for shard in shards)),
             **(
                 {"transaction_bundles": MetadataValue.text(f"off: {TRANSACTIONS_OFF}")}
                 if any(shard["transactions_off"] for shard in shards)
