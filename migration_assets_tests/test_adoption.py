@@ -234,7 +234,14 @@ def test_chart_review_samples_record_their_seed_and_repeat(platform_factory, tmp
 def test_the_phases_file_is_validated(tmp_path):
     config = load_phases()  # the repository's own file
     assert set(config.elements) >= {"patients", "problem_list"} and config.version
-    assert PHASE_NAMES == ("initial_load", "dual_write", "backfill", "read_from_medplum", "front_end_write", "deprecated")
+    assert PHASE_NAMES == (
+        "initial_load",
+        "dual_write",
+        "backfill",
+        "read_from_medplum",
+        "front_end_write",
+        "deprecated",
+    )
     cases = {
         "version: 1\nelements:\n  vitals: backfill\n": "unknown data element(s) 'vitals'",
         "version: 1\nelements:\n  patients: {phase: read_from_fhir}\n": "unknown phase 'read_from_fhir'",

@@ -264,7 +264,7 @@ def test_a_409_halves_the_bundles_in_flight_and_the_load_settles(fresh_proxy, lo
     result, stats = load.run(fresh_proxy.base_url, local_medplum, "conflicted", batch_size=1)
     assert fresh_proxy.pending_faults() == 0
     assert result.most_in_flight >= 2, "no pushback for a while: more bundles in flight"
-    assert result.counts["in_flight_halved"] >= 1 and stats.entries_resent >= 1
+    assert result.counts["in_flight_decreased"] >= 1 and stats.entries_resent >= 1
     assert result.counts["sent"] == PATIENT_ROWS and result.counts["failed"] == 0
     load.assert_settled(local_medplum)
 

@@ -67,11 +67,11 @@ from migration_assets.source import read_table, write_tables
 
 OUT_DIR = REPO_ROOT / ".artifacts" / "bench"
 SYSTEM = SourceSystem("https://ehr.example-clinic.org/fhir")
-# The benchmark's data: Patients and their Conditions. The end-to-end stages run the ELEMENTS chosen
-# instead, when ELEMENTS is set.
-ELEMENTS = ("patients", "problem_list")
-# Practitioners too: the encounters reference them, and the load step checks its prerequisites.
-MEMORY_ELEMENTS = ("patients", "practitioners", "problem_list", "encounters")
+# The benchmark's data, as the profile says: a root element (seed_ehr: patients) and one referencing it
+# (problem_list). The end-to-end stages run the ELEMENTS chosen instead, when ELEMENTS is set.
+ELEMENTS = PROFILE.bench_pair()
+ROOT, CHILD = ELEMENTS
+MEMORY_ELEMENTS = PROFILE.bench_memory_elements or ELEMENTS
 # The grid of the ceiling and loader stages; BENCH_GRID="100x2,400x4" picks points instead.
 BATCH_SIZES = (25, 100, 400)
 CONCURRENCIES = (1, 2, 4)
@@ -150,9 +150,9 @@ TRANSFORM_REPEATS = 3
 
 
 def bench_transform(source_url: str) -> dict[str, Any]:
-    element = get_element("patients")
+    element = get_element(ROOT)
     started = time.perf_counter()
-    source = element.extract({"patients": read_table(source_url, "patients")})
+    source = element.extract({table: read_table(source_url, table) for table in element.source_tables})
     read = time.perf_counter() - started
     mapping, full = [], []
     for _ in range(TRANSFORM_REPEATS):
@@ -285,9 +285,11 @@ def bench_ceiling_direct(
 
 
 def bench_naive(frames: dict[str, pl.DataFrame], subset_patients: int) -> dict[str, Any]:
-    patients = eligible(frames["patients"]).head(subset_patients)
+    patients = eligible(frames[ROOT]).head(subset_patients)
     keys = patients["identifier_value"].to_list()
-    conditions = eligible(frames["problem_list"]).filter(pl.col("patient_id").is_in(keys))
+    # The child's units of those patients, found by the column that ties a unit to its patient.
+    tie = get_element(CHILD).patient_column or "unit_key"
+    conditions = eligible(frames[CHILD]).filter(pl.col(tie).is_in(keys))
     rows = [
         row
         for frame in (patients, conditions)
@@ -428,7 +430,7 @@ def run_loader(
     ):
         started = time.perf_counter()
         for name in ELEMENTS:
-            result = load_frame(client, manifest, run_id, name, get_element(name).transactional, frames[name], settings)
+            result = load_frame(client, manifest, run_id, get_element(name), frames[name], settings)
             for key, value in result.counts.items():
                 totals[key] = totals.get(key, 0) + value
         return time.perf_counter() - started, totals, client.stats.requests

@@ -28,7 +28,7 @@ from typing import Any
 
 import polars as pl
 
-from migration_assets.active import get_element
+from migration_assets.active import PROFILE, get_element
 from migration_assets.config import REPO_ROOT
 from migration_assets.devtools.local_medplum import SERVER_DIR
 from migration_assets.elements.base import SourceSystem
@@ -38,7 +38,7 @@ from migration_assets.pipeline.loader import LoadSettings, migrate
 from migration_assets.verify.census import Censuses, RunCensus
 
 OUT_DIR = REPO_ROOT / ".artifacts" / "bench"
-ELEMENTS = ("patients", "problem_list")
+ELEMENTS = PROFILE.bench_pair()
 MEDPLUM_CLI = SERVER_DIR / "node_modules" / ".bin" / "medplum"
 CLI_POINTS_PER_RESOURCE = 100  # one POST each; a transaction adds none
 BATCH_SIZE = 100
@@ -152,7 +152,7 @@ def bench_loader(
             "failed": totals["failed"],
             "quota_points": totals["quota_points"],
             "most_in_flight": totals["most_in_flight"],
-            "in_flight_halved": totals["in_flight_halved"],
+            "in_flight_decreased": totals["in_flight_decreased"],
         }
     first = figures["first"]
     figures["resources_per_s"] = round(figures["resources"] / first["seconds"], 1)

@@ -94,8 +94,9 @@ class MigrationSettings(ConfigurableResource):
     )
     adaptive_concurrency: bool = Field(
         default=True,
-        description="Start with one bundle in flight, add one after a run of answers with no entry resent, halve "
-        "on a 409 (Medplum's serializable transactions colliding), 429 or 5xx. Off: always `concurrency`.",
+        description="Start with one bundle in flight and add one while each more answers entries faster "
+        "(step back when it does not); halve on a 409 (Medplum's serializable transactions colliding), 429 or "
+        "5xx. Off: always `concurrency`.",
     )
     load_mode: str | None = Field(
         default=None,
@@ -125,10 +126,11 @@ class MigrationSettings(ConfigurableResource):
         default=0.05, description="Share of quarantined rows above which the schema check fails and blocks."
     )
     idempotency_sample_size: int = Field(
-        default=1000,
+        default=200,
         description="Bundle groups the idempotent_reload check resubmits: the whole partition when it has at most "
         "this many, else a sample of this many drawn with idempotency_sample_seed (0 = always the whole partition). "
-        "Against a hosted Medplum every resubmitted entry costs quota: the sample keeps the check affordable.",
+        "Every resubmitted entry is a write (and costs quota on a hosted Medplum): 200 keep the check at a fifth "
+        "of a 1,000-group load's writes or less, and find a fault in 2% of the groups 98 times in 100.",
     )
     idempotency_sample_seed: int = 20261121
     idempotency_skip_verified: bool = Field(

@@ -44,6 +44,7 @@ from migration_assets.pipeline.resources import (
     MigrationSettings,
 )
 from migration_assets.verify.census import RunCensus
+from migration_assets.verify.prerequisites import RunPrerequisites
 
 # Caps the steps writing to Medplum at once across all runs and workers: set the pool's limit on the
 # instance (`concurrency: pools: ...` or `dagster instance concurrency set medplum_writes 2`).
@@ -120,6 +121,10 @@ def load_shard(
             settings,
             on_progress=lambda done, total: _report_progress(context, element.name, done, total),
             census_of_target=lambda keys: before_load.get(client, keys),
+            # As the blocking check prerequisites_loaded made it for this run (or the first shard, without it).
+            run_prerequisites=RunPrerequisites.of_run(
+                migration_settings.evidence_dir, run_id, client.target, element.name
+            ),
         )
         stats = client.stats
         target = client.target
