@@ -393,10 +393,12 @@ def _sqlite_blob(location: str, table: str, column: str, rowid: int) -> Iterator
 
     def chunks() -> Iterator[bytes]:
         schema, _, name = table.rpartition(".")
-        with closing(sqlite3.connect(_ro_uri(location), uri=True)) as lite:
-            with lite.blobopen(name, column, rowid, readonly=True, name=schema or "main") as blob:
-                while chunk := blob.read(BLOB_CHUNK_BYTES):
-                    yield chunk
+        with (
+            closing(sqlite3.connect(_ro_uri(location), uri=True)) as lite,
+            lite.blobopen(name, column, rowid, readonly=True, name=schema or "main") as blob,
+        ):
+            while chunk := blob.read(BLOB_CHUNK_BYTES):
+                yield chunk
 
     return chunks()
 
