@@ -65,10 +65,9 @@ REGISTER_NOTES = {
     "doc_type": "type: local coding always, LOINC document type where terminology/document_types.csv maps it",
     "title": "description and attachment.title",
     "file_path": "the file (relative to LEGACY_FILES_DIR, else the folder beside the database), uploaded once "
-    "per content as a Binary: attachment.url Binary/<id>, size, hash (SHA-1 base64); missing or empty file "
-    "quarantined",
-    BLOB_COLUMN: "the bytes of a document kept in the database (BLOB; file_path empty), read one at a time and "
-    "uploaded as a Binary like a file; missing, empty, too large: quarantined like a file",
+    f"per content as a Binary: attachment.url Binary/<id>, size, hash (SHA-1 base64); no file_path: the bytes "
+    f"in the BLOB column {BLOB_COLUMN} (SQL sources; read one at a time), uploaded the same way; missing, empty "
+    "or too large file or BLOB quarantined",
     "content_type": "attachment.contentType; a type not in ALLOWED_FILE_TYPES quarantined",
     "created_date": "attachment.creation at its precision; impossible or future date quarantined",
     "encounter_id": "context.encounter when given; unknown or another patient's: quarantined",
