@@ -38,6 +38,7 @@ __all__ = [
     "BLOB_CHUNK_BYTES",
     "binary_columns",
     "blob_chunks",
+    "blob_size",
     "column_max",
     "iter_table_batches",
     "parse_source_url",
@@ -358,6 +359,25 @@ def blob_chunks(url: str, table: str, column: str, key_column: str, key: str) ->
         table = _pg_table_name(location, url, table)
         return _pg_blob(location, url, table, column, key, key_column)
     raise ValueError(f"{redact_url(url)} is not a SQL source: it holds no BLOB columns")
+
+
+def blob_size(url: str, table: str, column: str, key_column: str, key: str) -> int | None:
+    """The length in bytes of one BLOB (as `blob_chunks` finds it) without reading it; None when NULL or gone."""
+    kind, location = parse_source_url(url)
+    quoted = _check_ident(table, url)
+    for name in (column, key_column):
+        _check_ident(name, url)
+    if kind == "sqlite":
+        with closing(sqlite3.connect(_ro_uri(_sqlite_path(location, url)), uri=True)) as lite:
+            found = lite.execute(f'SELECT length("{column}") FROM {quoted} WHERE "{key_column}" = ?', (key,)).fetchone()
+    elif kind == "postgresql":
+        quoted = _check_ident(_pg_table_name(location, url, table), url)
+        with _pg_connect(location, url) as conn, conn.cursor() as cur:
+            cur.execute(f'SELECT octet_length("{column}") FROM {quoted} WHERE "{key_column}"::text = $1', (key,))
+            found = cur.fetchone()
+    else:
+        raise ValueError(f"{redact_url(url)} is not a SQL source: it holds no BLOB columns")
+    return None if found is None or found[0] is None else int(found[0])
 
 
 def _with_blob_facts(frame: pl.DataFrame, row_column: str, blobs: list[str], chunks_of: Any) -> pl.DataFrame:

@@ -33,7 +33,7 @@ import polars as pl
 from migration_assets import config
 from migration_assets.medplum.binary import FileFacts, facts_of, file_chunks
 from migration_assets.paths import DEFAULT_LEGACY_DB_URL
-from migration_assets.source import blob_chunks, parse_source_url
+from migration_assets.source import blob_chunks, blob_size, parse_source_url
 
 LEGACY_FILE_URL_PREFIX = "urn:legacy-file:"
 LEGACY_BLOB_URL_PREFIX = "urn:legacy-blob:"
@@ -186,8 +186,7 @@ class LegacyBlob:
         return blob_chunks(self.url, self.table, self.column, self.key_column, self.key)
 
     def size(self) -> int | None:
-        facts = self.facts()
-        return None if facts is None else facts.size
+        return blob_size(self.url, self.table, self.column, self.key_column, self.key)
 
     def facts(self, cache: FactsCache | None = None) -> FileFacts | None:
         chunks = self._chunks()
