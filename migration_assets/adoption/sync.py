@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import polars as pl
@@ -42,15 +43,17 @@ def read_legacy(url: str, element: DataElement) -> dict[str, pl.DataFrame]:
 
 
 def legacy_frame(
-    element: DataElement, tables: Mapping[str, pl.DataFrame], system: SourceSystem
+    element: DataElement, tables: Mapping[str, pl.DataFrame], system: SourceSystem, source_url: str | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The element's extracted rows and FHIR frame, exactly as a full migration builds them (the
-    mapping never sees the change column)."""
+    mapping never sees the change column), with the files and BLOBs of the database at `source_url`
+    (the ones already in use when None)."""
     plain = {
         name: frame.drop(element.change_column, strict=False) if element.change_column else frame
         for name, frame in tables.items()
     }
-    rows = element.extract(plain)
+    with legacy_files(source_url) if source_url else nullcontext():
+        rows = element.extract(plain)
     return rows, build_frame(element, rows, system)
 
 
