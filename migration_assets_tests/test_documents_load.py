@@ -343,3 +343,28 @@ def test_a_rerun_reads_no_file_and_a_touched_file_uploads_nothing(local_medplum,
         (files / "b.pdf").write_bytes(b"%PDF-1.4\n% consent, signed\n%%EOF\n")  # another size: hashed again
         _, changed = migrate_documents(client, manifest, tables, "cache-4")
         assert (changed["updated"], sorted(reads), books.count()) == (1, ["b.pdf", "b.pdf"], 3)
+
+
+def test_the_sample_documents_load_through_dagster_with_every_check_green(platform_factory, monkeypatch):
+    # The sample as `make demo` writes it: files under paths relative to the folder beside the database,
+    # the lab reports as BLOBs; the source named only by the Dagster resource.
+    monkeypatch.delenv("LEGACY_DB_URL", raising=False)
+    monkeypatch.delenv("LEGACY_FILES_DIR", raising=False)
+    platform = platform_factory.new(patients=150)
+    for element in ("patients", "practitioners", "encounters"):
+        assert platform.run(element).ok
+    first = platform.run("documents")
+    assert first.ok, (first.error, first.failure_messages)
+    assert first.counts["created"] > 0 and first.counts["failed"] == 0
+    assert first.counts["quarantined"] == 2  # the sample's empty file and its lost one
+    with platform.client() as client, platform.manifest() as manifest:
+        uploaded = UploadedFiles(manifest.engine, client.target.key).count()
+        legacy = read_table(platform.source_url, "documents")
+        in_database = legacy.filter(pl.col("file_content_size").is_not_null())["document_id"].to_list()
+        assert in_database and not legacy["file_path"].drop_nulls().str.starts_with("/").any()
+        for key in in_database[:3]:
+            assert attachment_of(client, key)["url"].startswith("Binary/")
+    again = platform.run("documents")
+    assert again.ok and again.counts["sent"] == 0
+    with platform.client() as client, platform.manifest() as manifest:
+        assert UploadedFiles(manifest.engine, client.target.key).count() == uploaded
