@@ -19,10 +19,11 @@ import pytest
 
 from migration_assets.elements import files as elements_files
 from migration_assets.elements.base import SourceSystem, build_frame
-from migration_assets.elements.files import legacy_files
+from migration_assets.elements.files import DEFAULT_ALLOWED_TYPES, legacy_files
 from migration_assets.ledger.files import FileHashes, UploadedFiles
 from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum.client import MedplumClient
+from migration_assets.pipeline import attachments
 from migration_assets.pipeline.loader import LoadSettings, migrate
 from migration_assets.profiles.seed_ehr import PROFILE
 from migration_assets.profiles.seed_ehr.sample_data import TABLE_COLUMNS, build_sample_tables
@@ -368,3 +369,22 @@ def test_the_sample_documents_load_through_dagster_with_every_check_green(platfo
     assert again.ok and again.counts["sent"] == 0
     with platform.client() as client, platform.manifest() as manifest:
         assert UploadedFiles(manifest.engine, client.target.key).count() == uploaded
+
+
+def test_documents_refused_at_load_time_leave_every_check_green(platform_factory, monkeypatch):
+    monkeypatch.delenv("LEGACY_DB_URL", raising=False)
+    platform = platform_factory.new(patients=150)
+    for element in ("patients", "practitioners", "encounters"):
+        assert platform.run(element).ok
+    # The clinic's size limit lowered after the frame was built: the loader (alone) sees 2,000 bytes, so
+    # the sample's PDFs and scans are refused at load time, its plain-text letters go up.
+    monkeypatch.setattr(attachments, "file_limits", lambda: (2_000, DEFAULT_ALLOWED_TYPES))
+    summary = platform.run("documents")
+    assert summary.ok, (summary.error, summary.failure_messages)
+    with platform.manifest() as manifest:
+        units = manifest.units("documents")
+    refused = units.filter(pl.col("rule") == "file_too_large")
+    assert refused.height > 0 and refused["reason"].str.starts_with("at load time: ").all()
+    assert summary.counts["quarantined"] == refused.height + 2  # and the sample's empty and lost files
+    assert units.filter(pl.col("disposition") == "successful").height == summary.counts["created"] > 0
+    assert "accounting_balanced" in summary.checks_passed and "reconciliation" in summary.checks_passed
