@@ -48,8 +48,12 @@ def legacy_source(
     element = get_element(context.partition_key)
     tables = legacy_db.read_tables(element.source_tables)
     # The legacy files are this database's; a file unchanged since an earlier run is not read again.
-    with legacy_files(legacy_db.url, FileHashes(manifest.url)):
-        rows = element.extract(tables)
+    hashes = FileHashes(manifest.url)
+    try:
+        with legacy_files(legacy_db.url, hashes):
+            rows = element.extract(tables)
+    finally:
+        hashes.engine.dispose()
     return Output(
         rows,
         metadata={
