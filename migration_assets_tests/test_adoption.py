@@ -18,11 +18,7 @@ from migration_assets.adoption.chart_review import build_chart_review
 from migration_assets.adoption.dual_write import compare_stores
 from migration_assets.adoption.sync import legacy_frame, read_legacy
 from migration_assets.elements.base import SourceSystem
-from migration_assets.elements.files import legacy_files
-from migration_assets.ledger.manifest import Manifest
-from migration_assets.medplum.client import MedplumClient
 from migration_assets.phases import PHASE_NAMES, PhaseConfigError, load_phases
-from migration_assets.pipeline.loader import LoadSettings, migrate
 from migration_assets.pipeline.resources import LegacySource, ManifestStore, MedplumResource
 from migration_assets.profiles.seed_ehr.legacy_app import LegacyApp, RunningApp
 from migration_assets.profiles.seed_ehr.sample_data import generate_sample_ehr
@@ -261,19 +257,15 @@ def test_the_phases_file_is_validated(tmp_path):
         load_phases(tmp_path / "missing.yaml")
 
 
-def test_chart_review_and_the_dual_write_check_show_documents_and_immunizations(local_medplum, tmp_path):
-    url = legacy_db(tmp_path, patients=30)  # lab reports kept as BLOBs, the other documents as files
-    system = SourceSystem("https://ehr.example-clinic.org/fhir")
+def test_chart_review_and_the_dual_write_check_show_documents_and_immunizations(platform_factory, tmp_path):
+    platform = platform_factory.new(patients=30)  # lab reports kept as BLOBs, the other documents as files
+    url, system = platform.source_url, SourceSystem("https://ehr.example-clinic.org/fhir")
     frames = {}
-    with (
-        MedplumClient(local_medplum.base_url, local_medplum.client_id, local_medplum.client_secret) as client,
-        Manifest(f"sqlite:///{tmp_path / 'manifest.db'}", client.target.key) as ledger,
-    ):
-        for name in ("patients", "practitioners", "encounters", "immunizations", "documents"):
-            element = get_element(name)
-            _, frames[name] = legacy_frame(element, read_legacy(url, element), system, url)
-            with legacy_files(url):
-                migrate(client, ledger, f"run-{name}", element, frames[name], "memory://test", LoadSettings())
+    for name in ("patients", "practitioners", "encounters", "immunizations", "documents"):
+        assert platform.run(name).ok
+        element = get_element(name)
+        _, frames[name] = legacy_frame(element, read_legacy(url, element), system, url)
+    with platform.client() as client, platform.manifest() as ledger:
         documents = frames["documents"]
         urls = [json.loads(text)["content"][0]["attachment"]["url"] for text in documents["resource"]]
         assert any(u.startswith("urn:legacy-blob:") for u in urls) and any(
