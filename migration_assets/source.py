@@ -36,7 +36,6 @@ import pyarrow as pa
 
 __all__ = [
     "BLOB_CHUNK_BYTES",
-    "binary_columns",
     "blob_chunks",
     "blob_size",
     "column_max",
@@ -326,18 +325,6 @@ def read_table(url: str, table: str) -> pl.DataFrame:
 
 # Bytes read at a time from a BLOB: a scanned document is never held whole in memory.
 BLOB_CHUNK_BYTES = 1024 * 1024
-
-
-def binary_columns(url: str, table: str) -> list[str]:
-    """The binary columns (SQLite BLOB, PostgreSQL bytea) of a SQL table; none for a folder source."""
-    kind, location = parse_source_url(url)
-    if kind == "sqlite":
-        cols, _pk, decl = _sqlite_table_info(_sqlite_path(location, url), url, table)
-        schema = _sqlite_schema(cols, decl)
-        return [c for c in cols if schema[c] == pl.Binary()]
-    if kind == "postgresql":
-        return _pg_binary_columns(location, url, _pg_table_name(location, url, table))
-    return []
 
 
 def blob_chunks(url: str, table: str, column: str, key_column: str, key: str) -> Iterator[bytes] | None:
