@@ -16,7 +16,8 @@ quarantine bad values.
 A binary column of a SQL source (SQLite BLOB, PostgreSQL bytea: scanned documents kept in the database) is
 never read in bulk: ``read_table`` gives, in its place, ``<column>_size`` (bytes) and ``<column>_sha1`` (the
 SHA-1 of the bytes, base64, as FHIR's Attachment.hash), reading one value at a time in chunks, and
-``blob_chunks`` streams one value by its row's key when it is uploaded.
+``blob_chunks`` streams one value by its row's key when it is uploaded. (``iter_table_batches`` still gives the
+bytes themselves, one batch of rows at a time.)
 """
 
 from __future__ import annotations
