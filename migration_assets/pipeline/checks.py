@@ -15,13 +15,14 @@ from dagster import (
 
 from migration_assets.active import get_element
 from migration_assets.elements.base import schema_failures
+from migration_assets.elements.files import legacy_files
 from migration_assets.medplum import Target
 from migration_assets.pipeline.assets import fhir_frames
 from migration_assets.pipeline.frame_parts import KEY_COLUMNS, REFERENCE_COLUMNS, FrameParts
 from migration_assets.pipeline.loader import LEDGER_COLUMNS, Known, LoadResult, held_in_target, in_shard, load_frame
 from migration_assets.pipeline.partitions import DATA_ELEMENTS
 from migration_assets.pipeline.reporting import counts, quarantine_summary, table
-from migration_assets.pipeline.resources import ManifestStore, MedplumResource, MigrationSettings
+from migration_assets.pipeline.resources import LegacySource, ManifestStore, MedplumResource, MigrationSettings
 from migration_assets.pipeline.sharded import medplum_resources
 from migration_assets.verify.books import accounting, content_fingerprint, sample_groups
 from migration_assets.verify.census import RunCensus, census_kinds
@@ -154,6 +155,7 @@ def idempotent_reload(
     fhir_frames: FrameParts,
     medplum: MedplumResource,
     manifest: ManifestStore,
+    legacy_db: LegacySource,
     migration_settings: MigrationSettings,
 ) -> AssetCheckResult:
     element = get_element(context.partition_key)
@@ -209,21 +211,22 @@ def idempotent_reload(
             resubmitted = fhir_frames.scan().filter(pl.col("bundle_group").is_in(chosen_groups.implode())).collect()
             # Each to the resource the census found for its identifier (an update by id, no search): the
             # census itself shows an identifier held twice, and Medplum answers an unchanged update fast.
-            result = load_frame(
-                client,
-                ledger,
-                f"{context.run.run_id}-reload",
-                element,
-                resubmitted,
-                settings,
-                known=Known(
-                    prerequisites=_run_prerequisites(context, migration_settings, client.target).get(
-                        lambda: check_prerequisites(client, ledger, element.name, keys)
+            with legacy_files(legacy_db.url):  # the resubmitted BLOB attachments are read from there
+                result = load_frame(
+                    client,
+                    ledger,
+                    f"{context.run.run_id}-reload",
+                    element,
+                    resubmitted,
+                    settings,
+                    known=Known(
+                        prerequisites=_run_prerequisites(context, migration_settings, client.target).get(
+                            lambda: check_prerequisites(client, ledger, element.name, keys)
+                        ),
+                        ledger=units.select(LEDGER_COLUMNS),
+                        held=held_in_target(censuses),
                     ),
-                    ledger=units.select(LEDGER_COLUMNS),
-                    held=held_in_target(censuses),
-                ),
-            )
+                )
         else:
             resubmitted, result = candidates.clear(), LoadResult()
         duplicates = report.duplicates

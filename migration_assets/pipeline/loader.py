@@ -19,6 +19,7 @@ import polars as pl
 
 from migration_assets.elements.base import DataElement
 from migration_assets.elements.fhir_json import conditional_reference
+from migration_assets.ledger.files import FileUploader
 from migration_assets.ledger.manifest import Attempt, Manifest
 from migration_assets.medplum import EntryResponse, MedplumClient
 from migration_assets.pipeline.attachments import attaches_files, uploader_for, with_uploaded_files
@@ -407,9 +408,13 @@ def load_frame(
     frame = in_shard(frame.select(*LOAD_COLUMNS, *(["references"] if direct_ids is not None else [])), settings)
     result = LoadResult()
     result.add("source_rows", frame.height)
-    result.add("quarantined", int(frame["quarantine_rule"].is_not_null().sum()))
     ledger = manifest.units(element_name, LEDGER_COLUMNS) if known.ledger is None else known.ledger
     send = rows_to_send(frame, ledger, settings)
+    if attaches_files(frame.filter(send)):
+        # Legacy files and BLOBs go up as Binaries (booked before their resources are sent) just before
+        # sending; a unit whose bytes are refused now is quarantined with the refusal, not sent.
+        frame, send = _with_uploads(frame, send, uploader_for(client, manifest))
+    result.add("quarantined", int(frame["quarantine_rule"].is_not_null().sum()))
     result.add("not_sent_unchanged", int((~send & frame["quarantine_rule"].is_null()).sum()))
     for start in range(0, frame.height, REGISTER_CHUNK):
         manifest.register_units(
@@ -422,9 +427,6 @@ def load_frame(
     )
     if direct_ids is not None:
         outgoing = with_direct_references(outgoing, direct_ids).drop("references")
-    if attaches_files(outgoing):
-        # Legacy files go up as Binaries (booked before their resources are sent) just before sending.
-        outgoing = with_uploaded_files(outgoing, uploader_for(client, manifest))
     if held is not None:
         outgoing = outgoing.join(
             held, on=["resource_type", "identifier_system", "identifier_value"], how="left", maintain_order="left"
@@ -481,6 +483,17 @@ def load_frame(
     result.most_in_flight = limit.highest
     result.add("in_flight_decreased", limit.decreases)
     return result
+
+
+def _with_uploads(frame: pl.DataFrame, send: pl.Series, uploader: FileUploader) -> tuple[pl.DataFrame, pl.Series]:
+    """The frame with the Binaries of the rows to send in their attachments, and those rows still to
+    send: a row whose bytes the uploader refused is quarantined with its rule and reason instead."""
+    numbered = frame.with_row_index("_row")
+    uploaded = with_uploaded_files(numbered.filter(send), uploader)
+    frame = numbered.update(
+        uploaded.select("_row", "resource", "quarantine_rule", "quarantine_reason"), on="_row", how="left"
+    ).drop("_row")
+    return frame, send & frame["quarantine_rule"].is_null()
 
 
 # Outcomes are written to the manifest this many rows (or seconds) at a time: one commit per bundle

@@ -29,6 +29,7 @@ from dagster import (
 )
 
 from migration_assets.active import get_element
+from migration_assets.elements.files import legacy_files
 from migration_assets.medplum import Target
 from migration_assets.phases import load_phases
 from migration_assets.pipeline.assets import OWNERS, target_metadata
@@ -111,21 +112,23 @@ def load_shard(
             client.target,
             migration_settings.incremental_census,
         )
-        result = migrate(
-            client,
-            ledger,
-            ledger_run_id(run_id, shard_index, shard_count),
-            element,
-            fhir_frames,
-            legacy_db.display_url,
-            settings,
-            on_progress=lambda done, total: _report_progress(context, element.name, done, total),
-            census_of_target=lambda keys: before_load.get(client, keys),
-            # As the blocking check prerequisites_loaded made it for this run (or the first shard, without it).
-            run_prerequisites=RunPrerequisites.of_run(
-                migration_settings.evidence_dir, run_id, client.target, element.name
-            ),
-        )
+        # BLOB attachments are read from this legacy database when they are uploaded.
+        with legacy_files(legacy_db.url):
+            result = migrate(
+                client,
+                ledger,
+                ledger_run_id(run_id, shard_index, shard_count),
+                element,
+                fhir_frames,
+                legacy_db.display_url,
+                settings,
+                on_progress=lambda done, total: _report_progress(context, element.name, done, total),
+                census_of_target=lambda keys: before_load.get(client, keys),
+                # As the blocking check prerequisites_loaded made it for this run (or the first shard without it).
+                run_prerequisites=RunPrerequisites.of_run(
+                    migration_settings.evidence_dir, run_id, client.target, element.name
+                ),
+            )
         stats = client.stats
         target = client.target
     context.log.info(
