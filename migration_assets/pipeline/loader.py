@@ -369,13 +369,15 @@ class Known:
     `prerequisites`: the run's prerequisite report (made by load_frame when None); `ledger`: the
     element's ledger (LEDGER_COLUMNS); `held` (held_in_target): what the target holds of the frame's own
     resources, by its census (with it a resource is updated by id or created as settings.creates says,
-    not written by conditional PUT); `bundle_offset`: the bundles of the parts loaded before this one in
-    the same run (this part's are numbered after them)."""
+    not written by conditional PUT); `bundle_offset` and `units_before`: the bundles and the units sent by
+    the parts loaded before this one in the same run (this part's bundles are numbered after them, and its
+    progress counts on from them)."""
 
     prerequisites: PrerequisiteReport | None = None
     ledger: pl.DataFrame | None = None
     held: pl.DataFrame | None = None
     bundle_offset: int = 0
+    units_before: int = 0
 
 
 def load_frame(
@@ -436,7 +438,8 @@ def load_frame(
     in_flight: deque[tuple[int, pl.DataFrame, Future[list[EntryResponse]], int]] = deque()
     answered: deque[tuple[int, pl.DataFrame, list[EntryResponse]]] = deque()
     respond_async = settings.mode == "async"
-    recorder = _Recorder(manifest, run_id, element_name, bundle_offset + len(bundles), on_progress)
+    units = (known.units_before, known.units_before + outgoing.height)
+    recorder = _Recorder(manifest, run_id, element_name, units, on_progress)
 
     limit = InFlight(client, settings.concurrency, settings.adaptive)
 
@@ -506,28 +509,29 @@ ENTRY_TEXT_CHUNK_ROWS = 5_000
 
 class _Recorder:
     """Attempts and dispositions stored a few bundles at a time, at most RECORD_FLUSH_ROWS rows or
-    RECORD_FLUSH_SECONDS behind; progress is reported for a bundle once its outcomes are stored. A crash
-    loses at most that much of the record: those units stay pending and the next run sends them again
-    (every write is conditional)."""
+    RECORD_FLUSH_SECONDS behind; progress (units sent and recorded, of all the element's units to send)
+    is reported for a bundle once its outcomes are stored. A crash loses at most that much of the
+    record: those units stay pending and the next run sends them again (the next census finds what
+    was written)."""
 
     def __init__(
         self,
         manifest: Manifest,
         run_id: str,
         element_name: str,
-        total: int,
+        units: tuple[int, int],
         on_progress: Callable[[int, int], None] | None,
     ) -> None:
         self.manifest, self.run_id, self.element_name = manifest, run_id, element_name
-        self.total, self.on_progress = total, on_progress
+        (self.done, self.total), self.on_progress = units, on_progress
         self.columns: tuple[list[Any], ...] = ([], [], [], [], [])
-        self.bundles: list[int] = []
+        self.bundle_units: list[int] = []
         self.last_flush = time.monotonic()
 
-    def add(self, bundle_number: int, *columns: list[Any]) -> None:
+    def add(self, *columns: list[Any]) -> None:
         for stored, new in zip(self.columns, columns, strict=True):
             stored.extend(new)
-        self.bundles.append(bundle_number)
+        self.bundle_units.append(len(columns[0]))
         if len(self.columns[0]) >= RECORD_FLUSH_ROWS or time.monotonic() - self.last_flush >= RECORD_FLUSH_SECONDS:
             self.flush()
 
@@ -536,10 +540,11 @@ class _Recorder:
             self.manifest.record_results(self.run_id, self.element_name, *self.columns)
         self.columns = ([], [], [], [], [])
         self.last_flush = time.monotonic()
-        bundles, self.bundles = self.bundles, []
-        if self.on_progress:
-            for number in bundles:
-                self.on_progress(number, self.total)
+        bundle_units, self.bundle_units = self.bundle_units, []
+        for units in bundle_units:
+            self.done += units
+            if self.on_progress:
+                self.on_progress(self.done, self.total)
 
 
 # Medplum's FHIR quota: a write costs 100 points, a search 20. A conditional PUT searched twice when it
@@ -690,7 +695,7 @@ def _record(
             result.add("updated")
         successes.append(success)
         reasons.append(reason)
-    recorder.add(bundle_number, attempts, successes, resource_ids, version_ids, reasons)
+    recorder.add(attempts, successes, resource_ids, version_ids, reasons)
 
 
 def _distinct_references(frame: pl.DataFrame, element: DataElement) -> pl.DataFrame:
@@ -790,7 +795,13 @@ def migrate(
                 part,
                 settings,
                 on_progress,
-                Known(prerequisites=report, ledger=ledger, held=held, bundle_offset=result.bundles),
+                Known(
+                    prerequisites=report,
+                    ledger=ledger,
+                    held=held,
+                    bundle_offset=result.bundles,
+                    units_before=result.counts["sent"],
+                ),
             )
             result.merge(part_result)
     except Exception:

@@ -122,7 +122,7 @@ def load_shard(
                 fhir_frames,
                 legacy_db.display_url,
                 settings,
-                on_progress=lambda done, total: _report_progress(context, element.name, done, total),
+                on_progress=_ProgressLog(context, element.name),
                 census_of_target=lambda keys: before_load.get(client, keys),
                 # As the blocking check prerequisites_loaded made it for this run (or the first shard without it).
                 run_prerequisites=RunPrerequisites.of_run(
@@ -213,9 +213,16 @@ def medplum_resources(fhir_frames: FrameParts) -> Any:
     return combine_shards(loads.collect())
 
 
-def _report_progress(context: OpExecutionContext, element: str, done: int, total: int) -> None:
-    # Every bundle to this process's listeners (make demo's live view); about twenty log lines a load,
-    # whatever its size.
-    publish(LoadProgress(element, done, total))
-    if done == total or done % max(1, total // 20) == 0:
-        context.log.info(f"bundle {done} of {total} sent")
+class _ProgressLog:
+    """A load step's progress: every bundle's units to this process's listeners (make demo's live view),
+    and a line to the step's log each time another twentieth of the units is done, whatever the size."""
+
+    def __init__(self, context: OpExecutionContext, element: str) -> None:
+        self.context, self.element, self.logged = context, element, 0
+
+    def __call__(self, done: int, total: int) -> None:
+        publish(LoadProgress(self.element, done, total))
+        twentieths = done * 20 // max(1, total)
+        if twentieths > self.logged:
+            self.logged = twentieths
+            self.context.log.info(f"{done:,} of {total:,} units sent")
