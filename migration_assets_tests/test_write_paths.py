@@ -109,3 +109,40 @@ def test_the_phase_decides_how_absent_resources_are_created(tmp_path: Path, monk
     assert by_phase.load_settings(get_element("problem_list")).creates == "conditional", "the old services write too"
     said = MigrationSettings(creates="conditional")
     assert said.load_settings(PATIENTS).creates == "conditional", "a setting for every element wins"
+
+
+@pytest.mark.integration
+def test_creates_go_in_transactions_and_a_refused_one_is_resent_entry_by_entry(local_medplum, tmp_path: Path):
+    base = f"https://packed-{uuid.uuid4().hex[:8]}.example.org/fhir"
+    frame = patients_frame(base)
+    system = frame["identifier_system"][0]
+    # The fourth patient is one Medplum refuses: its transaction of five fails whole.
+    frame = frame.with_columns(
+        resource=pl.when(pl.int_range(pl.len()) == 3)
+        .then(pl.col("resource").str.replace('"birthDate":"[^"]*"', '"birthDate":"x"'))
+        .otherwise(pl.col("resource"))
+    )
+    with (
+        MedplumClient(local_medplum.base_url, local_medplum.client_id, local_medplum.client_secret) as client,
+        Manifest(f"sqlite:///{tmp_path / 'ledger.db'}", client.target.key) as ledger,
+    ):
+        census_file = RunCensus(tmp_path / "census", "packed")
+        result = migrate(
+            client,
+            ledger,
+            "packed",
+            PATIENTS,
+            frame,
+            "sqlite:///legacy.db",
+            LoadSettings(batch_size=12, creates="post", transaction_size=5),
+            census_of_target=lambda keys: census_file.get(client, keys),
+        )
+        batches = client.stats.requests
+        units = ledger.units("patients")
+    assert result.counts["created"] == 11 and result.counts["failed"] == 1, result.counts
+    failed = units.filter(pl.col("disposition") == "rejected")["unit_key"].to_list()
+    assert failed == [frame["unit_key"][3]], "only the bad entry fails; its transaction's others are written"
+    with MedplumClient(local_medplum.base_url, local_medplum.client_id, local_medplum.client_secret) as client:
+        found = census(client, "Patient", system)
+    assert found.height == 11 and found["identifier_value"].n_unique() == 11
+    assert batches <= 6, f"one batch of three transactions and one resend of five entries, {batches} requests in all"
