@@ -1,7 +1,12 @@
 """Four shards of one launch on two Celery workers over the machine's RabbitMQ (dagster-celery), one of
 them killed in the middle of a shard: the event log shows where each shard step ran, the books balance,
 the local Medplum holds each source identifier exactly once, and the killed worker's shard was delivered
-again and loaded by the other (acks_late)."""
+again and loaded by the other (acks_late).
+
+Steady from run to run: a queue of the test's own, deleted at its end; the launches wait until both workers
+consume it (asked over the broker, not read from their logs); the worker is killed only while one of its
+shard steps has started and not ended; the checks that run at once on both workers never see each other's
+work half done (the idempotency check's resubmission leaves the books as they are until answered)."""
 
 import json
 import os
@@ -70,9 +75,13 @@ def _wait_ready(queue: str, workers: list[subprocess.Popen[bytes]], logs: Path) 
 
 
 def _children(pid: int) -> set[int]:
+    """The process and its descendants (a thread or process may end while it is read: skipped)."""
     found = {pid}
     for task in Path(f"/proc/{pid}/task").glob("*"):
-        children = (task / "children").read_text().split() if (task / "children").exists() else []
+        try:
+            children = (task / "children").read_text().split()
+        except OSError:
+            continue
         for child in children:
             found |= _children(int(child))
     return found
