@@ -5,6 +5,7 @@ RUN_CONFIG=file.yaml (or --run-config) gives every run the settings the launchpa
 `resources: {migration_settings: {config: {quarantine_threshold: 0.1}}}`."""
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -374,6 +375,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         quiet_dagster_warnings()
     run_config = read_run_config(args.run_config)
+    if config.executor_name() == "celery" and not os.environ.get("MEDPLUM_BASE_URL"):
+        # The workers write to Medplum from their own processes: a server this command starts is unknown to them.
+        print(
+            "DAGSTER_EXECUTOR=celery: the Celery workers write to Medplum too, so they need its address: start the "
+            "server they share (make medplum: http://127.0.0.1:8103/) and set MEDPLUM_BASE_URL, MEDPLUM_CLIENT_ID "
+            "and MEDPLUM_CLIENT_SECRET for make workers and make demo alike (README, Scaling out)",
+            file=sys.stderr,
+        )
+        return 2
     ensure_dagster_home()
     ensure_legacy_source(args.patients)
     summaries = []

@@ -142,6 +142,8 @@ def main() -> None:
     home = Path(os.environ.get("DAGSTER_HOME") or config.REPO_ROOT / ".dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
     queue = config.celery_queue()
+    # SIGTERM stops the workers too (each in a session of its own, so not in this process's group).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     workers = start_workers(args.workers, queue, home)
     try:
         wait_until_consuming(queue, args.workers, workers)
