@@ -17,9 +17,10 @@ from dagster import (
     reconstructable,
 )
 
+from migration_assets.commands.demo import migrate_element
 from migration_assets.definitions import make_definitions
 from migration_assets.ledger.manifest import Manifest, attempts, dagster_run_of
-from migration_assets.pipeline.resources import MedplumResource, build_resources
+from migration_assets.pipeline.resources import MedplumResource, build_resources, keeping_built_values
 from migration_assets.verify.census import census
 from migration_assets_tests.fault_proxy import Fault, FaultProxy
 from migration_assets_tests.test_faults import ALL_CHECKS, BATCH, PATIENT_SYSTEM
@@ -162,3 +163,33 @@ def test_the_ledger_runs_of_a_load_are_its_shard_steps(tmp_path: Path):
         assert [run["run_id"] for run in ledger.load_runs("patients", ["run-b"])] == ["run-b"]
         assert ledger.load_runs("patients", []) == []
     assert dagster_run_of("run-a.1of2") == "run-a" and dagster_run_of("run-b") == "run-b"
+
+
+def test_a_run_config_of_a_resource_keeps_the_values_it_was_built_with(tmp_path: Path):
+    resources = build_resources(work_dir=tmp_path, batch_size=5)
+    run_config = {"resources": {"migration_settings": {"config": {"shard_count": 2, "batch_size": 7}}}}
+
+    kept = keeping_built_values(
+        {**run_config, "resources": {**run_config["resources"], "medplum": {"config": {}}}}, resources
+    )
+
+    assert kept["resources"]["migration_settings"]["config"] == {
+        "evidence_dir": str(tmp_path / "evidence"),
+        "batch_size": 7,  # the run config's own wins
+        "shard_count": 2,
+    }
+    # Credentials stay read from the environment at launch, never written into the config.
+    assert kept["resources"]["medplum"]["config"]["client_secret"] == {"env": "MEDPLUM_CLIENT_SECRET"}
+    assert keeping_built_values({}, resources) == {}
+
+
+def test_a_sharded_run_from_a_run_config_writes_its_evidence_where_the_platform_keeps_it(platform_factory):
+    platform = platform_factory.new(patients=20)
+    run_config = {"resources": {"migration_settings": {"config": {"shard_count": 2}}}}
+
+    summary = migrate_element("patients", platform.instance, platform.defs, run_config)
+
+    assert summary.ok, (summary.error, summary.failure_messages)
+    evidence = json.loads((platform.work / "evidence" / "patients" / "reconciliation.json").read_text())
+    assert sorted(run["shard"] for run in evidence["evidence"]["load_runs"]) == ["0/2", "1/2"]
+    assert evidence["figures"]["attempts_last_run"] == 20 == summary.counts["sent"]

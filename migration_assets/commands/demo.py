@@ -40,7 +40,12 @@ from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import Target
 from migration_assets.pipeline.cutover_report import write_report
 from migration_assets.pipeline.progress import LoadProgress, listening
-from migration_assets.pipeline.resources import ManifestStore, MedplumResource, MigrationSettings
+from migration_assets.pipeline.resources import (
+    ManifestStore,
+    MedplumResource,
+    MigrationSettings,
+    keeping_built_values,
+)
 
 # Dagster's own log lines stay in the instance (and the UI); the console gets them with -v.
 VERBOSE_CONSOLE = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -119,7 +124,10 @@ def migrate_element(
     summary = ElementSummary(element)
     started = time.monotonic()
     progress = _LastProgress(element)
-    run_config = {**(VERBOSE_CONSOLE if verbose else QUIET_CONSOLE), **(run_config or {})}
+    run_config = {
+        **(VERBOSE_CONSOLE if verbose else QUIET_CONSOLE),
+        **keeping_built_values(run_config or {}, defs.resources or {}),
+    }
     with listening(progress):
         if rebuilt is None:
             result: ExecuteInProcessResult | JobExecutionResult = defs.resolve_job_def(

@@ -1,7 +1,7 @@
 """Dagster resources: thin configuration wrappers around the plain libraries."""
 
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -77,8 +77,10 @@ class ManifestStore(ConfigurableResource):
 
 
 class MigrationSettings(ConfigurableResource):
+    # IDENTIFIER_BASE_URI read here too: a launch that configures this resource (launchpad, GraphQL) replaces
+    # the values it was built with by the fields' defaults, and another base URI would write other identifiers.
     identifier_base_uri: str = Field(
-        default=PROFILE.identifier_base_uri,
+        default=config.identifier_base_uri() or PROFILE.identifier_base_uri,
         description="Base URI of the legacy system: identifier and local code systems derive from it.",
     )
     batch_size: int | None = Field(
@@ -191,6 +193,25 @@ class PolarsParquetIOManager(ConfigurableIOManager):
         if wanted is FrameParts:
             raise TypeError(f"{file} is one frame, not parts: materialize {context.asset_key.to_user_string()} again")
         return pl.scan_parquet(file) if wanted is pl.LazyFrame else pl.read_parquet(file)
+
+
+def keeping_built_values(run_config: Mapping[str, Any], resources: Mapping[str, object]) -> dict[str, Any]:
+    """`run_config` with, under each resource config it gives, the values that resource was built with
+    (build_resources: the environment's IDENTIFIER_BASE_URI, the evidence folder, a test's settings): Dagster
+    replaces them all by the fields' defaults otherwise, whatever fields the run config names."""
+    given = run_config.get("resources") or {}
+    merged = {}
+    for name, section in given.items():
+        built = resources.get(name)
+        if isinstance(built, ConfigurableResource) and isinstance(section, Mapping) and "config" in section:
+            values = {
+                # A value read from the environment at launch stays so (a credential never enters the config).
+                field: {"env": value.env_var_name} if isinstance(value, EnvVar) else value
+                for field, value in built.model_dump(exclude_unset=True).items()
+            }
+            section = {**section, "config": {**values, **section["config"]}}
+        merged[name] = section
+    return {**run_config, "resources": merged} if given else dict(run_config)
 
 
 def build_resources(
