@@ -170,7 +170,7 @@ def test_a_run_config_of_a_resource_keeps_the_values_it_was_built_with(tmp_path:
     run_config = {"resources": {"migration_settings": {"config": {"shard_count": 2, "batch_size": 7}}}}
 
     kept = keeping_built_values(
-        {**run_config, "resources": {**run_config["resources"], "medplum": {"config": {}}}}, resources
+        {"resources": {**run_config["resources"], "medplum": {"config": {"max_attempts": 2}}}}, resources
     )
 
     assert kept["resources"]["migration_settings"]["config"] == {
@@ -178,8 +178,8 @@ def test_a_run_config_of_a_resource_keeps_the_values_it_was_built_with(tmp_path:
         "batch_size": 7,  # the run config's own wins
         "shard_count": 2,
     }
-    # Credentials stay read from the environment at launch, never written into the config.
-    assert kept["resources"]["medplum"]["config"]["client_secret"] == {"env": "MEDPLUM_CLIENT_SECRET"}
+    # The resources holding credentials are left as given: a credential never enters a run's config.
+    assert kept["resources"]["medplum"] == {"config": {"max_attempts": 2}}
     assert keeping_built_values({}, resources) == {}
 
 

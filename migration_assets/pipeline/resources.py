@@ -196,21 +196,16 @@ class PolarsParquetIOManager(ConfigurableIOManager):
 
 
 def keeping_built_values(run_config: Mapping[str, Any], resources: Mapping[str, object]) -> dict[str, Any]:
-    """`run_config` with, under each resource config it gives, the values that resource was built with
-    (build_resources: the environment's IDENTIFIER_BASE_URI, the evidence folder, a test's settings): Dagster
-    replaces them all by the fields' defaults otherwise, whatever fields the run config names."""
+    """`run_config` with, under the `migration_settings` config it gives, the values that resource was built
+    with (build_resources: the environment's IDENTIFIER_BASE_URI, the evidence folder, a test's settings):
+    Dagster replaces them all by the fields' defaults otherwise, whatever fields the run config names. Only
+    the settings: the other resources hold credentials, which never enter a run's config."""
     given = run_config.get("resources") or {}
-    merged = {}
+    merged = dict(given)
     for name, section in given.items():
         built = resources.get(name)
-        if isinstance(built, ConfigurableResource) and isinstance(section, Mapping) and "config" in section:
-            values = {
-                # A value read from the environment at launch stays so (a credential never enters the config).
-                field: {"env": value.env_var_name} if isinstance(value, EnvVar) else value
-                for field, value in built.model_dump(exclude_unset=True).items()
-            }
-            section = {**section, "config": {**values, **section["config"]}}
-        merged[name] = section
+        if isinstance(built, MigrationSettings) and isinstance(section, Mapping) and "config" in section:
+            merged[name] = {**section, "config": {**built.model_dump(exclude_unset=True), **section["config"]}}
     return {**run_config, "resources": merged} if given else dict(run_config)
 
 
