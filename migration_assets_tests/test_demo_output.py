@@ -104,6 +104,7 @@ def test_the_demo_on_the_multiprocess_executor_runs_each_shard_in_a_process_of_i
     )
 
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Warning" not in done.stderr, "the steps' processes are as quiet as the demo's own"
     row = next(line.split() for line in done.stdout.splitlines() if line.startswith("patients "))
     assert row[1:3] == ["ok", "5"] and row[-4] == "6/6", row  # result, source rows, checks
     with DagsterInstance.from_config(str(home)) as instance:
