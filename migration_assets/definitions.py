@@ -1,7 +1,7 @@
 """Every asset, check, resource and job of the migration, registered in one place. The resources come
 from the environment (resources.build_resources, config.py)."""
 
-from dagster import AssetSelection, Definitions, define_asset_job
+from dagster import AssetSelection, Definitions, JobDefinition, define_asset_job
 
 from migration_assets.adoption.assets import (
     ADOPTION_ASSETS,
@@ -50,3 +50,9 @@ def make_definitions(resources: dict[str, object]) -> Definitions:
 
 
 defs = make_definitions(build_resources())
+
+
+def migration_job() -> JobDefinition:
+    """The migration job of `defs`: what subprocesses and Celery workers rebuild (`reconstructable`) to run
+    its steps on the executor DAGSTER_EXECUTOR names (make demo)."""
+    return defs.resolve_job_def("migrate_data_element")

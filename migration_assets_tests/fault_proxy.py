@@ -7,7 +7,9 @@ server (the local Medplum server) and follows a programmable fault plan.
 
 A request is matched against the planned faults in order; the first fault that matches it and has
 `count` left is applied (after letting `skip` matching requests through untouched). Unmatched
-requests are forwarded as they are. Every request is logged (`proxy.log`) with the fault it got.
+requests are forwarded as they are. A fault with `body_contains` matches only requests whose body holds
+those bytes (one patient's identifier: the batches of the one shard that holds it). Every request is
+logged (`proxy.log`) with the fault it got.
 
 Fault kinds (`forward` says whether the upstream server gets the request before the fault strikes):
 - `reset`: the TCP connection is reset (RST). forward=False: mid-request, after the headers and half
@@ -83,13 +85,18 @@ class Fault:
     drop: int = 1
     rewrite: Callable[[Any], Any] | None = None
     action: Callable[[], None] | None = None
+    body_contains: bytes | None = None  # None: any body
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"unknown fault kind {self.kind!r}; known: {sorted(KINDS)}")
 
-    def matches(self, method: str, path: str) -> bool:
-        return (self.method is None or self.method == method) and path.startswith(self.path)
+    def matches(self, method: str, path: str, body: bytes | None) -> bool:
+        return (
+            (self.method is None or self.method == method)
+            and path.startswith(self.path)
+            and (self.body_contains is None or (body is not None and self.body_contains in body))
+        )
 
 
 @dataclass(frozen=True)
@@ -194,10 +201,15 @@ class FaultProxy:
                 and (fault is True or entry.fault == fault)
             ]
 
-    def _next_fault(self, method: str, path: str) -> Fault | None:
+    def inspects_bodies(self) -> bool:
+        """Whether a planned fault looks into request bodies (read whole before a fault is chosen)."""
+        with self._lock:
+            return any(fault.body_contains is not None for fault in self._faults)
+
+    def _next_fault(self, method: str, path: str, body: bytes | None) -> Fault | None:
         with self._lock:
             for fault in self._faults:
-                if fault.count > 0 and fault.matches(method, path):
+                if fault.count > 0 and fault.matches(method, path, body):
                     if fault.skip > 0:
                         fault.skip -= 1
                         return None
@@ -261,12 +273,17 @@ class _Handler(BaseHTTPRequestHandler):
         proxy = self.server.proxy
         method, path = self.command, self.path.split("?", 1)[0]
         length = int(self.headers.get("Content-Length") or 0)
-        fault = proxy._next_fault(method, path)
+        # Read before choosing a fault only when a fault looks into bodies: a reset mid-request needs
+        # the body unread.
+        body: bytes | None = (self.rfile.read(length) if length else b"") if proxy.inspects_bodies() else None
+        fault = proxy._next_fault(method, path, body)
         if fault is not None and fault.kind == "reset" and not fault.forward:
-            self.rfile.read(length // 2)
+            if body is None:
+                self.rfile.read(length // 2)
             proxy._record(method, path, fault, None)
             return self._reset()
-        body = self.rfile.read(length) if length else b""
+        if body is None:
+            body = self.rfile.read(length) if length else b""
         if fault is not None and fault.kind == "call" and fault.action is not None:
             fault.action()
         upstream: httpx.Response | None = None

@@ -1,9 +1,17 @@
 """What `make demo` prints: the live view's plain lines when the output is not a terminal, and a summary
-that says, for a failed element, what was done before it failed and which check failed and why."""
+that says, for a failed element, what was done before it failed and which check failed and why; and the
+demo on the multiprocess executor (DAGSTER_EXECUTOR), its steps in processes of their own."""
 
 import io
 import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
+import yaml
+from dagster import DagsterEventType, DagsterInstance
 from rich.console import Console
 
 from migration_assets.commands.demo import ElementSummary, element_line, migrate_element, summary_lines
@@ -65,3 +73,46 @@ def test_quota_wait_is_a_column_when_the_load_reports_it() -> None:
     lines = summary_lines([waited, ElementSummary("practitioners", run_ok=True)], 80.0)
     assert "quota_wait_s" in lines[1] and "61.5" in next(line for line in lines if line.startswith("patients"))
     assert "quota_wait_s" not in summary_lines([ElementSummary("practitioners", run_ok=True)], 1.0)[1]
+
+
+@pytest.mark.integration
+def test_the_demo_on_the_multiprocess_executor_runs_each_shard_in_a_process_of_its_own(tmp_path: Path) -> None:
+    work, home = tmp_path / "work", tmp_path / "dagster_home"
+    home.mkdir()
+    run_config = tmp_path / "run.yaml"
+    run_config.write_text(yaml.safe_dump({"resources": {"migration_settings": {"config": {"shard_count": 2}}}}))
+    # The demo's own sample, local server and ledger under `work`; nothing of the caller's environment.
+    environment = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith("MEDPLUM_") and name not in ("LEGACY_DB_URL", "MANIFEST_DB_URL", "ELEMENTS")
+    }
+    environment.update(
+        MIGRATION_WORK_DIR=str(work),
+        DAGSTER_HOME=str(home),
+        DAGSTER_EXECUTOR="multiprocess",
+        ELEMENTS="patients",
+        RUN_CONFIG=str(run_config),
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "migration_assets.commands.demo", "--patients", "5"],
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Warning" not in done.stderr, "the steps' processes are as quiet as the demo's own"
+    row = next(line.split() for line in done.stdout.splitlines() if line.startswith("patients "))
+    assert row[1:3] == ["ok", "5"] and row[-4] == "6/6", row  # result, source rows, checks
+    with DagsterInstance.from_config(str(home)) as instance:
+        (run,) = instance.get_runs()
+        pids = {
+            record.event_log_entry.step_key: record.event_log_entry.dagster_event.pid
+            for record in instance.get_records_for_run(run.run_id, of_type=DagsterEventType.STEP_START).records
+        }
+        (run_start,) = instance.get_records_for_run(run.run_id, of_type=DagsterEventType.RUN_START).records
+    shards = {pids[f"medplum_resources.load_shard[shard_{index}]"] for index in range(2)}
+    assert len(shards) == 2 and run_start.event_log_entry.dagster_event.pid not in shards, pids

@@ -379,6 +379,34 @@ def test_concurrent_shard_loads_equal_one_clean_load(frames, tmp_path: Path):
         assert loaded[name].equals(expected[name])
 
 
+class _BooksWatched(Manifest):
+    """A manifest that reads the element's dispositions each time a bundle's answers are recorded, as a
+    check of the same run on another worker reads them meanwhile."""
+
+    seen: list[dict[str, int]]
+
+    def record_results(self, run_id: str, element: str, *args, **kwargs) -> None:
+        self.seen.append(dict(self.units(element)["disposition"].value_counts().iter_rows()))
+        super().record_results(run_id, element, *args, **kwargs)
+
+
+def test_a_resubmission_of_what_is_loaded_never_shows_it_pending(frames, local_medplum, tmp_path: Path):
+    # The idempotency check resubmits the element (resend_unchanged) while the run's other checks, on other
+    # processes or Celery workers, read the books: they must find them as the load left them.
+    manifest_url = f"sqlite:///{tmp_path / 'books.db'}"
+    patients = frames["patients"]
+    with client_for(local_medplum) as client, _BooksWatched(manifest_url) as manifest:
+        manifest.seen = []
+        load_frame(client, manifest, "run", "patients", False, patients, LoadSettings(batch_size=10))
+        manifest.seen.clear()
+        resubmitted = LoadSettings(batch_size=10, resend_unchanged=True)
+        result = load_frame(client, manifest, "run-reload", "patients", False, patients, resubmitted)
+        after = dict(manifest.units("patients")["disposition"].value_counts().iter_rows())
+    assert result.counts["sent"] == eligible(patients) and manifest.seen
+    assert all("pending" not in seen for seen in manifest.seen), manifest.seen
+    assert manifest.seen[0] == after
+
+
 def test_migration_settings_carry_mode_and_shard(monkeypatch):
     element = get_element("patients")
     monkeypatch.setenv("LOAD_MODE", "async")

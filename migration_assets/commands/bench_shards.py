@@ -17,7 +17,7 @@ from typing import Any
 import yaml
 from dagster import DagsterEventType, DagsterInstance
 
-from migration_assets.commands.workers import celery_run_config, start_workers
+from migration_assets.commands.workers import celery_run_config, delete_queue, start_workers, wait_until_consuming
 from migration_assets.devtools.local_medplum import running_local_medplum
 
 # (label, executor, shards, Celery workers)
@@ -68,8 +68,9 @@ def _one(
             workers = start_workers(worker_count, queue, home, log_dir=work)
             os.environ.clear()
             os.environ.update(saved)
+            stack.callback(delete_queue, queue)
             stack.callback(_stop, workers)
-            time.sleep(8)  # the workers import the code location
+            wait_until_consuming(queue, worker_count, workers)
         elif executor == "multiprocess":
             run_config["execution"] = {"config": {"max_concurrent": shards + 1}}
         (work / "run.yaml").write_text(yaml.safe_dump(run_config))

@@ -5,15 +5,25 @@ RUN_CONFIG=file.yaml (or --run-config) gives every run the settings the launchpa
 `resources: {migration_settings: {config: {quarantine_threshold: 0.1}}}`."""
 
 import argparse
+import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from dagster import DagsterEventType, DagsterInstance, Definitions, ExecuteInProcessResult
+from dagster import (
+    DagsterEventType,
+    DagsterInstance,
+    Definitions,
+    ExecuteInProcessResult,
+    JobDefinition,
+    JobExecutionResult,
+    execute_job,
+    reconstructable,
+)
 from dagster_shared.error import SerializableErrorInfo
 
 from migration_assets import config
@@ -25,11 +35,17 @@ from migration_assets.commands.environment import (
     quiet_dagster_warnings,
 )
 from migration_assets.commands.live import LiveView
+from migration_assets.commands.workers import celery_run_config
 from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import Target
 from migration_assets.pipeline.cutover_report import write_report
 from migration_assets.pipeline.progress import LoadProgress, listening
-from migration_assets.pipeline.resources import ManifestStore, MedplumResource, MigrationSettings
+from migration_assets.pipeline.resources import (
+    ManifestStore,
+    MedplumResource,
+    MigrationSettings,
+    keeping_built_values,
+)
 
 # Dagster's own log lines stay in the instance (and the UI); the console gets them with -v.
 VERBOSE_CONSOLE = {"loggers": {"console": {"config": {"log_level": "INFO"}}}}
@@ -50,6 +66,7 @@ SUMMARY_COUNTS = (
 # Figures of the load's metadata that are not counts (the seconds spent waiting for the FHIR quota).
 SUMMARY_FIGURES = ("quota_wait_seconds",)
 LOAD_STEP = "medplum_resources"
+PARTITION_TAG = "dagster/partition"  # the run's partition, as the launchpad tags it
 
 
 @dataclass
@@ -99,19 +116,28 @@ def migrate_element(
     defs: Definitions,
     run_config: Mapping[str, Any] | None = None,
     verbose: bool = False,
+    rebuilt: Callable[[], JobDefinition] | None = None,
 ) -> ElementSummary:
-    """One run of the migration job for one partition, on the real Dagster instance."""
+    """One run of the migration job for one partition, on the real Dagster instance: in this process, or,
+    given `rebuilt` (a module's function that other processes call to rebuild the job), on the job's executor
+    (DAGSTER_EXECUTOR: subprocesses, Celery workers)."""
     summary = ElementSummary(element)
-    job = defs.resolve_job_def("migrate_data_element")
     started = time.monotonic()
     progress = _LastProgress(element)
+    run_config = {
+        **(VERBOSE_CONSOLE if verbose else QUIET_CONSOLE),
+        **keeping_built_values(run_config or {}, defs.resources or {}),
+    }
     with listening(progress):
-        result = job.execute_in_process(
-            partition_key=element,
-            instance=instance,
-            raise_on_error=False,
-            run_config={**(VERBOSE_CONSOLE if verbose else QUIET_CONSOLE), **(run_config or {})},
-        )
+        if rebuilt is None:
+            result: ExecuteInProcessResult | JobExecutionResult = defs.resolve_job_def(
+                "migrate_data_element"
+            ).execute_in_process(partition_key=element, instance=instance, raise_on_error=False, run_config=run_config)
+        else:
+            with execute_job(
+                reconstructable(rebuilt), instance, run_config=run_config, tags={PARTITION_TAG: element}
+            ) as result:
+                pass  # its events are all in the result; nothing of the run's resources is read after it
     summary.seconds = time.monotonic() - started
     summary.units = progress.last
     summary.run_ok = result.success
@@ -150,7 +176,7 @@ def migrate_element(
     return summary
 
 
-def _steps_done(result: ExecuteInProcessResult) -> list[str]:
+def _steps_done(result: ExecuteInProcessResult | JobExecutionResult) -> list[str]:
     """One phrase per asset the run materialized, with its main figures."""
     done = []
     for node, figures in (
@@ -306,6 +332,20 @@ def read_run_config(path: Path | None) -> dict[str, Any]:
     return loaded
 
 
+def executor_run(
+    run_config: dict[str, Any], job: Callable[[], JobDefinition]
+) -> tuple[dict[str, Any], Callable[[], JobDefinition] | None]:
+    """The run config and the job for DAGSTER_EXECUTOR: in process, the job of the definitions as they are
+    (None); on subprocesses or Celery workers, the job they rebuild from its module. A Celery run gets the
+    broker and queue of `make workers` unless the run config says its own."""
+    executor = config.executor_name() or "in_process"
+    if executor == "in_process":
+        return run_config, None
+    if executor == "celery" and "execution" not in run_config:
+        run_config = {**run_config, **celery_run_config()}
+    return run_config, job
+
+
 def missing_prerequisites(chosen: Sequence[str], manifest_url: str, target: Target) -> list[str]:
     """One line per chosen element whose prerequisite is neither chosen nor loaded into `target` before
     (its books there hold no successful unit of it)."""
@@ -343,13 +383,22 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         quiet_dagster_warnings()
     run_config = read_run_config(args.run_config)
+    if config.executor_name() == "celery" and not os.environ.get("MEDPLUM_BASE_URL"):
+        # The workers write to Medplum from their own processes: a server this command starts is unknown to them.
+        print(
+            "DAGSTER_EXECUTOR=celery: the Celery workers write to Medplum too, so they need its address: start the "
+            "server they share (make medplum: http://127.0.0.1:8103/) and set MEDPLUM_BASE_URL, MEDPLUM_CLIENT_ID "
+            "and MEDPLUM_CLIENT_SECRET for make workers and make demo alike (README, Scaling out)",
+            file=sys.stderr,
+        )
+        return 2
     ensure_dagster_home()
     ensure_legacy_source(args.patients)
     summaries = []
     started = time.monotonic()
     with medplum_server(), DagsterInstance.get() as instance:
         # Imported once the environment is set: the resources read it.
-        from migration_assets.definitions import defs
+        from migration_assets.definitions import defs, migration_job
 
         manifest: ManifestStore = (defs.resources or {})["manifest"]
         medplum: MedplumResource = (defs.resources or {})["medplum"]
@@ -360,11 +409,14 @@ def main(argv: list[str] | None = None) -> int:
         if problems:
             print("\n".join(problems), file=sys.stderr)
             return 2
+        run_config, rebuilt = executor_run(run_config, migration_job)
         with LiveView() as view:
             view.print(f"profile {PROFILE.name}: migrating into {target} in order: {', '.join(LOAD_ORDER)}")
             for element in LOAD_ORDER:
                 with view.element(element):
-                    summaries.append(migrate_element(element, instance, defs, run_config, verbose=args.verbose))
+                    summaries.append(
+                        migrate_element(element, instance, defs, run_config, verbose=args.verbose, rebuilt=rebuilt)
+                    )
                 view.print(element_line(summaries[-1]))
         report = write_report(instance, manifest.url, Path(settings.evidence_dir), target.key)
     print_summary(summaries, time.monotonic() - started, Path(settings.evidence_dir), report)

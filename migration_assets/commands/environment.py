@@ -94,3 +94,6 @@ def quiet_dagster_warnings() -> None:
     """Dagster's warnings about its own preview features (the partitioned asset checks) are nothing a
     person running a command can act on: not printed (`make demo V=1` shows them)."""
     warnings.filterwarnings("ignore", category=Warning, module=r"dagster(\.|$)")
+    # The steps' own processes (DAGSTER_EXECUTOR=multiprocess) import the checks again: the same preview
+    # warning, filtered through their environment (a message prefix: the only form a variable can say).
+    os.environ.setdefault("PYTHONWARNINGS", "ignore:Specifying a partitions_def on an AssetCheckSpec")

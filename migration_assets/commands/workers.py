@@ -9,6 +9,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -91,6 +92,49 @@ def start_workers(count: int, queue: str, home: Path, log_dir: Path | None = Non
     return workers
 
 
+def _broker_app() -> Any:
+    """A Celery app on the broker alone, to ask the workers over it (`celery inspect`)."""
+    from celery import Celery
+
+    return Celery("dagster", broker=config.celery_broker_url())
+
+
+def wait_until_consuming(
+    queue: str, count: int, workers: list[subprocess.Popen[bytes]] | None = None, timeout: float = 180.0
+) -> None:
+    """Until `count` workers consume `queue`, as they answer over the broker (`celery inspect
+    active_queues`). A worker whose log says ready may still be connecting: a task sent then goes to the
+    others. Raises when a worker of `workers` exits or the time runs out."""
+    app = _broker_app()
+    deadline = time.monotonic() + timeout
+    try:
+        while True:
+            exited = [worker.pid for worker in workers or [] if worker.poll() is not None]
+            if exited:
+                raise RuntimeError(f"Celery worker (pid {exited[0]}) exited before it consumed {queue!r}")
+            answers = app.control.inspect(timeout=2.0).active_queues() or {}
+            consuming = [name for name, queues in answers.items() if any(q["name"] == queue for q in queues)]
+            if len(consuming) >= count:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{len(consuming)} of {count} Celery workers consume {queue!r} after {timeout:.0f} s"
+                )
+            time.sleep(0.5)
+    finally:
+        app.close()
+
+
+def delete_queue(queue: str) -> None:
+    """Remove `queue` from the broker with whatever it still holds (a test's or a bench's own queue)."""
+    app = _broker_app()
+    try:
+        with app.connection_for_write() as connection:
+            connection.default_channel.queue_delete(queue)
+    finally:
+        app.close()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--workers", type=int, default=2)
@@ -98,12 +142,16 @@ def main() -> None:
     home = Path(os.environ.get("DAGSTER_HOME") or config.REPO_ROOT / ".dagster_home").resolve()
     home.mkdir(parents=True, exist_ok=True)
     queue = config.celery_queue()
+    # SIGTERM stops the workers too (each in a session of its own, so not in this process's group).
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(0))
     workers = start_workers(args.workers, queue, home)
-    print(
-        f"{args.workers} Celery workers on queue {queue!r} of {config.celery_broker_url().split('@')[-1]}; "
-        f"launch runs with DAGSTER_EXECUTOR=celery. Ctrl-C stops them."
-    )
     try:
+        wait_until_consuming(queue, args.workers, workers)
+        print(
+            f"{args.workers} Celery workers consume queue {queue!r} of {config.celery_broker_url().split('@')[-1]}; "
+            f"launch runs with DAGSTER_EXECUTOR=celery. Ctrl-C stops them.",
+            flush=True,
+        )
         for worker in workers:
             worker.wait()
     except KeyboardInterrupt:

@@ -9,6 +9,7 @@ never decides what is sent to another, and switching back to a target finds its 
 """
 
 import json
+import re
 import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -103,6 +104,12 @@ verified_content = sa.Table(
 )
 
 _UNIT_KEY = ("target", "element", "source_table", "unit_key")
+
+
+def dagster_run_of(ledger_run_id: str) -> str:
+    """The Dagster run that recorded a ledger run: the run itself, or the run of a shard step
+    (`<run id>.<i>of<n>`, pipeline/sharded.py)."""
+    return re.sub(r"\.\d+of\d+$", "", ledger_run_id)
 
 
 def engine_for(url: str) -> sa.Engine:
@@ -447,12 +454,35 @@ class Manifest:
             )
         return {"units": found_units, "attempts": found_attempts, "runs": found_runs}
 
-    def attempt_counts(self, run_id: str, element: str) -> dict[str, int]:
-        """Attempts of this run by HTTP status class, and how many units needed more than one."""
+    def load_runs(self, element: str, dagster_run_ids: Iterable[str]) -> list[dict[str, Any]]:
+        """The ledger runs of `element` that these Dagster runs recorded, oldest first: each unsharded run
+        itself, and each shard step of a sharded one (`<run id>.<i>of<n>`, sharded.ledger_run_id)."""
+        ids = list(dagster_run_ids)
+        if not ids:
+            return []
+        query = (
+            sa.select(runs)
+            .where(
+                runs.c.target == self.target,
+                runs.c.element == element,
+                sa.or_(runs.c.run_id.in_(ids), *(runs.c.run_id.like(f"{run_id}.%") for run_id in ids)),
+            )
+            .order_by(runs.c.started_at)
+        )
+        with self.engine.connect() as db:
+            return [dict(row._mapping) for row in db.execute(query)]
+
+    def attempt_counts(self, run_ids: Sequence[str], element: str) -> dict[str, int]:
+        """Attempts of these ledger runs (a sharded load's shard steps), and how many units needed more
+        than one."""
         with self.engine.connect() as db:
             per_unit = (
                 sa.select(attempts.c.source_table, attempts.c.unit_key, sa.func.count().label("n"))
-                .where(attempts.c.target == self.target, attempts.c.run_id == run_id, attempts.c.element == element)
+                .where(
+                    attempts.c.target == self.target,
+                    attempts.c.run_id.in_(list(run_ids)),
+                    attempts.c.element == element,
+                )
                 .group_by(attempts.c.source_table, attempts.c.unit_key)
                 .subquery()
             )

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
-from dagster import AssetExecutionContext, AssetIn, MaterializeResult, MetadataValue, Output, asset
+from dagster import AssetExecutionContext, AssetIn, DagsterRun, MaterializeResult, MetadataValue, Output, asset
 
 from migration_assets.active import get_element, prerequisites
 from migration_assets.elements.base import DataElement
@@ -164,6 +164,7 @@ def reconciliation_report(
                 client.target,
                 migration_settings.incremental_census,
             ),
+            load_run_ids=_launch_runs(context),
         )
         target = client.target
     json_path, csv_path = write_evidence(report, Path(migration_settings.evidence_dir) / element.name)
@@ -179,3 +180,14 @@ def reconciliation_report(
             **target_metadata(target),
         }
     )
+
+
+def _launch_runs(context: AssetExecutionContext) -> list[str]:
+    """This run and the runs it re-executes, parent by parent (re-executed from failure, the shard steps
+    that had succeeded stay those runs'), so that the evidence counts every shard step of the load."""
+    ids: list[str] = []
+    run: DagsterRun | None = context.run
+    while run is not None:
+        ids.append(run.run_id)
+        run = context.instance.get_run_by_id(run.parent_run_id) if run.parent_run_id else None
+    return ids

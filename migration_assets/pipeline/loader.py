@@ -453,10 +453,14 @@ def load_frame(
         frame, send = _with_uploads(frame, send, uploader_for(client, manifest))
     result.add("quarantined", int(frame["quarantine_rule"].is_not_null().sum()))
     result.add("not_sent_unchanged", int((~send & frame["quarantine_rule"].is_null()).sum()))
-    for start in range(0, frame.height, REGISTER_CHUNK):
-        manifest.register_units(
-            run_id, element_name, frame.slice(start, REGISTER_CHUNK), send.slice(start, REGISTER_CHUNK)
-        )
+    # A resubmission of what is loaded (the idempotency check) leaves the dispositions as they are until
+    # its answers settle them: the run's other checks read them meanwhile, on other processes or workers
+    # (multiprocess, Celery), and would find the whole element pending.
+    if not settings.resend_unchanged:
+        for start in range(0, frame.height, REGISTER_CHUNK):
+            manifest.register_units(
+                run_id, element_name, frame.slice(start, REGISTER_CHUNK), send.slice(start, REGISTER_CHUNK)
+            )
 
     previous_versions = ledger.select("source_table", "unit_key", previous_version=pl.col("version_id"))
     outgoing = frame.filter(send).join(

@@ -1,7 +1,7 @@
 """Dagster resources: thin configuration wrappers around the plain libraries."""
 
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -78,8 +78,10 @@ class ManifestStore(ConfigurableResource):
 
 
 class MigrationSettings(ConfigurableResource):
+    # IDENTIFIER_BASE_URI read here too: a launch that configures this resource (launchpad, GraphQL) replaces
+    # the values it was built with by the fields' defaults, and another base URI would write other identifiers.
     identifier_base_uri: str = Field(
-        default=PROFILE.identifier_base_uri,
+        default=config.identifier_base_uri() or PROFILE.identifier_base_uri,
         description="Base URI of the legacy system: identifier and local code systems derive from it.",
     )
     batch_size: int | None = Field(
@@ -211,6 +213,20 @@ class PolarsParquetIOManager(ConfigurableIOManager):
         if wanted is FrameParts:
             raise TypeError(f"{file} is one frame, not parts: materialize {context.asset_key.to_user_string()} again")
         return pl.scan_parquet(file) if wanted is pl.LazyFrame else pl.read_parquet(file)
+
+
+def keeping_built_values(run_config: Mapping[str, Any], resources: Mapping[str, object]) -> dict[str, Any]:
+    """`run_config` with, under the `migration_settings` config it gives, the values that resource was built
+    with (build_resources: the environment's IDENTIFIER_BASE_URI, the evidence folder, a test's settings):
+    Dagster replaces them all by the fields' defaults otherwise, whatever fields the run config names. Only
+    the settings: the other resources hold credentials, which never enter a run's config."""
+    given = run_config.get("resources") or {}
+    merged = dict(given)
+    for name, section in given.items():
+        built = resources.get(name)
+        if isinstance(built, MigrationSettings) and isinstance(section, Mapping) and "config" in section:
+            merged[name] = {**section, "config": {**built.model_dump(exclude_unset=True), **section["config"]}}
+    return {**run_config, "resources": merged} if given else dict(run_config)
 
 
 def build_resources(

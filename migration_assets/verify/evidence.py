@@ -3,6 +3,7 @@ Medplum holds. Kept as JSON (everything) and CSV (the figures) evidence files be
 
 import csv
 import json
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import polars as pl
 
 from migration_assets.elements.base import DataElement
-from migration_assets.ledger.manifest import Manifest
+from migration_assets.ledger.manifest import Manifest, dagster_run_of
 from migration_assets.medplum import MedplumClient
 from migration_assets.verify.books import accounting
 from migration_assets.verify.census import RunCensus, census_kinds, take_census
@@ -26,17 +27,22 @@ def reconciliation_report(
     frame: pl.DataFrame,
     source_url: str,
     run_census: RunCensus | None = None,
+    load_run_ids: Sequence[str] = (),
 ) -> dict[str, Any]:
     """The report of `element` in the target of `client` (whose books `manifest` holds). The census is
     `run_census` (the run's, shared with its checks), else one taken now. A missing resource the ledger
-    records as loaded is a lost write: the next load finds it too and sends it again."""
+    records as loaded is a lost write: the next load finds it too and sends it again. The attempts are
+    those of every shard step of the load of `load_run_ids` (Dagster runs: a launch and its re-executions),
+    else of the Dagster run that recorded the element's latest ledger run."""
     censuses = run_census.get(client, frame) if run_census else take_census(client, frame)
     units = manifest.units(element.name, RECONCILE_UNIT_COLUMNS)
     recon = reconcile(frame, units, censuses)
     lost = recon.lost_writes.select("resource_type", "identifier_value", "source_table", "unit_key")
     books = accounting(frame, units)
-    last_run = manifest.last_run(element.name) or {}
-    attempts = manifest.attempt_counts(last_run["run_id"], element.name) if last_run else {}
+    load = _load_runs(manifest, element.name, load_run_ids)
+    last_run = load[-1] if load else {}
+    attempts = manifest.attempt_counts([run["run_id"] for run in load], element.name)
+    shards = _latest_per_shard(load)
     return {
         "element": element.name,
         "generated_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -49,8 +55,12 @@ def reconciliation_report(
             "extract": (element.extract.__doc__ or "").strip()
             or f"{element.extract.__module__}.{element.extract.__name__}",
             "mapping_version": element.mapping_version,
-            "last_run_id": last_run.get("run_id"),
-            "last_run_status": last_run.get("status"),
+            "last_run_id": dagster_run_of(last_run["run_id"]) if last_run else None,
+            # Every shard's latest status: finished once each shard step (re-executed or not) finished.
+            "last_run_status": ", ".join(sorted({run["status"] for run in shards})) or None,
+            "load_runs": [
+                {"ledger_run_id": run["run_id"], "shard": run["shard"], "status": run["status"]} for run in load
+            ],
             "pipeline_version": last_run.get("pipeline_version"),
             "census": run_census.how(census_kinds(frame)) if run_census else "whole census, read for this report",
         },
@@ -76,6 +86,21 @@ def reconciliation_report(
         "duplicated": recon.duplicates.head(IDENTIFIER_LIST_LIMIT).to_dicts(),
         "lost_writes": lost.head(IDENTIFIER_LIST_LIMIT).to_dicts(),
     }
+
+
+def _load_runs(manifest: Manifest, element: str, load_run_ids: Sequence[str]) -> list[dict[str, Any]]:
+    """The ledger runs (one per shard step and attempt) of the load the report covers, oldest first."""
+    found = manifest.load_runs(element, load_run_ids)
+    if not found:
+        # A report materialized without a load in its run: the latest load's.
+        last = manifest.last_run(element)
+        found = manifest.load_runs(element, [dagster_run_of(last["run_id"])]) if last else []
+    return found
+
+
+def _latest_per_shard(load: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The latest ledger run of each shard: a shard re-executed from failure counts by its rerun."""
+    return list({run["shard"]: run for run in load}.values())
 
 
 def write_evidence(report: dict[str, Any], directory: Path) -> tuple[Path, Path]:
