@@ -17,6 +17,7 @@ from typing import Any
 import yaml
 from dagster import DagsterEventType, DagsterInstance
 
+from migration_assets.active import PROFILE
 from migration_assets.commands.workers import celery_run_config, delete_queue, start_workers, wait_until_consuming
 from migration_assets.devtools.local_medplum import running_local_medplum
 
@@ -27,7 +28,8 @@ SETUPS = (
     ("4 shards, local processes", "multiprocess", 4, 0),
     ("4 shards, 2 Celery workers", "celery", 4, 2),
 )
-ELEMENT = "patients"
+# The profile's root element (seed_ehr: patients): it needs no other element loaded first.
+ELEMENT = PROFILE.bench_pair()[0]
 
 
 def bench_shards(source_url: str, work: Path, points_per_second: float) -> list[dict[str, Any]]:
