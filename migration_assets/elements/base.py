@@ -22,6 +22,7 @@ import polars as pl
 import polars_hash
 
 from migration_assets.elements.fhir_json import fhir_json
+from migration_assets.source import read_rows_with, read_table
 
 REFERENCE_DTYPE = pl.Struct(
     {"path": pl.String, "resource_type": pl.String, "identifier_system": pl.String, "identifier_value": pl.String}
@@ -102,6 +103,11 @@ class DataElement:
     change_column: str | None = None
     change_format: str = "%Y-%m-%dT%H:%M:%S.%fZ"
     transactional: bool = False
+    # Source tables read only for the rows the others name (a vocabulary of millions of concepts of which
+    # the data uses a few hundred): table -> {naming table: its columns holding the table's key}. The
+    # platform reads the naming tables, then only the rows of this one whose key they hold (its key is
+    # its `source_tables` entry); column names match in either case.
+    lookup_tables: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
     # Load tuning: entries (or transactions) per batch bundle, and bundles in flight at once.
     batch_size: int = 100
     concurrency: int = 1
@@ -141,6 +147,16 @@ def check_element_contract(element: DataElement) -> None:
         raise wrong("patient_column", "must be a frame column name, or None for data that belongs to no patient")
     if not all(isinstance(c, str) and isinstance(v, bool) for c, v in element.review_flags.items()):
         raise wrong("review_flags", "must map frame columns to the boolean value that flags a row")
+    for table, naming in element.lookup_tables.items():
+        if table not in element.source_tables:
+            raise wrong("lookup_tables", f"names {table!r}, which is not one of its source_tables")
+        strays = sorted(set(naming) - set(element.source_tables) | set(naming) & set(element.lookup_tables))
+        if strays or any(isinstance(columns, str) for columns in naming.values()):
+            raise wrong(
+                "lookup_tables",
+                f"gives {table!r} naming tables {strays or list(naming)} that are not "
+                "plain source tables with a tuple of columns each",
+            )
     if element.batch_size < 1 or element.concurrency < 1:
         raise wrong("batch_size" if element.batch_size < 1 else "concurrency", "must be at least 1")
 
@@ -159,6 +175,21 @@ def check_frame_columns(element: DataElement, columns: Iterable[str]) -> None:
                 f"data element {element.name!r}: field `{field_name}` names {missing}, "
                 f"which its transform does not produce"
             )
+
+
+def read_element_tables(element: DataElement, url: str) -> dict[str, pl.DataFrame]:
+    """The source tables `extract` reads, from the legacy database at `url`: each whole, except a lookup
+    table, of which only the rows the others name are read."""
+    tables = {name: read_table(url, name) for name in element.source_tables if name not in element.lookup_tables}
+    for name, naming in element.lookup_tables.items():
+        keys: set[str] = set()
+        for naming_table, columns in naming.items():
+            frame = tables[naming_table]
+            by_lower = {column.lower(): column for column in frame.columns}
+            for column in (by_lower[c.lower()] for c in columns if c.lower() in by_lower):
+                keys.update(frame.get_column(column).drop_nulls().cast(pl.String).unique().to_list())
+        tables[name] = read_rows_with(url, name, element.source_tables[name], keys)
+    return tables
 
 
 class ContractError(ValueError):

@@ -42,7 +42,7 @@ OWNERS = ["team:migration"]
 )
 def legacy_source(context: AssetExecutionContext, legacy_db: LegacySource) -> Output[pl.DataFrame]:
     element = get_element(context.partition_key)
-    tables = legacy_db.read_tables(element.source_tables)
+    tables = legacy_db.read_tables(element)
     rows = element.extract(tables)
     return Output(
         rows,

@@ -61,6 +61,12 @@ def with_concept(frame: pl.DataFrame, tables: Mapping[str, pl.DataFrame], id_col
     return frame.join(concepts, on=id_column, how="left", maintain_order="left")
 
 
+def concepts_named_by(table_name: str, *columns: str) -> dict[str, dict[str, tuple[str, ...]]]:
+    """The element's `lookup_tables`: of CONCEPT (millions of rows in a real vocabulary), only the concepts
+    `columns` of `table_name` name are read."""
+    return {"concept": {table_name: columns}}
+
+
 def concept_mapped(id_column: str, prefix: str) -> pl.Expr:
     """True where the concept is a real one (not 0) of a vocabulary with a FHIR system."""
     return (

@@ -15,6 +15,7 @@ from migration_assets.elements.fhir_json import identifier, reference, without_n
 from migration_assets.profiles.omop_cdm.omop import (
     concept,
     concept_mapped,
+    concepts_named_by,
     day,
     encounter_reference,
     event_rows,
@@ -124,6 +125,7 @@ ELEMENT = DataElement(
         "visit_occurrence": "visit_occurrence_id",
         "concept": "concept_id",
     },
+    lookup_tables=concepts_named_by("drug_exposure", "drug_concept_id"),
     requires=("persons", "visits"),
     extract=extract,
     transform=transform,

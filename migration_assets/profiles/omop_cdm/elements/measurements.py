@@ -24,6 +24,7 @@ from migration_assets.elements.terminology import UCUM
 from migration_assets.profiles.omop_cdm.omop import (
     concept,
     concept_mapped,
+    concepts_named_by,
     day,
     encounter_reference,
     event_rows,
@@ -173,6 +174,7 @@ ELEMENT = DataElement(
         "visit_occurrence": "visit_occurrence_id",
         "concept": "concept_id",
     },
+    lookup_tables=concepts_named_by("measurement", "measurement_concept_id", "value_as_concept_id", "unit_concept_id"),
     requires=("persons", "visits"),
     extract=extract,
     transform=transform,

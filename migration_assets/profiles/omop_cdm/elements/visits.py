@@ -30,6 +30,7 @@ from migration_assets.elements.terminology import V3_ACT_CODE
 from migration_assets.profiles.omop_cdm.omop import (
     concept,
     concept_mapped,
+    concepts_named_by,
     day,
     event_rules,
     expected_patient,
@@ -170,6 +171,7 @@ ELEMENT = DataElement(
         "care_site": "care_site_id",
         "concept": "concept_id",
     },
+    lookup_tables=concepts_named_by("visit_occurrence", "visit_concept_id"),
     requires=("persons", "providers", "care_sites"),
     extract=extract,
     transform=transform,
