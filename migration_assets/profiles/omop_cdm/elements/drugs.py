@@ -24,12 +24,13 @@ from migration_assets.profiles.omop_cdm.omop import (
     expected_patient,
     patient_reference,
 )
+from migration_assets.profiles.omop_cdm.terminology import read_map
 
 REGISTER_NOTES = {
-    "drug_type_concept_id": "prescription types (REQUEST_TYPES) to MedicationRequest, others to MedicationStatement",
+    "drug_type_concept_id": "MedicationRequest for a type in terminology/drug_request_types.csv, else Statement",
     "drug_concept_id": "medication coding from CONCEPT (RxNorm); concept 0 keeps only the source value",
 }
-REQUEST_TYPES = ["32838", "38000177", "32833"]
+REQUEST_TYPES = read_map("drug_request_types")["concept_id"].to_list()
 
 
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:

@@ -26,26 +26,21 @@ from migration_assets.elements.base import (
 from migration_assets.elements.builders import text
 from migration_assets.elements.fhir_json import coding, present
 from migration_assets.profiles.omop_cdm.omop import day, table
+from migration_assets.profiles.omop_cdm.terminology import lookup, read_map
 
 REGISTER_NOTES = {
-    "gender_concept_id": "8507 male, 8532 female, 8551 unknown, 8521 other; concept 0 or any other: no gender",
+    "gender_concept_id": "terminology/genders.csv (8507 male, 8532 female, ...); concept 0 or any other: no gender",
     "year_of_birth": "birthDate at the precision given: year, year-month or full date",
     "birth_datetime": "its date part, preferred over year/month/day",
-    "race_concept_id": "US Core race extension, OMB category (urn:oid:2.16.840.1.113883.6.238)",
-    "ethnicity_concept_id": "US Core ethnicity extension, OMB category",
+    "race_concept_id": "US Core race extension, OMB category from terminology/races.csv",
+    "ethnicity_concept_id": "US Core ethnicity extension, OMB category from terminology/ethnicities.csv",
     "death_date": "deceasedDateTime (a date)",
 }
-GENDER = {"8507": "male", "8532": "female", "8551": "unknown", "8521": "other"}
+GENDER = lookup("genders", "concept_id", "gender")
 OMB = "urn:oid:2.16.840.1.113883.6.238"
 # OMOP Race / Ethnicity concepts -> (OMB code, display)
-RACE = {
-    "8527": ("2106-3", "White"),
-    "8516": ("2054-5", "Black or African American"),
-    "8515": ("2028-9", "Asian"),
-    "8657": ("1002-5", "American Indian or Alaska Native"),
-    "8557": ("2076-8", "Native Hawaiian or Other Pacific Islander"),
-}
-ETHNICITY = {"38003563": ("2135-2", "Hispanic or Latino"), "38003564": ("2186-5", "Not Hispanic or Latino")}
+RACE = {concept: (code, display) for concept, code, display in read_map("races").iter_rows()}
+ETHNICITY = {concept: (code, display) for concept, code, display in read_map("ethnicities").iter_rows()}
 US_CORE = "http://hl7.org/fhir/us/core/StructureDefinition"
 
 
