@@ -66,6 +66,11 @@ def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
     return rows.join(providers, on="provider_id", how="left", maintain_order="left")
 
 
+def listed_when(key: str, target: pl.Expr) -> pl.Expr:
+    """`[{"reference": target}]` where the row names `key`, else null (and so left out)."""
+    return pl.when(pl.col(key).is_not_null()).then(pl.concat_list(pl.struct(target.alias("reference"))))
+
+
 def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     note_system = system.identifier_system("note")
     provider_system = system.identifier_system("provider")
@@ -86,13 +91,13 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
             "category"
         ),
         reference(patient_reference(system)).alias("subject"),
-        pl.concat_list(reference(conditional_reference("Practitioner", provider_system, pl.col("provider_id")))).alias(
+        listed_when("provider_id", conditional_reference("Practitioner", provider_system, pl.col("provider_id"))).alias(
             "author"
         ),
         text(pl.col("note_title")).alias("description"),
         pl.concat_list(pl.struct(attachment.alias("attachment"))).alias("content"),
         pl.struct(
-            pl.concat_list(reference(encounter_reference(system))).alias("encounter"),
+            listed_when("visit_occurrence_id", encounter_reference(system)).alias("encounter"),
             pl.struct(pl.col("written").alias("start")).alias("period"),
         ).alias("context"),
     )
@@ -132,7 +137,8 @@ class NoteFrame(FrameModel):
 
 ELEMENT = DataElement(
     name="notes",
-    description="OMOP NOTE to FHIR DocumentReference with the note's text inline (text/plain).",
+    description="OMOP NOTE to FHIR DocumentReference, the note's text inline (text/plain): a clinician finds a "
+    "visit's notes among the chart's documents (Communication is a message between people, not a chart note).",
     mapping_version="1.0.0",
     source_tables={
         "note": "note_id",
