@@ -21,7 +21,7 @@ import pandera.polars as pa
 import polars as pl
 import polars_hash
 
-from migration_assets.elements.fhir_json import fhir_json
+from migration_assets.elements.fhir_json import FhirText, fhir_json
 from migration_assets.source import read_rows_with, read_table
 
 REFERENCE_DTYPE = pl.Struct(
@@ -446,13 +446,14 @@ def frame_columns(
     resource_type: str,
     identifier_system: str,
     key: pl.Expr,
-    resource: pl.Expr,
+    resource: pl.Expr | FhirText,
     *,
     references: list[pl.Expr] | None = None,
     bundle_group: pl.Expr | None = None,
     full_url: pl.Expr | None = None,
 ) -> list[pl.Expr]:
-    """The FRAME_COLUMNS of a resource row whose source key is also its identifier value."""
+    """The FRAME_COLUMNS of a resource row whose source key is also its identifier value. `resource` is a
+    struct (written as FHIR JSON by `fhir_json`) or JSON text already (`FhirText`)."""
     return [
         pl.col("source_table"),
         key.alias("source_key"),
@@ -462,7 +463,7 @@ def frame_columns(
         (bundle_group if bundle_group is not None else key).alias("bundle_group"),
         (full_url if full_url is not None else pl.lit(None, pl.String)).alias("full_url"),
         reference_list(references or []).alias("references"),
-        fhir_json(resource).alias("resource"),
+        (resource.json if isinstance(resource, FhirText) else fhir_json(resource)).alias("resource"),
         pl.lit(None, pl.String).alias("content_hash"),
         pl.lit(None, pl.String).alias("quarantine_rule"),
         pl.lit(None, pl.String).alias("quarantine_reason"),
