@@ -69,9 +69,10 @@ def json_string(value: pl.Expr | str) -> pl.Expr:
 
 def json_object(**members: pl.Expr) -> pl.Expr:
     """`{"name":value,...}` of the members whose JSON text (json_string, json_array, json_object or a
-    literal) is not null, in the order given."""
+    literal) is not null, in the order given; null when none is (FHIR has no empty object)."""
     parts = [pl.concat_str(pl.lit(f'"{name}":'), value) for name, value in members.items()]
-    return pl.concat_str(pl.lit("{"), pl.concat_str(parts, separator=",", ignore_nulls=True), pl.lit("}"))
+    written = pl.concat_str(pl.lit("{"), pl.concat_str(parts, separator=",", ignore_nulls=True), pl.lit("}"))
+    return written.replace("{}", None)
 
 
 def json_array(*items: pl.Expr) -> pl.Expr:
