@@ -26,7 +26,7 @@ from migration_assets.elements.base import (
     quarantine,
 )
 from migration_assets.elements.builders import text
-from migration_assets.elements.fhir_json import FhirText, json_array, json_object, json_string
+from migration_assets.elements.fhir_json import FhirText, json_object, json_string
 from migration_assets.profiles.omop_cdm.omop import day, table
 from migration_assets.profiles.omop_cdm.terminology import lookup, read_map
 
@@ -97,9 +97,9 @@ def _two(column: str) -> pl.Expr:
 
 def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     # year, year-month or year-month-day: a part is written only when the parts before it are there.
-    month_day = pl.concat_str(pl.lit("-"), _two("month_of_birth"), pl.concat_str(pl.lit("-"), _two("day_of_birth")))
-    month = pl.concat_str(pl.lit("-"), _two("month_of_birth"))
-    parts = pl.concat_str(text(pl.col("year_of_birth")), pl.coalesce(month_day, month, pl.lit("")))
+    day_part = pl.concat_str(pl.lit("-"), _two("day_of_birth")).fill_null("")
+    month_part = pl.concat_str(pl.lit("-"), _two("month_of_birth"), day_part).fill_null("")
+    parts = pl.concat_str(text(pl.col("year_of_birth")), month_part)
     known = pl.col("race_concept_id").is_in(list(RACE)).fill_null(False)
     frame = source.with_columns(
         race_key=pl.when(known).then(pl.col("race_concept_id")).otherwise(pl.lit("")),
@@ -118,14 +118,15 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     # as a struct and cleaned of its absent members, cost about 25 µs a person.
     resource = json_object(
         resourceType=pl.lit('"Patient"'),
-        identifier=json_array(
-            json_object(system=json_string(person_system), value=json_string(pl.col("person_id"))),
-            pl.when(source_value.is_not_null()).then(
-                json_object(
-                    system=json_string(system.identifier_system("person-source-value")),
-                    value=json_string(source_value),
-                )
-            ),
+        identifier=pl.concat_str(
+            # The systems are the same on every row: written once into the literal around the values.
+            pl.lit(f'[{{"system":{json.dumps(person_system)},"value":'),
+            json_string(pl.col("person_id")),
+            pl.concat_str(
+                pl.lit(f'}},{{"system":{json.dumps(system.identifier_system("person-source-value"))},"value":'),
+                json_string(source_value),
+            ).fill_null(""),
+            pl.lit("}]"),
         ),
         extension=pl.col("extension_json"),
         gender=json_string(pl.col("fhir_gender")),
