@@ -1,4 +1,4 @@
-"""Phased adoption: where each data element stands (dual write, backfill, read from Medplum,
+"""Phased adoption: where each data element stands (initial load, dual write, backfill, read from Medplum,
 front-end write, deprecated) and what each phase lets the platform do.
 
 The phases of the elements are declared in a versioned file (the profile's `phases.yaml`, or the file
@@ -26,6 +26,7 @@ LOAD_ORDER = PROFILE.load_order
 
 Sync = Literal["write", "verify", "off"]
 ReadsFrom = Literal["legacy", "medplum_when_ready", "medplum"]
+Creates = Literal["conditional", "post"]
 
 
 @dataclass(frozen=True)
@@ -50,12 +51,32 @@ class PhaseBehaviour:
     # The frozen export of the legacy tables may (and must) be made.
     archive: bool
     summary: str
+    # How a load creates a resource its census did not find in Medplum: "post", a plain create with no
+    # search inside the write, is safe only while the platform is the element's one writer in Medplum;
+    # while the old services write to both stores they may create the same record between the census and
+    # the write, so a create must be a conditional PUT on the identifier (Medplum searches, then writes).
+    creates: Creates = "conditional"
 
 
 # The one place where a phase's behaviour is defined (the README section "Phased adoption" shows it).
 PHASE_BEHAVIOUR: dict[str, PhaseBehaviour] = {
     behaviour.phase: behaviour
     for behaviour in (
+        PhaseBehaviour(
+            "initial_load",
+            0,
+            sync="write",
+            first_sync_from="beginning",
+            backfills=True,
+            reads_from="legacy",
+            writes="legacy services, to the legacy store only",
+            readiness_is_blocking=False,
+            archive=False,
+            summary="Before the old services write to Medplum: the platform is the element's one writer there, "
+            "so the bulk load creates with plain POSTs (its census tells what exists). Start the dual write only "
+            "after moving the element to dual_write.",
+            creates="post",
+        ),
         PhaseBehaviour(
             "dual_write",
             1,

@@ -12,10 +12,18 @@ URL forms:
 
 Text columns always arrive as ``pl.String``; dates stay strings so the mapping step can parse them and
 quarantine bad values.
+
+A binary column of a SQL source (SQLite BLOB, PostgreSQL bytea: scanned documents kept in the database) is
+never read in bulk: ``read_table`` gives, in its place, ``<column>_size`` (bytes) and ``<column>_sha1`` (the
+SHA-1 of the bytes, base64, as FHIR's Attachment.hash), reading one value at a time in chunks, and
+``blob_chunks`` streams one value by its row's key when it is uploaded. (``iter_table_batches`` still gives the
+bytes themselves, one batch of rows at a time.)
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import sqlite3
 from collections.abc import Iterable, Iterator, Mapping
@@ -28,6 +36,9 @@ import polars as pl
 import pyarrow as pa
 
 __all__ = [
+    "BLOB_CHUNK_BYTES",
+    "blob_chunks",
+    "blob_size",
     "column_max",
     "iter_table_batches",
     "parse_source_url",
@@ -280,19 +291,36 @@ def read_query(url: str, query: str) -> pl.DataFrame:
 
 
 def read_table(url: str, table: str) -> pl.DataFrame:
-    """Read a whole table (SQL table, or <table>.csv / <table>.parquet in a folder)."""
+    """Read a whole table (SQL table, or <table>.csv / <table>.parquet in a folder); a binary column of a
+    SQL table arrives as `<column>_size` and `<column>_sha1` (the module's docstring)."""
     kind, location = parse_source_url(url)
     if kind == "sqlite":
         path = _sqlite_path(location, url)
         quoted = _check_ident(table, url)
         cols, _pk, decl = _sqlite_table_info(path, url, table)
-        return _read_sqlite(path, f"SELECT * FROM {quoted}", _sqlite_schema(cols, decl))
+        schema = _sqlite_schema(cols, decl)
+        blobs = [c for c in cols if schema[c] == pl.Binary()]
+        if not blobs:
+            return _read_sqlite(path, f"SELECT * FROM {quoted}", schema)
+        listed = ", ".join(f'"{c}"' for c in cols if c not in blobs) or "1 AS _none"
+        frame = _read_sqlite(path, f"SELECT rowid AS _rowid, {listed} FROM {quoted}", schema)
+        return _with_blob_facts(frame, "_rowid", blobs, lambda column, rowid: _sqlite_blob(path, table, column, rowid))
     if kind == "postgresql":
         _check_ident(table, url)
         table = _pg_table_name(location, url, table)
         quoted = _check_ident(table, url)
-        _pg_table_info(location, url, table)  # clear error for a missing table
-        return _read_pg(location, url, f"SELECT * FROM {quoted}")
+        pk = _pg_table_info(location, url, table)  # clear error for a missing table
+        blobs = _pg_binary_columns(location, url, table)
+        if not blobs:
+            return _read_pg(location, url, f"SELECT * FROM {quoted}")
+        if len(pk) != 1:
+            raise ValueError(
+                f"table {table!r} of {redact_url(url)} holds bytea columns but has no one-column primary key"
+            )
+        cols = _read_pg(location, url, f"SELECT * FROM {quoted} LIMIT 0").columns
+        listed = ", ".join(f'"{c}"' for c in cols if c not in blobs)
+        frame = _read_pg(location, url, f'SELECT "{pk[0]}" AS _rowid, {listed} FROM {quoted}')
+        return _with_blob_facts(frame, "_rowid", blobs, lambda column, key: _pg_blob(location, url, table, column, key))
     ext, file = _table_file(kind, location, url, table)
     return _read_csv(file) if ext == "csv" else pl.read_parquet(file)
 
@@ -357,6 +385,134 @@ def read_rows_with(url: str, table: str, column: str, values: Iterable[str]) -> 
     # Compared in the column's own type, so that Parquet's statistics can skip row groups.
     keys = pl.Series(wanted, dtype=pl.String).cast(schema[name], strict=False).drop_nulls()
     return scan.filter(pl.col(name).is_in(keys.implode())).collect(engine="streaming")
+
+
+# Bytes read at a time from a BLOB: a scanned document is never held whole in memory.
+BLOB_CHUNK_BYTES = 1024 * 1024
+
+
+def blob_chunks(url: str, table: str, column: str, key_column: str, key: str) -> Iterator[bytes] | None:
+    """The bytes of `column` in the row of `table` whose `key_column` is `key`, BLOB_CHUNK_BYTES at a
+    time; None when there is no such row or its value is NULL (the row went away since it was read)."""
+    kind, location = parse_source_url(url)
+    _check_ident(table, url)
+    for name in (column, key_column):
+        _check_ident(name, url)
+    if kind == "sqlite":
+        path = _sqlite_path(location, url)
+        with closing(sqlite3.connect(_ro_uri(path), uri=True)) as lite:
+            found = lite.execute(
+                f'SELECT rowid FROM {_check_ident(table, url)} WHERE "{key_column}" = ? AND "{column}" IS NOT NULL',
+                (key,),
+            ).fetchone()
+        return None if found is None else _sqlite_blob(path, table, column, found[0])
+    if kind == "postgresql":
+        table = _pg_table_name(location, url, table)
+        return _pg_blob(location, url, table, column, key, key_column)
+    raise ValueError(f"{redact_url(url)} is not a SQL source: it holds no BLOB columns")
+
+
+def blob_size(url: str, table: str, column: str, key_column: str, key: str) -> int | None:
+    """The length in bytes of one BLOB (as `blob_chunks` finds it) without reading it; None when NULL or gone."""
+    kind, location = parse_source_url(url)
+    quoted = _check_ident(table, url)
+    for name in (column, key_column):
+        _check_ident(name, url)
+    if kind == "sqlite":
+        with closing(sqlite3.connect(_ro_uri(_sqlite_path(location, url)), uri=True)) as lite:
+            found = lite.execute(f'SELECT length("{column}") FROM {quoted} WHERE "{key_column}" = ?', (key,)).fetchone()
+    elif kind == "postgresql":
+        quoted = _check_ident(_pg_table_name(location, url, table), url)
+        with _pg_connect(location, url) as conn, conn.cursor() as cur:
+            cur.execute(f'SELECT octet_length("{column}") FROM {quoted} WHERE "{key_column}"::text = $1', (key,))
+            found = cur.fetchone()
+    else:
+        raise ValueError(f"{redact_url(url)} is not a SQL source: it holds no BLOB columns")
+    return None if found is None or found[0] is None else int(found[0])
+
+
+def _with_blob_facts(frame: pl.DataFrame, row_column: str, blobs: list[str], chunks_of: Any) -> pl.DataFrame:
+    """`frame` with `<blob>_size` and `<blob>_sha1` for each binary column (each value read once, in
+    chunks, one at a time), without the row locator column."""
+    for column in blobs:
+        sizes: list[int | None] = []
+        digests: list[str | None] = []
+        for row in frame[row_column]:
+            chunks = chunks_of(column, row)
+            if chunks is None:
+                sizes.append(None)
+                digests.append(None)
+                continue
+            sha1, size = hashlib.sha1(), 0
+            for chunk in chunks:
+                sha1.update(chunk)
+                size += len(chunk)
+            sizes.append(size)
+            digests.append(base64.b64encode(sha1.digest()).decode("ascii"))
+        frame = frame.with_columns(
+            pl.Series(f"{column}_size", sizes, dtype=pl.Int64), pl.Series(f"{column}_sha1", digests, dtype=pl.String)
+        )
+    return frame.drop(row_column, "_none", strict=False)
+
+
+def _sqlite_blob(location: str, table: str, column: str, rowid: int) -> Iterator[bytes] | None:
+    """A SQLite value by rowid through SQLite's incremental BLOB I/O; None when NULL or gone."""
+    with closing(sqlite3.connect(_ro_uri(location), uri=True)) as lite:
+        found = lite.execute(f'SELECT typeof("{column}") FROM "{table}" WHERE rowid = ?', (rowid,)).fetchone()
+    if found is None or found[0] == "null":
+        return None
+
+    def chunks() -> Iterator[bytes]:
+        schema, _, name = table.rpartition(".")
+        with (
+            closing(sqlite3.connect(_ro_uri(location), uri=True)) as lite,
+            lite.blobopen(name, column, rowid, readonly=True, name=schema or "main") as blob,
+        ):
+            while chunk := blob.read(BLOB_CHUNK_BYTES):
+                yield chunk
+
+    return chunks()
+
+
+def _pg_binary_columns(location: str, url: str, table: str) -> list[str]:
+    schema, _, name = table.rpartition(".")
+    where = f"table_schema = '{schema}'" if schema else "table_schema = ANY(current_schemas(false))"
+    with _pg_connect(location, url) as conn, conn.cursor() as cur:
+        cur.execute(
+            "SELECT column_name FROM information_schema.columns "
+            f"WHERE {where} AND table_name = '{name}' AND data_type = 'bytea' ORDER BY ordinal_position"
+        )
+        return [r[0] for r in cur.fetchall()]
+
+
+def _pg_blob(
+    location: str, url: str, table: str, column: str, key: Any, key_column: str | None = None
+) -> Iterator[bytes] | None:
+    """A bytea value by its row's primary key, read in slices of BLOB_CHUNK_BYTES (one query each:
+    the client never holds more than a slice); None when NULL or gone."""
+    key_column = key_column or _pg_table_info(location, url, table)[0]
+    quoted = ".".join(f'"{p}"' for p in table.split("."))
+    where = f'FROM {quoted} WHERE "{key_column}"::text = $1'
+    with _pg_connect(location, url) as conn, conn.cursor() as cur:
+        cur.execute(f'SELECT octet_length("{column}") {where}', (str(key),))
+        found = cur.fetchone()
+    if found is None or found[0] is None:
+        return None
+    size = int(found[0])
+
+    def chunks() -> Iterator[bytes]:
+        with _pg_connect(location, url) as conn, conn.cursor() as cur:
+            for offset in range(0, size, BLOB_CHUNK_BYTES):
+                cur.execute(
+                    f'SELECT substring("{column}" FROM $2::int FOR $3::int) {where}',
+                    (str(key), offset + 1, BLOB_CHUNK_BYTES),
+                )
+                row = cur.fetchone()
+                if row is None or row[0] is None:
+                    raise LookupError(f"the row {key} of {table} went away while its {column} was read")
+                yield bytes(row[0])
+
+    return chunks()
 
 
 def _rebatch(frames: Iterator[pl.DataFrame], batch_rows: int) -> Iterator[pl.DataFrame]:
@@ -497,8 +653,12 @@ def write_tables(url: str, tables: Mapping[str, pl.DataFrame], primary_keys: Map
     return {table: frame.height for table, frame in tables.items()}
 
 
-def _create_table_sql(table: str, columns: list[str], key: str | None, primary_key: bool) -> str:
-    definitions = [f'"{c}" TEXT' + (" NOT NULL" if c == key else "") for c in columns]
+def _create_table_sql(table: str, frame: pl.DataFrame, key: str | None, primary_key: bool, binary: str) -> str:
+    """Every column TEXT but the binary ones (`binary`: BLOB in SQLite, BYTEA in PostgreSQL)."""
+    definitions = [
+        f'"{c}" {binary if t == pl.Binary() else "TEXT"}' + (" NOT NULL" if c == key else "")
+        for c, t in frame.schema.items()
+    ]
     if primary_key and key:
         definitions.append(f'PRIMARY KEY ("{key}")')
     return f"CREATE TABLE {_check_ident(table, 'sqlite')} ({', '.join(definitions)})"
@@ -513,7 +673,7 @@ def _write_sqlite(path: Path, tables: Mapping[str, pl.DataFrame], primary_keys: 
         for table in reversed(list(tables)):
             cur.execute(f'DROP TABLE IF EXISTS "{table}"')
         for table, frame in tables.items():
-            cur.execute(_create_table_sql(table, frame.columns, primary_keys.get(table), primary_key=True))
+            cur.execute(_create_table_sql(table, frame, primary_keys.get(table), primary_key=True, binary="BLOB"))
             # Arrow ingest is a prepared bulk insert: ~1M rows/s, vs far slower executemany.
             cur.adbc_ingest(table, frame.to_arrow(), mode="append")
         conn.commit()
@@ -531,7 +691,10 @@ def _write_postgres(url: str, tables: Mapping[str, pl.DataFrame], primary_keys: 
             # ADBC ingest uses COPY; the primary key is added afterwards because building the index
             # once is cheaper than maintaining it row by row.
             key = primary_keys.get(table)
-            cur.execute(_create_table_sql(table, frame.columns, key, primary_key=False))
+            cur.execute(_create_table_sql(table, frame, key, primary_key=False, binary="BYTEA"))
+            for column in (c for c, t in frame.schema.items() if t == pl.Binary()):
+                # Uncompressed out of line: blob_chunks' slices then read only their own bytes.
+                cur.execute(f'ALTER TABLE "{table}" ALTER COLUMN "{column}" SET STORAGE EXTERNAL')
             cur.adbc_ingest(table, frame.to_arrow(), mode="append")
             if key:
                 cur.execute(f'ALTER TABLE "{table}" ADD PRIMARY KEY ("{key}")')

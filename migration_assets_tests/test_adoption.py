@@ -1,5 +1,6 @@
 """Phased adoption: the sync while the old application writes, the dual-write check, read readiness,
-deprecation and chart review, on the local Medplum server and a real Dagster instance."""
+deprecation and chart review (documents and immunizations beside the rest), on the local Medplum server and
+a real Dagster instance."""
 
 import hashlib
 import json
@@ -11,7 +12,12 @@ import polars as pl
 import pytest
 from dagster import build_schedule_context, build_sensor_context
 
+from migration_assets.active import get_element
 from migration_assets.adoption.archive import CHECKSUM_FILE, verify_archive
+from migration_assets.adoption.chart_review import build_chart_review
+from migration_assets.adoption.dual_write import compare_stores
+from migration_assets.adoption.sync import legacy_frame, read_legacy
+from migration_assets.elements.base import SourceSystem
 from migration_assets.phases import PHASE_NAMES, PhaseConfigError, load_phases
 from migration_assets.pipeline.resources import LegacySource, ManifestStore, MedplumResource
 from migration_assets.profiles.seed_ehr.legacy_app import LegacyApp, RunningApp
@@ -234,7 +240,14 @@ def test_chart_review_samples_record_their_seed_and_repeat(platform_factory, tmp
 def test_the_phases_file_is_validated(tmp_path):
     config = load_phases()  # the repository's own file
     assert set(config.elements) >= {"patients", "problem_list"} and config.version
-    assert PHASE_NAMES == ("dual_write", "backfill", "read_from_medplum", "front_end_write", "deprecated")
+    assert PHASE_NAMES == (
+        "initial_load",
+        "dual_write",
+        "backfill",
+        "read_from_medplum",
+        "front_end_write",
+        "deprecated",
+    )
     cases = {
         "version: 1\nelements:\n  vitals: backfill\n": "unknown data element(s) 'vitals'",
         "version: 1\nelements:\n  patients: {phase: read_from_fhir}\n": "unknown phase 'read_from_fhir'",
@@ -249,3 +262,49 @@ def test_the_phases_file_is_validated(tmp_path):
             load_phases(path)
     with pytest.raises(PhaseConfigError, match="not found"):
         load_phases(tmp_path / "missing.yaml")
+
+
+def test_chart_review_and_the_dual_write_check_show_documents_and_immunizations(platform_factory, tmp_path):
+    platform = platform_factory.new(patients=30)  # lab reports kept as BLOBs, the other documents as files
+    url, system = platform.source_url, SourceSystem("https://ehr.example-clinic.org/fhir")
+    frames = {}
+    for name in ("patients", "practitioners", "encounters", "immunizations", "documents"):
+        assert platform.run(name).ok
+        element = get_element(name)
+        _, frames[name] = legacy_frame(element, read_legacy(url, element), system, url)
+    with platform.client() as client, platform.manifest() as ledger:
+        documents = frames["documents"]
+        urls = [json.loads(text)["content"][0]["attachment"]["url"] for text in documents["resource"]]
+        assert any(u.startswith("urn:legacy-blob:") for u in urls) and any(
+            u.startswith("urn:legacy-file:") for u in urls
+        )
+
+        # In agreement: the legacy file or BLOB against the Binary, compared on contentType, size and hash.
+        report = compare_stores(client, "documents", documents, ledger.units("documents"))
+        assert report.passed and report.compared == documents.height, report.discrepancies
+        assert compare_stores(client, "immunizations", frames["immunizations"], ledger.units("immunizations")).passed
+
+        # A DocumentReference whose attachment says other bytes than the legacy ones: found, on its hash.
+        key = documents["identifier_value"][0]
+        (stored,) = client.search("DocumentReference", {"identifier": f"{system.identifier_system('document')}|{key}"})
+        stored["content"][0]["attachment"]["hash"] = "2jmj7l5rSw0yVb/vlWAYkK/YBwk="
+        answer = client.http.put(
+            client.fhir_base + f"DocumentReference/{stored['id']}",
+            json=stored,
+            headers={"Authorization": f"Bearer {client.bearer()}", "Content-Type": "application/fhir+json"},
+        )
+        assert answer.status_code == 200
+        differs = compare_stores(client, "documents", documents, ledger.units("documents")).discrepancies
+        assert differs.select("identifier_value", "kind", "field").rows() == [
+            (key, "differs", "content.0.attachment.hash")
+        ]
+
+        review = build_chart_review(
+            client, ledger, url, system, tmp_path / "review", size=3, seed=5, elements=["immunizations", "documents"]
+        )
+    pages = [path.read_text() for path in review.pages.values()]
+    assert any("<h2>immunizations (" in page and '"resourceType": "Immunization"' in page for page in pages)
+    document_pages = [page for page in pages if "<h2>documents (" in page]
+    assert document_pages and all("<b>Document</b>" in page for page in document_pages)
+    shown = "".join(document_pages)
+    assert "<th>hash</th>" in shown and "Binary/" in shown and "file_content_sha1" in shown

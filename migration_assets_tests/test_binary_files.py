@@ -1,13 +1,15 @@
 """Files to Medplum Binary against the local server over real HTTP: bytes served back byte for byte,
 each file uploaded once (rerun, changed file), a run killed between an upload and its
-DocumentReference, the refusals, and memory bounded while moving a 200 MB file."""
+DocumentReference, the refusals, and memory bounded while moving a 200 MB file and a 64 MB BLOB."""
 
 import base64
 import hashlib
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
+from contextlib import closing
 from pathlib import Path
 
 import httpx
@@ -197,3 +199,50 @@ def test_memory_stays_bounded_while_moving_a_200_mb_file(local_medplum, tmp_path
         )
     finally:
         big.unlink(missing_ok=True)
+
+
+def test_memory_stays_bounded_while_reading_and_moving_a_64_mb_blob(local_medplum, tmp_path):
+    size = 64 * 1024 * 1024
+    database = tmp_path / "legacy.db"
+    digest = hashlib.sha1()
+    with closing(sqlite3.connect(database)) as lite:
+        lite.execute("CREATE TABLE documents (document_id TEXT PRIMARY KEY, file_content BLOB)")
+        lite.execute("INSERT INTO documents VALUES ('D1', zeroblob(?)), ('D2', NULL)", (size,))
+        lite.commit()
+        with lite.blobopen("documents", "file_content", 1) as blob:  # written a chunk at a time
+            block = os.urandom(1024 * 1024)
+            for number in range(size // len(block)):
+                chunk = number.to_bytes(8, "big") + block[8:]
+                blob.write(chunk)
+                digest.update(chunk)
+        lite.commit()
+    measured = run_python(
+        f"""
+        import os, tracemalloc
+        from migration_assets.elements.files import LegacyBlob
+        from migration_assets.ledger.files import FileUploader, UploadedFiles
+        from migration_assets.medplum.client import MedplumClient
+        from migration_assets.source import read_table
+        url = "sqlite:///{database}"
+        client = MedplumClient(os.environ["BASE"], os.environ["CID"], os.environ["SECRET"])
+        books = UploadedFiles(f"sqlite:///{tmp_path / "books.db"}", client.target.key)
+        client.bearer()
+        tracemalloc.start()
+        table = read_table(url, "documents")
+        blob = LegacyBlob(url, "documents", "file_content", "document_id", "D1")
+        outcome = FileUploader(client, books).upload(blob, "application/pdf")
+        _, peak = tracemalloc.get_traced_memory()
+        print(table["file_content_size"].to_list(), table["file_content_sha1"][0], outcome.binary_id, peak)
+    """,
+        local_medplum,
+        tmp_path,
+    )
+    assert measured.returncode == 0, measured.stderr
+    sizes, sha1, binary_id, traced_peak = measured.stdout.rsplit(maxsplit=3)
+    assert sizes == f"[{size}, None]" and sha1 == base64.b64encode(digest.digest()).decode()
+    # A whole copy would be 64 MB; reading one chunk at a time holds a few 1 MB chunks.
+    assert int(traced_peak) < 16 * 1024 * 1024, traced_peak
+    with client_of(local_medplum) as client:
+        read_back_sha1 = hashlib.sha1(read_back(client, binary_id).content).digest()
+    assert base64.b64encode(read_back_sha1).decode() == sha1
+    print(f"64 MB BLOB read and upload: traced peak {int(traced_peak) / 2**20:.1f} MiB")

@@ -174,7 +174,7 @@ def test_a_census_reads_only_what_changed_since_the_last_one_and_a_whole_one_whe
 
 
 def test_the_idempotency_check_resubmits_the_whole_partition_up_to_its_sample_size_and_says_so(platform_factory):
-    assert MigrationSettings().idempotency_sample_size == 1000
+    assert MigrationSettings().idempotency_sample_size == 200
     groups = pl.DataFrame({"bundle_group": [f"G{n:04}" for n in range(1500)], "row": range(1500)})
     assert sample_groups(groups.head(1000), 1000, seed=1).height == 1000
     sampled = sample_groups(groups, 1000, seed=1)

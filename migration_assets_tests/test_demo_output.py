@@ -23,7 +23,7 @@ def test_plain_lines_and_a_failed_check_in_the_summary(platform_factory: Platfor
                 summaries.append(migrate_element(element, platform.instance, platform.defs))
             view.print(element_line(summaries[-1]))
     shown = out.getvalue()
-    assert "practitioners: sending" in shown and "bundles sent" in shown
+    assert "practitioners: sending" in shown and "units sent" in shown
     assert "practitioners: ok in" in shown and " sent (" in shown
     assert "allergies: FAILED" in shown
 

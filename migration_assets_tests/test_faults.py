@@ -254,6 +254,21 @@ def test_the_loader_recovers_from_each_fault_within_bounded_retries(
     load.assert_settled(local_medplum)
 
 
+def test_a_409_halves_the_bundles_in_flight_and_the_load_settles(fresh_proxy, local_medplum, tmp_path):
+    # One patient per bundle: the load climbs from one bundle in flight while the server answers cleanly;
+    # then Medplum's serialization failure (409 on an entry, as overlapping batches get on a real server)
+    # halves it, and the entry is resent alone.
+    load = Load.new(tmp_path, "conflict")
+    conflict = entries_answered("409 Conflict", first_only=True)
+    fresh_proxy.plan(Fault("rewrite", skip=12, method="POST", path=BATCH, rewrite=conflict))
+    result, stats = load.run(fresh_proxy.base_url, local_medplum, "conflicted", batch_size=1)
+    assert fresh_proxy.pending_faults() == 0
+    assert result.most_in_flight >= 2, "no pushback for a while: more bundles in flight"
+    assert result.counts["in_flight_decreased"] >= 1 and stats.entries_resent >= 1
+    assert result.counts["sent"] == PATIENT_ROWS and result.counts["failed"] == 0
+    load.assert_settled(local_medplum)
+
+
 def test_connections_refused_for_a_while_are_retried_until_the_server_is_back(fresh_proxy, local_medplum, tmp_path):
     load = Load.new(tmp_path, "refused")
     retry = RetryPolicy(max_attempts=6, base_delay=0.2, max_delay=1.0, max_total_seconds=10.0)

@@ -32,7 +32,7 @@ frame = build_frame(element, element.extract({"patients": read_table(source_url,
                     SourceSystem("https://ehr.example-clinic.org/fhir"))
 
 def progress(done, total):
-    print(f"bundle {done} of {total}", flush=True)
+    print(f"units {done} of {total}", flush=True)
 
 # Slow enough to be killed halfway: each bundle takes a fifth of a second more than Medplum needs.
 real_submit = MedplumClient.submit_batch
@@ -67,7 +67,7 @@ def test_a_killed_load_resumes_without_duplicates_or_pending_units(platform_fact
     assert process.stdout is not None
     for line in process.stdout:
         # Progress is reported once a bundle's outcomes are stored (a few bundles at a time).
-        if line.startswith("bundle ") and int(line.split()[1]) >= 5:
+        if line.startswith("units ") and int(line.split()[1]) >= 50:
             process.send_signal(signal.SIGKILL)
             break
     process.wait(timeout=30)

@@ -64,9 +64,7 @@ def load_all(
     results = {}
     with client_for(server) as client, Manifest(manifest_url) as manifest:
         for name in ELEMENTS:
-            results[name] = load_frame(
-                client, manifest, run_id, name, get_element(name).transactional, frames[name], settings
-            )
+            results[name] = load_frame(client, manifest, run_id, get_element(name), frames[name], settings)
     return results, client
 
 
@@ -352,9 +350,7 @@ def load_shards_concurrently(
     def shard(index: int) -> LoadResult:
         with client_for(server) as client, Manifest(manifest_url) as manifest:
             settings = LoadSettings(batch_size=5, concurrency=2, shard_count=count, shard_index=index)
-            return load_frame(
-                client, manifest, f"shard-{index}", name, get_element(name).transactional, frame, settings
-            )
+            return load_frame(client, manifest, f"shard-{index}", get_element(name), frame, settings)
 
     with ThreadPoolExecutor(max_workers=count) as pool:
         futures = {index: pool.submit(shard, index) for index in range(count)}

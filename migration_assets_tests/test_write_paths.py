@@ -96,3 +96,16 @@ def test_a_load_that_knows_the_target_creates_updates_by_id_and_never_duplicates
     assert found.height == 13 and found["identifier_value"].n_unique() == 12
     held = held_in_target({("Patient", system): found})
     assert held.filter(pl.col("held_many")).height == 1
+
+
+def test_the_phase_decides_how_absent_resources_are_created(tmp_path: Path, monkeypatch):
+    from migration_assets.pipeline.resources import MigrationSettings
+
+    phases = tmp_path / "phases.yaml"
+    phases.write_text("version: 1\ndefault_phase: backfill\nelements:\n  patients: initial_load\n")
+    monkeypatch.setenv("ADOPTION_PHASES_FILE", str(phases))
+    by_phase = MigrationSettings()
+    assert by_phase.load_settings(PATIENTS).creates == "post", "initial_load: the platform is the one writer"
+    assert by_phase.load_settings(get_element("problem_list")).creates == "conditional", "the old services write too"
+    said = MigrationSettings(creates="conditional")
+    assert said.load_settings(PATIENTS).creates == "conditional", "a setting for every element wins"

@@ -246,7 +246,7 @@ def dual_write_consistency(
     config = _phases()
     phase = config.of(element.name)
     tables = read_legacy(legacy_db.url, element)
-    rows, frame = legacy_frame(element, tables, migration_settings.source_system)
+    rows, frame = legacy_frame(element, tables, migration_settings.source_system, legacy_db.url)
     with medplum.open_client() as client, manifest.open(client.target) as ledger:
         units = ledger.units(element.name)
         if phase.behaviour.first_sync_from == "phase_start":
@@ -309,7 +309,9 @@ def read_readiness(
     element = get_element(context.partition_key)
     config = _phases()
     phase = config.of(element.name)
-    _, frame = legacy_frame(element, read_legacy(legacy_db.url, element), migration_settings.source_system)
+    _, frame = legacy_frame(
+        element, read_legacy(legacy_db.url, element), migration_settings.source_system, legacy_db.url
+    )
     with medplum.open_client() as client, manifest.open(client.target) as ledger:
         document, report, problems = assess_readiness(client, ledger, element, frame, phase, config.version)
     document["source"] = legacy_db.display_url
@@ -384,7 +386,9 @@ def legacy_archive(
     phase = config.of(element.name)
     if not phase.behaviour.archive:
         raise Failure(description=f"{phase.describe()}: the legacy tables are archived when it is deprecated")
-    _, frame = legacy_frame(element, read_legacy(legacy_db.url, element), migration_settings.source_system)
+    _, frame = legacy_frame(
+        element, read_legacy(legacy_db.url, element), migration_settings.source_system, legacy_db.url
+    )
     with medplum.open_client() as client, manifest.open(client.target) as ledger:
         document, _, _ = assess_readiness(client, ledger, element, frame, phase, config.version)
     if not document["ready"]:

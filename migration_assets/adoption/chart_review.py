@@ -26,7 +26,7 @@ from typing import Any
 import polars as pl
 
 from migration_assets.active import LOAD_ORDER, PROFILE, get_element
-from migration_assets.adoption.dual_write import compare_stores, found_resources
+from migration_assets.adoption.dual_write import ATTACHMENT_FIELDS, attachments, compare_stores, found_resources
 from migration_assets.adoption.sync import legacy_frame, read_legacy
 from migration_assets.elements.base import SourceSystem, check_frame_columns
 from migration_assets.ledger.manifest import Manifest
@@ -148,7 +148,7 @@ def build_chart_review(
         element = get_element(name)
         element_tables = read_legacy(source_url, element)
         tables.update(element_tables)
-        frames[name] = legacy_frame(element, element_tables, system)[1]
+        frames[name] = legacy_frame(element, element_tables, system, source_url)[1]
     units = patient_units(frames)
     samples = [repeatable_sample(units, size), random_sample(units, size, seed), risk_sample(units, size)]
     directory.mkdir(parents=True, exist_ok=True)
@@ -190,6 +190,7 @@ h1{font-size:1.4rem}h2{font-size:1.15rem;margin-top:2rem;border-bottom:1px solid
 .unit{display:grid;grid-template-columns:1fr 1fr;gap:1rem;margin:1rem 0;padding:.5rem}
 .unit{border:1px solid #ddd;border-radius:6px}
 .unit h3{grid-column:1/3;font-size:.95rem;margin:0}
+.unit .attachment{grid-column:1/3}
 table{border-collapse:collapse;font-size:.85rem}
 td,th{border:1px solid #ddd;padding:2px 6px;text-align:left;vertical-align:top}
 pre{background:#f6f8fa;padding:.5rem;font-size:.8rem;white-space:pre-wrap;margin:0}
@@ -248,6 +249,9 @@ def _patient_page(
                 f"{esc(row['resource_type'])}: {status}</h3>"
             )
             body.append("<div><b>Legacy</b>" + _table(legacy) + "</div>")
+            built = attachments(json.loads(row["resource"]))
+            if built:
+                body.append(_attachment_table(built, [a for c in copies for a in attachments(c)]))
             medplum = "".join(
                 f"<pre>{html.escape(json.dumps(c, indent=2, ensure_ascii=False), quote=False)}</pre>" for c in copies
             )
@@ -256,6 +260,24 @@ def _patient_page(
         f"<!doctype html><html><head><meta charset='utf-8'><title>Chart review {esc(patient)}</title>"
         f"<style>{_STYLE}</style></head><body>{''.join(body)}</body></html>"
     )
+
+
+def _attachment_table(legacy: list[dict[str, Any]], medplum: list[dict[str, Any]]) -> str:
+    """A document's bytes, legacy against Medplum: content type, size and SHA-1 should agree; the
+    legacy file or BLOB is in Medplum as a Binary."""
+    esc = html.escape
+    rows = []
+    for number, built in enumerate(legacy):
+        stored = medplum[number] if number < len(medplum) else {}
+        for name in ATTACHMENT_FIELDS:
+            mine, theirs = built.get(name), stored.get(name)
+            same = mine == theirs or (name == "url" and str(theirs or "").startswith("Binary/"))
+            mark = '<span class="ok">✓</span>' if same else '<span class="bad">✗</span>'
+            rows.append(
+                f"<tr><th>{esc(name)}</th><td>{esc(str(mine))}</td><td>{esc(str(theirs))}</td><td>{mark}</td></tr>"
+            )
+    head = "<tr><th>attachment</th><th>legacy</th><th>Medplum</th><th></th></tr>"
+    return f'<div class="attachment"><b>Document</b><table>{head}{"".join(rows)}</table></div>'
 
 
 def _legacy_row(tables: Mapping[str, pl.DataFrame], table: str, key: str | None) -> list[dict[str, Any]]:

@@ -1,5 +1,7 @@
 """Dual-write reconciliation: legacy and Medplum compared unit by unit (or on a sample), field by field
-over the fields the mapping writes; discrepancies as JSON and CSV."""
+over the fields the mapping writes; discrepancies as JSON and CSV. A document's attachment is compared on
+its contentType, size and hash (SHA-1 of the bytes): the legacy side names a file or BLOB where Medplum
+names the Binary holding the bytes."""
 
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ from typing import Any
 import polars as pl
 
 from migration_assets.elements.fhir_json import json_leaves
+from migration_assets.elements.files import is_legacy_content
 from migration_assets.medplum import MedplumClient
 from migration_assets.phases import DualWriteSample
 from migration_assets.verify.census import find_by_identifiers, take_census
@@ -122,8 +125,9 @@ def compare_stores(
         legacy_leaves = json_leaves({k: v for k, v in built.items() if k in fields})
         medplum_leaves = json_leaves({k: v for k, v in medplum_copy.items() if k in fields})
         for path in sorted(set(legacy_leaves) | set(medplum_leaves)):
-            if legacy_leaves.get(path) != medplum_leaves.get(path):
-                problems.append(_problem(row, "differs", path, legacy_leaves.get(path), medplum_leaves.get(path)))
+            legacy_value, medplum_value = legacy_leaves.get(path), medplum_leaves.get(path)
+            if legacy_value != medplum_value and not _same_bytes_elsewhere(legacy_value, medplum_value):
+                problems.append(_problem(row, "differs", path, legacy_value, medplum_value))
     if censuses is not None:
         known = frame.select("resource_type", "identifier_system", "identifier_value")
         stale = {
@@ -162,6 +166,26 @@ def compare_stores(
         discrepancies=pl.DataFrame(problems, schema=DISCREPANCY_SCHEMA),
         censuses=censuses,
     )
+
+
+def _same_bytes_elsewhere(legacy: Any, medplum: Any) -> bool:
+    """An attachment url naming a legacy file or BLOB against a Medplum Binary: where the bytes live
+    differs by design; whether they are the same bytes is compared on contentType, size and hash."""
+    return is_legacy_content(legacy) and isinstance(medplum, str) and medplum.startswith("Binary/")
+
+
+ATTACHMENT_FIELDS = ("contentType", "size", "hash", "url")
+
+
+def attachments(resource: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """The attachments of a resource (a DocumentReference's content), each with ATTACHMENT_FIELDS: what
+    chart review shows of a document beside its legacy row."""
+    found = []
+    for content in (resource or {}).get("content") or []:
+        attachment = content.get("attachment") if isinstance(content, Mapping) else None
+        if isinstance(attachment, Mapping):
+            found.append({name: attachment.get(name) for name in ATTACHMENT_FIELDS})
+    return found
 
 
 def _problem(row: Mapping[str, Any], kind: str, path: str, legacy: Any, medplum: Any) -> dict[str, Any]:

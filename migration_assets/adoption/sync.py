@@ -16,11 +16,14 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Callable, Mapping
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import polars as pl
 
 from migration_assets.elements.base import DataElement, SourceSystem, build_frame, read_element_tables
+from migration_assets.elements.files import legacy_files
+from migration_assets.ledger.files import FileHashes
 from migration_assets.ledger.manifest import Manifest
 from migration_assets.ledger.sync_state import SyncState
 from migration_assets.medplum import MedplumClient
@@ -40,15 +43,17 @@ def read_legacy(url: str, element: DataElement) -> dict[str, pl.DataFrame]:
 
 
 def legacy_frame(
-    element: DataElement, tables: Mapping[str, pl.DataFrame], system: SourceSystem
+    element: DataElement, tables: Mapping[str, pl.DataFrame], system: SourceSystem, source_url: str | None = None
 ) -> tuple[pl.DataFrame, pl.DataFrame]:
     """The element's extracted rows and FHIR frame, exactly as a full migration builds them (the
-    mapping never sees the change column)."""
+    mapping never sees the change column), with the files and BLOBs of the database at `source_url`
+    (the ones already in use when None)."""
     plain = {
         name: frame.drop(element.change_column, strict=False) if element.change_column else frame
         for name, frame in tables.items()
     }
-    rows = element.extract(plain)
+    with legacy_files(source_url) if source_url else nullcontext():
+        rows = element.extract(plain)
     return rows, build_frame(element, rows, system)
 
 
@@ -217,29 +222,38 @@ def sync_element(
         state.finish(run_id, element.name, "verified", 0, {})
         return outcome
     try:
-        tables = read_legacy(source_url, element)
-        rows, frame = legacy_frame(element, tables, system)
-        chosen = select_candidates(
-            element, tables, rows, frame, outcome.watermarks_before, phase, ledger.units(element.name), lookback_seconds
-        )
-        outcome.changed_rows, outcome.watermarks_after = chosen.changed_rows, chosen.new_marks
-        outcome.untracked_tables, outcome.retried, outcome.backfilled = (
-            chosen.untracked,
-            chosen.retried,
-            chosen.backfilled,
-        )
-        outcome.candidates = int(chosen.mask.sum())
-        if outcome.candidates:
-            outcome.result = migrate(
-                client,
-                ledger,
-                run_id,
+        # The legacy files and BLOBs are this database's; unchanged files are not read again.
+        with legacy_files(source_url, FileHashes(ledger.engine)):
+            tables = read_legacy(source_url, element)
+            rows, frame = legacy_frame(element, tables, system)
+            chosen = select_candidates(
                 element,
-                frame.filter(chosen.mask),
-                redact_url(source_url),
-                settings,
-                on_progress,
+                tables,
+                rows,
+                frame,
+                outcome.watermarks_before,
+                phase,
+                ledger.units(element.name),
+                lookback_seconds,
             )
+            outcome.changed_rows, outcome.watermarks_after = chosen.changed_rows, chosen.new_marks
+            outcome.untracked_tables, outcome.retried, outcome.backfilled = (
+                chosen.untracked,
+                chosen.retried,
+                chosen.backfilled,
+            )
+            outcome.candidates = int(chosen.mask.sum())
+            if outcome.candidates:
+                outcome.result = migrate(
+                    client,
+                    ledger,
+                    run_id,
+                    element,
+                    frame.filter(chosen.mask),
+                    redact_url(source_url),
+                    settings,
+                    on_progress,
+                )
     except Exception:
         state.finish(run_id, element.name, "failed", outcome.candidates, {})
         raise

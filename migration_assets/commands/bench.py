@@ -51,6 +51,7 @@ from migration_assets.commands.environment import quiet_dagster_warnings
 from migration_assets.config import REPO_ROOT
 from migration_assets.devtools.local_medplum import SERVER_DIR, LocalMedplum, running_local_medplum
 from migration_assets.elements.base import POLARS_ENGINE, SourceSystem, build_frame, read_element_tables
+from migration_assets.elements.files import legacy_files
 from migration_assets.ledger.manifest import Attempt, Manifest
 from migration_assets.medplum import MedplumClient
 from migration_assets.pipeline.frame_parts import FrameParts, build_frame_parts
@@ -63,15 +64,15 @@ from migration_assets.pipeline.loader import (
     migrate,
     with_direct_references,
 )
-from migration_assets.source import read_table, write_tables
+from migration_assets.source import write_tables
 
 OUT_DIR = REPO_ROOT / ".artifacts" / "bench"
 SYSTEM = SourceSystem("https://ehr.example-clinic.org/fhir")
-# The benchmark's data: Patients and their Conditions. The end-to-end stages run the ELEMENTS chosen
-# instead, when ELEMENTS is set.
-ELEMENTS = ("patients", "problem_list")
-# Practitioners too: the encounters reference them, and the load step checks its prerequisites.
-MEMORY_ELEMENTS = ("patients", "practitioners", "problem_list", "encounters")
+# The benchmark's data, as the profile says: a root element (seed_ehr: patients) and one referencing it
+# (problem_list). The end-to-end stages run the ELEMENTS chosen instead, when ELEMENTS is set.
+ELEMENTS = PROFILE.bench_pair()
+ROOT, CHILD = ELEMENTS
+MEMORY_ELEMENTS = PROFILE.bench_memory_elements or ELEMENTS
 # The grid of the ceiling and loader stages; BENCH_GRID="100x2,400x4" picks points instead.
 BATCH_SIZES = (25, 100, 400)
 CONCURRENCIES = (1, 2, 4)
@@ -134,7 +135,8 @@ def write_source(patients: int, folder: Path) -> dict[str, Any]:
 def element_frame(source_url: str, name: str, system: SourceSystem = SYSTEM) -> pl.DataFrame:
     element = get_element(name)
     tables = read_element_tables(element, source_url)
-    return build_frame(element, element.extract(tables), system)
+    with legacy_files(source_url):  # the documents' folder is the source's
+        return build_frame(element, element.extract(tables), system)
 
 
 def eligible(frame: pl.DataFrame) -> pl.DataFrame:
@@ -150,9 +152,9 @@ TRANSFORM_REPEATS = 3
 
 
 def bench_transform(source_url: str) -> dict[str, Any]:
-    element = get_element("patients")
+    element = get_element(ROOT)
     started = time.perf_counter()
-    source = element.extract({"patients": read_table(source_url, "patients")})
+    source = element.extract(read_element_tables(element, source_url))
     read = time.perf_counter() - started
     mapping, full = [], []
     for _ in range(TRANSFORM_REPEATS):
@@ -285,9 +287,11 @@ def bench_ceiling_direct(
 
 
 def bench_naive(frames: dict[str, pl.DataFrame], subset_patients: int) -> dict[str, Any]:
-    patients = eligible(frames["patients"]).head(subset_patients)
+    patients = eligible(frames[ROOT]).head(subset_patients)
     keys = patients["identifier_value"].to_list()
-    conditions = eligible(frames["problem_list"]).filter(pl.col("patient_id").is_in(keys))
+    # The child's units of those patients, found by the column that ties a unit to its patient.
+    tie = get_element(CHILD).patient_column or "unit_key"
+    conditions = eligible(frames[CHILD]).filter(pl.col(tie).is_in(keys))
     rows = [
         row
         for frame in (patients, conditions)
@@ -428,7 +432,7 @@ def run_loader(
     ):
         started = time.perf_counter()
         for name in ELEMENTS:
-            result = load_frame(client, manifest, run_id, name, get_element(name).transactional, frames[name], settings)
+            result = load_frame(client, manifest, run_id, get_element(name), frames[name], settings)
             for key, value in result.counts.items():
                 totals[key] = totals.get(key, 0) + value
         return time.perf_counter() - started, totals, client.stats.requests
@@ -640,7 +644,8 @@ class StubMedplum:
 def probe_extract(source_url: str, element_name: str, out: Path) -> dict[str, Any]:
     started = time.perf_counter()
     element = get_element(element_name)
-    rows = element.extract(read_element_tables(element, source_url))
+    with legacy_files(source_url):
+        rows = element.extract(read_element_tables(element, source_url))
     rows.write_parquet(out)  # what the IO manager does with the legacy_source output
     return {"rows": rows.height, "seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(rss_mb())}
 

@@ -7,12 +7,15 @@ On the same sample (BENCH_PATIENTS patients and their Conditions, which referenc
 - `medplum bulk import` (@medplum/cli: POSTs in transactions of 25; not rerun: a rerun copies everything);
 - the loader alone (migrate, element by element) writing by conditional PUT, as without a census of the
   target, and writing by what its census before the load says the target holds (updates by id), with each
-  create mode (conditional PUT, plain POST), then an unchanged reload; plain POST again with two bundles in flight and
-  as async bundles (`Prefer: respond-async`);
-- the platform end to end through Dagster with every check, in each create mode, then an unchanged reload.
+  create mode (conditional PUT, plain POST), one bundle in flight, then an unchanged reload; each create mode
+  again with the bundles in flight adapted to the server's pushback (the default), and as async bundles
+  (`Prefer: respond-async`);
+- the platform end to end through Dagster with every check and its default settings, with the elements in
+  the phase initial_load (plain POST creates) and in backfill (conditional creates), then an unchanged reload.
 Prints each figure with its ratio to the CLI and the FHIR quota points per resource of what the load sent
 (write 100, search 20: MEDPLUM_FACTS.md), writes .artifacts/bench/remote.json and remote.png."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -25,7 +28,7 @@ from typing import Any
 
 import polars as pl
 
-from migration_assets.active import get_element
+from migration_assets.active import PROFILE, get_element
 from migration_assets.config import REPO_ROOT
 from migration_assets.devtools.local_medplum import SERVER_DIR
 from migration_assets.elements.base import SourceSystem
@@ -35,10 +38,10 @@ from migration_assets.pipeline.loader import LoadSettings, migrate
 from migration_assets.verify.census import Censuses, RunCensus
 
 OUT_DIR = REPO_ROOT / ".artifacts" / "bench"
-ELEMENTS = ("patients", "problem_list")
+ELEMENTS = PROFILE.bench_pair()
 MEDPLUM_CLI = SERVER_DIR / "node_modules" / ".bin" / "medplum"
 CLI_POINTS_PER_RESOURCE = 100  # one POST each; a transaction adds none
-BATCH_SIZE, CONCURRENCY = 100, 1  # one bundle in flight: two make a real Medplum answer 409s (MEDPLUM_FACTS.md)
+BATCH_SIZE = 100
 
 
 def log(message: str) -> None:
@@ -105,10 +108,14 @@ def bench_cli(source_url: str, work: Path) -> dict[str, Any]:
 
 
 def bench_loader(
-    source_url: str, work: Path, creates: str | None, concurrency: int = CONCURRENCY, mode: str = "sync"
+    source_url: str, work: Path, creates: str | None, adaptive: bool = False, mode: str = "sync"
 ) -> dict[str, Any]:
     """The loader alone: by conditional PUT (`creates` None: no census of the target), or by what the
-    census before the load says the target holds; then an unchanged reload."""
+    census before the load says the target holds; one bundle in flight, or as many as the server takes
+    (`adaptive`, up to the default ceiling); then an unchanged reload."""
+    settings = LoadSettings(batch_size=BATCH_SIZE, creates=creates or "post", mode=mode, adaptive=adaptive)
+    if not adaptive:
+        settings = dataclasses.replace(settings, concurrency=1)
     built = frames(source_url, fresh_system())
     ledger_url = f"sqlite:///{work / f'loader-{creates}-{uuid.uuid4().hex[:6]}.db'}"
     figures: dict[str, Any] = {"resources": eligible_count(built)}
@@ -131,11 +138,12 @@ def bench_loader(
                     get_element(name),
                     built[name],
                     "bench",
-                    LoadSettings(batch_size=BATCH_SIZE, concurrency=concurrency, creates=creates or "post", mode=mode),
+                    settings,
                     census_of_target=census_of_target if creates else None,
                 )
                 for key, value in result.counts.items():
                     totals[key] = totals.get(key, 0) + value
+                totals["most_in_flight"] = max(totals.get("most_in_flight", 0), result.most_in_flight)
         seconds = time.perf_counter() - started
         figures[label] = {
             "seconds": round(seconds, 2),
@@ -143,6 +151,8 @@ def bench_loader(
             "created": totals["created"],
             "failed": totals["failed"],
             "quota_points": totals["quota_points"],
+            "most_in_flight": totals["most_in_flight"],
+            "in_flight_decreased": totals["in_flight_decreased"],
         }
     first = figures["first"]
     figures["resources_per_s"] = round(figures["resources"] / first["seconds"], 1)
@@ -150,15 +160,18 @@ def bench_loader(
     return figures
 
 
-def bench_e2e(source_url: str, work: Path, creates: str) -> dict[str, Any]:
-    """Every element of ELEMENTS through Dagster with every check, then an unchanged reload."""
+def bench_e2e(source_url: str, work: Path, phase: str) -> dict[str, Any]:
+    """Every element of ELEMENTS through Dagster with every check and the default settings, the elements
+    in `phase` (which decides how absent resources are created), then an unchanged reload."""
     from dagster import DagsterInstance, EnvVar
 
     from migration_assets.commands.bench import run_element
     from migration_assets.definitions import make_definitions
     from migration_assets.pipeline.resources import MedplumResource, build_resources
 
-    state = Path(tempfile.mkdtemp(dir=work, prefix=f"e2e-{creates}-"))
+    state = Path(tempfile.mkdtemp(dir=work, prefix=f"e2e-{phase}-"))
+    phases = state / "phases.yaml"
+    phases.write_text(f"version: 1\ndefault_phase: {phase}\n")
     resources = build_resources(
         medplum=MedplumResource(
             base_url=EnvVar("MEDPLUM_BASE_URL"),
@@ -169,12 +182,12 @@ def bench_e2e(source_url: str, work: Path, creates: str) -> dict[str, Any]:
         manifest_db_url=f"sqlite:///{state / 'manifest.db'}",
         work_dir=state,
         batch_size=BATCH_SIZE,
-        concurrency=CONCURRENCY,
-        creates=creates,
         identifier_base_uri=fresh_system().base_uri,
     )
     job = make_definitions(resources).resolve_job_def("migrate_data_element")
     figures: dict[str, Any] = {"resources": eligible_count(frames(source_url, fresh_system()))}
+    said_phases = os.environ.get("ADOPTION_PHASES_FILE")
+    os.environ["ADOPTION_PHASES_FILE"] = str(phases)
     with DagsterInstance.local_temp(tempdir=str(state)) as instance:
         for label in ("first", "reload"):
             started = time.perf_counter()
@@ -193,6 +206,10 @@ def bench_e2e(source_url: str, work: Path, creates: str) -> dict[str, Any]:
                     )
                 },
             }
+    if said_phases is None:
+        os.environ.pop("ADOPTION_PHASES_FILE")
+    else:
+        os.environ["ADOPTION_PHASES_FILE"] = said_phases
     figures["resources_per_s"] = round(figures["resources"] / figures["first"]["seconds"], 1)
     figures["quota_points_per_resource"] = round(figures["first"]["quota_points"] / max(1, figures["first"]["sent"]), 1)
     return figures
@@ -214,7 +231,6 @@ def run(patients: int, out: Path = OUT_DIR) -> int:
         "target": target,
         "patients": patients,
         "batch_size": BATCH_SIZE,
-        "concurrency": CONCURRENCY,
         "started": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
     with tempfile.TemporaryDirectory(dir=out, prefix="remote-") as folder:
@@ -226,10 +242,13 @@ def run(patients: int, out: Path = OUT_DIR) -> int:
             "loader, conditional PUTs (no census)": lambda: bench_loader(source_url, work, None),
             "loader, census + conditional creates": lambda: bench_loader(source_url, work, "conditional"),
             "loader, census + plain POST creates": lambda: bench_loader(source_url, work, "post"),
-            "loader, plain POST, 2 bundles in flight": lambda: bench_loader(source_url, work, "post", concurrency=2),
+            "loader, conditional creates, adaptive in flight": lambda: bench_loader(
+                source_url, work, "conditional", adaptive=True
+            ),
+            "loader, plain POST, adaptive in flight": lambda: bench_loader(source_url, work, "post", adaptive=True),
             "loader, plain POST, async bundles": lambda: bench_loader(source_url, work, "post", mode="async"),
-            "end to end, every check, conditional creates": lambda: bench_e2e(source_url, work, "conditional"),
-            "end to end, every check, plain POST": lambda: bench_e2e(source_url, work, "post"),
+            "end to end, every check, phase backfill": lambda: bench_e2e(source_url, work, "backfill"),
+            "end to end, every check, phase initial_load": lambda: bench_e2e(source_url, work, "initial_load"),
         }
         for name, measure in measures.items():
             report[name] = measure()
@@ -248,10 +267,11 @@ def run(patients: int, out: Path = OUT_DIR) -> int:
     report["table"] = rows
     (out / "remote.json").write_text(json.dumps(report, indent=2))
     plot(rows, target, out / "remote.png")
-    print(f"\nagainst {target}: {patients} patients with their conditions, batch {BATCH_SIZE} x {CONCURRENCY}")
-    print(f"{'what':45} {'resources/s':>12} {'x CLI':>6} {'points/res':>11} {'reload sent':>12}")
-    for name, rate, ratio, points, reload_sent in rows:
-        print(f"{name:45} {rate:12,.1f} {ratio:6.2f} {points:11} {reload_sent!s:>12}")
+    print(f"\nagainst {target}: {patients} patients with their conditions, batches of {BATCH_SIZE}")
+    print(f"{'what':50} {'resources/s':>12} {'x CLI':>6} {'points/res':>11} {'reload sent':>12} {'in flight':>10}")
+    for (name, rate, ratio, points, reload_sent), name_again in zip(rows, measures, strict=True):
+        in_flight = report[name_again].get("first", {}).get("most_in_flight", "-")
+        print(f"{name:50} {rate:12,.1f} {ratio:6.2f} {points:11} {reload_sent!s:>12} {in_flight!s:>10}")
     print(f"\nwrote {out / 'remote.json'} and {out / 'remote.png'}")
     return 0
 

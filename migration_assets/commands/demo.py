@@ -68,7 +68,7 @@ class ElementSummary:
     done: list[str] = field(default_factory=list)
     seconds: float = 0.0
     load_seconds: float | None = None
-    bundles: tuple[int, int] | None = None  # the last (sent, total) the load reported
+    units: tuple[int, int] | None = None  # the last (sent, total) the load reported
     # Set when the project writes transactions like batches (its transaction-bundles feature is off).
     transactions_off: str = ""
 
@@ -90,7 +90,7 @@ class _LastProgress:
 
     def load_progress(self, progress: LoadProgress) -> None:
         if progress.element == self.element:
-            self.last = (progress.bundles_done, progress.bundles_total)
+            self.last = (progress.units_done, progress.units_total)
 
 
 def migrate_element(
@@ -113,7 +113,7 @@ def migrate_element(
             run_config={**(VERBOSE_CONSOLE if verbose else QUIET_CONSOLE), **(run_config or {})},
         )
     summary.seconds = time.monotonic() - started
-    summary.bundles = progress.last
+    summary.units = progress.last
     summary.run_ok = result.success
     summary.done = _steps_done(result)
     for materialization in result.asset_materializations_for_node(LOAD_STEP):
@@ -258,7 +258,7 @@ def summary_lines(
         what = f"{s.element} FAILED" + (f" in step {s.failed_step}" if s.failed_step else "")
         lines.append(
             f"{what}; done before: {', '.join(s.done) or 'nothing'}"
-            + (f"; {s.bundles[0]:,} of {s.bundles[1]:,} bundles sent" if s.bundles else "")
+            + (f"; {s.units[0]:,} of {s.units[1]:,} units sent" if s.units else "")
         )
         for check, message in s.failure_messages.items():
             lines.append(f"  check {check} failed: {one_line(message)}")

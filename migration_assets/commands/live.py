@@ -1,4 +1,4 @@
-"""What `make demo` shows while it runs: per data element a progress bar of the bundles sent, with the
+"""What `make demo` shows while it runs: per data element a progress bar of the units sent, with the
 entries answered per second and the time left, the retries and quota waits as they happen, then the
 element's line of the summary. When the output is not a terminal (CI, a log file) the same news comes
 as plain lines: a few per element, never a redrawn bar.
@@ -59,7 +59,7 @@ class LiveView:
             TextColumn("{task.description:<14}"),
             BarColumn(),
             MofNCompleteColumn(),
-            TextColumn("bundles"),
+            TextColumn("units"),
             TextColumn("{task.fields[rate]:>12}"),
             TimeRemainingColumn(),
             TextColumn("{task.fields[trouble]}"),
@@ -112,27 +112,27 @@ class LiveView:
             state.reported_start = True
             state.load_started = state.load_started or progress.at
             if not self.live:
-                self.print(f"{state.name}: sending {progress.bundles_total} bundles")
+                self.print(f"{state.name}: sending {progress.units_total:,} units")
         if state.task is not None:
             self._progress.update(
                 state.task,
-                completed=progress.bundles_done,
-                total=progress.bundles_total,
+                completed=progress.units_done,
+                total=progress.units_total,
                 rate=f"{state.rate():,.0f} entries/s",
                 trouble=self._trouble(state),
             )
-            if progress.bundles_done == progress.bundles_total:
+            if progress.units_done == progress.units_total:
                 self._progress.update(state.task, rate="checking")
             # Drawn from here: the busy load leaves the display's own refresh thread little time.
-            if time.monotonic() - self._drawn >= REDRAW_SECONDS or progress.bundles_done == progress.bundles_total:
+            if time.monotonic() - self._drawn >= REDRAW_SECONDS or progress.units_done == progress.units_total:
                 self._drawn = time.monotonic()
                 self._progress.refresh()
             return
-        quarter = progress.bundles_done * PLAIN_STEPS // max(1, progress.bundles_total)
+        quarter = progress.units_done * PLAIN_STEPS // max(1, progress.units_total)
         if quarter > state.reported_quarter:
             state.reported_quarter = quarter
             self.print(
-                f"{state.name}: {progress.bundles_done} of {progress.bundles_total} bundles sent, "
+                f"{state.name}: {progress.units_done:,} of {progress.units_total:,} units sent, "
                 f"{state.rate():,.0f} entries/s"
             )
 

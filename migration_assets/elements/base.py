@@ -108,9 +108,10 @@ class DataElement:
     # platform reads the naming tables, then only the rows of this one whose key they hold (its key is
     # its `source_tables` entry); column names match in either case.
     lookup_tables: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
-    # Load tuning: entries (or transactions) per batch bundle, and bundles in flight at once.
+    # Load tuning: entries (or transactions) per batch bundle, and the most bundles in flight at once (the
+    # load starts with one and adds more while the server does not push back).
     batch_size: int = 100
-    concurrency: int = 1
+    concurrency: int = 4
 
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")

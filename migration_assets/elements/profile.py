@@ -57,6 +57,11 @@ class Profile:
     # Writes the files the sample tables name (documents) beside the sample database at a URL and
     # returns the tables pointing at them; None: the sample has no files.
     sample_files: Callable[[dict[str, pl.DataFrame], str], dict[str, pl.DataFrame]] | None = None
+    # What `make bench` loads: a root element and one that references it, for the throughput stages
+    # (empty: the first element of the load order and the first that requires it); and the elements of
+    # the memory stage, prerequisites first (empty: the same two).
+    bench_elements: tuple[str, ...] = ()
+    bench_memory_elements: tuple[str, ...] = ()
     by_name: Mapping[str, DataElement] = field(init=False, repr=False)
     load_order: tuple[str, ...] = field(init=False)
 
@@ -83,6 +88,19 @@ class Profile:
         object.__setattr__(self, "by_name", by_name)
         object.__setattr__(self, "load_order", order)
         object.__setattr__(self, "elements", tuple(by_name[name] for name in order))
+        for name in (*self.bench_elements, *self.bench_memory_elements):
+            if name not in by_name:
+                raise ProfileError(f"profile {self.name}: bench_elements names an unknown element {name!r}")
+
+    def bench_pair(self) -> tuple[str, str]:
+        """The benchmark's two elements: a root, and an element whose units reference it."""
+        if len(self.bench_elements) == 2:
+            return self.bench_elements[0], self.bench_elements[1]
+        root = self.load_order[0]
+        child = next((e.name for e in self.elements if root in e.requires), None)
+        if child is None:
+            raise ProfileError(f"profile {self.name}: no element requires {root}; say bench_elements")
+        return root, child
 
     def element(self, name: str) -> DataElement:
         try:

@@ -1,4 +1,4 @@
-"""Files to Medplum Binary resources, streamed.
+"""Files (and BLOBs of the legacy database) to Medplum Binary resources, streamed.
 
 `POST /fhir/R4/Binary` with the file's own Content-Type and its raw bytes as the body answers 201 with
 the Binary (its id). There is no conditional create for Binary and Binary cannot be searched, so whether
@@ -6,14 +6,14 @@ a file is already in Medplum is decided on our side (ledger/files.py keeps conte
 
 A file is never held whole in memory: it is hashed in one pass of CHUNK_BYTES reads, and uploaded
 from a generator of chunks (httpx sends an iterator body with chunked transfer encoding). A retried
-upload reopens the file.
+upload reopens the file (asks `chunks` for a new iterator).
 """
 
 import base64
 import hashlib
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,8 +38,13 @@ class FileFacts:
 
 def file_facts(path: Path) -> FileFacts:
     """Size and hashes of a file, read once in chunks."""
+    return facts_of(file_chunks(path))
+
+
+def facts_of(chunks: Iterable[bytes]) -> FileFacts:
+    """Size and hashes of the bytes `chunks` yields, one chunk at a time."""
     sha1, sha256, size = hashlib.sha1(), hashlib.sha256(), 0
-    for chunk in file_chunks(path):
+    for chunk in chunks:
         sha1.update(chunk)
         sha256.update(chunk)
         size += len(chunk)
@@ -52,10 +57,10 @@ def file_chunks(path: Path) -> Iterator[bytes]:
             yield chunk
 
 
-def upload_binary(client: MedplumClient, path: Path, content_type: str) -> str:
-    """POST the file's bytes as a Binary of `content_type`, streamed; the new Binary's id. Retries a
-    lost connection, a 5xx and a 429 (each retry sends the file again from its start); any other
-    refusal is a MedplumError naming the status (never the file's content)."""
+def upload_binary(client: MedplumClient, chunks: Callable[[], Iterator[bytes]], content_type: str, name: str) -> str:
+    """POST the bytes `chunks()` yields as a Binary of `content_type`, streamed; the new Binary's id.
+    Retries a lost connection, a 5xx and a 429 (each retry sends the bytes again from their start); any
+    other refusal is a MedplumError naming the status and `name` (never the content)."""
     url = client.fhir_base + "Binary"
     problem = ""
     for attempt in range(1, client.retry.max_attempts + 1):
@@ -63,7 +68,7 @@ def upload_binary(client: MedplumClient, path: Path, content_type: str) -> str:
         try:
             response = client.http.post(
                 url,
-                content=file_chunks(path),
+                content=chunks(),
                 headers={"Authorization": f"Bearer {token}", "Content-Type": content_type},
             )
         except httpx.TransportError as exc:
@@ -72,14 +77,12 @@ def upload_binary(client: MedplumClient, path: Path, content_type: str) -> str:
             if response.status_code == 201:
                 binary_id = response.json().get("id")
                 if not isinstance(binary_id, str) or not binary_id:
-                    raise MedplumError(f"POST Binary answered 201 without an id ({path.name})")
+                    raise MedplumError(f"POST Binary answered 201 without an id ({name})")
                 return binary_id
             if response.status_code == 401:
                 client.invalidate_token(token)
             elif response.status_code != 429 and response.status_code < 500:
-                raise MedplumError(
-                    f"POST Binary answered {response.status_code} for {path.name}: {response.text[:300]}"
-                )
+                raise MedplumError(f"POST Binary answered {response.status_code} for {name}: {response.text[:300]}")
             problem = f"{response.status_code}"
         if attempt < client.retry.max_attempts:
             delay = client.retry.backoff(attempt)

@@ -12,6 +12,8 @@ from dagster import AssetExecutionContext, AssetIn, MaterializeResult, MetadataV
 
 from migration_assets.active import get_element, prerequisites
 from migration_assets.elements.base import DataElement
+from migration_assets.elements.files import legacy_files
+from migration_assets.ledger.files import FileHashes
 from migration_assets.medplum import Target
 from migration_assets.pipeline.frame_parts import REFERENCE_COLUMNS, FrameParts, build_frame_parts
 from migration_assets.pipeline.partitions import DATA_ELEMENTS
@@ -40,10 +42,18 @@ OWNERS = ["team:migration"]
     description="Legacy EHR rows of the data element, read from the legacy database.\n\n"
     "One row per source unit, joined with what its mapping needs; the count per source table is in the metadata.",
 )
-def legacy_source(context: AssetExecutionContext, legacy_db: LegacySource) -> Output[pl.DataFrame]:
+def legacy_source(
+    context: AssetExecutionContext, legacy_db: LegacySource, manifest: ManifestStore
+) -> Output[pl.DataFrame]:
     element = get_element(context.partition_key)
     tables = legacy_db.read_tables(element)
-    rows = element.extract(tables)
+    # The legacy files are this database's; a file unchanged since an earlier run is not read again.
+    hashes = FileHashes(manifest.url)
+    try:
+        with legacy_files(legacy_db.url, hashes):
+            rows = element.extract(tables)
+    finally:
+        hashes.engine.dispose()
     return Output(
         rows,
         metadata={

@@ -15,17 +15,18 @@ from dagster import (
 
 from migration_assets.active import get_element
 from migration_assets.elements.base import schema_failures
+from migration_assets.elements.files import legacy_files
 from migration_assets.medplum import Target
 from migration_assets.pipeline.assets import fhir_frames
 from migration_assets.pipeline.frame_parts import KEY_COLUMNS, REFERENCE_COLUMNS, FrameParts
-from migration_assets.pipeline.loader import LEDGER_COLUMNS, LoadResult, held_in_target, in_shard, load_frame
+from migration_assets.pipeline.loader import LEDGER_COLUMNS, Known, LoadResult, held_in_target, in_shard, load_frame
 from migration_assets.pipeline.partitions import DATA_ELEMENTS
 from migration_assets.pipeline.reporting import counts, quarantine_summary, table
-from migration_assets.pipeline.resources import ManifestStore, MedplumResource, MigrationSettings
+from migration_assets.pipeline.resources import LegacySource, ManifestStore, MedplumResource, MigrationSettings
 from migration_assets.pipeline.sharded import medplum_resources
 from migration_assets.verify.books import accounting, content_fingerprint, sample_groups
 from migration_assets.verify.census import RunCensus, census_kinds
-from migration_assets.verify.prerequisites import check_prerequisites
+from migration_assets.verify.prerequisites import RunPrerequisites, check_prerequisites
 from migration_assets.verify.reconcile import RECONCILE_UNIT_COLUMNS, reconcile, reference_problems
 
 _FRAME = {"fhir_frames": AssetIn("fhir_frames")}
@@ -35,6 +36,13 @@ def _run_census(context: AssetCheckExecutionContext, settings: MigrationSettings
     """The census of this run in `target`: the first check (or the report) that asks brings it up to
     date after the load, the others read it from its files."""
     return RunCensus.of_run(settings.evidence_dir, context.run.run_id, target, settings.incremental_census)
+
+
+def _run_prerequisites(
+    context: AssetCheckExecutionContext, settings: MigrationSettings, target: Target
+) -> RunPrerequisites:
+    """The prerequisite report of this run: made by the first step that asks, read by the others."""
+    return RunPrerequisites.of_run(settings.evidence_dir, context.run.run_id, target, context.partition_key)
 
 
 @asset_check(
@@ -78,10 +86,17 @@ def schema(
     "(or explained in the manifest); otherwise the load is refused, naming the missing elements.",
 )
 def prerequisites_loaded(
-    context: AssetCheckExecutionContext, fhir_frames: FrameParts, medplum: MedplumResource, manifest: ManifestStore
+    context: AssetCheckExecutionContext,
+    fhir_frames: FrameParts,
+    medplum: MedplumResource,
+    manifest: ManifestStore,
+    migration_settings: MigrationSettings,
 ) -> AssetCheckResult:
     with medplum.open_client() as client, manifest.open(client.target) as ledger:
-        report = check_prerequisites(client, ledger, context.partition_key, fhir_frames.read(REFERENCE_COLUMNS))
+        # The run's report: the load's shard steps and the idempotency check read it as made here.
+        report = _run_prerequisites(context, migration_settings, client.target).get(
+            lambda: check_prerequisites(client, ledger, context.partition_key, fhir_frames.read(REFERENCE_COLUMNS))
+        )
     return AssetCheckResult(
         passed=not report.blocking_elements,
         description=report.message(),
@@ -131,7 +146,7 @@ def reference_integrity(
     description="Resubmitting the partition creates nothing and changes nothing, and each source identifier "
     "matches exactly one resource in Medplum (each resubmitted as an update by id of the resource the run's census "
     "found for its identifier). Resubmitted: the whole partition up to idempotency_sample_size "
-    "bundle groups (1,000 by default), above that a sample of that many groups drawn with a recorded seed. "
+    "bundle groups (200 by default), above that a sample of that many groups drawn with a recorded seed. "
     "Not resubmitted when this run wrote nothing and the partition's content is exactly what an earlier "
     "passing resubmission verified (idempotency_skip_verified).",
 )
@@ -140,6 +155,7 @@ def idempotent_reload(
     fhir_frames: FrameParts,
     medplum: MedplumResource,
     manifest: ManifestStore,
+    legacy_db: LegacySource,
     migration_settings: MigrationSettings,
 ) -> AssetCheckResult:
     element = get_element(context.partition_key)
@@ -195,17 +211,22 @@ def idempotent_reload(
             resubmitted = fhir_frames.scan().filter(pl.col("bundle_group").is_in(chosen_groups.implode())).collect()
             # Each to the resource the census found for its identifier (an update by id, no search): the
             # census itself shows an identifier held twice, and Medplum answers an unchanged update fast.
-            result = load_frame(
-                client,
-                ledger,
-                f"{context.run.run_id}-reload",
-                element.name,
-                element.transactional,
-                resubmitted,
-                settings,
-                known=units.select(LEDGER_COLUMNS),
-                held=held_in_target(censuses),
-            )
+            with legacy_files(legacy_db.url):  # the resubmitted BLOB attachments are read from there
+                result = load_frame(
+                    client,
+                    ledger,
+                    f"{context.run.run_id}-reload",
+                    element,
+                    resubmitted,
+                    settings,
+                    known=Known(
+                        prerequisites=_run_prerequisites(context, migration_settings, client.target).get(
+                            lambda: check_prerequisites(client, ledger, element.name, keys)
+                        ),
+                        ledger=units.select(LEDGER_COLUMNS),
+                        held=held_in_target(censuses),
+                    ),
+                )
         else:
             resubmitted, result = candidates.clear(), LoadResult()
         duplicates = report.duplicates

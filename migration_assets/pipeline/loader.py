@@ -19,12 +19,18 @@ import polars as pl
 
 from migration_assets.elements.base import DataElement
 from migration_assets.elements.fhir_json import conditional_reference
+from migration_assets.ledger.files import FileUploader
 from migration_assets.ledger.manifest import Attempt, Manifest
 from migration_assets.medplum import EntryResponse, MedplumClient
 from migration_assets.pipeline.attachments import attaches_files, uploader_for, with_uploaded_files
 from migration_assets.pipeline.frame_parts import REFERENCE_COLUMNS, FrameParts, shard_of
 from migration_assets.verify.census import Censuses
-from migration_assets.verify.prerequisites import check_prerequisites, quarantine_unloadable
+from migration_assets.verify.prerequisites import (
+    PrerequisiteReport,
+    RunPrerequisites,
+    check_prerequisites,
+    quarantine_unloadable,
+)
 from migration_assets.verify.reconcile import RECONCILE_UNIT_COLUMNS, lost_in_target
 
 log = logging.getLogger(__name__)
@@ -32,6 +38,7 @@ log = logging.getLogger(__name__)
 # `pending_quota`: still refused by the FHIR quota when its wait ran out; `half_written`: written while
 # a partner of its transaction was not (transaction-bundles off). Both stay pending: the next run sends them.
 # `quota_points`: what the bundles sent cost of Medplum's FHIR quota (quota_cost; resent entries not counted).
+# `in_flight_decreased`: how often the load took bundles in flight away (pushback, or no gain: InFlight).
 COUNT_NAMES = (
     "source_rows",
     "quarantined",
@@ -45,6 +52,7 @@ COUNT_NAMES = (
     "pending_quota",
     "half_written",
     "quota_points",
+    "in_flight_decreased",
 )
 
 # What a project without the `transaction-bundles` feature means for a load, said once per run.
@@ -62,9 +70,11 @@ CREATE_MODES = ("conditional", "post")
 @dataclass(frozen=True)
 class LoadSettings:
     batch_size: int = 100
-    # Bundles in flight at once. A real server answers concurrent batches with 409 serialization
-    # conflicts (resent, but they cost time): measure before raising it.
-    concurrency: int = 1
+    # The most bundles in flight at once. With `adaptive` the load starts with one and adds one while
+    # that answers entries faster and the server does not push back (InFlight): a real Medplum answers
+    # overlapping batches with 409 serialization conflicts, and a quota with 429.
+    concurrency: int = 4
+    adaptive: bool = True
     # Send rows even when their content hash matches their last successful write (the idempotency
     # check uses this to prove that a resubmission changes nothing).
     resend_unchanged: bool = False
@@ -98,6 +108,70 @@ class LoadSettings:
             raise ValueError("batch_size and concurrency must be at least 1")
 
 
+# Bundles answered at one level of bundles in flight before the load judges it; doubled after each step
+# back (up to PROBE_MAX) so that a level that does not pay is not tried again and again.
+PROBE_BUNDLES = 4
+PROBE_MAX = 64
+# One more bundle in flight must answer this much faster than one fewer did, or the load steps back: a
+# server that is already busy answers the extra bundle no sooner (a real Medplum on two cores).
+GAIN_NEEDED = 1.05
+
+
+class InFlight:
+    """How many bundles may be in flight, found while loading: start with one; after `probe` bundles
+    answered at a level, keep the level and try one more if entries were answered at least GAIN_NEEDED
+    times faster than one fewer did, else step back. Any pushback (entries resent for a 409, 429 or 5xx,
+    or whole requests retried: the client's counts since the last answer) halves it at once: a real
+    Medplum answers overlapping batches with 409 serialization conflicts. Without `adaptive` it is the
+    ceiling all along."""
+
+    def __init__(self, client: MedplumClient, ceiling: int, adaptive: bool) -> None:
+        self.client, self.ceiling, self.adaptive = client, ceiling, adaptive
+        self.limit = 1 if adaptive else ceiling
+        self.highest = self.limit
+        self.decreases = 0
+        self.probe = PROBE_BUNDLES
+        self.rates: dict[int, float] = {}  # entries answered a second, at each level judged
+        self.seen = self._pushback()
+        self._new_window()
+
+    def _pushback(self) -> int:
+        return self.client.stats.entries_resent + self.client.stats.retries
+
+    def _new_window(self) -> None:
+        self.window_started, self.window_bundles, self.window_entries = time.monotonic(), 0, 0
+
+    def _step_back(self, to: int) -> None:
+        self.limit = max(1, to)
+        self.decreases += 1
+        self.probe = min(PROBE_MAX, self.probe * 2)
+
+    def answered(self, entries: int) -> None:
+        """After each answered bundle of `entries` entries."""
+        now = self._pushback()
+        pushed, self.seen = now > self.seen, now
+        if not self.adaptive:
+            return
+        if pushed:
+            if self.limit > 1:
+                self._step_back(self.limit // 2)
+            self._new_window()
+            return
+        self.window_bundles += 1
+        self.window_entries += entries
+        if self.window_bundles < self.probe:
+            return
+        rate = self.window_entries / max(time.monotonic() - self.window_started, 1e-6)
+        self.rates[self.limit] = rate
+        fewer = self.rates.get(self.limit - 1)
+        if fewer is not None and rate < fewer * GAIN_NEEDED:
+            self._step_back(self.limit - 1)
+        elif self.limit < self.ceiling:
+            self.limit += 1
+            self.highest = max(self.highest, self.limit)
+        self._new_window()
+
+
 @dataclass
 class LoadResult:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(COUNT_NAMES, 0))
@@ -106,6 +180,8 @@ class LoadResult:
     # Whether the project writes transactions atomically; None when not asked (no transactional element,
     # async mode) or the server's answer said neither.
     transaction_bundles: bool | None = None
+    # The most bundles the load had in flight at once (InFlight).
+    most_in_flight: int = 0
 
     def add(self, name: str, amount: int = 1) -> None:
         self.counts[name] += amount
@@ -115,6 +191,7 @@ class LoadResult:
             self.add(name, amount)
         self.failures.extend(other.failures)
         self.bundles += other.bundles
+        self.most_in_flight = max(self.most_in_flight, other.most_in_flight)
         if other.transaction_bundles is not None:
             self.transaction_bundles = other.transaction_bundles
 
@@ -267,10 +344,10 @@ LEDGER_COLUMNS = ("source_table", "unit_key", "disposition", "content_hash", "ve
 REGISTER_CHUNK = 50_000
 
 
-def rows_to_send(frame: pl.DataFrame, known: pl.DataFrame, settings: LoadSettings) -> pl.Series:
+def rows_to_send(frame: pl.DataFrame, ledger: pl.DataFrame, settings: LoadSettings) -> pl.Series:
     """True for the rows to send: not quarantined and, unless resending, changed since their last
     successful write. In a transactional element a group goes whole or not at all."""
-    last_success = known.filter(pl.col("disposition") == "successful").select(
+    last_success = ledger.filter(pl.col("disposition") == "successful").select(
         "source_table", "unit_key", last_hash=pl.col("content_hash")
     )
     marked = frame.select("source_table", "unit_key", "content_hash", "quarantine_rule").join(
@@ -285,66 +362,73 @@ def rows_to_send(frame: pl.DataFrame, known: pl.DataFrame, settings: LoadSetting
     return eligible & group_changes
 
 
+@dataclass(frozen=True)
+class Known:
+    """What the caller of load_frame already knows, so that a load in several parts reads it once.
+
+    `prerequisites`: the run's prerequisite report (made by load_frame when None); `ledger`: the
+    element's ledger (LEDGER_COLUMNS); `held` (held_in_target): what the target holds of the frame's own
+    resources, by its census (with it a resource is updated by id or created as settings.creates says,
+    not written by conditional PUT); `bundle_offset` and `units_before`: the bundles and the units sent by
+    the parts loaded before this one in the same run (this part's bundles are numbered after them, and its
+    progress counts on from them)."""
+
+    prerequisites: PrerequisiteReport | None = None
+    ledger: pl.DataFrame | None = None
+    held: pl.DataFrame | None = None
+    bundle_offset: int = 0
+    units_before: int = 0
+
+
 def load_frame(
     client: MedplumClient,
     manifest: Manifest,
     run_id: str,
-    element_name: str,
-    transactional: bool,
+    element: DataElement,
     frame: pl.DataFrame,
     settings: LoadSettings,
     on_progress: Callable[[int, int], None] | None = None,
-    prerequisites_checked: bool = False,
-    known: pl.DataFrame | None = None,
-    bundle_offset: int = 0,
-    target_ids: pl.DataFrame | None = None,
-    held: pl.DataFrame | None = None,
+    known: Known = Known(),
 ) -> LoadResult:
-    """Send every eligible row of `frame` (of this load's shard) with at most `settings.concurrency`
-    bundles in flight, record each outcome in submission order, and count what happened. A shard
-    registers and counts only its own units.
-
-    Rows referencing a resource the ledger says was not loaded are quarantined first, unless the
-    caller did so already (`prerequisites_checked`, as migrate() does). `known` is the element's
-    ledger (LEDGER_COLUMNS) when the caller read it already; `bundle_offset` numbers this frame's
-    bundles after those of the frames loaded before it in the same run; `target_ids` are the
-    referenced resources already written (PrerequisiteReport.loaded_ids; the caller's check found them);
-    `held` (held_in_target) what the target holds of the frame's own resources, by its census: with it
-    a resource is updated by id or created (settings.creates), not written by conditional PUT."""
-    if not prerequisites_checked:
-        # The idempotent_reload check resubmits fhir_frames, where rows pointing at a quarantined
-        # patient are not quarantined yet (migrate() does that at load time): sent, Medplum would
-        # refuse them and the ledger would turn them from quarantined into rejected.
-        report = check_prerequisites(client, manifest, element_name, frame)
-        frame, target_ids = quarantine_unloadable(frame, report), report.loaded_ids
-    # The targets written as `Type/id` in this load, when there are any and the settings allow it.
-    direct_ids = (
-        target_ids if settings.direct_references and target_ids is not None and not target_ids.is_empty() else None
-    )
+    """Send every eligible row of `frame` (of this load's shard), the bundles in flight as InFlight
+    allows, record each outcome in submission order, and count what happened. A shard registers and
+    counts only its own units. Rows referencing a resource the ledger says was not loaded are
+    quarantined first, by the run's prerequisite report."""
+    element_name, transactional = element.name, element.transactional
+    bundle_offset, held = known.bundle_offset, known.held
+    prerequisites = known.prerequisites
+    if prerequisites is None:
+        prerequisites = check_prerequisites(client, manifest, element_name, frame)
+    # fhir_frames does not quarantine rows pointing at a quarantined patient (that is known only at load
+    # time): sent, Medplum would refuse them and the ledger would turn them from quarantined into rejected.
+    frame = quarantine_unloadable(frame, prerequisites)
+    # The targets written as `Type/id` in this load (the ledger has their ids), when the settings allow it.
+    target_ids = prerequisites.loaded_ids
+    direct_ids = target_ids if settings.direct_references and not target_ids.is_empty() else None
     # Only the columns the load needs: the joins and filters below copy what they are given, and the
     # references lists and element columns of a large frame weigh hundreds of megabytes.
     frame = in_shard(frame.select(*LOAD_COLUMNS, *(["references"] if direct_ids is not None else [])), settings)
     result = LoadResult()
     result.add("source_rows", frame.height)
+    ledger = manifest.units(element_name, LEDGER_COLUMNS) if known.ledger is None else known.ledger
+    send = rows_to_send(frame, ledger, settings)
+    if attaches_files(frame.filter(send)):
+        # Legacy files and BLOBs go up as Binaries (booked before their resources are sent) just before
+        # sending; a unit whose bytes are refused now is quarantined with the refusal, not sent.
+        frame, send = _with_uploads(frame, send, uploader_for(client, manifest))
     result.add("quarantined", int(frame["quarantine_rule"].is_not_null().sum()))
-    if known is None:
-        known = manifest.units(element_name, LEDGER_COLUMNS)
-    send = rows_to_send(frame, known, settings)
     result.add("not_sent_unchanged", int((~send & frame["quarantine_rule"].is_null()).sum()))
     for start in range(0, frame.height, REGISTER_CHUNK):
         manifest.register_units(
             run_id, element_name, frame.slice(start, REGISTER_CHUNK), send.slice(start, REGISTER_CHUNK)
         )
 
-    previous_versions = known.select("source_table", "unit_key", previous_version=pl.col("version_id"))
+    previous_versions = ledger.select("source_table", "unit_key", previous_version=pl.col("version_id"))
     outgoing = frame.filter(send).join(
         previous_versions, on=["source_table", "unit_key"], how="left", maintain_order="left"
     )
     if direct_ids is not None:
         outgoing = with_direct_references(outgoing, direct_ids).drop("references")
-    if attaches_files(outgoing):
-        # Legacy files go up as Binaries (booked before their resources are sent) just before sending.
-        outgoing = with_uploaded_files(outgoing, uploader_for(client, manifest))
     if held is not None:
         outgoing = outgoing.join(
             held, on=["resource_type", "identifier_system", "identifier_value"], how="left", maintain_order="left"
@@ -354,11 +438,15 @@ def load_frame(
     in_flight: deque[tuple[int, pl.DataFrame, Future[list[EntryResponse]], int]] = deque()
     answered: deque[tuple[int, pl.DataFrame, list[EntryResponse]]] = deque()
     respond_async = settings.mode == "async"
-    recorder = _Recorder(manifest, run_id, element_name, bundle_offset + len(bundles), on_progress)
+    units = (known.units_before, known.units_before + outgoing.height)
+    recorder = _Recorder(manifest, run_id, element_name, units, on_progress)
+
+    limit = InFlight(client, settings.concurrency, settings.adaptive)
 
     def wait_for_oldest() -> None:
         number, rows, future, _ = in_flight.popleft()
         answered.append((number, rows, future.result()))
+        limit.answered(rows.height)
 
     def record_answered() -> None:
         # In submission order, while the next bundle is already in flight.
@@ -385,7 +473,7 @@ def load_frame(
                     while in_flight and not client.quota_allows(cost + sum(item[3] for item in in_flight)):
                         wait_for_oldest()
                     client.pace(cost=cost)
-                while len(in_flight) >= settings.concurrency:
+                while len(in_flight) >= limit.limit:
                     wait_for_oldest()
                 future = pool.submit(client.submit_batch, entries, respond_async=respond_async)
                 in_flight.append((number, rows, future, cost))
@@ -395,7 +483,20 @@ def load_frame(
     finally:
         record_answered()
         recorder.flush()
+    result.most_in_flight = limit.highest
+    result.add("in_flight_decreased", limit.decreases)
     return result
+
+
+def _with_uploads(frame: pl.DataFrame, send: pl.Series, uploader: FileUploader) -> tuple[pl.DataFrame, pl.Series]:
+    """The frame with the Binaries of the rows to send in their attachments, and those rows still to
+    send: a row whose bytes the uploader refused is quarantined with its rule and reason instead."""
+    numbered = frame.with_row_index("_row")
+    uploaded = with_uploaded_files(numbered.filter(send), uploader)
+    frame = numbered.update(
+        uploaded.select("_row", "resource", "quarantine_rule", "quarantine_reason"), on="_row", how="left"
+    ).drop("_row")
+    return frame, send & frame["quarantine_rule"].is_null()
 
 
 # Outcomes are written to the manifest this many rows (or seconds) at a time: one commit per bundle
@@ -408,28 +509,29 @@ ENTRY_TEXT_CHUNK_ROWS = 5_000
 
 class _Recorder:
     """Attempts and dispositions stored a few bundles at a time, at most RECORD_FLUSH_ROWS rows or
-    RECORD_FLUSH_SECONDS behind; progress is reported for a bundle once its outcomes are stored. A crash
-    loses at most that much of the record: those units stay pending and the next run sends them again
-    (every write is conditional)."""
+    RECORD_FLUSH_SECONDS behind; progress (units sent and recorded, of all the element's units to send)
+    is reported for a bundle once its outcomes are stored. A crash loses at most that much of the
+    record: those units stay pending and the next run sends them again (the next census finds what
+    was written)."""
 
     def __init__(
         self,
         manifest: Manifest,
         run_id: str,
         element_name: str,
-        total: int,
+        units: tuple[int, int],
         on_progress: Callable[[int, int], None] | None,
     ) -> None:
         self.manifest, self.run_id, self.element_name = manifest, run_id, element_name
-        self.total, self.on_progress = total, on_progress
+        (self.done, self.total), self.on_progress = units, on_progress
         self.columns: tuple[list[Any], ...] = ([], [], [], [], [])
-        self.bundles: list[int] = []
+        self.bundle_units: list[int] = []
         self.last_flush = time.monotonic()
 
-    def add(self, bundle_number: int, *columns: list[Any]) -> None:
+    def add(self, *columns: list[Any]) -> None:
         for stored, new in zip(self.columns, columns, strict=True):
             stored.extend(new)
-        self.bundles.append(bundle_number)
+        self.bundle_units.append(len(columns[0]))
         if len(self.columns[0]) >= RECORD_FLUSH_ROWS or time.monotonic() - self.last_flush >= RECORD_FLUSH_SECONDS:
             self.flush()
 
@@ -438,10 +540,11 @@ class _Recorder:
             self.manifest.record_results(self.run_id, self.element_name, *self.columns)
         self.columns = ([], [], [], [], [])
         self.last_flush = time.monotonic()
-        bundles, self.bundles = self.bundles, []
-        if self.on_progress:
-            for number in bundles:
-                self.on_progress(number, self.total)
+        bundle_units, self.bundle_units = self.bundle_units, []
+        for units in bundle_units:
+            self.done += units
+            if self.on_progress:
+                self.on_progress(self.done, self.total)
 
 
 # Medplum's FHIR quota: a write costs 100 points, a search 20. A conditional PUT searched twice when it
@@ -592,7 +695,7 @@ def _record(
             result.add("updated")
         successes.append(success)
         reasons.append(reason)
-    recorder.add(bundle_number, attempts, successes, resource_ids, version_ids, reasons)
+    recorder.add(attempts, successes, resource_ids, version_ids, reasons)
 
 
 def _distinct_references(frame: pl.DataFrame, element: DataElement) -> pl.DataFrame:
@@ -622,6 +725,7 @@ def migrate(
     settings: LoadSettings,
     on_progress: Callable[[int, int], None] | None = None,
     census_of_target: Callable[[pl.DataFrame], Censuses] | None = None,
+    run_prerequisites: RunPrerequisites | None = None,
 ) -> LoadResult:
     """One data element into Medplum, recorded in the ledger as one run.
 
@@ -629,7 +733,7 @@ def migrate(
     time so memory stays bounded. Rows whose prerequisites were refused are quarantined before
     anything is sent. With `census_of_target` (the census of the element's resources in the target
     now, for its REFERENCE_COLUMNS), units the ledger records as loaded that the target lost are sent
-    again in this load."""
+    again in this load. With `run_prerequisites` the prerequisites are the run's (made once per run)."""
     parts = frame if isinstance(frame, FrameParts) else [frame]
     # First pass, over three columns: each distinct reference to another element's resource by an
     # eligible row (as a row of its own), and the rows per source table.
@@ -638,9 +742,13 @@ def migrate(
         (_distinct_references(part, element), part.group_by("source_table").len())
         for part in (frame.parts(narrow) if isinstance(frame, FrameParts) else [frame])
     ]
-    report = check_prerequisites(
-        client, manifest, element.name, pl.concat([references for references, _ in summaries]).unique()
-    )
+
+    references = pl.concat([distinct for distinct, _ in summaries]).unique()
+
+    def make_report() -> PrerequisiteReport:
+        return check_prerequisites(client, manifest, element.name, references)
+
+    report = run_prerequisites.get(make_report) if run_prerequisites else make_report()
     if report.blocking_elements:
         raise PrerequisitesMissing(report.message())
     per_table = pl.concat([tables for _, tables in summaries]).group_by("source_table").agg(pl.col("len").sum())
@@ -677,26 +785,25 @@ def migrate(
         if element.transactional and settings.mode == "sync":
             # Asked once per run; the caller warns (TRANSACTIONS_OFF) when the answer is no.
             result.transaction_bundles = client.transaction_bundles()
-        known = manifest.units(element.name, LEDGER_COLUMNS)
-        bundles_sent = 0
+        ledger = manifest.units(element.name, LEDGER_COLUMNS)
         for part in parts:
             part_result = load_frame(
                 client,
                 manifest,
                 run_id,
-                element.name,
-                element.transactional,
-                quarantine_unloadable(part, report),
+                element,
+                part,
                 settings,
                 on_progress,
-                prerequisites_checked=True,
-                known=known,
-                bundle_offset=bundles_sent,
-                target_ids=report.loaded_ids,
-                held=held,
+                Known(
+                    prerequisites=report,
+                    ledger=ledger,
+                    held=held,
+                    bundle_offset=result.bundles,
+                    units_before=result.counts["sent"],
+                ),
             )
             result.merge(part_result)
-            bundles_sent = result.bundles
     except Exception:
         manifest.finish_run(run_id, element.name, "failed", {})
         raise

@@ -1,6 +1,6 @@
 """Load progress as it happens, for whoever runs the migration in this process (`make demo`'s live view).
 
-The load step reports each bundle once its outcomes are stored; listeners registered with `listening()`
+The load step reports the units of each bundle once their outcomes are stored; listeners registered with `listening()`
 hear of it from the step's own thread. Why a process-level hook rather than Dagster's event log: the demo
 runs its jobs in process, so a plain call reaches it at once, typed and without polling the event
 storage; and a run launched elsewhere (the UI, a run launcher) still has its log lines in Dagster."""
@@ -15,12 +15,12 @@ from typing import Protocol
 
 @dataclass(frozen=True)
 class LoadProgress:
-    """`bundles_done` of `bundles_total` bundles of `element` sent and recorded (the total grows when an
-    element stored in several parts starts its next part)."""
+    """`units_done` of the `units_total` units of `element` to send are sent and recorded (the total grows
+    when an element stored in several parts starts its next part)."""
 
     element: str
-    bundles_done: int
-    bundles_total: int
+    units_done: int
+    units_total: int
     at: float = field(default_factory=time.monotonic)
 
 

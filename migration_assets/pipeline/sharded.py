@@ -29,6 +29,7 @@ from dagster import (
 )
 
 from migration_assets.active import get_element
+from migration_assets.elements.files import legacy_files
 from migration_assets.medplum import Target
 from migration_assets.phases import load_phases
 from migration_assets.pipeline.assets import OWNERS, target_metadata
@@ -44,6 +45,7 @@ from migration_assets.pipeline.resources import (
     MigrationSettings,
 )
 from migration_assets.verify.census import RunCensus
+from migration_assets.verify.prerequisites import RunPrerequisites
 
 # Caps the steps writing to Medplum at once across all runs and workers: set the pool's limit on the
 # instance (`concurrency: pools: ...` or `dagster instance concurrency set medplum_writes 2`).
@@ -110,22 +112,28 @@ def load_shard(
             client.target,
             migration_settings.incremental_census,
         )
-        result = migrate(
-            client,
-            ledger,
-            ledger_run_id(run_id, shard_index, shard_count),
-            element,
-            fhir_frames,
-            legacy_db.display_url,
-            settings,
-            on_progress=lambda done, total: _report_progress(context, element.name, done, total),
-            census_of_target=lambda keys: before_load.get(client, keys),
-        )
+        # BLOB attachments are read from this legacy database when they are uploaded.
+        with legacy_files(legacy_db.url):
+            result = migrate(
+                client,
+                ledger,
+                ledger_run_id(run_id, shard_index, shard_count),
+                element,
+                fhir_frames,
+                legacy_db.display_url,
+                settings,
+                on_progress=_ProgressLog(context, element.name),
+                census_of_target=lambda keys: before_load.get(client, keys),
+                # As the blocking check prerequisites_loaded made it for this run (or the first shard without it).
+                run_prerequisites=RunPrerequisites.of_run(
+                    migration_settings.evidence_dir, run_id, client.target, element.name
+                ),
+            )
         stats = client.stats
         target = client.target
     context.log.info(
         f"{element.name} shard {shard_index} of {shard_count} into {target}: {result.counts}, "
-        f"{stats.quota_wait_seconds:.1f}s waited on the FHIR quota"
+        f"{stats.quota_wait_seconds:.1f}s waited on the FHIR quota, at most {result.most_in_flight} bundles in flight"
     )
     if result.transaction_bundles is False:
         context.log.warning(f"{element.name}: {TRANSACTIONS_OFF}")
@@ -141,6 +149,7 @@ def load_shard(
             "failures": result.failures,
             "target": target.key,
             "quota_wait_seconds": stats.quota_wait_seconds,
+            "most_in_flight": result.most_in_flight,
             "transactions_off": result.transaction_bundles is False,
         },
         # Where the step ran: with Celery, the worker that took it.
@@ -174,6 +183,8 @@ def combine_shards(
             **counts(total),
             # Pacing to the FHIR quota and waits before resending what it refused, in seconds (all shards).
             "quota_wait_seconds": MetadataValue.float(round(sum(shard["quota_wait_seconds"] for shard in shards), 1)),
+            # The most bundles one shard had in flight (the load adapts it to the server's pushback).
+            "most_in_flight": MetadataValue.int(max(shard["most_in_flight"] for shard in shards)),
             **(
                 {"transaction_bundles": MetadataValue.text(f"off: {TRANSACTIONS_OFF}")}
                 if any(shard["transactions_off"] for shard in shards)
@@ -202,9 +213,16 @@ def medplum_resources(fhir_frames: FrameParts) -> Any:
     return combine_shards(loads.collect())
 
 
-def _report_progress(context: OpExecutionContext, element: str, done: int, total: int) -> None:
-    # Every bundle to this process's listeners (make demo's live view); about twenty log lines a load,
-    # whatever its size.
-    publish(LoadProgress(element, done, total))
-    if done == total or done % max(1, total // 20) == 0:
-        context.log.info(f"bundle {done} of {total} sent")
+class _ProgressLog:
+    """A load step's progress: every bundle's units to this process's listeners (make demo's live view),
+    and a line to the step's log each time another twentieth of the units is done, whatever the size."""
+
+    def __init__(self, context: OpExecutionContext, element: str) -> None:
+        self.context, self.element, self.logged = context, element, 0
+
+    def __call__(self, done: int, total: int) -> None:
+        publish(LoadProgress(self.element, done, total))
+        twentieths = done * 20 // max(1, total)
+        if twentieths > self.logged:
+            self.logged = twentieths
+            self.context.log.info(f"{done:,} of {total:,} units sent")

@@ -229,7 +229,7 @@ class RunCensus:
         a time per kind, so two checks of a run never both read Medplum."""
         path = self.path(resource_type, identifier_system)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with _exclusive_lock(path.with_name(path.name + ".lock")):
+        with exclusive_lock(path.with_name(path.name + ".lock")):
             stored = _read_kind(path)
             if stored is None or stored.run_id != self.run_id or not _covers(stored.roots, roots):
                 stored = self._bring_up_to_date(client, resource_type, identifier_system, roots, stored)
@@ -319,7 +319,8 @@ def _write_kind(stored: KindCensus, path: Path) -> None:
 
 
 @contextmanager
-def _exclusive_lock(path: Path) -> Iterator[None]:
+def exclusive_lock(path: Path) -> Iterator[None]:
+    """One process at a time (the steps of a run may run in several) holds the lock file `path`."""
     with path.open("a") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
         try:

@@ -1,15 +1,20 @@
 """Prerequisites: the resources of earlier elements that an element's rows reference, which of them are
 missing in Medplum, and why (the ledger's quarantine or rejection)."""
 
+import json
+import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import polars as pl
 
 from migration_assets.active import PROFILE, get_element, prerequisites
 from migration_assets.elements.base import quarantine
 from migration_assets.ledger.manifest import Manifest
-from migration_assets.medplum import MedplumClient
-from migration_assets.verify.census import existing_identifiers
+from migration_assets.medplum import MedplumClient, Target
+from migration_assets.paths import state_dir
+from migration_assets.verify.census import exclusive_lock, existing_identifiers
 
 LOADED_ID_SCHEMA = pl.Schema(
     {
@@ -123,3 +128,47 @@ def quarantine_unloadable(frame: pl.DataFrame, report: PrerequisiteReport) -> pl
     )
     marked = frame.with_row_index("_row").join(blocked, on="_row", how="left")
     return quarantine(marked, "prerequisite_not_loaded", pl.col("why").is_not_null(), pl.col("why")).drop("_row", "why")
+
+
+@dataclass(frozen=True)
+class RunPrerequisites:
+    """The prerequisite report as one Dagster run sees it: made once, by the first step that asks (the
+    blocking check, before the load), and read as it was by the load's shard steps and the idempotency
+    check, so a run asks the ledger and Medplum once. Kept beside the evidence folder, per target and
+    element, for the latest run only."""
+
+    directory: Path
+    run_id: str
+
+    @classmethod
+    def of_run(cls, evidence_dir: str | Path, run_id: str, target: Target, element_name: str) -> "RunPrerequisites":
+        return cls(state_dir(evidence_dir, "prerequisites") / target.slug / element_name, run_id)
+
+    def get(self, make: Callable[[], PrerequisiteReport]) -> PrerequisiteReport:
+        self.directory.parent.mkdir(parents=True, exist_ok=True)
+        with exclusive_lock(self.directory.with_name(self.directory.name + ".lock")):
+            stored = self._read()
+            if stored is not None:
+                return stored
+            report = make()
+            self._write(report)
+            return report
+
+    def _read(self) -> PrerequisiteReport | None:
+        meta = self.directory / "run.json"
+        if not meta.exists() or json.loads(meta.read_text())["run_id"] != self.run_id:
+            return None
+        checked = json.loads(meta.read_text())["checked"]
+        frames = {name: pl.read_parquet(self.directory / f"{name}.parquet") for name in _REPORT_FRAMES}
+        return PrerequisiteReport(checked=checked, **frames)
+
+    def _write(self, report: PrerequisiteReport) -> None:
+        shutil.rmtree(self.directory, ignore_errors=True)
+        self.directory.mkdir(parents=True)
+        for name in _REPORT_FRAMES:
+            getattr(report, name).write_parquet(self.directory / f"{name}.parquet")
+        # Written last: a step killed while writing leaves no report a later step would take as whole.
+        (self.directory / "run.json").write_text(json.dumps({"run_id": self.run_id, "checked": report.checked}))
+
+
+_REPORT_FRAMES = ("explained", "unexplained", "loaded_ids")

@@ -18,4 +18,7 @@ PROFILE = Profile(
     sample_folder=HERE / "samples",
     terminology_dir=HERE / "terminology",
     sample_files=sample_with_files,
+    bench_elements=("patients", "problem_list"),
+    # Practitioners too: the encounters reference them, and the load step checks its prerequisites.
+    bench_memory_elements=("patients", "practitioners", "problem_list", "encounters"),
 )

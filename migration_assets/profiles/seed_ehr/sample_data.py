@@ -25,17 +25,18 @@ import hashlib
 import math
 import struct
 import sys
-import tempfile
 import zlib
 from pathlib import Path
 from typing import Any
 
 import polars as pl
 
-from migration_assets.source import redact_url, write_tables
+from migration_assets.elements.files import default_files_dir
+from migration_assets.source import parse_source_url, redact_url, write_tables
 
 __all__ = [
     "ALLERGEN_CATALOGUE",
+    "BLOB_COLUMN",
     "CONDITION_CATALOGUE",
     "ENCOUNTER_TYPES",
     "LAB_TESTS",
@@ -1599,26 +1600,50 @@ def _documents(encounters: pl.DataFrame, seed: int) -> pl.DataFrame:
 ODD_DOCUMENTS_FROM = 60
 EMPTY_DOCUMENT_NUMBER = 1
 LOST_SUFFIX = "-lost.pdf"
+# The odd rows (the empty file, the lost one, the shared one) are the first this many.
+ODD_DOCUMENT_ROWS = 4
 
 
-def write_sample_files(tables: dict[str, pl.DataFrame], folder: Path) -> dict[str, pl.DataFrame]:
+# The documents' BLOB column: the bytes of a document the legacy system keeps in its database (the
+# outside lab reports its lab interface files), written only to a SQL database; file_path is then empty.
+BLOB_COLUMN = "file_content"
+BLOB_DOC_TYPES = ("lab_report",)
+
+
+def write_sample_files(
+    tables: dict[str, pl.DataFrame], folder: Path, in_database: bool = False
+) -> dict[str, pl.DataFrame]:
     """Write the files the documents table names into `folder` (small PDFs, PNG scans, plain-text
-    letters; the first document's file empty; the lost one not at all) and return the tables with
-    each document's file path made absolute, as a legacy application stores it."""
+    letters; the first document's file empty; the lost one not at all) and return the tables. The paths
+    stay relative to the document folder, as a legacy application stores them, so that a copy of the
+    database works on another machine (the element finds the folder: LEGACY_FILES_DIR, else beside the
+    database). With `in_database`, the outside lab reports (but the odd rows) are kept as BLOBs in
+    BLOB_COLUMN instead of files."""
     documents = tables["documents"]
-    for number, row in enumerate(documents.iter_rows(named=True), start=1):
+    odd = documents.height >= ODD_DOCUMENTS_FROM
+    in_blob = pl.Series(
+        [
+            in_database and row["doc_type"] in BLOB_DOC_TYPES and not (odd and number <= ODD_DOCUMENT_ROWS)
+            for number, row in enumerate(documents.iter_rows(named=True), start=1)
+        ],
+        dtype=pl.Boolean,
+    )
+    contents: list[bytes | None] = []
+    for number, (row, blob) in enumerate(zip(documents.iter_rows(named=True), in_blob, strict=True), start=1):
+        data = _document_bytes(row["content_type"], f"{row['title']} {row['document_id']} ({row['created_date']})")
+        contents.append(data if blob else None)
         path = folder / row["file_path"]
-        if row["file_path"].endswith(LOST_SUFFIX) or path.exists():
-            continue  # the lost file, or a file an earlier row shares
+        if blob or row["file_path"].endswith(LOST_SUFFIX) or path.exists():
+            continue  # kept in the database, the lost file, or a file an earlier row shares
         path.parent.mkdir(parents=True, exist_ok=True)
-        if number == EMPTY_DOCUMENT_NUMBER and documents.height >= ODD_DOCUMENTS_FROM:
-            path.write_bytes(b"")
-        else:
-            path.write_bytes(
-                _document_bytes(row["content_type"], f"{row['title']} {row['document_id']} ({row['created_date']})")
-            )
-    absolute = documents.with_columns(file_path=pl.lit(str(folder.resolve()) + "/") + pl.col("file_path"))
-    return {**tables, "documents": absolute}
+        path.write_bytes(b"" if number == EMPTY_DOCUMENT_NUMBER and odd else data)
+    if not in_database:
+        return tables
+    kept = documents.with_columns(
+        file_path=pl.when(in_blob).then(None).otherwise(pl.col("file_path")),
+        **{BLOB_COLUMN: pl.Series(contents, dtype=pl.Binary)},
+    )
+    return {**tables, "documents": kept}
 
 
 def _document_bytes(content_type: str, text: str) -> bytes:
@@ -1668,26 +1693,13 @@ def _png(text: str) -> bytes:
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 
 
-def sample_files_folder(url: str) -> Path:
-    """Where the sample's document files go: beside a SQLite database (`<name>_files/`), inside a CSV
-    or Parquet folder (`files/`), else in the temporary folder, one per database URL."""
-    if url.startswith("sqlite:///"):
-        database = Path(url.removeprefix("sqlite:///"))
-        return database.parent / f"{database.stem}_files"
-    for scheme in ("csv://", "parquet://"):
-        if url.startswith(scheme):
-            return Path(url.removeprefix(scheme)) / "files"
-    if "://" not in url:
-        return Path(url) / "files"
-    digest = hashlib.sha256(url.encode()).hexdigest()[:16]
-    return Path(tempfile.gettempdir()) / f"seed_ehr_files_{digest}"
-
-
 def sample_with_files(tables: dict[str, pl.DataFrame], url: str) -> dict[str, pl.DataFrame]:
-    """The sample tables with their document files written beside the database at `url`."""
+    """The sample tables with their document files written in the document folder of the database at
+    `url` (elements/files.default_files_dir); in a SQL database the lab reports are BLOBs."""
     if "documents" not in tables:
         return tables
-    return write_sample_files(tables, sample_files_folder(url))
+    kind, _ = parse_source_url(url)
+    return write_sample_files(tables, default_files_dir(url), in_database=kind in ("sqlite", "postgresql"))
 
 
 # ---------------------------------------------------------------------------------------------------

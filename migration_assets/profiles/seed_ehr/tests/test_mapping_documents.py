@@ -1,20 +1,27 @@
-"""Mapping tests for documents: the DocumentReference of a file (its size, SHA-1 and the legacy-file url
-the loader turns into a Binary), and the files quarantined with their rule. Files live in tmp_path."""
+"""Mapping tests for documents: the DocumentReference of a file or a BLOB (its size, SHA-1 and the legacy
+url the loader turns into a Binary), the files and BLOBs quarantined with their rule, and a sample
+database that keeps working when copied elsewhere. Files live in tmp_path."""
 
 import base64
 import hashlib
 import json
+import shutil
+from pathlib import Path
 
 import polars as pl
 import pytest
 
 from migration_assets.elements.base import SourceSystem, build_frame
+from migration_assets.elements.files import legacy_files
 from migration_assets.profiles.seed_ehr import PROFILE
 from migration_assets.profiles.seed_ehr.sample_data import (
+    BLOB_COLUMN,
     TABLE_COLUMNS,
     build_sample_tables,
+    generate_sample_ehr,
     write_sample_files,
 )
+from migration_assets.source import blob_chunks, read_table
 
 BASE = "https://ehr.example-clinic.org/fhir"
 SYSTEM = SourceSystem(BASE)
@@ -100,22 +107,92 @@ def test_a_document_and_the_files_that_are_quarantined(tmp_path, monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def sample_with_files(tmp_path_factory) -> dict[str, pl.DataFrame]:
-    return write_sample_files(build_sample_tables(patients=1000), tmp_path_factory.mktemp("legacy_files"))
+def sample_files(tmp_path_factory) -> tuple[dict[str, pl.DataFrame], Path]:
+    folder = tmp_path_factory.mktemp("legacy_files")
+    return write_sample_files(build_sample_tables(patients=1000), folder), folder
 
 
-def test_the_sample_files_are_real_and_only_the_odd_ones_are_quarantined(sample_with_files):
-    table = sample_with_files["documents"]
-    frame = frame_of(sample_with_files)
+def test_the_sample_files_are_real_and_only_the_odd_ones_are_quarantined(sample_files, monkeypatch):
+    tables, folder = sample_files
+    table = tables["documents"]
+    # The table holds paths relative to the document folder, never the generating machine's.
+    assert not table["file_path"].str.starts_with("/").any()
+    monkeypatch.setenv("LEGACY_FILES_DIR", str(folder))
+    frame = frame_of(tables)
     rules = frame.filter(pl.col("quarantine_rule").is_not_null())
     assert sorted(rules["quarantine_rule"]) == ["empty_file", "missing_file"]
     kinds = {}
     for row in table.iter_rows(named=True):
         if not row["file_path"].endswith("-lost.pdf"):
-            with open(row["file_path"], "rb") as handle:
+            with open(folder / row["file_path"], "rb") as handle:
                 kinds.setdefault(row["content_type"], handle.read(8))
     assert kinds["application/pdf"].startswith(b"%PDF-1.4")
     assert kinds["image/png"] == b"\x89PNG\r\n\x1a\n"
     assert set(kinds) == {"application/pdf", "image/png", "text/plain"}
     shared = table.filter(pl.col("file_path").is_duplicated())
     assert shared.height == 2 and shared["patient_id"].n_unique() == 1
+
+
+def test_a_copied_sample_database_keeps_its_files_and_blobs(tmp_path):
+    made = tmp_path / "made"
+    generate_sample_ehr(f"sqlite:///{made / 'legacy.db'}", patients=200)
+    # Moved to another folder (another machine): the database and its document folder beside it.
+    moved = tmp_path / "elsewhere"
+    shutil.copytree(made, moved)
+    shutil.rmtree(made)
+    url = f"sqlite:///{moved / 'legacy.db'}"
+    element = PROFILE.element("documents")
+    tables = {table: read_table(url, table) for table in element.source_tables}
+    documents = tables["documents"]
+    assert BLOB_COLUMN not in documents.columns  # never read in bulk: its size and SHA-1 instead
+    in_database = documents.filter(pl.col(f"{BLOB_COLUMN}_size").is_not_null())
+    assert in_database.height > 0 and in_database["file_path"].is_null().all()
+    assert set(in_database["content_type"]) == {"application/pdf"}
+    with legacy_files(url):
+        frame = build_frame(element, element.extract(tables), SYSTEM)
+    assert sorted(frame.filter(pl.col("quarantine_rule").is_not_null())["quarantine_rule"]) == [
+        "empty_file",
+        "missing_file",
+    ]
+    key = in_database["document_id"][0]
+    attachment = json.loads(frame.filter(pl.col("unit_key") == key)["resource"].item())["content"][0]["attachment"]
+    data = b"".join(blob_chunks(url, "documents", BLOB_COLUMN, "document_id", key) or [])
+    assert data.startswith(b"%PDF-1.4")
+    assert attachment["url"] == f"urn:legacy-blob:documents/{BLOB_COLUMN}/document_id/{key}"
+    assert (attachment["size"], attachment["hash"]) == (
+        len(data),
+        base64.b64encode(hashlib.sha1(data).digest()).decode(),
+    )
+    a_file = json.loads(
+        frame.filter(
+            pl.col("quarantine_rule").is_null() & ~pl.col("unit_key").is_in(in_database["document_id"].implode())
+        )["resource"][0]
+    )
+    assert a_file["content"][0]["attachment"]["url"].startswith(f"urn:legacy-file:{moved / 'legacy_files'}/docs/")
+
+
+def test_blobs_are_quarantined_like_files(monkeypatch):
+    monkeypatch.setenv("MAX_FILE_BYTES", "1000")
+    tables = build_sample_tables(patients=2)
+    rows = [
+        ("B1", b"Dear colleague,\n", "text/plain"),
+        ("B2", b"", "application/pdf"),
+        ("B3", b"%PDF" + b"0" * 2000, "application/pdf"),
+        ("B4", b"PK", "application/vnd.ms-word"),
+        ("B5", None, "application/pdf"),
+    ]
+    tables["documents"] = documents(
+        [(key, "P001", None, "scan", "Scan", None, kind, "2023-06-15") for key, _, kind in rows]
+    ).with_columns(pl.Series(BLOB_COLUMN, [data for _, data, _ in rows], dtype=pl.Binary))
+    frame = frame_of(tables)
+    rules = dict(zip(frame["unit_key"], frame["quarantine_rule"], strict=True))
+    assert rules == {
+        "B1": None,
+        "B2": "empty_file",
+        "B3": "file_too_large",
+        "B4": "disallowed_content_type",
+        "B5": "missing_file",
+    }
+    attachment = json.loads(frame.filter(pl.col("unit_key") == "B1")["resource"].item())["content"][0]["attachment"]
+    assert attachment["url"] == f"urn:legacy-blob:documents/{BLOB_COLUMN}/document_id/B1"
+    assert attachment["size"] == len(b"Dear colleague,\n")
