@@ -26,7 +26,7 @@ import base64
 import hashlib
 import re
 import sqlite3
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -43,6 +43,7 @@ __all__ = [
     "iter_table_batches",
     "parse_source_url",
     "read_query",
+    "read_rows_with",
     "read_table",
     "redact_url",
     "write_tables",
@@ -322,6 +323,68 @@ def read_table(url: str, table: str) -> pl.DataFrame:
         return _with_blob_facts(frame, "_rowid", blobs, lambda column, key: _pg_blob(location, url, table, column, key))
     ext, file = _table_file(kind, location, url, table)
     return _read_csv(file) if ext == "csv" else pl.read_parquet(file)
+
+
+# Values per `IN (...)` list: SQLite allows statements of up to a million bytes by default.
+_IN_LIST_VALUES = 10_000
+_INTEGER = re.compile(r"^-?[0-9]{1,18}$")
+
+
+def _column_named(columns: list[str], column: str, table: str, url: str) -> str:
+    """`column` as the table spells it (exports write CONCEPT_ID or concept_id)."""
+    found = [name for name in columns if name.lower() == column.lower()]
+    if not found:
+        raise KeyError(f"table {table!r} of {redact_url(url)} has no column {column!r}")
+    return column if column in found else found[0]
+
+
+def _in_lists(column: str, values: list[str], integer: bool) -> Iterator[str]:
+    """`"column" IN (...)` conditions of at most _IN_LIST_VALUES literals each. An integer column gets
+    numbers (a value that is none matches no row; a quoted one would defeat its index)."""
+    literals = (
+        [v for v in values if _INTEGER.match(v)] if integer else ["'" + v.replace("'", "''") + "'" for v in values]
+    )
+    for start in range(0, len(literals), _IN_LIST_VALUES):
+        yield f'"{column}" IN ({", ".join(literals[start : start + _IN_LIST_VALUES])})'
+
+
+def read_rows_with(url: str, table: str, column: str, values: Iterable[str]) -> pl.DataFrame:
+    """Only the rows of `table` whose `column` holds one of `values` (compared as text), never the whole
+    table in memory: a `WHERE column IN (...)` for SQL sources, a filtered scan of a Parquet or CSV file
+    (streamed: its other rows are read and dropped batch by batch). For a lookup table of millions of
+    rows of which the data uses a few (a vocabulary's concepts)."""
+    wanted = sorted({str(v) for v in values if v is not None})
+    kind, location = parse_source_url(url)
+    if kind in ("sqlite", "postgresql"):
+        if kind == "sqlite":
+            path = _sqlite_path(location, url)
+            quoted = _check_ident(table, url)
+            cols, _pk, decl = _sqlite_table_info(path, url, table)
+            schema = _sqlite_schema(cols, decl)
+            name = _column_named(cols, column, table, url)
+            integer = schema[name] == pl.Int64()
+
+            def run(query: str) -> pl.DataFrame:
+                return _read_sqlite(path, query, schema)
+        else:
+            _check_ident(table, url)
+            quoted = _check_ident(_pg_table_name(location, url, table), url)
+            empty = _read_pg(location, url, f"SELECT * FROM {quoted} LIMIT 0")
+            name = _column_named(empty.columns, column, table, url)
+            integer = empty.schema[name].is_integer()
+
+            def run(query: str) -> pl.DataFrame:
+                return _read_pg(location, url, query)
+
+        found = [run(f"SELECT * FROM {quoted} WHERE {condition}") for condition in _in_lists(name, wanted, integer)]
+        return pl.concat(found, how="vertical") if found else run(f"SELECT * FROM {quoted} LIMIT 0")
+    ext, file = _table_file(kind, location, url, table)
+    scan = pl.scan_csv(file, infer_schema=False) if ext == "csv" else pl.scan_parquet(file)
+    schema = scan.collect_schema()
+    name = _column_named(list(schema.names()), column, table, url)
+    # Compared in the column's own type, so that Parquet's statistics can skip row groups.
+    keys = pl.Series(wanted, dtype=pl.String).cast(schema[name], strict=False).drop_nulls()
+    return scan.filter(pl.col(name).is_in(keys.implode())).collect(engine="streaming")
 
 
 # Bytes read at a time from a BLOB: a scanned document is never held whole in memory.

@@ -30,7 +30,7 @@ from migration_assets.elements.builders import (
     valid_npi,
     vocabulary_concept,
 )
-from migration_assets.elements.fhir_json import fhir_json, present
+from migration_assets.elements.fhir_json import fhir_json, json_array, json_object, json_string, present
 from migration_assets.elements.terminology import LOINC, NPI, UCUM
 
 LOCAL = "https://ehr.example.org/fhir/CodeSystem/observation-test"
@@ -347,3 +347,19 @@ def test_npi_luhn_with_the_80840_prefix():
 def test_pattern_check_is_anchored():
     rows = pl.DataFrame({"mrn": ["00123456", "123456", "A0012345678", None]})
     assert flags(rows, matches(pl.col("mrn"), r"\d{8}|A\d{10}")) == [True, False, True, False]
+
+
+def test_json_written_as_text_leaves_absent_members_out_and_escapes_values():
+    frame = pl.DataFrame({"a": [None, 'say "hi"\\', "null"], "b": [None, None, "1"]})
+    written = frame.select(
+        json_object(
+            kind=json_string("Patient"),
+            a=json_string(pl.col("a")),
+            items=json_array(json_string(pl.col("b")), json_object(b=json_string(pl.col("b")))),
+        )
+    ).to_series()
+    assert [json.loads(text) for text in written] == [
+        {"kind": "Patient"},
+        {"kind": "Patient", "a": 'say "hi"\\'},
+        {"kind": "Patient", "a": "null", "items": ["1", {"b": "1"}]},
+    ]

@@ -99,6 +99,8 @@ def test_the_chosen_elements_run_in_load_order() -> None:
         ({"review_flags": {"code_mapped": "no"}}, "field `review_flags` must map frame columns"),
         ({"schemas": {}}, "field `schemas` must map each resource type"),
         ({"requires": ("nothing_like_it",)}, "field `requires` names unknown elements ['nothing_like_it']"),
+        ({"lookup_tables": {"codes": {"patients": ("code",)}}}, "field `lookup_tables` names 'codes', which is not"),
+        ({"lookup_tables": {"patients": {"visits": ("patient_id",)}}}, "gives 'patients' naming tables ['visits']"),
     ],
 )
 def test_a_broken_contract_names_the_element_and_the_field(change: dict[str, object], message: str) -> None:

@@ -11,9 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from migration_assets.elements.base import DataElement
+from migration_assets.elements.base import DataElement, read_element_tables
 from migration_assets.phases import ElementPhase
-from migration_assets.source import read_table, redact_url
+from migration_assets.source import redact_url
 
 CHECKSUM_FILE = "SHA256SUMS"
 EXPORT_DESCRIPTION = "export.json"
@@ -41,8 +41,7 @@ def export_legacy_tables(
     directory = base_dir / element.name / exported_at.strftime("%Y%m%dT%H%M%S%fZ")
     directory.mkdir(parents=True)
     rows = {}
-    for table in element.source_tables:
-        data = read_table(url, table)
+    for table, data in read_element_tables(element, url).items():
         data.write_parquet(directory / f"{table}.parquet")
         rows[table] = data.height
     keep_from = max(phase.since or exported_at.date(), exported_at.date())

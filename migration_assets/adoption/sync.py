@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 import polars as pl
 
-from migration_assets.elements.base import DataElement, SourceSystem, build_frame
+from migration_assets.elements.base import DataElement, SourceSystem, build_frame, read_element_tables
 from migration_assets.elements.files import legacy_files
 from migration_assets.ledger.files import FileHashes
 from migration_assets.ledger.manifest import Manifest
@@ -29,7 +29,7 @@ from migration_assets.ledger.sync_state import SyncState
 from migration_assets.medplum import MedplumClient
 from migration_assets.phases import ElementPhase
 from migration_assets.pipeline.loader import LoadResult, LoadSettings, migrate
-from migration_assets.source import column_max, read_table, redact_url
+from migration_assets.source import column_max, redact_url
 
 # Rows stamped up to this long before the watermark are looked at again: a transaction that committed
 # late with an earlier timestamp is not missed (the content hash keeps the rest from being resent).
@@ -39,7 +39,7 @@ DEFAULT_LOOKBACK_SECONDS = 120
 
 
 def read_legacy(url: str, element: DataElement) -> dict[str, pl.DataFrame]:
-    return {table: read_table(url, table) for table in element.source_tables}
+    return read_element_tables(element, url)
 
 
 def legacy_frame(

@@ -50,7 +50,7 @@ from migration_assets.active import LOAD_ORDER, PROFILE, get_element
 from migration_assets.commands.environment import quiet_dagster_warnings
 from migration_assets.config import REPO_ROOT
 from migration_assets.devtools.local_medplum import SERVER_DIR, LocalMedplum, running_local_medplum
-from migration_assets.elements.base import POLARS_ENGINE, SourceSystem, build_frame
+from migration_assets.elements.base import POLARS_ENGINE, SourceSystem, build_frame, read_element_tables
 from migration_assets.elements.files import legacy_files
 from migration_assets.ledger.manifest import Attempt, Manifest
 from migration_assets.medplum import MedplumClient
@@ -64,7 +64,7 @@ from migration_assets.pipeline.loader import (
     migrate,
     with_direct_references,
 )
-from migration_assets.source import read_table, write_tables
+from migration_assets.source import write_tables
 
 OUT_DIR = REPO_ROOT / ".artifacts" / "bench"
 SYSTEM = SourceSystem("https://ehr.example-clinic.org/fhir")
@@ -134,7 +134,7 @@ def write_source(patients: int, folder: Path) -> dict[str, Any]:
 
 def element_frame(source_url: str, name: str, system: SourceSystem = SYSTEM) -> pl.DataFrame:
     element = get_element(name)
-    tables = {table: read_table(source_url, table) for table in element.source_tables}
+    tables = read_element_tables(element, source_url)
     with legacy_files(source_url):  # the documents' folder is the source's
         return build_frame(element, element.extract(tables), system)
 
@@ -154,7 +154,7 @@ TRANSFORM_REPEATS = 3
 def bench_transform(source_url: str) -> dict[str, Any]:
     element = get_element(ROOT)
     started = time.perf_counter()
-    source = element.extract({table: read_table(source_url, table) for table in element.source_tables})
+    source = element.extract(read_element_tables(element, source_url))
     read = time.perf_counter() - started
     mapping, full = [], []
     for _ in range(TRANSFORM_REPEATS):
@@ -654,7 +654,7 @@ def probe_extract(source_url: str, element_name: str, out: Path) -> dict[str, An
     started = time.perf_counter()
     element = get_element(element_name)
     with legacy_files(source_url):
-        rows = element.extract({table: read_table(source_url, table) for table in element.source_tables})
+        rows = element.extract(read_element_tables(element, source_url))
     rows.write_parquet(out)  # what the IO manager does with the legacy_source output
     return {"rows": rows.height, "seconds": round(time.perf_counter() - started, 2), "peak_rss_mb": round(rss_mb())}
 

@@ -21,7 +21,8 @@ import pandera.polars as pa
 import polars as pl
 import polars_hash
 
-from migration_assets.elements.fhir_json import fhir_json
+from migration_assets.elements.fhir_json import FhirText, fhir_json
+from migration_assets.source import read_rows_with, read_table
 
 REFERENCE_DTYPE = pl.Struct(
     {"path": pl.String, "resource_type": pl.String, "identifier_system": pl.String, "identifier_value": pl.String}
@@ -102,6 +103,11 @@ class DataElement:
     change_column: str | None = None
     change_format: str = "%Y-%m-%dT%H:%M:%S.%fZ"
     transactional: bool = False
+    # Source tables read only for the rows the others name (a vocabulary of millions of concepts of which
+    # the data uses a few hundred): table -> {naming table: its columns holding the table's key}. The
+    # platform reads the naming tables, then only the rows of this one whose key they hold (its key is
+    # its `source_tables` entry); column names match in either case.
+    lookup_tables: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
     # Load tuning: entries (or transactions) per batch bundle, and the most bundles in flight at once (the
     # load starts with one and adds more while the server does not push back).
     batch_size: int = 100
@@ -142,6 +148,16 @@ def check_element_contract(element: DataElement) -> None:
         raise wrong("patient_column", "must be a frame column name, or None for data that belongs to no patient")
     if not all(isinstance(c, str) and isinstance(v, bool) for c, v in element.review_flags.items()):
         raise wrong("review_flags", "must map frame columns to the boolean value that flags a row")
+    for table, naming in element.lookup_tables.items():
+        if table not in element.source_tables:
+            raise wrong("lookup_tables", f"names {table!r}, which is not one of its source_tables")
+        strays = sorted(set(naming) - set(element.source_tables) | set(naming) & set(element.lookup_tables))
+        if strays or any(isinstance(columns, str) for columns in naming.values()):
+            raise wrong(
+                "lookup_tables",
+                f"gives {table!r} naming tables {strays or list(naming)} that are not "
+                "plain source tables with a tuple of columns each",
+            )
     if element.batch_size < 1 or element.concurrency < 1:
         raise wrong("batch_size" if element.batch_size < 1 else "concurrency", "must be at least 1")
 
@@ -160,6 +176,21 @@ def check_frame_columns(element: DataElement, columns: Iterable[str]) -> None:
                 f"data element {element.name!r}: field `{field_name}` names {missing}, "
                 f"which its transform does not produce"
             )
+
+
+def read_element_tables(element: DataElement, url: str) -> dict[str, pl.DataFrame]:
+    """The source tables `extract` reads, from the legacy database at `url`: each whole, except a lookup
+    table, of which only the rows the others name are read."""
+    tables = {name: read_table(url, name) for name in element.source_tables if name not in element.lookup_tables}
+    for name, naming in element.lookup_tables.items():
+        keys: set[str] = set()
+        for naming_table, columns in naming.items():
+            frame = tables[naming_table]
+            by_lower = {column.lower(): column for column in frame.columns}
+            for column in (by_lower[c.lower()] for c in columns if c.lower() in by_lower):
+                keys.update(frame.get_column(column).drop_nulls().cast(pl.String).unique().to_list())
+        tables[name] = read_rows_with(url, name, element.source_tables[name], keys)
+    return tables
 
 
 class ContractError(ValueError):
@@ -416,13 +447,14 @@ def frame_columns(
     resource_type: str,
     identifier_system: str,
     key: pl.Expr,
-    resource: pl.Expr,
+    resource: pl.Expr | FhirText,
     *,
     references: list[pl.Expr] | None = None,
     bundle_group: pl.Expr | None = None,
     full_url: pl.Expr | None = None,
 ) -> list[pl.Expr]:
-    """The FRAME_COLUMNS of a resource row whose source key is also its identifier value."""
+    """The FRAME_COLUMNS of a resource row whose source key is also its identifier value. `resource` is a
+    struct (written as FHIR JSON by `fhir_json`) or JSON text already (`FhirText`)."""
     return [
         pl.col("source_table"),
         key.alias("source_key"),
@@ -432,7 +464,7 @@ def frame_columns(
         (bundle_group if bundle_group is not None else key).alias("bundle_group"),
         (full_url if full_url is not None else pl.lit(None, pl.String)).alias("full_url"),
         reference_list(references or []).alias("references"),
-        fhir_json(resource).alias("resource"),
+        (resource.json if isinstance(resource, FhirText) else fhir_json(resource)).alias("resource"),
         pl.lit(None, pl.String).alias("content_hash"),
         pl.lit(None, pl.String).alias("quarantine_rule"),
         pl.lit(None, pl.String).alias("quarantine_reason"),

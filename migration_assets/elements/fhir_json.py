@@ -6,6 +6,8 @@ match structure: inside an encoded string every `"` is escaped, so `,"key":null`
 can only be a member of an object, never text inside a value.
 """
 
+import json
+from dataclasses import dataclass
 from typing import Any
 
 import polars as pl
@@ -37,6 +39,46 @@ def _drop_empty_members(text: pl.Series) -> pl.Series:
     for _ in range(_PASSES):
         cleaned = cleaned.str.replace_all(_EMPTY_MEMBER, "$1")
     return text.scatter(needs_cleaning.arg_true(), cleaned)
+
+
+# --- FHIR JSON written as text, member by member ---
+#
+# Encoding a struct costs little, but a resource with lists of nested structs, or with many members that
+# are often absent (each an empty member for `fhir_json` to clean), costs several microseconds a row. A
+# mapping that must run at millions of rows can write its JSON as text instead: `json_object` leaves an
+# absent member out as it goes, and a nested part shared by many rows can be written once and joined on.
+
+
+@dataclass(frozen=True)
+class FhirText:
+    """A resource already written as FHIR JSON text (by `json_object`), for `frame_columns`."""
+
+    json: pl.Expr
+
+
+def json_string(value: pl.Expr | str) -> pl.Expr:
+    """A text column as JSON string literals (quotes and escapes as JSON writes them); null where null.
+    A Python string is written once, as a literal."""
+    if isinstance(value, str):
+        return pl.lit(json.dumps(value, ensure_ascii=False))
+    # {"s":"..."} or {"s":null}: each expression is used once (the builders nest, and an expression used
+    # twice at every level would be computed 2^depth times).
+    encoded = pl.struct(_expr(value).alias("s")).struct.json_encode()
+    return encoded.str.slice(5).str.strip_suffix("}").replace("null", None)
+
+
+def json_object(**members: pl.Expr) -> pl.Expr:
+    """`{"name":value,...}` of the members whose JSON text (json_string, json_array, json_object or a
+    literal) is not null, in the order given; null when none is (FHIR has no empty object)."""
+    parts = [pl.concat_str(pl.lit(f'"{name}":'), value) for name, value in members.items()]
+    written = pl.concat_str(pl.lit("{"), pl.concat_str(parts, separator=",", ignore_nulls=True), pl.lit("}"))
+    return written.replace("{}", None)
+
+
+def json_array(*items: pl.Expr) -> pl.Expr:
+    """`[item,...]` of the items (JSON text) that are not null; null when none is (FHIR has no empty array)."""
+    listed = pl.concat_str(pl.lit("["), pl.concat_str(items, separator=",", ignore_nulls=True), pl.lit("]"))
+    return listed.replace("[]", None)
 
 
 def identifier(system: pl.Expr | str, value: pl.Expr | str) -> pl.Expr:

@@ -46,7 +46,7 @@ def legacy_source(
     context: AssetExecutionContext, legacy_db: LegacySource, manifest: ManifestStore
 ) -> Output[pl.DataFrame]:
     element = get_element(context.partition_key)
-    tables = legacy_db.read_tables(element.source_tables)
+    tables = legacy_db.read_tables(element)
     # The legacy files are this database's; a file unchanged since an earlier run is not read again.
     hashes = FileHashes(manifest.url)
     try:

@@ -1,7 +1,7 @@
 """Dagster resources: thin configuration wrappers around the plain libraries."""
 
 import shutil
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -12,14 +12,14 @@ from pydantic import Field
 
 from migration_assets import config
 from migration_assets.active import PROFILE
-from migration_assets.elements.base import DataElement, SourceSystem
+from migration_assets.elements.base import DataElement, SourceSystem, read_element_tables
 from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import MedplumClient, RetryPolicy, Target
 from migration_assets.paths import DEFAULT_LEGACY_DB_URL, DEFAULT_MANIFEST_URL, EVIDENCE_DIR, FRAMES_DIR
 from migration_assets.phases import load_phases
 from migration_assets.pipeline.frame_parts import FrameParts
 from migration_assets.pipeline.loader import LoadSettings
-from migration_assets.source import read_table, redact_url
+from migration_assets.source import redact_url
 
 
 class MedplumResource(ConfigurableResource):
@@ -63,8 +63,9 @@ class LegacySource(ConfigurableResource):
     def display_url(self) -> str:
         return redact_url(self.url)
 
-    def read_tables(self, tables: Iterable[str]) -> dict[str, pl.DataFrame]:
-        return {table: read_table(self.url, table) for table in tables}
+    def read_tables(self, element: DataElement) -> dict[str, pl.DataFrame]:
+        """The element's source tables (of a lookup table, only the rows the others name)."""
+        return read_element_tables(element, self.url)
 
 
 class ManifestStore(ConfigurableResource):

@@ -15,4 +15,5 @@ PROFILE = Profile(
     elements=discover_elements(f"{__name__}.elements"),
     phases_file=HERE / "phases.yaml",
     sample_tables=build_sample_tables,
+    terminology_dir=HERE / "terminology",
 )

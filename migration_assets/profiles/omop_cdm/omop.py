@@ -1,5 +1,5 @@
 """What every OMOP element shares: codes from CONCEPT, the person and visit a row names, and the
-quarantine rules for them. The vocabulary-to-system map is data (VOCABULARY_SYSTEMS), not guessed."""
+quarantine rules for them. The vocabulary-to-system map is data (terminology/), not guessed."""
 
 from collections.abc import Mapping
 
@@ -14,23 +14,12 @@ from migration_assets.elements.base import (
 )
 from migration_assets.elements.builders import text
 from migration_assets.elements.fhir_json import codeable_concept, coding, conditional_reference
-from migration_assets.elements.terminology import CPT, CVX, ICD10CM, LOINC, RXNORM, SNOMED_CT, UCUM
+from migration_assets.profiles.omop_cdm.terminology import lookup
 
-# OMOP vocabulary_id -> FHIR code system URI (HL7 terminology; OHDSI's OMOP-on-FHIR conventions). A
-# vocabulary not listed (Visit, Type Concept, RxNorm Extension, ...) has no FHIR system: its rows keep
-# their source value under the profile's local code system and count as unmapped.
-VOCABULARY_SYSTEMS = {
-    "SNOMED": SNOMED_CT,
-    "LOINC": LOINC,
-    "RxNorm": RXNORM,
-    "ICD10CM": ICD10CM,
-    "ICD9CM": "http://hl7.org/fhir/sid/icd-9-cm",
-    "CVX": CVX,
-    "UCUM": UCUM,
-    "CPT4": CPT,
-    "HCPCS": "https://www.cms.gov/Medicare/Coding/HCPCSReleaseCodeSets",
-    "NDC": "http://hl7.org/fhir/sid/ndc",
-}
+# OMOP vocabulary_id -> FHIR code system URI (terminology/vocabulary_systems.csv). A vocabulary not listed
+# (Visit, Type Concept, RxNorm Extension, ...) has no FHIR system: its rows keep their source value under
+# the profile's local code system and count as unmapped.
+VOCABULARY_SYSTEMS = lookup("vocabulary_systems", "vocabulary_id", "system")
 CONCEPT_KEY = "concept_id"
 
 
@@ -59,6 +48,12 @@ def with_concept(frame: pl.DataFrame, tables: Mapping[str, pl.DataFrame], id_col
         )
     )
     return frame.join(concepts, on=id_column, how="left", maintain_order="left")
+
+
+def concepts_named_by(table_name: str, *columns: str) -> dict[str, dict[str, tuple[str, ...]]]:
+    """The element's `lookup_tables`: of CONCEPT (millions of rows in a real vocabulary), only the concepts
+    `columns` of `table_name` name are read."""
+    return {"concept": {table_name: columns}}
 
 
 def concept_mapped(id_column: str, prefix: str) -> pl.Expr:

@@ -2,7 +2,9 @@
 names (lower case, every value text as the platform's writers store it) and a CONCEPT table holding only
 the concepts the rows use. It carries the oddities real exports have: concept 0 with a source value,
 persons with only a year (or year and month) of birth, visits with no provider, measurements with no
-value. (A repeated key cannot be stored under the platform's primary keys; the mapping tests cover it.)"""
+value, notes with no visit, provider or title and with line breaks and accents, specimens with no
+quantity or with a unit that is no UCUM concept. (A repeated key cannot be stored under the platform's
+primary keys; the mapping tests cover it.)"""
 
 import random
 from collections.abc import Callable
@@ -69,6 +71,14 @@ CONCEPTS = [
     (4275495, "Tobacco smoking behavior - finding", "Observation", "SNOMED", "Clinical Finding", "S", "365981007"),
     (45765920, "Never smoked tobacco", "Observation", "SNOMED", "Clinical Finding", "S", "266919005"),
     (40766240, "Alcohol intake [Volume/time]", "Observation", "LOINC", "Clinical Observation", "S", "11287-0"),
+    # Note classes (LOINC document ontology) and the note type; specimens, their units and body sites.
+    (3030023, "Progress note", "Note", "LOINC", "Clinical Observation", "S", "11506-3"),
+    (3017575, "Discharge summary", "Note", "LOINC", "Clinical Observation", "S", "18842-5"),
+    (44814645, "Note", "Type Concept", "Type Concept", "Type Concept", "S", "OMOP4822233"),
+    (4001225, "Venous blood specimen", "Specimen", "SNOMED", "Specimen", "S", "122555007"),
+    (4046280, "Urine specimen", "Specimen", "SNOMED", "Specimen", "S", "122575003"),
+    (8587, "milliliter", "Unit", "UCUM", "Unit", "S", "mL"),
+    (4300877, "Structure of median cubital vein", "Spec Anatomic Site", "SNOMED", "Body Structure", "S", "50094009"),
 ]
 CONCEPT_COLUMNS = [
     "concept_id",
@@ -84,6 +94,18 @@ CONDITIONS = [(201826, "E11.9"), (320128, "I10"), (317009, "J45.909"), (0, "LOCA
 DRUGS = [(40163924, "860975"), (1308216, "314076"), (0, "HOUSE-MIX-3")]
 PROCEDURES = [(4249893, "45378"), (2514404, "99213")]
 # measurement concept, unit concept, unit source, low, high, value generator
+NOTES = [(3030023, "progress"), (3017575, "discharge"), (0, "nursing-handover")]
+# specimen concept, source value, anatomic site concept, site source value
+SPECIMENS = [
+    (4001225, "VENBLD", 4300877, "median cubital vein"),
+    (4046280, "UR", 0, None),
+    (0, "SWAB-X", 0, "left nostril"),
+]
+NOTE_TEXTS = [
+    "Patient seen for follow-up.\r\nBP stable on current medication.\r\nPlan: recheck in 3 months.",
+    "Résumé: patient reports no côté-effects; continue therapy.",
+    "Discharged home in good condition.\n\tFollow up with primary care in one week.",
+]
 MEASUREMENTS: list[tuple[int, int, str, str, str, Callable[[random.Random], str]]] = [
     (3004410, 8554, "%", "4.0", "5.6", lambda r: f"{r.uniform(4.5, 9.5):.1f}"),
     (3027018, 8541, "/min", "60", "100", lambda r: str(r.randint(55, 110))),
@@ -144,6 +166,8 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
         )
     ]
     persons, deaths, visits, conditions, drugs, procedures, measurements, observations = [], [], [], [], [], [], [], []
+    notes: list[dict[str, Any]] = []
+    specimens: list[dict[str, Any]] = []
     for p in range(1, patients + 1):
         year, month, day = r.randint(1930, 2015), r.randint(1, 12), r.randint(1, 28)
         precision = r.random()
@@ -260,6 +284,46 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
                         "measurement_source_value": "94500-6",
                     }
                 )
+            if r.random() < 0.5:
+                note_class, note_source = r.choice(NOTES)
+                # A note with no visit or no provider, and one with no title, as exports have.
+                notes.append(
+                    {
+                        "note_id": vid,
+                        "person_id": p,
+                        "note_date": start,
+                        "note_type_concept_id": 44814645,
+                        "note_class_concept_id": note_class,
+                        "note_title": r.choice(["Progress note", "Discharge summary", None]),
+                        "note_text": r.choice(NOTE_TEXTS),
+                        "encoding_concept_id": 32678,
+                        "language_concept_id": 4180186,
+                        "provider_id": r.choice([1, 2, 3, 4, None]),
+                        "visit_occurrence_id": vid if r.random() > 0.1 else None,
+                        "note_source_value": note_source,
+                    }
+                )
+            if r.random() < 0.3:
+                specimen, specimen_source, site, site_source = r.choice(SPECIMENS)
+                # No quantity at all, or a unit that is no UCUM concept, as exports have.
+                amount = r.choice([("5", 8587, "mL"), ("1", 0, "tube"), (None, None, None)])
+                specimens.append(
+                    {
+                        "specimen_id": vid,
+                        "person_id": p,
+                        "specimen_concept_id": specimen,
+                        "specimen_type_concept_id": 32817,
+                        "specimen_date": start,
+                        "quantity": amount[0],
+                        "unit_concept_id": amount[1],
+                        "anatomic_site_concept_id": site,
+                        "disease_status_concept_id": 0,
+                        "specimen_source_id": f"ACC-{vid:09d}",
+                        "specimen_source_value": specimen_source,
+                        "unit_source_value": amount[2],
+                        "anatomic_site_source_value": site_source,
+                    }
+                )
             observations.append(
                 {
                     "observation_id": vid,
@@ -286,6 +350,8 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
         "procedure_occurrence": _text(procedures, COLUMNS["procedure_occurrence"]),
         "measurement": _text(measurements, COLUMNS["measurement"]),
         "observation": _text(observations, COLUMNS["observation"]),
+        "note": _text(notes, COLUMNS["note"]),
+        "specimen": _text(specimens, COLUMNS["specimen"]),
     }
 
 
@@ -484,5 +550,40 @@ COLUMNS = {
         "value_source_value",
         "observation_event_id",
         "obs_event_field_concept_id",
+    ],
+    "note": [
+        "note_id",
+        "person_id",
+        "note_date",
+        "note_datetime",
+        "note_type_concept_id",
+        "note_class_concept_id",
+        "note_title",
+        "note_text",
+        "encoding_concept_id",
+        "language_concept_id",
+        "provider_id",
+        "visit_occurrence_id",
+        "visit_detail_id",
+        "note_source_value",
+        "note_event_id",
+        "note_event_field_concept_id",
+    ],
+    "specimen": [
+        "specimen_id",
+        "person_id",
+        "specimen_concept_id",
+        "specimen_type_concept_id",
+        "specimen_date",
+        "specimen_datetime",
+        "quantity",
+        "unit_concept_id",
+        "anatomic_site_concept_id",
+        "disease_status_concept_id",
+        "specimen_source_id",
+        "specimen_source_value",
+        "unit_source_value",
+        "anatomic_site_source_value",
+        "disease_status_source_value",
     ],
 }

@@ -13,6 +13,7 @@ from migration_assets.elements.fhir_json import codeable_concept, coding, identi
 from migration_assets.profiles.omop_cdm.omop import (
     concept,
     concept_mapped,
+    concepts_named_by,
     day,
     encounter_reference,
     event_rows,
@@ -90,6 +91,7 @@ ELEMENT = DataElement(
         "visit_occurrence": "visit_occurrence_id",
         "concept": "concept_id",
     },
+    lookup_tables=concepts_named_by("condition_occurrence", "condition_concept_id"),
     requires=("persons", "visits"),
     extract=extract,
     transform=transform,

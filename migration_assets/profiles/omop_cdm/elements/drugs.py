@@ -15,6 +15,7 @@ from migration_assets.elements.fhir_json import identifier, reference, without_n
 from migration_assets.profiles.omop_cdm.omop import (
     concept,
     concept_mapped,
+    concepts_named_by,
     day,
     encounter_reference,
     event_rows,
@@ -23,12 +24,13 @@ from migration_assets.profiles.omop_cdm.omop import (
     expected_patient,
     patient_reference,
 )
+from migration_assets.profiles.omop_cdm.terminology import read_map
 
 REGISTER_NOTES = {
-    "drug_type_concept_id": "prescription types (REQUEST_TYPES) to MedicationRequest, others to MedicationStatement",
+    "drug_type_concept_id": "MedicationRequest for a type in terminology/drug_request_types.csv, else Statement",
     "drug_concept_id": "medication coding from CONCEPT (RxNorm); concept 0 keeps only the source value",
 }
-REQUEST_TYPES = ["32838", "38000177", "32833"]
+REQUEST_TYPES = read_map("drug_request_types")["concept_id"].to_list()
 
 
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
@@ -124,6 +126,7 @@ ELEMENT = DataElement(
         "visit_occurrence": "visit_occurrence_id",
         "concept": "concept_id",
     },
+    lookup_tables=concepts_named_by("drug_exposure", "drug_concept_id"),
     requires=("persons", "visits"),
     extract=extract,
     transform=transform,

@@ -24,6 +24,7 @@ from migration_assets.elements.terminology import UCUM
 from migration_assets.profiles.omop_cdm.omop import (
     concept,
     concept_mapped,
+    concepts_named_by,
     day,
     encounter_reference,
     event_rows,
@@ -34,8 +35,8 @@ from migration_assets.profiles.omop_cdm.omop import (
     table,
     with_concept,
 )
+from migration_assets.profiles.omop_cdm.terminology import lookup
 
-# OMOP Meas Value Operator concepts -> FHIR Quantity comparator ("=" is no comparator).
 REGISTER_NOTES = {
     "value_as_number": "valueQuantity, the number as given",
     "unit_concept_id": "UCUM concept_code as unit, system and code; else unit_source_value as unit text only",
@@ -43,7 +44,8 @@ REGISTER_NOTES = {
     "range_low": "referenceRange.low in the value's unit",
     "range_high": "referenceRange.high in the value's unit",
 }
-OPERATORS = {"4171756": "<", "4171754": "<=", "4171755": ">=", "4172704": ">"}
+# OMOP Meas Value Operator concepts -> FHIR Quantity comparator ("=" is no comparator).
+OPERATORS = lookup("value_operators", "concept_id", "comparator")
 CATEGORY = "http://terminology.hl7.org/CodeSystem/observation-category"
 
 
@@ -173,6 +175,7 @@ ELEMENT = DataElement(
         "visit_occurrence": "visit_occurrence_id",
         "concept": "concept_id",
     },
+    lookup_tables=concepts_named_by("measurement", "measurement_concept_id", "value_as_concept_id", "unit_concept_id"),
     requires=("persons", "visits"),
     extract=extract,
     transform=transform,

@@ -11,6 +11,7 @@ from migration_assets.profiles.omop_cdm.elements.measurements import (
     observation_rows,
     observation_transform,
 )
+from migration_assets.profiles.omop_cdm.omop import concepts_named_by
 
 
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
@@ -38,6 +39,7 @@ ELEMENT = DataElement(
         "visit_occurrence": "visit_occurrence_id",
         "concept": "concept_id",
     },
+    lookup_tables=concepts_named_by("observation", "observation_concept_id", "value_as_concept_id", "unit_concept_id"),
     requires=("persons", "visits"),
     extract=extract,
     transform=transform,

@@ -11,6 +11,7 @@ from migration_assets.elements.fhir_json import identifier, reference, without_n
 from migration_assets.profiles.omop_cdm.omop import (
     concept,
     concept_mapped,
+    concepts_named_by,
     day,
     encounter_reference,
     event_rows,
@@ -70,6 +71,7 @@ ELEMENT = DataElement(
         "visit_occurrence": "visit_occurrence_id",
         "concept": "concept_id",
     },
+    lookup_tables=concepts_named_by("procedure_occurrence", "procedure_concept_id"),
     requires=("persons", "visits"),
     extract=extract,
     transform=transform,

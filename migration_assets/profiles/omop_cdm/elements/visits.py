@@ -30,6 +30,7 @@ from migration_assets.elements.terminology import V3_ACT_CODE
 from migration_assets.profiles.omop_cdm.omop import (
     concept,
     concept_mapped,
+    concepts_named_by,
     day,
     event_rules,
     expected_patient,
@@ -37,25 +38,14 @@ from migration_assets.profiles.omop_cdm.omop import (
     table,
     with_concept,
 )
+from migration_assets.profiles.omop_cdm.terminology import read_map
 
-# visit_concept_id -> (ActCode, display). OMOP Visit vocabulary: 9201 Inpatient, 9202 Outpatient,
-# 9203 Emergency Room, 262 Emergency Room and Inpatient, 581476 Home Visit, 581477 Office Visit,
-# 5083 Telehealth, 42898160 Non-hospital institution visit.
 REGISTER_NOTES = {
-    "visit_concept_id": "Encounter.class (v3 ActCode) from VISIT_CLASS; an unlisted concept is quarantined",
+    "visit_concept_id": "Encounter.class (v3 ActCode) by terminology/visit_classes.csv; an unlisted one is quarantined",
     "provider_id": "participant individual when present (a visit with no provider has no participant)",
     "care_site_id": "serviceProvider Organization",
 }
-VISIT_CLASS = {
-    "9201": ("IMP", "inpatient encounter"),
-    "262": ("IMP", "inpatient encounter"),
-    "9202": ("AMB", "ambulatory"),
-    "581477": ("AMB", "ambulatory"),
-    "9203": ("EMER", "emergency"),
-    "581476": ("HH", "home health"),
-    "5083": ("VR", "virtual"),
-    "42898160": ("NONAC", "inpatient non-acute"),
-}
+VISIT_CLASS = {concept: (code, display) for concept, _name, code, display in read_map("visit_classes").iter_rows()}
 
 
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
@@ -170,6 +160,7 @@ ELEMENT = DataElement(
         "care_site": "care_site_id",
         "concept": "concept_id",
     },
+    lookup_tables=concepts_named_by("visit_occurrence", "visit_concept_id"),
     requires=("persons", "providers", "care_sites"),
     extract=extract,
     transform=transform,

@@ -19,6 +19,8 @@ ELEMENTS = (
     "procedures",
     "measurements",
     "observations",
+    "notes",
+    "specimens",
 )
 
 

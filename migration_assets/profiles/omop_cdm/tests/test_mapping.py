@@ -1,5 +1,6 @@
 """The OMOP mapping, table by table, on hand-made rows and on the generated sample."""
 
+import base64
 import json
 
 import polars as pl
@@ -239,6 +240,155 @@ def test_an_observation_keeps_a_text_value() -> None:
     assert resource["valueString"] == "former smoker"
 
 
+NOTE = {
+    "note_id": 5,
+    "person_id": 1,
+    "note_date": "2020-05-01",
+    "note_type_concept_id": 44814645,
+    "note_class_concept_id": 3030023,
+    "note_title": "Progress note",
+    "note_text": "Seen today.\r\nCôté gauche: no swelling.",
+    "provider_id": 3,
+    "visit_occurrence_id": 7,
+    "note_source_value": "progress",
+}
+
+
+def test_a_note_becomes_a_document_reference_with_its_text_inline() -> None:
+    notes = [NOTE, {**NOTE, "note_id": 6, "note_class_concept_id": 0, "note_title": None, "provider_id": None}]
+    source = tables(
+        person=[PERSON], visit_occurrence=[VISIT], provider=[{"provider_id": 3, "provider_name": "Dr. X"}], note=notes
+    )
+    built = frame("notes", source)
+    full, bare = resources(built)
+    assert built["quarantine_rule"].null_count() == 2 and built["code_mapped"].to_list() == [True, False]
+    attachment = full["content"][0]["attachment"]
+    assert attachment["contentType"] == "text/plain; charset=utf-8" and attachment["title"] == "Progress note"
+    # The text exactly as stored: line breaks and accents survive the round trip.
+    assert base64.b64decode(attachment["data"]).decode("utf-8") == NOTE["note_text"]
+    assert full["type"]["coding"][0] == {"system": "http://loinc.org", "code": "11506-3", "display": "Progress note"}
+    assert full["category"][0]["coding"][0]["code"] == "clinical-note"
+    assert full["author"][0]["reference"].endswith("provider|3")
+    assert full["context"] == {
+        "encounter": [{"reference": "Encounter?identifier=https://omop.example.org/fhir/identifier/visit|7"}],
+        "period": {"start": "2020-05-01"},
+    }
+    assert "author" not in bare and "description" not in bare
+    assert bare["type"] == {"coding": [{"system": LOCAL, "code": "progress"}], "text": "progress"}
+    paths = {reference["path"] for reference in built["references"][0]}
+    assert paths == {"subject", "context.encounter.0", "author.0"}
+
+
+def test_a_note_without_text_of_an_unknown_provider_or_another_persons_visit_is_quarantined() -> None:
+    notes = [
+        {**NOTE, "note_text": "  "},
+        {**NOTE, "note_id": 6, "provider_id": 99},
+        {**NOTE, "note_id": 7, "person_id": 2},
+        {**NOTE, "note_id": 8, "note_date": "2020-02-30"},
+    ]
+    source = tables(
+        person=[PERSON, {**PERSON, "person_id": 2}],
+        visit_occurrence=[VISIT],
+        provider=[{"provider_id": 3}],
+        note=notes,
+    )
+    assert frame("notes", source)["quarantine_rule"].to_list() == [
+        "missing_value",
+        "orphan_reference",
+        "mismatched_reference",
+        "invalid_date",
+    ]
+
+
+SPECIMEN = {
+    "specimen_id": 4,
+    "person_id": 1,
+    "specimen_concept_id": 4001225,
+    "specimen_date": "2020-05-01",
+    "quantity": "5.0",
+    "unit_concept_id": 8587,
+    "anatomic_site_concept_id": 4300877,
+    "specimen_source_id": "ACC-1",
+    "specimen_source_value": "VENBLD",
+    "unit_source_value": "mL",
+    "anatomic_site_source_value": "arm vein",
+}
+
+
+def test_a_specimen_has_its_type_accession_quantity_and_body_site() -> None:
+    rows = [
+        SPECIMEN,
+        {
+            **SPECIMEN,
+            "specimen_id": 5,
+            "specimen_concept_id": 0,
+            "quantity": "1",
+            "unit_concept_id": 0,
+            "unit_source_value": "tube",
+            "anatomic_site_concept_id": 0,
+            "anatomic_site_source_value": None,
+            "specimen_source_id": None,
+        },
+    ]
+    built = frame("specimens", tables(person=[PERSON], specimen=rows))
+    full, local = resources(built)
+    assert built["quarantine_rule"].null_count() == 2 and built["code_mapped"].to_list() == [True, False]
+    assert full["type"]["coding"][0]["code"] == "122555007"
+    assert full["accessionIdentifier"] == {
+        "system": "https://omop.example.org/fhir/identifier/specimen-source-id",
+        "value": "ACC-1",
+    }
+    assert full["collection"]["quantity"] == {
+        "value": 5.0,
+        "unit": "mL",
+        "system": "http://unitsofmeasure.org",
+        "code": "mL",
+    }
+    assert full["collection"]["bodySite"]["coding"][0]["code"] == "50094009"
+    assert full["collection"]["collectedDateTime"] == "2020-05-01"
+    # A unit that is no UCUM concept stays text; no site given, no bodySite; no lab id, no accession.
+    assert local["collection"] == {"collectedDateTime": "2020-05-01", "quantity": {"value": 1, "unit": "tube"}}
+    assert "accessionIdentifier" not in local and local["type"]["coding"] == [{"system": LOCAL, "code": "VENBLD"}]
+
+
+def test_a_specimen_of_an_unknown_person_or_with_a_bad_quantity_or_date_is_quarantined() -> None:
+    rows = [
+        {**SPECIMEN, "person_id": 99},
+        {**SPECIMEN, "specimen_id": 5, "quantity": "five"},
+        {**SPECIMEN, "specimen_id": 6, "specimen_date": None},
+        {**SPECIMEN, "specimen_id": 7, "specimen_date": "2999-01-01"},
+    ]
+    assert frame("specimens", tables(person=[PERSON], specimen=rows))["quarantine_rule"].to_list() == [
+        "orphan_reference",
+        "non_numeric_value",
+        "missing_value",
+        "future_date",
+    ]
+
+
+def test_the_terminology_maps_are_versioned_and_read_by_the_elements() -> None:
+    from migration_assets.elements.terminology import TerminologyMaps
+
+    assert PROFILE.terminology_dir is not None
+    catalogue = TerminologyMaps(PROFILE.terminology_dir).catalogue()
+    assert set(catalogue["map"]) == {
+        "vocabulary_systems",
+        "genders",
+        "races",
+        "ethnicities",
+        "visit_classes",
+        "value_operators",
+        "drug_request_types",
+    }
+    assert catalogue.filter(pl.col("codes") == 0).is_empty()
+    # No code list is left in the mapping code: the maps the elements use are the CSVs' rows.
+    from migration_assets.profiles.omop_cdm.elements import persons, visits
+    from migration_assets.profiles.omop_cdm.omop import VOCABULARY_SYSTEMS
+
+    assert VOCABULARY_SYSTEMS["LOINC"] == "http://loinc.org" and persons.GENDER["8532"] == "female"
+    assert visits.VISIT_CLASS["9203"] == ("EMER", "emergency")
+
+
 def test_upper_case_column_names_read_the_same() -> None:
     source = tables(person=[PERSON])
     upper = {name: table.rename(str.upper) for name, table in source.items()}
@@ -256,6 +406,9 @@ def test_the_sample_is_deterministic_and_maps_without_quarantine() -> None:
     assert sample["visit_occurrence"]["provider_id"].null_count() > 0
     assert sample["measurement"]["value_as_number"].null_count() > 0
     assert (sample["condition_occurrence"]["condition_concept_id"] == "0").any()
+    assert sample["note"]["visit_occurrence_id"].null_count() > 0 and sample["note"]["note_title"].null_count() > 0
+    assert sample["note"]["note_text"].str.contains("\r\n").any()
+    assert sample["specimen"]["quantity"].null_count() > 0 and (sample["specimen"]["unit_concept_id"] == "0").any()
 
 
 def test_the_register_in_the_repository_is_up_to_date() -> None:

@@ -1,18 +1,23 @@
 """Real OMOP exports: CSV, Parquet, SQLite and PostgreSQL (tables in a schema of their own, as a `cdm`
-schema holds them), with upper-case table and column names, read and mapped as the generated sample."""
+schema holds them), with upper-case table and column names, read and mapped as the generated sample; and
+a real vocabulary's CONCEPT table (millions of rows), of which only the concepts the data names are read."""
 
 from pathlib import Path
 
+import polars as pl
 import pytest
 
+from migration_assets.elements.base import read_element_tables
 from migration_assets.elements.profile import load_profile
 from migration_assets.profiles.omop_cdm.sample_data import build_sample_tables
-from migration_assets.source import read_table, write_tables
+from migration_assets.source import parse_source_url, write_tables
 from migration_assets_tests.fixtures_postgres import throwaway_schema_url
 
 from .test_mapping import frame
 
 PROFILE = load_profile("omop_cdm")
+# A vocabulary's size: OHDSI's standard download holds several million concepts.
+VOCABULARY_ROWS = 1_500_000
 
 
 def upper_case_export(url: str) -> None:
@@ -21,9 +26,10 @@ def upper_case_export(url: str) -> None:
     write_tables(url, tables, {table.upper(): key.upper() for table, key in PROFILE.primary_keys().items()})
 
 
-def mapped_from(url: str) -> dict[str, list[str]]:
-    tables = {table: read_table(url, table) for table in {t for e in PROFILE.elements for t in e.source_tables}}
-    return {element: frame(element, tables)["resource"].to_list() for element in PROFILE.load_order}
+def read_and_mapped(url: str) -> tuple[dict[str, dict[str, pl.DataFrame]], dict[str, list[str]]]:
+    """Each element's tables as the platform reads them, and its resources."""
+    read = {element.name: read_element_tables(element, url) for element in PROFILE.elements}
+    return read, {name: frame(name, tables)["resource"].to_list() for name, tables in read.items()}
 
 
 @pytest.fixture(scope="module")
@@ -36,11 +42,76 @@ def expected() -> dict[str, list[str]]:
 def test_an_upper_case_export_reads_as_the_sample(kind: str, tmp_path: Path, expected: dict[str, list[str]]) -> None:
     url = f"sqlite:///{tmp_path / 'cdm.db'}" if kind == "sqlite" else f"{kind}://{tmp_path / 'cdm'}"
     upper_case_export(url)
-    assert mapped_from(url) == expected
+    assert read_and_mapped(url)[1] == expected
 
 
 @pytest.mark.integration
 def test_a_postgresql_cdm_schema_with_upper_case_names_reads_as_the_sample(expected: dict[str, list[str]]) -> None:
     with throwaway_schema_url("cdm") as url:
         upper_case_export(url)
-        assert mapped_from(url) == expected
+        assert read_and_mapped(url)[1] == expected
+
+
+def vocabulary_export(url: str) -> set[str]:
+    """The 15-person sample with a CONCEPT table of VOCABULARY_ROWS concepts, typed as a vocabulary load
+    types it (concept_id an integer); returns the concept ids the sample's rows name."""
+    sample = build_sample_tables(15, seed=5)
+    used = sample.pop("concept")
+    filler = pl.DataFrame({"concept_id": pl.int_range(3_000_000_000, 3_000_000_000 + VOCABULARY_ROWS, eager=True)})
+    vocabulary = pl.concat(
+        [
+            used.with_columns(pl.col("concept_id").cast(pl.Int64)),
+            filler.with_columns(
+                concept_name=pl.format("Filler concept {}", pl.col("concept_id")),
+                domain_id=pl.lit("Observation"),
+                vocabulary_id=pl.lit("SNOMED"),
+                concept_class_id=pl.lit("Clinical Finding"),
+                standard_concept=pl.lit("S"),
+                concept_code=pl.col("concept_id").cast(pl.String),
+            ),
+        ]
+    )
+    write_tables(url, sample, PROFILE.primary_keys())
+    kind, location = parse_source_url(url)
+    if kind in ("parquet", "csv"):
+        path = Path(location) / f"concept.{kind}"
+        vocabulary.write_parquet(path) if kind == "parquet" else vocabulary.write_csv(path)
+    else:
+        import adbc_driver_postgresql.dbapi as pg
+        import adbc_driver_sqlite.dbapi as lite
+
+        with lite.connect(location) if kind == "sqlite" else pg.connect(location) as conn, conn.cursor() as cur:
+            cur.adbc_ingest("concept", vocabulary.to_arrow(), mode="create")
+            cur.execute('CREATE UNIQUE INDEX concept_key ON concept ("concept_id")')
+            conn.commit()
+    named = set()
+    for element in PROFILE.elements:
+        for table, columns in element.lookup_tables.get("concept", {}).items():
+            for column in columns:
+                named |= set(sample[table][column].drop_nulls().to_list())
+    return named
+
+
+def check_only_named_concepts_read(url: str, expected: dict[str, list[str]]) -> None:
+    named = vocabulary_export(url)
+    read, mapped = read_and_mapped(url)
+    assert mapped == expected
+    for name, tables in read.items():
+        if "concept" in tables:
+            concept_ids = set(tables["concept"]["concept_id"].cast(pl.String).to_list())
+            # Rows materialized: the concepts the element's rows name that the vocabulary holds, no others.
+            assert concept_ids <= named and tables["concept"].height == len(concept_ids) < 40, name
+
+
+@pytest.mark.parametrize("kind", ["parquet", "sqlite", "csv"])
+def test_of_a_vocabulary_of_millions_only_the_named_concepts_are_read(
+    kind: str, tmp_path: Path, expected: dict[str, list[str]]
+) -> None:
+    url = f"sqlite:///{tmp_path / 'cdm.db'}" if kind == "sqlite" else f"{kind}://{tmp_path / 'cdm'}"
+    check_only_named_concepts_read(url, expected)
+
+
+@pytest.mark.integration
+def test_of_a_postgresql_vocabulary_only_the_named_concepts_are_read(expected: dict[str, list[str]]) -> None:
+    with throwaway_schema_url("cdm") as url:
+        check_only_named_concepts_read(url, expected)
