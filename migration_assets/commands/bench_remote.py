@@ -7,9 +7,9 @@ On the same sample (BENCH_PATIENTS patients and their Conditions, which referenc
 - `medplum bulk import` (@medplum/cli: POSTs in transactions of 25; not rerun: a rerun copies everything);
 - the loader alone (migrate, element by element) writing by conditional PUT, as without a census of the
   target, and writing by what its census before the load says the target holds (updates by id), with each
-  create mode (conditional PUT, plain POST), one bundle in flight, then an unchanged reload; each create mode
-  again with the bundles in flight adapted to the server's pushback (the default), and as async bundles
-  (`Prefer: respond-async`);
+  create mode (conditional PUT, plain POST: as plain batch entries and in transactions of 50), one bundle in
+  flight, then an unchanged reload; each create mode again with the bundles in flight adapted to the
+  server's pushback (the default), and as async bundles (`Prefer: respond-async`);
 - the platform end to end through Dagster with every check and its default settings, with the elements in
   the phase initial_load (plain POST creates) and in backfill (conditional creates), then an unchanged reload.
 Prints each figure with its ratio to the CLI and the FHIR quota points per resource of what the load sent
@@ -108,12 +108,24 @@ def bench_cli(source_url: str, work: Path) -> dict[str, Any]:
 
 
 def bench_loader(
-    source_url: str, work: Path, creates: str | None, adaptive: bool = False, mode: str = "sync"
+    source_url: str,
+    work: Path,
+    creates: str | None,
+    adaptive: bool = False,
+    mode: str = "sync",
+    transaction_size: int = LoadSettings.transaction_size,
 ) -> dict[str, Any]:
     """The loader alone: by conditional PUT (`creates` None: no census of the target), or by what the
     census before the load says the target holds; one bundle in flight, or as many as the server takes
-    (`adaptive`, up to the default ceiling); then an unchanged reload."""
-    settings = LoadSettings(batch_size=BATCH_SIZE, creates=creates or "post", mode=mode, adaptive=adaptive)
+    (`adaptive`, up to the default ceiling); creates and updates by id in transactions of
+    `transaction_size` (1: plain batch entries); then an unchanged reload."""
+    settings = LoadSettings(
+        batch_size=BATCH_SIZE,
+        creates=creates or "post",
+        mode=mode,
+        adaptive=adaptive,
+        transaction_size=transaction_size,
+    )
     if not adaptive:
         settings = dataclasses.replace(settings, concurrency=1)
     built = frames(source_url, fresh_system())
@@ -241,6 +253,9 @@ def run(patients: int, out: Path = OUT_DIR) -> int:
             "medplum bulk import (@medplum/cli)": lambda: bench_cli(source_url, work),
             "loader, conditional PUTs (no census)": lambda: bench_loader(source_url, work, None),
             "loader, census + conditional creates": lambda: bench_loader(source_url, work, "conditional"),
+            "loader, census + plain POST creates, plain entries": lambda: bench_loader(
+                source_url, work, "post", transaction_size=1
+            ),
             "loader, census + plain POST creates": lambda: bench_loader(source_url, work, "post"),
             "loader, conditional creates, adaptive in flight": lambda: bench_loader(
                 source_url, work, "conditional", adaptive=True
