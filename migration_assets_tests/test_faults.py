@@ -40,7 +40,7 @@ from migration_assets.pipeline.loader import LoadSettings, migrate
 from migration_assets.pipeline.resources import MedplumResource, build_resources
 from migration_assets.profiles.seed_ehr.sample_data import build_sample_tables
 from migration_assets.verify.books import accounting
-from migration_assets.verify.census import census
+from migration_assets.verify.census import RunCensus, census
 from migration_assets_tests.fault_proxy import Fault, FaultProxy
 from migration_assets_tests.fixtures_platform import Platform
 
@@ -254,18 +254,41 @@ def test_the_loader_recovers_from_each_fault_within_bounded_retries(
     load.assert_settled(local_medplum)
 
 
-def test_a_409_halves_the_bundles_in_flight_and_the_load_settles(fresh_proxy, local_medplum, tmp_path):
-    # One patient per bundle: the load climbs from one bundle in flight while the server answers cleanly;
-    # then Medplum's serialization failure (409 on an entry, as overlapping batches get on a real server)
-    # halves it, and the entry is resent alone.
-    load = Load.new(tmp_path, "conflict")
-    conflict = entries_answered("409 Conflict", first_only=True)
-    fresh_proxy.plan(Fault("rewrite", skip=12, method="POST", path=BATCH, rewrite=conflict))
-    result, stats = load.run(fresh_proxy.base_url, local_medplum, "conflicted", batch_size=1)
+def test_pushback_halves_the_bundles_in_flight_and_the_load_settles(fresh_proxy, local_medplum, tmp_path):
+    # One patient per bundle, created by POST (the load's census found none): the load keeps more bundles
+    # in flight while the server answers cleanly; then the server pushes back (a 503 before anything is
+    # written, as a 409 serialization failure or a 429 would) and the bundles in flight are halved.
+    load = Load.new(tmp_path, "pushback")
+    fresh_proxy.plan(Fault("status", status=503, skip=12, method="POST", path=BATCH))
+    with (
+        MedplumClient(fresh_proxy.base_url, local_medplum.client_id, local_medplum.client_secret, retry=FAST) as client,
+        Manifest(load.manifest_url) as manifest,
+    ):
+        before = RunCensus(tmp_path / "census", "pushed-back")
+        result = migrate(
+            client,
+            manifest,
+            "pushed-back",
+            PATIENTS,
+            load.frame,
+            load.source_url,
+            LoadSettings(batch_size=1, creates="post"),
+            census_of_target=lambda keys: before.get(client, keys),
+        )
+        retried = client.stats.retries
     assert fresh_proxy.pending_faults() == 0
     assert result.most_in_flight >= 2, "no pushback for a while: more bundles in flight"
-    assert result.counts["in_flight_decreased"] >= 1 and stats.entries_resent >= 1
+    assert result.counts["in_flight_decreased"] >= 1 and retried >= 1
     assert result.counts["sent"] == PATIENT_ROWS and result.counts["failed"] == 0
+    load.assert_settled(local_medplum)
+
+
+def test_a_bundle_holding_a_conditional_write_goes_alone(fresh_proxy, local_medplum, tmp_path):
+    # Without a census every entry is a conditional PUT: Medplum searches inside the write, and
+    # overlapping bundles of those collide (409), so they go one at a time whatever the limit says.
+    load = Load.new(tmp_path, "alone")
+    result, _ = load.run(fresh_proxy.base_url, local_medplum, "alone", batch_size=1)
+    assert result.most_in_flight == 1 and result.counts["sent"] == PATIENT_ROWS
     load.assert_settled(local_medplum)
 
 

@@ -397,10 +397,10 @@ def test_a_resubmission_of_what_is_loaded_never_shows_it_pending(frames, local_m
     patients = frames["patients"]
     with client_for(local_medplum) as client, _BooksWatched(manifest_url) as manifest:
         manifest.seen = []
-        load_frame(client, manifest, "run", "patients", False, patients, LoadSettings(batch_size=10))
+        load_frame(client, manifest, "run", get_element("patients"), patients, LoadSettings(batch_size=10))
         manifest.seen.clear()
         resubmitted = LoadSettings(batch_size=10, resend_unchanged=True)
-        result = load_frame(client, manifest, "run-reload", "patients", False, patients, resubmitted)
+        result = load_frame(client, manifest, "run-reload", get_element("patients"), patients, resubmitted)
         after = dict(manifest.units("patients")["disposition"].value_counts().iter_rows())
     assert result.counts["sent"] == eligible(patients) and manifest.seen
     assert all("pending" not in seen for seen in manifest.seen), manifest.seen
