@@ -47,7 +47,6 @@ SEED_EHR_TESTS = (
     "migration_assets_tests/test_frame_parts.py",
     "migration_assets_tests/test_local_medplum.py",
     "migration_assets_tests/test_nothing_left.py",
-    "migration_assets_tests/test_pipeline.py",
     "migration_assets_tests/test_profiles.py",
     "migration_assets_tests/test_resume.py",
     "migration_assets_tests/test_security.py",
