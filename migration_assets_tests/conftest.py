@@ -48,12 +48,9 @@ SEED_EHR_TESTS = (
     "migration_assets_tests/test_local_medplum.py",
     "migration_assets_tests/test_nothing_left.py",
     "migration_assets_tests/test_profiles.py",
-    "migration_assets_tests/test_resume.py",
     "migration_assets_tests/test_security.py",
     "migration_assets_tests/test_source.py",
     "migration_assets_tests/test_stock_project.py",
-    "migration_assets_tests/test_targets.py",
-    "migration_assets_tests/test_write_paths.py",
 )
 
 # Fixtures that start or reach a server: a test that uses one is an integration test.
