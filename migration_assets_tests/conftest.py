@@ -41,15 +41,12 @@ SEED_EHR_TESTS = (
     "migration_assets_tests/test_bad_input.py",
     "migration_assets_tests/test_census.py",
     "migration_assets_tests/test_cutover_report.py",
-    "migration_assets_tests/test_dagster_postgres_instance.py",
     "migration_assets_tests/test_demo_output.py",
     "migration_assets_tests/test_faults.py",
     "migration_assets_tests/test_frame_parts.py",
-    "migration_assets_tests/test_local_medplum.py",
     "migration_assets_tests/test_nothing_left.py",
     "migration_assets_tests/test_profiles.py",
     "migration_assets_tests/test_security.py",
-    "migration_assets_tests/test_source.py",
     "migration_assets_tests/test_stock_project.py",
 )
 
