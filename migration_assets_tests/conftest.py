@@ -42,8 +42,6 @@ SEED_EHR_TESTS = (
     "migration_assets_tests/test_census.py",
     "migration_assets_tests/test_faults.py",
     "migration_assets_tests/test_frame_parts.py",
-    "migration_assets_tests/test_profiles.py",
-    "migration_assets_tests/test_security.py",
     "migration_assets_tests/test_stock_project.py",
 )
 
