@@ -2,7 +2,8 @@
 profile (docs/authoring.md). Three elements, each showing what the platform relies on:
 
 - `patients` (table `patients`) to Patient: a root element, its identifier, quarantine rules;
-- `visits` (table `visits`) to Encounter: requires `patients`, a declared reference, orphans quarantined;
+- `visits` (tables `visits`, `visit_notes`) to Encounter and ClinicalImpression: requires `patients`,
+  declared references, orphans quarantined, a visit and its notes in one transaction;
 - `conditions` (table `conditions`) to Condition: a code mapped from terminology/condition_codes.csv, an
   unknown code quarantined, a code known only locally flagged for chart review.
 

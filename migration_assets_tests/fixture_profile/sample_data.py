@@ -3,6 +3,7 @@ each oddity the platform must handle (a bad date, an orphan reference, an unknow
 
     patients   patient_id, first_name, last_name, birth_date, gender     P001, P002, ...
     visits     visit_id, patient_id, visit_date, reason                   three per patient
+    visit_notes note_id, visit_id, note_text                              one for every first visit
     conditions condition_id, patient_id, code, onset_date                 one or two per patient
 
 The oddities come with 20 patients or more: fewer rows would put them over the 5% quarantine threshold.
@@ -38,6 +39,7 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
             }
         ),
         "visits": _visits(rng, keys),
+        "visit_notes": _notes(keys),
         "conditions": _conditions(rng, keys),
     }
     if updated_at:
@@ -55,6 +57,11 @@ def _visits(rng: random.Random, patients: list[str]) -> pl.DataFrame:
         rows.append(("VODD1", "PGONE", "2022-03-04", "checkup"))  # orphan: no such patient
         rows.append(("VODD2", patients[0], "2021-02-30", "cough"))  # bad row: no such day
     return pl.DataFrame(rows, schema=["visit_id", "patient_id", "visit_date", "reason"], orient="row")
+
+
+def _notes(patients: list[str]) -> pl.DataFrame:
+    rows = [(f"N{i:03d}", f"V{i:03d}0", f"Seen for a visit, note {i}.") for i in range(1, len(patients) + 1)]
+    return pl.DataFrame(rows, schema=["note_id", "visit_id", "note_text"], orient="row")
 
 
 def _conditions(rng: random.Random, patients: list[str]) -> pl.DataFrame:
