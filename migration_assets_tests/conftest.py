@@ -42,7 +42,6 @@ SEED_EHR_TESTS = (
     "migration_assets_tests/test_census.py",
     "migration_assets_tests/test_faults.py",
     "migration_assets_tests/test_frame_parts.py",
-    "migration_assets_tests/test_stock_project.py",
 )
 
 # Fixtures that start or reach a server: a test that uses one is an integration test.
