@@ -39,7 +39,6 @@ SEED_EHR_TESTS = (
     # Not moved to the fixture profile yet.
     "migration_assets_tests/test_adoption.py",
     "migration_assets_tests/test_bad_input.py",
-    "migration_assets_tests/test_census.py",
     "migration_assets_tests/test_faults.py",
     "migration_assets_tests/test_frame_parts.py",
 )
