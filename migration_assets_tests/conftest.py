@@ -37,9 +37,7 @@ SEED_EHR_TESTS = (
     "migration_assets_tests/test_throughput.py",
     "migration_assets_tests/test_ui_browser.py",
     # Not moved to the fixture profile yet.
-    "migration_assets_tests/test_adoption.py",
     "migration_assets_tests/test_bad_input.py",
-    "migration_assets_tests/test_faults.py",
     "migration_assets_tests/test_frame_parts.py",
 )
 
