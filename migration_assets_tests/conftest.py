@@ -36,9 +36,6 @@ SEED_EHR_TESTS = (
     "migration_assets_tests/test_soak.py",
     "migration_assets_tests/test_throughput.py",
     "migration_assets_tests/test_ui_browser.py",
-    # Not moved to the fixture profile yet.
-    "migration_assets_tests/test_bad_input.py",
-    "migration_assets_tests/test_frame_parts.py",
 )
 
 # Fixtures that start or reach a server: a test that uses one is an integration test.

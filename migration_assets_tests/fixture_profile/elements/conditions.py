@@ -14,6 +14,7 @@ from migration_assets.elements.base import (
     SourceSystem,
     expected_reference,
     frame_columns,
+    future_date,
     invalid_date,
     key_flags,
     quarantine,
@@ -79,6 +80,7 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     frame = quarantine_orphans(frame, "patient_id", "patients", "patient_in_source")
     frame = quarantine(frame, "unmapped_code", ~pl.col("in_map"), "code is not in terminology/condition_codes.csv")
     frame = quarantine(frame, "invalid_date", invalid_date("onset_date"), "onset_date is not a real date")
+    frame = quarantine(frame, "future_date", future_date("onset_date"), "onset_date lies in the future")
     return frame.drop("in_map", "patient_in_source")
 
 
