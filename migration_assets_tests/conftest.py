@@ -25,8 +25,9 @@ pytest_plugins = [
 REPO_ROOT = Path(__file__).resolve().parent.parent
 FIXTURE_PROFILE = Path(__file__).resolve().parent / "fixture_profile"
 FIXTURE_PROFILE_NAME = "fixture_profile"
-# Tests that drive seed_ehr's own elements in process (documents, its sample at scale, the browser walk) and
-# seed_ehr's own tests: they run in a seed_ehr session (MIGRATION_PROFILE=seed_ehr). Paths from the repository.
+# seed_ehr's own tests, and the platform tests that drive seed_ehr's elements or sample (documents and their
+# files, provenance of all fifteen elements, the browser walk, Celery workers, soak, throughput): they run in a
+# seed_ehr session (MIGRATION_PROFILE=seed_ehr). Paths from the repository.
 SEED_EHR_TESTS = (
     "migration_assets/profiles/seed_ehr/",
     "migration_assets_tests/test_binary_files.py",
