@@ -10,6 +10,7 @@ another profile than its session's is deselected, and the summary says how to ru
 session per profile."""
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -54,6 +55,11 @@ def pytest_configure(config: pytest.Config) -> None:
     """Picks the session's profile before the platform is imported (fixtures_platform imports it lazily)."""
     if os.environ.get("MIGRATION_PROFILE", "").strip():
         return
+    if "migration_assets.active" in sys.modules:
+        raise pytest.UsageError(
+            "migration_assets.active was imported before conftest.py chose the session's profile: import it "
+            "inside the fixtures (see fixtures_platform.py), or set MIGRATION_PROFILE"
+        )
     paths = [Path(arg.split("::")[0]) for arg in config.args if not arg.startswith("-")]
     everything_seed = bool(paths) and all(needed_profile(path) == "seed_ehr" for path in paths)
     os.environ["MIGRATION_PROFILE"] = "seed_ehr" if everything_seed else str(FIXTURE_PROFILE)
