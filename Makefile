@@ -32,13 +32,16 @@ $(CHROMIUM_STAMP):
 	fi
 	@mkdir -p $(@D) && touch $@
 
-# Everything CI runs: the guards (make lint), then every test.
+# Everything CI runs: the guards (make lint), then every test. A pytest session runs one profile: the platform's
+# tests on the fixture profile, then seed_ehr's own (migration_assets_tests/conftest.py, SEED_EHR_TESTS).
 test: setup lint
 	$(VENV)/bin/pytest
+	MIGRATION_PROFILE=seed_ehr $(VENV)/bin/pytest
 
 # The unit tier: no server, under a minute.
 test-fast: $(VENV_STAMP)
 	$(VENV)/bin/pytest -m "not integration"
+	MIGRATION_PROFILE=seed_ehr $(VENV)/bin/pytest -m "not integration"
 
 # The stock-project tier: the local server as Medplum creates a project (quota on, transaction-bundles off).
 test-stock: setup

@@ -1,22 +1,27 @@
-"""A whole migration platform for a test: a fresh local Medplum server, a generated legacy source, a
-manifest and a real (temporary, SQLite) Dagster instance, wired exactly as definitions.py wires them."""
+"""A whole migration platform for a test: a fresh local Medplum server, the session profile's sample as the
+legacy source, a manifest and a real (temporary, SQLite) Dagster instance, wired exactly as definitions.py
+wires them.
+
+The modules that load the profile (migration_assets.active and what imports it) are imported inside the
+functions: this module is loaded with conftest.py, before conftest picks the session's profile."""
+
+from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from dagster import DagsterInstance, Definitions
 
-from migration_assets.active import LOAD_ORDER
-from migration_assets.commands.demo import ElementSummary, migrate_element
-from migration_assets.definitions import make_definitions
 from migration_assets.devtools.local_medplum import LocalMedplum, running_local_medplum
 from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import MedplumClient, Target
-from migration_assets.pipeline.resources import MedplumResource, build_resources
-from migration_assets.profiles.seed_ehr.sample_data import generate_sample_ehr
+
+if TYPE_CHECKING:
+    from migration_assets.commands.demo import ElementSummary
 
 
 @dataclass
@@ -29,15 +34,19 @@ class Platform:
     work: Path
 
     def run(self, element: str) -> ElementSummary:
+        from migration_assets.commands.demo import migrate_element
+
         return migrate_element(element, self.instance, self.defs)
 
     def run_all(self) -> list[ElementSummary]:
+        from migration_assets.active import LOAD_ORDER
+
         return [self.run(element) for element in LOAD_ORDER]
 
     def client(self) -> MedplumClient:
         return MedplumClient(self.server.base_url, self.server.client_id, self.server.client_secret)
 
-    def through(self, client_id: str, client_secret: str) -> "Platform":
+    def through(self, client_id: str, client_secret: str) -> Platform:
         """The same platform (source, ledger, Dagster instance, folders) writing through another credential
         of its server (one of `more_clients`): another project, another target."""
         return build_platform(
@@ -61,6 +70,9 @@ class Platform:
 def build_platform(
     work: Path, server: LocalMedplum, source_url: str, instance: DagsterInstance, manifest_url: str | None = None
 ) -> Platform:
+    from migration_assets.definitions import make_definitions
+    from migration_assets.pipeline.resources import MedplumResource, build_resources
+
     manifest_url = manifest_url or f"sqlite:///{work / 'manifest.db'}"
     resources = build_resources(
         medplum=MedplumResource(
@@ -74,7 +86,7 @@ def build_platform(
 
 
 @pytest.fixture
-def platform_factory(tmp_path: Path) -> Iterator["PlatformFactory"]:
+def platform_factory(tmp_path: Path) -> Iterator[PlatformFactory]:
     """Builds platforms on fresh servers; everything it started is stopped at the end of the test."""
     factory = PlatformFactory(tmp_path)
     try:
@@ -99,14 +111,17 @@ class PlatformFactory:
         quota_window_seconds: int = 60,
         transaction_bundles: bool = True,
     ) -> Platform:
-        """A platform on a server of its own; `fhir_quota`, `quota_window_seconds` and `transaction_bundles`
-        configure that server as running_local_medplum does (a stock Medplum project: quota 50,000 a
-        minute, transaction_bundles False)."""
+        """A platform on a server of its own, its source the session profile's sample of `patients` (unless
+        `source_url` is given); `fhir_quota`, `quota_window_seconds` and `transaction_bundles` configure that
+        server as running_local_medplum does (a stock Medplum project: quota 50,000 a minute,
+        transaction_bundles False)."""
+        from migration_assets.active import write_sample
+
         work = self.work / name
         work.mkdir(parents=True)
         if source_url is None:
             source_url = f"sqlite:///{work / 'legacy.db'}"
-            generate_sample_ehr(source_url, patients=patients)
+            write_sample(source_url, patients=patients)
         server = self._stack.enter_context(
             running_local_medplum(
                 log_path=work / "medplum.log",

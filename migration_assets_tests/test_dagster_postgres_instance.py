@@ -20,9 +20,9 @@ from dagster_postgres.run_storage import PostgresRunStorage
 from dagster_postgres.schedule_storage import PostgresScheduleStorage
 from psycopg2 import sql
 
+from migration_assets.active import write_sample
 from migration_assets.devtools.local_medplum import LocalMedplum
 from migration_assets.paths import REPO_ROOT
-from migration_assets.profiles.seed_ehr.sample_data import generate_sample_ehr
 
 pytestmark = pytest.mark.integration  # every test here starts a server or a run against one
 
@@ -79,7 +79,7 @@ def test_example_instance_config_runs_a_migration_on_postgres(
     home.mkdir()
     shutil.copy(EXAMPLE_CONFIG, home / "dagster.yaml")  # the file as a user copies it, unchanged
     legacy_url = f"sqlite:///{tmp_path / 'legacy.db'}"
-    generate_sample_ehr(legacy_url, patients=PATIENTS)
+    write_sample(legacy_url, patients=PATIENTS)
     for name, value in {
         "DAGSTER_HOME": str(home),
         "DAGSTER_PG_URL": f"{PG_URL_BASE}/{pg_database}",

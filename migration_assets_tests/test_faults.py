@@ -24,7 +24,7 @@ import polars as pl
 import pytest
 from dagster import DagsterRunStatus
 
-from migration_assets.active import get_element
+from migration_assets.active import PROFILE, get_element
 from migration_assets.definitions import make_definitions
 from migration_assets.devtools.local_medplum import (
     free_port,
@@ -38,7 +38,6 @@ from migration_assets.medplum import MedplumClient, MedplumError, RetryPolicy
 from migration_assets.pipeline.frame_parts import FrameParts
 from migration_assets.pipeline.loader import LoadSettings, migrate
 from migration_assets.pipeline.resources import MedplumResource, build_resources
-from migration_assets.profiles.seed_ehr.sample_data import build_sample_tables
 from migration_assets.verify.books import accounting
 from migration_assets.verify.census import RunCensus, census
 from migration_assets_tests.fault_proxy import Fault, FaultProxy
@@ -103,7 +102,7 @@ def test_backoff_is_jittered_and_capped():
 
 @functools.cache
 def sample_patients() -> pl.DataFrame:
-    return build_sample_tables(PATIENT_ROWS)["patients"]
+    return PROFILE.sample(PATIENT_ROWS)["patients"]
 
 
 @pytest.fixture(scope="module")

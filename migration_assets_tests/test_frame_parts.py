@@ -4,10 +4,9 @@ same rows with the same rules, unit keys and hashes, every bundle group whole in
 import polars as pl
 import pytest
 
-from migration_assets.active import ELEMENTS
+from migration_assets.active import ELEMENTS, PROFILE
 from migration_assets.elements.base import SourceSystem, build_frame
 from migration_assets.pipeline.frame_parts import build_frame_parts
-from migration_assets.profiles.seed_ehr.sample_data import build_sample_tables
 from migration_assets.source import read_table
 from migration_assets_tests.test_bad_input import build_bad_source
 
@@ -21,7 +20,7 @@ def sources(tmp_path_factory):
     transaction partners, control characters, ...), each as the tables of every element."""
     bad_url = build_bad_source(tmp_path_factory.mktemp("bad") / "legacy.db")
     names = {table for element in ELEMENTS for table in element.source_tables}
-    return {"sample": build_sample_tables(200), "bad": {name: read_table(bad_url, name) for name in names}}
+    return {"sample": PROFILE.sample(200), "bad": {name: read_table(bad_url, name) for name in names}}
 
 
 @pytest.mark.parametrize("kind", ["sample", "bad"])

@@ -22,7 +22,7 @@ def fresh_tmpdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 def test_demo_like_runs_leave_nothing_in_the_temp_folder(fresh_tmpdir: Path, platform_factory: PlatformFactory) -> None:
     platform = platform_factory.new(patients=20)
-    for element in ("patients", "practitioners", "problem_list"):
+    for element in ("patients", "visits", "conditions"):
         summary = platform.run(element)
         assert summary.ok, summary
     platform_factory.close()  # the local server too: it keeps its Binaries in a temporary folder while it runs

@@ -6,8 +6,7 @@ import sqlite3
 import polars as pl
 import pytest
 
-from migration_assets.active import LOAD_ORDER
-from migration_assets.profiles.seed_ehr.sample_data import generate_sample_ehr
+from migration_assets.active import LOAD_ORDER, write_sample
 from migration_assets.verify.census import census
 
 pytestmark = pytest.mark.integration  # every test here starts a server or a run against one
@@ -69,14 +68,14 @@ def test_a_changed_source_row_is_sent_again(platform_factory):
 def test_a_missing_prerequisite_blocks_the_load_and_names_it(platform_factory):
     platform = platform_factory.new(patients=10)
 
-    summary = platform.run("problem_list")
+    summary = platform.run("conditions")
 
     assert not summary.ok
     assert "prerequisites_loaded" in summary.checks_failed
     with platform.client() as client:
         assert list(client.search("Condition", {"_count": "10"})) == []
     with platform.manifest() as manifest:
-        assert manifest.units("problem_list").is_empty()
+        assert manifest.units("conditions").is_empty()
     assert "Materialize the partition(s) 'patients' first" in summary.failure_messages["prerequisites_loaded"]
 
 
@@ -89,24 +88,27 @@ def test_bad_rows_are_quarantined_with_their_reason_and_the_rest_loads(platform_
             "INSERT INTO patients VALUES (?, ?, ?, ?, ?)",
             [("PBAD1", "Ann", "Lee", "1980-02-30", "F"), ("PBAD2", "Bo", "Kim", "1990-01-01", "X")],
         )
-        db.execute("INSERT INTO patient_conditions VALUES ('PCBAD', 'PNONE', 'HT001', '2020-01-01')")
+        db.execute("INSERT INTO conditions VALUES ('CBAD', 'PNONE', 'HT', '2020-01-01')")
 
     summaries = {s.element: s for s in platform.run_all()}
 
     assert summaries["patients"].counts["quarantined"] == 2
     assert summaries["patients"].counts["created"] == 60
-    assert summaries["problem_list"].counts["quarantined"] == 1
+    # the orphan inserted here, and the sample's own unknown code (CODD1)
+    assert summaries["conditions"].counts["quarantined"] == 2
     for summary in summaries.values():
         assert "reconciliation" in summary.checks_passed, summary.checks_failed
     with platform.manifest() as manifest:
         units = manifest.units("patients")
-        conditions = manifest.units("problem_list")
+        conditions = manifest.units("conditions")
     bad = units.filter(pl.col("unit_key").is_in(["PBAD1", "PBAD2"])).sort("unit_key")
     assert bad["disposition"].to_list() == ["quarantined", "quarantined"]
     assert bad["rule"].to_list() == ["invalid_date", "unknown_code"]
-    orphan = conditions.filter(pl.col("unit_key") == "PCBAD")
+    orphan = conditions.filter(pl.col("unit_key") == "CBAD")
     assert orphan["rule"].to_list() == ["orphan_reference"]
     assert "PNONE" in orphan["reason"][0]
+    unknown = conditions.filter(pl.col("unit_key") == "CODD1")
+    assert unknown["rule"].to_list() == ["unmapped_code"]
 
 
 def test_too_many_quarantined_rows_fail_the_schema_check_and_block_the_load(platform_factory):
@@ -124,7 +126,7 @@ def test_too_many_quarantined_rows_fail_the_schema_check_and_block_the_load(plat
 
 
 def test_postgresql_as_the_legacy_source(platform_factory, postgres_schema_url):
-    generate_sample_ehr(postgres_schema_url, patients=30)
+    write_sample(postgres_schema_url, patients=30)
     platform = platform_factory.new(source_url=postgres_schema_url)
 
     summaries = platform.run_all()

@@ -68,15 +68,15 @@ def test_a_new_profile_loads_green_before_it_is_edited_and_reruns_send_nothing(t
 
 @pytest.mark.integration
 def test_a_prerequisite_neither_chosen_nor_loaded_is_a_clear_error(tmp_path: Path) -> None:
-    result = demo(tmp_path / "work", "--patients", "5", ELEMENTS="problem_list")
+    result = demo(tmp_path / "work", "--patients", "5", ELEMENTS="conditions")
     assert result.returncode == 2, result.stdout + result.stderr
-    assert "problem_list needs patients, which is neither chosen nor loaded: ELEMENTS=patients,problem_list" in (
+    assert "conditions needs patients, which is neither chosen nor loaded: ELEMENTS=patients,conditions" in (
         result.stderr
     )
 
 
 def test_an_unknown_element_or_profile_says_what_there_is() -> None:
-    with pytest.raises(ValueError, match="unknown data element 'labs' in profile seed_ehr; known: patients"):
+    with pytest.raises(ValueError, match="unknown data element 'labs' in profile fixture_profile; known: patients"):
         PROFILE.chosen(["patients", "labs"])
     with pytest.raises(ProfileError, match=r"no profile 'no_such_schema'.*a shipped one \(omop_cdm, seed_ehr\)"):
         load_profile("no_such_schema")
@@ -85,7 +85,7 @@ def test_an_unknown_element_or_profile_says_what_there_is() -> None:
 
 
 def test_the_chosen_elements_run_in_load_order() -> None:
-    assert PROFILE.chosen(["observations", "patients"]) == ("patients", "observations")
+    assert PROFILE.chosen(["visits", "patients"]) == ("patients", "visits")
     assert PROFILE.chosen(None) == PROFILE.load_order
 
 
@@ -110,17 +110,15 @@ def test_a_broken_contract_names_the_element_and_the_field(change: dict[str, obj
 
 
 def test_a_frame_without_a_declared_column_is_refused_by_name() -> None:
-    element: DataElement = replace(PROFILE.element("allergies"), review_flags={"code_was_mapped": False})
+    element: DataElement = replace(PROFILE.element("conditions"), review_flags={"code_was_mapped": False})
     tables = PROFILE.sample(patients=3)
     rows = element.extract({table: tables[table] for table in element.source_tables})
-    with pytest.raises(ContractError, match=r"'allergies': field `review_flags` names \['code_was_mapped'\]"):
+    with pytest.raises(ContractError, match=r"'conditions': field `review_flags` names \['code_was_mapped'\]"):
         build_frame(element, rows, SourceSystem(PROFILE.identifier_base_uri))
 
 
 def test_a_table_with_two_keys_is_refused() -> None:
     patients = PROFILE.element("patients")
-    other = replace(
-        PROFILE.element("allergies"), source_tables={"patient_allergies": "patient_allergy_id", "patients": "mrn"}
-    )
+    other = replace(PROFILE.element("conditions"), source_tables={"conditions": "condition_id", "patients": "mrn"})
     with pytest.raises(ProfileError, match="gives patients the key 'mrn', but patients gives it 'patient_id'"):
         Profile(name="broken", description="a test", elements=(patients, other), phases_file=PROFILE.phases_file)

@@ -37,14 +37,14 @@ def test_the_first_step_of_a_run_makes_the_report_and_the_others_read_it(tmp_pat
 
         return once
 
-    first = RunPrerequisites.of_run(tmp_path / "evidence", "run-a", TARGET, "problem_list")
+    first = RunPrerequisites.of_run(tmp_path / "evidence", "run-a", TARGET, "conditions")
     taken = first.get(make(3))
-    again = RunPrerequisites.of_run(tmp_path / "evidence", "run-a", TARGET, "problem_list").get(make(4))
+    again = RunPrerequisites.of_run(tmp_path / "evidence", "run-a", TARGET, "conditions").get(make(4))
     assert made == [3], "read as made, not made again"
     assert again.checked == 3 and again.blocking_elements == ["p"]
     for name in ("explained", "unexplained", "loaded_ids"):
         assert getattr(again, name).equals(getattr(taken, name))
-    later = RunPrerequisites.of_run(tmp_path / "evidence", "run-b", TARGET, "problem_list").get(make(5))
+    later = RunPrerequisites.of_run(tmp_path / "evidence", "run-b", TARGET, "conditions").get(make(5))
     assert made == [3, 5] and later.checked == 5, "another run makes its own"
     other_element = RunPrerequisites.of_run(tmp_path / "evidence", "run-b", TARGET, "encounters").get(make(6))
     assert other_element.checked == 6

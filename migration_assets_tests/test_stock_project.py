@@ -60,7 +60,7 @@ class QuotaRefusals:
 def test_a_stock_project_loads_a_whole_sample_green_while_the_quota_runs_out_and_a_rerun_sends_nothing(
     platform_factory,
 ):
-    platform = platform_factory.new(patients=30, **STOCK_QUOTA)
+    platform = platform_factory.new(patients=80, **STOCK_QUOTA)
     refusals = QuotaRefusals()
 
     with observed_by(refusals):
@@ -75,7 +75,7 @@ def test_a_stock_project_loads_a_whole_sample_green_while_the_quota_runs_out_and
     assert refusals.outer >= 5 and refusals.nested >= 2, (refusals.outer, refusals.nested)
     assert sum(summary.figures.get("quota_wait_seconds", 0.0) for summary in first) > 1
     by_element = {summary.element: summary for summary in first}
-    assert "transaction-bundles feature is off" in by_element["encounters"].transactions_off
+    assert "transaction-bundles feature is off" in by_element["visits"].transactions_off
     assert not by_element["patients"].transactions_off  # said once, by the element that has transactions
 
     # Nothing duplicated, nothing missing: Medplum holds each eligible source unit exactly once.
@@ -97,8 +97,8 @@ def test_a_stock_project_loads_a_whole_sample_green_while_the_quota_runs_out_and
 
 
 class RefuseOneNote:
-    """Answers one encounter's transaction, every time it is sent, as Medplum does when one entry fails
-    on a project without transaction-bundles: the encounter written, its last note 400. The note is in
+    """Answers one visit's transaction, every time it is sent, as Medplum does when one entry fails
+    on a project without transaction-bundles: the Encounter written, its last note 400. The note is in
     fact written too (only its answer is rewritten): a partial write the local server cannot be made
     to refuse on its own, since the sample's notes are valid."""
 
@@ -144,11 +144,11 @@ def test_a_transaction_half_written_on_a_project_without_transaction_bundles_is_
             work_dir=platform.work,
         )
         proxied = dataclasses.replace(platform, defs=make_definitions(resources))
-        assert proxied.run("patients").ok and proxied.run("practitioners").ok
+        assert proxied.run("patients").ok
         refuse = RefuseOneNote()
         proxy.plan(Fault("rewrite", count=999, method="POST", path="/fhir/R4/", rewrite=refuse))
 
-        half = proxied.run("encounters")
+        half = proxied.run("visits")
 
         assert refuse.rewritten >= 1
         assert half.counts["failed"] == 1 and half.counts["half_written"] >= 1, half.counts
@@ -157,16 +157,16 @@ def test_a_transaction_half_written_on_a_project_without_transaction_bundles_is_
             MedplumClient(proxy.base_url, platform.server.client_id, platform.server.client_secret) as client,
             Manifest(platform.manifest_url, client.target.key) as manifest,
         ):
-            units = manifest.units("encounters")
+            units = manifest.units("visits")
             half_written = units.filter(pl.col("reason").str.starts_with("half written"))
             assert half_written.height == half.counts["half_written"]
             assert set(half_written["disposition"]) == {"pending"}  # not counted as loaded
             assert "idempotent_reload" not in half.checks_passed  # nothing resubmitted while units are pending
 
             proxy.clear()
-            rerun = proxied.run("encounters")
+            rerun = proxied.run("visits")
 
             assert rerun.ok, (rerun.error, rerun.failure_messages)
             # The whole transaction again: the half-written units and the refused note.
             assert rerun.counts["sent"] == half.counts["half_written"] + 1 and rerun.counts["failed"] == 0
-            assert set(manifest.units("encounters")["disposition"]) == {"successful"}
+            assert set(manifest.units("visits")["disposition"]) == {"successful"}

@@ -9,12 +9,11 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from migration_assets.active import get_element
+from migration_assets.active import PROFILE, get_element
 from migration_assets.elements.base import SourceSystem, build_frame
 from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import MedplumClient
 from migration_assets.pipeline.loader import LoadSettings, entry_texts, held_in_target, migrate, quota_cost
-from migration_assets.profiles.seed_ehr.sample_data import build_sample_tables
 from migration_assets.verify.census import RunCensus, census
 from migration_assets_tests.fixtures_local_medplum import fhir_client
 
@@ -22,7 +21,7 @@ PATIENTS = get_element("patients")
 
 
 def patients_frame(base: str, rows: int = 12) -> pl.DataFrame:
-    tables = build_sample_tables(rows)
+    tables = PROFILE.sample(rows)
     return build_frame(PATIENTS, PATIENTS.extract({"patients": tables["patients"]}), SourceSystem(base))
 
 
@@ -106,7 +105,7 @@ def test_the_phase_decides_how_absent_resources_are_created(tmp_path: Path, monk
     monkeypatch.setenv("ADOPTION_PHASES_FILE", str(phases))
     by_phase = MigrationSettings()
     assert by_phase.load_settings(PATIENTS).creates == "post", "initial_load: the platform is the one writer"
-    assert by_phase.load_settings(get_element("problem_list")).creates == "conditional", "the old services write too"
+    assert by_phase.load_settings(get_element("conditions")).creates == "conditional", "the old services write too"
     said = MigrationSettings(creates="conditional")
     assert said.load_settings(PATIENTS).creates == "conditional", "a setting for every element wins"
 
