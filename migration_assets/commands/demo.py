@@ -5,7 +5,6 @@ RUN_CONFIG=file.yaml (or --run-config) gives every run the settings the launchpa
 `resources: {migration_settings: {config: {quarantine_threshold: 0.1}}}`."""
 
 import argparse
-import os
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -383,7 +382,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:
         quiet_dagster_warnings()
     run_config = read_run_config(args.run_config)
-    if config.executor_name() == "celery" and not os.environ.get("MEDPLUM_BASE_URL"):
+    if config.executor_name() == "celery" and not config.medplum_base_url():
         # The workers write to Medplum from their own processes: a server this command starts is unknown to them.
         print(
             "DAGSTER_EXECUTOR=celery: the Celery workers write to Medplum too, so they need its address: start the "
