@@ -411,6 +411,7 @@ def test_the_sample_is_deterministic_and_maps_without_quarantine() -> None:
     assert sample["specimen"]["quantity"].null_count() > 0 and (sample["specimen"]["unit_concept_id"] == "0").any()
 
 
+@pytest.mark.integration  # a platform subprocess that probes every field (30 s): not the unit tier
 def test_the_register_in_the_repository_is_up_to_date() -> None:
     # The register module documents the active profile, chosen when the platform is imported: a process of its own.
     import os

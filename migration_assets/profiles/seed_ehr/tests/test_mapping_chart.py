@@ -373,6 +373,7 @@ def test_register_dispositions():
     }
 
 
+@pytest.mark.integration  # probes every field of every element through the mapping (20 s): not the unit tier
 def test_the_register_in_the_repository_is_up_to_date():
     expected = render_markdown()
     actual = REGISTER_PATH.read_text(encoding="utf-8") if REGISTER_PATH.exists() else ""
