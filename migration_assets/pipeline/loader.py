@@ -100,8 +100,8 @@ class LoadSettings:
     creates: str = "conditional"
     # The entries of an element without transactions of its own that hold no conditional URL (creates by
     # POST, updates by id, direct references) go inside each batch as transactions of this many: Medplum
-    # then writes them in one database transaction instead of one each, about twice as fast on a real
-    # Medplum (docs/benchmark.md); a transaction it refuses is sent again as plain entries, so only the
+    # then writes them in one database transaction instead of one each (2-17% faster on a real Medplum,
+    # docs/benchmark.md); a transaction it refuses is sent again as plain entries, so only the
     # bad entry fails. Medplum allows 50 writes a transaction (8 when any is conditional). 1: plain entries.
     transaction_size: int = 50
 
