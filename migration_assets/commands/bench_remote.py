@@ -29,6 +29,7 @@ from typing import Any
 import polars as pl
 
 from migration_assets.active import PROFILE, get_element
+from migration_assets.commands.environment import environment
 from migration_assets.config import REPO_ROOT
 from migration_assets.devtools.local_medplum import SERVER_DIR
 from migration_assets.elements.base import SourceSystem
@@ -198,9 +199,7 @@ def bench_e2e(source_url: str, work: Path, phase: str) -> dict[str, Any]:
     )
     job = make_definitions(resources).resolve_job_def("migrate_data_element")
     figures: dict[str, Any] = {"resources": eligible_count(frames(source_url, fresh_system()))}
-    said_phases = os.environ.get("ADOPTION_PHASES_FILE")
-    os.environ["ADOPTION_PHASES_FILE"] = str(phases)
-    with DagsterInstance.local_temp(tempdir=str(state)) as instance:
+    with environment({"ADOPTION_PHASES_FILE": str(phases)}), DagsterInstance.local_temp(tempdir=str(state)) as instance:
         for label in ("first", "reload"):
             started = time.perf_counter()
             elements = [run_element(job, instance, name) for name in ELEMENTS]
@@ -218,10 +217,6 @@ def bench_e2e(source_url: str, work: Path, phase: str) -> dict[str, Any]:
                     )
                 },
             }
-    if said_phases is None:
-        os.environ.pop("ADOPTION_PHASES_FILE")
-    else:
-        os.environ["ADOPTION_PHASES_FILE"] = said_phases
     figures["resources_per_s"] = round(figures["resources"] / figures["first"]["seconds"], 1)
     figures["quota_points_per_resource"] = round(figures["first"]["quota_points"] / max(1, figures["first"]["sent"]), 1)
     return figures

@@ -18,6 +18,7 @@ import yaml
 from dagster import DagsterEventType, DagsterInstance
 
 from migration_assets.active import PROFILE
+from migration_assets.commands.environment import environment
 from migration_assets.commands.workers import celery_run_config, delete_queue, start_workers, wait_until_consuming
 from migration_assets.devtools.local_medplum import running_local_medplum
 
@@ -65,11 +66,8 @@ def _one(
         run_config: dict[str, Any] = {"resources": {"migration_settings": {"config": {"shard_count": shards}}}}
         if executor == "celery":
             run_config.update(celery_run_config(queue))
-            saved = dict(os.environ)
-            os.environ.update(env)
-            workers = start_workers(worker_count, queue, home, log_dir=work)
-            os.environ.clear()
-            os.environ.update(saved)
+            with environment(env):
+                workers = start_workers(worker_count, queue, home, log_dir=work)
             stack.callback(delete_queue, queue)
             stack.callback(_stop, workers)
             wait_until_consuming(queue, worker_count, workers)

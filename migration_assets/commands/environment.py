@@ -97,3 +97,19 @@ def quiet_dagster_warnings() -> None:
     # The steps' own processes (DAGSTER_EXECUTOR=multiprocess) import the checks again: the same preview
     # warning, filtered through their environment (a message prefix: the only form a variable can say).
     os.environ.setdefault("PYTHONWARNINGS", "ignore:Specifying a partitions_def on an AssetCheckSpec")
+
+
+@contextmanager
+def environment(values: dict[str, str]) -> Iterator[None]:
+    """`values` set in this process's environment for the block (its child processes inherit them), then
+    each variable as it was."""
+    saved = {name: os.environ.get(name) for name in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

@@ -42,13 +42,12 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from migration_assets.commands.environment import quiet_dagster_warnings
+from migration_assets.commands.environment import environment, quiet_dagster_warnings
 from migration_assets.config import REPO_ROOT
 from migration_assets.devtools.local_medplum import start_local_medplum, stop_local_medplum
 from migration_assets.medplum import EntryResponse, MedplumClient
@@ -542,20 +541,6 @@ def plot(report: dict[str, Any], path: Path) -> None:
 
 
 # -- the run ----------------------------------------------------------------------------------------------
-
-
-@contextmanager
-def environment(values: dict[str, str]) -> Iterator[None]:
-    saved = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
 
 
 def log(message: str) -> None:

@@ -331,8 +331,8 @@ def submit_packed(client: MedplumClient, entries: list[str], size: int) -> list[
     (see LoadSettings.transaction_size); the response of each entry, in order. A transaction that failed
     as a whole (one bad entry makes Medplum refuse all of it) is sent once more as plain entries, so each
     entry gets its own answer."""
-    plain = [i for i, entry in enumerate(entries) if "?identifier=" in entry]
-    packable = [i for i, entry in enumerate(entries) if "?identifier=" not in entry]
+    plain = [i for i, entry in enumerate(entries) if holds_conditional_url(entry)]
+    packable = [i for i, entry in enumerate(entries) if not holds_conditional_url(entry)]
     groups = [packable[start : start + size] for start in range(0, len(packable), size)]
     sent = [transaction_entry([entries[i] for i in group]) for group in groups] + [entries[i] for i in plain]
     responses = client.submit_batch(sent)
@@ -517,7 +517,7 @@ def load_frame(
                 # A bundle holding a conditional URL (a conditional PUT or reference: Medplum searches, then
                 # writes, in a serializable transaction) goes alone: overlapping ones collide with 409s and
                 # were slower on a real Medplum than one at a time (docs/benchmark.md).
-                alone = any("?identifier=" in entry for entry in entries)
+                alone = any(holds_conditional_url(entry) for entry in entries)
                 while in_flight and (alone or in_flight[-1][4] or len(in_flight) >= limit.limit):
                     wait_for_oldest()
                 if packs:
@@ -601,6 +601,14 @@ class _Recorder:
 POINTS_PER_WRITE = 100
 POINTS_PER_SEARCH = 20
 _CONDITIONAL_PUT = re.compile(r'"url":"[A-Za-z]+\?identifier=')
+# How every conditional URL the load writes begins its query (search.conditional_url, conditional_reference).
+CONDITIONAL_QUERY = "?identifier="
+
+
+def holds_conditional_url(entry: str) -> bool:
+    """Whether a bundle entry's text holds a conditional URL: a conditional PUT, or a conditional
+    reference in its resource. Medplum resolves either by a search inside the write."""
+    return CONDITIONAL_QUERY in entry
 
 
 def quota_cost(rows: int, entries: list[str]) -> int:
@@ -608,7 +616,7 @@ def quota_cost(rows: int, entries: list[str]) -> int:
     conditional write and one for every conditional reference."""
     text = "".join(entries)
     conditional_puts = len(_CONDITIONAL_PUT.findall(text))
-    references = text.count("?identifier=") - conditional_puts
+    references = text.count(CONDITIONAL_QUERY) - conditional_puts
     return rows * POINTS_PER_WRITE + (2 * conditional_puts + references) * POINTS_PER_SEARCH
 
 
@@ -791,10 +799,11 @@ def migrate(
         for part in (frame.parts(narrow) if isinstance(frame, FrameParts) else [frame])
     ]
 
-    references = pl.concat([distinct for distinct, _ in summaries]).unique()
+    distinct_references = [references for references, _ in summaries]
 
     def make_report() -> PrerequisiteReport:
-        return check_prerequisites(client, manifest, element.name, references)
+        # Only when the run has no report yet (the blocking check usually made it).
+        return check_prerequisites(client, manifest, element.name, pl.concat(distinct_references).unique())
 
     report = run_prerequisites.get(make_report) if run_prerequisites else make_report()
     if report.blocking_elements:
