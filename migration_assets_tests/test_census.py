@@ -190,7 +190,42 @@ def test_the_idempotency_check_resubmits_the_whole_partition_up_to_its_sample_si
         evidence_dir=str(platform.work / "evidence"), idempotency_sample_size=10, idempotency_skip_verified=False
     )
     sampled = _reload_description(platform, make_definitions({**_resources(platform), "migration_settings": settings}))
-    assert "resubmitted 10 (sample of 10 of 30 bundle groups (10 rows), seed 20261121)" in sampled, sampled
+    assert (
+        "resubmitted 0 (sample of 10 of 30 bundle groups (10 rows), seed 20261121; "
+        "10 read back exactly as they would be sent)" in sampled
+    ), sampled
+    # Asked to, it resubmits every sampled resource (a write each): the write path itself exercised.
+    settings = MigrationSettings(
+        evidence_dir=str(platform.work / "evidence"),
+        idempotency_sample_size=10,
+        idempotency_skip_verified=False,
+        idempotency_by_reading=False,
+    )
+    written = _reload_description(platform, make_definitions({**_resources(platform), "migration_settings": settings}))
+    assert "resubmitted 10 (sample of 10 of 30 bundle groups (10 rows), seed 20261121): 0 created" in written, written
+
+
+def test_the_idempotency_check_resubmits_what_medplum_holds_otherwise_and_fails_when_that_changes_it(
+    platform_factory,
+):
+    platform = platform_factory.new(patients=3)
+    assert "3 read back exactly as they would be sent" in _reload_description(platform, platform.defs)
+    # Someone edits a migrated Patient in Medplum: a reload would now change it back.
+    with MedplumClient(platform.server.base_url, platform.server.client_id, platform.server.client_secret) as client:
+        (patient,) = client.search("Patient", {"identifier": f"{PATIENT_SYSTEM}|P001"})
+        patient["name"][0]["family"] = "Edited-In-Medplum"
+        (answer,) = client.submit_batch(
+            [json.dumps({"request": {"method": "PUT", "url": f"Patient/{patient['id']}"}, "resource": patient})]
+        )
+        assert answer.ok, answer
+    settings = MigrationSettings(evidence_dir=str(platform.work / "evidence"), idempotency_skip_verified=False)
+    defs = make_definitions({**_resources(platform), "migration_settings": settings})
+    evaluation = _reload_evaluation(platform, defs)
+    assert not evaluation.passed
+    assert evaluation.description.startswith(
+        "resubmitted 1 (whole partition: 3 bundle groups; 2 read back exactly as they would be sent): "
+        "0 created, 1 updated"
+    ), evaluation.description
 
 
 def test_an_unchanged_rerun_resubmits_nothing_an_earlier_check_verified(platform_factory):
@@ -233,13 +268,18 @@ def _resources(platform) -> dict[str, object]:
     return resources
 
 
-def _reload_description(platform, defs) -> str:
-    """One patients run; what its idempotent_reload check said (it must pass)."""
+def _reload_evaluation(platform, defs):
+    """One patients run; the evaluation of its idempotent_reload check."""
     result = defs.resolve_job_def("migrate_data_element").execute_in_process(
         partition_key="patients", instance=platform.instance, raise_on_error=False
     )
-    assert result.success
     (evaluation,) = [e for e in result.get_asset_check_evaluations() if e.check_name == "idempotent_reload"]
+    return evaluation
+
+
+def _reload_description(platform, defs) -> str:
+    """One patients run; what its idempotent_reload check said (it must pass)."""
+    evaluation = _reload_evaluation(platform, defs)
     assert evaluation.passed, evaluation.description
     return evaluation.description or ""
 

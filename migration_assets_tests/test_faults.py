@@ -600,8 +600,10 @@ def test_a_run_that_outlasts_its_retries_fails_clearly_and_a_rerun_through_every
         # fault strikes the batch after the one its predecessor struck (skip=1), so no request meets
         # more faults than its three attempts can absorb. The token fault strikes the run's first token
         # request; the run searches Medplum once (its census, shared by the checks), and the two search
-        # faults strike that search's first two attempts.
+        # faults strike that search's first two attempts. The load's own batches (ten of two patients)
+        # leave every batch fault one to strike.
         proxy.clear()
+        faulty = rewired(platform, proxy.base_url, max_attempts=3, timeout=2.0, batch_size=2)
         proxy.plan(
             *(
                 dataclasses.replace(fault, skip=1)

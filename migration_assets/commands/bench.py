@@ -532,12 +532,10 @@ def run_element(job: Any, instance: Any, name: str) -> dict[str, Any]:
         counts = {k: v.value for k, v in materialization.metadata.items() if isinstance(v.value, int)}
     evaluations = result.get_asset_check_evaluations()
     checks = {e.check_name: e.passed for e in evaluations}
-    # What the idempotency check resubmitted: writes too, though they change nothing.
-    resubmitted = sum(
-        int(e.metadata["sent"].value)
-        for e in evaluations
-        if e.check_name == "idempotent_reload" and "sent" in e.metadata
-    )
+    # What the idempotency check resubmitted (writes too, though they change nothing) and read back.
+    reload_checks = [e.metadata for e in evaluations if e.check_name == "idempotent_reload"]
+    resubmitted = sum(int(m["sent"].value) for m in reload_checks if "sent" in m)
+    check_quota_points = sum(int(m["quota_points"].value) for m in reload_checks if "quota_points" in m)
     return {
         "ok": result.success and all(checks.values()),
         "seconds": round(seconds, 3),
@@ -557,6 +555,7 @@ def run_element(job: Any, instance: Any, name: str) -> dict[str, Any]:
         "resubmitted_by_checks": resubmitted,
         "checks": checks,
         "quota_points": int(counts.get("quota_points", 0)),
+        "check_quota_points": check_quota_points,
     }
 
 
@@ -990,7 +989,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("BENCH_TARGET", "local") == "remote":
         from migration_assets.commands import bench_remote
 
-        return bench_remote.run(int(os.environ.get("BENCH_PATIENTS", "500")))
+        stages = os.environ.get("BENCH_STAGES") or ",".join(bench_remote.STAGES)
+        return bench_remote.run(int(os.environ.get("BENCH_PATIENTS", "500")), stages.split(","))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patients", type=int, default=int(os.environ.get("BENCH_PATIENTS", "2000")))
     parser.add_argument(

@@ -146,7 +146,9 @@ def reference_integrity(
     description="Resubmitting the partition creates nothing and changes nothing, and each source identifier "
     "matches exactly one resource in Medplum (each resubmitted as an update by id of the resource the run's census "
     "found for its identifier). Resubmitted: the whole partition up to idempotency_sample_size "
-    "bundle groups (200 by default), above that a sample of that many groups drawn with a recorded seed. "
+    "bundle groups (200 by default), above that a sample of that many groups drawn with a recorded seed; "
+    "with idempotency_by_reading (the default), the sampled resources are read back first and only those Medplum "
+    "does not hold exactly as they would be sent are resubmitted (a resend of identical content changes nothing). "
     "Not resubmitted when this run wrote nothing and the partition's content is exactly what an earlier "
     "passing resubmission verified (idempotency_skip_verified).",
 )
@@ -246,13 +248,20 @@ def idempotent_reload(
         sample = f"sample of {chosen} of {groups} bundle groups ({resubmitted.height} rows), seed {seed}"
     if not lost.is_empty():
         sample += f", without {lost_groups.n_unique()} holding a lost write (the next load sends it again)"
+    if result.counts["held_as_sent"]:
+        sample += f"; {result.counts['held_as_sent']} read back exactly as they would be sent"
     return AssetCheckResult(
         passed=passed,
         description=f"resubmitted {result.counts['sent']} ({sample}): {result.counts['created']} created, "
         f"{result.counts['updated']} updated, {result.counts['failed']} failed; "
         f"{duplicates.height} duplicated identifiers",
         metadata={
-            **counts({k: result.counts[k] for k in ("sent", "created", "updated", "unchanged", "failed")}),
+            **counts(
+                {
+                    k: result.counts[k]
+                    for k in ("held_as_sent", "sent", "created", "updated", "unchanged", "failed", "quota_points")
+                }
+            ),
             **counts(
                 {
                     "bundle_groups": groups,

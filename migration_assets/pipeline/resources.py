@@ -143,6 +143,13 @@ class MigrationSettings(ConfigurableResource):
         "of a 1,000-group load's writes or less, and find a fault in 2% of the groups 98 times in 100.",
     )
     idempotency_sample_seed: int = 20261121
+    idempotency_by_reading: bool = Field(
+        default=True,
+        description="The idempotent_reload check first reads the sampled resources back (a search of 100 costs 20 "
+        "quota points) and resubmits, as updates by id, only those Medplum does not hold exactly as the load would "
+        "send them: Medplum answers a resubmission of identical content without a change. Off: every sampled "
+        "resource is resubmitted (a write each, 100 quota points), which exercises the write path itself.",
+    )
     idempotency_skip_verified: bool = Field(
         default=True,
         description="The idempotent_reload check resubmits nothing when the run wrote nothing and the partition's "
@@ -168,6 +175,7 @@ class MigrationSettings(ConfigurableResource):
             adaptive=self.adaptive_concurrency,
             transaction_size=self.transaction_size,
             resend_unchanged=resend_unchanged,
+            compare_before_resend=resend_unchanged and self.idempotency_by_reading,
             mode=self.load_mode or config.load_mode() or "sync",
             direct_references=self.direct_references,
             creates=load_phases().of(element.name).behaviour.creates if self.creates == "phase" else self.creates,
