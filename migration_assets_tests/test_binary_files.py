@@ -15,10 +15,10 @@ from pathlib import Path
 import httpx
 import pytest
 
-from migration_assets.devtools.local_medplum import LocalMedplum
+from migration_assets.devtools.local_medplum import LocalMedplum, running_local_medplum
 from migration_assets.ledger.files import FileUploader, UploadedFiles
 from migration_assets.medplum.binary import file_facts
-from migration_assets.medplum.client import MedplumClient
+from migration_assets.medplum.client import MedplumClient, RetryPolicy
 
 pytestmark = pytest.mark.integration  # every test here talks to the local Medplum server
 
@@ -88,6 +88,22 @@ def test_a_rerun_uploads_nothing_and_a_changed_file_uploads_once_more(local_medp
         assert read_back(client, changed.binary_id).content == path.read_bytes()
 
 
+def test_uploads_past_the_fhir_quota_wait_for_its_reset_instead_of_failing(tmp_path):
+    # Three writes a two-second window, and a client allowed two tries of a request: eight uploads in a
+    # row meet 429s that only the window's reset clears, never a retry's short backoff.
+    with running_local_medplum(fhir_quota=300, quota_window_seconds=2) as server:
+        retry = RetryPolicy(max_attempts=2)
+        with MedplumClient(server.base_url, server.client_id, server.client_secret, retry=retry) as client:
+            upload = uploader(client, tmp_path)
+            for number in range(8):
+                path = tmp_path / f"scan-{number}.png"
+                path.write_bytes(PNG + bytes([number]))
+                assert upload.upload(path, "image/png").uploaded
+            assert client.stats.quota_wait_seconds > 2
+            assert client.stats.retries == 0, "a wait for the quota is not a failed try"
+            assert read_back(client, upload.books.binary_for(file_facts(path).sha256_hex)).content == path.read_bytes()
+
+
 def test_missing_disallowed_and_oversized_files_are_refused_with_their_reason(local_medplum, tmp_path):
     (tmp_path / "big.pdf").write_bytes(b"%PDF" + b"0" * 2000)
     (tmp_path / "macro.docm").write_bytes(b"PK")
@@ -127,7 +143,7 @@ def test_a_run_killed_between_upload_and_document_reference_uploads_nothing_twic
         import os
         from pathlib import Path
         from migration_assets.ledger.files import FileUploader, UploadedFiles
-        from migration_assets.medplum.client import MedplumClient
+        from migration_assets.medplum.client import MedplumClient, RetryPolicy
         work = Path(os.environ["WORK"])
         client = MedplumClient(os.environ["BASE"], os.environ["CID"], os.environ["SECRET"])
         books = UploadedFiles(f"sqlite:///{work / 'books.db'}", client.target.key)
@@ -161,7 +177,7 @@ def test_memory_stays_bounded_while_moving_a_200_mb_file(local_medplum, tmp_path
             import os, resource, tracemalloc
             from pathlib import Path
             from migration_assets.ledger.files import FileUploader, UploadedFiles
-            from migration_assets.medplum.client import MedplumClient
+            from migration_assets.medplum.client import MedplumClient, RetryPolicy
             work = Path(os.environ["WORK"])
             client = MedplumClient(os.environ["BASE"], os.environ["CID"], os.environ["SECRET"])
             books = UploadedFiles(f"sqlite:///{work / 'books.db'}", client.target.key)
@@ -221,7 +237,7 @@ def test_memory_stays_bounded_while_reading_and_moving_a_64_mb_blob(local_medplu
         import os, tracemalloc
         from migration_assets.elements.files import LegacyBlob
         from migration_assets.ledger.files import FileUploader, UploadedFiles
-        from migration_assets.medplum.client import MedplumClient
+        from migration_assets.medplum.client import MedplumClient, RetryPolicy
         from migration_assets.source import read_table
         url = "sqlite:///{database}"
         client = MedplumClient(os.environ["BASE"], os.environ["CID"], os.environ["SECRET"])

@@ -31,6 +31,7 @@ from migration_assets.verify.census import CENSUS_SCHEMA, RunCensus, references_
 from migration_assets.verify.evidence import reconciliation_report
 from migration_assets.verify.reconcile import reference_problems
 from migration_assets_tests.fixtures_local_medplum import fhir_client, get_token
+from migration_assets_tests.test_targets import summary_check_description
 
 pytestmark = pytest.mark.integration  # every test here starts a server or a run against one
 
@@ -203,6 +204,19 @@ def test_the_idempotency_check_resubmits_the_whole_partition_up_to_its_sample_si
     )
     written = _reload_description(platform, make_definitions({**_resources(platform), "migration_settings": settings}))
     assert "resubmitted 10 (sample of 10 of 30 bundle groups (10 rows), seed 20261121): 0 created" in written, written
+
+
+def test_the_entries_of_a_transaction_read_back_as_sent_with_their_links_resolved(platform_factory):
+    # A visit and its notes go in one transaction, the notes naming the visit by its urn:uuid: Medplum
+    # stores `Encounter/<id>` there, which is the same link.
+    platform = platform_factory.new(patients=5)
+    assert platform.run("patients").ok
+    visits = platform.run("visits")
+    assert visits.ok, visits.failure_messages
+    description = summary_check_description(platform, "visits")
+    sent = visits.counts["sent"]
+    assert description.startswith("resubmitted 0 (whole partition: "), description
+    assert f"; {sent} read back exactly as they would be sent)" in description, (sent, description)
 
 
 def test_the_idempotency_check_resubmits_what_medplum_holds_otherwise_and_fails_when_that_changes_it(

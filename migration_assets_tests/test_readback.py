@@ -32,3 +32,10 @@ def test_any_other_difference_is_one():
     sent = {"resourceType": "Condition", "subject": {"reference": "Patient?identifier=s|P1"}}
     assert as_compared({**sent, "subject": {"reference": "Patient/123"}}) != as_compared(sent)
     assert as_compared({**sent, "note": [{"text": "added in Medplum"}]}) != as_compared(sent)
+
+
+def test_a_link_between_the_entries_of_a_transaction_is_the_reference_medplum_stored():
+    note = {"resourceType": "ClinicalImpression", "encounter": {"reference": "urn:uuid:4b1e"}}
+    stored = {**note, "encounter": {"reference": "Encounter/123"}}
+    assert as_compared(stored) == as_compared(note, {"urn:uuid:4b1e": "Encounter/123"})
+    assert as_compared(stored) != as_compared(note, {"urn:uuid:4b1e": "Encounter/456"})

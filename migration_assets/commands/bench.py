@@ -54,6 +54,7 @@ from migration_assets.elements.base import POLARS_ENGINE, SourceSystem, build_fr
 from migration_assets.elements.files import legacy_files
 from migration_assets.ledger.manifest import Attempt, Manifest
 from migration_assets.medplum import MedplumClient
+from migration_assets.medplum.ratelimit import POINTS_PER_WRITE
 from migration_assets.pipeline.frame_parts import FrameParts, build_frame_parts
 from migration_assets.pipeline.loader import (
     LEDGER_COLUMNS,
@@ -90,7 +91,6 @@ STAGES = ("transform", "ceiling", "naive", "cli", "loader", "e2e", "paced", "mem
 # The paced stage's server: a real Medplum's capacity (MEDPLUM_FACTS.md: 50 to 800 writes a second; the
 # top of that range leaves the platform's own work the largest share), counted in quota points.
 PACED_WRITES_PER_S = float(os.environ.get("BENCH_PACED_WRITES_PER_S", "800"))
-WRITE_POINTS = 100
 MEDPLUM_CLI = SERVER_DIR / "node_modules" / ".bin" / "medplum"
 
 TARGETS = {
@@ -1078,7 +1078,7 @@ def stage_runners(scope: dict[str, Any]) -> dict[str, Callable[[dict[str, Any]],
 
     def paced(report: dict[str, Any]) -> None:
         # The ceiling and the first load again, on a server paced to a real Medplum's capacity.
-        points_per_second = PACED_WRITES_PER_S * WRITE_POINTS
+        points_per_second = PACED_WRITES_PER_S * POINTS_PER_WRITE
         setting = tuned(report)
         report["paced"] = {
             "writes_per_s": PACED_WRITES_PER_S,
@@ -1098,7 +1098,7 @@ def stage_runners(scope: dict[str, Any]) -> dict[str, Callable[[dict[str, Any]],
         # One launch, in process, in 2 and 4 shards on local processes and on 2 Celery workers (bench_shards.py).
         from migration_assets.commands.bench_shards import bench_shards
 
-        report["shards"] = bench_shards(scope["source_url"], work, PACED_WRITES_PER_S * WRITE_POINTS)
+        report["shards"] = bench_shards(scope["source_url"], work, PACED_WRITES_PER_S * POINTS_PER_WRITE)
         for point in report["shards"]:
             log(f"shards: {point}")
 

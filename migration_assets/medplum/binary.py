@@ -11,18 +11,12 @@ upload reopens the file (asks `chunks` for a new iterator).
 
 import base64
 import hashlib
-import logging
-import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
-
 from migration_assets.medplum.client import MedplumClient
 from migration_assets.medplum.errors import MedplumError
-
-log = logging.getLogger(__name__)
 
 CHUNK_BYTES = 1024 * 1024
 
@@ -59,33 +53,12 @@ def file_chunks(path: Path) -> Iterator[bytes]:
 
 def upload_binary(client: MedplumClient, chunks: Callable[[], Iterator[bytes]], content_type: str, name: str) -> str:
     """POST the bytes `chunks()` yields as a Binary of `content_type`, streamed; the new Binary's id.
-    Retries a lost connection, a 5xx and a 429 (each retry sends the bytes again from their start); any
-    other refusal is a MedplumError naming the status and `name` (never the content)."""
-    url = client.fhir_base + "Binary"
-    problem = ""
-    for attempt in range(1, client.retry.max_attempts + 1):
-        token = client.bearer()
-        try:
-            response = client.http.post(
-                url,
-                content=chunks(),
-                headers={"Authorization": f"Bearer {token}", "Content-Type": content_type},
-            )
-        except httpx.TransportError as exc:
-            problem = f"{type(exc).__name__}: {exc}"
-        else:
-            if response.status_code == 201:
-                binary_id = response.json().get("id")
-                if not isinstance(binary_id, str) or not binary_id:
-                    raise MedplumError(f"POST Binary answered 201 without an id ({name})")
-                return binary_id
-            if response.status_code == 401:
-                client.invalidate_token(token)
-            elif response.status_code != 429 and response.status_code < 500:
-                raise MedplumError(f"POST Binary answered {response.status_code} for {name}: {response.text[:300]}")
-            problem = f"{response.status_code}"
-        if attempt < client.retry.max_attempts:
-            delay = client.retry.backoff(attempt)
-            log.warning("POST Binary failed (%s); retry %d in %.1fs", problem, attempt, delay)
-            time.sleep(delay)
-    raise MedplumError(f"POST Binary gave up after {client.retry.max_attempts} attempts: {problem}")
+    Retried, paced and waited for on the FHIR quota as every request of the client is (each retry sends
+    the bytes again from their start); a refusal is a MedplumError naming `name` (never the content)."""
+    try:
+        binary_id = client.create_binary(chunks, content_type).get("id")
+    except MedplumError as exc:
+        raise MedplumError(f"POST Binary for {name}: {exc}") from exc
+    if not isinstance(binary_id, str) or not binary_id:
+        raise MedplumError(f"POST Binary answered without an id ({name})")
+    return binary_id

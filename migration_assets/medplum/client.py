@@ -26,7 +26,7 @@ import httpx
 from migration_assets.medplum.asyncbundle import AsyncPolling, submit_async
 from migration_assets.medplum.auth import ClientCredentialsToken
 from migration_assets.medplum.errors import MedplumError, MedplumResponseError
-from migration_assets.medplum.ratelimit import parse_rate_limit, seconds_until_reset
+from migration_assets.medplum.ratelimit import POINTS_PER_WRITE, parse_rate_limit, seconds_until_reset
 from migration_assets.medplum.responses import (
     EntryResponse,
     batch_response_entries,
@@ -186,6 +186,13 @@ class MedplumClient:
     def read(self, reference: str) -> dict[str, Any] | None:
         """`Patient/<id>` or None when it does not exist."""
         return self._send("GET", reference, parse=_json_or_none_if_missing)
+
+    def create_binary(self, chunks: Callable[[], Iterator[bytes]], content_type: str) -> dict[str, Any]:
+        """POST the bytes `chunks()` yields as a Binary of `content_type`, streamed (asked again from their
+        start on a retry); the Binary Medplum created. Paced, retried and waited for on the FHIR quota like
+        every write."""
+        self.pace(cost=POINTS_PER_WRITE)
+        return self._send("POST", "Binary", parse=json_object, content=chunks, headers={"Content-Type": content_type})
 
     def search(self, resource_type: str, params: dict[str, str]) -> Iterator[dict[str, Any]]:
         """Every matching resource, following the bundle's `next` links. The next page is requested
@@ -362,10 +369,14 @@ class MedplumClient:
         path: str,
         *,
         parse: Callable[[httpx.Response], T],
-        content: bytes | None = None,
+        content: bytes | Callable[[], Iterator[bytes]] | None = None,
         params: dict[str, str] | None = None,
         headers: dict[str, str] | None = None,
     ) -> T:
+        """One request, retried (a lost connection, a 5xx, a 401 with a new token, an answer `parse`
+        cannot read) and waited for on a 429, as the retry policy allows. A streamed body (`content` a
+        function giving chunks) is sent again from its start on each attempt; JSON unless `headers` say
+        another Content-Type."""
         url = path if path.startswith("http") else self.fhir_base + path
         started = time.monotonic()
         problem = ""
@@ -378,10 +389,12 @@ class MedplumClient:
                 # The token request is retried like any other: a fetch happens on the first request,
                 # after a 401 and after a server restart (which forgets every token).
                 token = self._token.bearer()
-                request_headers = {"Authorization": f"Bearer {token}", **(headers or {})}
+                request_headers = {"Authorization": f"Bearer {token}"}
                 if content is not None:
                     request_headers["Content-Type"] = "application/fhir+json"
-                response = self._http.request(method, url, content=content, params=params, headers=request_headers)
+                request_headers.update(headers or {})
+                body = content() if callable(content) else content
+                response = self._http.request(method, url, content=body, params=params, headers=request_headers)
             except httpx.TransportError as exc:
                 problem, delay = f"{type(exc).__name__}: {exc}", self.retry.backoff(attempt)
             except MedplumResponseError as exc:  # from the token endpoint

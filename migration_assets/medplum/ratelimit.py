@@ -2,6 +2,10 @@
 
 from dataclasses import dataclass
 
+# Medplum's FHIR quota: a create or update costs 100 points, a search 20 (MEDPLUM_FACTS.md).
+POINTS_PER_WRITE = 100
+POINTS_PER_SEARCH = 20
+
 
 @dataclass(frozen=True)
 class RateLimit:

@@ -22,6 +22,7 @@ from migration_assets.elements.fhir_json import conditional_reference
 from migration_assets.ledger.files import FileUploader
 from migration_assets.ledger.manifest import Attempt, Manifest
 from migration_assets.medplum import EntryResponse, MedplumClient
+from migration_assets.medplum.ratelimit import POINTS_PER_SEARCH, POINTS_PER_WRITE
 from migration_assets.pipeline.attachments import attaches_files, uploader_for, with_uploaded_files
 from migration_assets.pipeline.frame_parts import REFERENCE_COLUMNS, FrameParts, shard_of
 from migration_assets.verify.census import Censuses
@@ -611,11 +612,8 @@ class _Recorder:
                 self.on_progress(self.done, self.total)
 
 
-# Medplum's FHIR quota: a write costs 100 points, a search 20. A conditional PUT searched twice when it
-# created inside a batch (140 measured); each conditional reference in a resource
-# (`Patient?identifier=…`) is resolved by a search.
-POINTS_PER_WRITE = 100
-POINTS_PER_SEARCH = 20
+# A conditional PUT searched twice when it created inside a batch (140 measured); each conditional
+# reference in a resource (`Patient?identifier=…`) is resolved by a search.
 _CONDITIONAL_PUT = re.compile(r'"url":"[A-Za-z]+\?identifier=')
 # How every conditional URL the load writes begins its query (search.conditional_url, conditional_reference).
 CONDITIONAL_QUERY = "?identifier="

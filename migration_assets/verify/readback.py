@@ -6,7 +6,7 @@ differs, or cannot be compared, is resent as before and the server decides."""
 import json
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import polars as pl
@@ -22,19 +22,22 @@ SERVER_META = frozenset({"versionId", "lastUpdated", "author", "project", "compa
 _SIGNED_BINARY = re.compile(r"^https?://[^?]+/storage/([0-9A-Za-z.-]{1,64})/[^?/]+\?")
 
 
-def as_compared(resource: Any) -> Any:
+def as_compared(resource: Any, links: Mapping[str, str] = {}) -> Any:
     """`resource` without what the server owns: its id, the meta it adds, and a signed Binary URL in the
-    place of the `Binary/<id>` that was written."""
+    place of the `Binary/<id>` that was written; each `urn:uuid:` link of `links` as the `Type/<id>` Medplum
+    stored for it (a transaction's entries reference each other by their full URLs)."""
     if isinstance(resource, dict):
-        kept = {key: as_compared(value) for key, value in resource.items() if key != "id"}
+        kept = {key: as_compared(value, links) for key, value in resource.items() if key != "id"}
         if isinstance(kept.get("meta"), dict):
             meta = {key: value for key, value in kept["meta"].items() if key not in SERVER_META}
             kept = {key: value for key, value in kept.items() if key != "meta"} | ({"meta": meta} if meta else {})
         return kept
     if isinstance(resource, list):
-        return [as_compared(item) for item in resource]
-    if isinstance(resource, str) and (signed := _SIGNED_BINARY.match(resource)):
-        return f"Binary/{signed.group(1)}"
+        return [as_compared(item, links) for item in resource]
+    if isinstance(resource, str):
+        if signed := _SIGNED_BINARY.match(resource):
+            return f"Binary/{signed.group(1)}"
+        return links.get(resource, resource)
     return resource
 
 
@@ -52,15 +55,20 @@ def stored_resources(client: MedplumClient, resource_type: str, ids: Iterable[st
 
 def held_as_sent(client: MedplumClient, rows: pl.DataFrame) -> tuple[pl.Series, int]:
     """For each row (`resource_type`, `held_id`: the id of the one resource the target holds for its
-    identifier, and `resource`: the JSON text the loader would send), whether Medplum holds exactly that
+    identifier, `full_url` and `resource`: the JSON text the loader would send), whether Medplum holds exactly that
     content (False where nothing is held or anything differs); and the searches it took."""
     same = [False] * rows.height
     searches = 0
     held = rows.with_row_index("_row").filter(pl.col("held_id").is_not_null())
+    links = {
+        full_url: f"{resource_type}/{held_id}"
+        for full_url, resource_type, held_id in held.select("full_url", "resource_type", "held_id").iter_rows()
+        if full_url
+    }
     for (resource_type,), group in held.group_by("resource_type"):
         stored = stored_resources(client, str(resource_type), group["held_id"])
         searches += math.ceil(group["held_id"].n_unique() / READ_CHUNK)
         for row, held_id, text in group.select("_row", "held_id", "resource").iter_rows():
             if held_id in stored:
-                same[row] = as_compared(json.loads(text)) == as_compared(stored[held_id])
+                same[row] = as_compared(json.loads(text), links) == as_compared(stored[held_id])
     return pl.Series("held_as_sent", same, dtype=pl.Boolean), searches
