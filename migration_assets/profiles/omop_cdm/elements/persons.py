@@ -27,7 +27,7 @@ from migration_assets.elements.base import (
 )
 from migration_assets.elements.builders import text
 from migration_assets.elements.fhir_json import FhirText, json_object, json_string
-from migration_assets.profiles.omop_cdm.omop import day, table
+from migration_assets.profiles.omop_cdm.omop import day, optional_among, table
 from migration_assets.profiles.omop_cdm.terminology import lookup, read_map
 
 REGISTER_NOTES = {
@@ -150,11 +150,14 @@ class PatientFrame(FrameModel):
     deceased: str = pa.Field(str_matches=DATE, nullable=True)
 
 
+SOURCE_TABLES = {"person": "person_id", "death": "person_id"}
+
 ELEMENT = DataElement(
     name="persons",
     description="OMOP PERSON (with DEATH) to FHIR Patient with US Core race and ethnicity, keyed by person_id.",
     mapping_version="1.0.0",
-    source_tables={"person": "person_id", "death": "person_id"},
+    source_tables=SOURCE_TABLES,
+    optional_tables=optional_among(SOURCE_TABLES),
     requires=(),
     extract=extract,
     transform=transform,
