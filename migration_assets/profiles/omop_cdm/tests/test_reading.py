@@ -24,7 +24,7 @@ VOCABULARY_ROWS = 1_500_000
 def upper_case_export(url: str) -> None:
     sample = build_sample_tables(15, seed=5)
     tables = {name.upper(): table.rename(str.upper) for name, table in sample.items()}
-    write_tables(url, tables, {table.upper(): key.upper() for table, key in PROFILE.primary_keys().items()})
+    write_tables(url, tables, {table.upper(): key.upper() for table, key in PROFILE.sample_primary_keys().items()})
 
 
 def read_and_mapped(url: str) -> tuple[dict[str, dict[str, pl.DataFrame]], dict[str, list[str]]]:
@@ -72,7 +72,7 @@ def vocabulary_export(url: str) -> set[str]:
             ),
         ]
     )
-    write_tables(url, sample, PROFILE.primary_keys())
+    write_tables(url, sample, PROFILE.sample_primary_keys())
     kind, location = parse_source_url(url)
     if kind in ("parquet", "csv"):
         path = Path(location) / f"concept.{kind}"
