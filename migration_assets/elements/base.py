@@ -264,10 +264,25 @@ def build_frame(element: DataElement, source: pl.DataFrame | pl.LazyFrame, syste
 
     (frame_parts.py builds the same frame slice by slice for large elements: `apply_row_rules` per
     slice, `apply_frame_rules` once over the slices' key columns.)"""
-    frame = apply_row_rules(element, element.transform(source.lazy(), system), system)
+    frame = apply_row_rules(element, element.transform(in_chunks(source), system), system)
     ruled = apply_frame_rules(element, frame.select(RULED_BY_FRAME_INPUTS))
     frame = frame.with_columns(ruled.select(RULED_BY_FRAME_OUTPUTS))
     return frame.select(*FRAME_COLUMNS, *[name for name in frame.columns if name not in FRAME_COLUMNS])
+
+
+# Rows per chunk of a source frame. polars' in-memory engine spreads an expression over a column's chunks,
+# one core each: a source gathered into one chunk (a join's output, as most extracts are) ran the mapping,
+# the rules and the hash on one core.
+CHUNK_ROWS: Final = 50_000
+
+
+def in_chunks(source: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+    """The source rows as a lazy frame whose columns hold at most CHUNK_ROWS rows a chunk (zero-copy slices,
+    same rows in the same order)."""
+    if isinstance(source, pl.LazyFrame) or source.height <= CHUNK_ROWS:
+        return source.lazy()
+    slices = [source.slice(start, CHUNK_ROWS) for start in range(0, source.height, CHUNK_ROWS)]
+    return pl.concat(slices, rechunk=False).lazy()
 
 
 def apply_row_rules(element: DataElement, frame: pl.DataFrame | pl.LazyFrame, system: SourceSystem) -> pl.DataFrame:
