@@ -96,7 +96,7 @@ def stages(profile_name: str, element_name: str, rows: int, repeats: int) -> dic
     seconds["whole-frame rules (keys)"], _ = cpu(
         lambda: apply_frame_rules(element, hashed.select(RULED_BY_FRAME_INPUTS))
     )
-    seconds["mean resource bytes"] = float(sourced["resource"].str.len_bytes().mean() or 0)
+    seconds["mean resource bytes"] = sourced.select(pl.col("resource").str.len_bytes().mean()).item()
     return seconds
 
 

@@ -39,6 +39,8 @@ REGISTER_NOTES = {
     "death_date": "deceasedDateTime (a date)",
 }
 GENDER = lookup("genders", "concept_id", "gender")
+# The same codes as JSON strings, looked up as such rather than encoded row by row.
+GENDER_JSON = {concept: json.dumps(gender) for concept, gender in GENDER.items()}
 OMB = "urn:oid:2.16.840.1.113883.6.238"
 # OMOP Race / Ethnicity concepts -> (OMB code, display)
 RACE = {concept: (code, display) for concept, code, display in read_map("races").iter_rows()}
@@ -129,7 +131,7 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
             pl.lit("}]"),
         ),
         extension=pl.col("extension_json"),
-        gender=json_string(pl.col("fhir_gender")),
+        gender=pl.col("gender_concept_id").replace_strict(GENDER_JSON, default=None, return_dtype=pl.String),
         birthDate=json_string(pl.col("birth_date")),
         deceasedDateTime=json_string(pl.col("deceased")),
     )
