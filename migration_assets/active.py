@@ -41,4 +41,4 @@ def write_sample(url: str, patients: int, seed: int = 7, updated_at: bool = Fals
     tables = PROFILE.sample(patients, seed, updated_at)
     if PROFILE.sample_files is not None:
         tables = PROFILE.sample_files(tables, url)
-    return write_tables(url, tables, PROFILE.primary_keys())
+    return write_tables(url, tables, PROFILE.sample_primary_keys())

@@ -40,6 +40,7 @@ __all__ = [
     "blob_chunks",
     "blob_size",
     "column_max",
+    "has_table",
     "iter_table_batches",
     "parse_source_url",
     "read_query",
@@ -138,12 +139,17 @@ def _ro_uri(location: str) -> str:
     return Path(location).resolve().as_uri() + "?mode=ro"
 
 
-def _sqlite_table_info(location: str, url: str, table: str) -> tuple[list[str], list[str], dict[str, str]]:
-    """(columns, primary-key columns in key order, declared type per column) of a SQLite table."""
+def _sqlite_columns(location: str, table: str) -> list[tuple[Any, ...]]:
+    """SQLite's table_info rows of `table`: none when there is no such table."""
     schema, _, name = table.rpartition(".")
     pragma = f'PRAGMA "{schema}".table_info("{name}")' if schema else f'PRAGMA table_info("{name}")'
     with closing(sqlite3.connect(_ro_uri(location), uri=True)) as conn:
-        rows = conn.execute(pragma).fetchall()
+        return conn.execute(pragma).fetchall()
+
+
+def _sqlite_table_info(location: str, url: str, table: str) -> tuple[list[str], list[str], dict[str, str]]:
+    """(columns, primary-key columns in key order, declared type per column) of a SQLite table."""
+    rows = _sqlite_columns(location, table)
     if not rows:
         raise ValueError(f"table {table!r} not found in {redact_url(url)}")
     cols = [r[1] for r in rows]
@@ -254,12 +260,15 @@ def _pg_table_info(location: str, url: str, table: str) -> list[str]:
 # Files
 
 
-def _table_file(kind: str, location: str, url: str, table: str) -> tuple[str, Path]:
+_TABLE_FILE_KINDS = {"csv": ["csv"], "parquet": ["parquet"], "folder": ["parquet", "csv"]}
+
+
+def _find_table_file(kind: str, location: str, url: str, table: str) -> tuple[str, Path] | None:
+    """The file of `table` in a folder source, None when there is none (a missing folder is an error)."""
     folder = Path(location)
     if not folder.is_dir():
         raise FileNotFoundError(f"source folder not found: {folder} (from {redact_url(url)}, table {table!r})")
-    candidates = {"csv": ["csv"], "parquet": ["parquet"], "folder": ["parquet", "csv"]}[kind]
-    for ext in candidates:
+    for ext in _TABLE_FILE_KINDS[kind]:
         path = folder / f"{table}.{ext}"
         if path.is_file():
             return ext, path
@@ -267,8 +276,15 @@ def _table_file(kind: str, location: str, url: str, table: str) -> tuple[str, Pa
         same_name = [p for p in folder.glob("*") if p.name.lower() == path.name.lower() and p.is_file()]
         if len(same_name) == 1:
             return ext, same_name[0]
-    names = " or ".join(f"{table}.{e}" for e in candidates)
-    raise FileNotFoundError(f"table {table!r} not found in {redact_url(url)}: no {names} in {folder}")
+    return None
+
+
+def _table_file(kind: str, location: str, url: str, table: str) -> tuple[str, Path]:
+    found = _find_table_file(kind, location, url, table)
+    if found is None:
+        names = " or ".join(f"{table}.{e}" for e in _TABLE_FILE_KINDS[kind])
+        raise FileNotFoundError(f"table {table!r} not found in {redact_url(url)}: no {names} in {location}")
+    return found
 
 
 def _read_csv(path: Path) -> pl.DataFrame:
@@ -288,6 +304,23 @@ def read_query(url: str, query: str) -> pl.DataFrame:
     if kind == "postgresql":
         return _read_pg(location, url, query)
     raise ValueError(f"read_query needs a SQL source (sqlite:/// or postgresql://), got {redact_url(url)}")
+
+
+def has_table(url: str, table: str) -> bool:
+    """Whether the source holds `table` (in either case, as read_table finds it). A source that cannot
+    be reached (no database file, no folder, no connection) is an error, not a missing table."""
+    kind, location = parse_source_url(url)
+    if kind == "sqlite":
+        _check_ident(table, url)
+        return bool(_sqlite_columns(_sqlite_path(location, url), table))
+    if kind == "postgresql":
+        _check_ident(table, url)
+        quoted = _check_ident(_pg_table_name(location, url, table), url)
+        with _pg_connect(location, url) as conn, conn.cursor() as cur:
+            cur.execute(f"SELECT to_regclass('{quoted}') IS NOT NULL")
+            row = cur.fetchone()
+        return bool(row and row[0])
+    return _find_table_file(kind, location, url, table) is not None
 
 
 def read_table(url: str, table: str) -> pl.DataFrame:

@@ -30,7 +30,7 @@ from migration_assets.elements.builders import (
     valid_npi,
     vocabulary_concept,
 )
-from migration_assets.elements.fhir_json import fhir_json, json_array, json_object, json_string, present
+from migration_assets.elements.fhir_json import fhir_json, json_array, json_object, json_resource, json_string, present
 from migration_assets.elements.terminology import LOINC, NPI, UCUM
 
 LOCAL = "https://ehr.example.org/fhir/CodeSystem/observation-test"
@@ -362,4 +362,16 @@ def test_json_written_as_text_leaves_absent_members_out_and_escapes_values():
         {"kind": "Patient"},
         {"kind": "Patient", "a": 'say "hi"\\'},
         {"kind": "Patient", "a": "null", "items": ["1", {"b": "1"}]},
+    ]
+
+
+def test_a_resource_written_as_text_starts_with_its_type_and_leaves_absent_members_out():
+    frame = pl.DataFrame({"a": [None, 'say "hi"', None], "b": [None, None, "1"]})
+    written = frame.select(
+        json_resource("Patient", a=json_string(pl.col("a")), items=json_array(json_string(pl.col("b"))))
+    ).to_series()
+    assert written.to_list() == [
+        '{"resourceType":"Patient"}',
+        '{"resourceType":"Patient","a":"say \\"hi\\""}',
+        '{"resourceType":"Patient","items":["1"]}',
     ]

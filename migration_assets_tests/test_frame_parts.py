@@ -5,6 +5,7 @@ import polars as pl
 import pytest
 
 from migration_assets.active import ELEMENTS, PROFILE
+from migration_assets.elements import base
 from migration_assets.elements.base import SourceSystem, build_frame
 from migration_assets.pipeline.frame_parts import build_frame_parts
 from migration_assets.source import read_table
@@ -60,3 +61,12 @@ def test_an_empty_source_still_has_one_part_with_the_frame_columns(sources, tmp_
     parts = build_frame_parts(element, source, SYSTEM, tmp_path / "frame")
     assert len(parts) == 1 and parts.height == 0
     assert parts.read().columns == build_frame(element, source, SYSTEM).columns
+
+
+@pytest.mark.parametrize("element", ELEMENTS, ids=lambda element: element.name)
+def test_a_source_cut_into_chunks_builds_the_same_frame(sources, element, monkeypatch):
+    source = element.extract(sources["bad"]).rechunk()
+    whole = build_frame(element, source, SYSTEM)
+    monkeypatch.setattr(base, "CHUNK_ROWS", 7)
+    assert base.in_chunks(source).collect().n_chunks() == -(-source.height // 7) or source.height <= 7
+    assert build_frame(element, source, SYSTEM).equals(whole)

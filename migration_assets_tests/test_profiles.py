@@ -101,6 +101,8 @@ def test_the_chosen_elements_run_in_load_order() -> None:
         ({"requires": ("nothing_like_it",)}, "field `requires` names unknown elements ['nothing_like_it']"),
         ({"lookup_tables": {"codes": {"patients": ("code",)}}}, "field `lookup_tables` names 'codes', which is not"),
         ({"lookup_tables": {"patients": {"visits": ("patient_id",)}}}, "gives 'patients' naming tables ['visits']"),
+        ({"optional_tables": {"visits": ("visit_id",)}}, "field `optional_tables` gives 'visits', which must be"),
+        ({"optional_tables": {"patients": ("name",)}}, "gives 'patients', which must be one of its source_tables"),
     ],
 )
 def test_a_broken_contract_names_the_element_and_the_field(change: dict[str, object], message: str) -> None:

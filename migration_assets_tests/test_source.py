@@ -11,6 +11,7 @@ import pytest
 
 from migration_assets.active import PROFILE, write_sample
 from migration_assets.source import (
+    has_table,
     iter_table_batches,
     parse_source_url,
     read_query,
@@ -103,6 +104,16 @@ def test_sqlite_text_columns_with_leading_nulls(tmp_path: Path) -> None:
     batches = list(iter_table_batches(f"sqlite:///{db}", "t", batch_rows=30_000))
     assert [b.height for b in batches] == [30_000, 30_000, 10_500]
     assert pl.concat(batches).equals(df)
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "csv", "parquet", "folder"])
+def test_has_table_tells_a_missing_table_from_an_unreachable_source(
+    kind: str, source_urls: dict[str, str], tmp_path: Path
+) -> None:
+    assert has_table(source_urls[kind], "patients") and has_table(source_urls[kind], "PATIENTS")
+    assert not has_table(source_urls[kind], "nope")
+    with pytest.raises(FileNotFoundError):
+        has_table(f"sqlite:///{tmp_path}/missing.db" if kind == "sqlite" else f"csv:///{tmp_path}/none", "patients")
 
 
 def test_missing_things_are_clear(source_urls: dict[str, str], tmp_path: Path) -> None:

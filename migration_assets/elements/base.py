@@ -10,6 +10,7 @@ pandera can validate them.
 import datetime
 import hashlib
 import json
+import logging
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -22,7 +23,9 @@ import polars as pl
 import polars_hash
 
 from migration_assets.elements.fhir_json import FhirText, fhir_json
-from migration_assets.source import read_rows_with, read_table
+from migration_assets.source import has_table, read_rows_with, read_table, redact_url
+
+logger = logging.getLogger(__name__)
 
 REFERENCE_DTYPE = pl.Struct(
     {"path": pl.String, "resource_type": pl.String, "identifier_system": pl.String, "identifier_value": pl.String}
@@ -108,6 +111,10 @@ class DataElement:
     # platform reads the naming tables, then only the rows of this one whose key they hold (its key is
     # its `source_tables` entry); column names match in either case.
     lookup_tables: Mapping[str, Mapping[str, tuple[str, ...]]] = field(default_factory=dict)
+    # Source tables an export may leave out (OMOP's DEATH, CARE_SITE, NOTE, ...), each with the columns of
+    # the empty table read in its place: table -> columns. A missing one is logged and named in the run's
+    # metadata; a missing table not listed here is an error naming it and where it was looked for.
+    optional_tables: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Load tuning: entries (or transactions) per batch bundle, and the most bundles in flight at once (the
     # load starts with one and adds more while the server does not push back).
     batch_size: int = 100
@@ -158,6 +165,12 @@ def check_element_contract(element: DataElement) -> None:
                 f"gives {table!r} naming tables {strays or list(naming)} that are not "
                 "plain source tables with a tuple of columns each",
             )
+    for table, columns in element.optional_tables.items():
+        if isinstance(columns, str) or element.source_tables.get(table) not in columns:
+            raise wrong(
+                "optional_tables",
+                f"gives {table!r}, which must be one of its source_tables with a tuple of columns holding its key",
+            )
     if element.batch_size < 1 or element.concurrency < 1:
         raise wrong("batch_size" if element.batch_size < 1 else "concurrency", "must be at least 1")
 
@@ -178,11 +191,23 @@ def check_frame_columns(element: DataElement, columns: Iterable[str]) -> None:
             )
 
 
-def read_element_tables(element: DataElement, url: str) -> dict[str, pl.DataFrame]:
+def read_element_tables(element: DataElement, url: str, absent: list[str] | None = None) -> dict[str, pl.DataFrame]:
     """The source tables `extract` reads, from the legacy database at `url`: each whole, except a lookup
-    table, of which only the rows the others name are read."""
-    tables = {name: read_table(url, name) for name in element.source_tables if name not in element.lookup_tables}
+    table, of which only the rows the others name are read. An optional table the source does not hold
+    is read as an empty one of its declared columns, logged, and appended to `absent` when given."""
+    tables: dict[str, pl.DataFrame] = {}
+    for name, columns in element.optional_tables.items():
+        if not has_table(url, name):
+            logger.warning("%s: optional table %s is not in %s, read as empty", element.name, name, redact_url(url))
+            tables[name] = pl.DataFrame(schema=dict.fromkeys(columns, pl.String))
+            if absent is not None:
+                absent.append(name)
+    for name in element.source_tables:
+        if name not in element.lookup_tables and name not in tables:
+            tables[name] = read_table(url, name)
     for name, naming in element.lookup_tables.items():
+        if name in tables:
+            continue
         keys: set[str] = set()
         for naming_table, columns in naming.items():
             frame = tables[naming_table]
@@ -239,10 +264,25 @@ def build_frame(element: DataElement, source: pl.DataFrame | pl.LazyFrame, syste
 
     (frame_parts.py builds the same frame slice by slice for large elements: `apply_row_rules` per
     slice, `apply_frame_rules` once over the slices' key columns.)"""
-    frame = apply_row_rules(element, element.transform(source.lazy(), system), system)
+    frame = apply_row_rules(element, element.transform(in_chunks(source), system), system)
     ruled = apply_frame_rules(element, frame.select(RULED_BY_FRAME_INPUTS))
     frame = frame.with_columns(ruled.select(RULED_BY_FRAME_OUTPUTS))
     return frame.select(*FRAME_COLUMNS, *[name for name in frame.columns if name not in FRAME_COLUMNS])
+
+
+# Rows per chunk of a source frame. polars' in-memory engine spreads an expression over a column's chunks,
+# one core each: a source gathered into one chunk (a join's output, as most extracts are) ran the mapping,
+# the rules and the hash on one core.
+CHUNK_ROWS: Final = 50_000
+
+
+def in_chunks(source: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
+    """The source rows as a lazy frame whose columns hold at most CHUNK_ROWS rows a chunk (zero-copy slices,
+    same rows in the same order)."""
+    if isinstance(source, pl.LazyFrame) or source.height <= CHUNK_ROWS:
+        return source.lazy()
+    slices = [source.slice(start, CHUNK_ROWS) for start in range(0, source.height, CHUNK_ROWS)]
+    return pl.concat(slices, rechunk=False).lazy()
 
 
 def apply_row_rules(element: DataElement, frame: pl.DataFrame | pl.LazyFrame, system: SourceSystem) -> pl.DataFrame:

@@ -75,6 +75,16 @@ def json_object(**members: pl.Expr) -> pl.Expr:
     return written.replace("{}", None)
 
 
+def json_resource(resource_type: str, **members: pl.Expr) -> pl.Expr:
+    """`{"resourceType":...,"name":value,...}`: a resource as `json_object` writes an object, the members
+    whose JSON text is not null in the order given. Every member is copied once into one text: nested
+    concatenations (members, then separators, then braces) copied a 650-byte resource three times, and
+    fresh memory for each copy of a million of them cost about 0.3 s."""
+    pieces = [pl.concat_str(pl.lit(f',"{name}":'), value) for name, value in members.items()]
+    opening = pl.lit('{"resourceType":' + json.dumps(resource_type))
+    return pl.concat_str(opening, *pieces, pl.lit("}"), ignore_nulls=True)
+
+
 def json_array(*items: pl.Expr) -> pl.Expr:
     """`[item,...]` of the items (JSON text) that are not null; null when none is (FHIR has no empty array)."""
     listed = pl.concat_str(pl.lit("["), pl.concat_str(items, separator=",", ignore_nulls=True), pl.lit("]"))

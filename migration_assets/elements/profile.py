@@ -62,6 +62,10 @@ class Profile:
     # the memory stage, prerequisites first (empty: the same two).
     bench_elements: tuple[str, ...] = ()
     bench_memory_elements: tuple[str, ...] = ()
+    # False: the schema declares its primary keys without enforcing them (OMOP's DDL leaves them optional),
+    # so its sample database is written without them and may repeat a key, as real exports do; the platform
+    # quarantines every row of a repeated key (`duplicate_key`).
+    primary_keys_enforced: bool = True
     by_name: Mapping[str, DataElement] = field(init=False, repr=False)
     load_order: tuple[str, ...] = field(init=False)
 
@@ -139,6 +143,10 @@ class Profile:
     def primary_keys(self) -> dict[str, str]:
         """Every source table the profile reads, with its primary key column."""
         return {table: key for element in self.elements for table, key in element.source_tables.items()}
+
+    def sample_primary_keys(self) -> dict[str, str]:
+        """The primary keys a sample database is written with: none when the schema does not enforce them."""
+        return self.primary_keys() if self.primary_keys_enforced else {}
 
     def chosen(self, names: Iterable[str] | None) -> tuple[str, ...]:
         """The elements to run, in load order: all of them when `names` is None."""

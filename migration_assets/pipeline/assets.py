@@ -46,7 +46,10 @@ def legacy_source(
     context: AssetExecutionContext, legacy_db: LegacySource, manifest: ManifestStore
 ) -> Output[pl.DataFrame]:
     element = get_element(context.partition_key)
-    tables = legacy_db.read_tables(element)
+    absent: list[str] = []
+    tables = legacy_db.read_tables(element, absent)
+    for name in absent:
+        context.log.warning(f"optional table {name} is not in {legacy_db.display_url}: read as empty")
     # The legacy files are this database's; a file unchanged since an earlier run is not read again.
     hashes = FileHashes(manifest.url)
     try:
@@ -61,6 +64,7 @@ def legacy_source(
             "source_tables": ", ".join(element.source_tables),
             "rows": MetadataValue.int(rows.height),
             **counts({f"table_rows/{name}": frame.height for name, frame in tables.items()}),
+            **({"absent_optional_tables": ", ".join(absent)} if absent else {}),
         },
     )
 

@@ -28,6 +28,7 @@ from migration_assets.elements.base import (
     SourceSystem,
     apply_frame_rules,
     apply_row_rules,
+    in_chunks,
 )
 
 # What the checks and the report read of a frame: its keys, rules and expected references, never
@@ -120,7 +121,7 @@ def build_frame_parts(
     part_rows: int = PART_ROWS,
 ) -> FrameParts:
     """The element's FHIR frame, as build_frame makes it, written as parts under `directory`."""
-    source = source.lazy()
+    source = in_chunks(source)
     total = source.select(pl.len()).collect().item()
     slice_count = max(1, math.ceil(total / part_rows))
     staged = directory / "_staged"

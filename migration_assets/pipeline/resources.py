@@ -63,9 +63,10 @@ class LegacySource(ConfigurableResource):
     def display_url(self) -> str:
         return redact_url(self.url)
 
-    def read_tables(self, element: DataElement) -> dict[str, pl.DataFrame]:
-        """The element's source tables (of a lookup table, only the rows the others name)."""
-        return read_element_tables(element, self.url)
+    def read_tables(self, element: DataElement, absent: list[str] | None = None) -> dict[str, pl.DataFrame]:
+        """The element's source tables (of a lookup table, only the rows the others name; an optional table
+        the source does not hold read as empty and appended to `absent`)."""
+        return read_element_tables(element, self.url, absent)
 
 
 class ManifestStore(ConfigurableResource):

@@ -5,14 +5,29 @@ Each profile's generator writes BASE_ROWS people (with their oddities: year-only
 copied until there are `--persons` of them (each copy's keys get a suffix: every row is its own unit).
 The time is `build_frame` (the element's transform and every shared rule: keys, control characters,
 provenance, content hash, pandera), the best of `--repeats` runs, as rows a second; with the CPU seconds
-of that run over every thread, which other work on a shared machine disturbs less than the wall time."""
+of that run over every thread, which other work on a shared machine disturbs less than the wall time.
+
+`--stages` adds, for each, the CPU seconds of build_frame's steps run one at a time on materialized frames
+(best of `--repeats`), and the mean size of a resource's JSON: where the time goes."""
 
 import argparse
 import time
+from collections.abc import Callable
 
 import polars as pl
 
-from migration_assets.elements.base import SourceSystem, build_frame
+from migration_assets.elements.base import (
+    POLARS_ENGINE,
+    RULED_BY_FRAME_INPUTS,
+    SourceSystem,
+    apply_frame_rules,
+    build_frame,
+    control_character,
+    in_chunks,
+    schema_failures,
+    sha256_hex,
+    with_provenance,
+)
 from migration_assets.elements.profile import load_profile
 
 SYSTEM = SourceSystem("https://ehr.example-clinic.org/fhir")
@@ -51,10 +66,45 @@ def rate(profile_name: str, element_name: str, rows: int, repeats: int) -> tuple
     return frame.height, best, cpu
 
 
+def stages(profile_name: str, element_name: str, rows: int, repeats: int) -> dict[str, float]:
+    """CPU seconds of each step of build_frame, one at a time (the fused query overlaps them), best of
+    `repeats`; and the mean bytes of a resource's JSON."""
+    element = load_profile(profile_name).element(element_name)
+    source = element.extract(tiled(profile_name, element_name, rows))
+    provenance = SYSTEM.provenance(element.name, element.mapping_version)
+
+    def cpu(step: Callable[[], pl.DataFrame]) -> tuple[float, pl.DataFrame]:
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.process_time()
+            out = step()
+            best = min(best, time.process_time() - started)
+        return best, out
+
+    seconds: dict[str, float] = {}
+    seconds["mapping (transform and its rules)"], mapped = cpu(
+        lambda: element.transform(in_chunks(source), SYSTEM).collect(engine=POLARS_ENGINE)
+    )
+    seconds["control characters"], _ = cpu(lambda: mapped.select(control_character(pl.col("resource"))))
+    seconds["provenance (meta.source)"], sourced = cpu(
+        lambda: mapped.with_columns(with_provenance(pl.col("resource"), provenance))
+    )
+    seconds["content hash (SHA-256)"], hashed = cpu(
+        lambda: sourced.with_columns(content_hash=sha256_hex(pl.col("resource")))
+    )
+    seconds["pandera"], _ = cpu(lambda: schema_failures(hashed, element.schemas))
+    seconds["whole-frame rules (keys)"], _ = cpu(
+        lambda: apply_frame_rules(element, hashed.select(RULED_BY_FRAME_INPUTS))
+    )
+    seconds["mean resource bytes"] = sourced.select(pl.col("resource").str.len_bytes().mean()).item()
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--persons", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--stages", action="store_true", help="also the CPU seconds of each step")
     args = parser.parse_args()
     for profile_name, element_name in SUBJECTS:
         height, seconds, cpu = rate(profile_name, element_name, args.persons, args.repeats)
@@ -63,6 +113,12 @@ def main() -> None:
             f"(best of {args.repeats}; {cpu:.2f} CPU s over every thread)",
             flush=True,
         )
+    if args.stages:
+        found = {subject: stages(*subject, args.persons, args.repeats) for subject in SUBJECTS}
+        names = [f"{profile}.{element}" for profile, element in SUBJECTS]
+        print(f"{'CPU seconds of each step':36}" + "".join(f"{name:>20}" for name in names))
+        for step in found[SUBJECTS[0]]:
+            print(f"{step:36}" + "".join(f"{found[subject][step]:>20.2f}" for subject in SUBJECTS), flush=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ from migration_assets.elements.base import (
 )
 from migration_assets.elements.builders import text
 from migration_assets.elements.fhir_json import codeable_concept, coding, conditional_reference
+from migration_assets.profiles.omop_cdm.sample_data import COLUMNS
 from migration_assets.profiles.omop_cdm.terminology import lookup
 
 # OMOP vocabulary_id -> FHIR code system URI (terminology/vocabulary_systems.csv). A vocabulary not listed
@@ -21,6 +22,18 @@ from migration_assets.profiles.omop_cdm.terminology import lookup
 # the profile's local code system and count as unmapped.
 VOCABULARY_SYSTEMS = lookup("vocabulary_systems", "vocabulary_id", "system")
 CONCEPT_KEY = "concept_id"
+
+
+# The CDM tables an export may leave out: the health system (LOCATION, CARE_SITE, PROVIDER), DEATH, and the
+# clinical tables a source often does not fill (NOTE, SPECIMEN). PERSON, VISIT_OCCURRENCE, the other event
+# tables and CONCEPT are required: a missing one is an error naming it.
+OPTIONAL_TABLES = ("location", "care_site", "provider", "death", "note", "specimen")
+
+
+def optional_among(source_tables: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
+    """The element's `optional_tables`: those of its tables the CDM lets an export leave out, each read as an
+    empty table of its CDM 5.4 columns when absent."""
+    return {name: tuple(COLUMNS[name]) for name in source_tables if name in OPTIONAL_TABLES}
 
 
 def lower_columns(frame: pl.DataFrame) -> pl.DataFrame:

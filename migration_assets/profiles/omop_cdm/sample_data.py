@@ -3,8 +3,9 @@ names (lower case, every value text as the platform's writers store it) and a CO
 the concepts the rows use. It carries the oddities real exports have: concept 0 with a source value,
 persons with only a year (or year and month) of birth, visits with no provider, measurements with no
 value, notes with no visit, provider or title and with line breaks and accents, specimens with no
-quantity or with a unit that is no UCUM concept. (A repeated key cannot be stored under the platform's
-primary keys; the mapping tests cover it.)"""
+quantity or with a unit that is no UCUM concept, and duplicate rows: a condition and a drug exposure
+repeated exactly, a measurement id given to two measurements. Written without primary keys, as the CDM's
+DDL leaves them optional (the profile's `primary_keys_enforced`)."""
 
 import random
 from collections.abc import Callable
@@ -336,6 +337,12 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
                     "observation_source_value": "smoking",
                 }
             )
+    if patients >= 2:
+        # Duplicate rows, as exports have them (the CDM's primary keys are not enforced): a condition and a
+        # drug exposure copied exactly, and the id of the first measurement given to another one too.
+        conditions.append(dict(conditions[0]))
+        drugs.append(dict(drugs[0]))
+        measurements.append({**measurements[-1], "measurement_id": measurements[0]["measurement_id"]})
     concepts = [dict(zip(CONCEPT_COLUMNS, row, strict=True)) for row in CONCEPTS]
     return {
         "concept": _text(concepts, CONCEPT_COLUMNS),

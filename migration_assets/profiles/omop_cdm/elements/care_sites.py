@@ -7,7 +7,7 @@ import polars as pl
 from migration_assets.elements.base import DataElement, FrameModel, SourceSystem, frame_columns
 from migration_assets.elements.builders import address, text
 from migration_assets.elements.fhir_json import identifier
-from migration_assets.profiles.omop_cdm.omop import table
+from migration_assets.profiles.omop_cdm.omop import optional_among, table
 
 ADDRESS_COLUMNS = ["location_id", "address_1", "address_2", "city", "state", "zip"]
 
@@ -45,11 +45,14 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     )
 
 
+SOURCE_TABLES = {"care_site": "care_site_id", "location": "location_id"}
+
 ELEMENT = DataElement(
     name="care_sites",
     description="OMOP CARE_SITE to FHIR Organization with its LOCATION's address.",
     mapping_version="1.0.0",
-    source_tables={"care_site": "care_site_id", "location": "location_id"},
+    source_tables=SOURCE_TABLES,
+    optional_tables=optional_among(SOURCE_TABLES),
     requires=(),
     extract=extract,
     transform=transform,

@@ -8,7 +8,7 @@ from migration_assets.elements.base import DataElement, FrameModel, SourceSystem
 from migration_assets.elements.builders import decimal, embed_decimals, text
 from migration_assets.elements.fhir_json import identifier
 from migration_assets.profiles.omop_cdm.elements.care_sites import location_address
-from migration_assets.profiles.omop_cdm.omop import table
+from migration_assets.profiles.omop_cdm.omop import optional_among, table
 
 
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
@@ -33,11 +33,14 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     return frame.with_columns(embed_decimals(pl.col("resource")))
 
 
+SOURCE_TABLES = {"location": "location_id"}
+
 ELEMENT = DataElement(
     name="locations",
     description="OMOP LOCATION to FHIR Location.",
     mapping_version="1.0.0",
-    source_tables={"location": "location_id"},
+    source_tables=SOURCE_TABLES,
+    optional_tables=optional_among(SOURCE_TABLES),
     requires=(),
     extract=extract,
     transform=transform,

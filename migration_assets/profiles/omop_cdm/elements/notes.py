@@ -46,6 +46,7 @@ from migration_assets.profiles.omop_cdm.omop import (
     event_rules,
     expected_encounter,
     expected_patient,
+    optional_among,
     patient_reference,
     table,
 )
@@ -135,18 +136,21 @@ class NoteFrame(FrameModel):
     code_mapped: bool = pa.Field()
 
 
+SOURCE_TABLES = {
+    "note": "note_id",
+    "person": "person_id",
+    "visit_occurrence": "visit_occurrence_id",
+    "provider": "provider_id",
+    "concept": "concept_id",
+}
+
 ELEMENT = DataElement(
     name="notes",
     description="OMOP NOTE to FHIR DocumentReference, the note's text inline (text/plain): a clinician finds a "
     "visit's notes among the chart's documents (Communication is a message between people, not a chart note).",
     mapping_version="1.0.0",
-    source_tables={
-        "note": "note_id",
-        "person": "person_id",
-        "visit_occurrence": "visit_occurrence_id",
-        "provider": "provider_id",
-        "concept": "concept_id",
-    },
+    source_tables=SOURCE_TABLES,
+    optional_tables=optional_among(SOURCE_TABLES),
     lookup_tables=concepts_named_by("note", "note_class_concept_id"),
     requires=("persons", "visits", "providers"),
     extract=extract,

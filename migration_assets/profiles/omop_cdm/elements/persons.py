@@ -26,8 +26,8 @@ from migration_assets.elements.base import (
     quarantine,
 )
 from migration_assets.elements.builders import text
-from migration_assets.elements.fhir_json import FhirText, json_object, json_string
-from migration_assets.profiles.omop_cdm.omop import day, table
+from migration_assets.elements.fhir_json import FhirText, json_resource, json_string
+from migration_assets.profiles.omop_cdm.omop import day, optional_among, table
 from migration_assets.profiles.omop_cdm.terminology import lookup, read_map
 
 REGISTER_NOTES = {
@@ -39,6 +39,8 @@ REGISTER_NOTES = {
     "death_date": "deceasedDateTime (a date)",
 }
 GENDER = lookup("genders", "concept_id", "gender")
+# The same codes as JSON strings, looked up as such rather than encoded row by row.
+GENDER_JSON = {concept: json.dumps(gender) for concept, gender in GENDER.items()}
 OMB = "urn:oid:2.16.840.1.113883.6.238"
 # OMOP Race / Ethnicity concepts -> (OMB code, display)
 RACE = {concept: (code, display) for concept, code, display in read_map("races").iter_rows()}
@@ -71,24 +73,29 @@ def _omb_extension(kind: str, category: tuple[str, str] | None) -> list[dict[str
     ]
 
 
-def _extensions() -> pl.LazyFrame:
-    """Every race and ethnicity pair (either unknown, key "") with its extension list as JSON text, written
-    once and joined on: building and encoding the nested lists per row cost about 40 µs a person."""
-    rows = [
-        {
-            "race_key": race,
-            "ethnicity_key": ethnicity,
-            "extension_json": json.dumps(
-                _omb_extension("race", RACE.get(race)) + _omb_extension("ethnicity", ETHNICITY.get(ethnicity)),
-                separators=(",", ":"),
-                ensure_ascii=False,
-            ),
-        }
+def _extensions() -> dict[str, str | None]:
+    """The extension list of every race and ethnicity pair (`race|ethnicity`, an unknown one ""), as JSON
+    text: written once and looked up per row (building and encoding the nested lists per row cost about
+    40 µs a person; a lookup keeps the rows' chunks, over which polars spreads the work, where a join
+    gathered them into one)."""
+    lists = {
+        f"{race}|{ethnicity}": _omb_extension("race", RACE.get(race))
+        + _omb_extension("ethnicity", ETHNICITY.get(ethnicity))
         for race in [*RACE, ""]
         for ethnicity in [*ETHNICITY, ""]
-    ]
-    frame = pl.DataFrame(rows, schema={"race_key": pl.String, "ethnicity_key": pl.String, "extension_json": pl.String})
-    return frame.with_columns(pl.col("extension_json").replace("[]", None)).lazy()
+    }
+    return {
+        key: json.dumps(value, separators=(",", ":"), ensure_ascii=False) if value else None
+        for key, value in lists.items()
+    }
+
+
+EXTENSIONS = _extensions()
+
+
+def _known(column: str, concepts: Mapping[str, Any]) -> pl.Expr:
+    """The concept when the map knows it, else ""."""
+    return pl.when(pl.col(column).is_in(list(concepts)).fill_null(False)).then(pl.col(column)).otherwise(pl.lit(""))
 
 
 def _two(column: str) -> pl.Expr:
@@ -100,14 +107,9 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     day_part = pl.concat_str(pl.lit("-"), _two("day_of_birth")).fill_null("")
     month_part = pl.concat_str(pl.lit("-"), _two("month_of_birth"), day_part).fill_null("")
     parts = pl.concat_str(text(pl.col("year_of_birth")), month_part)
-    known = pl.col("race_concept_id").is_in(list(RACE)).fill_null(False)
+    pair = pl.concat_str(_known("race_concept_id", RACE), pl.lit("|"), _known("ethnicity_concept_id", ETHNICITY))
     frame = source.with_columns(
-        race_key=pl.when(known).then(pl.col("race_concept_id")).otherwise(pl.lit("")),
-        ethnicity_key=pl.when(pl.col("ethnicity_concept_id").is_in(list(ETHNICITY)).fill_null(False))
-        .then(pl.col("ethnicity_concept_id"))
-        .otherwise(pl.lit("")),
-    ).join(_extensions(), on=["race_key", "ethnicity_key"], how="left", maintain_order="left")
-    frame = frame.with_columns(
+        extension_json=pair.replace_strict(EXTENSIONS, default=None, return_dtype=pl.String),
         birth_date=pl.coalesce(day("birth_datetime"), parts),
         deceased=day("death_date"),
         fhir_gender=pl.col("gender_concept_id").replace_strict(GENDER, default=None, return_dtype=pl.String),
@@ -116,8 +118,8 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     source_value = text(pl.col("person_source_value"))
     # Written as JSON text member by member: a Patient with two identifiers and nested extensions, encoded
     # as a struct and cleaned of its absent members, cost about 25 µs a person.
-    resource = json_object(
-        resourceType=pl.lit('"Patient"'),
+    resource = json_resource(
+        "Patient",
         identifier=pl.concat_str(
             # The systems are the same on every row: written once into the literal around the values.
             pl.lit(f'[{{"system":{json.dumps(person_system)},"value":'),
@@ -129,7 +131,7 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
             pl.lit("}]"),
         ),
         extension=pl.col("extension_json"),
-        gender=json_string(pl.col("fhir_gender")),
+        gender=pl.col("gender_concept_id").replace_strict(GENDER_JSON, default=None, return_dtype=pl.String),
         birthDate=json_string(pl.col("birth_date")),
         deceasedDateTime=json_string(pl.col("deceased")),
     )
@@ -150,11 +152,14 @@ class PatientFrame(FrameModel):
     deceased: str = pa.Field(str_matches=DATE, nullable=True)
 
 
+SOURCE_TABLES = {"person": "person_id", "death": "person_id"}
+
 ELEMENT = DataElement(
     name="persons",
     description="OMOP PERSON (with DEATH) to FHIR Patient with US Core race and ethnicity, keyed by person_id.",
     mapping_version="1.0.0",
-    source_tables={"person": "person_id", "death": "person_id"},
+    source_tables=SOURCE_TABLES,
+    optional_tables=optional_among(SOURCE_TABLES),
     requires=(),
     extract=extract,
     transform=transform,

@@ -11,7 +11,7 @@ from migration_assets.elements.builders import checked_identifier, human_name, t
 from migration_assets.elements.fhir_json import present
 from migration_assets.elements.terminology import NPI
 from migration_assets.profiles.omop_cdm.elements.persons import GENDER
-from migration_assets.profiles.omop_cdm.omop import table
+from migration_assets.profiles.omop_cdm.omop import optional_among, table
 
 
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
@@ -40,11 +40,14 @@ class PractitionerFrame(FrameModel):
     npi_dropped: bool = pa.Field()
 
 
+SOURCE_TABLES = {"provider": "provider_id"}
+
 ELEMENT = DataElement(
     name="providers",
     description="OMOP PROVIDER to FHIR Practitioner (NPI only when valid).",
     mapping_version="1.0.0",
-    source_tables={"provider": "provider_id"},
+    source_tables=SOURCE_TABLES,
+    optional_tables=optional_among(SOURCE_TABLES),
     requires=(),
     extract=extract,
     transform=transform,

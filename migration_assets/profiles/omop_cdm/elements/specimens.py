@@ -34,6 +34,7 @@ from migration_assets.profiles.omop_cdm.omop import (
     concepts_named_by,
     day,
     expected_patient,
+    optional_among,
     patient_reference,
     table,
     with_concept,
@@ -118,11 +119,14 @@ class SpecimenFrame(FrameModel):
     code_mapped: bool = pa.Field()
 
 
+SOURCE_TABLES = {"specimen": "specimen_id", "person": "person_id", "concept": "concept_id"}
+
 ELEMENT = DataElement(
     name="specimens",
     description="OMOP SPECIMEN to FHIR Specimen (type and body site from CONCEPT, quantity with UCUM).",
     mapping_version="1.0.0",
-    source_tables={"specimen": "specimen_id", "person": "person_id", "concept": "concept_id"},
+    source_tables=SOURCE_TABLES,
+    optional_tables=optional_among(SOURCE_TABLES),
     lookup_tables=concepts_named_by("specimen", "specimen_concept_id", "unit_concept_id", "anatomic_site_concept_id"),
     requires=("persons",),
     extract=extract,

@@ -34,6 +34,7 @@ from migration_assets.profiles.omop_cdm.omop import (
     day,
     event_rules,
     expected_patient,
+    optional_among,
     patient_reference,
     table,
     with_concept,
@@ -149,17 +150,20 @@ class EncounterFrame(FrameModel):
     code_mapped: bool
 
 
+SOURCE_TABLES = {
+    "visit_occurrence": "visit_occurrence_id",
+    "person": "person_id",
+    "provider": "provider_id",
+    "care_site": "care_site_id",
+    "concept": "concept_id",
+}
+
 ELEMENT = DataElement(
     name="visits",
     description="OMOP VISIT_OCCURRENCE to FHIR Encounter (class from visit_concept_id).",
     mapping_version="1.0.0",
-    source_tables={
-        "visit_occurrence": "visit_occurrence_id",
-        "person": "person_id",
-        "provider": "provider_id",
-        "care_site": "care_site_id",
-        "concept": "concept_id",
-    },
+    source_tables=SOURCE_TABLES,
+    optional_tables=optional_among(SOURCE_TABLES),
     lookup_tables=concepts_named_by("visit_occurrence", "visit_concept_id"),
     requires=("persons", "providers", "care_sites"),
     extract=extract,

@@ -395,12 +395,27 @@ def test_upper_case_column_names_read_the_same() -> None:
     assert frame("persons", upper)["resource"].to_list() == frame("persons", source)["resource"].to_list()
 
 
-def test_the_sample_is_deterministic_and_maps_without_quarantine() -> None:
+# The sample's duplicate rows, by element: each copy of a repeated key is quarantined.
+SAMPLE_DUPLICATES = {"conditions": 2, "drugs": 2, "measurements": 2}
+
+
+def test_the_sample_is_deterministic_and_maps_with_only_its_duplicates_quarantined() -> None:
     sample = build_sample_tables(40, seed=3)
     assert all(sample[name].equals(table) for name, table in build_sample_tables(40, seed=3).items())
     for element in PROFILE.load_order:
         built = frame(element, sample)
-        assert built.height > 0 and built["quarantine_rule"].null_count() == built.height, element
+        quarantined = built.filter(pl.col("quarantine_rule").is_not_null())
+        assert built.height > 0 and quarantined.height == SAMPLE_DUPLICATES.get(element, 0), element
+        assert set(quarantined["quarantine_rule"]) <= {"duplicate_key"}, element
+        # every source row stays a unit of its own, the repeated ones too
+        assert (
+            built["unit_key"].n_unique()
+            == built.height
+            == sample[next(iter(PROFILE.element(element).source_tables))].height
+        )
+    assert sample["condition_occurrence"].is_duplicated().sum() == sample["drug_exposure"].is_duplicated().sum() == 2
+    assert sample["measurement"]["measurement_id"].is_duplicated().sum() == 2
+    assert not sample["measurement"].is_duplicated().any()
     # the oddities real exports have
     assert sample["person"]["month_of_birth"].null_count() > 0
     assert sample["visit_occurrence"]["provider_id"].null_count() > 0

@@ -9,6 +9,7 @@ import pytest
 
 from migration_assets.elements.base import read_element_tables
 from migration_assets.elements.profile import load_profile
+from migration_assets.profiles.omop_cdm.omop import OPTIONAL_TABLES
 from migration_assets.profiles.omop_cdm.sample_data import build_sample_tables
 from migration_assets.source import parse_source_url, write_tables
 from migration_assets_tests.fixtures_postgres import throwaway_schema_url
@@ -23,7 +24,7 @@ VOCABULARY_ROWS = 1_500_000
 def upper_case_export(url: str) -> None:
     sample = build_sample_tables(15, seed=5)
     tables = {name.upper(): table.rename(str.upper) for name, table in sample.items()}
-    write_tables(url, tables, {table.upper(): key.upper() for table, key in PROFILE.primary_keys().items()})
+    write_tables(url, tables, {table.upper(): key.upper() for table, key in PROFILE.sample_primary_keys().items()})
 
 
 def read_and_mapped(url: str) -> tuple[dict[str, dict[str, pl.DataFrame]], dict[str, list[str]]]:
@@ -71,7 +72,7 @@ def vocabulary_export(url: str) -> set[str]:
             ),
         ]
     )
-    write_tables(url, sample, PROFILE.primary_keys())
+    write_tables(url, sample, PROFILE.sample_primary_keys())
     kind, location = parse_source_url(url)
     if kind in ("parquet", "csv"):
         path = Path(location) / f"concept.{kind}"
@@ -115,3 +116,33 @@ def test_of_a_vocabulary_of_millions_only_the_named_concepts_are_read(
 def test_of_a_postgresql_vocabulary_only_the_named_concepts_are_read(expected: dict[str, list[str]]) -> None:
     with throwaway_schema_url("cdm") as url:
         check_only_named_concepts_read(url, expected)
+
+
+@pytest.mark.parametrize("kind", ["csv", "sqlite"])
+def test_an_export_without_the_optional_tables_reads_them_as_empty(kind: str, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cdm.db'}" if kind == "sqlite" else f"{kind}://{tmp_path / 'cdm'}"
+    sample = build_sample_tables(15, seed=5)
+    write_tables(url, {name: rows for name, rows in sample.items() if name not in OPTIONAL_TABLES}, {})
+    for element in PROFILE.elements:
+        absent: list[str] = []
+        tables = read_element_tables(element, url, absent)
+        assert absent == [name for name in element.source_tables if name in OPTIONAL_TABLES], element.name
+        assert all(tables[name].is_empty() for name in absent)
+        built = frame(element.name, tables)
+        if element.name in ("persons", "visits", "conditions", "measurements"):
+            assert built.height == sample[next(iter(element.source_tables))].height > 0, element.name
+    persons = frame("persons", read_element_tables(PROFILE.element("persons"), url))
+    assert persons["quarantine_rule"].null_count() == persons.height
+    assert not any('"deceasedDateTime"' in resource for resource in persons["resource"])
+    # A visit naming a provider that is not there (no PROVIDER table) is an orphan, as with an empty one.
+    visits = frame("visits", read_element_tables(PROFILE.element("visits"), url))
+    assert set(visits["quarantine_rule"].drop_nulls()) <= {"orphan_reference"}
+
+
+@pytest.mark.parametrize("kind", ["csv", "sqlite"])
+def test_a_missing_required_table_is_an_error_naming_it_and_where(kind: str, tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'cdm.db'}" if kind == "sqlite" else f"{kind}://{tmp_path / 'cdm'}"
+    write_tables(url, {name: rows for name, rows in build_sample_tables(15, seed=5).items() if name != "person"}, {})
+    where = str(tmp_path / "cdm.db") if kind == "sqlite" else str(tmp_path / "cdm")
+    with pytest.raises((FileNotFoundError, ValueError), match=f"table 'person' not found in .*{where}"):
+        read_element_tables(PROFILE.element("persons"), url)
