@@ -10,7 +10,6 @@ pandera can validate them.
 import datetime
 import hashlib
 import json
-import logging
 import re
 import uuid
 from collections.abc import Callable, Iterable, Mapping
@@ -23,9 +22,7 @@ import polars as pl
 import polars_hash
 
 from migration_assets.elements.fhir_json import FhirText, fhir_json
-from migration_assets.source import has_table, read_rows_with, read_table, redact_url
-
-logger = logging.getLogger(__name__)
+from migration_assets.source import has_table, read_rows_with, read_table
 
 REFERENCE_DTYPE = pl.Struct(
     {"path": pl.String, "resource_type": pl.String, "identifier_system": pl.String, "identifier_value": pl.String}
@@ -194,11 +191,11 @@ def check_frame_columns(element: DataElement, columns: Iterable[str]) -> None:
 def read_element_tables(element: DataElement, url: str, absent: list[str] | None = None) -> dict[str, pl.DataFrame]:
     """The source tables `extract` reads, from the legacy database at `url`: each whole, except a lookup
     table, of which only the rows the others name are read. An optional table the source does not hold
-    is read as an empty one of its declared columns, logged, and appended to `absent` when given."""
+    is read as an empty one of its declared columns and appended to `absent` when given (legacy_source logs
+    it and names it in its metadata)."""
     tables: dict[str, pl.DataFrame] = {}
     for name, columns in element.optional_tables.items():
         if not has_table(url, name):
-            logger.warning("%s: optional table %s is not in %s, read as empty", element.name, name, redact_url(url))
             tables[name] = pl.DataFrame(schema=dict.fromkeys(columns, pl.String))
             if absent is not None:
                 absent.append(name)
