@@ -12,8 +12,8 @@ On the same sample (BENCH_PATIENTS patients and their Conditions, which referenc
   server's pushback (the default), and as async bundles (`Prefer: respond-async`);
 - the platform end to end through Dagster with every check and its default settings, with the elements in
   the phase initial_load (plain POST creates) and in backfill (conditional creates), then an unchanged reload.
-Prints each figure with its ratio to the CLI and the FHIR quota points per resource of what the load sent
-(write 100, search 20: MEDPLUM_FACTS.md), writes .artifacts/bench/remote.json and remote.png.
+Prints each figure with its ratio to the CLI and the FHIR quota points per resource of what the load (and,
+end to end, the checks) sent (write 100, search 20: MEDPLUM_FACTS.md), writes .artifacts/bench/remote.json and remote.png.
 BENCH_STAGES=cli,loader,e2e picks the measurements (the CLI runs always: every ratio is to it)."""
 
 import dataclasses
@@ -223,6 +223,9 @@ def bench_e2e(source_url: str, work: Path, phase: str) -> dict[str, Any]:
                 # Where the time went, step by step (remote.json): what a change to the platform should move.
                 "steps": {name: element["steps"] for name, element in zip(ELEMENTS, elements, strict=True)},
             }
+    if not figures["first"]["ok"]:
+        # A rate of a run that failed (or whose checks did) would measure nothing worth a row.
+        raise SystemExit(f"end to end in {phase}: the first run failed or a check did not pass (see the log above)")
     figures["resources_per_s"] = round(figures["resources"] / figures["first"]["seconds"], 1)
     # The checks' writes and reads count too: they are spent on the same migration.
     first = figures["first"]
