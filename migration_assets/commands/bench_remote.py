@@ -13,7 +13,8 @@ On the same sample (BENCH_PATIENTS patients and their Conditions, which referenc
 - the platform end to end through Dagster with every check and its default settings, with the elements in
   the phase initial_load (plain POST creates) and in backfill (conditional creates), then an unchanged reload.
 Prints each figure with its ratio to the CLI and the FHIR quota points per resource of what the load (and,
-end to end, the checks) sent (write 100, search 20: MEDPLUM_FACTS.md), writes .artifacts/bench/remote.json and remote.png.
+end to end, the checks) sent (write 100, search 20: MEDPLUM_FACTS.md), writes .artifacts/bench/remote.json
+and remote.png.
 BENCH_STAGES=cli,loader,e2e picks the measurements (the CLI runs always: every ratio is to it)."""
 
 import dataclasses
