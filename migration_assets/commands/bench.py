@@ -989,8 +989,8 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("BENCH_TARGET", "local") == "remote":
         from migration_assets.commands import bench_remote
 
-        stages = os.environ.get("BENCH_STAGES") or ",".join(bench_remote.STAGES)
-        return bench_remote.run(int(os.environ.get("BENCH_PATIENTS", "500")), stages.split(","))
+        remote_stages = os.environ.get("BENCH_STAGES") or ",".join(bench_remote.STAGES)
+        return bench_remote.run(int(os.environ.get("BENCH_PATIENTS", "500")), remote_stages.split(","))
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--patients", type=int, default=int(os.environ.get("BENCH_PATIENTS", "2000")))
     parser.add_argument(
