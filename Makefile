@@ -77,8 +77,8 @@ bench: setup
 	BENCH_PATIENTS=$(BENCH_PATIENTS) $(PY) -m migration_assets.commands.bench
 
 # Soak: the whole migration of SOAK_PATIENTS patients against the local server with the FHIR quota on
-# (docs/soak.md): make soak [SOAK_PATIENTS=100000] [SOAK_ARGS="--quota 7500000 --window 60"]
-SOAK_PATIENTS ?= 100000
+# (docs/soak.md): make soak [SOAK_PATIENTS=50000] [SOAK_ARGS="--quota 7500000 --window 60"]
+SOAK_PATIENTS ?= 50000
 soak: setup
 	$(PY) -m migration_assets.commands.soak --patients $(SOAK_PATIENTS) $(SOAK_ARGS)
 

@@ -282,6 +282,32 @@ def test_pushback_halves_the_bundles_in_flight_and_the_load_settles(fresh_proxy,
     load.assert_settled(local_medplum)
 
 
+def test_a_load_starts_with_the_bundles_in_flight_the_last_load_to_the_target_settled_at(local_medplum, tmp_path):
+    # Probing from one again would cost each element (and each part of a large one) its first bundles.
+    load = Load.new(tmp_path, "settled")
+    with (
+        MedplumClient(local_medplum.base_url, local_medplum.client_id, local_medplum.client_secret) as client,
+        Manifest(load.manifest_url) as manifest,
+    ):
+        manifest.start_run("earlier", "practitioners", "1", load.source_url, {})
+        manifest.finish_run("earlier", "practitioners", "finished", {}, settled_in_flight=3)
+        before = RunCensus(tmp_path / "census", "settled")
+        result = migrate(
+            client,
+            manifest,
+            "settled",
+            PATIENTS,
+            load.frame,
+            load.source_url,
+            LoadSettings(batch_size=1, creates="post"),
+            census_of_target=lambda keys: before.get(client, keys),
+        )
+        settled = manifest.settled_in_flight()
+    assert result.most_in_flight >= 3, "started at three bundles in flight, not one"
+    assert result.settled_in_flight is not None and settled == result.settled_in_flight, "the next load starts there"
+    load.assert_settled(local_medplum)
+
+
 def test_a_bundle_holding_a_conditional_write_goes_alone(fresh_proxy, local_medplum, tmp_path):
     # Without a census every entry is a conditional PUT: Medplum searches inside the write, and
     # overlapping bundles of those collide (409), so they go one at a time whatever the limit says.

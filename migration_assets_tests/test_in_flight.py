@@ -56,3 +56,16 @@ def test_without_adaptive_it_is_the_ceiling(clock):
     limit = InFlight(Counts(), ceiling=3, adaptive=False)
     answer(limit, clock, 20, 100)
     assert limit.limit == 3
+
+
+def test_it_starts_where_an_earlier_load_settled_and_judges_only_bundles_that_share_the_server(clock):
+    limit = InFlight(Counts(), ceiling=4, adaptive=True, start=6)
+    assert limit.limit == 4, "never above the ceiling"
+    assert limit.settled is None, "nothing judged yet: nothing for the next load to start from"
+    for _ in range(3 * PROBE_BUNDLES):
+        clock[0] += 1
+        limit.answered(100, judged=False)
+    assert limit.limit == 4 and limit.settled is None, "bundles that went alone judge nothing"
+    answer(limit, clock, PROBE_BUNDLES, 100)
+    assert limit.settled == 4
+    assert InFlight(Counts(), ceiling=4, adaptive=False, start=2).limit == 4, "without adaptive: the ceiling"

@@ -660,7 +660,7 @@ def soak(
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--patients", type=int, default=int(os.environ.get("SOAK_PATIENTS", "100000")))
+    parser.add_argument("--patients", type=int, default=int(os.environ.get("SOAK_PATIENTS", "50000")))
     parser.add_argument(
         "--quota",
         type=int,

@@ -49,6 +49,8 @@ runs = sa.Table(
     sa.Column("source_rows", sa.Text, nullable=False),  # JSON: table -> rows extracted
     sa.Column("counts", sa.Text),  # JSON: the load's summary counts
     sa.Column("shard", sa.String(32)),  # "index/count", e.g. "0/1" without sharding; null in older ledgers
+    # The bundles in flight the load settled at (adaptive): where the next load to the target starts.
+    sa.Column("settled_in_flight", sa.Integer),
 )
 
 units = sa.Table(
@@ -234,13 +236,30 @@ class Manifest:
                 )
             )
 
-    def finish_run(self, run_id: str, element: str, status: str, counts: Mapping[str, int]) -> None:
+    def finish_run(
+        self, run_id: str, element: str, status: str, counts: Mapping[str, int], settled_in_flight: int | None = None
+    ) -> None:
         with self.engine.begin() as db:
             db.execute(
                 sa.update(runs)
                 .where(*self._run(run_id, element))
-                .values(finished_at=_now(), status=status, counts=json.dumps(dict(counts)))
+                .values(
+                    finished_at=_now(),
+                    status=status,
+                    counts=json.dumps(dict(counts)),
+                    settled_in_flight=settled_in_flight,
+                )
             )
+
+    def settled_in_flight(self) -> int | None:
+        """The bundles in flight the latest load to this target that judged any settled at."""
+        with self.engine.connect() as db:
+            return db.execute(
+                sa.select(runs.c.settled_in_flight)
+                .where(runs.c.target == self.target, runs.c.settled_in_flight.is_not(None))
+                .order_by(runs.c.finished_at.desc())
+                .limit(1)
+            ).scalar()
 
     def runs(self, element: str, run_ids: Iterable[str] | None = None) -> list[dict[str, Any]]:
         """The runs of `element` (only `run_ids` when given), oldest first."""

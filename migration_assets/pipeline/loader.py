@@ -76,9 +76,10 @@ MAX_TRANSACTION_WRITES = 50
 @dataclass(frozen=True)
 class LoadSettings:
     batch_size: int = 100
-    # The most bundles in flight at once. With `adaptive` the load starts with one and adds one while
-    # that answers entries faster and the server does not push back (InFlight): a real Medplum answers
-    # overlapping batches with 409 serialization conflicts, and a quota with 429.
+    # The most bundles in flight at once. With `adaptive` the load starts where the last load to the
+    # target settled (one on a target never loaded) and adds one while that answers entries faster and the
+    # server does not push back (InFlight): a real Medplum answers overlapping batches with 409
+    # serialization conflicts, and a quota with 429.
     concurrency: int = 4
     adaptive: bool = True
     # Send rows even when their content hash matches their last successful write (the idempotency
@@ -137,16 +138,17 @@ GAIN_NEEDED = 1.05
 
 
 class InFlight:
-    """How many bundles may be in flight, found while loading: start with one; after `probe` bundles
-    answered at a level, keep the level and try one more if entries were answered at least GAIN_NEEDED
-    times faster than one fewer did, else step back. Any pushback (entries resent for a 409, 429 or 5xx,
-    or whole requests retried: the client's counts since the last answer) halves it at once: a real
-    Medplum answers overlapping batches with 409 serialization conflicts. Without `adaptive` it is the
-    ceiling all along."""
+    """How many bundles may be in flight, found while loading: start at `start` (where an earlier load to
+    the same target settled, else one); after `probe` bundles answered at a level, keep the level and try
+    one more if entries were answered at least GAIN_NEEDED times faster than one fewer did, else step
+    back. Any pushback (entries resent for a 409, 429 or 5xx, or whole requests retried: the client's
+    counts since the last answer) halves it at once: a real Medplum answers overlapping batches with 409
+    serialization conflicts. Only bundles that may share the server are judged (one that goes alone says
+    nothing of a level). Without `adaptive` it is the ceiling all along."""
 
-    def __init__(self, client: MedplumClient, ceiling: int, adaptive: bool) -> None:
+    def __init__(self, client: MedplumClient, ceiling: int, adaptive: bool, start: int = 1) -> None:
         self.client, self.ceiling, self.adaptive = client, ceiling, adaptive
-        self.limit = 1 if adaptive else ceiling
+        self.limit = min(max(1, start), ceiling) if adaptive else ceiling
         self.highest = self.limit
         self.decreases = 0
         self.probe = PROBE_BUNDLES
@@ -165,11 +167,16 @@ class InFlight:
         self.decreases += 1
         self.probe = min(PROBE_MAX, self.probe * 2)
 
-    def answered(self, entries: int) -> None:
-        """After each answered bundle of `entries` entries."""
+    @property
+    def settled(self) -> int | None:
+        """The level to start the next load to this target at: None until a level was judged."""
+        return self.limit if self.adaptive and self.rates else None
+
+    def answered(self, entries: int, judged: bool = True) -> None:
+        """After each answered bundle of `entries` entries (`judged`: it may have shared the server)."""
         now = self._pushback()
         pushed, self.seen = now > self.seen, now
-        if not self.adaptive:
+        if not self.adaptive or not judged:
             return
         if pushed:
             if self.limit > 1:
@@ -199,8 +206,9 @@ class LoadResult:
     # Whether the project writes transactions atomically; None when not asked (no transactional element,
     # async mode) or the server's answer said neither.
     transaction_bundles: bool | None = None
-    # The most bundles the load had in flight at once.
+    # The most bundles the load had in flight at once, and the level it settled at (InFlight.settled).
     most_in_flight: int = 0
+    settled_in_flight: int | None = None
 
     def add(self, name: str, amount: int = 1) -> None:
         self.counts[name] += amount
@@ -211,6 +219,7 @@ class LoadResult:
         self.failures.extend(other.failures)
         self.bundles += other.bundles
         self.most_in_flight = max(self.most_in_flight, other.most_in_flight)
+        self.settled_in_flight = other.settled_in_flight or self.settled_in_flight
         if other.transaction_bundles is not None:
             self.transaction_bundles = other.transaction_bundles
 
@@ -415,13 +424,15 @@ class Known:
     resources, by its census (with it a resource is updated by id or created as settings.creates says,
     not written by conditional PUT); `bundle_offset` and `units_before`: the bundles and the units sent by
     the parts loaded before this one in the same run (this part's bundles are numbered after them, and its
-    progress counts on from them)."""
+    progress counts on from them); `in_flight_start`: the bundles in flight to start with (adaptive), where
+    the load before this one settled."""
 
     prerequisites: PrerequisiteReport | None = None
     ledger: pl.DataFrame | None = None
     held: pl.DataFrame | None = None
     bundle_offset: int = 0
     units_before: int = 0
+    in_flight_start: int = 1
 
 
 def load_frame(
@@ -499,12 +510,12 @@ def load_frame(
     units = (known.units_before, known.units_before + outgoing.height)
     recorder = _Recorder(manifest, run_id, element_name, units, on_progress)
 
-    limit = InFlight(client, settings.concurrency, settings.adaptive)
+    limit = InFlight(client, settings.concurrency, settings.adaptive, known.in_flight_start)
 
     def wait_for_oldest() -> None:
-        number, rows, future, _, _ = in_flight.popleft()
+        number, rows, future, _, alone = in_flight.popleft()
         answered.append((number, rows, future.result()))
-        limit.answered(rows.height)
+        limit.answered(rows.height, judged=not alone)
 
     def record_answered() -> None:
         # In submission order, while the next bundle is already in flight.
@@ -550,6 +561,7 @@ def load_frame(
         record_answered()
         recorder.flush()
     result.add("in_flight_decreased", limit.decreases)
+    result.settled_in_flight = limit.settled
     return result
 
 
@@ -857,6 +869,9 @@ def migrate(
             # Asked once per run; the caller warns (TRANSACTIONS_OFF) when the answer is no.
             result.transaction_bundles = client.transaction_bundles()
         ledger = manifest.units(element.name, LEDGER_COLUMNS)
+        # Each part (and the next element) starts where the load before it settled: probing from one
+        # again would cost every part its first bundles.
+        in_flight_start = manifest.settled_in_flight() or 1
         for part in parts:
             part_result = load_frame(
                 client,
@@ -872,11 +887,13 @@ def migrate(
                     held=held,
                     bundle_offset=result.bundles,
                     units_before=result.counts["sent"],
+                    in_flight_start=in_flight_start,
                 ),
             )
             result.merge(part_result)
+            in_flight_start = result.settled_in_flight or in_flight_start
     except Exception:
         manifest.finish_run(run_id, element.name, "failed", {})
         raise
-    manifest.finish_run(run_id, element.name, "finished", result.counts)
+    manifest.finish_run(run_id, element.name, "finished", result.counts, result.settled_in_flight)
     return result
