@@ -365,6 +365,16 @@ def test_json_written_as_text_leaves_absent_members_out_and_escapes_values():
     ]
 
 
+def test_json_strings_are_the_bytes_a_json_encoder_writes():
+    # Every character an encoder escapes (control characters, quote, backslash), and some it does not.
+    texts = [f"a{chr(code)}b" for code in range(0x80)] + ["\u2028é😀", '\\"\\', "", None]
+    frame = pl.DataFrame({"s": texts})
+    written = frame.select(json_string(pl.col("s"))).to_series().to_list()
+    by_struct = frame.select(pl.struct("s").struct.json_encode().str.slice(5).str.strip_suffix("}"))
+    assert written == [None if text is None else json.dumps(text, ensure_ascii=False) for text in texts]
+    assert written[:-1] == by_struct.to_series().to_list()[:-1]
+
+
 def test_a_resource_written_as_text_starts_with_its_type_and_leaves_absent_members_out():
     frame = pl.DataFrame({"a": [None, 'say "hi"', None], "b": [None, None, "1"]})
     written = frame.select(

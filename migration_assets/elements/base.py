@@ -320,12 +320,10 @@ def with_provenance(resource: pl.Expr, source: str) -> pl.Expr:
     """The resource JSON with `"meta":{"source":...}` as its first member. Element mappings write no
     meta (Medplum keeps a written meta.source and meta.tag and adds its own versionId and lastUpdated)."""
     opening = "{" + json.dumps({"meta": {"source": source}}, separators=(",", ":"))[1:-1] + ","
-    return (
-        pl.when(resource.str.starts_with("{"))
-        .then(pl.lit(opening) + resource.str.slice(1))
-        .otherwise(resource)
-        .alias("resource")
-    )
+    # One anchored replacement (text not opening with `{` is left as it is): a test, a concatenation and a
+    # choice between the two columns copied every resource twice, 0.27 CPU s per million OMOP Patients
+    # against 0.13. `$` is the only special character of a replacement text.
+    return resource.str.replace(r"^\{", opening.replace("$", "$$"), n=1).alias("resource")
 
 
 # The engine an element's lazy transform runs on. Not the streaming one: in polars 2.1 it panicked on

