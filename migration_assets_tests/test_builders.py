@@ -6,7 +6,7 @@ import json
 import polars as pl
 import pytest
 
-from migration_assets.elements.base import control_character
+from migration_assets.elements.base import control_character, invalid_date
 from migration_assets.elements.builders import (
     DATA_ABSENT_REASON_EXTENSION,
     DATA_ABSENT_REASON_SYSTEM,
@@ -385,3 +385,26 @@ def test_a_resource_written_as_text_starts_with_its_type_and_leaves_absent_membe
         '{"resourceType":"Patient","a":"say \\"hi\\""}',
         '{"resourceType":"Patient","items":["1"]}',
     ]
+
+
+def test_a_date_is_refused_when_it_is_no_real_date_at_its_precision():
+    dates = {
+        "1980": False,
+        " 1980-02 ": False,
+        "1980-12": False,
+        "1980-02-29": False,
+        "0000-01-01": False,
+        None: False,
+        "1980-00": True,
+        "1980-13": True,
+        "1981-02-29": True,
+        "1980-04-31": True,
+        "1980-01-00": True,
+        "1980-1": True,
+        "19800101": True,
+        "1980-01-01T00:00": True,
+        "": True,
+        "abcd": True,
+    }
+    frame = pl.DataFrame({"d": list(dates)})
+    assert frame.select(invalid_date("d")).to_series().to_list() == list(dates.values())
