@@ -86,9 +86,20 @@ def json_resource(resource_type: str, **members: pl.Expr) -> pl.Expr:
     whose JSON text is not null in the order given. Every member is copied once into one text: nested
     concatenations (members, then separators, then braces) copied a 650-byte resource three times, and
     fresh memory for each copy of a million of them cost about 0.3 s."""
-    pieces = [pl.concat_str(pl.lit(f',"{name}":'), value) for name, value in members.items()]
+    return json_resource_of(resource_type, *(json_member(name, value) for name, value in members.items()))
+
+
+def json_member(name: str, value: pl.Expr) -> pl.Expr:
+    """`,"name":value` (value JSON text), a member as `json_resource_of` takes it; null where value is null."""
+    return pl.concat_str(pl.lit(f',"{name}":'), value)
+
+
+def json_resource_of(resource_type: str, *members: pl.Expr) -> pl.Expr:
+    """`{"resourceType":...` and the members given whole as `,"name":value` text, those not null, in order.
+    A member shared by many rows can be looked up whole, name and all (copied once into the resource instead
+    of first into a member of its own: 0.08 CPU s per million OMOP Patients for their 400-byte extensions)."""
     opening = pl.lit('{"resourceType":' + json.dumps(resource_type))
-    return pl.concat_str(opening, *pieces, pl.lit("}"), ignore_nulls=True)
+    return pl.concat_str(opening, *members, pl.lit("}"), ignore_nulls=True)
 
 
 def json_array(*items: pl.Expr) -> pl.Expr:

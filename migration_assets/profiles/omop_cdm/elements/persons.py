@@ -26,7 +26,7 @@ from migration_assets.elements.base import (
     quarantine,
 )
 from migration_assets.elements.builders import text
-from migration_assets.elements.fhir_json import FhirText, json_resource, json_string
+from migration_assets.elements.fhir_json import FhirText, json_member, json_resource_of, json_string
 from migration_assets.profiles.omop_cdm.omop import day, optional_among, table
 from migration_assets.profiles.omop_cdm.terminology import lookup, read_map
 
@@ -39,8 +39,8 @@ REGISTER_NOTES = {
     "death_date": "deceasedDateTime (a date)",
 }
 GENDER = lookup("genders", "concept_id", "gender")
-# The same codes as JSON strings, looked up as such rather than encoded row by row.
-GENDER_JSON = {concept: json.dumps(gender) for concept, gender in GENDER.items()}
+# The same codes as the Patient's gender member, looked up whole rather than written row by row.
+GENDER_MEMBER = {concept: f',"gender":{json.dumps(gender)}' for concept, gender in GENDER.items()}
 OMB = "urn:oid:2.16.840.1.113883.6.238"
 # OMOP Race / Ethnicity concepts -> (OMB code, display)
 RACE = {concept: (code, display) for concept, code, display in read_map("races").iter_rows()}
@@ -74,10 +74,10 @@ def _omb_extension(kind: str, category: tuple[str, str] | None) -> list[dict[str
 
 
 def _extensions() -> dict[str, str | None]:
-    """The extension list of every race and ethnicity pair (`race|ethnicity`, an unknown one ""), as JSON
-    text: written once and looked up per row (building and encoding the nested lists per row cost about
-    40 µs a person; a lookup keeps the rows' chunks, over which polars spreads the work, where a join
-    gathered them into one)."""
+    """The extension member of every race and ethnicity pair (`race|ethnicity`, an unknown one ""), as JSON
+    text `,"extension":[...]`: written once and looked up per row (building and encoding the nested lists
+    per row cost about 40 µs a person; a lookup keeps the rows' chunks, over which polars spreads the work,
+    where a join gathered them into one)."""
     lists = {
         f"{race}|{ethnicity}": _omb_extension("race", RACE.get(race))
         + _omb_extension("ethnicity", ETHNICITY.get(ethnicity))
@@ -85,7 +85,7 @@ def _extensions() -> dict[str, str | None]:
         for ethnicity in [*ETHNICITY, ""]
     }
     return {
-        key: json.dumps(value, separators=(",", ":"), ensure_ascii=False) if value else None
+        key: ',"extension":' + json.dumps(value, separators=(",", ":"), ensure_ascii=False) if value else None
         for key, value in lists.items()
     }
 
@@ -109,7 +109,7 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     parts = pl.concat_str(text(pl.col("year_of_birth")), month_part)
     pair = pl.concat_str(_known("race_concept_id", RACE), pl.lit("|"), _known("ethnicity_concept_id", ETHNICITY))
     frame = source.with_columns(
-        extension_json=pair.replace_strict(EXTENSIONS, default=None, return_dtype=pl.String),
+        extension_member=pair.replace_strict(EXTENSIONS, default=None, return_dtype=pl.String),
         birth_date=pl.coalesce(day("birth_datetime"), parts),
         deceased=day("death_date"),
         fhir_gender=pl.col("gender_concept_id").replace_strict(GENDER, default=None, return_dtype=pl.String),
@@ -117,12 +117,13 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     person_system = system.identifier_system("person")
     source_value = text(pl.col("person_source_value"))
     # Written as JSON text member by member: a Patient with two identifiers and nested extensions, encoded
-    # as a struct and cleaned of its absent members, cost about 25 µs a person.
-    resource = json_resource(
+    # as a struct and cleaned of its absent members, cost about 25 µs a person. The members shared by many
+    # rows (extensions, gender) are looked up whole, their names with them.
+    resource = json_resource_of(
         "Patient",
-        identifier=pl.concat_str(
+        pl.concat_str(
             # The systems are the same on every row: written once into the literal around the values.
-            pl.lit(f'[{{"system":{json.dumps(person_system)},"value":'),
+            pl.lit(f',"identifier":[{{"system":{json.dumps(person_system)},"value":'),
             json_string(pl.col("person_id")),
             pl.concat_str(
                 pl.lit(f'}},{{"system":{json.dumps(system.identifier_system("person-source-value"))},"value":'),
@@ -130,10 +131,10 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
             ).fill_null(""),
             pl.lit("}]"),
         ),
-        extension=pl.col("extension_json"),
-        gender=pl.col("gender_concept_id").replace_strict(GENDER_JSON, default=None, return_dtype=pl.String),
-        birthDate=json_string(pl.col("birth_date")),
-        deceasedDateTime=json_string(pl.col("deceased")),
+        pl.col("extension_member"),
+        pl.col("gender_concept_id").replace_strict(GENDER_MEMBER, default=None, return_dtype=pl.String),
+        json_member("birthDate", json_string(pl.col("birth_date"))),
+        json_member("deceasedDateTime", json_string(pl.col("deceased"))),
     )
     frame = frame.select(
         frame_columns("Patient", person_system, pl.col("person_id"), FhirText(resource)),
