@@ -22,6 +22,7 @@ from migration_assets.elements.builders import (
     human_name,
     is_decimal,
     matches,
+    per_distinct,
     period,
     quantity,
     split_comparator,
@@ -408,3 +409,19 @@ def test_a_date_is_refused_when_it_is_no_real_date_at_its_precision():
     }
     frame = pl.DataFrame({"d": list(dates)})
     assert frame.select(invalid_date("d")).to_series().to_list() == list(dates.values())
+
+
+def test_values_derived_per_distinct_combination_land_on_their_rows_in_order():
+    rows = pl.DataFrame({"a": ["1", None, "1", "2", None, "1"], "b": ["x", "y", "x", None, "y", "z"]})
+    chunked = pl.concat([rows.slice(0, 4), rows.slice(4)], rechunk=False)
+
+    def derive(frame: pl.LazyFrame) -> pl.LazyFrame:
+        return frame.with_columns(ab=pl.concat_str("a", "b", separator="+"), b_null=pl.col("b").is_null())
+
+    derived = chunked.lazy().select(per_distinct(["a", "b"], derive).alias("d")).unnest("d").collect()
+    assert (
+        derived.to_dicts()
+        == rows.with_columns(ab=pl.concat_str("a", "b", separator="+"), b_null=pl.col("b").is_null())
+        .select("ab", "b_null")
+        .to_dicts()
+    )

@@ -25,7 +25,7 @@ from migration_assets.elements.base import (
     invalid_date,
     quarantine,
 )
-from migration_assets.elements.builders import text
+from migration_assets.elements.builders import per_distinct, text
 from migration_assets.elements.fhir_json import FhirText, json_member, json_resource_of, json_string
 from migration_assets.profiles.omop_cdm.omop import day, optional_among, table
 from migration_assets.profiles.omop_cdm.terminology import lookup, read_map
@@ -102,18 +102,31 @@ def _two(column: str) -> pl.Expr:
     return text(pl.col(column)).str.zfill(2)
 
 
-def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
+BIRTH_COLUMNS = ("birth_datetime", "year_of_birth", "month_of_birth", "day_of_birth")
+
+
+def _birth(births: pl.LazyFrame) -> pl.LazyFrame:
+    """The birth date of each birth, its JSON member and its date rules' verdicts."""
     # year, year-month or year-month-day: a part is written only when the parts before it are there.
     day_part = pl.concat_str(pl.lit("-"), _two("day_of_birth")).fill_null("")
     month_part = pl.concat_str(pl.lit("-"), _two("month_of_birth"), day_part).fill_null("")
     parts = pl.concat_str(text(pl.col("year_of_birth")), month_part)
+    return births.with_columns(birth_date=pl.coalesce(day("birth_datetime"), parts)).with_columns(
+        birth_member=json_member("birthDate", json_string(pl.col("birth_date"))),
+        birth_invalid=invalid_date("birth_date"),
+        birth_future=future_date("birth_date"),
+    )
+
+
+def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     pair = pl.concat_str(_known("race_concept_id", RACE), pl.lit("|"), _known("ethnicity_concept_id", ETHNICITY))
     frame = source.with_columns(
         extension_member=pair.replace_strict(EXTENSIONS, default=None, return_dtype=pl.String),
-        birth_date=pl.coalesce(day("birth_datetime"), parts),
+        # Written once per distinct birth (a million persons have about 8,000): half the CPU.
+        birth=per_distinct(BIRTH_COLUMNS, _birth),
         deceased=day("death_date"),
         fhir_gender=pl.col("gender_concept_id").replace_strict(GENDER, default=None, return_dtype=pl.String),
-    )
+    ).unnest("birth")
     person_system = system.identifier_system("person")
     source_value = text(pl.col("person_source_value"))
     # Written as JSON text member by member: a Patient with two identifiers and nested extensions, encoded
@@ -133,7 +146,7 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         ),
         pl.col("extension_member"),
         pl.col("gender_concept_id").replace_strict(GENDER_MEMBER, default=None, return_dtype=pl.String),
-        json_member("birthDate", json_string(pl.col("birth_date"))),
+        pl.col("birth_member"),
         json_member("deceasedDateTime", json_string(pl.col("deceased"))),
     )
     frame = frame.select(
@@ -141,10 +154,13 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         gender=pl.col("fhir_gender"),
         birth_date=pl.col("birth_date"),
         deceased=pl.col("deceased"),
+        birth_invalid=pl.col("birth_invalid"),
+        birth_future=pl.col("birth_future"),
     )
-    frame = quarantine(frame, "invalid_date", invalid_date("birth_date"), "birth date is not a real date")
-    frame = quarantine(frame, "future_date", future_date("birth_date"), "birth date lies in the future")
-    return quarantine(frame, "invalid_date", invalid_date("deceased"), "death_date is not a real date")
+    frame = quarantine(frame, "invalid_date", pl.col("birth_invalid"), "birth date is not a real date")
+    frame = quarantine(frame, "future_date", pl.col("birth_future"), "birth date lies in the future")
+    frame = quarantine(frame, "invalid_date", invalid_date("deceased"), "death_date is not a real date")
+    return frame.drop("birth_invalid", "birth_future")
 
 
 class PatientFrame(FrameModel):
