@@ -61,7 +61,7 @@ def json_string(value: pl.Expr | str) -> pl.Expr:
     A Python string is written once, as a literal."""
     if isinstance(value, str):
         return pl.lit(json.dumps(value, ensure_ascii=False))
-    # The escapes in one pass, between quotes (null stays null): a third less CPU than encoding a struct
+    # The escapes in one pass, between quotes (null stays null): a fifth less CPU than encoding a struct
     # `{"s":...}` and cutting the text out of it, with the same bytes (a test holds the two together).
     return pl.concat_str(pl.lit('"'), value.str.replace_many(JSON_ESCAPES), pl.lit('"'))
 
