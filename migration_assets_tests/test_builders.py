@@ -6,7 +6,7 @@ import json
 import polars as pl
 import pytest
 
-from migration_assets.elements.base import control_character
+from migration_assets.elements.base import control_character, invalid_date
 from migration_assets.elements.builders import (
     DATA_ABSENT_REASON_EXTENSION,
     DATA_ABSENT_REASON_SYSTEM,
@@ -22,6 +22,7 @@ from migration_assets.elements.builders import (
     human_name,
     is_decimal,
     matches,
+    per_distinct,
     period,
     quantity,
     split_comparator,
@@ -365,6 +366,16 @@ def test_json_written_as_text_leaves_absent_members_out_and_escapes_values():
     ]
 
 
+def test_json_strings_are_the_bytes_a_json_encoder_writes():
+    # Every character an encoder escapes (control characters, quote, backslash), and some it does not.
+    texts = [f"a{chr(code)}b" for code in range(0x80)] + ["\u2028é😀", '\\"\\', "", None]
+    frame = pl.DataFrame({"s": texts})
+    written = frame.select(json_string(pl.col("s"))).to_series().to_list()
+    by_struct = frame.select(pl.struct("s").struct.json_encode().str.slice(5).str.strip_suffix("}"))
+    assert written == [None if text is None else json.dumps(text, ensure_ascii=False) for text in texts]
+    assert written[:-1] == by_struct.to_series().to_list()[:-1]
+
+
 def test_a_resource_written_as_text_starts_with_its_type_and_leaves_absent_members_out():
     frame = pl.DataFrame({"a": [None, 'say "hi"', None], "b": [None, None, "1"]})
     written = frame.select(
@@ -375,3 +386,42 @@ def test_a_resource_written_as_text_starts_with_its_type_and_leaves_absent_membe
         '{"resourceType":"Patient","a":"say \\"hi\\""}',
         '{"resourceType":"Patient","items":["1"]}',
     ]
+
+
+def test_a_date_is_refused_when_it_is_no_real_date_at_its_precision():
+    dates = {
+        "1980": False,
+        " 1980-02 ": False,
+        "1980-12": False,
+        "1980-02-29": False,
+        "0000-01-01": False,
+        None: False,
+        "1980-00": True,
+        "1980-13": True,
+        "1981-02-29": True,
+        "1980-04-31": True,
+        "1980-01-00": True,
+        "1980-1": True,
+        "19800101": True,
+        "1980-01-01T00:00": True,
+        "": True,
+        "abcd": True,
+    }
+    frame = pl.DataFrame({"d": list(dates)})
+    assert frame.select(invalid_date("d")).to_series().to_list() == list(dates.values())
+
+
+def test_values_derived_per_distinct_combination_land_on_their_rows_in_order():
+    rows = pl.DataFrame({"a": ["1", None, "1", "2", None, "1"], "b": ["x", "y", "x", None, "y", "z"]})
+    chunked = pl.concat([rows.slice(0, 4), rows.slice(4)], rechunk=False)
+
+    def derive(frame: pl.LazyFrame) -> pl.LazyFrame:
+        return frame.with_columns(ab=pl.concat_str("a", "b", separator="+"), b_null=pl.col("b").is_null())
+
+    derived = chunked.lazy().select(per_distinct(["a", "b"], derive).alias("d")).unnest("d").collect()
+    assert (
+        derived.to_dicts()
+        == rows.with_columns(ab=pl.concat_str("a", "b", separator="+"), b_null=pl.col("b").is_null())
+        .select("ab", "b_null")
+        .to_dicts()
+    )

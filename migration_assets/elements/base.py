@@ -320,12 +320,11 @@ def with_provenance(resource: pl.Expr, source: str) -> pl.Expr:
     """The resource JSON with `"meta":{"source":...}` as its first member. Element mappings write no
     meta (Medplum keeps a written meta.source and meta.tag and adds its own versionId and lastUpdated)."""
     opening = "{" + json.dumps({"meta": {"source": source}}, separators=(",", ":"))[1:-1] + ","
-    return (
-        pl.when(resource.str.starts_with("{"))
-        .then(pl.lit(opening) + resource.str.slice(1))
-        .otherwise(resource)
-        .alias("resource")
-    )
+    # The first `{` replaced, one copy of each resource: a test, a concatenation and a choice between two
+    # columns cost 0.21 CPU s per million OMOP Patients (0.09 seed EHR Patients) against 0.11 (0.055); an
+    # anchored regular expression, 0.16 (0.11). A resource opens with `{`; a text that does not is no
+    # resource and pandera quarantines it (FrameModel.resource), whatever this did to it.
+    return resource.str.replace("{", opening, literal=True, n=1).alias("resource")
 
 
 # The engine an element's lazy transform runs on. Not the streaming one: in polars 2.1 it panicked on
@@ -565,15 +564,16 @@ def invalid_date(column: str) -> pl.Expr:
     Partial dates are kept with their precision; 1980-02-30 or 1980-13 are refused, never coerced.
     """
     text = pl.col(column).str.strip_chars()
-    padded = (
-        pl.when(text.str.len_chars() == 4)
-        .then(text + "-01-01")
-        .when(text.str.len_chars() == 7)
-        .then(text + "-01")
-        .otherwise(text)
+    # Well formed, a year is real and a year-month is real when its month is 01-12; only a full date needs
+    # a calendar. (Padding partial dates to full ones for the parser copied every date: 0.29 CPU s per
+    # million against 0.17.)
+    length = text.str.len_bytes()
+    real = (
+        (length == 4)
+        | ((length == 7) & text.str.slice(5).is_between(pl.lit("01"), pl.lit("12")))
+        | text.str.to_date("%Y-%m-%d", strict=False).is_not_null()
     )
-    well_formed = text.str.contains(DATE)
-    return text.is_not_null() & (~well_formed | padded.str.to_date("%Y-%m-%d", strict=False).is_null())
+    return text.is_not_null() & ~(text.str.contains(DATE) & real)
 
 
 def future_date(column: str, today: pl.Expr | None = None) -> pl.Expr:

@@ -12,7 +12,8 @@ Conventions, the same as fhir_json.py's:
   review flag; they are False, never null, when the value is absent.
 """
 
-from collections.abc import Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
+from functools import partial
 from typing import NamedTuple
 
 import polars as pl
@@ -67,6 +68,31 @@ def text(value: pl.Expr) -> pl.Expr:
     """The text trimmed, null when it is blank (FHIR strings may not be empty)."""
     trimmed = value.cast(pl.String).str.strip_chars()
     return pl.when(trimmed != "").then(trimmed)
+
+
+def per_distinct(columns: Sequence[str], derive: Callable[[pl.LazyFrame], pl.LazyFrame]) -> pl.Expr:
+    """A struct of the columns `derive` adds to a frame of the text `columns`, derived once per
+    distinct combination of their values in each chunk and joined back onto the rows, in order.
+
+    For values many rows share whose derivation costs more than the join: a million OMOP persons have
+    about 8,000 distinct births, and their birth date, its JSON and its date rules cost 0.55 CPU s row by row
+    against 0.28 per distinct birth (per million persons)."""
+    given = pl.LazyFrame(schema=dict.fromkeys(columns, pl.String))
+    derived = {name: kind for name, kind in derive(given).collect_schema().items() if name not in columns}
+    return pl.struct(*columns).map_batches(
+        partial(_derived_per_distinct, list(columns), derive, list(derived)),
+        return_dtype=pl.Struct(derived),
+        is_elementwise=True,
+    )
+
+
+def _derived_per_distinct(
+    columns: list[str], derive: Callable[[pl.LazyFrame], pl.LazyFrame], derived: list[str], rows: pl.Series
+) -> pl.Series:
+    frame = rows.struct.unnest()
+    table = derive(frame.unique().lazy()).select(*columns, *derived).collect()
+    joined = frame.join(table, on=columns, how="left", maintain_order="left", nulls_equal=True)
+    return joined.select(pl.struct(derived).alias(rows.name)).to_series()
 
 
 def _literal_or_expr(value: pl.Expr | str | None, allowed: Collection[str], what: str) -> pl.Expr:

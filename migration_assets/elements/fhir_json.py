@@ -61,10 +61,16 @@ def json_string(value: pl.Expr | str) -> pl.Expr:
     A Python string is written once, as a literal."""
     if isinstance(value, str):
         return pl.lit(json.dumps(value, ensure_ascii=False))
-    # {"s":"..."} or {"s":null}: each expression is used once (the builders nest, and an expression used
-    # twice at every level would be computed 2^depth times).
-    encoded = pl.struct(_expr(value).alias("s")).struct.json_encode()
-    return encoded.str.slice(5).str.strip_suffix("}").replace("null", None)
+    # The escapes in one pass, between quotes (null stays null): a fifth less CPU than encoding a struct
+    # `{"s":...}` and cutting the text out of it, with the same bytes (a test holds the two together).
+    return pl.concat_str(pl.lit('"'), value.str.replace_many(JSON_ESCAPES), pl.lit('"'))
+
+
+# What a JSON encoder (polars' and Python's, ensure_ascii off) escapes in a string: the quote, the backslash
+# and the control characters U+0000-U+001F, five of them by their short form.
+JSON_ESCAPES: dict[str, str] = {"\\": "\\\\", '"': '\\"'} | {
+    chr(code): {8: "\\b", 9: "\\t", 10: "\\n", 12: "\\f", 13: "\\r"}.get(code, f"\\u{code:04x}") for code in range(32)
+}
 
 
 def json_object(**members: pl.Expr) -> pl.Expr:
@@ -80,9 +86,20 @@ def json_resource(resource_type: str, **members: pl.Expr) -> pl.Expr:
     whose JSON text is not null in the order given. Every member is copied once into one text: nested
     concatenations (members, then separators, then braces) copied a 650-byte resource three times, and
     fresh memory for each copy of a million of them cost about 0.3 s."""
-    pieces = [pl.concat_str(pl.lit(f',"{name}":'), value) for name, value in members.items()]
+    return json_resource_of(resource_type, *(json_member(name, value) for name, value in members.items()))
+
+
+def json_member(name: str, value: pl.Expr) -> pl.Expr:
+    """`,"name":value` (value JSON text), a member as `json_resource_of` takes it; null where value is null."""
+    return pl.concat_str(pl.lit(f',"{name}":'), value)
+
+
+def json_resource_of(resource_type: str, *members: pl.Expr) -> pl.Expr:
+    """`{"resourceType":...` and the members given whole as `,"name":value` text, those not null, in order.
+    A member shared by many rows can be looked up whole, name and all (copied once into the resource instead
+    of first into a member of its own: 0.08 CPU s per million OMOP Patients for their 400-byte extensions)."""
     opening = pl.lit('{"resourceType":' + json.dumps(resource_type))
-    return pl.concat_str(opening, *pieces, pl.lit("}"), ignore_nulls=True)
+    return pl.concat_str(opening, *members, pl.lit("}"), ignore_nulls=True)
 
 
 def json_array(*items: pl.Expr) -> pl.Expr:
