@@ -166,6 +166,20 @@ class Load:
             )
             return result, client.stats
 
+    def post_one_per_bundle(self, client: MedplumClient, manifest: Manifest, run_id: str, census_dir: Path):
+        """One patient per bundle, created by POST: the load's census of the target found none."""
+        before = RunCensus(census_dir, run_id)
+        return migrate(
+            client,
+            manifest,
+            run_id,
+            PATIENTS,
+            self.frame,
+            self.source_url,
+            LoadSettings(batch_size=1, creates="post"),
+            census_of_target=lambda keys: before.get(client, keys),
+        )
+
     def units(self) -> pl.DataFrame:
         with Manifest(self.manifest_url) as manifest:
             return manifest.units("patients")
@@ -263,17 +277,7 @@ def test_pushback_halves_the_bundles_in_flight_and_the_load_settles(fresh_proxy,
         MedplumClient(fresh_proxy.base_url, local_medplum.client_id, local_medplum.client_secret, retry=FAST) as client,
         Manifest(load.manifest_url) as manifest,
     ):
-        before = RunCensus(tmp_path / "census", "pushed-back")
-        result = migrate(
-            client,
-            manifest,
-            "pushed-back",
-            PATIENTS,
-            load.frame,
-            load.source_url,
-            LoadSettings(batch_size=1, creates="post"),
-            census_of_target=lambda keys: before.get(client, keys),
-        )
+        result = load.post_one_per_bundle(client, manifest, "pushed-back", tmp_path / "census")
         retried = client.stats.retries
     assert fresh_proxy.pending_faults() == 0
     assert result.most_in_flight >= 2, "no pushback for a while: more bundles in flight"
@@ -291,17 +295,7 @@ def test_a_load_starts_with_the_bundles_in_flight_the_last_load_to_the_target_se
     ):
         manifest.start_run("earlier", "practitioners", "1", load.source_url, {})
         manifest.finish_run("earlier", "practitioners", "finished", {}, settled_in_flight=3)
-        before = RunCensus(tmp_path / "census", "settled")
-        result = migrate(
-            client,
-            manifest,
-            "settled",
-            PATIENTS,
-            load.frame,
-            load.source_url,
-            LoadSettings(batch_size=1, creates="post"),
-            census_of_target=lambda keys: before.get(client, keys),
-        )
+        result = load.post_one_per_bundle(client, manifest, "settled", tmp_path / "census")
         settled = manifest.settled_in_flight()
     assert result.most_in_flight >= 3, "started at three bundles in flight, not one"
     assert result.settled_in_flight is not None and settled == result.settled_in_flight, "the next load starts there"
