@@ -7,7 +7,7 @@ import pytest
 
 from migration_assets.medplum.client import RequestStats
 from migration_assets.pipeline import loader
-from migration_assets.pipeline.loader import PROBE_BUNDLES, InFlight
+from migration_assets.pipeline.loader import FIRST_IN_FLIGHT, PROBE_BUNDLES, InFlight
 
 
 @dataclass
@@ -30,8 +30,8 @@ def answer(limit: InFlight, clock: list[float], bundles: int, entries_per_second
 
 def test_more_in_flight_while_it_pays_and_back_when_it_does_not(clock):
     counts = Counts()
-    limit = InFlight(counts, ceiling=4, adaptive=True)
-    assert limit.limit == 1
+    assert InFlight(counts, ceiling=4, adaptive=True).limit == FIRST_IN_FLIGHT, "a target never loaded"
+    limit = InFlight(counts, ceiling=4, adaptive=True, start=1)
     answer(limit, clock, PROBE_BUNDLES, 100)
     assert limit.limit == 2, "judged at one: try two"
     answer(limit, clock, PROBE_BUNDLES, 180)
@@ -43,7 +43,7 @@ def test_more_in_flight_while_it_pays_and_back_when_it_does_not(clock):
 
 def test_pushback_halves_at_once(clock):
     counts = Counts()
-    limit = InFlight(counts, ceiling=8, adaptive=True)
+    limit = InFlight(counts, ceiling=8, adaptive=True, start=1)
     for rate in (100, 200, 300):
         answer(limit, clock, limit.probe, rate)
     assert limit.limit == 4

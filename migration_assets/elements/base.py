@@ -113,7 +113,7 @@ class DataElement:
     # metadata; a missing table not listed here is an error naming it and where it was looked for.
     optional_tables: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     # Load tuning: entries (or transactions) per batch bundle, and the most bundles in flight at once (the
-    # load starts with one and adds more while the server does not push back).
+    # load adapts the number in flight up to this while the server does not push back).
     batch_size: int = 100
     concurrency: int = 4
 

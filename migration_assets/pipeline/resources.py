@@ -93,7 +93,7 @@ class MigrationSettings(ConfigurableResource):
     concurrency: int | None = Field(
         default=None,
         description="The most bundles in flight at once for every element; unset: each element's own (4 unless it "
-        "says). With adaptive_concurrency the load starts with one and adds one while the server answers without "
+        "says). With adaptive_concurrency this is the ceiling the load climbs to while the server answers without "
         "pushback.",
     )
     transaction_size: int = Field(
@@ -105,7 +105,8 @@ class MigrationSettings(ConfigurableResource):
     )
     adaptive_concurrency: bool = Field(
         default=True,
-        description="Start with one bundle in flight and add one while each more answers entries faster "
+        description="Start with the bundles in flight the last load to the same target settled at (two on a target "
+        "never loaded) and add one while each more answers entries faster "
         "(step back when it does not); halve on a 409 (Medplum's serializable transactions colliding), 429 or "
         "5xx. Off: always `concurrency`.",
     )
