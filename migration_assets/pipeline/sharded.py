@@ -12,6 +12,7 @@ checks could see the whole element; a dynamic fan-out inside the asset needs nei
 import dataclasses
 import os
 import socket
+import time
 from typing import Any
 
 import polars as pl
@@ -215,14 +216,20 @@ def medplum_resources(fhir_frames: FrameParts) -> Any:
 
 class _ProgressLog:
     """A load step's progress: every bundle's units to this process's listeners (make demo's live view),
-    and a line to the step's log each time another twentieth of the units is done, whatever the size."""
+    and a line to the step's log each time another twentieth of the units is done, at most one every
+    LOG_EVERY_SECONDS (and the last): each line is an event the instance stores, and a small load's twenty
+    cost more than they tell."""
+
+    LOG_EVERY_SECONDS = 5.0
 
     def __init__(self, context: OpExecutionContext, element: str) -> None:
         self.context, self.element, self.logged = context, element, 0
+        self.last_line = time.monotonic()
 
     def __call__(self, done: int, total: int) -> None:
         publish(LoadProgress(self.element, done, total))
         twentieths = done * 20 // max(1, total)
-        if twentieths > self.logged:
-            self.logged = twentieths
+        now = time.monotonic()
+        if twentieths > self.logged and (done >= total or now - self.last_line >= self.LOG_EVERY_SECONDS):
+            self.logged, self.last_line = twentieths, now
             self.context.log.info(f"{done:,} of {total:,} units sent")
