@@ -126,7 +126,26 @@ def prerequisites_loaded(
     )
 
 
-def reference_integrity(loaded: "_Loaded") -> AssetCheckResult:
+@dataclass
+class _Loaded:
+    """What the checks of the loaded resources share in their one step: the frame, one client and one
+    ledger, and the run's census and prerequisite report."""
+
+    context: AssetCheckExecutionContext
+    fhir_frames: FrameParts
+    client: MedplumClient
+    ledger: Manifest
+    legacy_db: LegacySource
+    migration_settings: MigrationSettings
+
+    def run_census(self) -> RunCensus:
+        return _run_census(self.context, self.migration_settings, self.client.target)
+
+    def run_prerequisites(self) -> RunPrerequisites:
+        return _run_prerequisites(self.context, self.migration_settings, self.client.target)
+
+
+def reference_integrity(loaded: _Loaded) -> AssetCheckResult:
     frame = loaded.fhir_frames.read(REFERENCE_COLUMNS)
     client = loaded.client
     run_census = loaded.run_census()
@@ -141,7 +160,7 @@ def reference_integrity(loaded: "_Loaded") -> AssetCheckResult:
     )
 
 
-def idempotent_reload(loaded: "_Loaded") -> AssetCheckResult:
+def idempotent_reload(loaded: _Loaded) -> AssetCheckResult:
     context, fhir_frames, migration_settings = loaded.context, loaded.fhir_frames, loaded.migration_settings
     client, ledger = loaded.client, loaded.ledger
     element = get_element(context.partition_key)
@@ -261,7 +280,7 @@ def idempotent_reload(loaded: "_Loaded") -> AssetCheckResult:
     )
 
 
-def reconciliation(loaded: "_Loaded") -> AssetCheckResult:
+def reconciliation(loaded: _Loaded) -> AssetCheckResult:
     keys = loaded.fhir_frames.read(REFERENCE_COLUMNS)  # the census keeps the references the frame expects
     run_census = loaded.run_census()
     censuses = run_census.get(loaded.client, keys)
@@ -304,7 +323,7 @@ def reconciliation(loaded: "_Loaded") -> AssetCheckResult:
     )
 
 
-def accounting_balanced(loaded: "_Loaded") -> AssetCheckResult:
+def accounting_balanced(loaded: _Loaded) -> AssetCheckResult:
     books = accounting(
         loaded.fhir_frames.read(KEY_COLUMNS),
         loaded.ledger.units(loaded.context.partition_key, RECONCILE_UNIT_COLUMNS),
@@ -323,25 +342,6 @@ def accounting_balanced(loaded: "_Loaded") -> AssetCheckResult:
             }
         ),
     )
-
-
-@dataclass
-class _Loaded:
-    """What the checks of the loaded resources share in their one step: the frame, one client and one
-    ledger, and the run's census and prerequisite report."""
-
-    context: AssetCheckExecutionContext
-    fhir_frames: FrameParts
-    client: MedplumClient
-    ledger: Manifest
-    legacy_db: LegacySource
-    migration_settings: MigrationSettings
-
-    def run_census(self) -> RunCensus:
-        return _run_census(self.context, self.migration_settings, self.client.target)
-
-    def run_prerequisites(self) -> RunPrerequisites:
-        return _run_prerequisites(self.context, self.migration_settings, self.client.target)
 
 
 # The checks of the loaded resources, in the order they run. The books and the resubmission come before
