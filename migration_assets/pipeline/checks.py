@@ -367,7 +367,8 @@ _AFTER_LOAD: dict[str, tuple[Callable[[_Loaded], AssetCheckResult], str]] = {
         reconciliation,
         "Source rows against resources found in Medplum by identifier: missing, unexpected and "
         "duplicate identifiers listed, each missing one with its disposition in the manifest. A missing resource "
-        "the manifest records as loaded (a lost write) is set back to pending there, so the next load resends it.",
+        "the manifest records as loaded is listed as a lost write: the next load finds it missing in its own census "
+        "and sends it again (the check only reads).",
     ),
     "reference_integrity": (
         reference_integrity,
