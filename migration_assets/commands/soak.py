@@ -26,8 +26,9 @@ more; the loader budgets 150 points a write and paces itself from the `RateLimit
 default (50,000 points a minute, about 330 creates a minute) would take some 50 hours for the default
 50,000 patients (about 960,000 resources), so the soak's default is 7,500,000 points a minute (about
 50,000 writes a minute): under half of what the loader and the local server manage on this 2-core
-machine, so it binds, yet the default run finishes in under an hour (docs/soak.md). The idempotency check resubmits a seeded sample of
-2,000 bundle groups per element (--idempotency-sample; 0 = the whole partition, which doubles the writes).
+machine, so it binds, yet the default run finishes in under an hour (docs/soak.md). The idempotency
+check resubmits a seeded sample of 2,000 bundle groups per element (--idempotency-sample; 0 = the whole
+partition, which doubles the writes).
 The Node server gets --max-old-space-size=8192 (unless NODE_OPTIONS is set): its store lives in its heap.
 """
 
