@@ -1,7 +1,7 @@
 """A small OMOP CDM 5.4 database, the same for the same size and seed: the official table and column
 names (lower case, every value text as the platform's writers store it) and a CONCEPT table holding only
 the concepts the rows use. It carries the oddities real exports have: concept 0 with a source value,
-persons with only a year (or year and month) of birth, visits with no provider, measurements with no
+persons with only a year (or year and month) of birth, visits and visit details with no provider, measurements with no
 value, notes with no visit, provider or title and with line breaks and accents, specimens with no
 quantity or with a unit that is no UCUM concept, and duplicate rows: a condition and a drug exposure
 repeated exactly, a measurement id given to two measurements. Written without primary keys, as the CDM's
@@ -102,6 +102,8 @@ SPECIMENS = [
     (4046280, "UR", 0, None),
     (0, "SWAB-X", 0, "left nostril"),
 ]
+# Visit detail source values: the ward or unit of a part of a visit.
+WARDS = ["WARD-3B", "ICU", "ED-TRIAGE", "CARDIO-CONSULT"]
 NOTE_TEXTS = [
     "Patient seen for follow-up.\r\nBP stable on current medication.\r\nPlan: recheck in 3 months.",
     "Résumé: patient reports no côté-effects; continue therapy.",
@@ -169,6 +171,9 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
     persons, deaths, visits, conditions, drugs, procedures, measurements, observations = [], [], [], [], [], [], [], []
     notes: list[dict[str, Any]] = []
     specimens: list[dict[str, Any]] = []
+    visit_details: list[dict[str, Any]] = []
+    # Visit details draw from a generator of their own: the other tables stay as they were before them.
+    detail_random = random.Random(seed + 1)
     for p in range(1, patients + 1):
         year, month, day = r.randint(1930, 2015), r.randint(1, 12), r.randint(1, 28)
         precision = r.random()
@@ -212,6 +217,25 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
                     "visit_source_value": {9201: "IP", 9202: "OP", 9203: "ER"}[kind],
                 }
             )
+            # An inpatient stay moves between wards (the second detail follows the first); some other visits
+            # have one detail; a detail may name no provider.
+            wards = 2 if kind == 9201 else int(detail_random.random() < 0.3)
+            for w in range(wards):
+                visit_details.append(
+                    {
+                        "visit_detail_id": vid * 10 + w,
+                        "person_id": p,
+                        "visit_detail_concept_id": kind,
+                        "visit_detail_start_date": start,
+                        "visit_detail_end_date": start,
+                        "visit_detail_type_concept_id": 32817,
+                        "provider_id": detail_random.choice([1, 2, 3, 4, None]),
+                        "care_site_id": detail_random.randint(1, 3),
+                        "visit_detail_source_value": detail_random.choice(WARDS),
+                        "preceding_visit_detail_id": vid * 10 + w - 1 if w else None,
+                        "visit_occurrence_id": vid,
+                    }
+                )
             concept, source = r.choice(CONDITIONS)
             conditions.append(
                 {
@@ -352,6 +376,7 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
         "person": _text(persons, COLUMNS["person"]),
         "death": _text(deaths, COLUMNS["death"]),
         "visit_occurrence": _text(visits, COLUMNS["visit_occurrence"]),
+        "visit_detail": _text(visit_details, COLUMNS["visit_detail"]),
         "condition_occurrence": _text(conditions, COLUMNS["condition_occurrence"]),
         "drug_exposure": _text(drugs, COLUMNS["drug_exposure"]),
         "procedure_occurrence": _text(procedures, COLUMNS["procedure_occurrence"]),
@@ -448,6 +473,27 @@ COLUMNS = {
         "discharged_to_concept_id",
         "discharged_to_source_value",
         "preceding_visit_occurrence_id",
+    ],
+    "visit_detail": [
+        "visit_detail_id",
+        "person_id",
+        "visit_detail_concept_id",
+        "visit_detail_start_date",
+        "visit_detail_start_datetime",
+        "visit_detail_end_date",
+        "visit_detail_end_datetime",
+        "visit_detail_type_concept_id",
+        "provider_id",
+        "care_site_id",
+        "visit_detail_source_value",
+        "visit_detail_source_concept_id",
+        "admitted_from_concept_id",
+        "admitted_from_source_value",
+        "discharged_to_source_value",
+        "discharged_to_concept_id",
+        "preceding_visit_detail_id",
+        "parent_visit_detail_id",
+        "visit_occurrence_id",
     ],
     "condition_occurrence": [
         "condition_occurrence_id",

@@ -16,6 +16,7 @@ ELEMENTS = (
     "persons",
     "providers",
     "visits",
+    "visit_details",
     "conditions",
     "drugs",
     "procedures",

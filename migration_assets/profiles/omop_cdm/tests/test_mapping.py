@@ -120,6 +120,57 @@ def test_a_visit_becomes_an_encounter_with_its_class_and_no_participant_without_
     assert built["quarantine_rule"].to_list() == [None, "unknown_code"]
 
 
+DETAIL = {
+    "visit_detail_id": 70,
+    "person_id": 1,
+    "visit_detail_concept_id": 9201,
+    "visit_detail_start_date": "2020-05-01",
+    "visit_detail_end_date": "2020-05-02",
+    "provider_id": 3,
+    "care_site_id": 2,
+    "visit_detail_source_value": "ICU",
+    "visit_occurrence_id": 7,
+}
+
+
+def test_a_visit_detail_is_an_encounter_part_of_its_visits_encounter() -> None:
+    built = frame(
+        "visit_details",
+        tables(
+            person=[PERSON, {**PERSON, "person_id": 2}],
+            visit_occurrence=[VISIT],
+            provider=[{"provider_id": 3}],
+            care_site=[{"care_site_id": 2}],
+            visit_detail=[
+                DETAIL,
+                # No provider: no participant, as for a visit.
+                {**DETAIL, "visit_detail_id": 71, "provider_id": None},
+                {**DETAIL, "visit_detail_id": 72, "visit_occurrence_id": None},
+                {**DETAIL, "visit_detail_id": 73, "visit_occurrence_id": 99},
+                {**DETAIL, "visit_detail_id": 74, "person_id": 2},
+                {**DETAIL, "visit_detail_id": 75, "visit_detail_concept_id": 12345},
+            ],
+        ),
+    )
+    assert built["quarantine_rule"].to_list() == [
+        None,
+        None,
+        "missing_value",
+        "orphan_reference",
+        "mismatched_reference",
+        "unknown_code",
+    ]
+    detail, no_provider = resources(built)[:2]
+    assert detail["identifier"] == [{"system": "https://omop.example.org/fhir/identifier/visit-detail", "value": "70"}]
+    assert detail["partOf"] == {"reference": "Encounter?identifier=https://omop.example.org/fhir/identifier/visit|7"}
+    assert detail["class"]["code"] == "IMP" and detail["period"] == {"start": "2020-05-01", "end": "2020-05-02"}
+    assert detail["subject"]["reference"].endswith("person|1")
+    assert detail["participant"][0]["individual"]["reference"].endswith("provider|3")
+    assert detail["serviceProvider"]["reference"].endswith("care-site|2")
+    assert {"system": LOCAL, "code": "ICU"} in detail["type"][0]["coding"]
+    assert "participant" not in no_provider and no_provider["partOf"] == detail["partOf"]
+
+
 def test_codes_come_from_concept_and_concept_zero_keeps_the_source_value_unmapped() -> None:
     conditions = [
         {
