@@ -25,9 +25,10 @@ CONCEPT_KEY = "concept_id"
 
 
 # The CDM tables an export may leave out: the health system (LOCATION, CARE_SITE, PROVIDER), DEATH, and the
-# clinical tables a source often does not fill (NOTE, SPECIMEN, VISIT_DETAIL). PERSON, VISIT_OCCURRENCE, the other event
+# clinical tables a source often does not fill (NOTE, SPECIMEN, VISIT_DETAIL,
+# DEVICE_EXPOSURE). PERSON, VISIT_OCCURRENCE, the other event
 # tables and CONCEPT are required: a missing one is an error naming it.
-OPTIONAL_TABLES = ("location", "care_site", "provider", "death", "note", "specimen", "visit_detail")
+OPTIONAL_TABLES = ("location", "care_site", "provider", "death", "note", "specimen", "visit_detail", "device_exposure")
 
 
 def optional_among(source_tables: Mapping[str, str]) -> dict[str, tuple[str, ...]]:

@@ -1,9 +1,10 @@
 """A small OMOP CDM 5.4 database, the same for the same size and seed: the official table and column
 names (lower case, every value text as the platform's writers store it) and a CONCEPT table holding only
 the concepts the rows use. It carries the oddities real exports have: concept 0 with a source value,
-persons with only a year (or year and month) of birth, visits and visit details with no provider, measurements with no
-value, notes with no visit, provider or title and with line breaks and accents, specimens with no
-quantity or with a unit that is no UCUM concept, and duplicate rows: a condition and a drug exposure
+persons with only a year (or year and month) of birth, visits and visit details with no provider, devices
+still in use (no end date) or of no visit, measurements with no value, notes with no visit, provider or
+title and with line breaks and accents, specimens with no quantity or with a unit that is no UCUM concept,
+and duplicate rows: a condition and a drug exposure
 repeated exactly, a measurement id given to two measurements. Written without primary keys, as the CDM's
 DDL leaves them optional (the profile's `primary_keys_enforced`)."""
 
@@ -79,6 +80,9 @@ CONCEPTS = [
     (4001225, "Venous blood specimen", "Specimen", "SNOMED", "Specimen", "S", "122555007"),
     (4046280, "Urine specimen", "Specimen", "SNOMED", "Specimen", "S", "122575003"),
     (8587, "milliliter", "Unit", "UCUM", "Unit", "S", "mL"),
+    # Devices (the concept ids as the sample's CONCEPT table gives them; SNOMED physical objects).
+    (4030875, "Cardiac pacemaker, device", "Device", "SNOMED", "Physical Object", "S", "14106009"),
+    (45768197, "Positive airway pressure device", "Device", "SNOMED", "Physical Object", "S", "704708001"),
     (4300877, "Structure of median cubital vein", "Spec Anatomic Site", "SNOMED", "Body Structure", "S", "50094009"),
 ]
 CONCEPT_COLUMNS = [
@@ -101,6 +105,12 @@ SPECIMENS = [
     (4001225, "VENBLD", 4300877, "median cubital vein"),
     (4046280, "UR", 0, None),
     (0, "SWAB-X", 0, "left nostril"),
+]
+# device concept, source value, UDI (device identifier and production part), ended
+DEVICES = [
+    (4030875, "PACER-DDD", "(01)00643169007222(17)260101(21)PM0042", False),
+    (45768197, "CPAP-AUTO", None, True),
+    (0, "GLUCOMETER-X", None, True),
 ]
 # Visit detail source values: the ward or unit of a part of a visit.
 WARDS = ["WARD-3B", "ICU", "ED-TRIAGE", "CARDIO-CONSULT"]
@@ -172,8 +182,10 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
     notes: list[dict[str, Any]] = []
     specimens: list[dict[str, Any]] = []
     visit_details: list[dict[str, Any]] = []
+    devices: list[dict[str, Any]] = []
     # Visit details draw from a generator of their own: the other tables stay as they were before them.
     detail_random = random.Random(seed + 1)
+    device_random = random.Random(seed + 2)
     for p in range(1, patients + 1):
         year, month, day = r.randint(1930, 2015), r.randint(1, 12), r.randint(1, 28)
         precision = r.random()
@@ -234,6 +246,24 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
                         "visit_detail_source_value": detail_random.choice(WARDS),
                         "preceding_visit_detail_id": vid * 10 + w - 1 if w else None,
                         "visit_occurrence_id": vid,
+                    }
+                )
+            if device_random.random() < 0.25:
+                device, device_source, udi, ended = device_random.choice(DEVICES)
+                # An implant still in use has no end date; a device given at home names no visit.
+                devices.append(
+                    {
+                        "device_exposure_id": vid,
+                        "person_id": p,
+                        "device_concept_id": device,
+                        "device_exposure_start_date": start,
+                        "device_exposure_end_date": start if ended else None,
+                        "device_type_concept_id": 32817,
+                        "unique_device_id": udi,
+                        "production_id": udi.rsplit("(21)", 1)[-1] if udi else None,
+                        "quantity": 1,
+                        "visit_occurrence_id": vid if device_random.random() > 0.2 else None,
+                        "device_source_value": device_source,
                     }
                 )
             concept, source = r.choice(CONDITIONS)
@@ -377,6 +407,7 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
         "death": _text(deaths, COLUMNS["death"]),
         "visit_occurrence": _text(visits, COLUMNS["visit_occurrence"]),
         "visit_detail": _text(visit_details, COLUMNS["visit_detail"]),
+        "device_exposure": _text(devices, COLUMNS["device_exposure"]),
         "condition_occurrence": _text(conditions, COLUMNS["condition_occurrence"]),
         "drug_exposure": _text(drugs, COLUMNS["drug_exposure"]),
         "procedure_occurrence": _text(procedures, COLUMNS["procedure_occurrence"]),
@@ -555,6 +586,27 @@ COLUMNS = {
         "procedure_source_value",
         "procedure_source_concept_id",
         "modifier_source_value",
+    ],
+    "device_exposure": [
+        "device_exposure_id",
+        "person_id",
+        "device_concept_id",
+        "device_exposure_start_date",
+        "device_exposure_start_datetime",
+        "device_exposure_end_date",
+        "device_exposure_end_datetime",
+        "device_type_concept_id",
+        "unique_device_id",
+        "production_id",
+        "quantity",
+        "provider_id",
+        "visit_occurrence_id",
+        "visit_detail_id",
+        "device_source_value",
+        "device_source_concept_id",
+        "unit_concept_id",
+        "unit_source_value",
+        "unit_source_concept_id",
     ],
     "measurement": [
         "measurement_id",

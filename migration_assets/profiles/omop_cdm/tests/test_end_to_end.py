@@ -24,6 +24,7 @@ ELEMENTS = (
     "observations",
     "notes",
     "specimens",
+    "devices",
 )
 
 

@@ -171,6 +171,63 @@ def test_a_visit_detail_is_an_encounter_part_of_its_visits_encounter() -> None:
     assert "participant" not in no_provider and no_provider["partOf"] == detail["partOf"]
 
 
+DEVICE = {
+    "device_exposure_id": 40,
+    "person_id": 1,
+    "device_concept_id": 4030875,
+    "device_exposure_start_date": "2020-05-01",
+    "device_type_concept_id": 32817,
+    "unique_device_id": "(01)00643169007222(17)260101",
+    "quantity": 1,
+    "visit_occurrence_id": 7,
+    "device_source_value": "PACER-DDD",
+}
+
+
+def test_a_device_exposure_is_a_device_use_statement_with_its_device_contained() -> None:
+    built = frame(
+        "devices",
+        tables(
+            person=[PERSON, {**PERSON, "person_id": 2}],
+            visit_occurrence=[VISIT],
+            device_exposure=[
+                DEVICE,
+                # Ended, of no visit, concept 0 and no UDI.
+                {
+                    **DEVICE,
+                    "device_exposure_id": 41,
+                    "device_exposure_end_date": "2020-06-01",
+                    "visit_occurrence_id": None,
+                    "device_concept_id": 0,
+                    "unique_device_id": None,
+                    "device_source_value": "GLUCOMETER-X",
+                },
+                {**DEVICE, "device_exposure_id": 42, "person_id": 2},
+                {**DEVICE, "device_exposure_id": 43, "device_exposure_end_date": "2020-04-01"},
+            ],
+        ),
+    )
+    assert built["quarantine_rule"].to_list() == [None, None, "mismatched_reference", "ends_before_start"]
+    assert built["code_mapped"].to_list()[:2] == [True, False]
+    implant, meter = resources(built)[:2]
+    assert implant["identifier"] == [
+        {"system": "https://omop.example.org/fhir/identifier/device-exposure", "value": "40"}
+    ]
+    assert implant["status"] == "active" and implant["timingPeriod"] == {"start": "2020-05-01"}
+    assert implant["subject"]["reference"].endswith("person|1") and implant["device"] == {"reference": "#device"}
+    (device,) = implant["contained"]
+    assert device["resourceType"] == "Device" and device["id"] == "device"
+    assert device["udiCarrier"] == [{"deviceIdentifier": "(01)00643169007222(17)260101"}]
+    assert {"system": "http://snomed.info/sct", "code": "14106009", "display": "Cardiac pacemaker, device"} in device[
+        "type"
+    ]["coding"]
+    (context,) = implant["extension"]
+    assert context["valueReference"]["reference"].endswith("identifier/visit|7")
+    assert meter["status"] == "completed" and meter["timingPeriod"] == {"start": "2020-05-01", "end": "2020-06-01"}
+    assert "extension" not in meter and "udiCarrier" not in meter["contained"][0]
+    assert meter["contained"][0]["type"]["text"] == "GLUCOMETER-X"
+
+
 def test_codes_come_from_concept_and_concept_zero_keeps_the_source_value_unmapped() -> None:
     conditions = [
         {
