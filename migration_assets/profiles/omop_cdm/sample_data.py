@@ -2,11 +2,11 @@
 names (lower case, every value text as the platform's writers store it) and a CONCEPT table holding only
 the concepts the rows use. It carries the oddities real exports have: concept 0 with a source value,
 persons with only a year (or year and month) of birth, visits and visit details with no provider, devices
-still in use (no end date) or of no visit, measurements with no value, notes with no visit, provider or
-title and with line breaks and accents, specimens with no quantity or with a unit that is no UCUM concept,
-and duplicate rows: a condition and a drug exposure
-repeated exactly, a measurement id given to two measurements. Written without primary keys, as the CDM's
-DDL leaves them optional (the profile's `primary_keys_enforced`)."""
+still in use (no end date) or of no visit, payer plan periods still running or naming no plan,
+measurements with no value, notes with no visit, provider or title and with line breaks and accents,
+specimens with no quantity or with a unit that is no UCUM concept, and duplicate rows: a condition and a
+drug exposure repeated exactly, a measurement id given to two measurements. Written without primary keys,
+as the CDM's DDL leaves them optional (the profile's `primary_keys_enforced`)."""
 
 import random
 from collections.abc import Callable
@@ -112,6 +112,8 @@ DEVICES = [
     (45768197, "CPAP-AUTO", None, True),
     (0, "GLUCOMETER-X", None, True),
 ]
+# payer source value, plan source value (None: the export names no plan)
+PAYERS = [("MEDICARE", "PART-B"), ("BCBS-MA", "PPO-GOLD"), ("SELF-PAY", None)]
 # Visit detail source values: the ward or unit of a part of a visit.
 WARDS = ["WARD-3B", "ICU", "ED-TRIAGE", "CARDIO-CONSULT"]
 NOTE_TEXTS = [
@@ -183,9 +185,11 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
     specimens: list[dict[str, Any]] = []
     visit_details: list[dict[str, Any]] = []
     devices: list[dict[str, Any]] = []
+    plan_periods: list[dict[str, Any]] = []
     # Visit details draw from a generator of their own: the other tables stay as they were before them.
     detail_random = random.Random(seed + 1)
     device_random = random.Random(seed + 2)
+    plan_random = random.Random(seed + 3)
     for p in range(1, patients + 1):
         year, month, day = r.randint(1930, 2015), r.randint(1, 12), r.randint(1, 28)
         precision = r.random()
@@ -204,6 +208,22 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
             "gender_source_value": {8507: "M", 8532: "F", 0: "X"}[gender],
         }
         persons.append(person)
+        # One payer plan period, or two in a row, the last one still running (no end date).
+        periods = plan_random.randint(1, 2)
+        for n in range(periods):
+            payer, plan = plan_random.choice(PAYERS)
+            plan_periods.append(
+                {
+                    "payer_plan_period_id": p * 10 + n,
+                    "person_id": p,
+                    "payer_plan_period_start_date": f"{2014 + 4 * n}-01-01",
+                    "payer_plan_period_end_date": f"{2017 + 4 * n}-12-31" if n + 1 < periods else None,
+                    "payer_concept_id": 0,
+                    "payer_source_value": payer,
+                    "plan_concept_id": 0,
+                    "plan_source_value": plan,
+                }
+            )
         if r.random() < 0.05:
             deaths.append(
                 {
@@ -408,6 +428,7 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
         "visit_occurrence": _text(visits, COLUMNS["visit_occurrence"]),
         "visit_detail": _text(visit_details, COLUMNS["visit_detail"]),
         "device_exposure": _text(devices, COLUMNS["device_exposure"]),
+        "payer_plan_period": _text(plan_periods, COLUMNS["payer_plan_period"]),
         "condition_occurrence": _text(conditions, COLUMNS["condition_occurrence"]),
         "drug_exposure": _text(drugs, COLUMNS["drug_exposure"]),
         "procedure_occurrence": _text(procedures, COLUMNS["procedure_occurrence"]),
@@ -607,6 +628,25 @@ COLUMNS = {
         "unit_concept_id",
         "unit_source_value",
         "unit_source_concept_id",
+    ],
+    "payer_plan_period": [
+        "payer_plan_period_id",
+        "person_id",
+        "payer_plan_period_start_date",
+        "payer_plan_period_end_date",
+        "payer_concept_id",
+        "payer_source_value",
+        "payer_source_concept_id",
+        "plan_concept_id",
+        "plan_source_value",
+        "plan_source_concept_id",
+        "sponsor_concept_id",
+        "sponsor_source_value",
+        "sponsor_source_concept_id",
+        "family_source_value",
+        "stop_reason_concept_id",
+        "stop_reason_source_value",
+        "stop_reason_source_concept_id",
     ],
     "measurement": [
         "measurement_id",

@@ -25,6 +25,7 @@ ELEMENTS = (
     "notes",
     "specimens",
     "devices",
+    "coverages",
 )
 
 

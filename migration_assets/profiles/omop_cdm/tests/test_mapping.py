@@ -228,6 +228,57 @@ def test_a_device_exposure_is_a_device_use_statement_with_its_device_contained()
     assert meter["contained"][0]["type"]["text"] == "GLUCOMETER-X"
 
 
+PLAN_PERIOD = {
+    "payer_plan_period_id": 50,
+    "person_id": 1,
+    "payer_plan_period_start_date": "2018-01-01",
+    "payer_plan_period_end_date": "2021-12-31",
+    "payer_concept_id": 0,
+    "payer_source_value": "BCBS-MA",
+    "plan_concept_id": 0,
+    "plan_source_value": "PPO-GOLD",
+}
+
+
+def test_a_payer_plan_period_is_a_coverage_with_payor_and_plan_from_the_source_values() -> None:
+    built = frame(
+        "coverages",
+        tables(
+            person=[PERSON],
+            payer_plan_period=[
+                PLAN_PERIOD,
+                # Still running, and naming no plan: no period end, no class.
+                {
+                    **PLAN_PERIOD,
+                    "payer_plan_period_id": 51,
+                    "payer_plan_period_end_date": None,
+                    "plan_source_value": None,
+                },
+                {**PLAN_PERIOD, "payer_plan_period_id": 52, "payer_source_value": None},
+                {**PLAN_PERIOD, "payer_plan_period_id": 53, "person_id": 9},
+                {**PLAN_PERIOD, "payer_plan_period_id": 54, "payer_plan_period_end_date": "2017-01-01"},
+            ],
+        ),
+    )
+    assert built["quarantine_rule"].to_list() == [None, None, "missing_value", "orphan_reference", "ends_before_start"]
+    coverage, running = resources(built)[:2]
+    assert coverage["identifier"] == [
+        {"system": "https://omop.example.org/fhir/identifier/payer-plan-period", "value": "50"}
+    ]
+    assert coverage["status"] == "active" and coverage["beneficiary"]["reference"].endswith("person|1")
+    assert coverage["period"] == {"start": "2018-01-01", "end": "2021-12-31"}
+    assert coverage["payor"] == [
+        {
+            "identifier": {"system": "https://omop.example.org/fhir/identifier/payer", "value": "BCBS-MA"},
+            "display": "BCBS-MA",
+        }
+    ]
+    (plan,) = coverage["class"]
+    assert plan["value"] == "PPO-GOLD" and plan["type"]["coding"][0]["code"] == "plan"
+    assert running["period"] == {"start": "2018-01-01"} and "class" not in running
+    assert built["code_mapped"].to_list()[:2] == [False, False]
+
+
 def test_codes_come_from_concept_and_concept_zero_keeps_the_source_value_unmapped() -> None:
     conditions = [
         {
