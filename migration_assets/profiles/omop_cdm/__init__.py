@@ -10,8 +10,9 @@ HERE = Path(__file__).parent
 
 PROFILE = Profile(
     name="omop_cdm",
-    description="An OMOP CDM 5.4 database: persons, providers, care sites, locations, visits, conditions, "
-    "drug exposures, procedures, measurements and observations.",
+    description="An OMOP CDM 5.4 database: persons, providers, care sites, locations, visits and their details, "
+    "conditions, drug exposures, procedures, measurements, observations, notes, specimens, device exposures and "
+    "payer plan periods.",
     elements=discover_elements(f"{__name__}.elements"),
     phases_file=HERE / "phases.yaml",
     sample_tables=build_sample_tables,

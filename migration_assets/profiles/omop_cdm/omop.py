@@ -25,9 +25,20 @@ CONCEPT_KEY = "concept_id"
 
 
 # The CDM tables an export may leave out: the health system (LOCATION, CARE_SITE, PROVIDER), DEATH, and the
-# clinical tables a source often does not fill (NOTE, SPECIMEN). PERSON, VISIT_OCCURRENCE, the other event
+# clinical tables a source often does not fill (NOTE, SPECIMEN, VISIT_DETAIL,
+# DEVICE_EXPOSURE) and PAYER_PLAN_PERIOD. PERSON, VISIT_OCCURRENCE, the other event
 # tables and CONCEPT are required: a missing one is an error naming it.
-OPTIONAL_TABLES = ("location", "care_site", "provider", "death", "note", "specimen")
+OPTIONAL_TABLES = (
+    "location",
+    "care_site",
+    "provider",
+    "death",
+    "note",
+    "specimen",
+    "visit_detail",
+    "device_exposure",
+    "payer_plan_period",
+)
 
 
 def optional_among(source_tables: Mapping[str, str]) -> dict[str, tuple[str, ...]]:
@@ -95,8 +106,8 @@ def patient_reference(system: SourceSystem) -> pl.Expr:
     return conditional_reference("Patient", system.identifier_system("person"), pl.col("person_id"))
 
 
-def expected_patient(system: SourceSystem) -> pl.Expr:
-    return expected_reference("subject", "Patient", system.identifier_system("person"), pl.col("person_id"))
+def expected_patient(system: SourceSystem, path: str = "subject") -> pl.Expr:
+    return expected_reference(path, "Patient", system.identifier_system("person"), pl.col("person_id"))
 
 
 def encounter_reference(system: SourceSystem) -> pl.Expr:

@@ -1,11 +1,12 @@
 """A small OMOP CDM 5.4 database, the same for the same size and seed: the official table and column
 names (lower case, every value text as the platform's writers store it) and a CONCEPT table holding only
 the concepts the rows use. It carries the oddities real exports have: concept 0 with a source value,
-persons with only a year (or year and month) of birth, visits with no provider, measurements with no
-value, notes with no visit, provider or title and with line breaks and accents, specimens with no
-quantity or with a unit that is no UCUM concept, and duplicate rows: a condition and a drug exposure
-repeated exactly, a measurement id given to two measurements. Written without primary keys, as the CDM's
-DDL leaves them optional (the profile's `primary_keys_enforced`)."""
+persons with only a year (or year and month) of birth, visits and visit details with no provider, devices
+still in use (no end date) or of no visit, payer plan periods still running or naming no plan,
+measurements with no value, notes with no visit, provider or title and with line breaks and accents,
+specimens with no quantity or with a unit that is no UCUM concept, and duplicate rows: a condition and a
+drug exposure repeated exactly, a measurement id given to two measurements. Written without primary keys,
+as the CDM's DDL leaves them optional (the profile's `primary_keys_enforced`)."""
 
 import random
 from collections.abc import Callable
@@ -79,6 +80,9 @@ CONCEPTS = [
     (4001225, "Venous blood specimen", "Specimen", "SNOMED", "Specimen", "S", "122555007"),
     (4046280, "Urine specimen", "Specimen", "SNOMED", "Specimen", "S", "122575003"),
     (8587, "milliliter", "Unit", "UCUM", "Unit", "S", "mL"),
+    # Devices (the concept ids as the sample's CONCEPT table gives them; SNOMED physical objects).
+    (4030875, "Cardiac pacemaker, device", "Device", "SNOMED", "Physical Object", "S", "14106009"),
+    (45768197, "Positive airway pressure device", "Device", "SNOMED", "Physical Object", "S", "704708001"),
     (4300877, "Structure of median cubital vein", "Spec Anatomic Site", "SNOMED", "Body Structure", "S", "50094009"),
 ]
 CONCEPT_COLUMNS = [
@@ -102,6 +106,16 @@ SPECIMENS = [
     (4046280, "UR", 0, None),
     (0, "SWAB-X", 0, "left nostril"),
 ]
+# device concept, source value, UDI (device identifier and production part), ended
+DEVICES = [
+    (4030875, "PACER-DDD", "(01)00643169007222(17)260101(21)PM0042", False),
+    (45768197, "CPAP-AUTO", None, True),
+    (0, "GLUCOMETER-X", None, True),
+]
+# payer source value, plan source value (None: the export names no plan)
+PAYERS = [("MEDICARE", "PART-B"), ("BCBS-MA", "PPO-GOLD"), ("SELF-PAY", None)]
+# Visit detail source values: the ward or unit of a part of a visit.
+WARDS = ["WARD-3B", "ICU", "ED-TRIAGE", "CARDIO-CONSULT"]
 NOTE_TEXTS = [
     "Patient seen for follow-up.\r\nBP stable on current medication.\r\nPlan: recheck in 3 months.",
     "Résumé: patient reports no côté-effects; continue therapy.",
@@ -169,6 +183,13 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
     persons, deaths, visits, conditions, drugs, procedures, measurements, observations = [], [], [], [], [], [], [], []
     notes: list[dict[str, Any]] = []
     specimens: list[dict[str, Any]] = []
+    visit_details: list[dict[str, Any]] = []
+    devices: list[dict[str, Any]] = []
+    plan_periods: list[dict[str, Any]] = []
+    # Visit details draw from a generator of their own: the other tables stay as they were before them.
+    detail_random = random.Random(seed + 1)
+    device_random = random.Random(seed + 2)
+    plan_random = random.Random(seed + 3)
     for p in range(1, patients + 1):
         year, month, day = r.randint(1930, 2015), r.randint(1, 12), r.randint(1, 28)
         precision = r.random()
@@ -187,6 +208,22 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
             "gender_source_value": {8507: "M", 8532: "F", 0: "X"}[gender],
         }
         persons.append(person)
+        # One payer plan period, or two in a row, the last one still running (no end date).
+        periods = plan_random.randint(1, 2)
+        for n in range(periods):
+            payer, plan = plan_random.choice(PAYERS)
+            plan_periods.append(
+                {
+                    "payer_plan_period_id": p * 10 + n,
+                    "person_id": p,
+                    "payer_plan_period_start_date": f"{2014 + 4 * n}-01-01",
+                    "payer_plan_period_end_date": f"{2017 + 4 * n}-12-31" if n + 1 < periods else None,
+                    "payer_concept_id": 0,
+                    "payer_source_value": payer,
+                    "plan_concept_id": 0,
+                    "plan_source_value": plan,
+                }
+            )
         if r.random() < 0.05:
             deaths.append(
                 {
@@ -212,6 +249,43 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
                     "visit_source_value": {9201: "IP", 9202: "OP", 9203: "ER"}[kind],
                 }
             )
+            # An inpatient stay moves between wards (the second detail follows the first); some other visits
+            # have one detail; a detail may name no provider.
+            wards = 2 if kind == 9201 else int(detail_random.random() < 0.3)
+            for w in range(wards):
+                visit_details.append(
+                    {
+                        "visit_detail_id": vid * 10 + w,
+                        "person_id": p,
+                        "visit_detail_concept_id": kind,
+                        "visit_detail_start_date": start,
+                        "visit_detail_end_date": start,
+                        "visit_detail_type_concept_id": 32817,
+                        "provider_id": detail_random.choice([1, 2, 3, 4, None]),
+                        "care_site_id": detail_random.randint(1, 3),
+                        "visit_detail_source_value": detail_random.choice(WARDS),
+                        "preceding_visit_detail_id": vid * 10 + w - 1 if w else None,
+                        "visit_occurrence_id": vid,
+                    }
+                )
+            if device_random.random() < 0.25:
+                device, device_source, udi, ended = device_random.choice(DEVICES)
+                # An implant still in use has no end date; a device given at home names no visit.
+                devices.append(
+                    {
+                        "device_exposure_id": vid,
+                        "person_id": p,
+                        "device_concept_id": device,
+                        "device_exposure_start_date": start,
+                        "device_exposure_end_date": start if ended else None,
+                        "device_type_concept_id": 32817,
+                        "unique_device_id": udi,
+                        "production_id": udi.rsplit("(21)", 1)[-1] if udi else None,
+                        "quantity": 1,
+                        "visit_occurrence_id": vid if device_random.random() > 0.2 else None,
+                        "device_source_value": device_source,
+                    }
+                )
             concept, source = r.choice(CONDITIONS)
             conditions.append(
                 {
@@ -352,6 +426,9 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
         "person": _text(persons, COLUMNS["person"]),
         "death": _text(deaths, COLUMNS["death"]),
         "visit_occurrence": _text(visits, COLUMNS["visit_occurrence"]),
+        "visit_detail": _text(visit_details, COLUMNS["visit_detail"]),
+        "device_exposure": _text(devices, COLUMNS["device_exposure"]),
+        "payer_plan_period": _text(plan_periods, COLUMNS["payer_plan_period"]),
         "condition_occurrence": _text(conditions, COLUMNS["condition_occurrence"]),
         "drug_exposure": _text(drugs, COLUMNS["drug_exposure"]),
         "procedure_occurrence": _text(procedures, COLUMNS["procedure_occurrence"]),
@@ -449,6 +526,27 @@ COLUMNS = {
         "discharged_to_source_value",
         "preceding_visit_occurrence_id",
     ],
+    "visit_detail": [
+        "visit_detail_id",
+        "person_id",
+        "visit_detail_concept_id",
+        "visit_detail_start_date",
+        "visit_detail_start_datetime",
+        "visit_detail_end_date",
+        "visit_detail_end_datetime",
+        "visit_detail_type_concept_id",
+        "provider_id",
+        "care_site_id",
+        "visit_detail_source_value",
+        "visit_detail_source_concept_id",
+        "admitted_from_concept_id",
+        "admitted_from_source_value",
+        "discharged_to_source_value",
+        "discharged_to_concept_id",
+        "preceding_visit_detail_id",
+        "parent_visit_detail_id",
+        "visit_occurrence_id",
+    ],
     "condition_occurrence": [
         "condition_occurrence_id",
         "person_id",
@@ -509,6 +607,46 @@ COLUMNS = {
         "procedure_source_value",
         "procedure_source_concept_id",
         "modifier_source_value",
+    ],
+    "device_exposure": [
+        "device_exposure_id",
+        "person_id",
+        "device_concept_id",
+        "device_exposure_start_date",
+        "device_exposure_start_datetime",
+        "device_exposure_end_date",
+        "device_exposure_end_datetime",
+        "device_type_concept_id",
+        "unique_device_id",
+        "production_id",
+        "quantity",
+        "provider_id",
+        "visit_occurrence_id",
+        "visit_detail_id",
+        "device_source_value",
+        "device_source_concept_id",
+        "unit_concept_id",
+        "unit_source_value",
+        "unit_source_concept_id",
+    ],
+    "payer_plan_period": [
+        "payer_plan_period_id",
+        "person_id",
+        "payer_plan_period_start_date",
+        "payer_plan_period_end_date",
+        "payer_concept_id",
+        "payer_source_value",
+        "payer_source_concept_id",
+        "plan_concept_id",
+        "plan_source_value",
+        "plan_source_concept_id",
+        "sponsor_concept_id",
+        "sponsor_source_value",
+        "sponsor_source_concept_id",
+        "family_source_value",
+        "stop_reason_concept_id",
+        "stop_reason_source_value",
+        "stop_reason_source_concept_id",
     ],
     "measurement": [
         "measurement_id",

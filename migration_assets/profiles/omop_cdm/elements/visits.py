@@ -33,6 +33,7 @@ from migration_assets.profiles.omop_cdm.omop import (
     concepts_named_by,
     day,
     event_rules,
+    expected_encounter,
     expected_patient,
     optional_among,
     patient_reference,
@@ -50,39 +51,60 @@ VISIT_CLASS = {concept: (code, display) for concept, _name, code, display in rea
 
 
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
-    visits = table(tables, "visit_occurrence")
+    # A visit is its own visit: the shared event rules then hold trivially for it.
+    visits = table(tables, "visit_occurrence").with_columns(visit_person_id=pl.col("person_id"))
+    return encounter_rows(tables, visits, "visit_occurrence", "visit_concept_id")
+
+
+def encounter_rows(
+    tables: Mapping[str, pl.DataFrame], rows: pl.DataFrame, table_name: str, concept_column: str
+) -> pl.DataFrame:
+    """Visit rows (VISIT_OCCURRENCE or VISIT_DETAIL) with their person, provider and care site known or not,
+    and their visit concept."""
     persons = key_flags(table(tables, "person"), "person_id", "person_in_source")
     providers = key_flags(table(tables, "provider"), "provider_id", "provider_in_source")
     sites = key_flags(table(tables, "care_site"), "care_site_id", "care_site_in_source")
     rows = (
-        visits.join(persons, on="person_id", how="left", maintain_order="left")
+        rows.join(persons, on="person_id", how="left", maintain_order="left")
         .join(providers, on="provider_id", how="left", maintain_order="left")
         .join(sites, on="care_site_id", how="left", maintain_order="left")
-        # A visit is its own visit: the shared event rules then hold trivially for it.
-        .with_columns(visit_person_id=pl.col("person_id"), source_table=pl.lit("visit_occurrence"))
+        .with_columns(source_table=pl.lit(table_name))
     )
-    return with_concept(rows, tables, "visit_concept_id", "code")
+    return with_concept(rows, tables, concept_column, "code")
 
 
 def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
-    visit_system = system.identifier_system("visit")
+    return encounters(source, system, "visit", "visit_occurrence_id", "visit", part_of=None)
+
+
+def encounters(
+    source: pl.LazyFrame, system: SourceSystem, prefix: str, key: str, kind: str, part_of: pl.Expr | None
+) -> pl.LazyFrame:
+    """Encounters of visit rows whose columns start with `prefix` (`<prefix>_concept_id`, `_start_date`, ...),
+    keyed by `key` under the identifier system `kind`; `part_of`: the Encounter reference of the visit the
+    row is part of (None for a visit)."""
+    own_system = system.identifier_system(kind)
     provider_system = system.identifier_system("provider")
     site_system = system.identifier_system("care-site")
-    class_code = pl.col("visit_concept_id").replace_strict(
+    concept_column = f"{prefix}_concept_id"
+    class_code = pl.col(concept_column).replace_strict(
         {k: v[0] for k, v in VISIT_CLASS.items()}, default=None, return_dtype=pl.String
     )
-    class_display = pl.col("visit_concept_id").replace_strict(
+    class_display = pl.col(concept_column).replace_strict(
         {k: v[1] for k, v in VISIT_CLASS.items()}, default=None, return_dtype=pl.String
     )
     rows = source.with_columns(
-        start=day("visit_start_date"), end=day("visit_end_date"), class_code=class_code, class_display=class_display
+        start=day(f"{prefix}_start_date"),
+        end=day(f"{prefix}_end_date"),
+        class_code=class_code,
+        class_display=class_display,
     )
-    resource = pl.struct(
+    fields = [
         pl.lit("Encounter").alias("resourceType"),
-        identifier(visit_system, pl.col("visit_occurrence_id")).alias("identifier"),
+        identifier(own_system, pl.col(key)).alias("identifier"),
         pl.lit("finished").alias("status"),
         coding(V3_ACT_CODE, pl.col("class_code"), pl.col("class_display")).alias("class"),
-        pl.concat_list(concept(system, "visit_concept_id", "code", "visit_source_value")).alias("type"),
+        pl.concat_list(concept(system, concept_column, "code", f"{prefix}_source_value")).alias("type"),
         reference(patient_reference(system)).alias("subject"),
         pl.concat_list(
             pl.struct(
@@ -93,25 +115,21 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         ).alias("participant"),
         period(pl.col("start"), pl.col("end")).alias("period"),
         reference(conditional_reference("Organization", site_system, pl.col("care_site_id"))).alias("serviceProvider"),
-    )
-    frame = rows.select(
-        *frame_columns(
-            "Encounter",
-            visit_system,
-            pl.col("visit_occurrence_id"),
-            resource,
-            references=[
-                expected_patient(system),
-                pl.when(pl.col("provider_id").is_not_null()).then(
-                    expected_reference(
-                        "participant.0.individual", "Practitioner", provider_system, pl.col("provider_id")
-                    )
-                ),
-                pl.when(pl.col("care_site_id").is_not_null()).then(
-                    expected_reference("serviceProvider", "Organization", site_system, pl.col("care_site_id"))
-                ),
-            ],
+    ]
+    references = [
+        expected_patient(system),
+        pl.when(pl.col("provider_id").is_not_null()).then(
+            expected_reference("participant.0.individual", "Practitioner", provider_system, pl.col("provider_id"))
         ),
+        pl.when(pl.col("care_site_id").is_not_null()).then(
+            expected_reference("serviceProvider", "Organization", site_system, pl.col("care_site_id"))
+        ),
+    ]
+    if part_of is not None:
+        fields.append(reference(part_of).alias("partOf"))
+        references.append(expected_encounter(system, "partOf"))
+    frame = rows.select(
+        *frame_columns("Encounter", own_system, pl.col(key), pl.struct(*fields), references=references),
         "person_id",
         "visit_occurrence_id",
         "visit_person_id",
@@ -122,9 +140,9 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         "care_site_in_source",
         "start",
         "end",
-        "visit_concept_id",
+        concept_column,
         class_code=pl.col("class_code"),
-        code_mapped=concept_mapped("visit_concept_id", "code"),
+        code_mapped=concept_mapped(concept_column, "code"),
     )
     frame = frame.with_columns(without_nulls(pl.col("references")))
     frame = event_rules(frame, "start")
@@ -134,13 +152,13 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         frame,
         "unknown_code",
         pl.col("class_code").is_null(),
-        pl.format("visit_concept_id {} has no encounter class", pl.col("visit_concept_id")),
+        pl.format(f"{concept_column} {{}} has no encounter class", pl.col(concept_column)),
     )
     frame = quarantine(
         frame,
         "ends_before_start",
         ends_before_start(pl.col("start"), pl.col("end")),
-        "visit_end_date lies before visit_start_date",
+        f"{prefix}_end_date lies before {prefix}_start_date",
     )
     return frame.drop("visit_person_id", "person_in_source", "provider_in_source", "care_site_in_source")
 

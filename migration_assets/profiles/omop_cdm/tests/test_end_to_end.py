@@ -16,6 +16,7 @@ ELEMENTS = (
     "persons",
     "providers",
     "visits",
+    "visit_details",
     "conditions",
     "drugs",
     "procedures",
@@ -23,10 +24,14 @@ ELEMENTS = (
     "observations",
     "notes",
     "specimens",
+    "devices",
+    "coverages",
 )
 
 
-def demo(work: Path) -> subprocess.CompletedProcess[str]:
+def demo(work: Path, patients: int = 30, **settings: str) -> subprocess.CompletedProcess[str]:
+    """The demo command on the omop_cdm profile, its files under `work`; `settings`: more environment
+    (LEGACY_DB_URL, ELEMENTS)."""
     environment = {
         name: value
         for name, value in os.environ.items()
@@ -35,9 +40,10 @@ def demo(work: Path) -> subprocess.CompletedProcess[str]:
     environment.update(
         MIGRATION_WORK_DIR=str(work), DAGSTER_HOME=str(work / "dagster_home"), MIGRATION_PROFILE="omop_cdm"
     )
+    environment.update(settings)
     (work / "dagster_home").mkdir(parents=True, exist_ok=True)
     return subprocess.run(
-        [sys.executable, "-m", "migration_assets.commands.demo", "--patients", "30"],
+        [sys.executable, "-m", "migration_assets.commands.demo", "--patients", str(patients)],
         env=environment,
         capture_output=True,
         text=True,

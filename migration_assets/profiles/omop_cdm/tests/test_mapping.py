@@ -120,6 +120,165 @@ def test_a_visit_becomes_an_encounter_with_its_class_and_no_participant_without_
     assert built["quarantine_rule"].to_list() == [None, "unknown_code"]
 
 
+DETAIL = {
+    "visit_detail_id": 70,
+    "person_id": 1,
+    "visit_detail_concept_id": 9201,
+    "visit_detail_start_date": "2020-05-01",
+    "visit_detail_end_date": "2020-05-02",
+    "provider_id": 3,
+    "care_site_id": 2,
+    "visit_detail_source_value": "ICU",
+    "visit_occurrence_id": 7,
+}
+
+
+def test_a_visit_detail_is_an_encounter_part_of_its_visits_encounter() -> None:
+    built = frame(
+        "visit_details",
+        tables(
+            person=[PERSON, {**PERSON, "person_id": 2}],
+            visit_occurrence=[VISIT],
+            provider=[{"provider_id": 3}],
+            care_site=[{"care_site_id": 2}],
+            visit_detail=[
+                DETAIL,
+                # No provider: no participant, as for a visit.
+                {**DETAIL, "visit_detail_id": 71, "provider_id": None},
+                {**DETAIL, "visit_detail_id": 72, "visit_occurrence_id": None},
+                {**DETAIL, "visit_detail_id": 73, "visit_occurrence_id": 99},
+                {**DETAIL, "visit_detail_id": 74, "person_id": 2},
+                {**DETAIL, "visit_detail_id": 75, "visit_detail_concept_id": 12345},
+            ],
+        ),
+    )
+    assert built["quarantine_rule"].to_list() == [
+        None,
+        None,
+        "missing_value",
+        "orphan_reference",
+        "mismatched_reference",
+        "unknown_code",
+    ]
+    detail, no_provider = resources(built)[:2]
+    assert detail["identifier"] == [{"system": "https://omop.example.org/fhir/identifier/visit-detail", "value": "70"}]
+    assert detail["partOf"] == {"reference": "Encounter?identifier=https://omop.example.org/fhir/identifier/visit|7"}
+    assert detail["class"]["code"] == "IMP" and detail["period"] == {"start": "2020-05-01", "end": "2020-05-02"}
+    assert detail["subject"]["reference"].endswith("person|1")
+    assert detail["participant"][0]["individual"]["reference"].endswith("provider|3")
+    assert detail["serviceProvider"]["reference"].endswith("care-site|2")
+    assert {"system": LOCAL, "code": "ICU"} in detail["type"][0]["coding"]
+    assert "participant" not in no_provider and no_provider["partOf"] == detail["partOf"]
+
+
+DEVICE = {
+    "device_exposure_id": 40,
+    "person_id": 1,
+    "device_concept_id": 4030875,
+    "device_exposure_start_date": "2020-05-01",
+    "device_type_concept_id": 32817,
+    "unique_device_id": "(01)00643169007222(17)260101",
+    "quantity": 1,
+    "visit_occurrence_id": 7,
+    "device_source_value": "PACER-DDD",
+}
+
+
+def test_a_device_exposure_is_a_device_use_statement_with_its_device_contained() -> None:
+    built = frame(
+        "devices",
+        tables(
+            person=[PERSON, {**PERSON, "person_id": 2}],
+            visit_occurrence=[VISIT],
+            device_exposure=[
+                DEVICE,
+                # Ended, of no visit, concept 0 and no UDI.
+                {
+                    **DEVICE,
+                    "device_exposure_id": 41,
+                    "device_exposure_end_date": "2020-06-01",
+                    "visit_occurrence_id": None,
+                    "device_concept_id": 0,
+                    "unique_device_id": None,
+                    "device_source_value": "GLUCOMETER-X",
+                },
+                {**DEVICE, "device_exposure_id": 42, "person_id": 2},
+                {**DEVICE, "device_exposure_id": 43, "device_exposure_end_date": "2020-04-01"},
+            ],
+        ),
+    )
+    assert built["quarantine_rule"].to_list() == [None, None, "mismatched_reference", "ends_before_start"]
+    assert built["code_mapped"].to_list()[:2] == [True, False]
+    implant, meter = resources(built)[:2]
+    assert implant["identifier"] == [
+        {"system": "https://omop.example.org/fhir/identifier/device-exposure", "value": "40"}
+    ]
+    assert implant["status"] == "active" and implant["timingPeriod"] == {"start": "2020-05-01"}
+    assert implant["subject"]["reference"].endswith("person|1") and implant["device"] == {"reference": "#device"}
+    (device,) = implant["contained"]
+    assert device["resourceType"] == "Device" and device["id"] == "device"
+    assert device["udiCarrier"] == [{"deviceIdentifier": "(01)00643169007222(17)260101"}]
+    assert {"system": "http://snomed.info/sct", "code": "14106009", "display": "Cardiac pacemaker, device"} in device[
+        "type"
+    ]["coding"]
+    (context,) = implant["extension"]
+    assert context["valueReference"]["reference"].endswith("identifier/visit|7")
+    assert meter["status"] == "completed" and meter["timingPeriod"] == {"start": "2020-05-01", "end": "2020-06-01"}
+    assert "extension" not in meter and "udiCarrier" not in meter["contained"][0]
+    assert meter["contained"][0]["type"]["text"] == "GLUCOMETER-X"
+
+
+PLAN_PERIOD = {
+    "payer_plan_period_id": 50,
+    "person_id": 1,
+    "payer_plan_period_start_date": "2018-01-01",
+    "payer_plan_period_end_date": "2021-12-31",
+    "payer_concept_id": 0,
+    "payer_source_value": "BCBS-MA",
+    "plan_concept_id": 0,
+    "plan_source_value": "PPO-GOLD",
+}
+
+
+def test_a_payer_plan_period_is_a_coverage_with_payor_and_plan_from_the_source_values() -> None:
+    built = frame(
+        "coverages",
+        tables(
+            person=[PERSON],
+            payer_plan_period=[
+                PLAN_PERIOD,
+                # Still running, and naming no plan: no period end, no class.
+                {
+                    **PLAN_PERIOD,
+                    "payer_plan_period_id": 51,
+                    "payer_plan_period_end_date": None,
+                    "plan_source_value": None,
+                },
+                {**PLAN_PERIOD, "payer_plan_period_id": 52, "payer_source_value": None},
+                {**PLAN_PERIOD, "payer_plan_period_id": 53, "person_id": 9},
+                {**PLAN_PERIOD, "payer_plan_period_id": 54, "payer_plan_period_end_date": "2017-01-01"},
+            ],
+        ),
+    )
+    assert built["quarantine_rule"].to_list() == [None, None, "missing_value", "orphan_reference", "ends_before_start"]
+    coverage, running = resources(built)[:2]
+    assert coverage["identifier"] == [
+        {"system": "https://omop.example.org/fhir/identifier/payer-plan-period", "value": "50"}
+    ]
+    assert coverage["status"] == "active" and coverage["beneficiary"]["reference"].endswith("person|1")
+    assert coverage["period"] == {"start": "2018-01-01", "end": "2021-12-31"}
+    assert coverage["payor"] == [
+        {
+            "identifier": {"system": "https://omop.example.org/fhir/identifier/payer", "value": "BCBS-MA"},
+            "display": "BCBS-MA",
+        }
+    ]
+    (plan,) = coverage["class"]
+    assert plan["value"] == "PPO-GOLD" and plan["type"]["coding"][0]["code"] == "plan"
+    assert running["period"] == {"start": "2018-01-01"} and "class" not in running
+    assert built["code_mapped"].to_list()[:2] == [False, False]
+
+
 def test_codes_come_from_concept_and_concept_zero_keeps_the_source_value_unmapped() -> None:
     conditions = [
         {
