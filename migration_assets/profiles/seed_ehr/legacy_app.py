@@ -295,7 +295,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     app = LegacyApp(args.url, seed=args.seed)
     stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    # Set from a thread of its own: the handler runs on the main thread, which may be holding the event's
+    # lock inside stop.wait() at that instant, and Event.set() would then wait for it forever.
+    signal.signal(signal.SIGTERM, lambda *_: threading.Thread(target=stop.set).start())
     timer = threading.Timer(args.seconds, stop.set)
     timer.start()
     if args.jsonl:
