@@ -25,11 +25,11 @@ from migration_assets.medplum import MedplumClient, Target
 from migration_assets.pipeline.assets import fhir_frames
 from migration_assets.pipeline.frame_parts import KEY_COLUMNS, REFERENCE_COLUMNS, FrameParts
 from migration_assets.pipeline.loader import (
-    FIRST_IN_FLIGHT,
     LEDGER_COLUMNS,
     Known,
     LoadResult,
     held_in_target,
+    in_flight_start,
     in_shard,
     load_frame,
 )
@@ -227,7 +227,7 @@ def idempotent_reload(loaded: _Loaded) -> AssetCheckResult:
                     ledger=units.select(LEDGER_COLUMNS),
                     held=held_in_target(censuses),
                     # Where the load settled: the resubmission needs no probing from the start either.
-                    in_flight_start=ledger.settled_in_flight() or FIRST_IN_FLIGHT,
+                    in_flight_start=in_flight_start(ledger),
                 ),
             )
     else:

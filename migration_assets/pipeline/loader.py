@@ -77,9 +77,9 @@ MAX_TRANSACTION_WRITES = 50
 class LoadSettings:
     batch_size: int = 100
     # The most bundles in flight at once. With `adaptive` the load starts where the last load to the
-    # target settled (one on a target never loaded) and adds one while that answers entries faster and the
-    # server does not push back (InFlight): a real Medplum answers overlapping batches with 409
-    # serialization conflicts, and a quota with 429.
+    # target settled (FIRST_IN_FLIGHT on a target never loaded) and adds one while that answers entries
+    # faster and the server does not push back (InFlight): a real Medplum answers overlapping batches with
+    # 409 serialization conflicts, and a quota with 429.
     concurrency: int = 4
     adaptive: bool = True
     # Send rows even when their content hash matches their last successful write (the idempotency
@@ -141,10 +141,16 @@ GAIN_NEEDED = 1.05
 FIRST_IN_FLIGHT = 2
 
 
+def in_flight_start(manifest: Manifest) -> int:
+    """The bundles in flight a load to the manifest's target starts with: where the last load to it settled
+    (recorded with its run), else FIRST_IN_FLIGHT."""
+    return manifest.settled_in_flight() or FIRST_IN_FLIGHT
+
+
 class InFlight:
-    """How many bundles may be in flight, found while loading: start at `start` (where an earlier load to
-    the same target settled, else FIRST_IN_FLIGHT); after `probe` bundles answered at a level, keep the level and try
-    one more if entries were answered at least GAIN_NEEDED times faster than one fewer did, else step
+    """How many bundles may be in flight, found while loading: start at `start` (in_flight_start: where
+    an earlier load to the same target settled); after `probe` bundles answered at a level, keep the level
+    and try one more if entries were answered at least GAIN_NEEDED times faster than one fewer did, else step
     back. Any pushback (entries resent for a 409, 429 or 5xx, or whole requests retried: the client's
     counts since the last answer) halves it at once: a real Medplum answers overlapping batches with 409
     serialization conflicts. Only bundles that may share the server are judged (one that goes alone says
@@ -875,7 +881,7 @@ def migrate(
         ledger = manifest.units(element.name, LEDGER_COLUMNS)
         # Each part (and the next element) starts where the load before it settled: probing from one
         # again would cost every part its first bundles.
-        in_flight_start = manifest.settled_in_flight() or FIRST_IN_FLIGHT
+        start = in_flight_start(manifest)
         for part in parts:
             part_result = load_frame(
                 client,
@@ -891,11 +897,11 @@ def migrate(
                     held=held,
                     bundle_offset=result.bundles,
                     units_before=result.counts["sent"],
-                    in_flight_start=in_flight_start,
+                    in_flight_start=start,
                 ),
             )
             result.merge(part_result)
-            in_flight_start = result.settled_in_flight or in_flight_start
+            start = result.settled_in_flight or start
     except Exception:
         manifest.finish_run(run_id, element.name, "failed", {})
         raise
