@@ -17,7 +17,7 @@ from migration_assets.elements.base import (
     quarantine_orphans,
 )
 from migration_assets.elements.builders import ends_before_start, period, text
-from migration_assets.elements.fhir_json import identifier, reference, without_nulls
+from migration_assets.elements.fhir_json import codeable_concept, coding, identifier, reference, without_nulls
 from migration_assets.profiles.omop_cdm.omop import (
     concept,
     concept_mapped,
@@ -62,11 +62,7 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         pl.col("payer_name").alias("display"),
     )
     plan_class = pl.struct(
-        pl.struct(
-            pl.concat_list(pl.struct(pl.lit(COVERAGE_CLASS).alias("system"), pl.lit("plan").alias("code"))).alias(
-                "coding"
-            )
-        ).alias("type"),
+        codeable_concept(coding(COVERAGE_CLASS, pl.lit("plan"))).alias("type"),
         pl.col("plan").alias("value"),
         text(pl.col("plan_name")).alias("name"),
     )

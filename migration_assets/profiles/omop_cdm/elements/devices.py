@@ -66,7 +66,7 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         pl.when(pl.col("end").is_null()).then(pl.lit("active")).otherwise(pl.lit("completed")).alias("status"),
         reference(patient_reference(system)).alias("subject"),
         period(pl.col("start"), pl.col("end")).alias("timingPeriod"),
-        pl.struct(pl.lit(f"#{DEVICE_ID}").alias("reference")).alias("device"),
+        reference(pl.lit(f"#{DEVICE_ID}")).alias("device"),
     )
     frame = rows.select(
         *frame_columns(
