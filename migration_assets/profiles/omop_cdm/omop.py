@@ -24,10 +24,10 @@ VOCABULARY_SYSTEMS = lookup("vocabulary_systems", "vocabulary_id", "system")
 CONCEPT_KEY = "concept_id"
 
 
-# The CDM tables an export may leave out: the health system (LOCATION, CARE_SITE, PROVIDER), DEATH, and the
-# clinical tables a source often does not fill (NOTE, SPECIMEN, VISIT_DETAIL,
-# DEVICE_EXPOSURE) and PAYER_PLAN_PERIOD. PERSON, VISIT_OCCURRENCE, the other event
-# tables and CONCEPT are required: a missing one is an error naming it.
+# The CDM tables an export may leave out: the health system (LOCATION, CARE_SITE, PROVIDER), DEATH, the
+# clinical tables a source often does not fill (NOTE, SPECIMEN, VISIT_DETAIL, DEVICE_EXPOSURE) and
+# PAYER_PLAN_PERIOD. PERSON, VISIT_OCCURRENCE, the other event tables and CONCEPT are required: a missing
+# one is an error naming it.
 OPTIONAL_TABLES = (
     "location",
     "care_site",
