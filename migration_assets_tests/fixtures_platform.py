@@ -110,11 +110,12 @@ class PlatformFactory:
         fhir_quota: int = 0,
         quota_window_seconds: int = 60,
         transaction_bundles: bool = True,
+        points_per_second: float = 0,
     ) -> Platform:
         """A platform on a server of its own, its source the session profile's sample of `patients` (unless
-        `source_url` is given); `fhir_quota`, `quota_window_seconds` and `transaction_bundles` configure that
-        server as running_local_medplum does (a stock Medplum project: quota 50,000 a minute,
-        transaction_bundles False)."""
+        `source_url` is given); `fhir_quota`, `quota_window_seconds`, `transaction_bundles` and
+        `points_per_second` configure that server as running_local_medplum does (a stock Medplum project:
+        quota 50,000 a minute, transaction_bundles False)."""
         from migration_assets.active import write_sample
 
         work = self.work / name
@@ -129,6 +130,7 @@ class PlatformFactory:
                 fhir_quota=fhir_quota,
                 quota_window_seconds=quota_window_seconds,
                 transaction_bundles=transaction_bundles,
+                points_per_second=points_per_second,
             )
         )
         (work / "dagster_home").mkdir()

@@ -185,9 +185,9 @@ def bench_loader(
 def bench_e2e(source_url: str, work: Path, phase: str) -> dict[str, Any]:
     """Every element of ELEMENTS through Dagster with every check and the default settings, the elements
     in `phase` (which decides how absent resources are created), then an unchanged reload."""
-    from dagster import DagsterInstance, EnvVar
+    from dagster import EnvVar
 
-    from migration_assets.commands.bench import run_element
+    from migration_assets.commands.bench import bench_instance, run_elements
     from migration_assets.definitions import make_definitions
     from migration_assets.pipeline.resources import MedplumResource, build_resources
 
@@ -208,10 +208,10 @@ def bench_e2e(source_url: str, work: Path, phase: str) -> dict[str, Any]:
     )
     job = make_definitions(resources).resolve_job_def("migrate_data_element")
     figures: dict[str, Any] = {"resources": eligible_count(frames(source_url, fresh_system()))}
-    with environment({"ADOPTION_PHASES_FILE": str(phases)}), DagsterInstance.local_temp(tempdir=str(state)) as instance:
+    with environment({"ADOPTION_PHASES_FILE": str(phases)}), bench_instance(str(state)) as instance:
         for label in ("first", "reload"):
             started = time.perf_counter()
-            elements = [run_element(job, instance, name) for name in ELEMENTS]
+            elements = list(run_elements(job, instance, ELEMENTS).values())
             figures[label] = {
                 "seconds": round(time.perf_counter() - started, 2),
                 "ok": all(element["ok"] for element in elements),

@@ -38,6 +38,7 @@ from migration_assets.commands.workers import celery_run_config
 from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import Target
 from migration_assets.pipeline.cutover_report import write_report
+from migration_assets.pipeline.partitions import PARTITION_TAG
 from migration_assets.pipeline.progress import LoadProgress, listening
 from migration_assets.pipeline.resources import (
     ManifestStore,
@@ -65,7 +66,6 @@ SUMMARY_COUNTS = (
 # Figures of the load's metadata that are not counts (the seconds spent waiting for the FHIR quota).
 SUMMARY_FIGURES = ("quota_wait_seconds",)
 LOAD_STEP = "medplum_resources"
-PARTITION_TAG = "dagster/partition"  # the run's partition, as the launchpad tags it
 
 
 @dataclass

@@ -15,8 +15,9 @@ MEDPLUM_ENV = ("MEDPLUM_BASE_URL", "MEDPLUM_CLIENT_ID", "MEDPLUM_CLIENT_SECRET")
 
 
 # A new instance: SQLite storage, no telemetry, no "Join the Dagster community" dialog over the UI,
-# and one run at a time (runs of one element share the manifest and the two cores; queued runs start in
-# order, as the load order wants). dagster.postgres.yaml shows the PostgreSQL variant.
+# and two runs at a time: queued runs start in load order, and a run whose element references one still
+# loading in the other waits for that load (pipeline/waiting.py) while its own first steps are done.
+# dagster.postgres.yaml shows the PostgreSQL variant.
 DEFAULT_INSTANCE_YAML = """\
 telemetry:
   enabled: false
@@ -24,7 +25,7 @@ nux:
   enabled: false
 concurrency:
   runs:
-    max_concurrent_runs: 1
+    max_concurrent_runs: 2
 """
 
 

@@ -17,7 +17,7 @@ from dagster import (
     multi_asset_check,
 )
 
-from migration_assets.active import get_element
+from migration_assets.active import get_element, prerequisites
 from migration_assets.elements.base import schema_failures
 from migration_assets.elements.files import legacy_files
 from migration_assets.ledger.manifest import Manifest
@@ -37,6 +37,7 @@ from migration_assets.pipeline.partitions import DATA_ELEMENTS
 from migration_assets.pipeline.reporting import counts, quarantine_summary, table
 from migration_assets.pipeline.resources import LegacySource, ManifestStore, MedplumResource, MigrationSettings
 from migration_assets.pipeline.sharded import medplum_resources
+from migration_assets.pipeline.waiting import wait_for_loads
 from migration_assets.verify.books import accounting, content_fingerprint, sample_groups
 from migration_assets.verify.census import RunCensus, census_kinds
 from migration_assets.verify.prerequisites import RunPrerequisites, check_prerequisites
@@ -96,7 +97,9 @@ def schema(
     partitions_def=DATA_ELEMENTS,
     blocking=True,
     description="Every resource of an earlier data element that this one references is in Medplum "
-    "(or explained in the manifest); otherwise the load is refused, naming the missing elements.",
+    "(or explained in the manifest); otherwise the load is refused, naming the missing elements. While "
+    "another run is loading one of those elements, the check first waits for that load to finish "
+    "(prerequisite_wait_seconds).",
 )
 def prerequisites_loaded(
     context: AssetCheckExecutionContext,
@@ -105,14 +108,21 @@ def prerequisites_loaded(
     manifest: ManifestStore,
     migration_settings: MigrationSettings,
 ) -> AssetCheckResult:
+    waited, still_loading = wait_for_loads(
+        context, prerequisites(context.partition_key), migration_settings.prerequisite_wait_seconds
+    )
     with medplum.open_client() as client, manifest.open(client.target) as ledger:
         # The run's report: the load's shard steps and the idempotency check read it as made here.
         report = _run_prerequisites(context, migration_settings, client.target).get(
             lambda: check_prerequisites(client, ledger, context.partition_key, fhir_frames.read(REFERENCE_COLUMNS))
         )
+    description = report.message()
+    if report.blocking_elements and still_loading:
+        runs = ", ".join(f"{load.element} in run {load.run_id}" for load in still_loading)
+        description += f" Still loading after {waited:.0f} s of waiting: {runs}."
     return AssetCheckResult(
         passed=not report.blocking_elements,
-        description=report.message(),
+        description=description,
         metadata={
             **counts(
                 {
@@ -121,6 +131,8 @@ def prerequisites_loaded(
                     "explained_missing": report.explained.height,
                 }
             ),
+            # How long the check waited for other runs loading the elements this one references.
+            "waited_for_loads_seconds": MetadataValue.float(round(waited, 2)),
             "missing_targets": table(report.unexplained),
         },
     )

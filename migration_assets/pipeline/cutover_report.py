@@ -29,10 +29,10 @@ from migration_assets.active import LOAD_ORDER
 from migration_assets.ledger.manifest import Manifest, attempts, runs
 from migration_assets.medplum import Target
 from migration_assets.paths import state_dir
+from migration_assets.pipeline.partitions import PARTITION_TAG
 from migration_assets.pipeline.resources import ManifestStore, MigrationSettings
 
 DISPOSITIONS = ("successful", "quarantined", "rejected", "skipped", "pending")
-PARTITION_TAG = "dagster/partition"
 
 
 @dataclass

@@ -134,6 +134,12 @@ class MigrationSettings(ConfigurableResource):
         "this run (in parallel on the multiprocess or celery executor), each loading the rows whose "
         "crc32(bundle_group) % shard_count is its index; the checks then see the whole element.",
     )
+    prerequisite_wait_seconds: float = Field(
+        default=1800,
+        description="How long the blocking check prerequisites_loaded waits, before judging, while another "
+        "started run is still loading an element this one references (a backfill of every element starts "
+        "them together). 0: judge at once.",
+    )
     quarantine_threshold: float = Field(
         default=0.05, description="Share of quarantined rows above which the schema check fails and blocks."
     )
