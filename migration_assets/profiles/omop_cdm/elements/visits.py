@@ -58,8 +58,9 @@ REGISTER_NOTES = {
     "care_site_id": "serviceProvider Organization",
     **HOSPITALIZATION_NOTES,
 }
-# The concept columns of a visit row besides its own visit concept, each with the prefix of its CONCEPT columns.
-PLACE_CONCEPTS = {"admitted_from_concept_id": "admitted_from", "discharged_to_concept_id": "discharged_to"}
+# Where the patient came from and went to: `<place>_concept_id` and `<place>_source_value` of a visit row.
+PLACES = ("admitted_from", "discharged_to")
+PLACE_CONCEPTS = tuple(f"{where}_concept_id" for where in PLACES)
 UNSUPPORTED = {
     "preceding_visit_occurrence_id": "R4 Encounter has no place for the visit before this one (partOf and the "
     "associatedEncounter extension say one encounter lies within another, not after it); the visits' periods "
@@ -88,8 +89,8 @@ def encounter_rows(
         .join(sites, on="care_site_id", how="left", maintain_order="left")
         .with_columns(source_table=pl.lit(table_name))
     )
-    for id_column, prefix in PLACE_CONCEPTS.items():
-        rows = with_concept(rows, tables, id_column, prefix)
+    for where in PLACES:
+        rows = with_concept(rows, tables, f"{where}_concept_id", where)
     return with_concept(rows, tables, concept_column, "code")
 
 
@@ -138,8 +139,8 @@ def encounters(
         pl.when(place_given("admitted_from") | place_given("discharged_to"))
         .then(
             pl.struct(
-                place(system, "admitted_from").alias("admitSource"),
-                place(system, "discharged_to").alias("dischargeDisposition"),
+                place_concept(system, "admitted_from").alias("admitSource"),
+                place_concept(system, "discharged_to").alias("dischargeDisposition"),
             )
         )
         .alias("hospitalization"),
@@ -201,7 +202,7 @@ def place_given(prefix: str) -> pl.Expr:
     )
 
 
-def place(system: SourceSystem, prefix: str) -> pl.Expr:
+def place_concept(system: SourceSystem, prefix: str) -> pl.Expr:
     """The CodeableConcept of `<prefix>_concept_id` and its source value; null where neither is given (an
     empty hospitalization is left out whole rather than cleaned member by member)."""
     return pl.when(place_given(prefix)).then(concept(system, f"{prefix}_concept_id", prefix, f"{prefix}_source_value"))
