@@ -1,5 +1,5 @@
-"""What every OMOP element shares: codes from CONCEPT, the person and visit a row names, and the
-quarantine rules for them. The vocabulary-to-system map is data (terminology/), not guessed."""
+"""What every OMOP element shares: codes from CONCEPT, the person, visit and visit detail a row names, and
+the quarantine rules for them. The vocabulary-to-system map is data (terminology/), not guessed."""
 
 from collections.abc import Mapping
 
@@ -8,6 +8,8 @@ import polars as pl
 from migration_assets.elements.base import (
     SourceSystem,
     expected_reference,
+    future_date,
+    invalid_date,
     key_flags,
     quarantine,
     quarantine_orphans,
@@ -110,36 +112,90 @@ def expected_patient(system: SourceSystem, path: str = "subject") -> pl.Expr:
     return expected_reference(path, "Patient", system.identifier_system("person"), pl.col("person_id"))
 
 
-def encounter_reference(system: SourceSystem) -> pl.Expr:
+def visit_reference(system: SourceSystem) -> pl.Expr:
+    """The Encounter of the row's VISIT_OCCURRENCE."""
     return conditional_reference("Encounter", system.identifier_system("visit"), pl.col("visit_occurrence_id"))
 
 
-def expected_encounter(system: SourceSystem, path: str = "encounter") -> pl.Expr:
+def expected_visit(system: SourceSystem, path: str) -> pl.Expr:
     return pl.when(pl.col("visit_occurrence_id").is_not_null()).then(
         expected_reference(path, "Encounter", system.identifier_system("visit"), pl.col("visit_occurrence_id"))
     )
 
 
+def names_visit_detail() -> pl.Expr:
+    """True where an event's encounter is its visit detail's: it names one and the export holds visit details.
+    An export with no VISIT_DETAIL rows (the table absent or empty: the two read alike) cannot hold the
+    detail's Encounter, so the row falls back to its visit's Encounter and is flagged `visit_detail_dropped`."""
+    return pl.col("visit_detail_id").is_not_null() & pl.col("visit_details_in_source")
+
+
+def visit_detail_dropped() -> pl.Expr:
+    """The review flag of an event that names a visit detail the export does not carry (no VISIT_DETAIL)."""
+    return pl.col("visit_detail_id").is_not_null() & ~pl.col("visit_details_in_source")
+
+
+def encounter_reference(system: SourceSystem) -> pl.Expr:
+    """An event's Encounter: its visit detail's when it names one (elements/visit_details.py), else its visit's."""
+    detail = conditional_reference("Encounter", system.identifier_system("visit-detail"), pl.col("visit_detail_id"))
+    return pl.when(names_visit_detail()).then(detail).otherwise(visit_reference(system))
+
+
+def expected_encounter(system: SourceSystem, path: str = "encounter") -> pl.Expr:
+    detail = expected_reference(path, "Encounter", system.identifier_system("visit-detail"), pl.col("visit_detail_id"))
+    return pl.when(names_visit_detail()).then(detail).otherwise(expected_visit(system, path))
+
+
+# What the visit detail rules read beside `visit_detail_id`: each event's transform selects them
+# (`visit_detail_columns`) and drops them once `event_rules` has run.
+VISIT_DETAIL_RULE_COLUMNS = ("detail_in_source", "detail_person_id", "detail_visit_id", "visit_details_in_source")
+# Every event element's review flags: an unmapped code, and a visit detail the export does not carry.
+EVENT_REVIEW_FLAGS = {"code_mapped": False, "visit_detail_dropped": True}
+VISIT_DETAIL_NOTE = (
+    "the encounter is the visit detail's Encounter when the row names one (else the visit's); without VISIT_DETAIL "
+    "rows the visit's, flagged visit_detail_dropped"
+)
+
+
+def visit_detail_columns() -> list[pl.Expr]:
+    """The visit detail columns an event's frame carries to its rules, and its `visit_detail_dropped` flag."""
+    return [
+        pl.col("visit_detail_id"),
+        *(pl.col(name) for name in VISIT_DETAIL_RULE_COLUMNS),
+        visit_detail_dropped().alias("visit_detail_dropped"),
+    ]
+
+
 def event_rows(tables: Mapping[str, pl.DataFrame], name: str, concept_column: str) -> pl.DataFrame:
-    """A clinical event table with its person and visit known or not, and its concept."""
+    """A clinical event table with its person, visit and visit detail known or not, and its concept."""
     persons = key_flags(table(tables, "person"), "person_id", "person_in_source")
     visits = (
         table(tables, "visit_occurrence")
         .unique("visit_occurrence_id", keep="first")
         .select("visit_occurrence_id", visit_person_id=pl.col("person_id"))
     )
+    details = (
+        table(tables, "visit_detail")
+        .unique("visit_detail_id", keep="first")
+        .select(
+            "visit_detail_id",
+            detail_in_source=pl.lit(True),
+            detail_person_id=pl.col("person_id"),
+            detail_visit_id=pl.col("visit_occurrence_id"),
+        )
+    )
     rows = (
         table(tables, name)
         .join(persons, on="person_id", how="left", maintain_order="left")
         .join(visits, on="visit_occurrence_id", how="left", maintain_order="left")
+        .join(details, on="visit_detail_id", how="left", maintain_order="left")
+        .with_columns(visit_details_in_source=pl.lit(not details.is_empty()))
     )
     return with_concept(rows, tables, concept_column, "code").with_columns(source_table=pl.lit(name))
 
 
-def event_rules(frame: pl.LazyFrame, date_column: str) -> pl.LazyFrame:
-    """The rules of every event: its person and visit exist (the visit is the person's), its date is real."""
-    from migration_assets.elements.base import future_date, invalid_date
-
+def person_and_visit_rules(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """The row's person exists, and its visit, when named, exists and is the person's."""
     frame = quarantine_orphans(frame, "person_id", "person", "person_in_source")
     frame = quarantine(
         frame,
@@ -147,15 +203,54 @@ def event_rules(frame: pl.LazyFrame, date_column: str) -> pl.LazyFrame:
         pl.col("visit_occurrence_id").is_not_null() & pl.col("visit_person_id").is_null(),
         pl.format("visit_occurrence_id {} is not in the visit_occurrence table", pl.col("visit_occurrence_id")),
     )
-    frame = quarantine(
+    return quarantine(
         frame,
         "mismatched_reference",
         pl.col("visit_person_id") != pl.col("person_id"),
         pl.format("visit_occurrence_id {} belongs to another person", pl.col("visit_occurrence_id")),
     )
+
+
+def visit_detail_rules(frame: pl.LazyFrame) -> pl.LazyFrame:
+    """An event's visit detail, when named and the export holds VISIT_DETAIL, exists, is the person's and is
+    part of the event's visit (when the event names one)."""
+    named = names_visit_detail()
+    frame = quarantine(
+        frame,
+        "orphan_reference",
+        named & ~pl.col("detail_in_source").fill_null(False),
+        pl.format("visit_detail_id {} is not in the visit_detail table", pl.col("visit_detail_id")),
+    )
+    frame = quarantine(
+        frame,
+        "mismatched_reference",
+        named & (pl.col("detail_person_id") != pl.col("person_id")),
+        pl.format("visit_detail_id {} belongs to another person", pl.col("visit_detail_id")),
+    )
+    return quarantine(
+        frame,
+        "mismatched_reference",
+        named
+        & pl.col("visit_occurrence_id").is_not_null()
+        & pl.col("detail_visit_id").ne_missing(pl.col("visit_occurrence_id")),
+        pl.format(
+            "visit_detail_id {} is not part of visit_occurrence_id {}",
+            pl.col("visit_detail_id"),
+            pl.col("visit_occurrence_id"),
+        ),
+    )
+
+
+def date_rules(frame: pl.LazyFrame, date_column: str) -> pl.LazyFrame:
+    """The row's date is given, real and not in the future."""
     frame = quarantine(frame, "missing_value", pl.col(date_column).is_null(), f"{date_column} is empty")
     frame = quarantine(frame, "invalid_date", invalid_date(date_column), f"{date_column} is not a real date")
     return quarantine(frame, "future_date", future_date(date_column), f"{date_column} lies in the future")
+
+
+def event_rules(frame: pl.LazyFrame, date_column: str) -> pl.LazyFrame:
+    """The rules of every clinical event: its person, visit and visit detail exist and agree, its date is real."""
+    return date_rules(visit_detail_rules(person_and_visit_rules(frame)), date_column)
 
 
 def day(column: str) -> pl.Expr:

@@ -84,6 +84,10 @@ CONCEPTS = [
     (4030875, "Cardiac pacemaker, device", "Device", "SNOMED", "Physical Object", "S", "14106009"),
     (45768197, "Positive airway pressure device", "Device", "SNOMED", "Physical Object", "S", "704708001"),
     (4300877, "Structure of median cubital vein", "Spec Anatomic Site", "SNOMED", "Body Structure", "S", "50094009"),
+    # Where an inpatient came from and went to (CMS Place of Service concepts of the Visit domain).
+    (8536, "Home", "Visit", "CMS Place of Service", "Place of Service", "S", "12"),
+    (8870, "Emergency Room - Hospital", "Visit", "CMS Place of Service", "Place of Service", "S", "23"),
+    (8863, "Skilled Nursing Facility", "Visit", "CMS Place of Service", "Place of Service", "S", "31"),
 ]
 CONCEPT_COLUMNS = [
     "concept_id",
@@ -116,6 +120,10 @@ DEVICES = [
 PAYERS = [("MEDICARE", "PART-B"), ("BCBS-MA", "PPO-GOLD"), ("SELF-PAY", None)]
 # Visit detail source values: the ward or unit of a part of a visit.
 WARDS = ["WARD-3B", "ICU", "ED-TRIAGE", "CARDIO-CONSULT"]
+# Where an inpatient stay was admitted from and discharged to: concept and source value (concept 0: a local
+# value only).
+ADMITTED_FROM = [(8870, "ER"), (8536, "HOME"), (0, "TRANSFER-OSH")]
+DISCHARGED_TO = [(8536, "HOME"), (8863, "SNF"), (0, "AMA")]
 NOTE_TEXTS = [
     "Patient seen for follow-up.\r\nBP stable on current medication.\r\nPlan: recheck in 3 months.",
     "Résumé: patient reports no côté-effects; continue therapy.",
@@ -190,6 +198,13 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
     detail_random = random.Random(seed + 1)
     device_random = random.Random(seed + 2)
     plan_random = random.Random(seed + 3)
+    # Which visit detail an event names, where an inpatient came from and went to, a device's provider.
+    link_random = random.Random(seed + 4)
+
+    def detail_of(details: list[int]) -> int | None:
+        """The visit detail an event of a visit names: one of the visit's, or none (recorded on the visit)."""
+        return link_random.choice(details) if details and link_random.random() < 0.8 else None
+
     for p in range(1, patients + 1):
         year, month, day = r.randint(1930, 2015), r.randint(1, 12), r.randint(1, 28)
         precision = r.random()
@@ -249,10 +264,27 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
                     "visit_source_value": {9201: "IP", 9202: "OP", 9203: "ER"}[kind],
                 }
             )
+            # An inpatient stay says where the patient came from and went to; its first ward the former, its
+            # last ward the latter.
+            stay: dict[str, Any] = {}
+            if kind == 9201:
+                (admitted, admitted_source), (discharged, discharged_source) = (
+                    link_random.choice(ADMITTED_FROM),
+                    link_random.choice(DISCHARGED_TO),
+                )
+                stay = {
+                    "admitted_from_concept_id": admitted,
+                    "admitted_from_source_value": admitted_source,
+                    "discharged_to_concept_id": discharged,
+                    "discharged_to_source_value": discharged_source,
+                }
+                visits[-1].update(stay)
             # An inpatient stay moves between wards (the second detail follows the first); some other visits
             # have one detail; a detail may name no provider.
             wards = 2 if kind == 9201 else int(detail_random.random() < 0.3)
+            details = [vid * 10 + w for w in range(wards)]
             for w in range(wards):
+                first, last = w == 0, w == wards - 1
                 visit_details.append(
                     {
                         "visit_detail_id": vid * 10 + w,
@@ -266,11 +298,17 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
                         "visit_detail_source_value": detail_random.choice(WARDS),
                         "preceding_visit_detail_id": vid * 10 + w - 1 if w else None,
                         "visit_occurrence_id": vid,
+                        **{
+                            name: value
+                            for name, value in stay.items()
+                            if (first and name.startswith("admitted")) or (last and name.startswith("discharged"))
+                        },
                     }
                 )
             if device_random.random() < 0.25:
                 device, device_source, udi, ended = device_random.choice(DEVICES)
                 # An implant still in use has no end date; a device given at home names no visit.
+                at_visit = device_random.random() > 0.2
                 devices.append(
                     {
                         "device_exposure_id": vid,
@@ -282,7 +320,9 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
                         "unique_device_id": udi,
                         "production_id": udi.rsplit("(21)", 1)[-1] if udi else None,
                         "quantity": 1,
-                        "visit_occurrence_id": vid if device_random.random() > 0.2 else None,
+                        "provider_id": link_random.choice([1, 2, 3, 4, None]),
+                        "visit_occurrence_id": vid if at_visit else None,
+                        "visit_detail_id": detail_of(details) if at_visit else None,
                         "device_source_value": device_source,
                     }
                 )
@@ -295,6 +335,7 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
                     "condition_start_date": start,
                     "condition_type_concept_id": 32817,
                     "visit_occurrence_id": vid,
+                    "visit_detail_id": detail_of(details),
                     "condition_source_value": source,
                     "condition_source_concept_id": 45576876 if source == "E11.9" else 0,
                 }
@@ -312,6 +353,7 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
                     "days_supply": "30",
                     "sig": "1 tablet by mouth daily",
                     "visit_occurrence_id": vid,
+                    "visit_detail_id": detail_of(details),
                     "drug_source_value": source,
                 }
             )
@@ -325,6 +367,7 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
                         "procedure_date": start,
                         "procedure_type_concept_id": 32817,
                         "visit_occurrence_id": vid,
+                        "visit_detail_id": detail_of(details),
                         "procedure_source_value": source,
                     }
                 )
@@ -342,6 +385,7 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
                         "range_low": low,
                         "range_high": high,
                         "visit_occurrence_id": vid,
+                        "visit_detail_id": detail_of(details),
                         "measurement_source_value": {3004410: "4548-4", 3027018: "8867-4", 3004249: "8480-6"}[concept],
                         "unit_source_value": unit_source,
                     }
@@ -356,6 +400,7 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
                         "measurement_type_concept_id": 32817,
                         "value_as_concept_id": r.choice([45884084, 45878583]),
                         "visit_occurrence_id": vid,
+                        "visit_detail_id": detail_of(details),
                         "measurement_source_value": "94500-6",
                     }
                 )
@@ -378,6 +423,7 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
                         "note_source_value": note_source,
                     }
                 )
+                notes[-1]["visit_detail_id"] = detail_of(details) if notes[-1]["visit_occurrence_id"] else None
             if r.random() < 0.3:
                 specimen, specimen_source, site, site_source = r.choice(SPECIMENS)
                 # No quantity at all, or a unit that is no UCUM concept, as exports have.
@@ -408,6 +454,7 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
                     "observation_type_concept_id": 32817,
                     "value_as_concept_id": 45765920,
                     "visit_occurrence_id": vid,
+                    "visit_detail_id": detail_of(details),
                     "observation_source_value": "smoking",
                 }
             )

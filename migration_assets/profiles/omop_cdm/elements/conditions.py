@@ -1,7 +1,8 @@
 """CONDITION_OCCURRENCE to Condition: code from condition_concept_id (the source value kept as a
 local coding), onset/abatement from the start/end dates, category encounter-diagnosis when the row
-names a visit else problem-list-item, clinicalStatus resolved when it has an end date else active,
-verificationStatus confirmed, subject and encounter."""
+names a visit (or a visit detail) else problem-list-item, clinicalStatus resolved when it has an end date
+else active, verificationStatus confirmed, subject and encounter (the visit detail's when named, else the
+visit's)."""
 
 from collections.abc import Mapping
 
@@ -11,6 +12,9 @@ import polars as pl
 from migration_assets.elements.base import DataElement, FrameModel, SourceSystem, frame_columns
 from migration_assets.elements.fhir_json import codeable_concept, coding, identifier, reference, without_nulls
 from migration_assets.profiles.omop_cdm.omop import (
+    EVENT_REVIEW_FLAGS,
+    VISIT_DETAIL_NOTE,
+    VISIT_DETAIL_RULE_COLUMNS,
     concept,
     concept_mapped,
     concepts_named_by,
@@ -20,12 +24,15 @@ from migration_assets.profiles.omop_cdm.omop import (
     event_rules,
     expected_encounter,
     expected_patient,
+    optional_among,
     patient_reference,
+    visit_detail_columns,
 )
 
 CLINICAL = "http://terminology.hl7.org/CodeSystem/condition-clinical"
 VERIFICATION = "http://terminology.hl7.org/CodeSystem/condition-ver-status"
 CATEGORY = "http://terminology.hl7.org/CodeSystem/condition-category"
+REGISTER_NOTES = {"visit_detail_id": VISIT_DETAIL_NOTE}
 
 
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
@@ -46,7 +53,7 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
             codeable_concept(
                 coding(
                     CATEGORY,
-                    pl.when(pl.col("visit_occurrence_id").is_not_null())
+                    pl.when(encounter_reference(system).is_not_null())
                     .then(pl.lit("encounter-diagnosis"))
                     .otherwise(pl.lit("problem-list-item")),
                 )
@@ -71,31 +78,36 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         "visit_person_id",
         "person_in_source",
         "start",
+        *visit_detail_columns(),
         code_mapped=concept_mapped("condition_concept_id", "code"),
     )
     frame = event_rules(frame.with_columns(without_nulls(pl.col("references"))), "start")
-    return frame.drop("visit_person_id", "person_in_source")
+    return frame.drop("visit_person_id", "person_in_source", *VISIT_DETAIL_RULE_COLUMNS)
 
 
 class ConditionFrame(FrameModel):
     code_mapped: bool = pa.Field()
 
 
+SOURCE_TABLES = {
+    "condition_occurrence": "condition_occurrence_id",
+    "person": "person_id",
+    "visit_occurrence": "visit_occurrence_id",
+    "visit_detail": "visit_detail_id",
+    "concept": "concept_id",
+}
+
 ELEMENT = DataElement(
     name="conditions",
     description="OMOP CONDITION_OCCURRENCE to FHIR Condition, codes from CONCEPT.",
-    mapping_version="1.0.0",
-    source_tables={
-        "condition_occurrence": "condition_occurrence_id",
-        "person": "person_id",
-        "visit_occurrence": "visit_occurrence_id",
-        "concept": "concept_id",
-    },
+    mapping_version="1.1.0",
+    source_tables=SOURCE_TABLES,
+    optional_tables=optional_among(SOURCE_TABLES),
     lookup_tables=concepts_named_by("condition_occurrence", "condition_concept_id"),
-    requires=("persons", "visits"),
+    requires=("persons", "visits", "visit_details"),
     extract=extract,
     transform=transform,
     schemas={"Condition": ConditionFrame},
     patient_column="person_id",
-    review_flags={"code_mapped": False},
+    review_flags=EVENT_REVIEW_FLAGS,
 )

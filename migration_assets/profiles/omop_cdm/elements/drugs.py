@@ -13,6 +13,9 @@ from migration_assets.elements.base import DataElement, FrameModel, SourceSystem
 from migration_assets.elements.builders import decimal, embed_decimals, period, text
 from migration_assets.elements.fhir_json import identifier, reference, without_nulls
 from migration_assets.profiles.omop_cdm.omop import (
+    EVENT_REVIEW_FLAGS,
+    VISIT_DETAIL_NOTE,
+    VISIT_DETAIL_RULE_COLUMNS,
     concept,
     concept_mapped,
     concepts_named_by,
@@ -22,13 +25,16 @@ from migration_assets.profiles.omop_cdm.omop import (
     event_rules,
     expected_encounter,
     expected_patient,
+    optional_among,
     patient_reference,
+    visit_detail_columns,
 )
 from migration_assets.profiles.omop_cdm.terminology import read_map
 
 REGISTER_NOTES = {
     "drug_type_concept_id": "MedicationRequest for a type in terminology/drug_request_types.csv, else Statement",
     "drug_concept_id": "medication coding from CONCEPT (RxNorm); concept 0 keeps only the source value",
+    "visit_detail_id": VISIT_DETAIL_NOTE,
 }
 REQUEST_TYPES = read_map("drug_request_types")["concept_id"].to_list()
 
@@ -103,34 +109,39 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
                 "visit_person_id",
                 "person_in_source",
                 "start",
+                *visit_detail_columns(),
                 code_mapped=concept_mapped("drug_concept_id", "code"),
             )
         )
     frame = pl.concat(frames, how="diagonal_relaxed")
     frame = frame.with_columns(without_nulls(pl.col("references")), embed_decimals(pl.col("resource")))
     frame = event_rules(frame, "start")
-    return frame.drop("visit_person_id", "person_in_source")
+    return frame.drop("visit_person_id", "person_in_source", *VISIT_DETAIL_RULE_COLUMNS)
 
 
 class DrugFrame(FrameModel):
     code_mapped: bool = pa.Field()
 
 
+SOURCE_TABLES = {
+    "drug_exposure": "drug_exposure_id",
+    "person": "person_id",
+    "visit_occurrence": "visit_occurrence_id",
+    "visit_detail": "visit_detail_id",
+    "concept": "concept_id",
+}
+
 ELEMENT = DataElement(
     name="drugs",
     description="OMOP DRUG_EXPOSURE to FHIR MedicationRequest (prescriptions) or MedicationStatement (other records).",
-    mapping_version="1.0.0",
-    source_tables={
-        "drug_exposure": "drug_exposure_id",
-        "person": "person_id",
-        "visit_occurrence": "visit_occurrence_id",
-        "concept": "concept_id",
-    },
+    mapping_version="1.1.0",
+    source_tables=SOURCE_TABLES,
+    optional_tables=optional_among(SOURCE_TABLES),
     lookup_tables=concepts_named_by("drug_exposure", "drug_concept_id"),
-    requires=("persons", "visits"),
+    requires=("persons", "visits", "visit_details"),
     extract=extract,
     transform=transform,
     schemas={"MedicationRequest": DrugFrame, "MedicationStatement": DrugFrame},
     patient_column="person_id",
-    review_flags={"code_mapped": False},
+    review_flags=EVENT_REVIEW_FLAGS,
 )

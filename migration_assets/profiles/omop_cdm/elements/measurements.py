@@ -22,6 +22,9 @@ from migration_assets.elements.builders import data_absent_reason, decimal, embe
 from migration_assets.elements.fhir_json import codeable_concept, coding, identifier, reference, without_nulls
 from migration_assets.elements.terminology import UCUM
 from migration_assets.profiles.omop_cdm.omop import (
+    EVENT_REVIEW_FLAGS,
+    VISIT_DETAIL_NOTE,
+    VISIT_DETAIL_RULE_COLUMNS,
     concept,
     concept_mapped,
     concepts_named_by,
@@ -31,8 +34,10 @@ from migration_assets.profiles.omop_cdm.omop import (
     event_rules,
     expected_encounter,
     expected_patient,
+    optional_among,
     patient_reference,
     table,
+    visit_detail_columns,
     with_concept,
 )
 from migration_assets.profiles.omop_cdm.terminology import lookup
@@ -43,6 +48,7 @@ REGISTER_NOTES = {
     "value_as_concept_id": "valueCodeableConcept from CONCEPT when there is no number",
     "range_low": "referenceRange.low in the value's unit",
     "range_high": "referenceRange.high in the value's unit",
+    "visit_detail_id": VISIT_DETAIL_NOTE,
 }
 # OMOP Meas Value Operator concepts -> FHIR Quantity comparator ("=" is no comparator).
 OPERATORS = lookup("value_operators", "concept_id", "comparator")
@@ -137,13 +143,14 @@ def observation_transform(
         "visit_person_id",
         "person_in_source",
         "effective",
+        *visit_detail_columns(),
         code_mapped=concept_mapped(concept_column, "code"),
         bad_number=pl.col("number").is_not_null() & ~has_number,
     )
     frame = frame.with_columns(without_nulls(pl.col("references")), embed_decimals(pl.col("resource")))
     frame = event_rules(frame, "effective")
     frame = quarantine(frame, "non_numeric_value", pl.col("bad_number"), "value_as_number is not a number")
-    return frame.drop("visit_person_id", "person_in_source", "bad_number")
+    return frame.drop("visit_person_id", "person_in_source", "bad_number", *VISIT_DETAIL_RULE_COLUMNS)
 
 
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
@@ -165,21 +172,25 @@ class ObservationFrame(FrameModel):
     code_mapped: bool = pa.Field()
 
 
+SOURCE_TABLES = {
+    "measurement": "measurement_id",
+    "person": "person_id",
+    "visit_occurrence": "visit_occurrence_id",
+    "visit_detail": "visit_detail_id",
+    "concept": "concept_id",
+}
+
 ELEMENT = DataElement(
     name="measurements",
     description="OMOP MEASUREMENT to FHIR Observation (valueQuantity with UCUM, coded values, reference ranges).",
-    mapping_version="1.0.0",
-    source_tables={
-        "measurement": "measurement_id",
-        "person": "person_id",
-        "visit_occurrence": "visit_occurrence_id",
-        "concept": "concept_id",
-    },
+    mapping_version="1.1.0",
+    source_tables=SOURCE_TABLES,
+    optional_tables=optional_among(SOURCE_TABLES),
     lookup_tables=concepts_named_by("measurement", "measurement_concept_id", "value_as_concept_id", "unit_concept_id"),
-    requires=("persons", "visits"),
+    requires=("persons", "visits", "visit_details"),
     extract=extract,
     transform=transform,
     schemas={"Observation": ObservationFrame},
     patient_column="person_id",
-    review_flags={"code_mapped": False},
+    review_flags=EVENT_REVIEW_FLAGS,
 )

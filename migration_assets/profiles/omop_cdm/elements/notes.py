@@ -7,8 +7,8 @@ chart note.)
   stored, line breaks included), note_title as its title, note_date as its creation.
 - type from note_class_concept_id (CONCEPT: LOINC document ontology), the source value kept locally;
   category US Core `clinical-note`.
-- subject, author (the provider, when the note names one), context.encounter (the visit, when named)
-  and context.period.start (the date).
+- subject, author (the provider, when the note names one), context.encounter (the visit detail's
+  Encounter when the note names one, else the visit's, when named) and context.period.start (the date).
 - a note without text (note_text is required in the CDM) is quarantined: there is nothing to read.
 """
 
@@ -37,6 +37,9 @@ from migration_assets.elements.fhir_json import (
     without_nulls,
 )
 from migration_assets.profiles.omop_cdm.omop import (
+    EVENT_REVIEW_FLAGS,
+    VISIT_DETAIL_NOTE,
+    VISIT_DETAIL_RULE_COLUMNS,
     concept,
     concept_mapped,
     concepts_named_by,
@@ -49,6 +52,7 @@ from migration_assets.profiles.omop_cdm.omop import (
     optional_among,
     patient_reference,
     table,
+    visit_detail_columns,
 )
 
 REGISTER_NOTES = {
@@ -57,6 +61,7 @@ REGISTER_NOTES = {
     "note_class_concept_id": "type from CONCEPT (LOINC document ontology); concept 0 keeps note_source_value",
     "provider_id": "author Practitioner when present",
     "visit_occurrence_id": "context.encounter when present",
+    "visit_detail_id": VISIT_DETAIL_NOTE,
 }
 CATEGORY = "http://hl7.org/fhir/us/core/CodeSystem/us-core-documentreference-category"
 
@@ -67,9 +72,9 @@ def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
     return rows.join(providers, on="provider_id", how="left", maintain_order="left")
 
 
-def listed_when(key: str, target: pl.Expr) -> pl.Expr:
-    """`[{"reference": target}]` where the row names `key`, else null (and so left out)."""
-    return pl.when(pl.col(key).is_not_null()).then(pl.concat_list(pl.struct(target.alias("reference"))))
+def listed(target: pl.Expr) -> pl.Expr:
+    """`[{"reference": target}]` where there is a target, else null (and so left out)."""
+    return pl.when(target.is_not_null()).then(pl.concat_list(pl.struct(target.alias("reference"))))
 
 
 def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
@@ -92,13 +97,11 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
             "category"
         ),
         reference(patient_reference(system)).alias("subject"),
-        listed_when("provider_id", conditional_reference("Practitioner", provider_system, pl.col("provider_id"))).alias(
-            "author"
-        ),
+        listed(conditional_reference("Practitioner", provider_system, pl.col("provider_id"))).alias("author"),
         text(pl.col("note_title")).alias("description"),
         pl.concat_list(pl.struct(attachment.alias("attachment"))).alias("content"),
         pl.struct(
-            listed_when("visit_occurrence_id", encounter_reference(system)).alias("encounter"),
+            listed(encounter_reference(system)).alias("encounter"),
             pl.struct(pl.col("written").alias("start")).alias("period"),
         ).alias("context"),
     )
@@ -123,13 +126,16 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         "provider_id",
         "provider_in_source",
         "written",
+        *visit_detail_columns(),
         has_text=pl.col("body").str.strip_chars() != "",
         code_mapped=concept_mapped("note_class_concept_id", "code"),
     )
     frame = event_rules(frame.with_columns(without_nulls(pl.col("references"))), "written")
     frame = quarantine_orphans(frame, "provider_id", "provider", "provider_in_source", required=False)
     frame = quarantine(frame, "missing_value", ~pl.col("has_text"), "note_text is empty")
-    return frame.drop("visit_person_id", "person_in_source", "provider_in_source", "has_text")
+    return frame.drop(
+        "visit_person_id", "person_in_source", "provider_in_source", "has_text", *VISIT_DETAIL_RULE_COLUMNS
+    )
 
 
 class NoteFrame(FrameModel):
@@ -140,6 +146,7 @@ SOURCE_TABLES = {
     "note": "note_id",
     "person": "person_id",
     "visit_occurrence": "visit_occurrence_id",
+    "visit_detail": "visit_detail_id",
     "provider": "provider_id",
     "concept": "concept_id",
 }
@@ -148,14 +155,14 @@ ELEMENT = DataElement(
     name="notes",
     description="OMOP NOTE to FHIR DocumentReference, the note's text inline (text/plain): a clinician finds a "
     "visit's notes among the chart's documents (Communication is a message between people, not a chart note).",
-    mapping_version="1.0.0",
+    mapping_version="1.1.0",
     source_tables=SOURCE_TABLES,
     optional_tables=optional_among(SOURCE_TABLES),
     lookup_tables=concepts_named_by("note", "note_class_concept_id"),
-    requires=("persons", "visits", "providers"),
+    requires=("persons", "visits", "visit_details", "providers"),
     extract=extract,
     transform=transform,
     schemas={"DocumentReference": NoteFrame},
     patient_column="person_id",
-    review_flags={"code_mapped": False},
+    review_flags=EVENT_REVIEW_FLAGS,
 )

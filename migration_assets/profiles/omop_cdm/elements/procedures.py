@@ -1,4 +1,5 @@
-"""PROCEDURE_OCCURRENCE to Procedure (status completed, performed date or period, code from CONCEPT)."""
+"""PROCEDURE_OCCURRENCE to Procedure (status completed, performed date or period, code from CONCEPT, the
+encounter of its visit detail or visit)."""
 
 from collections.abc import Mapping
 
@@ -9,6 +10,9 @@ from migration_assets.elements.base import DataElement, FrameModel, SourceSystem
 from migration_assets.elements.builders import period
 from migration_assets.elements.fhir_json import identifier, reference, without_nulls
 from migration_assets.profiles.omop_cdm.omop import (
+    EVENT_REVIEW_FLAGS,
+    VISIT_DETAIL_NOTE,
+    VISIT_DETAIL_RULE_COLUMNS,
     concept,
     concept_mapped,
     concepts_named_by,
@@ -18,8 +22,12 @@ from migration_assets.profiles.omop_cdm.omop import (
     event_rules,
     expected_encounter,
     expected_patient,
+    optional_among,
     patient_reference,
+    visit_detail_columns,
 )
+
+REGISTER_NOTES = {"visit_detail_id": VISIT_DETAIL_NOTE}
 
 
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
@@ -51,31 +59,36 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         "visit_person_id",
         "person_in_source",
         "start",
+        *visit_detail_columns(),
         code_mapped=concept_mapped("procedure_concept_id", "code"),
     )
     frame = event_rules(frame.with_columns(without_nulls(pl.col("references"))), "start")
-    return frame.drop("visit_person_id", "person_in_source")
+    return frame.drop("visit_person_id", "person_in_source", *VISIT_DETAIL_RULE_COLUMNS)
 
 
 class ProcedureFrame(FrameModel):
     code_mapped: bool = pa.Field()
 
 
+SOURCE_TABLES = {
+    "procedure_occurrence": "procedure_occurrence_id",
+    "person": "person_id",
+    "visit_occurrence": "visit_occurrence_id",
+    "visit_detail": "visit_detail_id",
+    "concept": "concept_id",
+}
+
 ELEMENT = DataElement(
     name="procedures",
     description="OMOP PROCEDURE_OCCURRENCE to FHIR Procedure, codes from CONCEPT.",
-    mapping_version="1.0.0",
-    source_tables={
-        "procedure_occurrence": "procedure_occurrence_id",
-        "person": "person_id",
-        "visit_occurrence": "visit_occurrence_id",
-        "concept": "concept_id",
-    },
+    mapping_version="1.1.0",
+    source_tables=SOURCE_TABLES,
+    optional_tables=optional_among(SOURCE_TABLES),
     lookup_tables=concepts_named_by("procedure_occurrence", "procedure_concept_id"),
-    requires=("persons", "visits"),
+    requires=("persons", "visits", "visit_details"),
     extract=extract,
     transform=transform,
     schemas={"Procedure": ProcedureFrame},
     patient_column="person_id",
-    review_flags={"code_mapped": False},
+    review_flags=EVENT_REVIEW_FLAGS,
 )

@@ -1,18 +1,26 @@
 """VISIT_DETAIL to Encounter: a part of a visit (a stay in a ward, a transfer, a consultation within the
 stay) is an Encounter `partOf` its VISIT_OCCURRENCE's Encounter, with class, type, period, subject,
-participant and serviceProvider as the visit's own Encounter has them (elements/visits.py)."""
+participant, serviceProvider and hospitalization (admitted from, discharged to) as the visit's own
+Encounter has them (elements/visits.py). The events that name a detail reference this Encounter
+(omop.encounter_reference)."""
 
 from collections.abc import Mapping
 
 import polars as pl
 
 from migration_assets.elements.base import DataElement, SourceSystem, quarantine
-from migration_assets.profiles.omop_cdm.elements.visits import EncounterFrame, encounter_rows, encounters
+from migration_assets.profiles.omop_cdm.elements.visits import (
+    HOSPITALIZATION_NOTES,
+    PLACE_CONCEPTS,
+    EncounterFrame,
+    encounter_rows,
+    encounters,
+)
 from migration_assets.profiles.omop_cdm.omop import (
     concepts_named_by,
-    encounter_reference,
     optional_among,
     table,
+    visit_reference,
 )
 
 REGISTER_NOTES = {
@@ -20,6 +28,14 @@ REGISTER_NOTES = {
     "visit_occurrence_id": "partOf: the Encounter of the visit the detail is part of",
     "provider_id": "participant individual when present (a detail with no provider has no participant)",
     "care_site_id": "serviceProvider Organization",
+    **HOSPITALIZATION_NOTES,
+}
+UNSUPPORTED = {
+    "preceding_visit_detail_id": "R4 Encounter has no place for the encounter before this one (partOf and the "
+    "associatedEncounter extension say one encounter lies within another, not after it); the details' periods "
+    "give their order",
+    "parent_visit_detail_id": "partOf holds the visit's Encounter and R4 allows one; the parent detail's Encounter "
+    "instead would be one of this element's own, which the same load may not have written yet",
 }
 
 
@@ -35,7 +51,7 @@ def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:
 
 def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     frame = encounters(
-        source, system, "visit_detail", "visit_detail_id", "visit-detail", part_of=encounter_reference(system)
+        source, system, "visit_detail", "visit_detail_id", "visit-detail", part_of=visit_reference(system)
     )
     # CDM 5.4 requires visit_occurrence_id (an unknown one is an orphan by the event rules): a detail of no
     # visit is not sent as an Encounter part of nothing.
@@ -54,10 +70,10 @@ SOURCE_TABLES = {
 ELEMENT = DataElement(
     name="visit_details",
     description="OMOP VISIT_DETAIL to FHIR Encounter, partOf its visit's Encounter.",
-    mapping_version="1.0.0",
+    mapping_version="1.1.0",
     source_tables=SOURCE_TABLES,
     optional_tables=optional_among(SOURCE_TABLES),
-    lookup_tables=concepts_named_by("visit_detail", "visit_detail_concept_id"),
+    lookup_tables=concepts_named_by("visit_detail", "visit_detail_concept_id", *PLACE_CONCEPTS),
     requires=("persons", "providers", "care_sites", "visits"),
     extract=extract,
     transform=transform,

@@ -1,7 +1,8 @@
 """VISIT_OCCURRENCE to Encounter: class from visit_concept_id (v3 ActCode: inpatient IMP, outpatient
 AMB, emergency EMER, ...; any other concept: AMB is not assumed, the row is quarantined as unknown_code),
 type from the visit concept, period from the start/end dates, subject, participant (the provider, when
-the visit names one), serviceProvider (the care site)."""
+the visit names one), serviceProvider (the care site), hospitalization.admitSource and
+dischargeDisposition from admitted_from and discharged_to (CONCEPT, the source value kept locally)."""
 
 from collections.abc import Mapping
 
@@ -18,7 +19,7 @@ from migration_assets.elements.base import (
     quarantine,
     quarantine_orphans,
 )
-from migration_assets.elements.builders import ends_before_start, period
+from migration_assets.elements.builders import ends_before_start, period, text
 from migration_assets.elements.fhir_json import (
     coding,
     conditional_reference,
@@ -31,21 +32,39 @@ from migration_assets.profiles.omop_cdm.omop import (
     concept,
     concept_mapped,
     concepts_named_by,
+    date_rules,
     day,
-    event_rules,
-    expected_encounter,
     expected_patient,
+    expected_visit,
     optional_among,
     patient_reference,
+    person_and_visit_rules,
     table,
     with_concept,
 )
 from migration_assets.profiles.omop_cdm.terminology import read_map
 
+# Where a visit (or a visit detail) came from and went to: CONCEPT (CMS Place of Service or Visit concepts,
+# which have no FHIR system in terminology/vocabulary_systems.csv yet) with the source value kept locally.
+HOSPITALIZATION_NOTES = {
+    "admitted_from_concept_id": "hospitalization.admitSource from CONCEPT (the source value kept locally)",
+    "admitted_from_source_value": "hospitalization.admitSource: the local coding and text",
+    "discharged_to_concept_id": "hospitalization.dischargeDisposition from CONCEPT (the source value kept locally)",
+    "discharged_to_source_value": "hospitalization.dischargeDisposition: the local coding and text",
+}
 REGISTER_NOTES = {
     "visit_concept_id": "Encounter.class (v3 ActCode) by terminology/visit_classes.csv; an unlisted one is quarantined",
     "provider_id": "participant individual when present (a visit with no provider has no participant)",
     "care_site_id": "serviceProvider Organization",
+    **HOSPITALIZATION_NOTES,
+}
+# Where the patient came from and went to: `<place>_concept_id` and `<place>_source_value` of a visit row.
+PLACES = ("admitted_from", "discharged_to")
+PLACE_CONCEPTS = tuple(f"{where}_concept_id" for where in PLACES)
+UNSUPPORTED = {
+    "preceding_visit_occurrence_id": "R4 Encounter has no place for the visit before this one (partOf and the "
+    "associatedEncounter extension say one encounter lies within another, not after it); the visits' periods "
+    "give their order",
 }
 VISIT_CLASS = {concept: (code, display) for concept, _name, code, display in read_map("visit_classes").iter_rows()}
 
@@ -70,6 +89,8 @@ def encounter_rows(
         .join(sites, on="care_site_id", how="left", maintain_order="left")
         .with_columns(source_table=pl.lit(table_name))
     )
+    for where in PLACES:
+        rows = with_concept(rows, tables, f"{where}_concept_id", where)
     return with_concept(rows, tables, concept_column, "code")
 
 
@@ -115,6 +136,14 @@ def encounters(
         ).alias("participant"),
         period(pl.col("start"), pl.col("end")).alias("period"),
         reference(conditional_reference("Organization", site_system, pl.col("care_site_id"))).alias("serviceProvider"),
+        pl.when(place_given("admitted_from") | place_given("discharged_to"))
+        .then(
+            pl.struct(
+                place_concept(system, "admitted_from").alias("admitSource"),
+                place_concept(system, "discharged_to").alias("dischargeDisposition"),
+            )
+        )
+        .alias("hospitalization"),
     ]
     references = [
         expected_patient(system),
@@ -127,7 +156,7 @@ def encounters(
     ]
     if part_of is not None:
         fields.append(reference(part_of).alias("partOf"))
-        references.append(expected_encounter(system, "partOf"))
+        references.append(expected_visit(system, "partOf"))
     frame = rows.select(
         *frame_columns("Encounter", own_system, pl.col(key), pl.struct(*fields), references=references),
         "person_id",
@@ -145,7 +174,7 @@ def encounters(
         code_mapped=concept_mapped(concept_column, "code"),
     )
     frame = frame.with_columns(without_nulls(pl.col("references")))
-    frame = event_rules(frame, "start")
+    frame = date_rules(person_and_visit_rules(frame), "start")
     frame = quarantine_orphans(frame, "provider_id", "provider", "provider_in_source", required=False)
     frame = quarantine_orphans(frame, "care_site_id", "care_site", "care_site_in_source", required=False)
     frame = quarantine(
@@ -161,6 +190,22 @@ def encounters(
         f"{prefix}_end_date lies before {prefix}_start_date",
     )
     return frame.drop("visit_person_id", "person_in_source", "provider_in_source", "care_site_in_source")
+
+
+def place_given(prefix: str) -> pl.Expr:
+    """True where the row says where the patient came from (`admitted_from`) or went to (`discharged_to`):
+    its source value or a concept CONCEPT holds."""
+    return (
+        text(pl.col(f"{prefix}_source_value")).is_not_null()
+        | pl.col(f"{prefix}_name").is_not_null()
+        | pl.col(f"{prefix}_code").is_not_null()
+    )
+
+
+def place_concept(system: SourceSystem, prefix: str) -> pl.Expr:
+    """The CodeableConcept of `<prefix>_concept_id` and its source value; null where neither is given (an
+    empty hospitalization is left out whole rather than cleaned member by member)."""
+    return pl.when(place_given(prefix)).then(concept(system, f"{prefix}_concept_id", prefix, f"{prefix}_source_value"))
 
 
 class EncounterFrame(FrameModel):
@@ -179,10 +224,10 @@ SOURCE_TABLES = {
 ELEMENT = DataElement(
     name="visits",
     description="OMOP VISIT_OCCURRENCE to FHIR Encounter (class from visit_concept_id).",
-    mapping_version="1.0.0",
+    mapping_version="1.1.0",
     source_tables=SOURCE_TABLES,
     optional_tables=optional_among(SOURCE_TABLES),
-    lookup_tables=concepts_named_by("visit_occurrence", "visit_concept_id"),
+    lookup_tables=concepts_named_by("visit_occurrence", "visit_concept_id", *PLACE_CONCEPTS),
     requires=("persons", "providers", "care_sites"),
     extract=extract,
     transform=transform,

@@ -171,6 +171,54 @@ def test_a_visit_detail_is_an_encounter_part_of_its_visits_encounter() -> None:
     assert "participant" not in no_provider and no_provider["partOf"] == detail["partOf"]
 
 
+def test_a_visit_and_its_details_say_where_the_patient_came_from_and_went_to() -> None:
+    stay = {
+        "admitted_from_concept_id": 8870,
+        "admitted_from_source_value": "ER",
+        "discharged_to_concept_id": 8863,
+        "discharged_to_source_value": None,
+    }
+    source = tables(
+        person=[PERSON],
+        visit_occurrence=[{**VISIT, **stay}],
+        visit_detail=[
+            {**DETAIL, "provider_id": None, "care_site_id": None, **stay},
+            # Concept 0 with a local value, and nothing at all: no hospitalization.
+            {
+                **DETAIL,
+                "visit_detail_id": 71,
+                "provider_id": None,
+                "care_site_id": None,
+                "discharged_to_concept_id": 0,
+                "discharged_to_source_value": "AMA",
+            },
+            {**DETAIL, "visit_detail_id": 72, "provider_id": None, "care_site_id": None},
+        ],
+    )
+    (visit,) = resources(frame("visits", source))
+    details = frame("visit_details", source)
+    assert details["quarantine_rule"].null_count() == 3
+    detail, local, bare = resources(details)
+    # CMS Place of Service has no FHIR system in terminology/vocabulary_systems.csv: the source value is the
+    # coding, the concept's name the text where there is no source value.
+    expected = {
+        "admitSource": {"coding": [{"system": LOCAL, "code": "ER"}], "text": "ER"},
+        "dischargeDisposition": {"text": "Skilled Nursing Facility"},
+    }
+    assert visit["hospitalization"] == detail["hospitalization"] == expected
+    assert local["hospitalization"] == {
+        "dischargeDisposition": {"coding": [{"system": LOCAL, "code": "AMA"}], "text": "AMA"}
+    }
+    assert "hospitalization" not in bare
+
+
+def test_a_visit_details_preceding_and_parent_details_are_declared_unsupported() -> None:
+    from migration_assets.profiles.omop_cdm.elements import visit_details, visits
+
+    assert set(visit_details.UNSUPPORTED) == {"preceding_visit_detail_id", "parent_visit_detail_id"}
+    assert set(visits.UNSUPPORTED) == {"preceding_visit_occurrence_id"}
+
+
 DEVICE = {
     "device_exposure_id": 40,
     "person_id": 1,
@@ -182,6 +230,24 @@ DEVICE = {
     "visit_occurrence_id": 7,
     "device_source_value": "PACER-DDD",
 }
+
+
+def test_a_device_exposures_provider_is_the_statements_source() -> None:
+    exposures = [
+        {**DEVICE, "provider_id": 3},
+        {**DEVICE, "device_exposure_id": 41},
+        {**DEVICE, "device_exposure_id": 42, "provider_id": 99},
+    ]
+    source = tables(person=[PERSON], visit_occurrence=[VISIT], provider=[{"provider_id": 3}], device_exposure=exposures)
+    built = frame("devices", source)
+    assert built["quarantine_rule"].to_list() == [None, None, "orphan_reference"]
+    assert built["quarantine_reason"][2] == "provider_id 99 is not in the provider table"
+    named, unnamed = resources(built)[:2]
+    assert named["source"] == {
+        "reference": "Practitioner?identifier=https://omop.example.org/fhir/identifier/provider|3"
+    }
+    assert "source" not in unnamed
+    assert {r["path"] for r in built["references"][0]} == {"subject", "extension.0.valueReference", "source"}
 
 
 def test_a_device_exposure_is_a_device_use_statement_with_its_device_contained() -> None:
@@ -459,6 +525,164 @@ def test_a_note_without_text_of_an_unknown_provider_or_another_persons_visit_is_
     ]
 
 
+CONDITION = {
+    "condition_occurrence_id": 1,
+    "person_id": 1,
+    "condition_concept_id": 201826,
+    "condition_start_date": "2020-05-01",
+    "visit_occurrence_id": 7,
+    "visit_detail_id": 70,
+}
+DETAIL_ENCOUNTER = "Encounter?identifier=https://omop.example.org/fhir/identifier/visit-detail|70"
+VISIT_ENCOUNTER = "Encounter?identifier=https://omop.example.org/fhir/identifier/visit|7"
+
+
+def test_an_event_naming_a_visit_detail_references_the_details_encounter() -> None:
+    conditions = [
+        CONDITION,
+        # A detail and no visit: still the detail's Encounter (it is part of its visit's).
+        {**CONDITION, "condition_occurrence_id": 2, "visit_occurrence_id": None},
+        {**CONDITION, "condition_occurrence_id": 3, "visit_detail_id": None},
+        {**CONDITION, "condition_occurrence_id": 4, "visit_detail_id": 99},
+        {**CONDITION, "condition_occurrence_id": 5, "visit_detail_id": 71},
+        {**CONDITION, "condition_occurrence_id": 6, "visit_detail_id": 80},
+    ]
+    source = tables(
+        person=[PERSON, {**PERSON, "person_id": 2}],
+        visit_occurrence=[VISIT, {**VISIT, "visit_occurrence_id": 8}],
+        visit_detail=[
+            DETAIL,
+            {**DETAIL, "visit_detail_id": 71, "person_id": 2},
+            {**DETAIL, "visit_detail_id": 80, "visit_occurrence_id": 8},
+        ],
+        condition_occurrence=conditions,
+    )
+    built = frame("conditions", source)
+    assert built["quarantine_rule"].to_list() == [
+        None,
+        None,
+        None,
+        "orphan_reference",
+        "mismatched_reference",
+        "mismatched_reference",
+    ]
+    assert built["quarantine_reason"].to_list()[3:] == [
+        "visit_detail_id 99 is not in the visit_detail table",
+        "visit_detail_id 71 belongs to another person",
+        "visit_detail_id 80 is not part of visit_occurrence_id 7",
+    ]
+    detailed, detail_only, visit_only = resources(built)[:3]
+    assert detailed["encounter"] == detail_only["encounter"] == {"reference": DETAIL_ENCOUNTER}
+    assert visit_only["encounter"] == {"reference": VISIT_ENCOUNTER}
+    assert detail_only["category"][0]["coding"][0]["code"] == "encounter-diagnosis"
+    encounter_of = {
+        row["source_key"]: [r for r in row["references"] if r["path"] == "encounter"]
+        for row in built.head(3).iter_rows(named=True)
+    }
+    assert encounter_of["1"] == [
+        {
+            "path": "encounter",
+            "resource_type": "Encounter",
+            "identifier_system": "https://omop.example.org/fhir/identifier/visit-detail",
+            "identifier_value": "70",
+        }
+    ]
+    assert encounter_of["3"][0]["identifier_system"].endswith("/identifier/visit")
+    assert built["visit_detail_dropped"].to_list()[:3] == [False, False, False]
+
+
+def test_without_visit_detail_rows_an_event_naming_one_falls_back_to_its_visit_and_is_flagged() -> None:
+    # VISIT_DETAIL absent from the export reads as an empty table: no detail's Encounter can be loaded.
+    conditions = [CONDITION, {**CONDITION, "condition_occurrence_id": 2, "visit_occurrence_id": None}]
+    built = frame("conditions", tables(person=[PERSON], visit_occurrence=[VISIT], condition_occurrence=conditions))
+    with_visit, without = resources(built)
+    assert built["quarantine_rule"].to_list() == [None, None]
+    assert with_visit["encounter"] == {"reference": VISIT_ENCOUNTER} and "encounter" not in without
+    assert without["category"][0]["coding"][0]["code"] == "problem-list-item"
+    assert built["visit_detail_dropped"].to_list() == [True, True]
+    assert PROFILE.element("conditions").review_flags["visit_detail_dropped"] is True
+
+
+EVENT_ROWS = {
+    "conditions": ("condition_occurrence", CONDITION, "encounter"),
+    "drugs": (
+        "drug_exposure",
+        {
+            "drug_exposure_id": 1,
+            "person_id": 1,
+            "drug_concept_id": 1308216,
+            "drug_exposure_start_date": "2020-05-01",
+            "drug_type_concept_id": 32865,
+            "visit_occurrence_id": 7,
+            "visit_detail_id": 70,
+        },
+        "context",
+    ),
+    "procedures": (
+        "procedure_occurrence",
+        {
+            "procedure_occurrence_id": 1,
+            "person_id": 1,
+            "procedure_concept_id": 4249893,
+            "procedure_date": "2020-05-01",
+            "visit_occurrence_id": 7,
+            "visit_detail_id": 70,
+        },
+        "encounter",
+    ),
+    "measurements": (
+        "measurement",
+        {
+            "measurement_id": 1,
+            "person_id": 1,
+            "measurement_concept_id": 3027018,
+            "measurement_date": "2020-05-01",
+            "visit_occurrence_id": 7,
+            "visit_detail_id": 70,
+        },
+        "encounter",
+    ),
+    "observations": (
+        "observation",
+        {
+            "observation_id": 1,
+            "person_id": 1,
+            "observation_concept_id": 4275495,
+            "observation_date": "2020-05-01",
+            "visit_occurrence_id": 7,
+            "visit_detail_id": 70,
+        },
+        "encounter",
+    ),
+    "notes": ("note", {**NOTE, "provider_id": None, "visit_detail_id": 70}, "context.encounter.0"),
+    "devices": ("device_exposure", {**DEVICE, "visit_detail_id": 70}, "extension.0.valueReference"),
+}
+
+
+@pytest.mark.parametrize("element", sorted(EVENT_ROWS))
+def test_every_event_references_the_visit_detail_it_names_and_is_loaded_after_the_details(element: str) -> None:
+    table_name, row, path = EVENT_ROWS[element]
+    key = PROFILE.element(element).source_tables[table_name]
+    source = tables(
+        person=[PERSON],
+        visit_occurrence=[VISIT],
+        visit_detail=[DETAIL],
+        **{table_name: [row, {**row, key: 2, "visit_detail_id": 99}]},
+    )
+    built = frame(element, source)
+    assert built["quarantine_rule"].to_list() == [None, "orphan_reference"], element
+    (encounter,) = [r for r in built["references"][0] if r["resource_type"] == "Encounter"]
+    assert encounter["path"] == path
+    assert (encounter["identifier_system"], encounter["identifier_value"]) == (
+        "https://omop.example.org/fhir/identifier/visit-detail",
+        "70",
+    )
+    assert DETAIL_ENCOUNTER in built["resource"][0]
+    # The detail's Encounter is loaded first: the element requires visit_details.
+    assert "visit_details" in PROFILE.element(element).requires
+    assert PROFILE.load_order.index("visit_details") < PROFILE.load_order.index(element)
+
+
 SPECIMEN = {
     "specimen_id": 4,
     "person_id": 1,
@@ -583,6 +807,13 @@ def test_the_sample_is_deterministic_and_maps_with_only_its_duplicates_quarantin
     assert sample["note"]["visit_occurrence_id"].null_count() > 0 and sample["note"]["note_title"].null_count() > 0
     assert sample["note"]["note_text"].str.contains("\r\n").any()
     assert sample["specimen"]["quantity"].null_count() > 0 and (sample["specimen"]["unit_concept_id"] == "0").any()
+    # events of a visit naming one of its details, or only the visit; where inpatients came from and went to
+    for name in ("condition_occurrence", "drug_exposure", "measurement", "note", "device_exposure"):
+        assert 0 < sample[name]["visit_detail_id"].null_count() < sample[name].height, name
+    for name in ("visit_occurrence", "visit_detail"):
+        assert sample[name]["admitted_from_source_value"].is_not_null().any(), name
+        assert (sample[name]["discharged_to_concept_id"] == "0").any(), name
+    assert 0 < sample["device_exposure"]["provider_id"].null_count() < sample["device_exposure"].height
 
 
 @pytest.mark.integration  # a platform subprocess that probes every field (30 s): not the unit tier
