@@ -76,6 +76,16 @@ def test_an_observer_hears_every_batch_answer_and_statistic_of_every_client(loca
     assert len(heard["answered"]) == 2, "heard only while the block runs"
 
 
+def test_reads_and_searches_are_counted_as_the_fhir_quota_counts_them(local_medplum):
+    with client_for(local_medplum) as client:
+        [created] = client.submit_batch([put_patient("COUNTED-1")])
+        assert client.read(f"Patient/{created.resource_id}") is not None
+        assert client.read(f"Patient/{uuid.uuid4()}") is None, "a read of nothing is a read too"
+        list(client.search("Patient", {"identifier": f"{SYSTEM}|COUNTED-1"}))
+        client.count("Patient", {})
+    assert (client.stats.reads, client.stats.searches) == (2, 2)
+
+
 def test_the_token_is_fetched_once_and_renewed_after_expiry():
     with running_local_medplum(token_ttl=2) as server, client_for(server) as client:
         client.submit_batch([put_patient("TOK-1")])

@@ -48,3 +48,42 @@ def test_the_first_step_of_a_run_makes_the_report_and_the_others_read_it(tmp_pat
     assert made == [3, 5] and later.checked == 5, "another run makes its own"
     other_element = RunPrerequisites.of_run(tmp_path / "evidence", "run-b", TARGET, "encounters").get(make(6))
     assert other_element.checked == 6
+
+
+def test_a_target_is_blamed_on_the_element_whose_ledger_holds_it_or_its_identifier_system():
+    from migration_assets.verify.prerequisites import with_producers
+
+    ledger = pl.DataFrame(
+        {
+            "resource_type": ["Encounter"],
+            "identifier_system": ["urn:visit"],
+            "identifier_value": ["V1"],
+            "disposition": ["successful"],
+            "element": ["visits"],
+        }
+    )
+    targets = pl.DataFrame(
+        {
+            "resource_type": ["Encounter", "Encounter", "Patient"],
+            "identifier_system": ["urn:visit", "urn:visit", "urn:person"],
+            "identifier_value": ["V1", "V2", "P1"],
+        }
+    )
+    known = with_producers(targets.join(ledger, on=list(targets.columns), how="left"), ledger)
+    blamed = dict(zip(known["identifier_value"], known["element"], strict=True))
+    # V1 by the ledger's row, V2 (never loaded) by the system visits writes, P1 by the type patients creates.
+    assert blamed == {"V1": "visits", "V2": "visits", "P1": "patients"}
+    assert known.height == 3, "each target once"
+
+
+def test_a_target_two_elements_might_create_counts_once_as_missing():
+    missing = pl.DataFrame(
+        {
+            "resource_type": ["Encounter", "Encounter"],
+            "identifier_system": ["urn:x", "urn:x"],
+            "identifier_value": ["E1", "E1"],
+            "element": ["visit_details", "visits"],
+        }
+    )
+    blamed_on_both = PrerequisiteReport(checked=1, explained=missing.clear(), unexplained=missing)
+    assert blamed_on_both.missing == 1 and blamed_on_both.blocking_elements == ["visit_details", "visits"]

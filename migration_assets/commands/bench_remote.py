@@ -11,7 +11,8 @@ On the same sample (BENCH_PATIENTS patients and their Conditions, which referenc
   flight, then an unchanged reload; each create mode again with the bundles in flight adapted to the
   server's pushback (the default), and as async bundles (`Prefer: respond-async`);
 - the platform end to end through Dagster with every check and its default settings, with the elements in
-  the phase initial_load (plain POST creates) and in backfill (conditional creates), then an unchanged reload.
+  the phase initial_load (plain POST creates) and in backfill (conditional creates), then an unchanged reload;
+  the elements' runs launched as a backfill launches them, two at a time (bench.run_elements).
 Prints each figure with its ratio to the CLI and the FHIR quota points per resource of what the load (and,
 end to end, the checks) sent (write 100, search 20: MEDPLUM_FACTS.md), writes .artifacts/bench/remote.json
 and remote.png.
@@ -24,9 +25,10 @@ import json
 import os
 import subprocess
 import tempfile
+import threading
 import time
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,9 @@ from migration_assets.devtools.local_medplum import SERVER_DIR
 from migration_assets.elements.base import SourceSystem
 from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import MedplumClient
+from migration_assets.medplum.client import observed_by
+from migration_assets.medplum.ratelimit import POINTS_PER_SEARCH
+from migration_assets.medplum.responses import EntryResponse
 from migration_assets.pipeline.loader import LoadSettings, migrate
 from migration_assets.verify.census import Censuses, RunCensus
 
@@ -143,8 +148,9 @@ def bench_loader(
     figures: dict[str, Any] = {"resources": eligible_count(built)}
     for label in ("first", "reload"):
         totals: dict[str, int] = {}
+        reads = ReadsAndSearches()
         started = time.perf_counter()
-        with client() as medplum, Manifest(ledger_url, medplum.target.key) as ledger:
+        with observed_by(reads), client() as medplum, Manifest(ledger_url, medplum.target.key) as ledger:
             census = RunCensus(work / f"census-{ledger_url[-9:-3]}", f"{label}-{creates}")
 
             def census_of_target(
@@ -173,12 +179,15 @@ def bench_loader(
             "created": totals["created"],
             "failed": totals["failed"],
             "quota_points": totals["quota_points"],
+            "read_points": reads.points,  # the census's searches
             "most_in_flight": totals["most_in_flight"],
             "in_flight_decreased": totals["in_flight_decreased"],
         }
     first = figures["first"]
     figures["resources_per_s"] = round(figures["resources"] / first["seconds"], 1)
-    figures["quota_points_per_resource"] = round(first["quota_points"] / max(1, first["sent"]), 1)
+    figures["quota_points_per_resource"] = round(
+        (first["quota_points"] + first["read_points"]) / max(1, first["sent"]), 1
+    )
     return figures
 
 
@@ -210,17 +219,21 @@ def bench_e2e(source_url: str, work: Path, phase: str) -> dict[str, Any]:
     figures: dict[str, Any] = {"resources": eligible_count(frames(source_url, fresh_system()))}
     with environment({"ADOPTION_PHASES_FILE": str(phases)}), bench_instance(str(state)) as instance:
         for label in ("first", "reload"):
+            reads = ReadsAndSearches()
             started = time.perf_counter()
-            elements = list(run_elements(job, instance, ELEMENTS).values())
+            with observed_by(reads):
+                elements = list(run_elements(job, instance, ELEMENTS).values())
             figures[label] = {
                 "seconds": round(time.perf_counter() - started, 2),
                 "ok": all(element["ok"] for element in elements),
+                # Every read and search of the run's steps (the census, the prerequisites, the checks).
+                "read_points": reads.points,
                 **{
                     key: round(sum(element[key] for element in elements), 2)
                     for key in (
                         "sent",
                         "quota_points",
-                        "check_quota_points",
+                        "check_write_points",
                         "load_step_seconds",
                         "after_load_check_seconds",
                         "resubmitted_by_checks",
@@ -233,12 +246,27 @@ def bench_e2e(source_url: str, work: Path, phase: str) -> dict[str, Any]:
         # A rate of a run that failed (or whose checks did) would measure nothing worth a row.
         raise SystemExit(f"end to end in {phase}: the first run failed or a check did not pass (see the log above)")
     figures["resources_per_s"] = round(figures["resources"] / figures["first"]["seconds"], 1)
-    # The checks' writes and reads count too: they are spent on the same migration.
+    # The checks' writes and every read count too: they are spent on the same migration.
     first = figures["first"]
     figures["quota_points_per_resource"] = round(
-        (first["quota_points"] + first["check_quota_points"]) / max(1, first["sent"]), 1
+        (first["quota_points"] + first["check_write_points"] + first["read_points"]) / max(1, first["sent"]), 1
     )
     return figures
+
+
+class ReadsAndSearches:
+    """The quota points of the FHIR reads (1) and searches (20) of every client while it observes them."""
+
+    def __init__(self) -> None:
+        self.points = 0
+        self._lock = threading.Lock()
+
+    def counted(self, increments: Mapping[str, int]) -> None:
+        with self._lock:
+            self.points += increments.get("reads", 0) + increments.get("searches", 0) * POINTS_PER_SEARCH
+
+    def answered(self, entries: Sequence[EntryResponse]) -> None:
+        pass
 
 
 def run(patients: int, stages: Collection[str] = STAGES, out: Path = OUT_DIR) -> int:

@@ -92,6 +92,10 @@ class RequestStats:
     retries: int = 0
     entries_resent: int = 0
     rate_limited: int = 0
+    # FHIR reads and searches answered (1 and 20 quota points on a hosted Medplum; a bundle's writes are
+    # costed by whoever builds it, loader.quota_cost).
+    reads: int = 0
+    searches: int = 0
     # Time spent waiting on the FHIR quota: pacing, and waits before resending refused entries.
     quota_wait_seconds: float = 0.0
 
@@ -427,6 +431,8 @@ class MedplumClient:
                         f"{method} {display_url(url)} answered {response.status_code}: {short_body(response)}"
                     )
                 else:
+                    if method == "GET" and url.startswith(self.fhir_base):
+                        self._count(**_read_or_search(url.removeprefix(self.fhir_base), params))
                     try:
                         return parse(response)
                     except MedplumResponseError as exc:
@@ -444,6 +450,13 @@ class MedplumClient:
                 setattr(self.stats, name, getattr(self.stats, name) + value)
         for observer in _observers:
             observer.counted(increments)
+
+
+def _read_or_search(path: str, params: dict[str, str] | None) -> dict[str, int]:
+    """A FHIR GET as Medplum's quota counts it: `Type/<id>` a read, `Type?...` (and a next page) a search."""
+    if params or "?" in path or "/" not in path:
+        return {"searches": 1}
+    return {"reads": 1}
 
 
 @cache

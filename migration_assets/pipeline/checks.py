@@ -127,7 +127,7 @@ def prerequisites_loaded(
             **counts(
                 {
                     "referenced": report.checked,
-                    "missing": report.unexplained.height,
+                    "missing": report.missing,
                     "explained_missing": report.explained.height,
                 }
             ),

@@ -42,6 +42,11 @@ class PrerequisiteReport:
     loaded_ids: pl.DataFrame = field(default_factory=lambda: pl.DataFrame(schema=LOADED_ID_SCHEMA))
 
     @property
+    def missing(self) -> int:
+        """Targets not in Medplum (one blamed on two elements that create its type counts once)."""
+        return self.unexplained.unique(["resource_type", "identifier_system", "identifier_value"]).height
+
+    @property
     def blocking_elements(self) -> list[str]:
         return sorted(set(self.unexplained["element"].to_list()))
 
@@ -61,46 +66,66 @@ class PrerequisiteReport:
         return ", ".join(values)
 
 
+_TARGET = ["resource_type", "identifier_system", "identifier_value"]
+
+
 def check_prerequisites(
     client: MedplumClient, manifest: Manifest, element_name: str, frame: pl.DataFrame
 ) -> PrerequisiteReport:
     own_types = set(get_element(element_name).schemas)
-    producers = pl.DataFrame(
-        [(resource_type, element.name) for element in PROFILE.elements for resource_type in element.schemas],
-        schema={"resource_type": pl.String, "element": pl.String},
-        orient="row",
-    )
     targets = (
         frame.filter(pl.col("quarantine_rule").is_null())
         .select(pl.col("references").explode())
         .unnest("references")
         .drop_nulls("resource_type")
         .filter(~pl.col("resource_type").is_in(list(own_types)))
-        .select("resource_type", "identifier_system", "identifier_value")
+        .select(_TARGET)
         .unique()
-        .join(producers, on="resource_type", how="left")
     )
     # Only the columns used: a million units with every column weigh about half a gigabyte.
     columns = ("resource_type", "identifier_system", "identifier_value", "disposition", "rule", "reason", "resource_id")
     ledger = pl.concat(
-        [manifest.units(name, columns) for name in prerequisites(element_name)]
-        or [manifest.units(element_name, columns).clear()]
+        [manifest.units(name, columns).with_columns(element=pl.lit(name)) for name in prerequisites(element_name)]
+        or [manifest.units(element_name, columns).clear().with_columns(element=pl.lit(None, pl.String))]
     )
-    known = targets.join(ledger, on=["resource_type", "identifier_system", "identifier_value"], how="left")
+    known = with_producers(targets.join(ledger, on=_TARGET, how="left"), ledger)
     explained = known.filter(pl.col("disposition").is_in(["quarantined", "rejected", "skipped"]))
     not_loaded = known.filter(pl.col("disposition").is_null() | (pl.col("disposition") == "pending"))
     # Not in the ledger as loaded: perhaps written by other means (dual writes), so Medplum decides.
     missing = [not_loaded.clear()]
     for (resource_type, system), group in not_loaded.group_by("resource_type", "identifier_system"):
-        present = existing_identifiers(client, str(resource_type), str(system), group["identifier_value"].to_list())
+        values = group["identifier_value"].unique().to_list()
+        present = existing_identifiers(client, str(resource_type), str(system), values)
         missing.append(group.filter(~pl.col("identifier_value").is_in(list(present))))
     loaded = known.filter((pl.col("disposition") == "successful") & pl.col("resource_id").is_not_null())
     return PrerequisiteReport(
         checked=targets.height,
         explained=explained.drop("resource_id"),
-        unexplained=pl.concat(missing).select("resource_type", "identifier_system", "identifier_value", "element"),
+        unexplained=pl.concat(missing).select(*_TARGET, "element"),
         loaded_ids=loaded.select(list(LOADED_ID_SCHEMA)).cast(LOADED_ID_SCHEMA),
     )
+
+
+def with_producers(known: pl.DataFrame, ledger: pl.DataFrame) -> pl.DataFrame:
+    """Each referenced target with the element that creates it: the one whose ledger holds it; else the one
+    whose ledger holds its identifier system; else every element of the profile that creates its type
+    (two elements may create one type, visits and visit details both Encounters: then each is named)."""
+    producers = pl.DataFrame(
+        [(resource_type, element.name) for element in PROFILE.elements for resource_type in element.schemas],
+        schema={"resource_type": pl.String, "element": pl.String},
+        orient="row",
+    )
+    systems = ledger.select("resource_type", "identifier_system", "element").unique()
+    in_ledger = known.filter(pl.col("element").is_not_null())
+    by_system = (
+        known.filter(pl.col("element").is_null())
+        .drop("element")
+        .join(systems, on=["resource_type", "identifier_system"], how="left")
+    )
+    by_type = (
+        by_system.filter(pl.col("element").is_null()).drop("element").join(producers, on="resource_type", how="left")
+    )
+    return pl.concat([in_ledger, by_system.filter(pl.col("element").is_not_null()), by_type], how="vertical")
 
 
 def quarantine_unloadable(frame: pl.DataFrame, report: PrerequisiteReport) -> pl.DataFrame:
