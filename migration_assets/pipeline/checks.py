@@ -13,7 +13,6 @@ from dagster import (
     AssetCheckSpec,
     AssetIn,
     MetadataValue,
-    asset_check,
     multi_asset_check,
 )
 
@@ -59,16 +58,19 @@ def _run_prerequisites(
     return RunPrerequisites.of_run(settings.evidence_dir, context.run.run_id, target, context.partition_key)
 
 
-@asset_check(
-    asset=fhir_frames,
-    partitions_def=DATA_ELEMENTS,
-    blocking=True,
-    description="Pandera validation of the FHIR frame. Rows breaking a rule are quarantined; the check warns "
-    "while the quarantined share stays under the threshold and fails (blocking the load) above it.",
-)
-def schema(
-    context: AssetCheckExecutionContext, fhir_frames: FrameParts, migration_settings: MigrationSettings
-) -> AssetCheckResult:
+@dataclass
+class _Frame:
+    """What the blocking checks of the frame share in their one step."""
+
+    context: AssetCheckExecutionContext
+    fhir_frames: FrameParts
+    medplum: MedplumResource
+    manifest: ManifestStore
+    migration_settings: MigrationSettings
+
+
+def schema(checked: _Frame) -> AssetCheckResult:
+    context, fhir_frames, migration_settings = checked.context, checked.fhir_frames, checked.migration_settings
     element = get_element(context.partition_key)
     # Part by part: pandera reads the resources too.
     still_failing = pl.concat([schema_failures(part, element.schemas) for part in fhir_frames])
@@ -77,6 +79,7 @@ def schema(
     share = quarantined / keys.height if keys.height else 0.0
     passed = still_failing.is_empty() and share <= migration_settings.quarantine_threshold
     return AssetCheckResult(
+        check_name="schema",
         passed=passed,
         severity=AssetCheckSeverity.ERROR if not passed else AssetCheckSeverity.WARN,
         description=f"{quarantined} of {keys.height} rows quarantined ({share:.1%}; threshold "
@@ -92,35 +95,24 @@ def schema(
     )
 
 
-@asset_check(
-    asset=fhir_frames,
-    partitions_def=DATA_ELEMENTS,
-    blocking=True,
-    description="Every resource of an earlier data element that this one references is in Medplum "
-    "(or explained in the manifest); otherwise the load is refused, naming the missing elements. While "
-    "another run is loading one of those elements, the check first waits for that load to finish "
-    "(prerequisite_wait_seconds).",
-)
-def prerequisites_loaded(
-    context: AssetCheckExecutionContext,
-    fhir_frames: FrameParts,
-    medplum: MedplumResource,
-    manifest: ManifestStore,
-    migration_settings: MigrationSettings,
-) -> AssetCheckResult:
+def prerequisites_loaded(checked: _Frame) -> AssetCheckResult:
+    context, migration_settings = checked.context, checked.migration_settings
     waited, still_loading = wait_for_loads(
         context, prerequisites(context.partition_key), migration_settings.prerequisite_wait_seconds
     )
-    with medplum.open_client() as client, manifest.open(client.target) as ledger:
+    with checked.medplum.open_client() as client, checked.manifest.open(client.target) as ledger:
         # The run's report: the load's shard steps and the idempotency check read it as made here.
         report = _run_prerequisites(context, migration_settings, client.target).get(
-            lambda: check_prerequisites(client, ledger, context.partition_key, fhir_frames.read(REFERENCE_COLUMNS))
+            lambda: check_prerequisites(
+                client, ledger, context.partition_key, checked.fhir_frames.read(REFERENCE_COLUMNS)
+            )
         )
     description = report.message()
     if report.blocking_elements and still_loading:
         runs = ", ".join(f"{load.element} in run {load.run_id}" for load in still_loading)
         description += f" Still loading after {waited:.0f} s of waiting: {runs}."
     return AssetCheckResult(
+        check_name="prerequisites_loaded",
         passed=not report.blocking_elements,
         description=description,
         metadata={
@@ -136,6 +128,47 @@ def prerequisites_loaded(
             "missing_targets": table(report.unexplained),
         },
     )
+
+
+# The blocking checks of the frame, in the order they run: the frame's own validity first, then what it
+# references (which may wait for another run's load).
+_BEFORE_LOAD: dict[str, tuple[Callable[[_Frame], AssetCheckResult], str]] = {
+    "schema": (
+        schema,
+        "Pandera validation of the FHIR frame. Rows breaking a rule are quarantined; the check warns while the "
+        "quarantined share stays under the threshold and fails (blocking the load) above it.",
+    ),
+    "prerequisites_loaded": (
+        prerequisites_loaded,
+        "Every resource of an earlier data element that this one references is in Medplum (or explained in the "
+        "manifest); otherwise the load is refused, naming the missing elements. While another run is loading one "
+        "of those elements, the check first waits for that load to finish (prerequisite_wait_seconds).",
+    ),
+}
+
+
+@multi_asset_check(
+    name="fhir_frames_checks",
+    specs=[
+        AssetCheckSpec(name, asset=fhir_frames, partitions_def=DATA_ELEMENTS, blocking=True, description=description)
+        for name, (_, description) in _BEFORE_LOAD.items()
+    ],
+    ins=_FRAME,
+    can_subset=True,
+    description="The blocking checks of the frame, in one step: either failing keeps the element out of Medplum.",
+)
+def frame_checks(
+    context: AssetCheckExecutionContext,
+    fhir_frames: FrameParts,
+    medplum: MedplumResource,
+    manifest: ManifestStore,
+    migration_settings: MigrationSettings,
+) -> Iterator[AssetCheckResult]:
+    selected = {key.name for key in context.selected_asset_check_keys}
+    checked = _Frame(context, fhir_frames, medplum, manifest, migration_settings)
+    for name, (check, _) in _BEFORE_LOAD.items():
+        if name in selected:
+            yield check(checked)
 
 
 @dataclass
@@ -424,4 +457,4 @@ def loaded_resource_checks(
                 yield check(loaded)
 
 
-ALL_CHECKS = [schema, prerequisites_loaded, loaded_resource_checks]
+ALL_CHECKS = [frame_checks, loaded_resource_checks]
