@@ -1,9 +1,10 @@
 """Asset checks per data element: the validation report a migration lead reads before trusting the
 data in Medplum. Each check calls verify/ and turns its answer into a readable result."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from functools import partial
+from typing import TypeVar
 
 import polars as pl
 from dagster import (
@@ -43,6 +44,7 @@ from migration_assets.verify.prerequisites import RunPrerequisites, check_prereq
 from migration_assets.verify.reconcile import RECONCILE_UNIT_COLUMNS, reconcile, reference_problems
 
 _FRAME = {"fhir_frames": AssetIn("fhir_frames")}
+Shared = TypeVar("Shared")
 
 
 def _run_census(context: AssetCheckExecutionContext, settings: MigrationSettings, target: Target) -> RunCensus:
@@ -164,11 +166,7 @@ def frame_checks(
     manifest: ManifestStore,
     migration_settings: MigrationSettings,
 ) -> Iterator[AssetCheckResult]:
-    selected = {key.name for key in context.selected_asset_check_keys}
-    checked = _Frame(context, fhir_frames, medplum, manifest, migration_settings)
-    for name, (check, _) in _BEFORE_LOAD.items():
-        if name in selected:
-            yield check(checked)
+    yield from _selected(context, _BEFORE_LOAD, _Frame(context, fhir_frames, medplum, manifest, migration_settings))
 
 
 @dataclass
@@ -449,12 +447,22 @@ def loaded_resource_checks(
     legacy_db: LegacySource,
     migration_settings: MigrationSettings,
 ) -> Iterator[AssetCheckResult]:
-    selected = {key.name for key in context.selected_asset_check_keys}
     with medplum.open_client() as client, manifest.open(client.target) as ledger:
-        loaded = _Loaded(context, fhir_frames, client, ledger, legacy_db, migration_settings)
-        for name, (check, _) in _AFTER_LOAD.items():
-            if name in selected:
-                yield check(loaded)
+        yield from _selected(
+            context, _AFTER_LOAD, _Loaded(context, fhir_frames, client, ledger, legacy_db, migration_settings)
+        )
+
+
+def _selected(
+    context: AssetCheckExecutionContext,
+    checks: Mapping[str, tuple[Callable[[Shared], AssetCheckResult], str]],
+    shared: Shared,
+) -> Iterator[AssetCheckResult]:
+    """The checks of a multi-asset check step the run selected, in their order, given what they share."""
+    selected = {key.name for key in context.selected_asset_check_keys}
+    for name, (check, _) in checks.items():
+        if name in selected:
+            yield check(shared)
 
 
 ALL_CHECKS = [frame_checks, loaded_resource_checks]
