@@ -26,6 +26,7 @@ from migration_assets.elements.base import (
     in_chunks,
     schema_failures,
     sha256_hex,
+    transformed,
     with_provenance,
 )
 from migration_assets.elements.profile import load_profile
@@ -83,7 +84,7 @@ def stages(profile_name: str, element_name: str, rows: int, repeats: int) -> dic
 
     seconds: dict[str, float] = {}
     seconds["mapping (transform and its rules)"], mapped = cpu(
-        lambda: element.transform(in_chunks(source), SYSTEM).collect(engine=POLARS_ENGINE)
+        lambda: transformed(element, in_chunks(source), SYSTEM).collect(engine=POLARS_ENGINE)
     )
     seconds["control characters"], _ = cpu(lambda: mapped.select(control_character(pl.col("resource"))))
     seconds["provenance (meta.source)"], sourced = cpu(

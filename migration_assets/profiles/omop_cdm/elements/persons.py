@@ -148,6 +148,7 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         pl.col("gender_concept_id").replace_strict(GENDER_MEMBER, default=None, return_dtype=pl.String),
         pl.col("birth_member"),
         json_member("deceasedDateTime", json_string(pl.col("deceased"))),
+        meta_source=system.mapping_source,
     )
     frame = frame.select(
         frame_columns("Patient", person_system, pl.col("person_id"), FhirText(resource)),
