@@ -425,3 +425,15 @@ def test_values_derived_per_distinct_combination_land_on_their_rows_in_order():
         .select("ab", "b_null")
         .to_dicts()
     )
+
+
+def test_values_derived_per_distinct_combination_stay_right_when_two_combinations_share_a_hash(monkeypatch):
+    rows = pl.DataFrame({"a": ["1", None, "1", "2"], "b": ["x", "y", "x", None]})
+
+    def derive(frame: pl.LazyFrame) -> pl.LazyFrame:
+        return frame.with_columns(ab=pl.concat_str("a", "b", separator="+"))
+
+    # Every row hashed alike: the rows are then joined to their combination by their values.
+    monkeypatch.setattr(pl.DataFrame, "hash_rows", lambda frame: pl.Series([0] * frame.height, dtype=pl.UInt64))
+    derived = rows.lazy().select(per_distinct(["a", "b"], derive).alias("d")).unnest("d").collect()
+    assert derived["ab"].to_list() == ["1+x", None, "1+x", None]

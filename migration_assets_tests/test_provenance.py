@@ -7,7 +7,7 @@ import json
 
 import polars as pl
 
-from migration_assets.elements.base import SourceSystem, build_frame, with_provenance
+from migration_assets.elements.base import PROVENANCE_WRITTEN, SourceSystem, build_frame, provenance_added
 from migration_assets.elements.fhir_json import provenance_opening
 from migration_assets.elements.profile import load_profile
 from migration_assets.profiles.seed_ehr import PROFILE
@@ -52,9 +52,19 @@ def test_a_mapping_that_writes_its_provenance_gets_it_once_and_a_new_version_cha
     assert not set(first["content_hash"]) & set(changed["content_hash"])
 
 
-def test_with_provenance_opens_only_the_resources_that_lack_it() -> None:
+def test_provenance_is_added_to_the_resources_whose_mapping_did_not_write_it() -> None:
     source = "https://ehr.example-clinic.org/fhir/mapping/x/1"
     opening = provenance_opening(source)
-    resources = pl.DataFrame({"resource": [opening + '"resourceType":"Patient"}', '{"resourceType":"Patient"}', None]})
-    opened = resources.select(with_provenance(pl.col("resource"), source))["resource"].to_list()
-    assert opened == [opening + '"resourceType":"Patient"}'] * 2 + [None]
+    written = opening + '"resourceType":"Patient"}'
+    resources = pl.DataFrame(
+        {"resource": [written, '{"resourceType":"Patient"}', None], PROVENANCE_WRITTEN: [True, None, None]}
+    )
+    opened = provenance_added(resources, source)
+    assert opened.columns == ["resource"]
+    assert opened["resource"].to_list() == [written, written, None]
+    every_row_written = provenance_added(resources.head(1), source)["resource"].to_list()
+    assert every_row_written == [written]
+    assert provenance_added(resources.drop(PROVENANCE_WRITTEN).slice(1), source)["resource"].to_list() == [
+        written,
+        None,
+    ]

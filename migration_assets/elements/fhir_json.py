@@ -51,9 +51,11 @@ def _drop_empty_members(text: pl.Series) -> pl.Series:
 
 @dataclass(frozen=True)
 class FhirText:
-    """A resource already written as FHIR JSON text (by `json_object`), for `frame_columns`."""
+    """A resource already written as FHIR JSON text (by `json_object`), for `frame_columns`; `meta_source`:
+    the provenance its JSON opens with when written with it (`json_resource_of`'s), else None."""
 
     json: pl.Expr
+    meta_source: str | None = None
 
 
 def json_string(value: pl.Expr | str) -> pl.Expr:

@@ -24,10 +24,10 @@ from migration_assets.elements.base import (
     build_frame,
     control_character,
     in_chunks,
+    provenance_added,
     schema_failures,
     sha256_hex,
     transformed,
-    with_provenance,
 )
 from migration_assets.elements.profile import load_profile
 
@@ -87,9 +87,7 @@ def stages(profile_name: str, element_name: str, rows: int, repeats: int) -> dic
         lambda: transformed(element, in_chunks(source), SYSTEM).collect(engine=POLARS_ENGINE)
     )
     seconds["control characters"], _ = cpu(lambda: mapped.select(control_character(pl.col("resource"))))
-    seconds["provenance (meta.source)"], sourced = cpu(
-        lambda: mapped.with_columns(with_provenance(pl.col("resource"), provenance))
-    )
+    seconds["provenance (meta.source)"], sourced = cpu(lambda: provenance_added(mapped, provenance))
     seconds["content hash (SHA-256)"], hashed = cpu(
         lambda: sourced.with_columns(content_hash=sha256_hex(pl.col("resource")))
     )

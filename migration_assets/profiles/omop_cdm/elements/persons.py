@@ -151,7 +151,7 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         meta_source=system.mapping_source,
     )
     frame = frame.select(
-        frame_columns("Patient", person_system, pl.col("person_id"), FhirText(resource)),
+        frame_columns("Patient", person_system, pl.col("person_id"), FhirText(resource, system.mapping_source)),
         gender=pl.col("fhir_gender"),
         birth_date=pl.col("birth_date"),
         deceased=pl.col("deceased"),
