@@ -437,3 +437,15 @@ def test_values_derived_per_distinct_combination_stay_right_when_two_combination
     monkeypatch.setattr(pl.DataFrame, "hash_rows", lambda frame: pl.Series([0] * frame.height, dtype=pl.UInt64))
     derived = rows.lazy().select(per_distinct(["a", "b"], derive).alias("d")).unnest("d").collect()
     assert derived["ab"].to_list() == ["1+x", None, "1+x", None]
+
+
+def test_values_derived_per_distinct_combination_are_not_gathered_into_one_chunk():
+    # polars spreads the expressions that use them over the chunks: one chunk would run them on one core.
+    rows = pl.concat([pl.DataFrame({"a": [str(n % 7) for n in range(1000)]})] * 3, rechunk=False)
+
+    def derive(frame: pl.LazyFrame) -> pl.LazyFrame:
+        return frame.with_columns(b=pl.col("a") + "!")
+
+    derived = rows.lazy().select(per_distinct(["a"], derive).alias("d")).collect()["d"]
+    assert len(derived.chunk_lengths()) > 1
+    assert derived.struct.field("b").to_list() == [f"{n % 7}!" for n in range(1000)] * 3
