@@ -12,7 +12,6 @@ Conventions, the same as fhir_json.py's:
   review flag; they are False, never null, when the value is absent.
 """
 
-import itertools
 from collections.abc import Callable, Collection, Mapping, Sequence
 from functools import partial
 from typing import NamedTuple
@@ -73,30 +72,28 @@ def text(value: pl.Expr) -> pl.Expr:
 
 def per_distinct(columns: Sequence[str], derive: Callable[[pl.LazyFrame], pl.LazyFrame]) -> pl.Expr:
     """A struct of the columns `derive` adds to a frame of the text `columns` (keeping its other columns),
-    derived once per distinct combination of their values in the whole column and joined back onto the
-    rows, in order and in the rows' chunks.
+    derived once per distinct combination of their values in each batch polars hands it (it splits the
+    column among its threads) and joined back onto the rows, in order.
 
-    For values many rows share whose derivation costs more than the join: a million OMOP persons have
-    at most some 40,000 distinct births (8,000 in the benchmark's), and their birth and death dates, their
-    JSON and their date rules cost 0.6 CPU s row by row, 0.28 derived per distinct value of each chunk of
-    50,000 rows, 0.1 per distinct value of the column (per million persons)."""
+    For values many rows share whose derivation costs more than the join: a million OMOP persons have some
+    tens of thousands of distinct births and deaths (8,400 in the benchmark's), and their dates, their JSON
+    and their date rules cost 0.65 CPU s row by row against about 0.28 per distinct combination. (Called once
+    with the whole column, it cost less CPU but ran what follows on one core: a lower rate.)"""
     given = pl.LazyFrame(schema=dict.fromkeys(columns, pl.String))
     derived = {name: kind for name, kind in derive(given).collect_schema().items() if name not in columns}
     return pl.struct(*columns).map_batches(
         partial(_derived_per_distinct, list(columns), derive, list(derived)),
         return_dtype=pl.Struct(derived),
-        is_elementwise=False,
+        is_elementwise=True,
     )
 
 
 def _derived_per_distinct(
     columns: list[str], derive: Callable[[pl.LazyFrame], pl.LazyFrame], derived: list[str], rows: pl.Series
 ) -> pl.Series:
-    # Called once with every chunk of the column: distinct values repeat across chunks, and deriving them
-    # chunk by chunk derived most of them twenty times over.
     frame = rows.struct.unnest()
     # Each distinct combination found and joined back by a hash of the row: a join on one integer instead of
-    # the text columns, 0.26 CPU s per million OMOP persons against 0.34. The joined rows' values are then
+    # the text columns, 0.21 CPU s per million OMOP persons' births against 0.33. The joined rows' values are then
     # compared with the rows' own, so a hash shared by two combinations cannot go unnoticed.
     keys = frame.hash_rows().alias("_distinct")
     firsts = keys.is_first_distinct()
@@ -106,11 +103,7 @@ def _derived_per_distinct(
     if not joined.select(columns).equals(frame):
         table = derive(frame.unique().lazy()).select(*columns, *derived).collect()
         joined = frame.join(table, on=columns, how="left", maintain_order="left", nulls_equal=True)
-    whole = joined.select(pl.struct(derived).alias(rows.name)).to_series()
-    # Cut into the rows' chunks again (zero-copy slices): polars spreads the expressions that use it over them.
-    lengths = rows.chunk_lengths()
-    starts = itertools.accumulate(lengths[:-1], initial=0)
-    return pl.concat([whole.slice(start, length) for start, length in zip(starts, lengths, strict=True)], rechunk=False)
+    return joined.select(pl.struct(derived).alias(rows.name)).to_series()
 
 
 def _literal_or_expr(value: pl.Expr | str | None, allowed: Collection[str], what: str) -> pl.Expr:
