@@ -126,7 +126,8 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     pair = pl.concat_str(_known("race_concept_id", RACE), pl.lit("|"), _known("ethnicity_concept_id", ETHNICITY))
     frame = source.with_columns(
         extension_member=pair.replace_strict(EXTENSIONS, default=None, return_dtype=pl.String),
-        # Written once per distinct birth and death (a million persons have about 8,000): half the CPU.
+        # Written once per distinct birth and death (8,400 among the benchmark's million persons, tens of
+        # thousands among real ones): 0.28 CPU s per million against 0.65 row by row.
         dates=per_distinct(DATE_COLUMNS, _dates),
         fhir_gender=pl.col("gender_concept_id").replace_strict(GENDER, default=None, return_dtype=pl.String),
     ).unnest("dates")
