@@ -425,3 +425,27 @@ def test_values_derived_per_distinct_combination_land_on_their_rows_in_order():
         .select("ab", "b_null")
         .to_dicts()
     )
+
+
+def test_values_derived_per_distinct_combination_stay_right_when_two_combinations_share_a_hash(monkeypatch):
+    rows = pl.DataFrame({"a": ["1", None, "1", "2"], "b": ["x", "y", "x", None]})
+
+    def derive(frame: pl.LazyFrame) -> pl.LazyFrame:
+        return frame.with_columns(ab=pl.concat_str("a", "b", separator="+"))
+
+    # Every row hashed alike: the rows are then joined to their combination by their values.
+    monkeypatch.setattr(pl.DataFrame, "hash_rows", lambda frame: pl.Series([0] * frame.height, dtype=pl.UInt64))
+    derived = rows.lazy().select(per_distinct(["a", "b"], derive).alias("d")).unnest("d").collect()
+    assert derived["ab"].to_list() == ["1+x", None, "1+x", None]
+
+
+def test_values_derived_per_distinct_combination_are_not_gathered_into_one_chunk():
+    # polars spreads the expressions that use them over the chunks: one chunk would run them on one core.
+    rows = pl.concat([pl.DataFrame({"a": [str(n % 7) for n in range(1000)]})] * 3, rechunk=False)
+
+    def derive(frame: pl.LazyFrame) -> pl.LazyFrame:
+        return frame.with_columns(b=pl.col("a") + "!")
+
+    derived = rows.lazy().select(per_distinct(["a"], derive).alias("d")).collect()["d"]
+    assert len(derived.chunk_lengths()) > 1
+    assert derived.struct.field("b").to_list() == [f"{n % 7}!" for n in range(1000)] * 3

@@ -5,7 +5,11 @@ mapping version sends every row once."""
 import dataclasses
 import json
 
-from migration_assets.elements.base import SourceSystem, build_frame
+import polars as pl
+
+from migration_assets.elements.base import PROVENANCE_WRITTEN, SourceSystem, build_frame, provenance_added
+from migration_assets.elements.fhir_json import provenance_opening
+from migration_assets.elements.profile import load_profile
 from migration_assets.profiles.seed_ehr import PROFILE
 from migration_assets.profiles.seed_ehr.sample_data import build_sample_tables
 
@@ -29,3 +33,38 @@ def test_the_content_hash_covers_the_provenance_and_is_stable() -> None:
     bumped = dataclasses.replace(patients, mapping_version="9.9.9")
     changed = build_frame(bumped, bumped.extract(tables), SYSTEM)
     assert not set(first["content_hash"]) & set(changed["content_hash"])
+
+
+def test_a_mapping_that_writes_its_provenance_gets_it_once_and_a_new_version_changes_it() -> None:
+    # OMOP persons write meta.source in the concatenation that writes the resource (json_resource_of).
+    omop = load_profile("omop_cdm")
+    persons = omop.element("persons")
+    source = persons.extract(omop.sample(5, 7))
+    first = build_frame(persons, source, SYSTEM)
+    expected = f"https://ehr.example-clinic.org/fhir/mapping/persons/{persons.mapping_version}"
+    opening = provenance_opening(expected)
+    assert all(text.startswith(opening) and text.count('"meta"') == 1 for text in first["resource"])
+    bumped = dataclasses.replace(persons, mapping_version="9.9.9")
+    changed = build_frame(bumped, source, SYSTEM)
+    assert {json.loads(text)["meta"]["source"] for text in changed["resource"]} == {
+        "https://ehr.example-clinic.org/fhir/mapping/persons/9.9.9"
+    }
+    assert not set(first["content_hash"]) & set(changed["content_hash"])
+
+
+def test_provenance_is_added_to_the_resources_whose_mapping_did_not_write_it() -> None:
+    source = "https://ehr.example-clinic.org/fhir/mapping/x/1"
+    opening = provenance_opening(source)
+    written = opening + '"resourceType":"Patient"}'
+    resources = pl.DataFrame(
+        {"resource": [written, '{"resourceType":"Patient"}', None], PROVENANCE_WRITTEN: [True, None, None]}
+    )
+    opened = provenance_added(resources, source)
+    assert opened.columns == ["resource"]
+    assert opened["resource"].to_list() == [written, written, None]
+    every_row_written = provenance_added(resources.head(1), source)["resource"].to_list()
+    assert every_row_written == [written]
+    assert provenance_added(resources.drop(PROVENANCE_WRITTEN).slice(1), source)["resource"].to_list() == [
+        written,
+        None,
+    ]

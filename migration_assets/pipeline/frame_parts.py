@@ -29,6 +29,7 @@ from migration_assets.elements.base import (
     apply_frame_rules,
     apply_row_rules,
     in_chunks,
+    transformed,
 )
 
 # What the checks and the report read of a frame: its keys, rules and expected references, never
@@ -132,7 +133,7 @@ def build_frame_parts(
     heights, keys = [], []
     for number in range(slice_count):
         rows = source.slice(number * part_rows, part_rows)
-        frame = apply_row_rules(element, element.transform(rows, system), system)
+        frame = apply_row_rules(element, transformed(element, rows, system), system)
         if slice_count == 1:
             kept = frame
         else:

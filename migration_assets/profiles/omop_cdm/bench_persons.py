@@ -24,9 +24,10 @@ from migration_assets.elements.base import (
     build_frame,
     control_character,
     in_chunks,
+    provenance_added,
     schema_failures,
     sha256_hex,
-    with_provenance,
+    transformed,
 )
 from migration_assets.elements.profile import load_profile
 
@@ -83,12 +84,10 @@ def stages(profile_name: str, element_name: str, rows: int, repeats: int) -> dic
 
     seconds: dict[str, float] = {}
     seconds["mapping (transform and its rules)"], mapped = cpu(
-        lambda: element.transform(in_chunks(source), SYSTEM).collect(engine=POLARS_ENGINE)
+        lambda: transformed(element, in_chunks(source), SYSTEM).collect(engine=POLARS_ENGINE)
     )
     seconds["control characters"], _ = cpu(lambda: mapped.select(control_character(pl.col("resource"))))
-    seconds["provenance (meta.source)"], sourced = cpu(
-        lambda: mapped.with_columns(with_provenance(pl.col("resource"), provenance))
-    )
+    seconds["provenance (meta.source)"], sourced = cpu(lambda: provenance_added(mapped, provenance))
     seconds["content hash (SHA-256)"], hashed = cpu(
         lambda: sourced.with_columns(content_hash=sha256_hex(pl.col("resource")))
     )

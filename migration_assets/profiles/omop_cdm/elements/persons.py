@@ -102,19 +102,23 @@ def _two(column: str) -> pl.Expr:
     return text(pl.col(column)).str.zfill(2)
 
 
-BIRTH_COLUMNS = ("birth_datetime", "year_of_birth", "month_of_birth", "day_of_birth")
+DATE_COLUMNS = ("birth_datetime", "year_of_birth", "month_of_birth", "day_of_birth", "death_date")
 
 
-def _birth(births: pl.LazyFrame) -> pl.LazyFrame:
-    """The birth date of each birth, its JSON member and its date rules' verdicts."""
+def _dates(people: pl.LazyFrame) -> pl.LazyFrame:
+    """The birth date and the death date of each person, their JSON members and their date rules' verdicts."""
     # year, year-month or year-month-day: a part is written only when the parts before it are there.
     day_part = pl.concat_str(pl.lit("-"), _two("day_of_birth")).fill_null("")
     month_part = pl.concat_str(pl.lit("-"), _two("month_of_birth"), day_part).fill_null("")
     parts = pl.concat_str(text(pl.col("year_of_birth")), month_part)
-    return births.with_columns(birth_date=pl.coalesce(day("birth_datetime"), parts)).with_columns(
+    return people.with_columns(
+        birth_date=pl.coalesce(day("birth_datetime"), parts), deceased=day("death_date")
+    ).with_columns(
         birth_member=json_member("birthDate", json_string(pl.col("birth_date"))),
         birth_invalid=invalid_date("birth_date"),
         birth_future=future_date("birth_date"),
+        deceased_member=json_member("deceasedDateTime", json_string(pl.col("deceased"))),
+        deceased_invalid=invalid_date("deceased"),
     )
 
 
@@ -122,11 +126,11 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     pair = pl.concat_str(_known("race_concept_id", RACE), pl.lit("|"), _known("ethnicity_concept_id", ETHNICITY))
     frame = source.with_columns(
         extension_member=pair.replace_strict(EXTENSIONS, default=None, return_dtype=pl.String),
-        # Written once per distinct birth (a million persons have about 8,000): half the CPU.
-        birth=per_distinct(BIRTH_COLUMNS, _birth),
-        deceased=day("death_date"),
+        # Written once per distinct birth and death (8,400 among the benchmark's million persons, tens of
+        # thousands among real ones): 0.28 CPU s per million against 0.65 row by row.
+        dates=per_distinct(DATE_COLUMNS, _dates),
         fhir_gender=pl.col("gender_concept_id").replace_strict(GENDER, default=None, return_dtype=pl.String),
-    ).unnest("birth")
+    ).unnest("dates")
     person_system = system.identifier_system("person")
     source_value = text(pl.col("person_source_value"))
     # Written as JSON text member by member: a Patient with two identifiers and nested extensions, encoded
@@ -147,20 +151,22 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         pl.col("extension_member"),
         pl.col("gender_concept_id").replace_strict(GENDER_MEMBER, default=None, return_dtype=pl.String),
         pl.col("birth_member"),
-        json_member("deceasedDateTime", json_string(pl.col("deceased"))),
+        pl.col("deceased_member"),
+        meta_source=system.mapping_source,
     )
     frame = frame.select(
-        frame_columns("Patient", person_system, pl.col("person_id"), FhirText(resource)),
+        frame_columns("Patient", person_system, pl.col("person_id"), FhirText(resource, system.mapping_source)),
         gender=pl.col("fhir_gender"),
         birth_date=pl.col("birth_date"),
         deceased=pl.col("deceased"),
         birth_invalid=pl.col("birth_invalid"),
         birth_future=pl.col("birth_future"),
+        deceased_invalid=pl.col("deceased_invalid"),
     )
     frame = quarantine(frame, "invalid_date", pl.col("birth_invalid"), "birth date is not a real date")
     frame = quarantine(frame, "future_date", pl.col("birth_future"), "birth date lies in the future")
-    frame = quarantine(frame, "invalid_date", invalid_date("deceased"), "death_date is not a real date")
-    return frame.drop("birth_invalid", "birth_future")
+    frame = quarantine(frame, "invalid_date", pl.col("deceased_invalid"), "death_date is not a real date")
+    return frame.drop("birth_invalid", "birth_future", "deceased_invalid")
 
 
 class PatientFrame(FrameModel):
