@@ -147,7 +147,7 @@ def expected_encounter(system: SourceSystem, path: str = "encounter") -> pl.Expr
 
 
 # What the visit detail rules read beside `visit_detail_id`: each event's transform selects them
-# (`visit_detail_columns`) and drops them once `event_rules` has run.
+# (`visit_detail_columns`) and `event_rules` drops them once it has run.
 VISIT_DETAIL_RULE_COLUMNS = ("detail_in_source", "detail_person_id", "detail_visit_id", "visit_details_in_source")
 # Every event element's review flags: an unmapped code, and a visit detail the export does not carry.
 EVENT_REVIEW_FLAGS = {"code_mapped": False, "visit_detail_dropped": True}
@@ -249,8 +249,10 @@ def date_rules(frame: pl.LazyFrame, date_column: str) -> pl.LazyFrame:
 
 
 def event_rules(frame: pl.LazyFrame, date_column: str) -> pl.LazyFrame:
-    """The rules of every clinical event: its person, visit and visit detail exist and agree, its date is real."""
-    return date_rules(visit_detail_rules(person_and_visit_rules(frame)), date_column)
+    """The rules of every clinical event: its person, visit and visit detail exist and agree, its date is real.
+    The columns only these rules read are dropped once they have run."""
+    ruled = date_rules(visit_detail_rules(person_and_visit_rules(frame)), date_column)
+    return ruled.drop("visit_person_id", "person_in_source", *VISIT_DETAIL_RULE_COLUMNS)
 
 
 def day(column: str) -> pl.Expr:

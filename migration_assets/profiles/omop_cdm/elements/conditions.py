@@ -14,7 +14,6 @@ from migration_assets.elements.fhir_json import codeable_concept, coding, identi
 from migration_assets.profiles.omop_cdm.omop import (
     EVENT_REVIEW_FLAGS,
     VISIT_DETAIL_NOTE,
-    VISIT_DETAIL_RULE_COLUMNS,
     concept,
     concept_mapped,
     concepts_named_by,
@@ -81,8 +80,7 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         *visit_detail_columns(),
         code_mapped=concept_mapped("condition_concept_id", "code"),
     )
-    frame = event_rules(frame.with_columns(without_nulls(pl.col("references"))), "start")
-    return frame.drop("visit_person_id", "person_in_source", *VISIT_DETAIL_RULE_COLUMNS)
+    return event_rules(frame.with_columns(without_nulls(pl.col("references"))), "start")
 
 
 class ConditionFrame(FrameModel):

@@ -22,7 +22,6 @@ from migration_assets.elements.fhir_json import conditional_reference, identifie
 from migration_assets.profiles.omop_cdm.omop import (
     EVENT_REVIEW_FLAGS,
     VISIT_DETAIL_NOTE,
-    VISIT_DETAIL_RULE_COLUMNS,
     concept,
     concept_mapped,
     concepts_named_by,
@@ -123,7 +122,7 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         ends_before_start(pl.col("start"), pl.col("end")),
         "device_exposure_end_date lies before device_exposure_start_date",
     )
-    return frame.drop("visit_person_id", "person_in_source", "provider_in_source", *VISIT_DETAIL_RULE_COLUMNS)
+    return frame.drop("provider_in_source")
 
 
 class DeviceUseFrame(FrameModel):

@@ -15,7 +15,6 @@ from migration_assets.elements.fhir_json import identifier, reference, without_n
 from migration_assets.profiles.omop_cdm.omop import (
     EVENT_REVIEW_FLAGS,
     VISIT_DETAIL_NOTE,
-    VISIT_DETAIL_RULE_COLUMNS,
     concept,
     concept_mapped,
     concepts_named_by,
@@ -115,8 +114,7 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
         )
     frame = pl.concat(frames, how="diagonal_relaxed")
     frame = frame.with_columns(without_nulls(pl.col("references")), embed_decimals(pl.col("resource")))
-    frame = event_rules(frame, "start")
-    return frame.drop("visit_person_id", "person_in_source", *VISIT_DETAIL_RULE_COLUMNS)
+    return event_rules(frame, "start")
 
 
 class DrugFrame(FrameModel):

@@ -24,7 +24,6 @@ from migration_assets.elements.terminology import UCUM
 from migration_assets.profiles.omop_cdm.omop import (
     EVENT_REVIEW_FLAGS,
     VISIT_DETAIL_NOTE,
-    VISIT_DETAIL_RULE_COLUMNS,
     concept,
     concept_mapped,
     concepts_named_by,
@@ -150,7 +149,7 @@ def observation_transform(
     frame = frame.with_columns(without_nulls(pl.col("references")), embed_decimals(pl.col("resource")))
     frame = event_rules(frame, "effective")
     frame = quarantine(frame, "non_numeric_value", pl.col("bad_number"), "value_as_number is not a number")
-    return frame.drop("visit_person_id", "person_in_source", "bad_number", *VISIT_DETAIL_RULE_COLUMNS)
+    return frame.drop("bad_number")
 
 
 def extract(tables: Mapping[str, pl.DataFrame]) -> pl.DataFrame:

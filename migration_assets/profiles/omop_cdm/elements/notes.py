@@ -39,7 +39,6 @@ from migration_assets.elements.fhir_json import (
 from migration_assets.profiles.omop_cdm.omop import (
     EVENT_REVIEW_FLAGS,
     VISIT_DETAIL_NOTE,
-    VISIT_DETAIL_RULE_COLUMNS,
     concept,
     concept_mapped,
     concepts_named_by,
@@ -133,9 +132,7 @@ def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     frame = event_rules(frame.with_columns(without_nulls(pl.col("references"))), "written")
     frame = quarantine_orphans(frame, "provider_id", "provider", "provider_in_source", required=False)
     frame = quarantine(frame, "missing_value", ~pl.col("has_text"), "note_text is empty")
-    return frame.drop(
-        "visit_person_id", "person_in_source", "provider_in_source", "has_text", *VISIT_DETAIL_RULE_COLUMNS
-    )
+    return frame.drop("provider_in_source", "has_text")
 
 
 class NoteFrame(FrameModel):
