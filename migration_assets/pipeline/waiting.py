@@ -25,6 +25,7 @@ from migration_assets.pipeline.partitions import PARTITION_TAG
 POLL_SECONDS = 0.25
 _LOAD_ASSET = AssetKey("medplum_resources")
 _IN_PROGRESS = [DagsterRunStatus.STARTING, DagsterRunStatus.STARTED]
+_PLANNED_OR_DONE = {DagsterEventType.ASSET_MATERIALIZATION_PLANNED, DagsterEventType.ASSET_MATERIALIZATION}
 
 
 @dataclass(frozen=True)
@@ -40,10 +41,9 @@ def loads_in_progress(instance: DagsterInstance, elements: Collection[str], own_
         element = run.tags.get(PARTITION_TAG, "")
         if run.run_id == own_run_id or element not in elements:
             continue
-        kinds = {DagsterEventType.ASSET_MATERIALIZATION_PLANNED, DagsterEventType.ASSET_MATERIALIZATION}
         seen = {
             record.event_log_entry.dagster_event_type
-            for record in instance.get_records_for_run(run.run_id, of_type=kinds).records
+            for record in instance.get_records_for_run(run.run_id, of_type=_PLANNED_OR_DONE).records
             if record.event_log_entry.dagster_event and record.event_log_entry.dagster_event.asset_key == _LOAD_ASSET
         }
         if seen == {DagsterEventType.ASSET_MATERIALIZATION_PLANNED}:

@@ -16,6 +16,8 @@ from migration_assets.medplum import MedplumClient, Target
 from migration_assets.paths import state_dir
 from migration_assets.verify.census import exclusive_lock, existing_identifiers
 
+# A referenced resource, as the frames' references and the ledger name it.
+_TARGET = ["resource_type", "identifier_system", "identifier_value"]
 LOADED_ID_SCHEMA = pl.Schema(
     {
         "resource_type": pl.String,
@@ -44,7 +46,7 @@ class PrerequisiteReport:
     @property
     def missing(self) -> int:
         """Targets not in Medplum (one blamed on two elements that create its type counts once)."""
-        return self.unexplained.unique(["resource_type", "identifier_system", "identifier_value"]).height
+        return self.unexplained.unique(_TARGET).height
 
     @property
     def blocking_elements(self) -> list[str]:
@@ -64,9 +66,6 @@ class PrerequisiteReport:
     def _examples(self, element: str) -> str:
         values = self.unexplained.filter(pl.col("element") == element)["identifier_value"].head(3).to_list()
         return ", ".join(values)
-
-
-_TARGET = ["resource_type", "identifier_system", "identifier_value"]
 
 
 def check_prerequisites(
