@@ -277,21 +277,26 @@ export function createLocalMedplum(config) {
         });
       }
 
-      const query = new URLSearchParams(url.search);
-      const isTypeSearch = req.method === 'GET' && /^[A-Z][A-Za-z]+$/.test(path);
+      // `POST <Type>/_search` with a form body is the same search as its GET (paging, _elements, 20 quota
+      // points); Medplum's `next` link then repeats the whole query as a GET URL.
+      const postedSearch = req.method === 'POST' && /^[A-Z][A-Za-z]+\/_search$/.test(path) && !body?.resourceType;
+      const searchPath = postedSearch ? path.slice(0, -'/_search'.length) : path;
+      const method = postedSearch ? 'GET' : req.method;
+      const query = new URLSearchParams(postedSearch ? body : url.search);
+      const isTypeSearch = method === 'GET' && /^[A-Z][A-Za-z]+$/.test(searchPath);
       if (isTypeSearch) {
         // Medplum pages searches: 20 by default, at most 1000 per page.
         const count = Number.parseInt(query.get('_count') ?? '', 10);
         query.set('_count', String(Number.isNaN(count) ? DEFAULT_SEARCH_COUNT : Math.min(count, MAX_SEARCH_COUNT)));
       }
       const queryString = query.toString();
-      const routerUrl = path + (queryString ? '?' + queryString : '');
+      const routerUrl = searchPath + (queryString ? '?' + queryString : '');
 
       const [outcome, resource] = await serialize(async () => {
         repo.budget = limiter.budgetFor(clientId);
         repo.answeringSearch = isTypeSearch;
         try {
-          return await router.handleRequest(fhirRequest(req.method, routerUrl, body, req.headers), repo);
+          return await router.handleRequest(fhirRequest(method, routerUrl, postedSearch ? undefined : body, req.headers), repo);
         } finally {
           repo.budget = null;
           repo.answeringSearch = false;
@@ -302,7 +307,7 @@ export function createLocalMedplum(config) {
         return sendJson(status, outcome);
       }
       if (isTypeSearch && resource.type === 'searchset') {
-        addPagingLinks(resource, `${baseUrl}fhir/R4/${path}`, query);
+        addPagingLinks(resource, `${baseUrl}fhir/R4/${searchPath}`, query);
         keepElements(resource, query.get('_elements'));
       }
       // Binary read without asking for FHIR JSON returns the raw content, as Medplum does.

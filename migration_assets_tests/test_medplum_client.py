@@ -11,6 +11,8 @@ import pytest
 from migration_assets.devtools.local_medplum import running_local_medplum
 from migration_assets.medplum import MedplumClient, MedplumError, RetryPolicy, conditional_url
 from migration_assets.medplum.client import observed_by
+from migration_assets.medplum.search import LONGEST_LOOKUP_QUERY, identifier_token, lookup_chunks
+from migration_assets.verify.census import LOOKUP_CHUNK, find_by_identifiers
 
 pytestmark = pytest.mark.integration  # every test here starts a server or a run against one
 
@@ -84,6 +86,32 @@ def test_reads_and_searches_are_counted_as_the_fhir_quota_counts_them(local_medp
         list(client.search("Patient", {"identifier": f"{SYSTEM}|COUNTED-1"}))
         client.count("Patient", {})
     assert (client.stats.reads, client.stats.searches) == (2, 2)
+
+
+def test_a_search_too_long_for_a_url_goes_as_a_post_and_counts_as_one_search(local_medplum):
+    # 1,000 identifiers make a query of about 100 KB: over what a server takes in a request line, and over
+    # what one search takes (lookup_chunks splits them by length).
+    values = [f"LONG,{number}" for number in range(1000)]
+    with client_for(local_medplum) as client:
+        for start in range(0, len(values), 250):
+            client.submit_batch([put_patient(value) for value in values[start : start + 250]])
+        searches_before = client.stats.searches
+        found = dict(find_by_identifiers(client, "Patient", SYSTEM, values))
+        chunks = list(lookup_chunks([identifier_token(SYSTEM, value) for value in values], LOOKUP_CHUNK))
+        assert client.stats.searches - searches_before == len(chunks) == 2
+        # A page smaller than the matches: Medplum's `next` link repeats the long query, and goes as a POST too.
+        paged = list(client.search("Patient", {"identifier": ",".join(chunks[0]), "_count": "100"}))
+    assert sorted(found) == sorted(values)
+    assert len({patient["id"] for patient in paged}) == len(chunks[0])
+
+
+def test_lookup_chunks_keep_each_query_within_the_longest_a_server_takes():
+    values = ["x" * 50] * 1500 + ["y" * 5000] * 30
+    chunks = list(lookup_chunks(values, 1000))
+    assert [len(chunk) for chunk in chunks][0] == 1000, "at most `most` values"
+    assert sum(len(chunk) for chunk in chunks) == len(values)
+    assert all(len(",".join(chunk)) <= LONGEST_LOOKUP_QUERY for chunk in chunks)
+    assert list(lookup_chunks(["z" * 100_000], 10)) == [["z" * 100_000]], "a value longer than a query goes alone"
 
 
 def test_the_token_is_fetched_once_and_renewed_after_expiry():

@@ -4,6 +4,13 @@ The escaping rules are tables so that the polars version used to build reference
 columns (elements/fhir_json.py) applies exactly the same rules.
 """
 
+from collections.abc import Iterator, Sequence
+from urllib.parse import quote_plus
+
+# The longest query a lookup by many values sends: a server refuses longer ones (the local server at
+# 70,000 characters; a form body of 100 KB is Express's default limit).
+LONGEST_LOOKUP_QUERY = 60_000
+
 # FHIR search escaping: unescaped, `identifier=SYS|A,B` means "SYS|A or B", so a conditional PUT for
 # the value "A,B" finds nothing and creates a new copy on every run. Backslash goes first so it is
 # not escaped twice.
@@ -35,3 +42,17 @@ def identifier_token(system: str, value: str) -> str:
 def conditional_url(resource_type: str, system: str, value: str) -> str:
     """`Patient?identifier=SYS|VALUE`: the target of a conditional PUT or a conditional reference."""
     return f"{resource_type}?identifier={_apply(identifier_token(system, value), URL_ESCAPES)}"
+
+
+def lookup_chunks(values: Sequence[str], most: int) -> Iterator[Sequence[str]]:
+    """`values` (search values, escaped) in runs of at most `most` whose comma-joined query, URL-encoded,
+    stays within LONGEST_LOOKUP_QUERY."""
+    start, length = 0, 0
+    for end, value in enumerate(values):
+        size = len(quote_plus(value)) + 3  # and its encoded comma
+        if end > start and (end - start == most or length + size > LONGEST_LOOKUP_QUERY):
+            yield values[start:end]
+            start, length = end, 0
+        length += size
+    if start < len(values):
+        yield values[start:]

@@ -15,11 +15,13 @@ from typing import Any
 import polars as pl
 
 from migration_assets.medplum import MedplumClient, Target, identifier_token
+from migration_assets.medplum.search import lookup_chunks
 from migration_assets.paths import state_dir
 
 CENSUS_PAGE_SIZE = 1000
-# How many identifiers one search asks for at once (they travel in the URL).
-LOOKUP_CHUNK = 100
+# How many identifiers (or ids) one search asks for at once: a page's worth, so that one search answers
+# them (beyond a few dozen the client sends the query as a POST body: MedplumClient.search).
+LOOKUP_CHUNK = CENSUS_PAGE_SIZE
 
 
 #
@@ -267,7 +269,8 @@ class RunCensus:
                     f"{changed.height:,} created or changed since {since} UTC read, {total:,} in Medplum",
                 )
         keep = roots if stored is None or roots is None or stored.roots is None else stored.roots | roots
-        table = census(client, resource_type, identifier_system, roots=keep)
+        # Nothing there (a first load): the count said it all, no page to read.
+        table = census(client, resource_type, identifier_system, roots=keep) if total else CENSUS_SCHEMA.to_frame()
         # A census whose count differs saw changes while it paged: not a base for the next one.
         usable = as_of if table["resource_id"].n_unique() == total else None
         why = "" if stored is None or not self.incremental else ", the count had changed since the last one"
@@ -333,10 +336,10 @@ def find_by_identifiers(
     client: MedplumClient, resource_type: str, system: str, values: Sequence[str]
 ) -> Iterator[tuple[str, dict[str, Any]]]:
     """(identifier value, resource) for every resource of `resource_type` carrying one of `values`
-    under `system`, searched LOOKUP_CHUNK values at a time (they travel in the URL)."""
-    for start in range(0, len(values), LOOKUP_CHUNK):
-        chunk = values[start : start + LOOKUP_CHUNK]
-        params = {"identifier": ",".join(identifier_token(system, value) for value in chunk), "_count": "1000"}
+    under `system`, searched up to LOOKUP_CHUNK values at a time (lookup_chunks)."""
+    tokens = [identifier_token(system, value) for value in values]
+    for chunk in lookup_chunks(tokens, LOOKUP_CHUNK):
+        params = {"identifier": ",".join(chunk), "_count": str(CENSUS_PAGE_SIZE)}
         for resource in client.search(resource_type, params):
             for ident in resource.get("identifier", []):
                 if ident.get("system") == system:

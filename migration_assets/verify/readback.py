@@ -4,7 +4,6 @@ MEDPLUM_FACTS.md), so the idempotency check need not spend a write (100 quota po
 differs, or cannot be compared, is resent as before and the server decides."""
 
 import json
-import math
 import re
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -12,9 +11,9 @@ from typing import Any
 import polars as pl
 
 from migration_assets.medplum import MedplumClient
+from migration_assets.medplum.search import lookup_chunks
+from migration_assets.verify.census import LOOKUP_CHUNK
 
-# Resources asked for by one `_id` search (the ids travel in the URL).
-READ_CHUNK = 100
 # What Medplum adds to a resource's meta on write; the rest of meta (profile, tag, security, source) is
 # the loader's and is compared.
 SERVER_META = frozenset({"versionId", "lastUpdated", "author", "project", "compartment", "account", "accounts"})
@@ -41,16 +40,19 @@ def as_compared(resource: Any, links: Mapping[str, str] = {}) -> Any:
     return resource
 
 
-def stored_resources(client: MedplumClient, resource_type: str, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-    """The resources of `resource_type` with these ids that Medplum holds, by id (a search of READ_CHUNK
-    ids at a time: 20 quota points each, where reading them one by one costs 1 each)."""
+def stored_resources(
+    client: MedplumClient, resource_type: str, ids: Iterable[str]
+) -> tuple[dict[str, dict[str, Any]], int]:
+    """The resources of `resource_type` with these ids that Medplum holds, by id, and the searches it took
+    (up to LOOKUP_CHUNK ids a search: 20 quota points each, where reading them one by one costs 1 each)."""
     wanted = sorted(set(ids))
     found: dict[str, dict[str, Any]] = {}
-    for start in range(0, len(wanted), READ_CHUNK):
-        chunk = wanted[start : start + READ_CHUNK]
+    searches = 0
+    for chunk in lookup_chunks(wanted, LOOKUP_CHUNK):
+        searches += 1
         for resource in client.search(resource_type, {"_id": ",".join(chunk), "_count": str(len(chunk))}):
             found[resource["id"]] = resource
-    return found
+    return found, searches
 
 
 def held_as_sent(client: MedplumClient, rows: pl.DataFrame) -> tuple[pl.Series, int]:
@@ -66,8 +68,8 @@ def held_as_sent(client: MedplumClient, rows: pl.DataFrame) -> tuple[pl.Series, 
         if full_url
     }
     for (resource_type,), group in held.group_by("resource_type"):
-        stored = stored_resources(client, str(resource_type), group["held_id"])
-        searches += math.ceil(group["held_id"].n_unique() / READ_CHUNK)
+        stored, searched = stored_resources(client, str(resource_type), group["held_id"])
+        searches += searched
         for row, held_id, text in group.select("_row", "held_id", "resource").iter_rows():
             if held_id in stored:
                 same[row] = as_compared(json.loads(text), links) == as_compared(stored[held_id])
