@@ -118,7 +118,7 @@ def bench_cli(source_url: str, work: Path) -> dict[str, Any]:
         "resources": resources,
         "seconds": round(seconds, 2),
         "resources_per_s": round(resources / seconds, 1),
-        "quota_points_per_resource": CLI_POINTS_PER_RESOURCE,
+        **quota_per_resource(CLI_POINTS_PER_RESOURCE * resources, 0, resources),
     }
 
 
@@ -185,9 +185,7 @@ def bench_loader(
         }
     first = figures["first"]
     figures["resources_per_s"] = round(figures["resources"] / first["seconds"], 1)
-    figures["quota_points_per_resource"] = round(
-        (first["quota_points"] + first["read_points"]) / max(1, first["sent"]), 1
-    )
+    figures.update(quota_per_resource(first["quota_points"], first["read_points"], first["sent"]))
     return figures
 
 
@@ -248,10 +246,20 @@ def bench_e2e(source_url: str, work: Path, phase: str) -> dict[str, Any]:
     figures["resources_per_s"] = round(figures["resources"] / figures["first"]["seconds"], 1)
     # The checks' writes and every read count too: they are spent on the same migration.
     first = figures["first"]
-    figures["quota_points_per_resource"] = round(
-        (first["quota_points"] + first["check_write_points"] + first["read_points"]) / max(1, first["sent"]), 1
+    figures.update(
+        quota_per_resource(first["quota_points"] + first["check_write_points"], first["read_points"], first["sent"])
     )
     return figures
+
+
+def quota_per_resource(write_points: int, read_points: int, sent: int) -> dict[str, float]:
+    """The FHIR quota points a written resource cost: its writes' (the CLI's 100), the reads' (the CLI
+    reads nothing), and both."""
+    return {
+        "write_points_per_resource": round(write_points / max(1, sent), 2),
+        "read_points_per_resource": round(read_points / max(1, sent), 2),
+        "quota_points_per_resource": round((write_points + read_points) / max(1, sent), 2),
+    }
 
 
 class ReadsAndSearches:
@@ -325,7 +333,8 @@ def run(patients: int, stages: Collection[str] = STAGES, out: Path = OUT_DIR) ->
             name,
             report[name]["resources_per_s"],
             report[name]["resources_per_s"] / cli_rate,
-            report[name]["quota_points_per_resource"],
+            report[name]["write_points_per_resource"],
+            report[name]["read_points_per_resource"],
             report[name].get("reload", {}).get("sent", "-"),
         )
         for name in measures
@@ -337,15 +346,18 @@ def run(patients: int, stages: Collection[str] = STAGES, out: Path = OUT_DIR) ->
         f"\nagainst {target}: {patients} patients with their conditions, batches of {BATCH_SIZE}; "
         f"x CLI: to the mean of the CLI's first and last rate, {cli_rate:,.1f}/s"
     )
-    print(f"{'what':50} {'resources/s':>12} {'x CLI':>6} {'points/res':>11} {'reload sent':>12} {'in flight':>10}")
-    for (name, rate, ratio, points, reload_sent), name_again in zip(rows, measures, strict=True):
+    print(
+        f"{'what':50} {'resources/s':>12} {'x CLI':>6} {'quota points a resource: writes':>32} {'reads':>6} "
+        f"{'reload sent':>12} {'in flight':>10}"
+    )
+    for (name, rate, ratio, writes, reads, reload_sent), name_again in zip(rows, measures, strict=True):
         in_flight = report[name_again].get("first", {}).get("most_in_flight", "-")
-        print(f"{name:50} {rate:12,.1f} {ratio:6.2f} {points:11} {reload_sent!s:>12} {in_flight!s:>10}")
+        print(f"{name:50} {rate:12,.1f} {ratio:6.2f} {writes:32.2f} {reads:6.2f} {reload_sent!s:>12} {in_flight!s:>10}")
     print(f"\nwrote {out / 'remote.json'} and {out / 'remote.png'}")
     return 0
 
 
-def plot(rows: list[tuple[str, float, float, Any, Any]], target: str, path: Path) -> None:
+def plot(rows: list[tuple[str, float, float, float, float, Any]], target: str, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -353,7 +365,7 @@ def plot(rows: list[tuple[str, float, float, Any, Any]], target: str, path: Path
 
     figure, axes = plt.subplots(figsize=(9, 4))
     axes.barh([row[0] for row in rows][::-1], [row[1] for row in rows][::-1], color="#4477aa")
-    for y, (_, rate, ratio, _, _) in enumerate(rows[::-1]):
+    for y, (_, rate, ratio, *_) in enumerate(rows[::-1]):
         axes.text(rate, y, f" {rate:,.0f}/s ({ratio:.2f}x)", va="center", fontsize=8)
     axes.set_xlabel("resources per second (first load)")
     axes.set_title(f"against {target}", fontsize=9)
