@@ -46,10 +46,9 @@ REGISTER_NOTES = {
     "family_source_value": "subscriberId: the identifier every person of one policy shares (OMOP: often the common "
     "digits of their enrollment ids), which is R4's subscriber id (a member id is subscriberId and dependent)",
 }
-# Why the plan ended has no element in R4's Coverage (nor R5's), and HL7 defines no extension for it.
 STOP_REASON = (
-    "R4 Coverage has no element for why a coverage ended (status is the record's state, not the enrollment's; R5 "
-    "has none either) and HL7 defines no extension for it: period.end says when it ended"
+    "R4 Coverage has no element for why a coverage ended (status is the record's state, not the enrollment's), nor "
+    "has R5, so no cross-version extension carries it, and the profile invents none: period.end says when it ended"
 )
 UNSUPPORTED = {
     "stop_reason_concept_id": STOP_REASON,

@@ -106,42 +106,33 @@ def gs1_date(production_id: pl.Expr, ai: str) -> pl.Expr:
     return pl.when(real).then(as_given)
 
 
-def production_parts(production_id: pl.Expr) -> dict[str, pl.Expr]:
+def production_fields(production_id: pl.Expr, identifier_system: str) -> list[pl.Expr]:
     """The Device fields of a UDI production identifier: lot, serial and dates when it is in GS1 form (each
-    identifier once, each date real), else the whole value as `production_identifier`."""
+    identifier once, each date real), else the whole value as an identifier under `identifier_system`."""
     given = text(production_id)
     once = [given.str.count_matches(rf"\({ai}\)") <= 1 for ai in (GS1_LOT, GS1_SERIAL, GS1_MADE, GS1_EXPIRES)]
     dates_real = [
         gs1_element(given, ai).is_null() | gs1_date(given, ai).is_not_null() for ai in (GS1_MADE, GS1_EXPIRES)
     ]
     gs1 = pl.all_horizontal(given.str.contains(GS1_PRODUCTION_ID), *once, *dates_real).fill_null(False)
-    return {
-        "manufactureDate": pl.when(gs1).then(gs1_date(given, GS1_MADE)),
-        "expirationDate": pl.when(gs1).then(gs1_date(given, GS1_EXPIRES)),
-        "lotNumber": pl.when(gs1).then(gs1_element(given, GS1_LOT)),
-        "serialNumber": pl.when(gs1).then(gs1_element(given, GS1_SERIAL)),
-        "production_identifier": pl.when(~gs1).then(given),
-    }
+    return [
+        pl.when(given.is_not_null() & ~gs1).then(identifier(identifier_system, given)).alias("identifier"),
+        pl.when(gs1).then(gs1_date(given, GS1_MADE)).alias("manufactureDate"),
+        pl.when(gs1).then(gs1_date(given, GS1_EXPIRES)).alias("expirationDate"),
+        pl.when(gs1).then(gs1_element(given, GS1_LOT)).alias("lotNumber"),
+        pl.when(gs1).then(gs1_element(given, GS1_SERIAL)).alias("serialNumber"),
+    ]
 
 
 def transform(source: pl.LazyFrame, system: SourceSystem) -> pl.LazyFrame:
     exposure_system = system.identifier_system("device-exposure")
     provider_system = system.identifier_system("provider")
-    parts = production_parts(pl.col("production_id"))
-    rows = source.with_columns(
-        start=day("device_exposure_start_date"),
-        end=day("device_exposure_end_date"),
-        production_identifier=parts.pop("production_identifier"),
-    )
-    production_identifier = pl.when(pl.col("production_identifier").is_not_null()).then(
-        identifier(system.identifier_system(PRODUCTION_ID_SYSTEM_KIND), pl.col("production_identifier"))
-    )
+    rows = source.with_columns(start=day("device_exposure_start_date"), end=day("device_exposure_end_date"))
     device = pl.struct(
         pl.lit("Device").alias("resourceType"),
         pl.lit(DEVICE_ID).alias("id"),
-        production_identifier.alias("identifier"),
         pl.concat_list(pl.struct(pl.col("unique_device_id").alias("deviceIdentifier"))).alias("udiCarrier"),
-        *(value.alias(name) for name, value in parts.items()),
+        *production_fields(pl.col("production_id"), system.identifier_system(PRODUCTION_ID_SYSTEM_KIND)),
         concept(system, "device_concept_id", "code", "device_source_value").alias("type"),
     )
     context = pl.struct(

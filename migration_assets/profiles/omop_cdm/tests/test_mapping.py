@@ -923,6 +923,11 @@ def test_the_sample_is_deterministic_and_maps_with_only_its_duplicates_quarantin
         assert sample[name]["admitted_from_source_value"].is_not_null().any(), name
         assert (sample[name]["discharged_to_concept_id"] == "0").any(), name
     assert 0 < sample["device_exposure"]["provider_id"].null_count() < sample["device_exposure"].height
+    # payers by their kind in SOPT, some of an employer's group plan; production identifiers in GS1 form or not
+    assert frame("coverages", sample)["code_mapped"].all()
+    assert 0 < sample["payer_plan_period"]["sponsor_source_value"].null_count() < sample["payer_plan_period"].height
+    production = sample["device_exposure"]["production_id"].drop_nulls()
+    assert production.str.starts_with("(").any() and not production.str.starts_with("(").all()
 
 
 @pytest.mark.integration  # a platform subprocess that probes every field (30 s): not the unit tier
