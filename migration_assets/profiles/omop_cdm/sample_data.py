@@ -2,7 +2,8 @@
 names (lower case, every value text as the platform's writers store it) and a CONCEPT table holding only
 the concepts the rows use. It carries the oddities real exports have: concept 0 with a source value,
 persons with only a year (or year and month) of birth, visits and visit details with no provider, devices
-still in use (no end date) or of no visit, payer plan periods still running or naming no plan,
+still in use (no end date) or of no visit, with a production identifier in GS1 form or as a bare serial,
+payer plan periods still running, naming no plan, or of an employer's group plan (sponsor and family),
 measurements with no value, notes with no visit, provider or title and with line breaks and accents,
 specimens with no quantity or with a unit that is no UCUM concept, and duplicate rows: a condition and a
 drug exposure repeated exactly, a measurement id given to two measurements. Written without primary keys,
@@ -88,6 +89,11 @@ CONCEPTS = [
     (8536, "Home", "Visit", "CMS Place of Service", "Place of Service", "S", "12"),
     (8870, "Emergency Room - Hospital", "Visit", "CMS Place of Service", "Place of Service", "S", "23"),
     (8863, "Skilled Nursing Facility", "Visit", "CMS Place of Service", "Place of Service", "S", "31"),
+    # Kinds of payer (Source of Payment Typology: its codes and names; the concept ids are the sample's own, in
+    # OMOP's range for local concepts, as the mapping reads only vocabulary, code and name).
+    (2000000101, "MEDICARE", "Payer", "SOPT", "Payer", "S", "1"),
+    (2000000102, "BC Managed Care - PPO", "Payer", "SOPT", "Payer", "S", "612"),
+    (2000000103, "Self-pay", "Payer", "SOPT", "Payer", "S", "81"),
 ]
 CONCEPT_COLUMNS = [
     "concept_id",
@@ -110,14 +116,20 @@ SPECIMENS = [
     (4046280, "UR", 0, None),
     (0, "SWAB-X", 0, "left nostril"),
 ]
-# device concept, source value, UDI (device identifier and production part), ended
+# device concept, source value, UDI device identifier (UDI-DI), production identifier (UDI-PI: GS1 application
+# identifiers, or a serial as a source without GS1 gives it), ended
 DEVICES = [
-    (4030875, "PACER-DDD", "(01)00643169007222(17)260101(21)PM0042", False),
-    (45768197, "CPAP-AUTO", None, True),
-    (0, "GLUCOMETER-X", None, True),
+    (4030875, "PACER-DDD", "00643169007222", "(17)260101(10)A213B1(21)PM0042", False),
+    (45768197, "CPAP-AUTO", None, "SN 88-1203", True),
+    (0, "GLUCOMETER-X", None, None, True),
 ]
-# payer source value, plan source value (None: the export names no plan)
-PAYERS = [("MEDICARE", "PART-B"), ("BCBS-MA", "PPO-GOLD"), ("SELF-PAY", None)]
+# payer source value, plan source value (None: the export names no plan), payer concept (SOPT), sponsor source
+# value (the employer of a group plan)
+PAYERS = [
+    ("MEDICARE", "PART-B", 2000000101, None),
+    ("BCBS-MA", "PPO-GOLD", 2000000102, "ACME-MANUFACTURING"),
+    ("SELF-PAY", None, 2000000103, None),
+]
 # Visit detail source values: the ward or unit of a part of a visit.
 WARDS = ["WARD-3B", "ICU", "ED-TRIAGE", "CARDIO-CONSULT"]
 # Where an inpatient stay was admitted from and discharged to: concept and source value (concept 0: a local
@@ -226,17 +238,24 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
         # One payer plan period, or two in a row, the last one still running (no end date).
         periods = plan_random.randint(1, 2)
         for n in range(periods):
-            payer, plan = plan_random.choice(PAYERS)
+            payer, plan, payer_concept, sponsor = plan_random.choice(PAYERS)
+            ended = n + 1 < periods
             plan_periods.append(
                 {
                     "payer_plan_period_id": p * 10 + n,
                     "person_id": p,
                     "payer_plan_period_start_date": f"{2014 + 4 * n}-01-01",
-                    "payer_plan_period_end_date": f"{2017 + 4 * n}-12-31" if n + 1 < periods else None,
-                    "payer_concept_id": 0,
+                    "payer_plan_period_end_date": f"{2017 + 4 * n}-12-31" if ended else None,
+                    "payer_concept_id": payer_concept,
                     "payer_source_value": payer,
                     "plan_concept_id": 0,
                     "plan_source_value": plan,
+                    # An employer's group plan names its sponsor and the family the policy covers.
+                    "sponsor_concept_id": 0 if sponsor else None,
+                    "sponsor_source_value": sponsor,
+                    "family_source_value": f"F{p:07d}" if sponsor else None,
+                    "stop_reason_concept_id": 0 if ended else None,
+                    "stop_reason_source_value": "PLAN-CHANGE" if ended else None,
                 }
             )
         if r.random() < 0.05:
@@ -306,7 +325,7 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
                     }
                 )
             if device_random.random() < 0.25:
-                device, device_source, udi, ended = device_random.choice(DEVICES)
+                device, device_source, udi, production, ended = device_random.choice(DEVICES)
                 # An implant still in use has no end date; a device given at home names no visit.
                 at_visit = device_random.random() > 0.2
                 devices.append(
@@ -318,7 +337,7 @@ def build_sample_tables(patients: int, seed: int = 7, updated_at: bool = False) 
                         "device_exposure_end_date": start if ended else None,
                         "device_type_concept_id": 32817,
                         "unique_device_id": udi,
-                        "production_id": udi.rsplit("(21)", 1)[-1] if udi else None,
+                        "production_id": production,
                         "quantity": 1,
                         "provider_id": link_random.choice([1, 2, 3, 4, None]),
                         "visit_occurrence_id": vid if at_visit else None,

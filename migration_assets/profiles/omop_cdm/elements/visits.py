@@ -44,12 +44,15 @@ from migration_assets.profiles.omop_cdm.omop import (
 )
 from migration_assets.profiles.omop_cdm.terminology import read_map
 
-# Where a visit (or a visit detail) came from and went to: CONCEPT (CMS Place of Service or Visit concepts,
-# which have no FHIR system in terminology/vocabulary_systems.csv yet) with the source value kept locally.
+# Where a visit (or a visit detail) came from and went to: CONCEPT with the source value kept locally. A CMS
+# Place of Service concept is coded under its THO system (terminology/vocabulary_systems.csv); a Visit concept
+# (OMOP's own vocabulary) has none and keeps only the local coding.
 HOSPITALIZATION_NOTES = {
-    "admitted_from_concept_id": "hospitalization.admitSource from CONCEPT (the source value kept locally)",
+    "admitted_from_concept_id": "hospitalization.admitSource from CONCEPT: a CMS Place of Service code under its "
+    "THO system (the source value kept locally)",
     "admitted_from_source_value": "hospitalization.admitSource: the local coding and text",
-    "discharged_to_concept_id": "hospitalization.dischargeDisposition from CONCEPT (the source value kept locally)",
+    "discharged_to_concept_id": "hospitalization.dischargeDisposition from CONCEPT: a CMS Place of Service code "
+    "under its THO system (the source value kept locally)",
     "discharged_to_source_value": "hospitalization.dischargeDisposition: the local coding and text",
 }
 REGISTER_NOTES = {
@@ -224,7 +227,7 @@ SOURCE_TABLES = {
 ELEMENT = DataElement(
     name="visits",
     description="OMOP VISIT_OCCURRENCE to FHIR Encounter (class from visit_concept_id).",
-    mapping_version="1.1.0",
+    mapping_version="1.2.0",
     source_tables=SOURCE_TABLES,
     optional_tables=optional_among(SOURCE_TABLES),
     lookup_tables=concepts_named_by("visit_occurrence", "visit_concept_id", *PLACE_CONCEPTS),

@@ -14,6 +14,7 @@ from migration_assets.profiles.omop_cdm.sample_data import CONCEPT_COLUMNS, CONC
 PROFILE = load_profile("omop_cdm")
 SYSTEM = SourceSystem("https://omop.example.org/fhir")
 LOCAL = "https://omop.example.org/fhir/CodeSystem/omop-source-value"
+PLACE_OF_SERVICE = "https://www.cms.gov/Medicare/Coding/place-of-service-codes/Place_of_Service_Code_Set"
 
 
 def tables(**rows: list[dict]) -> dict[str, pl.DataFrame]:
@@ -199,11 +200,20 @@ def test_a_visit_and_its_details_say_where_the_patient_came_from_and_went_to() -
     details = frame("visit_details", source)
     assert details["quarantine_rule"].null_count() == 3
     detail, local, bare = resources(details)
-    # CMS Place of Service has no FHIR system in terminology/vocabulary_systems.csv: the source value is the
-    # coding, the concept's name the text where there is no source value.
+    # A CMS Place of Service concept is coded under its THO system, the source value kept beside it; the
+    # concept's name is the text.
     expected = {
-        "admitSource": {"coding": [{"system": LOCAL, "code": "ER"}], "text": "ER"},
-        "dischargeDisposition": {"text": "Skilled Nursing Facility"},
+        "admitSource": {
+            "coding": [
+                {"system": PLACE_OF_SERVICE, "code": "23", "display": "Emergency Room - Hospital"},
+                {"system": LOCAL, "code": "ER"},
+            ],
+            "text": "Emergency Room - Hospital",
+        },
+        "dischargeDisposition": {
+            "coding": [{"system": PLACE_OF_SERVICE, "code": "31", "display": "Skilled Nursing Facility"}],
+            "text": "Skilled Nursing Facility",
+        },
     }
     assert visit["hospitalization"] == detail["hospitalization"] == expected
     assert local["hospitalization"] == {
@@ -294,6 +304,48 @@ def test_a_device_exposure_is_a_device_use_statement_with_its_device_contained()
     assert meter["contained"][0]["type"]["text"] == "GLUCOMETER-X"
 
 
+def test_a_gs1_production_identifier_becomes_the_devices_lot_serial_and_dates() -> None:
+    exposures = [
+        {**DEVICE, "unique_device_id": "00643169007222", "production_id": "(17)260101(10)A213B1(21)PM0042"},
+        # Day 00: the month only; a two-digit year 99 is 1999 (within 49 years before the current one).
+        {**DEVICE, "device_exposure_id": 41, "production_id": "(11)990300(21)SN7"},
+        # Not GS1 (a bare serial), an impossible date, a repeated identifier: kept whole, never guessed.
+        {**DEVICE, "device_exposure_id": 42, "production_id": "SN 88-1203"},
+        {**DEVICE, "device_exposure_id": 43, "production_id": "(17)261301(10)X1"},
+        {**DEVICE, "device_exposure_id": 44, "production_id": "(10)A1(10)B2"},
+        {**DEVICE, "device_exposure_id": 45, "production_id": None},
+    ]
+    built = frame("devices", tables(person=[PERSON], visit_occurrence=[VISIT], device_exposure=exposures))
+    assert built["quarantine_rule"].null_count() == len(exposures)
+    devices = [resource["contained"][0] for resource in resources(built)]
+    production = ("identifier", "lotNumber", "serialNumber", "manufactureDate", "expirationDate")
+    parts = [{name: device[name] for name in production if name in device} for device in devices]
+    assert devices[0]["udiCarrier"] == [{"deviceIdentifier": "00643169007222"}]
+    assert parts[0] == {"lotNumber": "A213B1", "serialNumber": "PM0042", "expirationDate": "2026-01-01"}
+    assert parts[1] == {"serialNumber": "SN7", "manufactureDate": "1999-03"}
+    kept_whole = "https://omop.example.org/fhir/identifier/device-production-id"
+    for given, part in zip(("SN 88-1203", "(17)261301(10)X1", "(10)A1(10)B2"), parts[2:5], strict=True):
+        assert part == {"identifier": [{"system": kept_whole, "value": given}]}
+    assert parts[5] == {}
+
+
+def test_a_device_quantity_other_than_one_is_flagged_and_its_unit_declared_unsupported() -> None:
+    from migration_assets.profiles.omop_cdm.elements import devices
+
+    exposures = [
+        DEVICE,
+        {**DEVICE, "device_exposure_id": 41, "quantity": "2"},
+        {**DEVICE, "device_exposure_id": 42, "quantity": None},
+        {**DEVICE, "device_exposure_id": 43, "quantity": "1.0"},
+        {**DEVICE, "device_exposure_id": 44, "quantity": "several"},
+    ]
+    built = frame("devices", tables(person=[PERSON], visit_occurrence=[VISIT], device_exposure=exposures))
+    assert built["quantity_dropped"].to_list() == [False, True, False, False, True]
+    assert all("quantity" not in json.dumps(resource) for resource in resources(built))
+    assert PROFILE.element("devices").review_flags["quantity_dropped"] is True
+    assert set(devices.UNSUPPORTED) == {"quantity", "unit_concept_id", "unit_source_value", "unit_source_concept_id"}
+
+
 PLAN_PERIOD = {
     "payer_plan_period_id": 50,
     "person_id": 1,
@@ -343,6 +395,61 @@ def test_a_payer_plan_period_is_a_coverage_with_payor_and_plan_from_the_source_v
     assert plan["value"] == "PPO-GOLD" and plan["type"]["coding"][0]["code"] == "plan"
     assert running["period"] == {"start": "2018-01-01"} and "class" not in running
     assert built["code_mapped"].to_list()[:2] == [False, False]
+
+
+def test_a_coverage_has_its_payer_type_in_sopt_its_sponsor_and_its_family() -> None:
+    from migration_assets.profiles.omop_cdm.elements import coverages
+
+    group = {
+        **PLAN_PERIOD,
+        "payer_concept_id": 2000000102,
+        "sponsor_concept_id": 0,
+        "sponsor_source_value": "ACME-MANUFACTURING",
+        "family_source_value": "F0000001",
+        "stop_reason_concept_id": 0,
+        "stop_reason_source_value": "PLAN-CHANGE",
+    }
+    periods = [
+        group,
+        # A sponsor known by its kind only (a concept CONCEPT holds): a display-only policyHolder.
+        {**group, "payer_plan_period_id": 51, "sponsor_source_value": None, "sponsor_concept_id": 99},
+        # Concept 0 and no source value: no sponsor, no family.
+        {**group, "payer_plan_period_id": 52, "sponsor_source_value": None, "family_source_value": None},
+    ]
+    sponsor_kind = {**dict(zip(CONCEPT_COLUMNS, CONCEPTS[0], strict=True)), "concept_id": 99}
+    sponsor_kind.update(concept_name="Large group health plan", vocabulary_id="Sponsor", concept_code="99")
+    source = tables(person=[PERSON], payer_plan_period=periods)
+    source["concept"] = pl.concat([source["concept"], pl.DataFrame([sponsor_kind]).cast(pl.String)])
+    built = frame("coverages", source)
+    assert built["quarantine_rule"].null_count() == 3 and built["code_mapped"].to_list() == [True, True, True]
+    named, kind_only, none = resources(built)
+    assert named["type"] == {
+        "coding": [
+            {"system": "https://nahdo.org/sopt", "code": "612", "display": "BC Managed Care - PPO"},
+            {"system": LOCAL, "code": "BCBS-MA"},
+        ],
+        "text": "BC Managed Care - PPO",
+    }
+    # The payor is the payer the source names; its kind is the type.
+    assert named["payor"] == [
+        {
+            "identifier": {"system": "https://omop.example.org/fhir/identifier/payer", "value": "BCBS-MA"},
+            "display": "BCBS-MA",
+        }
+    ]
+    assert named["policyHolder"] == {
+        "identifier": {"system": "https://omop.example.org/fhir/identifier/sponsor", "value": "ACME-MANUFACTURING"},
+        "display": "ACME-MANUFACTURING",
+    }
+    assert named["subscriberId"] == "F0000001"
+    assert kind_only["policyHolder"] == {"display": "Large group health plan"}
+    assert "policyHolder" not in none and "subscriberId" not in none
+    assert "PLAN-CHANGE" not in built["resource"][0]
+    assert set(coverages.UNSUPPORTED) == {
+        "stop_reason_concept_id",
+        "stop_reason_source_value",
+        "stop_reason_source_concept_id",
+    }
 
 
 def test_codes_come_from_concept_and_concept_zero_keeps_the_source_value_unmapped() -> None:
@@ -769,6 +876,8 @@ def test_the_terminology_maps_are_versioned_and_read_by_the_elements() -> None:
     from migration_assets.profiles.omop_cdm.omop import VOCABULARY_SYSTEMS
 
     assert VOCABULARY_SYSTEMS["LOINC"] == "http://loinc.org" and persons.GENDER["8532"] == "female"
+    assert VOCABULARY_SYSTEMS["CMS Place of Service"] == PLACE_OF_SERVICE
+    assert VOCABULARY_SYSTEMS["SOPT"] == "https://nahdo.org/sopt"
     assert visits.VISIT_CLASS["9203"] == ("EMER", "emergency")
 
 
@@ -814,6 +923,11 @@ def test_the_sample_is_deterministic_and_maps_with_only_its_duplicates_quarantin
         assert sample[name]["admitted_from_source_value"].is_not_null().any(), name
         assert (sample[name]["discharged_to_concept_id"] == "0").any(), name
     assert 0 < sample["device_exposure"]["provider_id"].null_count() < sample["device_exposure"].height
+    # payers by their kind in SOPT, some of an employer's group plan; production identifiers in GS1 form or not
+    assert frame("coverages", sample)["code_mapped"].all()
+    assert 0 < sample["payer_plan_period"]["sponsor_source_value"].null_count() < sample["payer_plan_period"].height
+    production = sample["device_exposure"]["production_id"].drop_nulls()
+    assert production.str.starts_with("(").any() and not production.str.starts_with("(").all()
 
 
 @pytest.mark.integration  # a platform subprocess that probes every field (30 s): not the unit tier
