@@ -44,7 +44,7 @@ def identifier_base_uri() -> str | None:
 
 
 def load_mode() -> str | None:
-    """LOAD_MODE: `sync` (batch bundles) or `async` (Prefer: respond-async jobs)."""
+    """LOAD_MODE: `sync` (batch bundles), `async` (Prefer: respond-async jobs) or `mixed` (both at once)."""
     return _text("LOAD_MODE")
 
 

@@ -145,3 +145,39 @@ def test_creates_go_in_transactions_and_a_refused_one_is_resent_entry_by_entry(l
         found = census(client, "Patient", system)
     assert found.height == 11 and found["identifier_value"].n_unique() == 11
     assert batches <= 6, f"one batch of three transactions and one resend of five entries, {batches} requests in all"
+
+
+@pytest.mark.integration
+def test_mixed_mode_sends_one_async_job_beside_the_sync_bundles_and_loads_each_row_once(local_medplum, tmp_path: Path):
+    base = f"https://mixed-{uuid.uuid4().hex[:8]}.example.org/fhir"
+    frame = patients_frame(base, rows=60)
+    system = frame["identifier_system"][0]
+    settings = LoadSettings(batch_size=5, creates="post", mode="mixed", concurrency=2)
+
+    def load(run_id: str):
+        before = RunCensus(tmp_path / "census", run_id)
+        with (
+            MedplumClient(local_medplum.base_url, local_medplum.client_id, local_medplum.client_secret) as client,
+            Manifest(f"sqlite:///{tmp_path / 'ledger.db'}", client.target.key) as ledger,
+        ):
+            return migrate(
+                client,
+                ledger,
+                run_id,
+                PATIENTS,
+                frame,
+                "sqlite:///legacy.db",
+                settings,
+                census_of_target=lambda keys: before.get(client, keys),
+            )
+
+    first = load("first").counts
+    assert first["created"] == first["sent"] == 60 and first["failed"] == 0, first
+    # The first bundle went as a job; the sync bundles went on while it was polled, then the next job.
+    assert 0 < first["sent_async"] < first["sent"], first
+    assert first["quota_points"] == (first["sent"] - first["sent_async"]) * 100, "async jobs are not charged"
+    again = load("again").counts
+    assert again["sent"] == 0 and again["not_sent_unchanged"] == 60, "every answer was recorded, in order"
+    with MedplumClient(local_medplum.base_url, local_medplum.client_id, local_medplum.client_secret) as client:
+        found = census(client, "Patient", system)
+    assert found.height == found["identifier_value"].n_unique() == 60

@@ -9,13 +9,15 @@ On the same sample (BENCH_PATIENTS patients and their Conditions, which referenc
   target, and writing by what its census before the load says the target holds (updates by id), with each
   create mode (conditional PUT, plain POST: as plain batch entries and in transactions of 50), one bundle in
   flight, then an unchanged reload; each create mode again with the bundles in flight adapted to the
-  server's pushback (the default), and as async bundles (`Prefer: respond-async`);
+  server's pushback (the default), as async bundles (`Prefer: respond-async`), and mixed (the adapted sync
+  bundles with one async job beside them);
 - the platform end to end through Dagster with every check and its default settings, with the elements in
-  the phase initial_load (plain POST creates) and in backfill (conditional creates), then an unchanged reload;
+  the phase initial_load (plain POST creates) and in backfill (conditional creates), and in initial_load with
+  the load mode mixed, then an unchanged reload;
   the elements' runs launched as a backfill launches them, two at a time (bench.run_elements).
 Prints each figure with its ratio to the CLI and the FHIR quota points per resource of what the load (and,
-end to end, the checks) sent (write 100, search 20: MEDPLUM_FACTS.md), writes .artifacts/bench/remote.json
-and remote.png.
+end to end, the checks) sent, as hosted Medplum charges them (write 100, search 20, read 1, async work
+nothing: MEDPLUM_FACTS.md), writes .artifacts/bench/remote.json and remote.png.
 BENCH_STAGES=cli,loader,e2e picks the measurements. The CLI runs always, first and again last: every
 ratio is to the mean of its two rates (each measurement adds to the project, and the server slows a
 little as it grows)."""
@@ -189,9 +191,9 @@ def bench_loader(
     return figures
 
 
-def bench_e2e(source_url: str, work: Path, phase: str) -> dict[str, Any]:
-    """Every element of ELEMENTS through Dagster with every check and the default settings, the elements
-    in `phase` (which decides how absent resources are created), then an unchanged reload."""
+def bench_e2e(source_url: str, work: Path, phase: str, load_mode: str = "sync") -> dict[str, Any]:
+    """Every element of ELEMENTS through Dagster with every check and the default settings but `load_mode`,
+    the elements in `phase` (which decides how absent resources are created), then an unchanged reload."""
     from dagster import EnvVar
 
     from migration_assets.commands.bench import bench_instance, run_elements
@@ -212,6 +214,7 @@ def bench_e2e(source_url: str, work: Path, phase: str) -> dict[str, Any]:
         work_dir=state,
         batch_size=BATCH_SIZE,
         identifier_base_uri=fresh_system().base_uri,
+        load_mode=load_mode,
     )
     job = make_definitions(resources).resolve_job_def("migrate_data_element")
     figures: dict[str, Any] = {"resources": eligible_count(frames(source_url, fresh_system()))}
@@ -318,8 +321,14 @@ def run(patients: int, stages: Collection[str] = STAGES, out: Path = OUT_DIR) ->
             ("loader", "loader, plain POST, async bundles"): lambda: bench_loader(
                 source_url, work, "post", mode="async"
             ),
+            ("loader", "loader, plain POST, adaptive, mixed (one async job beside)"): lambda: bench_loader(
+                source_url, work, "post", adaptive=True, mode="mixed"
+            ),
             ("e2e", "end to end, every check, phase backfill"): lambda: bench_e2e(source_url, work, "backfill"),
             ("e2e", "end to end, every check, phase initial_load"): lambda: bench_e2e(source_url, work, "initial_load"),
+            ("e2e", "end to end, every check, initial_load, mixed"): lambda: bench_e2e(
+                source_url, work, "initial_load", load_mode="mixed"
+            ),
             ("cli", CLI_AGAIN): lambda: bench_cli(source_url, work),
         }
         measures = {name: measure for (stage, name), measure in every.items() if stage == "cli" or stage in stages}

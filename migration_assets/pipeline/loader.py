@@ -41,6 +41,7 @@ log = logging.getLogger(__name__)
 # a partner of its transaction was not (transaction-bundles off). Both stay pending: the next run sends them.
 # `quota_points`: what the bundles sent cost of Medplum's FHIR quota (quota_cost; resent entries not counted).
 # `in_flight_decreased`: how often the load took bundles in flight away (pushback, or no gain: InFlight).
+# `sent_async`: the entries sent in async jobs (load mode async or mixed), which hosted Medplum does not charge.
 COUNT_NAMES = (
     "source_rows",
     "quarantined",
@@ -57,6 +58,7 @@ COUNT_NAMES = (
     "half_written",
     "quota_points",
     "in_flight_decreased",
+    "sent_async",
 )
 
 # What a project without the `transaction-bundles` feature means for a load, said once per run.
@@ -69,6 +71,7 @@ TRANSACTIONS_OFF = (
 
 
 CREATE_MODES = ("conditional", "post")
+LOAD_MODES = ("sync", "async", "mixed")
 # Medplum writes at most this many entries in one transaction (MEDPLUM_FACTS.md).
 MAX_TRANSACTION_WRITES = 50
 
@@ -91,7 +94,9 @@ class LoadSettings:
     # points a hundred, where resending costs 100 a resource.
     compare_before_resend: bool = False
     # "sync": batch bundles answered in the request. "async": `Prefer: respond-async` jobs, polled
-    # (hosted Medplum does not charge async work to the FHIR quota, so there is no pacing).
+    # (hosted Medplum does not charge async work to the FHIR quota, so there is no pacing). "mixed": sync
+    # bundles as InFlight allows and, beside them, one async job at a time: the jobs' writes spare the
+    # quota, and a load whose quota is spent keeps moving through them while the sync bundles wait.
     mode: str = "sync"
     # Key-hash shards: this load handles only the rows whose crc32(bundle_group) % shard_count equals
     # shard_index, so several runs (processes, machines) can share one data element.
@@ -116,8 +121,8 @@ class LoadSettings:
     transaction_size: int = 50
 
     def __post_init__(self) -> None:
-        if self.mode not in ("sync", "async"):
-            raise ValueError(f"load mode must be 'sync' or 'async', got {self.mode!r}")
+        if self.mode not in LOAD_MODES:
+            raise ValueError(f"load mode must be one of {', '.join(LOAD_MODES)}, got {self.mode!r}")
         if self.creates not in CREATE_MODES:
             raise ValueError(f"creates must be one of {', '.join(CREATE_MODES)}, got {self.creates!r}")
         if self.shard_count < 1 or not 0 <= self.shard_index < self.shard_count:
@@ -445,6 +450,19 @@ class Known:
     in_flight_start: int = FIRST_IN_FLIGHT
 
 
+@dataclass
+class _Flight:
+    """A bundle sent and, once answered, its responses."""
+
+    number: int
+    rows: pl.DataFrame
+    future: Future[list[EntryResponse]]
+    cost: int
+    alone: bool
+    is_async: bool
+    responses: list[EntryResponse] | None = None
+
+
 def load_frame(
     client: MedplumClient,
     manifest: Manifest,
@@ -512,20 +530,38 @@ def load_frame(
             outgoing = outgoing.filter(~whole_group.to_series())
     bundles = Bundles(outgoing, transactional, settings.batch_size, settings.creates if held is not None else None)
     result.bundles = len(bundles)
-    in_flight: deque[tuple[int, pl.DataFrame, Future[list[EntryResponse]], int, bool]] = deque()
+    in_flight: deque[_Flight] = deque()
     answered: deque[tuple[int, pl.DataFrame, list[EntryResponse]]] = deque()
-    respond_async = settings.mode == "async"
     # Async jobs and an element's own transactions keep their bundles as they are.
-    packs = settings.transaction_size > 1 and not transactional and not respond_async
+    packs = settings.transaction_size > 1 and not transactional
     units = (known.units_before, known.units_before + outgoing.height)
     recorder = _Recorder(manifest, run_id, element_name, units, on_progress)
 
     limit = InFlight(client, settings.concurrency, settings.adaptive, known.in_flight_start)
 
-    def wait_for_oldest() -> None:
-        number, rows, future, _, alone = in_flight.popleft()
-        answered.append((number, rows, future.result()))
-        limit.answered(rows.height, judged=not alone)
+    def wait_for_oldest(sync_only: bool = False) -> None:
+        """Wait for the oldest bundle still unanswered (sync only: the oldest sync one), then hand every
+        answered bundle at the front over for recording, in submission order."""
+        flight = next(f for f in in_flight if f.responses is None and not (sync_only and f.is_async))
+        flight.responses = flight.future.result()
+        # InFlight judges the bundles that may share the server; in mixed mode not the async job beside them.
+        limit.answered(
+            flight.rows.height, judged=not flight.alone and not (flight.is_async and settings.mode == "mixed")
+        )
+        while in_flight and in_flight[0].responses is not None:
+            done = in_flight.popleft()
+            assert done.responses is not None  # for the type checker: the loop's condition
+            answered.append((done.number, done.rows, done.responses))
+
+    def unanswered(is_async: bool | None = None) -> list[_Flight]:
+        return [f for f in in_flight if f.responses is None and is_async in (None, f.is_async)]
+
+    def must_wait(alone: bool, is_async: bool) -> bool:
+        if alone or any(f.alone for f in unanswered()):
+            return bool(unanswered())
+        if settings.mode == "mixed" and is_async:
+            return False  # the one async job runs beside the sync bundles, in no place of theirs
+        return len(unanswered(is_async)) >= limit.limit
 
     def record_answered() -> None:
         # In submission order, while the next bundle is already in flight.
@@ -541,31 +577,36 @@ def load_frame(
             )
 
     try:
-        with ThreadPoolExecutor(max_workers=settings.concurrency, thread_name_prefix="bundle") as pool:
+        with ThreadPoolExecutor(max_workers=settings.concurrency + 1, thread_name_prefix="bundle") as pool:
             for number, (rows, entries) in enumerate(bundles, start=1):
-                cost = quota_cost(len(rows), entries)
-                result.add("quota_points", cost)
-                if not respond_async:
-                    # The bundles in flight will be charged too, and the header does not show them yet:
-                    # while the quota has no room for them and this one, wait for answers; then for the
-                    # quota's reset if even this bundle alone does not fit.
-                    while in_flight and not client.quota_allows(cost + sum(item[3] for item in in_flight)):
-                        wait_for_oldest()
-                    client.pace(cost=cost)
                 # A bundle holding a conditional URL (a conditional PUT or reference: Medplum searches, then
                 # writes, in a serializable transaction) goes alone: overlapping ones collide with 409s and
                 # were slower on a real Medplum than one at a time (docs/benchmark.md).
                 alone = any(holds_conditional_url(entry) for entry in entries)
-                while in_flight and (alone or in_flight[-1][4] or len(in_flight) >= limit.limit):
-                    wait_for_oldest()
-                if packs:
+                is_async = settings.mode == "async" or (settings.mode == "mixed" and not alone and not unanswered(True))
+                # Hosted Medplum does not charge async work to the FHIR quota.
+                cost = 0 if is_async else quota_cost(len(rows), entries)
+                result.add("quota_points", cost)
+                result.add("sent_async", len(rows) if is_async else 0)
+                if not is_async:
+                    # The bundles in flight will be charged too, and the header does not show them yet:
+                    # while the quota has no room for them and this one, wait for answers; then for the
+                    # quota's reset if even this bundle alone does not fit.
+                    while (charged := sum(f.cost for f in unanswered(False))) and not client.quota_allows(
+                        cost + charged
+                    ):
+                        wait_for_oldest(sync_only=True)
+                    client.pace(cost=cost)
+                while must_wait(alone, is_async):
+                    wait_for_oldest(sync_only=not (alone or is_async or any(f.alone for f in unanswered())))
+                if packs and not is_async:
                     future = pool.submit(submit_packed, client, entries, settings.transaction_size)
                 else:
-                    future = pool.submit(client.submit_batch, entries, respond_async=respond_async)
-                in_flight.append((number, rows, future, cost, alone))
-                result.most_in_flight = max(result.most_in_flight, len(in_flight))
+                    future = pool.submit(client.submit_batch, entries, respond_async=is_async)
+                in_flight.append(_Flight(number, rows, future, cost, alone, is_async))
+                result.most_in_flight = max(result.most_in_flight, len(unanswered()))
                 record_answered()
-            while in_flight:
+            while unanswered():
                 wait_for_oldest()
     finally:
         record_answered()

@@ -112,8 +112,9 @@ class MigrationSettings(ConfigurableResource):
     )
     load_mode: str | None = Field(
         default=None,
-        description="'sync' (batch bundles) or 'async' (Prefer: respond-async jobs, not charged to hosted Medplum's "
-        "FHIR quota); unset: the LOAD_MODE environment variable, else 'sync'.",
+        description="'sync' (batch bundles), 'async' (Prefer: respond-async jobs, not charged to hosted Medplum's "
+        "FHIR quota) or 'mixed' (sync bundles and, beside them, one async job at a time: fewer quota points, and a "
+        "load on a spent quota keeps moving); unset: the LOAD_MODE environment variable, else 'sync'.",
     )
     direct_references: bool = Field(
         default=True,
