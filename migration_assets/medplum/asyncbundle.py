@@ -38,10 +38,11 @@ FINISHED = frozenset({"completed", "error", "cancelled"})
 @dataclass(frozen=True)
 class AsyncPolling:
     """How the job status is polled: exponential backoff from `first_delay` to `max_delay`, for at
-    most `timeout_seconds` per job."""
+    most `timeout_seconds` per job. A poll is a read (1 quota point); a finished job waits at most
+    `max_delay` for the poll that sees it, which a load in mixed mode would otherwise wait at its end."""
 
     first_delay: float = 0.05
-    max_delay: float = 2.0
+    max_delay: float = 0.5
     factor: float = 1.6
     timeout_seconds: float = 900.0
 

@@ -583,7 +583,14 @@ def load_frame(
                 # writes, in a serializable transaction) goes alone: overlapping ones collide with 409s and
                 # were slower on a real Medplum than one at a time (docs/benchmark.md).
                 alone = any(holds_conditional_url(entry) for entry in entries)
-                is_async = settings.mode == "async" or (settings.mode == "mixed" and not alone and not unanswered(True))
+                # In mixed mode a job goes only while at least twice the sync bundles in flight remain after it:
+                # the sync bundles then have work while it runs, and the load does not end waiting for a job.
+                is_async = settings.mode == "async" or (
+                    settings.mode == "mixed"
+                    and not alone
+                    and not unanswered(True)
+                    and len(bundles) - number >= 2 * limit.limit
+                )
                 # Hosted Medplum does not charge async work to the FHIR quota.
                 cost = 0 if is_async else quota_cost(len(rows), entries)
                 result.add("quota_points", cost)
