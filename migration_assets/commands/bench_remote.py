@@ -321,7 +321,7 @@ def run(patients: int, stages: Collection[str] = STAGES, out: Path = OUT_DIR) ->
             ("loader", "loader, plain POST, async bundles"): lambda: bench_loader(
                 source_url, work, "post", mode="async"
             ),
-            ("loader", "loader, plain POST, adaptive, mixed (one async job beside)"): lambda: bench_loader(
+            ("loader", "loader, plain POST, adaptive, mixed"): lambda: bench_loader(
                 source_url, work, "post", adaptive=True, mode="mixed"
             ),
             ("e2e", "end to end, every check, phase backfill"): lambda: bench_e2e(source_url, work, "backfill"),
