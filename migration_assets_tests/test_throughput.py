@@ -411,6 +411,11 @@ def test_migration_settings_carry_mode_and_shard(monkeypatch):
     element = get_element("patients")
     monkeypatch.setenv("LOAD_MODE", "async")
     assert MigrationSettings().load_settings(element).mode == "async"
+    monkeypatch.setenv("LOAD_MODE", "mixed")
+    assert MigrationSettings().load_settings(element).mode == "mixed"
+    monkeypatch.setenv("LOAD_MODE", "fast")
+    with pytest.raises(ValueError, match="load mode must be one of sync, async, mixed"):
+        MigrationSettings().load_settings(element)
     # The settings of the whole element (the checks'): a shard step narrows them to its own shard.
     settings = MigrationSettings(load_mode="sync", shard_count=4).load_settings(element)
     assert (settings.mode, settings.shard_count, settings.shard_index) == ("sync", 1, 0)
