@@ -25,6 +25,25 @@ def patients_frame(base: str, rows: int = 12) -> pl.DataFrame:
     return build_frame(PATIENTS, PATIENTS.extract({"patients": tables["patients"]}), SourceSystem(base))
 
 
+def load_with_census(server, folder: Path, run_id: str, rows: pl.DataFrame, settings: LoadSettings):
+    """migrate() the patients `rows` into `server`, knowing what it holds by a census taken before sending."""
+    before = RunCensus(folder / "census", run_id)
+    with (
+        MedplumClient(server.base_url, server.client_id, server.client_secret) as client,
+        Manifest(f"sqlite:///{folder / 'ledger.db'}", client.target.key) as ledger,
+    ):
+        return migrate(
+            client,
+            ledger,
+            run_id,
+            PATIENTS,
+            rows,
+            "sqlite:///legacy.db",
+            settings,
+            census_of_target=lambda keys: before.get(client, keys),
+        )
+
+
 def test_entries_are_updates_by_id_creates_or_conditional_puts_by_what_the_target_holds():
     frame = patients_frame("https://paths.example.org/fhir", rows=3).with_columns(
         held_id=pl.Series(["p-1", None, None]), held_many=pl.Series([False, None, True])
@@ -53,21 +72,7 @@ def test_a_load_that_knows_the_target_creates_updates_by_id_and_never_duplicates
     settings = LoadSettings(batch_size=5, creates=creates)
 
     def load(run_id: str, rows: pl.DataFrame):
-        before = RunCensus(tmp_path / "census", run_id)
-        with (
-            MedplumClient(local_medplum.base_url, local_medplum.client_id, local_medplum.client_secret) as client,
-            Manifest(f"sqlite:///{tmp_path / 'ledger.db'}", client.target.key) as ledger,
-        ):
-            return migrate(
-                client,
-                ledger,
-                run_id,
-                PATIENTS,
-                rows,
-                "sqlite:///legacy.db",
-                settings,
-                census_of_target=lambda keys: before.get(client, keys),
-            )
+        return load_with_census(local_medplum, tmp_path, run_id, rows, settings)
 
     first = load("first", frame)
     assert first.counts["created"] == 12 and first.counts["failed"] == 0
@@ -155,21 +160,7 @@ def test_mixed_mode_sends_one_async_job_beside_the_sync_bundles_and_loads_each_r
     settings = LoadSettings(batch_size=5, creates="post", mode="mixed", concurrency=2)
 
     def load(run_id: str):
-        before = RunCensus(tmp_path / "census", run_id)
-        with (
-            MedplumClient(local_medplum.base_url, local_medplum.client_id, local_medplum.client_secret) as client,
-            Manifest(f"sqlite:///{tmp_path / 'ledger.db'}", client.target.key) as ledger,
-        ):
-            return migrate(
-                client,
-                ledger,
-                run_id,
-                PATIENTS,
-                frame,
-                "sqlite:///legacy.db",
-                settings,
-                census_of_target=lambda keys: before.get(client, keys),
-            )
+        return load_with_census(local_medplum, tmp_path, run_id, frame, settings)
 
     first = load("first").counts
     assert first["created"] == first["sent"] == 60 and first["failed"] == 0, first
