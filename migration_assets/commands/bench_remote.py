@@ -18,7 +18,8 @@ On the same sample (BENCH_PATIENTS patients and their Conditions, which referenc
 Prints each figure with its ratio to the CLI and the FHIR quota points per resource of what the load (and,
 end to end, the checks) sent, as hosted Medplum charges them (write 100, search 20, read 1, async work
 nothing: MEDPLUM_FACTS.md), writes .artifacts/bench/remote.json and remote.png.
-BENCH_STAGES=cli,loader,e2e picks the measurements. The CLI runs always, first and again last: every
+BENCH_STAGES=cli,loader,e2e,quota picks the measurements (quota: what the server's own RateLimit header charges
+for a sync batch and an async job of 50 creates). The CLI runs always, first and again last: every
 ratio is to the mean of its two rates (each measurement adds to the project, and the server slows a
 little as it grows)."""
 
@@ -54,7 +55,7 @@ ELEMENTS = PROFILE.bench_pair()
 MEDPLUM_CLI = SERVER_DIR / "node_modules" / ".bin" / "medplum"
 CLI_POINTS_PER_RESOURCE = 100  # one POST each; a transaction adds none
 BATCH_SIZE = 100
-STAGES = ("cli", "loader", "e2e")
+STAGES = ("cli", "loader", "e2e", "quota")
 CLI = "medplum bulk import (@medplum/cli)"
 # The CLI again after everything else: the project grows with each measurement and the server slows a
 # little with it, so each ratio is to the mean of the CLI's first and last rate, not to the first alone.
@@ -265,6 +266,42 @@ def quota_per_resource(write_points: int, read_points: int, sent: int) -> dict[s
     }
 
 
+def quota_seen(creates: int = 50) -> dict[str, int]:
+    """The FHIR quota points this server's own RateLimit header lost for `creates` Patient creates, sent as a
+    sync batch and as an async job: what it charges, beside what the table counts (hosted Medplum's prices).
+    Each is read between two count searches (20 points each, taken off), again if the quota's window reset."""
+    seen: dict[str, int] = {}
+    with client() as medplum:
+
+        def remaining() -> int:
+            medplum.count("Patient", {"identifier": f"{fresh_system().identifier_system('probe')}|"})
+            return medplum.remaining_quota()["fhirInteractions"]
+
+        for mode in ("sync", "async"):
+            for _ in range(3):
+                system = fresh_system().identifier_system("patient")
+                entries = [
+                    json.dumps(
+                        {
+                            "request": {"method": "POST", "url": "Patient"},
+                            "resource": {
+                                "resourceType": "Patient",
+                                "identifier": [{"system": system, "value": str(n)}],
+                            },
+                        }
+                    )
+                    for n in range(creates)
+                ]
+                before = remaining()
+                medplum.submit_batch(entries, respond_async=mode == "async")
+                after = remaining()
+                if after < before:  # else the window reset in between
+                    what = "an async job" if mode == "async" else "a sync batch"
+                    seen[f"{what} of {creates} creates"] = before - after - POINTS_PER_SEARCH
+                    break
+    return seen
+
+
 class ReadsAndSearches:
     """The quota points of the FHIR reads (1) and searches (20) of every client while it observes them."""
 
@@ -332,6 +369,9 @@ def run(patients: int, stages: Collection[str] = STAGES, out: Path = OUT_DIR) ->
             ("cli", CLI_AGAIN): lambda: bench_cli(source_url, work),
         }
         measures = {name: measure for (stage, name), measure in every.items() if stage == "cli" or stage in stages}
+        if "quota" in stages:
+            report["quota_seen"] = quota_seen()
+            log(f"the server's RateLimit header: {json.dumps(report['quota_seen'])}")
         for name, measure in measures.items():
             report[name] = measure()
             log(f"{name}: {json.dumps(report[name])}")
@@ -362,6 +402,8 @@ def run(patients: int, stages: Collection[str] = STAGES, out: Path = OUT_DIR) ->
     for (name, rate, ratio, writes, reads, reload_sent), name_again in zip(rows, measures, strict=True):
         in_flight = report[name_again].get("first", {}).get("most_in_flight", "-")
         print(f"{name:50} {rate:12,.1f} {ratio:6.2f} {writes:32.2f} {reads:6.2f} {reload_sent!s:>12} {in_flight!s:>10}")
+    for what, points in report.get("quota_seen", {}).items():
+        print(f"this server's RateLimit header lost {points:,} points for {what}")
     print(f"\nwrote {out / 'remote.json'} and {out / 'remote.png'}")
     return 0
 
