@@ -347,28 +347,33 @@ class MedplumClient:
 
     def pace(self, cost: int) -> None:
         """Before a request of about `cost` quota points: spend the FHIR quota evenly over its window
-        instead of running into its wall. Once the `RateLimit` header shows the quota being charged,
-        each request waits until its share of the window has passed since the last answer (`cost`
-        points of the `r` left take `cost * t / r` of the `t` seconds left); when fewer than `cost` are
-        left it waits for the reset. A server that charges nothing (the header never goes down) is
-        never paced."""
+        instead of running into its wall (quota_wait says how long). A server that charges nothing (the
+        header never goes down) is never paced."""
         with self._pace_lock:
-            limit = parse_rate_limit(self.last_rate_limit).get("fhirInteractions")
-            if limit is None:
+            wait = self.quota_wait(cost)
+            if wait <= 0:
                 return
             if not self.quota_allows(cost):
-                wait = limit.reset_seconds + QUOTA_RESET_MARGIN_SECONDS
-                log.info("FHIR quota nearly spent (%d points left); waiting %.1fs for its reset", limit.remaining, wait)
+                log.info("FHIR quota nearly spent; waiting %.1fs for its reset", wait)
                 # The header is stale after the wait; the next answer brings the new remaining quota.
                 self.last_rate_limit = None
-            elif limit.remaining < self._quota_seen:
-                share = min(cost, self._quota_seen) * limit.reset_seconds / max(limit.remaining, 1)
-                wait = min(share, limit.reset_seconds) - (time.monotonic() - self._last_answer_at)
-            else:
-                return
-            if wait > 0:
-                time.sleep(wait)
-                self._waited_on_quota(wait)
+            time.sleep(wait)
+            self._waited_on_quota(wait)
+
+    def quota_wait(self, cost: int) -> float:
+        """How long a request of about `cost` quota points should wait now (0: not at all). Once the
+        `RateLimit` header shows the quota being charged, each request waits until its share of the window
+        has passed since the last answer (`cost` points of the `r` left take `cost * t / r` of the `t`
+        seconds left); when fewer than `cost` are left, until the reset."""
+        limit = parse_rate_limit(self.last_rate_limit).get("fhirInteractions")
+        if limit is None:
+            return 0.0
+        if not self.quota_allows(cost):
+            return limit.reset_seconds + QUOTA_RESET_MARGIN_SECONDS
+        if limit.remaining < self._quota_seen:
+            share = min(cost, self._quota_seen) * limit.reset_seconds / max(limit.remaining, 1)
+            return max(0.0, min(share, limit.reset_seconds) - (time.monotonic() - self._last_answer_at))
+        return 0.0
 
     def _waited_on_quota(self, seconds: float) -> None:
         with self._stats_lock:

@@ -539,10 +539,10 @@ def load_frame(
 
     limit = InFlight(client, settings.concurrency, settings.adaptive, known.in_flight_start)
 
-    def wait_for_oldest(sync_only: bool = False) -> None:
-        """Wait for the oldest bundle still unanswered (sync only: the oldest sync one), then hand every
-        answered bundle at the front over for recording, in submission order."""
-        flight = next(f for f in in_flight if f.responses is None and not (sync_only and f.is_async))
+    def wait_for_oldest(is_async: bool | None = None) -> None:
+        """Wait for the oldest bundle still unanswered (of one kind: async jobs or sync bundles; None: any),
+        then hand every answered bundle at the front over for recording, in submission order."""
+        flight = unanswered(is_async)[0]
         flight.responses = flight.future.result()
         # InFlight judges the bundles that may share the server; in mixed mode not the async job beside them.
         limit.answered(
@@ -560,7 +560,7 @@ def load_frame(
         if alone or any(f.alone for f in unanswered()):
             return bool(unanswered())
         if settings.mode == "mixed" and is_async:
-            return False  # the one async job runs beside the sync bundles, in no place of theirs
+            return bool(unanswered(True))  # one job at a time, beside the sync bundles and in no place of theirs
         return len(unanswered(is_async)) >= limit.limit
 
     def record_answered() -> None:
@@ -583,16 +583,21 @@ def load_frame(
                 # writes, in a serializable transaction) goes alone: overlapping ones collide with 409s and
                 # were slower on a real Medplum than one at a time (docs/benchmark.md).
                 alone = any(holds_conditional_url(entry) for entry in entries)
-                # In mixed mode a job goes only while at least twice the sync bundles in flight remain after it:
-                # the sync bundles then have work while it runs, and the load does not end waiting for a job.
-                is_async = settings.mode == "async" or (
-                    settings.mode == "mixed"
-                    and not alone
-                    and not unanswered(True)
-                    and len(bundles) - number >= 2 * limit.limit
-                )
-                # Hosted Medplum does not charge async work to the FHIR quota.
-                cost = 0 if is_async else quota_cost(len(rows), entries)
+                sync_cost = quota_cost(len(rows), entries)
+                is_async = settings.mode == "async"
+                while settings.mode == "mixed" and not alone:
+                    # A job goes beside the sync bundles while at least twice the sync bundles in flight remain
+                    # after it (they have work while it runs, and the load does not end waiting for a job), and
+                    # instead of a sync bundle the quota would hold back: hosted Medplum does not charge a job.
+                    held_back = client.quota_wait(sync_cost + sum(f.cost for f in unanswered(False))) > 0
+                    if unanswered(True):
+                        if not held_back:
+                            break
+                        wait_for_oldest(True)  # the job, rather than the quota's reset
+                        continue
+                    is_async = held_back or len(bundles) - number >= 2 * limit.limit
+                    break
+                cost = 0 if is_async else sync_cost
                 result.add("quota_points", cost)
                 result.add("sent_async", len(rows) if is_async else 0)
                 if not is_async:
@@ -602,10 +607,10 @@ def load_frame(
                     while (charged := sum(f.cost for f in unanswered(False))) and not client.quota_allows(
                         cost + charged
                     ):
-                        wait_for_oldest(sync_only=True)
+                        wait_for_oldest(False)
                     client.pace(cost=cost)
                 while must_wait(alone, is_async):
-                    wait_for_oldest(sync_only=not (alone or is_async or any(f.alone for f in unanswered())))
+                    wait_for_oldest(None if alone or any(f.alone for f in unanswered()) else is_async)
                 if packs and not is_async:
                     future = pool.submit(submit_packed, client, entries, settings.transaction_size)
                 else:
