@@ -589,7 +589,8 @@ def load_frame(
                     # A job goes beside the sync bundles while at least twice the sync bundles in flight remain
                     # after it (they have work while it runs, and the load does not end waiting for a job), and
                     # instead of a sync bundle the quota would hold back: hosted Medplum does not charge a job.
-                    held_back = client.quota_wait(sync_cost + sum(f.cost for f in unanswered(False))) > 0
+                    charged = sum(f.cost for f in unanswered(False))
+                    held_back = client.quota_wait(sync_cost) > 0 or not client.quota_allows(sync_cost + charged)
                     if unanswered(True):
                         if not held_back:
                             break
