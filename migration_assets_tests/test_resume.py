@@ -16,9 +16,11 @@ from migration_assets.verify.census import census
 
 pytestmark = pytest.mark.integration  # every test here starts a server or a run against one
 
-# Loads the patients element bundle by bundle, slowly, printing its progress; the test kills it.
+# Loads the patients element bundle by bundle, slowly, printing its progress; the test kills it. Its last
+# argument: "conditional" (conditional PUTs, sync bundles) or "mixed" (plain POSTs after a census of the
+# target, sync bundles with an async job beside them).
 LOADER = """
-import sys, time
+import pathlib, sys, tempfile, time
 from migration_assets.active import get_element
 from migration_assets.elements.base import SourceSystem, build_frame
 from migration_assets.pipeline.loader import LoadSettings, migrate
@@ -26,7 +28,9 @@ from migration_assets.ledger.manifest import Manifest
 from migration_assets.medplum import MedplumClient
 from migration_assets.source import read_table
 
-base_url, client_id, secret, source_url, manifest_url = sys.argv[1:6]
+from migration_assets.verify.census import RunCensus
+
+base_url, client_id, secret, source_url, manifest_url, writes = sys.argv[1:7]
 element = get_element("patients")
 frame = build_frame(element, element.extract({"patients": read_table(source_url, "patients")}),
                     SourceSystem("https://ehr.example-clinic.org/fhir"))
@@ -42,12 +46,22 @@ def slow_submit(self, *args, **kwargs):
 MedplumClient.submit_batch = slow_submit
 
 with MedplumClient(base_url, client_id, secret) as client, Manifest(manifest_url, client.target.key) as manifest:
-    migrate(client, manifest, "killed-run", element, frame, source_url, LoadSettings(batch_size=10), progress)
+    if writes == "mixed":
+        before = RunCensus(pathlib.Path(tempfile.mkdtemp()), "killed-run")
+        settings = LoadSettings(batch_size=10, creates="post", mode="mixed")
+        migrate(client, manifest, "killed-run", element, frame, source_url, settings, progress,
+                census_of_target=lambda keys: before.get(client, keys))
+    else:
+        migrate(client, manifest, "killed-run", element, frame, source_url, LoadSettings(batch_size=10), progress)
 """
 
 
-def test_a_killed_load_resumes_without_duplicates_or_pending_units(platform_factory):
-    platform = platform_factory.new(patients=200)
+@pytest.mark.parametrize("writes", ["conditional", "mixed"])
+def test_a_killed_load_resumes_without_duplicates_or_pending_units(platform_factory, writes):
+    # In mixed mode the first bundle goes as an async job, and the bundles after it are recorded once it is
+    # answered (in submission order): more of them, so that the kill still finds some unrecorded.
+    patients = 400 if writes == "mixed" else 200
+    platform = platform_factory.new(patients=patients, name=writes)
     server = platform.server
     process = subprocess.Popen(
         [
@@ -59,6 +73,7 @@ def test_a_killed_load_resumes_without_duplicates_or_pending_units(platform_fact
             server.client_secret,
             platform.source_url,
             platform.manifest_url,
+            writes,
         ],
         stdout=subprocess.PIPE,
         text=True,
@@ -67,7 +82,7 @@ def test_a_killed_load_resumes_without_duplicates_or_pending_units(platform_fact
     assert process.stdout is not None
     for line in process.stdout:
         # Progress is reported once a bundle's outcomes are stored (a few bundles at a time).
-        if line.startswith("units ") and int(line.split()[1]) >= 50:
+        if line.startswith("units ") and int(line.split()[1]) >= 10:
             process.send_signal(signal.SIGKILL)
             break
     process.wait(timeout=30)
@@ -76,20 +91,20 @@ def test_a_killed_load_resumes_without_duplicates_or_pending_units(platform_fact
     with platform.manifest() as manifest:
         before = manifest.units("patients")["disposition"].value_counts()
     dispositions = dict(before.iter_rows())
-    assert dispositions.get("pending", 0) > 0 and dispositions.get("successful", 0) >= 50
+    assert dispositions.get("pending", 0) > 0 and dispositions.get("successful", 0) >= 10
 
     rerun = platform.run("patients")
 
     assert rerun.ok, (rerun.failure_messages, rerun.error)
     assert rerun.counts["not_sent_unchanged"] == dispositions["successful"]
-    assert rerun.counts["not_sent_unchanged"] + rerun.counts["sent"] == 200
+    assert rerun.counts["not_sent_unchanged"] + rerun.counts["sent"] == patients
     with platform.manifest() as manifest:
         after = manifest.units("patients")
-    assert after["disposition"].to_list() == ["successful"] * 200
+    assert after["disposition"].to_list() == ["successful"] * patients
     with platform.client() as client:
-        patients = census(client, "Patient", "https://ehr.example-clinic.org/fhir/identifier/patient")
-    assert patients.height == 200
-    assert patients.group_by("identifier_value").len().filter(pl.col("len") > 1).is_empty()
+        held = census(client, "Patient", "https://ehr.example-clinic.org/fhir/identifier/patient")
+    assert held.height == patients
+    assert held.group_by("identifier_value").len().filter(pl.col("len") > 1).is_empty()
 
 
 def test_the_ledger_keeps_one_timestamp_format_whichever_way_a_row_was_written(tmp_path):
