@@ -563,6 +563,23 @@ def load_frame(
             return bool(unanswered(True))  # one job at a time, beside the sync bundles and in no place of theirs
         return len(unanswered(is_async)) >= limit.limit
 
+    def goes_async(alone: bool, sync_cost: int, bundles_after: int) -> bool:
+        """Whether the next bundle goes as an async job: each one in async mode. In mixed mode, one job at a
+        time and no bundle that goes alone: beside the sync bundles while at least twice those in flight remain
+        after it (they have work while it runs, and the load does not end waiting for a job), and instead of
+        a sync bundle the quota would hold back (hosted Medplum does not charge a job): then it waits for the
+        job in flight rather than for the quota's reset."""
+        if settings.mode != "mixed" or alone:
+            return settings.mode == "async"
+        while True:
+            charged = sum(f.cost for f in unanswered(False))
+            held_back = client.quota_wait(sync_cost) > 0 or not client.quota_allows(sync_cost + charged)
+            if not unanswered(True):
+                return held_back or bundles_after >= 2 * limit.limit
+            if not held_back:
+                return False
+            wait_for_oldest(True)
+
     def record_answered() -> None:
         # In submission order, while the next bundle is already in flight.
         while answered:
@@ -584,20 +601,7 @@ def load_frame(
                 # were slower on a real Medplum than one at a time (docs/benchmark.md).
                 alone = any(holds_conditional_url(entry) for entry in entries)
                 sync_cost = quota_cost(len(rows), entries)
-                is_async = settings.mode == "async"
-                while settings.mode == "mixed" and not alone:
-                    # A job goes beside the sync bundles while at least twice the sync bundles in flight remain
-                    # after it (they have work while it runs, and the load does not end waiting for a job), and
-                    # instead of a sync bundle the quota would hold back: hosted Medplum does not charge a job.
-                    charged = sum(f.cost for f in unanswered(False))
-                    held_back = client.quota_wait(sync_cost) > 0 or not client.quota_allows(sync_cost + charged)
-                    if unanswered(True):
-                        if not held_back:
-                            break
-                        wait_for_oldest(True)  # the job, rather than the quota's reset
-                        continue
-                    is_async = held_back or len(bundles) - number >= 2 * limit.limit
-                    break
+                is_async = goes_async(alone, sync_cost, len(bundles) - number)
                 cost = 0 if is_async else sync_cost
                 result.add("quota_points", cost)
                 result.add("sent_async", len(rows) if is_async else 0)
