@@ -39,7 +39,8 @@ log = logging.getLogger(__name__)
 
 # `pending_quota`: still refused by the FHIR quota when its wait ran out; `half_written`: written while
 # a partner of its transaction was not (transaction-bundles off). Both stay pending: the next run sends them.
-# `quota_points`: what the bundles sent cost of Medplum's FHIR quota (quota_cost; resent entries not counted).
+# `quota_points`: what the bundles sent cost of Medplum's FHIR quota (quota_cost; resent entries not counted;
+# an async job's nothing, as hosted Medplum charges it).
 # `in_flight_decreased`: how often the load took bundles in flight away (pushback, or no gain: InFlight).
 # `sent_async`: the entries sent in async jobs (load mode async or mixed), which hosted Medplum does not charge.
 COUNT_NAMES = (
