@@ -179,7 +179,7 @@ def combine_shards(
             **target_metadata(Target.from_key(shards[0]["target"])),
             "mapping_version": element.mapping_version,
             "adoption_phase": load_phases().of(element.name).phase,
-            "load_mode": migration_settings.load_mode or "sync",
+            "load_mode": migration_settings.load_settings(element).mode,
             "shards": len(shards),
             **counts(total),
             # Pacing to the FHIR quota and waits before resending what it refused, in seconds (all shards).
