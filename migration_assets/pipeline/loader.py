@@ -541,9 +541,12 @@ def load_frame(
     limit = InFlight(client, settings.concurrency, settings.adaptive, known.in_flight_start)
 
     def wait_for_oldest(is_async: bool | None = None) -> None:
-        """Wait for the oldest bundle still unanswered (of one kind: async jobs or sync bundles; None: any),
-        then hand every answered bundle at the front over for recording, in submission order."""
-        flight = unanswered(is_async)[0]
+        """Wait for the oldest bundle still unanswered (of one kind: async jobs or sync bundles; None: any)."""
+        wait_for(unanswered(is_async)[0])
+
+    def wait_for(flight: _Flight) -> None:
+        """Wait for `flight`'s answer, then hand every answered bundle at the front over for recording, in
+        submission order."""
         flight.responses = flight.future.result()
         # InFlight judges the bundles that may share the server; in mixed mode not the async job beside them.
         limit.answered(
@@ -557,12 +560,18 @@ def load_frame(
     def unanswered(is_async: bool | None = None) -> list[_Flight]:
         return [f for f in in_flight if f.responses is None and is_async in (None, f.is_async)]
 
-    def must_wait(alone: bool, is_async: bool) -> bool:
+    def charged() -> int:
+        """The quota points of the sync bundles in flight, which the header does not show yet."""
+        return sum(f.cost for f in unanswered(False))
+
+    def blocking(alone: bool, is_async: bool) -> list[_Flight]:
+        """The bundles in flight the next one waits for, oldest first (none: it goes now)."""
         if alone or any(f.alone for f in unanswered()):
-            return bool(unanswered())
+            return unanswered()
         if settings.mode == "mixed" and is_async:
-            return bool(unanswered(True))  # one job at a time, beside the sync bundles and in no place of theirs
-        return len(unanswered(is_async)) >= limit.limit
+            return unanswered(True)  # one job at a time, beside the sync bundles and in no place of theirs
+        lane = unanswered(is_async)
+        return lane if len(lane) >= limit.limit else []
 
     def goes_async(alone: bool, sync_cost: int, bundles_after: int) -> bool:
         """Whether the next bundle goes as an async job: each one in async mode. In mixed mode, one job at a
@@ -573,8 +582,7 @@ def load_frame(
         if settings.mode != "mixed" or alone:
             return settings.mode == "async"
         while True:
-            charged = sum(f.cost for f in unanswered(False))
-            held_back = client.quota_wait(sync_cost) > 0 or not client.quota_allows(sync_cost + charged)
+            held_back = client.quota_wait(sync_cost) > 0 or not client.quota_allows(sync_cost + charged())
             if not unanswered(True):
                 return held_back or bundles_after >= 2 * limit.limit
             if not held_back:
@@ -610,13 +618,11 @@ def load_frame(
                     # The bundles in flight will be charged too, and the header does not show them yet:
                     # while the quota has no room for them and this one, wait for answers; then for the
                     # quota's reset if even this bundle alone does not fit.
-                    while (charged := sum(f.cost for f in unanswered(False))) and not client.quota_allows(
-                        cost + charged
-                    ):
+                    while charged() and not client.quota_allows(cost + charged()):
                         wait_for_oldest(False)
                     client.pace(cost=cost)
-                while must_wait(alone, is_async):
-                    wait_for_oldest(None if alone or any(f.alone for f in unanswered()) else is_async)
+                while waiting := blocking(alone, is_async):
+                    wait_for(waiting[0])
                 if packs and not is_async:
                     future = pool.submit(submit_packed, client, entries, settings.transaction_size)
                 else:
