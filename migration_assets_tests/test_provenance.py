@@ -6,6 +6,7 @@ import dataclasses
 import json
 
 import polars as pl
+import xxhash
 
 from migration_assets.elements.base import PROVENANCE_WRITTEN, SourceSystem, build_frame, provenance_added
 from migration_assets.elements.fhir_json import provenance_opening
@@ -33,6 +34,15 @@ def test_the_content_hash_covers_the_provenance_and_is_stable() -> None:
     bumped = dataclasses.replace(patients, mapping_version="9.9.9")
     changed = build_frame(bumped, bumped.extract(tables), SYSTEM)
     assert not set(first["content_hash"]) & set(changed["content_hash"])
+
+
+def test_the_content_hash_is_the_xxh3_128_digest_of_the_text_sent() -> None:
+    # The hash decides what is sent again: a plugin release that changed its digest (polars-hash once changed
+    # XXH3-128's byte order) would resend every row, so it is held to the xxhash library's canonical one.
+    tables = build_sample_tables(patients=5)
+    patients = PROFILE.element("patients")
+    frame = build_frame(patients, patients.extract(tables), SYSTEM)
+    assert frame["content_hash"].to_list() == [xxhash.xxh3_128_hexdigest(text.encode()) for text in frame["resource"]]
 
 
 def test_a_mapping_that_writes_its_provenance_gets_it_once_and_a_new_version_changes_it() -> None:

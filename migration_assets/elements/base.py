@@ -322,7 +322,7 @@ def apply_row_rules(element: DataElement, frame: pl.DataFrame | pl.LazyFrame, sy
     # Provenance goes in before the hash: the hash covers exactly what is sent, so an unchanged
     # reload sends nothing, and a new mapping version (a new meta.source) sends every row once.
     frame = provenance_added(frame, system.provenance(element.name, element.mapping_version))
-    hashed = frame.with_columns(content_hash=sha256_hex(pl.col("resource"))).collect(engine=POLARS_ENGINE)
+    hashed = frame.with_columns(content_hash=content_digest(pl.col("resource"))).collect(engine=POLARS_ENGINE)
     check_frame_columns(element, hashed.columns)
     return _quarantine_schema_failures(hashed, element.schemas)
 
@@ -507,10 +507,17 @@ def _quarantine_whole_groups(frame: pl.DataFrame) -> pl.DataFrame:
     ).drop("_first_problem")
 
 
-def sha256_hex(text: pl.Expr) -> pl.Expr:
-    """The hex SHA-256 of each text. polars' own hash may change between releases, and this one
-    decides what is sent again, so it must not: the polars-hash plugin, the same digest as hashlib."""
-    return polars_hash.CryptographicHashingNameSpace(text).sha2_256()
+def content_digest(text: pl.Expr) -> pl.Expr:
+    """The hex XXH3-128 digest of each text, as XXH3 writes it (big-endian, 32 hex digits): the content hash
+    that decides what is sent again. polars' own hash may change between releases and this one must not, so
+    the polars-hash plugin, held to the xxhash library's digest by a test. Only our own output is compared
+    with our own output, so a 128-bit hash suffices; it costs 0.09 CPU s per million OMOP Patients (728 MB)
+    where SHA-256 cost 0.57, which was a third of their whole transform."""
+    return (
+        polars_hash.NonCryptographicHashingNameSpace(text)
+        .xxh3_128(return_binary=True, byte_order="big")
+        .bin.encode("hex")
+    )
 
 
 def frame_columns(
