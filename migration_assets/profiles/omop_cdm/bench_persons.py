@@ -1,16 +1,23 @@
-"""The transform rate of OMOP persons beside the seed EHR's patients, the same number of each in one process:
-`.venv/bin/python -m migration_assets.profiles.omop_cdm.bench_persons [--persons 1000000] [--repeats 3]`.
+"""The transform rate of OMOP persons beside the seed EHR's patients, the same number of each:
+`.venv/bin/python -m migration_assets.profiles.omop_cdm.bench_persons [--persons 1000000] [--repeats 3]
+[--rounds 1]`.
 
 Each profile's generator writes BASE_ROWS people (with their oddities: year-only births, concept 0, ...),
 copied until there are `--persons` of them (each copy's keys get a suffix: every row is its own unit).
 The time is `build_frame` (the element's transform and every shared rule: keys, control characters,
-provenance, content hash, pandera), the best of `--repeats` runs, as rows a second; with the CPU seconds
-of that run over every thread, which other work on a shared machine disturbs less than the wall time.
+provenance, content hash, pandera), as rows a second: the first run, as a Dagster step builds its frame
+once in a process of its own (each subject runs in a fresh process), and the best of `--repeats` runs, with
+the user and system CPU seconds of that run over every thread, which other work on a shared machine
+disturbs less than the wall time. `--rounds` measures the pair that many times, one after the other, and
+prints the medians of the persons' rate over the patients'.
 
 `--stages` adds, for each, the CPU seconds of build_frame's steps run one at a time on materialized frames
 (best of `--repeats`), and the mean size of a resource's JSON: where the time goes."""
 
 import argparse
+import multiprocessing
+import resource
+import statistics
 import time
 from collections.abc import Callable
 
@@ -53,21 +60,23 @@ def tiled(profile_name: str, element_name: str, rows: int) -> dict[str, pl.DataF
     return tables
 
 
-def rate(profile_name: str, element_name: str, rows: int, repeats: int) -> tuple[int, float, float, float]:
-    """(rows, wall seconds and CPU seconds of every thread of the fastest of `repeats` build_frame runs, wall
-    seconds of the first run)."""
+def rate(profile_name: str, element_name: str, rows: int, repeats: int) -> tuple[int, float, float, float, float]:
+    """(rows, wall seconds, user and system CPU seconds of every thread of the fastest of `repeats` build_frame
+    runs, wall seconds of the first run). The system seconds are mostly the kernel handing the process fresh
+    memory, which grows with the bytes written."""
     element = load_profile(profile_name).element(element_name)
     source = element.extract(tiled(profile_name, element_name, rows))
     runs = []
     for _ in range(repeats):
-        started, started_cpu = time.perf_counter(), time.process_time()
+        started, before = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF)
         # Each run starts as a step's build does, with no earlier frame held: a run beside the frame of the
         # one before wrote into fresh memory, and the page faults of the persons' 728 MB made it a third
         # slower, the patients' 299 MB a tenth.
         height = build_frame(element, source, SYSTEM).height
-        runs.append((time.perf_counter() - started, time.process_time() - started_cpu))
-    best, cpu = min(runs)
-    return height, best, cpu, runs[0][0]
+        after = resource.getrusage(resource.RUSAGE_SELF)
+        runs.append((time.perf_counter() - started, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime))
+    best, user, system = min(runs)
+    return height, best, user, system, runs[0][0]
 
 
 def stages(profile_name: str, element_name: str, rows: int, repeats: int) -> dict[str, float]:
@@ -105,18 +114,43 @@ def stages(profile_name: str, element_name: str, rows: int, repeats: int) -> dic
     return seconds
 
 
+def measured_apart(
+    profile_name: str, element_name: str, rows: int, repeats: int
+) -> tuple[int, float, float, float, float]:
+    """`rate` in a fresh process, as a step runs: nothing an earlier measurement allocated is reused."""
+    with multiprocessing.get_context("spawn").Pool(1) as pool:
+        return pool.apply(rate, (profile_name, element_name, rows, repeats))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--persons", type=int, default=1_000_000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=1, help="measure the pair this many times")
     parser.add_argument("--stages", action="store_true", help="also the CPU seconds of each step")
     args = parser.parse_args()
-    for profile_name, element_name in SUBJECTS:
-        height, seconds, cpu, first = rate(profile_name, element_name, args.persons, args.repeats)
+    ratios: dict[str, list[float]] = {"best": [], "first run": []}
+    for _ in range(args.rounds):
+        best, first = {}, {}
+        for profile_name, element_name in SUBJECTS:
+            height, seconds, user, system, first_seconds = measured_apart(
+                profile_name, element_name, args.persons, args.repeats
+            )
+            best[element_name], first[element_name] = seconds, first_seconds
+            print(
+                f"{profile_name}.{element_name}: {height:,} rows, the first run {first_seconds:.2f} s = "
+                f"{height / first_seconds:,.0f} rows/s; best of {args.repeats} {seconds:.2f} s = "
+                f"{height / seconds:,.0f} rows/s (CPU s over every thread: {user:.2f} user, {system:.2f} system)",
+                flush=True,
+            )
+        # A rate's ratio is the inverse of the times'.
+        ratios["best"].append(best["patients"] / best["persons"])
+        ratios["first run"].append(first["patients"] / first["persons"])
+        print("persons' rate / patients': " + ", ".join(f"{k} {v[-1]:.2f}" for k, v in ratios.items()), flush=True)
+    if args.rounds > 1:
         print(
-            f"{profile_name}.{element_name}: {height:,} rows in {seconds:.2f} s = {height / seconds:,.0f} rows/s "
-            f"(best of {args.repeats}; {cpu:.2f} CPU s over every thread; the first run {first:.2f} s)",
-            flush=True,
+            f"medians of {args.rounds} rounds: "
+            + ", ".join(f"{k} {statistics.median(v):.2f} ({min(v):.2f} to {max(v):.2f})" for k, v in ratios.items())
         )
     if args.stages:
         found = {subject: stages(*subject, args.persons, args.repeats) for subject in SUBJECTS}
