@@ -511,8 +511,8 @@ def content_digest(text: pl.Expr) -> pl.Expr:
     """The hex XXH3-128 digest of each text, as XXH3 writes it (big-endian, 32 hex digits): the content hash
     that decides what is sent again. polars' own hash may change between releases and this one must not, so
     the polars-hash plugin, held to the xxhash library's digest by a test. Only our own output is compared
-    with our own output, so a 128-bit hash suffices; it costs 0.09 CPU s per million OMOP Patients (728 MB)
-    where SHA-256 cost 0.57, which was a third of their whole transform."""
+    with our own output, so a 128-bit hash suffices: 0.08 CPU s per million OMOP Patients (728 MB), where
+    SHA-256 takes 0.57, a third of their whole transform."""
     return (
         polars_hash.NonCryptographicHashingNameSpace(text)
         .xxh3_128(return_binary=True, byte_order="big")
